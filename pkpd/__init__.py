@@ -1,0 +1,54 @@
+"""ketamine-pkpd: perioperative ketamine and S-ketamine PK/PD simulation.
+
+Research software for pharmacology and protocol design; **not a clinical dosing device**.
+
+Quick start
+-----------
+>>> import pkpd
+>>> ds = pkpd.simulate("fanta2015_otto2021",
+...                    "0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h",
+...                    covariates={"weight": 70}, until="6 h")
+>>> ds.cp.attrs["units"]
+'ng/mL'
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ketamine-pkpd")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+from .errors import (  # noqa: E402
+    CovariateRangeWarning,
+    ModelError,
+    PkpdError,
+    PkpdWarning,
+    RegimenError,
+    SimulationError,
+    UnitError,
+)
+from .model import ModelSpec, available_models, load_model  # noqa: E402
+from .regimen import Bolus, Infusion, Regimen, load_regimen  # noqa: E402
+from .simulate import DISCLAIMER, simulate, summarize  # noqa: E402
+
+__all__ = [
+    "DISCLAIMER",
+    "Bolus",
+    "CovariateRangeWarning",
+    "Infusion",
+    "ModelError",
+    "ModelSpec",
+    "PkpdError",
+    "PkpdWarning",
+    "Regimen",
+    "RegimenError",
+    "SimulationError",
+    "UnitError",
+    "__version__",
+    "available_models",
+    "load_model",
+    "load_regimen",
+    "simulate",
+    "summarize",
+]

@@ -1,0 +1,50 @@
+"""Exceptions and warnings of ketamine-pkpd.
+
+Every exception inherits from :class:`PkpdError` and from the built-in that fits the
+failure, so callers can catch either (the pattern of pint's ``DefinitionError(ValueError,
+PintError)``). Messages name the file, the key, the offending value and what was expected.
+"""
+
+from __future__ import annotations
+
+
+class PkpdError(Exception):
+    """Base class of every error raised by ketamine-pkpd."""
+
+
+class UnitError(PkpdError, ValueError):
+    """A quantity has an unknown unit, a wrong dimension, or cannot be parsed."""
+
+
+class ModelError(PkpdError, ValueError):
+    """A model file is invalid: unknown key, missing parameter, bad value."""
+
+
+class RegimenError(PkpdError, ValueError):
+    """A dosing regimen is invalid: negative amount, stop before start, bad syntax."""
+
+
+class SimulationError(PkpdError, RuntimeError):
+    """A solver reported a failure (see the status code in the message)."""
+
+
+class PkpdWarning(UserWarning):
+    """Base class of every warning issued by ketamine-pkpd."""
+
+
+class CovariateRangeWarning(PkpdWarning):
+    """A covariate lies outside the range in which the model was estimated."""
+
+
+class ProvenanceWarning(PkpdWarning):
+    """A model uses values that are assumed rather than verified in the literature."""
+
+
+def where(file: object | None, key: str | None) -> str:
+    """Format the location prefix ``file: key: `` used in error messages."""
+    parts = []
+    if file is not None:
+        parts.append(str(file))
+    if key:
+        parts.append(f"`{key}`")
+    return (": ".join(parts) + ": ") if parts else ""

@@ -1,0 +1,221 @@
+"""Simulate one patient exactly and return an :class:`xarray.Dataset`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ModelError, RegimenError, SimulationError
+from .model import ModelSpec, load_model
+from .regimen import Regimen, load_regimen
+from .solvers import STATUS_MESSAGES
+from .solvers.exact import propagate
+from .units import parse_quantity
+
+__all__ = ["DISCLAIMER", "Summary", "simulate", "summarize", "time_grid"]
+
+DISCLAIMER = ("Research software for pharmacology and protocol design; not a clinical dosing "
+              "device. Do not use it to dose patients.")
+
+MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
+
+
+def _hours(value, name: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return parse_quantity(value, "time", key=name).value
+
+
+def time_grid(start: float, until, every) -> np.ndarray:
+    """Output grid ``start, start+every, ...`` up to and including `until` (hours).
+
+    `until` and `every` are hours or strings with units (``"48 h"``, ``"1 min"``). Points
+    are computed as ``start + i*every`` (no accumulated rounding); `until` is appended if
+    it is not on the grid.
+    """
+    until_h = _hours(until, "until")
+    every_h = _hours(every, "every")
+    if not every_h > 0:
+        raise ValueError(f"`every` must be positive, got {every!r}")
+    if not until_h > start:
+        raise ValueError(f"`until` ({until!r}) must be after the start ({start:g} h)")
+    n = int(np.floor((until_h - start) / every_h + 1e-9))
+    t = start + np.arange(n + 1) * every_h
+    if until_h - t[-1] > 1e-9 * max(1.0, abs(until_h)):
+        t = np.append(t, until_h)
+    else:
+        t[-1] = until_h
+    return t
+
+
+def _prepare(model, regimen, covariates, eta):
+    spec = load_model(model)
+    reg = load_regimen(regimen)
+    cov = dict(covariates or {})
+    if reg.uses_weight and cov.get("weight") is None:
+        wcov = spec.covariates.get("weight")
+        if wcov is None or wcov.default is None:
+            raise RegimenError("the regimen has per-kg doses: pass covariates={'weight': kg}")
+    full = spec.covariate_values(cov, stacklevel=4)
+    theta = spec.individual_parameters(full, eta, warn=False)
+    if theta.ndim != 1:
+        raise ModelError("simulate() takes one patient: covariates must be scalars "
+                         "(use the cohort API for many patients)")
+    weight = full.get("weight")
+    ev = reg.event_table(weight if reg.uses_weight else None)
+    return spec, reg, full, theta, ev
+
+
+def _solve(spec: ModelSpec, theta, ev, t):
+    M, b, C = spec.system(theta)
+    t0 = min(0.0, float(ev.t[0]), float(t[0]))
+    X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
+    if status != 0:
+        raise SimulationError(f"exact solver failed (status {status}): "
+                              f"{STATUS_MESSAGES.get(status, 'unknown status')}")
+    return X, C
+
+
+def simulate(model, regimen, covariates: dict | None = None, times=None, *, until=None,
+             every="1 min", eta=None, method: str = "exact"):
+    """Simulate one patient with the piecewise-exact solver.
+
+    Parameters
+    ----------
+    model : str, Path or ModelSpec
+        Shipped model name, model file path, or a loaded model.
+    regimen : str, Path or Regimen
+        One-line regimen, TOML path, or a :class:`~pkpd.regimen.Regimen`.
+    covariates : dict, optional
+        E.g. ``{"weight": 70, "age": 45, "sex": "female"}``. Missing covariates take the
+        model's defaults (reference values); values outside the studied range warn.
+    times : array_like, optional
+        Sorted output times in hours. Default: a grid from the first dose (or 0) to
+        `until` every `every`.
+    until, every : str or float
+        Grid end (default: 24 h after the last dose event) and step (default 1 min).
+    eta : dict, optional
+        Random effects (log scale) by parameter name, for a specific virtual patient.
+    method : {"exact"}
+        Solver. Only the exact solver exists for linear models in this version.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimension ``time`` (h). Data variables: every output (``cp``, ``ce``,
+        ``cp_<metabolite>``) in ng/mL, ``auc_<output>`` cumulative AUC in ng*h/mL,
+        ``amount_<compartment>`` in mg (effect sites excluded), ``dose_given`` in mg,
+        ``eliminated_<analyte>`` in mg. Attributes record the model, its source and
+        verification status, the regimen, the covariates and the solver.
+
+    Examples
+    --------
+    >>> ds = simulate("fanta2015_otto2021", "20 mg over 30 min from 0 h",
+    ...               covariates={"weight": 70}, until="4 h")
+    >>> float(ds.dose_given[-1])
+    20.0
+    """
+    import xarray as xr
+
+    from . import __version__
+
+    if method != "exact":
+        raise ValueError(f"`method` must be 'exact' (adaptive solvers are not available "
+                         f"yet), got {method!r}")
+    spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta)
+    if times is None:
+        start = min(0.0, reg.start_time)
+        t = time_grid(start, until if until is not None else reg.end_time + 24.0, every)
+    else:
+        t = np.asarray(times, dtype=float).ravel()
+        if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+            raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    X, C = _solve(spec, theta, ev, t)
+    n = spec.n_comp
+    conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
+    data = {}
+    for i, o in enumerate(spec.outputs):
+        data[o.name] = ("time", conc[:, i], {
+            "units": "ng/mL", "long_name": o.long_name,
+            "compartment": o.compartment,
+            **({"note": "in parent-drug mass equivalents"} if
+               spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
+               and o.analyte != spec.parent else {}),
+        })
+    for i, o in enumerate(spec.outputs):
+        data[f"auc_{o.name}"] = ("time", X[:, n + 1 + len(spec.analyte_names) + i]
+                                 * MG_L_TO_NG_ML,
+                                 {"units": "ng*h/mL",
+                                  "long_name": f"cumulative AUC of {o.name} from the start"})
+    for j, c in enumerate(spec.compartments.values()):
+        if c.type == "effect":
+            continue
+        data[f"amount_{c.name}"] = ("time", X[:, j], {
+            "units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"})
+    data["dose_given"] = ("time", X[:, n], {"units": "mg",
+                                            "long_name": "cumulative amount administered"})
+    for a_i, a in enumerate(spec.analyte_names):
+        data[f"eliminated_{a}"] = ("time", X[:, n + 1 + a_i], {
+            "units": "mg", "long_name": f"cumulative amount of {a} eliminated or "
+                                        "converted to a metabolite"})
+    ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
+    ds.attrs.update(spec.provenance_attrs())
+    ds.attrs.update({
+        "regimen": reg.text,
+        "regimen_name": reg.name,
+        "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
+        "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
+                  "(Pade 13, scaling and squaring, Higham 2005)",
+        "package": f"ketamine-pkpd {__version__}",
+        "disclaimer": DISCLAIMER,
+    })
+    if eta is not None:
+        ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
+    return ds
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Exposure summary of one simulated patient (concentrations in ng/mL)."""
+
+    cmax: dict[str, float]
+    tmax: dict[str, float]
+    auc: dict[str, float]
+    at_infusion_end: list[tuple[float, dict[str, float]]]
+    until: float
+    dose_given: float
+
+    def lines(self) -> list[str]:
+        out = [f"total dose given: {self.dose_given:.4g} mg over 0-{self.until:g} h"]
+        for k in self.cmax:
+            out.append(f"{k:>16}: Cmax {self.cmax[k]:.4g} ng/mL at {self.tmax[k]:.4g} h; "
+                       f"AUC(0-{self.until:g} h) {self.auc[k]:.5g} ng*h/mL")
+        for t_end, vals in self.at_infusion_end:
+            s = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
+            out.append(f"  end of infusion at {t_end:g} h: {s} ng/mL")
+        return out
+
+
+def summarize(ds, regimen) -> Summary:
+    """Cmax, Tmax, AUC and concentrations at the end of each infusion.
+
+    Cmax/Tmax are taken over the dataset's time points; :func:`pkpd.cli` evaluates on the
+    output grid merged with every dose event so that peaks at the end of an infusion or
+    at a bolus are exact.
+    """
+    reg = load_regimen(regimen) if not isinstance(regimen, Regimen) else regimen
+    outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]
+    t = ds.time.values
+    cmax, tmax, auc = {}, {}, {}
+    for o in outs:
+        y = ds[o].values
+        i = int(np.argmax(y))
+        cmax[o], tmax[o] = float(y[i]), float(t[i])
+        auc[o] = float(ds[f"auc_{o}"].values[-1] - ds[f"auc_{o}"].values[0])
+    ends = []
+    for te in reg.infusion_ends():
+        hit = np.nonzero(np.abs(t - te) <= 1e-9 * max(1.0, abs(te)))[0]
+        if hit.size:
+            ends.append((te, {o: float(ds[o].values[hit[0]]) for o in outs}))
+    return Summary(cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]))
