@@ -279,11 +279,36 @@ class Regimen:
         return EventTable(t, rate, bolus)
 
 
+def regimens_dir() -> Path:
+    """Folder of the shipped regimens (``models/regimens`` in the repository)."""
+    from importlib import resources
+
+    return Path(str(resources.files("pkpd.models.regimens")))
+
+
+def available_regimens() -> list[str]:
+    """Names of the shipped regimens."""
+    return sorted(p.stem for p in regimens_dir().glob("*.toml"))
+
+
 def load_regimen(spec: str | Path | Regimen) -> Regimen:
-    """A regimen from a TOML path, the one-line form, or a :class:`Regimen` (returned)."""
+    """A regimen from a shipped name, a TOML path, the one-line form, or a Regimen.
+
+    Examples
+    --------
+    >>> load_regimen("0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h").uses_weight
+    True
+    """
     if isinstance(spec, Regimen):
         return spec
     text = str(spec)
+    if re.fullmatch(r"[A-Za-z_][\w.-]*", text) and not text.endswith(".toml"):
+        shipped = regimens_dir() / f"{text}.toml"
+        if shipped.is_file():
+            text = str(shipped)
+        else:
+            raise RegimenError(f"unknown regimen {text!r}: expected a one-line regimen, a "
+                               f".toml path, or one of {', '.join(available_regimens())}")
     if text.endswith(".toml") or (len(text) < 4096 and "\n" not in text and Path(text).is_file()):
         path = Path(text)
         if not path.is_file():

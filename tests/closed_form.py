@@ -93,10 +93,12 @@ Effect site, ``dCe/dt = ke0 (C - Ce)``, ``Ce(0) = 0``::
     infusion:  Ce(t) = R sum_i A_i ke0 / (ke0 - lambda_i) * [E(lambda_i) - E(ke0)],
                E(c)  = int_{t-tau}^{t} e^{-c s} ds = e^{-c (t - tau)} (1 - e^{-c tau}) / c
 
-The difference quotients are evaluated stably (``expm1``), including ``ke0 == lambda_i``
-(confluent limit ``D A_i ke0 t e^{-ke0 t}`` for the bolus, and the corresponding integral for
-the infusion; for the infusion a relative gap below 1e-5 uses the confluent formula at the
-midpoint, giving an error below ~1e-10 relative to that term).
+All difference quotients are evaluated without cancellation, including ``ke0 == lambda_i``
+(confluent limit ``D A_i ke0 t e^{-ke0 t}`` for the bolus): ``(e^{-a t} - e^{-b t})/(b - a)``
+as ``t e^{-min(a,b) t} phi1(|b - a| t)`` with ``phi1(x) = -expm1(-x)/x``, and the infusion
+bracket ``[E(a) - E(b)]/(b - a)`` via the product rule for divided differences into two
+non-negative terms (see ``_int_dd_exp``; the second divided difference ``Phi2`` uses a short
+centred Taylor series when its arguments are close).
 
 Parent -> metabolite (Bateman): one-compartment parent (V, k) of which a fraction ``fm`` of the
 elimination forms a one-compartment metabolite (Vm, km)::
@@ -286,22 +288,52 @@ def _phi1(x):
     return out
 
 
-def _psi(x):
-    """(1 - (1 + x) e^{-x}) / x^2 for x >= 0, with psi(0) = 1/2."""
+def _g_moments(x, nmax):
+    """g_n(x) = int_0^1 s^n e^{-x s} ds for n = 0..nmax, x >= 0 (list of arrays).
+
+    Power series sum_k (-x)^k / (k! (n + k + 1)) for x < 4 (at most ~1.5 digits lost), upward
+    recursion g_n = (n g_{n-1} - e^{-x}) / x for x >= 4 (error growth prod n/x <= 1 for
+    nmax <= 7).
+    """
     x = np.asarray(x, float)
-    out = np.empty_like(x)
-    small = x < 0.1
-    xs = x[small]
-    # series: sum_{k>=2} (-1)^k (k-1)/k! x^(k-2)
-    acc = np.zeros_like(xs)
-    term_fact = 2.0  # k!
-    for k in range(2, 22):
-        if k > 2:
-            term_fact *= k
-        acc += (-1.0) ** k * (k - 1) / term_fact * xs ** (k - 2)
-    out[small] = acc
-    xl = x[~small]
-    out[~small] = (-np.expm1(-xl) - xl * np.exp(-xl)) / (xl * xl)
+    small = x < 4.0
+    xs, xl = x[small], x[~small]
+    out = []
+    el = np.exp(-xl)
+    g_prev = -np.expm1(-xl) / xl if xl.size else xl
+    for n in range(nmax + 1):
+        gn = np.empty_like(x)
+        acc = np.zeros_like(xs)
+        term = np.ones_like(xs)  # (-x)^k / k!
+        for k in range(60):
+            acc += term / (n + k + 1)
+            term = term * (-xs) / (k + 1)
+        gn[small] = acc
+        if n > 0:
+            g_prev = (n * g_prev - el) / xl
+        gn[~small] = g_prev
+        out.append(gn)
+    return out
+
+
+def _phi2(x, y):
+    """Phi2(x, y) = (phi1(x) - phi1(y)) / (y - x) = int_{0<=v<=s<=1} e^{-x (s-v) - y v} dv ds.
+
+    Positive, symmetric, Phi2(x, x) = g_1(x).  For |y - x| > 1e-2 max(1, m), m = (x+y)/2, the
+    difference quotient is used (cancellation costs at most ~2 digits); otherwise the centred
+    Taylor series  sum_{j odd} g_j(m) (h/2)^(j-1) / j!,  h = y - x, truncated after j = 7.
+    """
+    x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
+    m = 0.5 * (x + y)
+    h = y - x
+    near = np.abs(h) <= 1e-2 * np.maximum(1.0, m)
+    out = np.empty_like(m)
+    far = ~near
+    out[far] = (_phi1(x[far]) - _phi1(y[far])) / h[far]
+    if np.any(near):
+        g = _g_moments(m[near], 7)
+        hh = 0.5 * h[near]
+        out[near] = g[1] + g[3] * hh**2 / 6.0 + g[5] * hh**4 / 120.0 + g[7] * hh**6 / 5040.0
     return out
 
 
@@ -318,18 +350,22 @@ def _int_exp(c, t, tau):
 
 
 def _int_dd_exp(a, b, t, tau):
-    """int_{t-tau}^{t} (e^{-a s} - e^{-b s}) / (b - a) ds  (0 <= tau <= t).
+    """int_{t-tau}^{t} (e^{-a s} - e^{-b s}) / (b - a) ds  (0 <= tau <= t), i.e.
+    (E(a) - E(b)) / (b - a).
 
-    Equal to (E(a) - E(b)) / (b - a).  For a relative gap below 1e-5 the confluent limit
-    int s e^{-c s} ds at the midpoint c = (a+b)/2 is used (error O(gap^2)).
+    Evaluated without cancellation via the product rule for divided differences, with
+    t0 = t - tau,  E(c) = e^{-c t0} * tau phi1(c tau):
+
+        (E(a) - E(b)) / (b - a) = dd(a, b, t0) tau phi1(b tau) + e^{-a t0} tau^2 Phi2(a tau, b tau)
+
+    (both terms >= 0; valid for a == b as well).
     """
-    scale = max(abs(a), abs(b))
-    if abs(b - a) > 1e-5 * scale:
-        return (_int_exp(a, t, tau) - _int_exp(b, t, tau)) / (b - a)
-    c = 0.5 * (a + b)
+    t = np.asarray(t, float)
+    tau = np.asarray(tau, float)
     t0 = t - tau
-    # int_{t0}^{t0+tau} s e^{-c s} ds = e^{-c t0} (t0 tau phi1(c tau) + tau^2 psi(c tau))
-    return np.exp(-c * t0) * (t0 * tau * _phi1(c * tau) + tau * tau * _psi(c * tau))
+    return _dd_exp(a, b, t0) * tau * _phi1(b * tau) + np.exp(-a * t0) * tau * tau * _phi2(
+        a * tau, b * tau
+    )
 
 
 def _prep_t(t):

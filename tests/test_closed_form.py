@@ -148,7 +148,7 @@ def test_effect_site_ke0_equal_to_a_lambda(name):
     p = PARAM_SETS[name]
     lam, _ = macro_constants(**_rates(p))
     for ke0 in (lam[-1], lam[-1] * (1 + 3e-6), lam[-1] * (1 - 2e-5), lam[0]):
-        c_ref, ce_ref = _ode(T_GRID, **p, dose=KET_DOSE, ke0=ke0)
+        _, ce_ref = _ode(T_GRID, **p, dose=KET_DOSE, ke0=ke0)
         ce = effect_site_bolus(T_GRID, KET_DOSE, p["V1"], ke0, **_rates(p))
         assert _max_rel(ce, ce_ref) < RTOL
         _, ce_ref = _ode(T_GRID, **p, rate=50.0, duration=1.0, ke0=ke0)

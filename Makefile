@@ -1,0 +1,45 @@
+# One-command set-up on a machine with python3, make and a C compiler.
+#   make demo   create .venv if missing, install, run the demo simulation
+#   make test   same bootstrap, then the full test suite
+#   make bench  benchmarks (pytest-benchmark; compile time reported separately)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := demo-output
+
+.PHONY: demo test test-nojit bench lint venv clean
+
+venv: $(STAMP)
+
+# Re-install only when the project definition changes (idempotent).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO)
+	$(BIN)/pkpd simulate fanta2015_otto2021 lumbar_fusion_esketamine --weight 70 \
+		--out $(DEMO)/demo.nc --plot $(DEMO)/demo.png
+
+# pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-nojit
+
+# The solver tests once more with numba's JIT disabled, so coverage and tracebacks reach
+# the kernels' Python source (STYLE.md).
+test-nojit: $(STAMP)
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_exact.py tests/test_expm.py
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -o testpaths=benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check pkpd tests benchmarks
+	$(BIN)/ruff format --check pkpd tests benchmarks
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .benchmarks build dist *.egg-info

@@ -1,0 +1,253 @@
+"""The ``pkpd`` command.
+
+Research software for pharmacology and protocol design: not a clinical dosing device.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import PkpdError, PkpdWarning
+from .simulate import DISCLAIMER
+
+_DEBUG = False
+
+
+class _Group(click.Group):
+    """Turn known errors into one-line messages (traceback only with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (PkpdError, ValueError, OSError) as exc:
+            if _DEBUG:
+                traceback.print_exc()
+            click.echo(f"pkpd: error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _showwarning(message, category, filename, lineno, file=None, line=None):
+    prefix = "warning" if issubclass(category, PkpdWarning) else category.__name__
+    click.echo(f"pkpd: {prefix}: {message}", err=True)
+
+
+@click.group(cls=_Group, help=f"""Simulate perioperative ketamine and S-ketamine infusions.
+
+\b
+{DISCLAIMER}
+
+\b
+Examples:
+  pkpd models
+  pkpd models show fanta2015_otto2021
+  pkpd simulate fanta2015_otto2021 "0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h" \\
+       --weight 70 --until 24h --out result.nc --plot result.png
+""")
+@click.version_option(__version__, prog_name="pkpd")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    global _DEBUG
+    _DEBUG = debug
+    warnings.showwarning = _showwarning
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@main.group(invoke_without_command=True, help="List the shipped models, or show one.")
+@click.pass_context
+def models(ctx) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from .model import available_models, load_model
+
+    rows = []
+    for name in available_models():
+        m = load_model(name)
+        rows.append((name, m.drug, m.sampling_site, m.verification_summary(),
+                     m.citation.split(".")[0]))
+    head = ("name", "drug", "sampling", "verification", "source")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  source")
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
+    click.echo("\nPopulations and caveats: pkpd models show NAME")
+
+
+@models.command("show", help="Parameters of one model with units, sources and tags.")
+@click.argument("name")
+def models_show(name: str) -> None:
+    from .model import TAGS, load_model
+
+    m = load_model(name)
+    click.echo(f"{m.name}: {m.title}")
+    for label, val in (("drug", m.drug), ("citation", m.citation), ("doi", m.doi or "none"),
+                       ("population", m.population), ("sampling site", m.sampling_site),
+                       ("verification", m.verification_summary()),
+                       ("file", str(m.file))):
+        click.echo(f"  {label}: {val}")
+    for n in m.notes:
+        click.echo(f"  note: {n}")
+    click.echo("\nparameters (typical values; internal units h, L, mg):")
+    for p in m.parameters.values():
+        scale = ""
+        if p.per_kg:
+            scale = " x weight"
+        elif p.weight_exponent:
+            ref = m.covariates["weight"].reference
+            scale = f" x (WT/{ref:g} kg)^{p.weight_exponent:g}"
+        for e in p.covariates:
+            if e.type == "categorical":
+                scale += f" x {e.covariate} factor {e.factors}"
+            else:
+                scale += f" x {e.type}({e.covariate}, ref {e.reference:g}, {e.coefficient:g})"
+        unit = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}.get(
+            p.kind, "")
+        click.echo(f"  {p.name:<6} {p.unit_text:<14} = {p.value:.6g} {unit}{scale}")
+        click.echo(f"         [{TAGS[p.source.tag]}] {p.source.reference}")
+        if p.source.note:
+            click.echo(f"         note: {p.source.note}")
+    if m.covariates:
+        click.echo("\ncovariates:")
+        for c in m.covariates.values():
+            rng = f"studied range {c.range[0]:g}-{c.range[1]:g} {c.unit}" if c.range else \
+                ("levels " + ", ".join(c.levels) if c.levels else "range not reported")
+            ref = f", reference {c.reference:g} {c.unit}" if c.reference is not None else ""
+            click.echo(f"  {c.name}: {rng}{ref}")
+    if m.variability:
+        click.echo("\ninter-individual variability (log-normal, omega^2):")
+        for v in m.variability:
+            if v.omega is None:
+                click.echo(f"  {', '.join(v.parameters)}: MISSING in the source "
+                           f"[{TAGS[v.source.tag]}] {v.source.reference}")
+                continue
+            cv = np.sqrt(np.expm1(np.diag(v.omega))) * 100
+            cvs = ", ".join(f"{p} {c:.1f}%" for p, c in zip(v.parameters, cv, strict=True))
+            click.echo(f"  {', '.join(v.parameters)}: omega^2 {v.omega.tolist()} "
+                       f"(CV {cvs}) [{TAGS[v.source.tag]}]")
+    else:
+        click.echo("\ninter-individual variability: none published")
+    if m.residual:
+        click.echo("\nresidual error:")
+        for r in m.residual.values():
+            parts = []
+            if r.proportional_sd:
+                parts.append(f"proportional SD {r.proportional_sd:g}")
+            if r.additive_sd:
+                parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
+            click.echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
+    click.echo(f"\noutputs: {', '.join(m.output_names)} (ng/mL)")
+
+
+# ----------------------------------------------------------------------------- simulate
+
+
+def _covariates(weight, age, sex, extra) -> dict:
+    from .units import parse_quantity
+
+    cov: dict = {}
+    if weight is not None:
+        cov["weight"] = parse_quantity(weight, "weight", default_unit="kg", key="--weight").value
+    if age is not None:
+        cov["age"] = parse_quantity(age, "age", default_unit="year", key="--age").value
+    if sex is not None:
+        cov["sex"] = {"f": "female", "m": "male"}.get(sex.lower(), sex.lower())
+    for item in extra:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected NAME=VALUE", param_hint="--covariate")
+        k, v = item.split("=", 1)
+        try:
+            cov[k.strip()] = float(v)
+        except ValueError:
+            cov[k.strip()] = v.strip()
+    return cov
+
+
+@main.command(help="""Simulate one patient exactly and print an exposure summary.
+
+\b
+MODEL    a shipped model name (see `pkpd models`) or a model .toml file
+REGIMEN  a regimen .toml file or the one-line form, e.g.
+         "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
+""")
+@click.argument("model")
+@click.argument("regimen")
+@click.option("--weight", help="Body weight, kg (e.g. 70 or '70 kg').")
+@click.option("--age", help="Age, years.")
+@click.option("--sex", type=click.Choice(["F", "M", "f", "m", "female", "male"]),
+              help="Sex.")
+@click.option("--covariate", "extra", multiple=True, metavar="NAME=VALUE",
+              help="Any other covariate the model uses (repeatable).")
+@click.option("--until", default=None,
+              help="End of the output grid (default: 24 h after the last dose event).")
+@click.option("--every", default="1 min", show_default=True, help="Output grid step.")
+@click.option("--out", "out_nc", type=click.Path(dir_okay=False),
+              help="Write the dataset as NetCDF (.nc).")
+@click.option("--csv", "out_csv", type=click.Path(dir_okay=False),
+              help="Write the time courses as CSV.")
+@click.option("--plot", "out_png", type=click.Path(dir_okay=False),
+              help="Write a concentration plot (.png, .svg or .pdf).")
+def simulate(model, regimen, weight, age, sex, extra, until, every, out_nc, out_csv,
+             out_png) -> None:
+    from .io import atomic_outputs, check_target, write_csv, write_netcdf
+    from .model import load_model
+    from .regimen import load_regimen
+    from .simulate import simulate as run
+    from .simulate import summarize
+
+    targets = []
+    if out_nc:
+        targets.append(("nc", check_target(out_nc, (".nc",), "--out")))
+    if out_csv:
+        targets.append(("csv", check_target(out_csv, (".csv",), "--csv")))
+    if out_png:
+        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
+    spec = load_model(model)
+    reg = load_regimen(regimen)
+    cov = _covariates(weight, age, sex, extra)
+    ds = run(spec, reg, covariates=cov, until=until, every=every)
+    # Summary on the output grid merged with every dose event, so peaks at a bolus or at
+    # the end of an infusion are evaluated exactly.
+    grid = ds.time.values
+    w = ds.attrs["covariates"]
+    ev_t = reg.event_table(cov.get("weight", spec.covariates.get("weight").default
+                                   if "weight" in spec.covariates else None)
+                           if reg.uses_weight else None).t
+    fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
+        fine = run(spec, reg, covariates=cov, times=fine_t)
+    summ = summarize(fine, reg)
+    click.echo(f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
+               f"{spec.verification_summary()})")
+    click.echo(f"regimen: {reg.text}")
+    click.echo(f"covariates: {w}")
+    if spec.assumed_parameters:
+        click.echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
+    for line in summ.lines():
+        click.echo(line)
+    with atomic_outputs() as stage:
+        for kind, path in targets:
+            if kind == "nc":
+                stage(path, lambda tmp: write_netcdf(ds, tmp))
+            elif kind == "csv":
+                stage(path, lambda tmp: write_csv(ds, tmp))
+            else:
+                from .plot import plot_concentrations
+
+                stage(path, lambda tmp, path=path: plot_concentrations(
+                    ds, tmp, events=reg.infusion_ends(), fmt=path.suffix))
+    for _kind, path in targets:
+        click.echo(f"wrote {path}")
+    click.echo(DISCLAIMER)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,98 @@
+"""Writing results: atomically (temporary file in the target folder, then rename).
+
+An interrupted or failed run never leaves a file that looks complete: the data go to a
+hidden temporary file beside the target, which is renamed over the target only after the
+writer finished. ``os.replace`` is atomic on POSIX file systems when both paths are on the
+same file system, which a temporary file in the same folder guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import PkpdError
+
+__all__ = ["atomic_outputs", "write_csv", "write_netcdf"]
+
+
+class OutputError(PkpdError, OSError):
+    """An output file cannot be written (missing folder, wrong extension, permission)."""
+
+
+def check_target(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """Validate an output path before any work is done."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise OutputError(f"{what} {str(p)!r}: expected a file name ending in "
+                          f"{' or '.join(suffixes)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
+    if p.is_dir():
+        raise OutputError(f"{what} {str(p)!r} is a folder")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_outputs() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
+    """Stage several outputs and publish them together at the end of the block.
+
+    Usage::
+
+        with atomic_outputs() as stage:
+            stage(Path("out.nc"), lambda tmp: ds.to_netcdf(tmp))
+            stage(Path("out.png"), lambda tmp: fig.savefig(tmp))
+
+    Each writer receives a temporary path in the target's folder. If anything in the block
+    raises, every temporary file is removed and no target is touched.
+    """
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(target: Path, writer: Callable[[Path], None]) -> None:
+        target = Path(target)
+        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
+                                   prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        staged.append((Path(tmp), target))
+        try:
+            writer(Path(tmp))
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(target)!r}: {exc}") from exc
+
+    try:
+        yield stage
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    for tmp, target in staged:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+
+
+def write_netcdf(ds, tmp: Path) -> None:
+    """Write `ds` as NetCDF-4 (h5netcdf engine)."""
+    ds.to_netcdf(tmp, engine="h5netcdf")
+
+
+def write_csv(ds, tmp: Path) -> None:
+    """Write the time-indexed variables of `ds` as CSV, units in the column headers."""
+    import numpy as np
+
+    names = [v for v in ds.data_vars if ds[v].dims == ("time",)]
+    cols = [ds.time.values] + [ds[v].values for v in names]
+    header = ["time [h]"] + [f"{v} [{ds[v].attrs.get('units', '')}]" for v in names]
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(f"# {ds.attrs.get('disclaimer', '')}\n")
+        fh.write(f"# model: {ds.attrs.get('model', '')}; regimen: "
+                 f"{ds.attrs.get('regimen', '')}; covariates: {ds.attrs.get('covariates', '')}\n")
+        fh.write(",".join(header) + "\n")
+        np.savetxt(fh, np.column_stack(cols), delimiter=",", fmt="%.17g")
