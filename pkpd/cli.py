@@ -170,7 +170,10 @@ def _covariates(weight, age, sex, extra) -> dict:
     return cov
 
 
-@main.command(help="""Simulate one patient exactly and print an exposure summary.
+# ignore_unknown_options: a regimen such as "-5 mg bolus at 0 h" must reach the regimen
+# parser (and its clear error), not be taken for an option.
+@main.command(context_settings={"ignore_unknown_options": True},
+              help="""Simulate one patient exactly and print an exposure summary.
 
 \b
 MODEL    a shipped model name (see `pkpd models`) or a model .toml file

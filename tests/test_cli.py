@@ -1,0 +1,159 @@
+"""The `pkpd` command end to end: in-process (click's runner) and in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+from test_shipped_models import REGIMEN, domino_reference, fanta_otto_reference
+
+from pkpd.cli import main
+
+BIN = Path(sys.executable).parent / "pkpd"
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_says_not_a_clinical_device():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    assert "not a clinical dosing device" in r.output
+    r = CliRunner().invoke(main, ["simulate", "--help"])
+    assert "--weight" in r.output and "REGIMEN" in r.output
+
+
+def test_models_lists_and_shows_provenance():
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0
+    assert "domino_racemic" in r.output and "fanta2015_otto2021" in r.output
+    assert "venous" in r.output
+    r = CliRunner().invoke(main, ["models", "show", "fanta2015_otto2021"])
+    assert r.exit_code == 0, r.output
+    assert "Table 3" in r.output and "verified in cited code" in r.output
+    assert "133 L" in r.output and "(WT/70 kg)^0.75" in r.output
+    r = CliRunner().invoke(main, ["models", "show", "domino_racemic"])
+    assert "assumed (not a literature value)" in r.output
+    r = CliRunner().invoke(main, ["models", "show", "nope"])
+    assert r.exit_code == 2 and "unknown model 'nope'" in r.output
+
+
+@pytest.mark.parametrize("model,ref,names", [
+    ("domino_racemic", domino_reference, ("cp [ng/mL]", "ce [ng/mL]")),
+    ("fanta2015_otto2021", fanta_otto_reference, ("cp [ng/mL]", "cp_norketamine [ng/mL]")),
+])
+def test_simulate_reproduces_independent_solution(tmp_path, model, ref, names):
+    """The acceptance check: `pkpd simulate` output equals an independent exact solution
+    of the shipped model to 1e-9 relative."""
+    csv = tmp_path / "out.csv"
+    r = CliRunner().invoke(main, ["simulate", model, REGIMEN, "--weight", "72", "--until",
+                                  "60h", "--every", "5min", "--csv", str(csv)])
+    assert r.exit_code == 0, r.output
+    with open(csv) as fh:
+        lines = [ln for ln in fh if not ln.startswith("#")]
+    header = lines[0].strip().split(",")
+    data = np.loadtxt(lines[1:], delimiter=",")
+    t = data[:, 0]
+    np.testing.assert_allclose(t[-1], 60.0)
+    expect = ref(t, 72.0)
+    for name, e in zip(names, expect, strict=True):
+        got = data[:, header.index(name)]
+        np.testing.assert_allclose(got[1:], e[1:], rtol=1e-9, atol=0)
+
+
+def test_simulate_end_to_end_writes_files(tmp_path):
+    """Subprocess: summary, NetCDF with units, PNG; then nothing half-written."""
+    r = run("simulate", "fanta2015_otto2021", "lumbar_fusion_esketamine", "--weight", "70",
+            "--out", "r.nc", "--plot", "r.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Cmax" in r.stdout and "end of infusion at 4 h" in r.stdout
+    assert "not a clinical dosing device" in r.stdout
+    ds = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf")
+    assert ds.cp.attrs["units"] == "ng/mL" and ds.time.attrs["units"] == "h"
+    assert ds.attrs["model"] == "fanta2015_otto2021"
+    assert "lumbar" not in ds.attrs["regimen"] and "0.125 mg/kg/h" in ds.attrs["regimen"]
+    ds.close()
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.nc", "r.png"]
+
+
+BAD = [
+    (["domino_racemic", "5 foo bolus at 0 h"], "unknown unit 'foo'"),
+    (["domino_racemic", "-5 mg bolus at 0 h"], "negative"),
+    (["domino_racemic", "5 mg/h from 3 h to 1 h"], "not after its start"),
+    (["domino_racemic", "give some ketamine"], "cannot parse"),
+    (["no_such_model", "5 mg bolus at 0 h"], "unknown model"),
+    (["domino_racemic", "0.3 mg/kg bolus at 0 h", "--weight", "-3"], "weight"),
+    (["domino_racemic", "5 mg bolus at 0 h", "--every", "0 min"], "every"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, args, message):
+    out = tmp_path / "x.nc"
+    r = CliRunner().invoke(main, ["simulate", *args, "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    err = r.output.strip().splitlines()
+    assert err[-1].startswith("pkpd: error:") and message in err[-1]
+    assert "Traceback" not in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_input_in_a_subprocess_and_debug_traceback(tmp_path):
+    r = run("simulate", "domino_racemic", "5 mg/kg/x bolus at 0 h", "--weight", "70",
+            "--out", "x.nc", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "unknown unit" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = run("--debug", "simulate", "domino_racemic", "5 mg/kg/x bolus at 0 h", "--weight",
+            "70", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_bad_output_path_is_refused_before_running(tmp_path):
+    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
+                                  "--out", str(tmp_path / "missing" / "x.nc")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
+                                  "--out", str(tmp_path / "x.txt")])
+    assert r.exit_code == 2 and ".nc" in r.output
+
+
+def test_covariate_outside_studied_range_warns_on_stderr():
+    r = CliRunner().invoke(main, ["simulate", "fanta2015_otto2021", "20 mg bolus at 0 h",
+                                  "--weight", "130", "--until", "2h"])
+    assert r.exit_code == 0
+    assert "pkpd: warning:" in r.output and "outside the studied range" in r.output
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    """A writer that fails midway: the target never appears, the temporary file is gone."""
+    import pkpd.io
+
+    def broken(ds, tmp):
+        Path(tmp).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pkpd.io, "write_netcdf", broken)
+    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
+                                  "--until", "1h", "--out", str(tmp_path / "x.nc")])
+    assert r.exit_code == 2 and "disk full" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_second_run_loads_numba_cache_instead_of_compiling(tmp_path):
+    args = ("simulate", "domino_racemic", "5 mg bolus at 0 h", "--until", "1h")
+    assert run(*args).returncode == 0  # populate the cache if needed
+    r = run(*args, env={"NUMBA_DEBUG_CACHE": "1"})
+    assert r.returncode == 0
+    log = r.stdout + r.stderr
+    assert "data loaded" in log
+    assert "data saved" not in log
