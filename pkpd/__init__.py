@@ -19,7 +19,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-from .errors import (  # noqa: E402
+from .errors import (
     CovariateRangeWarning,
     ModelError,
     PkpdError,
@@ -28,9 +28,9 @@ from .errors import (  # noqa: E402
     SimulationError,
     UnitError,
 )
-from .model import ModelSpec, available_models, load_model  # noqa: E402
-from .regimen import Bolus, Infusion, Regimen, load_regimen  # noqa: E402
-from .simulate import DISCLAIMER, simulate, summarize  # noqa: E402
+from .model import ModelSpec, available_models, load_model
+from .regimen import Bolus, Infusion, Regimen, load_regimen
+from .simulate import DISCLAIMER, simulate, summarize
 
 __all__ = [
     "DISCLAIMER",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import traceback
 import warnings
-from pathlib import Path
 
 import click
 import numpy as np
@@ -38,7 +37,9 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"pkpd: {prefix}: {message}", err=True)
 
 
-@click.group(cls=_Group, help=f"""Simulate perioperative ketamine and S-ketamine infusions.
+@click.group(
+    cls=_Group,
+    help=f"""Simulate perioperative ketamine and S-ketamine infusions.
 
 \b
 {DISCLAIMER}
@@ -49,7 +50,8 @@ Examples:
   pkpd models show fanta2015_otto2021
   pkpd simulate fanta2015_otto2021 "0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h" \\
        --weight 70 --until 24h --out result.nc --plot result.png
-""")
+""",
+)
 @click.version_option(__version__, prog_name="pkpd")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
@@ -71,8 +73,9 @@ def models(ctx) -> None:
     rows = []
     for name in available_models():
         m = load_model(name)
-        rows.append((name, m.drug, m.sampling_site, m.verification_summary(),
-                     m.citation.split(".")[0]))
+        rows.append(
+            (name, m.drug, m.sampling_site, m.verification_summary(), m.citation.split(".")[0])
+        )
     head = ("name", "drug", "sampling", "verification", "source")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  source")
@@ -88,10 +91,15 @@ def models_show(name: str) -> None:
 
     m = load_model(name)
     click.echo(f"{m.name}: {m.title}")
-    for label, val in (("drug", m.drug), ("citation", m.citation), ("doi", m.doi or "none"),
-                       ("population", m.population), ("sampling site", m.sampling_site),
-                       ("verification", m.verification_summary()),
-                       ("file", str(m.file))):
+    for label, val in (
+        ("drug", m.drug),
+        ("citation", m.citation),
+        ("doi", m.doi or "none"),
+        ("population", m.population),
+        ("sampling site", m.sampling_site),
+        ("verification", m.verification_summary()),
+        ("file", str(m.file)),
+    ):
         click.echo(f"  {label}: {val}")
     for n in m.notes:
         click.echo(f"  note: {n}")
@@ -109,7 +117,8 @@ def models_show(name: str) -> None:
             else:
                 scale += f" x {e.type}({e.covariate}, ref {e.reference:g}, {e.coefficient:g})"
         unit = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}.get(
-            p.kind, "")
+            p.kind, ""
+        )
         click.echo(f"  {p.name:<6} {p.unit_text:<14} = {p.value:.6g} {unit}{scale}")
         click.echo(f"         [{TAGS[p.source.tag]}] {p.source.reference}")
         if p.source.note:
@@ -117,21 +126,28 @@ def models_show(name: str) -> None:
     if m.covariates:
         click.echo("\ncovariates:")
         for c in m.covariates.values():
-            rng = f"studied range {c.range[0]:g}-{c.range[1]:g} {c.unit}" if c.range else \
-                ("levels " + ", ".join(c.levels) if c.levels else "range not reported")
+            rng = (
+                f"studied range {c.range[0]:g}-{c.range[1]:g} {c.unit}"
+                if c.range
+                else ("levels " + ", ".join(c.levels) if c.levels else "range not reported")
+            )
             ref = f", reference {c.reference:g} {c.unit}" if c.reference is not None else ""
             click.echo(f"  {c.name}: {rng}{ref}")
     if m.variability:
         click.echo("\ninter-individual variability (log-normal, omega^2):")
         for v in m.variability:
             if v.omega is None:
-                click.echo(f"  {', '.join(v.parameters)}: MISSING in the source "
-                           f"[{TAGS[v.source.tag]}] {v.source.reference}")
+                click.echo(
+                    f"  {', '.join(v.parameters)}: MISSING in the source "
+                    f"[{TAGS[v.source.tag]}] {v.source.reference}"
+                )
                 continue
             cv = np.sqrt(np.expm1(np.diag(v.omega))) * 100
             cvs = ", ".join(f"{p} {c:.1f}%" for p, c in zip(v.parameters, cv, strict=True))
-            click.echo(f"  {', '.join(v.parameters)}: omega^2 {v.omega.tolist()} "
-                       f"(CV {cvs}) [{TAGS[v.source.tag]}]")
+            click.echo(
+                f"  {', '.join(v.parameters)}: omega^2 {v.omega.tolist()} "
+                f"(CV {cvs}) [{TAGS[v.source.tag]}]"
+            )
     else:
         click.echo("\ninter-individual variability: none published")
     if m.residual:
@@ -172,33 +188,49 @@ def _covariates(weight, age, sex, extra) -> dict:
 
 # ignore_unknown_options: a regimen such as "-5 mg bolus at 0 h" must reach the regimen
 # parser (and its clear error), not be taken for an option.
-@main.command(context_settings={"ignore_unknown_options": True},
-              help="""Simulate one patient exactly and print an exposure summary.
+@main.command(
+    context_settings={"ignore_unknown_options": True},
+    help="""Simulate one patient exactly and print an exposure summary.
 
 \b
 MODEL    a shipped model name (see `pkpd models`) or a model .toml file
 REGIMEN  a regimen .toml file or the one-line form, e.g.
          "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
-""")
+""",
+)
 @click.argument("model")
 @click.argument("regimen")
 @click.option("--weight", help="Body weight, kg (e.g. 70 or '70 kg').")
 @click.option("--age", help="Age, years.")
-@click.option("--sex", type=click.Choice(["F", "M", "f", "m", "female", "male"]),
-              help="Sex.")
-@click.option("--covariate", "extra", multiple=True, metavar="NAME=VALUE",
-              help="Any other covariate the model uses (repeatable).")
-@click.option("--until", default=None,
-              help="End of the output grid (default: 24 h after the last dose event).")
+@click.option("--sex", type=click.Choice(["F", "M", "f", "m", "female", "male"]), help="Sex.")
+@click.option(
+    "--covariate",
+    "extra",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Any other covariate the model uses (repeatable).",
+)
+@click.option(
+    "--until",
+    default=None,
+    help="End of the output grid (default: 24 h after the last dose event).",
+)
 @click.option("--every", default="1 min", show_default=True, help="Output grid step.")
-@click.option("--out", "out_nc", type=click.Path(dir_okay=False),
-              help="Write the dataset as NetCDF (.nc).")
-@click.option("--csv", "out_csv", type=click.Path(dir_okay=False),
-              help="Write the time courses as CSV.")
-@click.option("--plot", "out_png", type=click.Path(dir_okay=False),
-              help="Write a concentration plot (.png, .svg or .pdf).")
-def simulate(model, regimen, weight, age, sex, extra, until, every, out_nc, out_csv,
-             out_png) -> None:
+@click.option(
+    "--out", "out_nc", type=click.Path(dir_okay=False), help="Write the dataset as NetCDF (.nc)."
+)
+@click.option(
+    "--csv", "out_csv", type=click.Path(dir_okay=False), help="Write the time courses as CSV."
+)
+@click.option(
+    "--plot",
+    "out_png",
+    type=click.Path(dir_okay=False),
+    help="Write a concentration plot (.png, .svg or .pdf).",
+)
+def simulate(
+    model, regimen, weight, age, sex, extra, until, every, out_nc, out_csv, out_png
+) -> None:
     from .io import atomic_outputs, check_target, write_csv, write_netcdf
     from .model import load_model
     from .regimen import load_regimen
@@ -220,16 +252,22 @@ def simulate(model, regimen, weight, age, sex, extra, until, every, out_nc, out_
     # the end of an infusion are evaluated exactly.
     grid = ds.time.values
     w = ds.attrs["covariates"]
-    ev_t = reg.event_table(cov.get("weight", spec.covariates.get("weight").default
-                                   if "weight" in spec.covariates else None)
-                           if reg.uses_weight else None).t
+    ev_t = reg.event_table(
+        cov.get(
+            "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
+        )
+        if reg.uses_weight
+        else None
+    ).t
     fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
         fine = run(spec, reg, covariates=cov, times=fine_t)
     summ = summarize(fine, reg)
-    click.echo(f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
-               f"{spec.verification_summary()})")
+    click.echo(
+        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
+        f"{spec.verification_summary()})"
+    )
     click.echo(f"regimen: {reg.text}")
     click.echo(f"covariates: {w}")
     if spec.assumed_parameters:
@@ -245,8 +283,12 @@ def simulate(model, regimen, weight, age, sex, extra, until, every, out_nc, out_
             else:
                 from .plot import plot_concentrations
 
-                stage(path, lambda tmp, path=path: plot_concentrations(
-                    ds, tmp, events=reg.infusion_ends(), fmt=path.suffix))
+                stage(
+                    path,
+                    lambda tmp, path=path: plot_concentrations(
+                        ds, tmp, events=reg.infusion_ends(), fmt=path.suffix
+                    ),
+                )
     for _kind, path in targets:
         click.echo(f"wrote {path}")
     click.echo(DISCLAIMER)

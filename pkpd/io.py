@@ -27,8 +27,9 @@ def check_target(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path
     """Validate an output path before any work is done."""
     p = Path(path)
     if p.suffix.lower() not in suffixes:
-        raise OutputError(f"{what} {str(p)!r}: expected a file name ending in "
-                          f"{' or '.join(suffixes)}")
+        raise OutputError(
+            f"{what} {str(p)!r}: expected a file name ending in {' or '.join(suffixes)}"
+        )
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
@@ -54,8 +55,11 @@ def atomic_outputs() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]
 
     def stage(target: Path, writer: Callable[[Path], None]) -> None:
         target = Path(target)
-        fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
-                                   prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=target.parent if str(target.parent) else ".",
+            prefix=f".{target.name}.",
+            suffix=".tmp",
+        )
         os.close(fd)
         staged.append((Path(tmp), target))
         try:
@@ -92,7 +96,9 @@ def write_csv(ds, tmp: Path) -> None:
     header = ["time [h]"] + [f"{v} [{ds[v].attrs.get('units', '')}]" for v in names]
     with open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(f"# {ds.attrs.get('disclaimer', '')}\n")
-        fh.write(f"# model: {ds.attrs.get('model', '')}; regimen: "
-                 f"{ds.attrs.get('regimen', '')}; covariates: {ds.attrs.get('covariates', '')}\n")
+        fh.write(
+            f"# model: {ds.attrs.get('model', '')}; regimen: "
+            f"{ds.attrs.get('regimen', '')}; covariates: {ds.attrs.get('covariates', '')}\n"
+        )
         fh.write(",".join(header) + "\n")
         np.savetxt(fh, np.column_stack(cols), delimiter=",", fmt="%.17g")

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CovariateRangeWarning, ModelError
+from .errors import CovariateRangeWarning, ModelError, UnitError
 from .solvers import linear_system as ls
 from .units import parse_quantity
 
@@ -87,8 +87,8 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
                 f"unknown model {text!r}: expected a path to a .toml file or one of "
                 f"{', '.join(available_models())}"
             )
-    if not path.exists():
-        raise ModelError(f"{path}: model file not found")
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found (expected a .toml file)")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -170,8 +170,9 @@ def _source(ctx: _Ctx, d: dict, key: str, required: bool = True) -> Source | Non
     ref = ctx.string(d, key, "source")
     tag = ctx.string(d, key, "tag")
     if tag not in TAGS:
-        raise ctx.err(f"{key}.tag", f"{tag!r} is not a verification tag; expected one of "
-                      f"{', '.join(TAGS)}")
+        raise ctx.err(
+            f"{key}.tag", f"{tag!r} is not a verification tag; expected one of {', '.join(TAGS)}"
+        )
     note = ctx.string(d, key, "note", required=False, default="")
     return Source(ref, tag, note)
 
@@ -301,22 +302,54 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict, file: Path | str | None = None) -> ModelSpec:
         """Validate a parsed model file (see ``models/README.md``) and compile it."""
+        try:
+            return cls._from_dict(data, file)
+        except UnitError as exc:
+            # parse_quantity already names the file and the key.
+            raise ModelError(str(exc)) from None
+
+    @classmethod
+    def _from_dict(cls, data: dict, file: Path | str | None) -> ModelSpec:
         ctx = _Ctx(file if file is not None else "<model>")
-        top = {"schema_version", "model", "analytes", "covariates", "parameters",
-               "compartments", "flows", "chains", "variability", "residual"}
-        ctx.keys(data, "", top, {"schema_version", "model", "analytes", "parameters",
-                                 "compartments"})
-        if data["schema_version"] != 1:
-            raise ctx.err("schema_version", f"{data['schema_version']!r} unsupported; "
-                          "expected 1")
+        top = {
+            "schema_version",
+            "model",
+            "analytes",
+            "covariates",
+            "parameters",
+            "compartments",
+            "flows",
+            "chains",
+            "variability",
+            "residual",
+        }
+        ctx.keys(
+            data, "", top, {"schema_version", "model", "analytes", "parameters", "compartments"}
+        )
+        if isinstance(data["schema_version"], bool) or data["schema_version"] != 1:
+            raise ctx.err("schema_version", f"{data['schema_version']!r} unsupported; expected 1")
         meta = ctx.table(data, "model")
-        ctx.keys(meta, "model", {"name", "drug", "title", "citation", "doi", "population",
-                                 "sampling_site", "notes", "description"},
-                 {"name", "drug", "citation", "population", "sampling_site"})
+        ctx.keys(
+            meta,
+            "model",
+            {
+                "name",
+                "drug",
+                "title",
+                "citation",
+                "doi",
+                "population",
+                "sampling_site",
+                "notes",
+                "description",
+            },
+            {"name", "drug", "citation", "population", "sampling_site"},
+        )
         site = ctx.string(meta, "model", "sampling_site")
         if site not in SAMPLING_SITES:
-            raise ctx.err("model.sampling_site", f"{site!r}; expected one of "
-                          f"{', '.join(SAMPLING_SITES)}")
+            raise ctx.err(
+                "model.sampling_site", f"{site!r}; expected one of {', '.join(SAMPLING_SITES)}"
+            )
         notes = meta.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise ctx.err("model.notes", "expected a list of strings")
@@ -325,19 +358,21 @@ class ModelSpec:
         parent = next(a for a, v in analytes.items() if v["role"] == "parent")
         covariates = cls._read_covariates(ctx, ctx.table(data, "covariates", required=False))
         parameters = cls._read_parameters(ctx, ctx.table(data, "parameters"), covariates)
-        compartments, dose = cls._read_compartments(ctx, ctx.table(data, "compartments"),
-                                                    analytes)
+        compartments, dose = cls._read_compartments(ctx, ctx.table(data, "compartments"), analytes)
         flows = cls._read_flows(ctx, data.get("flows", []), compartments)
         cls._expand_chains(ctx, data.get("chains", []), compartments, flows, analytes)
         used = cls._check_references(ctx, parameters, compartments, flows, analytes)
         unused = sorted(set(parameters) - used)
         if unused:
-            raise ctx.err(f"parameters.{unused[0]}", "defined but not used by any "
-                          "compartment, flow or effect site (a typo?)")
+            raise ctx.err(
+                f"parameters.{unused[0]}",
+                "defined but not used by any compartment, flow or effect site (a typo?)",
+            )
         outputs = cls._make_outputs(ctx, compartments, analytes, parent)
         variability = cls._read_variability(ctx, data.get("variability", []), parameters)
-        residual = cls._read_residual(ctx, ctx.table(data, "residual", required=False),
-                                      outputs, analytes)
+        residual = cls._read_residual(
+            ctx, ctx.table(data, "residual", required=False), outputs, analytes
+        )
         spec = cls(
             file=Path(file) if file is not None else None,
             name=ctx.string(meta, "model", "name"),
@@ -361,8 +396,8 @@ class ModelSpec:
             raw=data,
         )
         spec._compile()
-        # Positivity of the typical structure (volumes > 0, rates >= 0).
-        spec._check_theta(spec.typical_theta(), "typical values")
+        # Positivity of the typical values as written (volumes > 0, rates >= 0).
+        spec._check_theta(spec.theta_typical, "typical values")
         return spec
 
     @staticmethod
@@ -374,24 +409,26 @@ class ModelSpec:
             key = f"analytes.{name}"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table")
-            ctx.keys(d, key, {"role", "molar_mass", "description", "source", "tag", "note"},
-                     {"role"})
+            ctx.keys(
+                d, key, {"role", "molar_mass", "description", "source", "tag", "note"}, {"role"}
+            )
             role = ctx.string(d, key, "role")
             if role not in ROLES:
                 raise ctx.err(f"{key}.role", f"{role!r}; expected one of {', '.join(ROLES)}")
             mm = None
             if "molar_mass" in d:
-                mm = parse_quantity(d["molar_mass"], "molar_mass", file=ctx.file,
-                                    key=f"{key}.molar_mass").value
+                mm = parse_quantity(
+                    d["molar_mass"], "molar_mass", file=ctx.file, key=f"{key}.molar_mass"
+                ).value
                 if mm <= 0:
                     raise ctx.err(f"{key}.molar_mass", f"{d['molar_mass']!r} must be > 0")
                 _source(ctx, d, key)
-            out[name] = {"role": role, "molar_mass": mm,
-                         "description": d.get("description", name)}
+            out[name] = {"role": role, "molar_mass": mm, "description": d.get("description", name)}
         parents = [a for a, v in out.items() if v["role"] == "parent"]
         if len(parents) != 1:
-            raise ctx.err("analytes", f"exactly one analyte must have role = 'parent', "
-                          f"found {len(parents)}")
+            raise ctx.err(
+                "analytes", f"exactly one analyte must have role = 'parent', found {len(parents)}"
+            )
         return out
 
     @staticmethod
@@ -401,8 +438,21 @@ class ModelSpec:
             key = f"covariates.{name}"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table")
-            ctx.keys(d, key, {"unit", "reference", "range", "levels", "default",
-                              "description", "source", "tag", "note"})
+            ctx.keys(
+                d,
+                key,
+                {
+                    "unit",
+                    "reference",
+                    "range",
+                    "levels",
+                    "default",
+                    "description",
+                    "source",
+                    "tag",
+                    "note",
+                },
+            )
             levels = d.get("levels", [])
             if not isinstance(levels, list) or not all(isinstance(x, str) for x in levels):
                 raise ctx.err(f"{key}.levels", f"expected a list of strings, got {levels!r}")
@@ -411,8 +461,10 @@ class ModelSpec:
             rng = d.get("range")
             if levels:
                 if ref is not None or rng is not None:
-                    raise ctx.err(key, "a categorical covariate (with `levels`) takes no "
-                                  "`reference` or `range`")
+                    raise ctx.err(
+                        key,
+                        "a categorical covariate (with `levels`) takes no `reference` or `range`",
+                    )
                 default = d.get("default")
                 if default is not None and default not in levels:
                     raise ctx.err(f"{key}.default", f"{default!r} is not one of {levels}")
@@ -422,16 +474,27 @@ class ModelSpec:
                 if ref is not None:
                     ref = ctx.number(d, key, "reference")
                 if rng is not None:
-                    if (not isinstance(rng, list) or len(rng) != 2
-                            or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                                       for v in rng) or rng[0] > rng[1]):
-                        raise ctx.err(f"{key}.range", f"expected [low, high] numbers with "
-                                      f"low <= high, got {rng!r}")
+                    if (
+                        not isinstance(rng, list)
+                        or len(rng) != 2
+                        or not all(
+                            isinstance(v, int | float)
+                            and not isinstance(v, bool)
+                            and math.isfinite(v)
+                            for v in rng
+                        )
+                        or rng[0] > rng[1]
+                    ):
+                        raise ctx.err(
+                            f"{key}.range",
+                            f"expected [low, high] numbers with low <= high, got {rng!r}",
+                        )
                     rng = (float(rng[0]), float(rng[1]))
                     _source(ctx, d, key)
                 default = d.get("default", ref)
-            out[name] = Covariate(name, unit, ref, rng, tuple(levels), default,
-                                  d.get("description", name))
+            out[name] = Covariate(
+                name, unit, ref, rng, tuple(levels), default, d.get("description", name)
+            )
         return out
 
     @staticmethod
@@ -441,8 +504,21 @@ class ModelSpec:
             key = f"parameters.{name}"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table with `value`, `source` and `tag`")
-            ctx.keys(d, key, {"value", "kind", "weight_exponent", "covariates",
-                              "description", "source", "tag", "note"}, {"value"})
+            ctx.keys(
+                d,
+                key,
+                {
+                    "value",
+                    "kind",
+                    "weight_exponent",
+                    "covariates",
+                    "description",
+                    "source",
+                    "tag",
+                    "note",
+                },
+                {"value"},
+            )
             kind = d.get("kind")
             if kind is not None and kind not in _PARAM_KINDS:
                 raise ctx.err(f"{key}.kind", f"{kind!r}; expected one of {_PARAM_KINDS}")
@@ -451,80 +527,129 @@ class ModelSpec:
             kinds = [kind] if kind else list(_PARAM_KINDS)
             for k in kinds:
                 try:
-                    parsed = parse_quantity(val, k, allow_per_kg=k in ("volume", "clearance"),
-                                            file=ctx.file, key=f"{key}.value")
+                    parsed = parse_quantity(
+                        val,
+                        k,
+                        allow_per_kg=k in ("volume", "clearance"),
+                        file=ctx.file,
+                        key=f"{key}.value",
+                    )
                     kind = k
                     break
                 except Exception as exc:  # try the next kind
                     last = exc
             if parsed is None:
-                if kind is not None and len(kinds) == 1:
+                if (
+                    (kind is not None and len(kinds) == 1)
+                    or "unknown unit" in str(last)
+                    or "cannot read" in str(last)
+                ):
                     raise last
-                raise ctx.err(f"{key}.value", f"{val!r}: expected a volume (L), clearance "
-                              "(L/h), rate constant (1/h), time (h) or a plain number")
+                raise ctx.err(
+                    f"{key}.value",
+                    f"{val!r}: expected a volume (L), clearance "
+                    "(L/h), rate constant (1/h), time (h) or a plain number",
+                )
             if not math.isfinite(parsed.value):
                 raise ctx.err(f"{key}.value", f"{val!r} is not finite")
             wexp = 0.0
             if "weight_exponent" in d:
                 wexp = ctx.number(d, key, "weight_exponent")
                 if parsed.per_kg:
-                    raise ctx.err(f"{key}.weight_exponent", f"{val!r} is already per kg "
-                                  "(linear in weight); remove `weight_exponent`")
+                    raise ctx.err(
+                        f"{key}.weight_exponent",
+                        f"{val!r} is already per kg (linear in weight); remove `weight_exponent`",
+                    )
                 if "weight" not in covariates or covariates["weight"].reference is None:
-                    raise ctx.err(f"{key}.weight_exponent", "needs a `covariates.weight` "
-                                  "table with a `reference` weight")
+                    raise ctx.err(
+                        f"{key}.weight_exponent",
+                        "needs a `covariates.weight` table with a `reference` weight",
+                    )
             if parsed.per_kg and "weight" not in covariates:
-                raise ctx.err(f"{key}.value", f"{val!r} is per kg: declare "
-                              "`covariates.weight`")
+                raise ctx.err(f"{key}.value", f"{val!r} is per kg: declare `covariates.weight`")
             effects = []
             for i, ce in enumerate(d.get("covariates", [])):
                 ekey = f"{key}.covariates[{i}]"
                 if not isinstance(ce, dict):
                     raise ctx.err(ekey, "expected a table")
-                ctx.keys(ce, ekey, {"covariate", "type", "reference", "coefficient",
-                                    "factors", "source", "tag", "note"},
-                         {"covariate", "type"})
+                ctx.keys(
+                    ce,
+                    ekey,
+                    {
+                        "covariate",
+                        "type",
+                        "reference",
+                        "coefficient",
+                        "factors",
+                        "source",
+                        "tag",
+                        "note",
+                    },
+                    {"covariate", "type"},
+                )
                 cname = ctx.string(ce, ekey, "covariate")
                 if cname not in covariates:
-                    raise ctx.err(f"{ekey}.covariate", f"{cname!r} is not declared under "
-                                  "`covariates`")
+                    raise ctx.err(
+                        f"{ekey}.covariate", f"{cname!r} is not declared under `covariates`"
+                    )
                 ctype = ctx.string(ce, ekey, "type")
                 if ctype not in COVARIATE_TYPES:
-                    raise ctx.err(f"{ekey}.type", f"{ctype!r}; expected one of "
-                                  f"{', '.join(COVARIATE_TYPES)}")
+                    raise ctx.err(
+                        f"{ekey}.type", f"{ctype!r}; expected one of {', '.join(COVARIATE_TYPES)}"
+                    )
                 cov = covariates[cname]
                 src = _source(ctx, ce, ekey)
                 if ctype == "categorical":
                     if not cov.categorical:
-                        raise ctx.err(f"{ekey}.type", f"covariate {cname!r} is continuous; "
-                                      "'categorical' needs `levels`")
+                        raise ctx.err(
+                            f"{ekey}.type",
+                            f"covariate {cname!r} is continuous; 'categorical' needs `levels`",
+                        )
                     factors = ce.get("factors")
                     if not isinstance(factors, dict) or not factors:
                         raise ctx.err(f"{ekey}.factors", "expected a table level = factor")
                     for lev, fac in factors.items():
                         if lev not in cov.levels:
-                            raise ctx.err(f"{ekey}.factors.{lev}", f"not a level of "
-                                          f"{cname!r} ({', '.join(cov.levels)})")
-                        if isinstance(fac, bool) or not isinstance(fac, int | float) \
-                                or not fac > 0:
-                            raise ctx.err(f"{ekey}.factors.{lev}", f"expected a positive "
-                                          f"multiplier, got {fac!r}")
-                    effects.append(CovariateEffect(cname, ctype, factors={
-                        k: float(v) for k, v in factors.items()}, source=src))
+                            raise ctx.err(
+                                f"{ekey}.factors.{lev}",
+                                f"not a level of {cname!r} ({', '.join(cov.levels)})",
+                            )
+                        if isinstance(fac, bool) or not isinstance(fac, int | float) or not fac > 0:
+                            raise ctx.err(
+                                f"{ekey}.factors.{lev}",
+                                f"expected a positive multiplier, got {fac!r}",
+                            )
+                    effects.append(
+                        CovariateEffect(
+                            cname,
+                            ctype,
+                            factors={k: float(v) for k, v in factors.items()},
+                            source=src,
+                        )
+                    )
                 else:
                     if cov.categorical:
-                        raise ctx.err(f"{ekey}.type", f"covariate {cname!r} is categorical; "
-                                      "use type = 'categorical'")
+                        raise ctx.err(
+                            f"{ekey}.type",
+                            f"covariate {cname!r} is categorical; use type = 'categorical'",
+                        )
                     refv = ctx.number(ce, ekey, "reference")
                     coef = ctx.number(ce, ekey, "coefficient")
                     if ctype == "power" and refv <= 0:
-                        raise ctx.err(f"{ekey}.reference", f"{refv!r} must be > 0 for a "
-                                      "power model")
+                        raise ctx.err(
+                            f"{ekey}.reference", f"{refv!r} must be > 0 for a power model"
+                        )
                     effects.append(CovariateEffect(cname, ctype, refv, coef, source=src))
             out[name] = Parameter(
-                name=name, value=parsed.value, unit_text=str(val), kind=kind,
-                per_kg=parsed.per_kg, weight_exponent=wexp, covariates=tuple(effects),
-                description=d.get("description", ""), source=_source(ctx, d, key),
+                name=name,
+                value=parsed.value,
+                unit_text=str(val),
+                kind=kind,
+                per_kg=parsed.per_kg,
+                weight_exponent=wexp,
+                covariates=tuple(effects),
+                description=d.get("description", ""),
+                source=_source(ctx, d, key),
             )
         if not out:
             raise ctx.err("parameters", "no parameters defined")
@@ -538,22 +663,26 @@ class ModelSpec:
             key = f"compartments.{name}"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table")
-            ctx.keys(d, key, {"type", "analyte", "volume", "dosing", "link", "ke0", "output",
-                              "description"})
+            ctx.keys(
+                d,
+                key,
+                {"type", "analyte", "volume", "dosing", "link", "ke0", "output", "description"},
+            )
             ctype = d.get("type", "mass")
             if ctype not in ("mass", "effect", "transit"):
-                raise ctx.err(f"{key}.type", f"{ctype!r}; expected 'mass', 'effect' or "
-                              "'transit'")
+                raise ctx.err(f"{key}.type", f"{ctype!r}; expected 'mass', 'effect' or 'transit'")
             if ctype == "effect":
-                ctx.keys(d, key, {"type", "link", "ke0", "output", "description"},
-                         {"link", "ke0"})
-                out[name] = Compartment(name, "", "effect", None, link=d["link"],
-                                        ke0=d["ke0"], output=d.get("output"))
+                ctx.keys(d, key, {"type", "link", "ke0", "output", "description"}, {"link", "ke0"})
+                out[name] = Compartment(
+                    name, "", "effect", None, link=d["link"], ke0=d["ke0"], output=d.get("output")
+                )
                 continue
             analyte = ctx.string(d, key, "analyte")
             if analyte not in analytes:
-                raise ctx.err(f"{key}.analyte", f"{analyte!r} is not declared under "
-                              f"`analytes` ({', '.join(analytes)})")
+                raise ctx.err(
+                    f"{key}.analyte",
+                    f"{analyte!r} is not declared under `analytes` ({', '.join(analytes)})",
+                )
             vol = d.get("volume")
             if vol is not None and not isinstance(vol, str):
                 raise ctx.err(f"{key}.volume", f"expected a parameter name, got {vol!r}")
@@ -561,11 +690,13 @@ class ModelSpec:
                 raise ctx.err(f"{key}.volume", "a transit compartment holds an amount only")
             if d.get("dosing", False):
                 if dose is not None:
-                    raise ctx.err(f"{key}.dosing", f"only one dosing compartment allowed "
-                                  f"(already {dose!r})")
+                    raise ctx.err(
+                        f"{key}.dosing", f"only one dosing compartment allowed (already {dose!r})"
+                    )
                 if analytes[analyte]["role"] != "parent":
-                    raise ctx.err(f"{key}.dosing", "doses go into a compartment of the "
-                                  "parent analyte")
+                    raise ctx.err(
+                        f"{key}.dosing", "doses go into a compartment of the parent analyte"
+                    )
                 dose = name
             out[name] = Compartment(name, analyte, ctype, vol, output=d.get("output"))
         if dose is None:
@@ -585,8 +716,18 @@ class ModelSpec:
         if not isinstance(flows, list):
             raise ctx.err("flows", "expected an array of tables [[flows]]")
         out = []
-        allowed = {"from", "to", "between", "clearance", "rate_constant", "mean_transit_time",
-                   "n_transit", "fraction", "molar_ratio", "description"}
+        allowed = {
+            "from",
+            "to",
+            "between",
+            "clearance",
+            "rate_constant",
+            "mean_transit_time",
+            "n_transit",
+            "fraction",
+            "molar_ratio",
+            "description",
+        }
         for i, d in enumerate(flows):
             key = f"flows[{i}]"
             if not isinstance(d, dict):
@@ -594,8 +735,11 @@ class ModelSpec:
             ctx.keys(d, key, allowed)
             rates = [k for k in ("clearance", "rate_constant", "mean_transit_time") if k in d]
             if len(rates) != 1:
-                raise ctx.err(key, "give exactly one of `clearance`, `rate_constant`, "
-                              f"`mean_transit_time` (found {rates or 'none'})")
+                raise ctx.err(
+                    key,
+                    "give exactly one of `clearance`, `rate_constant`, "
+                    f"`mean_transit_time` (found {rates or 'none'})",
+                )
             rk = rates[0]
             pname = d[rk]
             if not isinstance(pname, str):
@@ -604,29 +748,37 @@ class ModelSpec:
             def comp(k, d=d, key=key):
                 c = d[k]
                 if not isinstance(c, str) or c not in comps:
-                    raise ctx.err(f"{key}.{k}", f"{c!r} is not a compartment "
-                                  f"({', '.join(comps)})")
+                    raise ctx.err(f"{key}.{k}", f"{c!r} is not a compartment ({', '.join(comps)})")
                 if comps[c].type == "effect":
-                    raise ctx.err(f"{key}.{k}", f"{c!r} is an effect site; effect sites "
-                                  "take no mass flows")
+                    raise ctx.err(
+                        f"{key}.{k}", f"{c!r} is an effect site; effect sites take no mass flows"
+                    )
                 return c
 
             if "between" in d:
                 if {"from", "to", "fraction", "molar_ratio"} & set(d):
-                    raise ctx.err(key, "`between` describes a two-way distribution flow; "
-                                  "it takes no `from`, `to`, `fraction` or `molar_ratio`")
+                    raise ctx.err(
+                        key,
+                        "`between` describes a two-way distribution flow; "
+                        "it takes no `from`, `to`, `fraction` or `molar_ratio`",
+                    )
                 pair = d["between"]
                 if not isinstance(pair, list) or len(pair) != 2:
-                    raise ctx.err(f"{key}.between", f"expected two compartment names, got "
-                                  f"{pair!r}")
-                a, b = (comp(0, d=pair, key=f"{key}.between"),
-                        comp(1, d=pair, key=f"{key}.between"))
+                    raise ctx.err(f"{key}.between", f"expected two compartment names, got {pair!r}")
+                a, b = (
+                    comp(0, d=pair, key=f"{key}.between"),
+                    comp(1, d=pair, key=f"{key}.between"),
+                )
                 if rk != "clearance":
-                    raise ctx.err(key, "`between` needs an intercompartmental `clearance`; "
-                                  "give two one-way flows with `rate_constant` instead")
+                    raise ctx.err(
+                        key,
+                        "`between` needs an intercompartmental `clearance`; "
+                        "give two one-way flows with `rate_constant` instead",
+                    )
                 if comps[a].analyte != comps[b].analyte:
-                    raise ctx.err(f"{key}.between", "distribution links compartments of one "
-                                  "analyte")
+                    raise ctx.err(
+                        f"{key}.between", "distribution links compartments of one analyte"
+                    )
                 out.append(Flow(a, b, ls.FLOW_CLEARANCE, pname))
                 out.append(Flow(b, a, ls.FLOW_CLEARANCE, pname))
                 continue
@@ -634,14 +786,19 @@ class ModelSpec:
                 raise ctx.err(f"{key}.from", "missing (or use `between`)")
             src = comp("from")
             dst = comp("to") if "to" in d else None
-            kind = {"clearance": ls.FLOW_CLEARANCE, "rate_constant": ls.FLOW_RATE_CONSTANT,
-                    "mean_transit_time": ls.FLOW_TRANSIT}[rk]
+            kind = {
+                "clearance": ls.FLOW_CLEARANCE,
+                "rate_constant": ls.FLOW_RATE_CONSTANT,
+                "mean_transit_time": ls.FLOW_TRANSIT,
+            }[rk]
             scale = 1.0
             if rk == "mean_transit_time":
                 n = d.get("n_transit")
                 if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                    raise ctx.err(f"{key}.n_transit", f"expected a positive integer (steps "
-                                  f"in the chain, k = n/MTT), got {n!r}")
+                    raise ctx.err(
+                        f"{key}.n_transit",
+                        f"expected a positive integer (steps in the chain, k = n/MTT), got {n!r}",
+                    )
                 scale = float(n)
             elif "n_transit" in d:
                 raise ctx.err(f"{key}.n_transit", "only with `mean_transit_time`")
@@ -652,12 +809,13 @@ class ModelSpec:
                 fv = d["fraction"]
                 if isinstance(fv, str):
                     fparam = fv
-                elif isinstance(fv, int | float) and not isinstance(fv, bool) \
-                        and 0.0 <= fv <= 1.0:
+                elif isinstance(fv, int | float) and not isinstance(fv, bool) and 0.0 <= fv <= 1.0:
                     fconst = float(fv)
                 else:
-                    raise ctx.err(f"{key}.fraction", f"expected a number in [0, 1] or a "
-                                  f"parameter name, got {fv!r}")
+                    raise ctx.err(
+                        f"{key}.fraction",
+                        f"expected a number in [0, 1] or a parameter name, got {fv!r}",
+                    )
             mr = d.get("molar_ratio", False)
             if not isinstance(mr, bool):
                 raise ctx.err(f"{key}.molar_ratio", f"expected true or false, got {mr!r}")
@@ -675,10 +833,24 @@ class ModelSpec:
             key = f"chains[{i}]"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table")
-            ctx.keys(d, key, {"name", "analyte", "from", "to", "clearance", "rate_constant",
-                              "mean_transit_time", "n_transit", "fraction", "molar_ratio",
-                              "description"},
-                     {"name", "analyte", "from", "to", "mean_transit_time", "n_transit"})
+            ctx.keys(
+                d,
+                key,
+                {
+                    "name",
+                    "analyte",
+                    "from",
+                    "to",
+                    "clearance",
+                    "rate_constant",
+                    "mean_transit_time",
+                    "n_transit",
+                    "fraction",
+                    "molar_ratio",
+                    "description",
+                },
+                {"name", "analyte", "from", "to", "mean_transit_time", "n_transit"},
+            )
             name = ctx.string(d, key, "name")
             n = d["n_transit"]
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -688,8 +860,10 @@ class ModelSpec:
                 raise ctx.err(f"{key}.analyte", f"{an!r} is not declared under `analytes`")
             entry = [k for k in ("clearance", "rate_constant") if k in d]
             if len(entry) != 1:
-                raise ctx.err(key, "give exactly one of `clearance`, `rate_constant` for the "
-                              "flow into the chain")
+                raise ctx.err(
+                    key,
+                    "give exactly one of `clearance`, `rate_constant` for the flow into the chain",
+                )
             names = [f"{name}_{j + 1}" for j in range(n)]
             for c in names:
                 if c in comps:
@@ -698,10 +872,20 @@ class ModelSpec:
             base = {"molar_ratio": d.get("molar_ratio", False)}
             sub = [{"from": d["from"], "to": names[0], entry[0]: d[entry[0]], **base}]
             for j in range(n - 1):
-                sub.append({"from": names[j], "to": names[j + 1],
-                            "mean_transit_time": d["mean_transit_time"], "n_transit": n})
-            last = {"from": names[-1], "to": d["to"],
-                    "mean_transit_time": d["mean_transit_time"], "n_transit": n}
+                sub.append(
+                    {
+                        "from": names[j],
+                        "to": names[j + 1],
+                        "mean_transit_time": d["mean_transit_time"],
+                        "n_transit": n,
+                    }
+                )
+            last = {
+                "from": names[-1],
+                "to": d["to"],
+                "mean_transit_time": d["mean_transit_time"],
+                "n_transit": n,
+            }
             if "fraction" in d:
                 last["fraction"] = d["fraction"]
             sub.append(last)
@@ -718,9 +902,12 @@ class ModelSpec:
             if pname not in params:
                 raise ctx.err(key, f"parameter {pname!r} is not defined under `parameters`")
             if params[pname].kind not in kinds:
-                raise ctx.err(key, f"parameter {pname!r} is a {params[pname].kind} "
-                              f"({params[pname].unit_text!r}); expected a "
-                              f"{' or '.join(kinds)}")
+                raise ctx.err(
+                    key,
+                    f"parameter {pname!r} is a {params[pname].kind} "
+                    f"({params[pname].unit_text!r}); expected a "
+                    f"{' or '.join(kinds)}",
+                )
             used.add(pname)
 
         for c in comps.values():
@@ -729,28 +916,38 @@ class ModelSpec:
             if c.type == "effect":
                 need(c.ke0, f"compartments.{c.name}.ke0", ("rate_constant", "time"))
         for i, f in enumerate(flows):
-            kinds = {ls.FLOW_CLEARANCE: ("clearance",),
-                     ls.FLOW_RATE_CONSTANT: ("rate_constant",),
-                     ls.FLOW_TRANSIT: ("time",)}[f.kind]
+            kinds = {
+                ls.FLOW_CLEARANCE: ("clearance",),
+                ls.FLOW_RATE_CONSTANT: ("rate_constant",),
+                ls.FLOW_TRANSIT: ("time",),
+            }[f.kind]
             need(f.param, f"flows[{i}] ({f.src} -> {f.dst or 'out'})", kinds)
             if f.fraction_param:
                 need(f.fraction_param, f"flows[{i}].fraction", ("dimensionless",))
             if f.molar_ratio:
                 a, b = comps[f.src].analyte, comps[f.dst].analyte
                 if analytes[a]["molar_mass"] is None or analytes[b]["molar_mass"] is None:
-                    raise ctx.err(f"flows[{i}].molar_ratio", f"needs `molar_mass` for "
-                                  f"analytes {a!r} and {b!r}")
+                    raise ctx.err(
+                        f"flows[{i}].molar_ratio",
+                        f"needs `molar_mass` for analytes {a!r} and {b!r}",
+                    )
         for a in analytes:
             if analytes[a]["role"] == "metabolite":
-                feeds = [f for f in flows if f.dst and comps[f.dst].analyte == a
-                         and comps[f.src].analyte != a]
+                feeds = [
+                    f
+                    for f in flows
+                    if f.dst and comps[f.dst].analyte == a and comps[f.src].analyte != a
+                ]
                 if not feeds:
-                    raise ctx.err(f"analytes.{a}", "metabolite is formed by no flow: add a "
-                                  "flow `to` one of its compartments")
-            if not any(c.analyte == a and c.type == "mass" and c.volume for c in
-                       comps.values()):
-                raise ctx.err(f"analytes.{a}", "needs a compartment with a `volume` "
-                              "(its plasma concentration is reported)")
+                    raise ctx.err(
+                        f"analytes.{a}",
+                        "metabolite is formed by no flow: add a flow `to` one of its compartments",
+                    )
+            if not any(c.analyte == a and c.type == "mass" and c.volume for c in comps.values()):
+                raise ctx.err(
+                    f"analytes.{a}",
+                    "needs a compartment with a `volume` (its plasma concentration is reported)",
+                )
         return used
 
     @staticmethod
@@ -759,26 +956,30 @@ class ModelSpec:
         # Plasma concentration: the first mass compartment of each analyte with a volume,
         # or the one explicitly marked `output`.
         for a in analytes:
-            cands = [c for c in comps.values() if c.analyte == a and c.type == "mass"
-                     and c.volume]
+            cands = [c for c in comps.values() if c.analyte == a and c.type == "mass" and c.volume]
             marked = [c for c in cands if c.output]
             central = marked[0] if marked else cands[0]
             name = "cp" if a == parent else f"cp_{a}"
             if marked and central.output != name:
-                raise ctx.err(f"compartments.{central.name}.output", f"{central.output!r}; "
-                              f"the plasma output of {a!r} is named {name!r}")
+                raise ctx.err(
+                    f"compartments.{central.name}.output",
+                    f"{central.output!r}; the plasma output of {a!r} is named {name!r}",
+                )
             outs.append(Output(name, central.name, a, f"{a} plasma concentration", False))
         for c in comps.values():
             if c.type == "effect":
                 default = "ce" if c.analyte == parent else f"ce_{c.analyte}"
                 name = c.output or default
-                outs.append(Output(name, c.name, c.analyte,
-                                   f"{c.analyte} effect-site concentration", True))
+                outs.append(
+                    Output(name, c.name, c.analyte, f"{c.analyte} effect-site concentration", True)
+                )
         seen = set()
         for o in outs:
             if o.name in seen:
-                raise ctx.err("compartments", f"two outputs are named {o.name!r}: give "
-                              "effect sites distinct `output` names")
+                raise ctx.err(
+                    "compartments",
+                    f"two outputs are named {o.name!r}: give effect sites distinct `output` names",
+                )
             seen.add(o.name)
         return outs
 
@@ -791,8 +992,21 @@ class ModelSpec:
             key = f"variability[{i}]"
             if not isinstance(d, dict):
                 raise ctx.err(key, "expected a table")
-            ctx.keys(d, key, {"parameters", "omega", "cv_percent", "cv_convention",
-                              "missing", "source", "tag", "note"}, {"parameters"})
+            ctx.keys(
+                d,
+                key,
+                {
+                    "parameters",
+                    "omega",
+                    "cv_percent",
+                    "cv_convention",
+                    "missing",
+                    "source",
+                    "tag",
+                    "note",
+                },
+                {"parameters"},
+            )
             names = d["parameters"]
             if not isinstance(names, list) or not names:
                 raise ctx.err(f"{key}.parameters", "expected a list of parameter names")
@@ -805,8 +1019,11 @@ class ModelSpec:
             src = _source(ctx, d, key)
             forms = [k for k in ("omega", "cv_percent", "missing") if k in d]
             if len(forms) != 1:
-                raise ctx.err(key, "give exactly one of `omega` (variances, log scale), "
-                              "`cv_percent`, or `missing = true`")
+                raise ctx.err(
+                    key,
+                    "give exactly one of `omega` (variances, log scale), "
+                    "`cv_percent`, or `missing = true`",
+                )
             n = len(names)
             if "missing" in d:
                 if d["missing"] is not True:
@@ -816,28 +1033,34 @@ class ModelSpec:
             if "cv_percent" in d:
                 conv = d.get("cv_convention")
                 if conv not in ("lognormal", "sqrt_omega2"):
-                    raise ctx.err(f"{key}.cv_convention", f"{conv!r}; expected 'lognormal' "
-                                  "(CV = sqrt(exp(omega2) - 1)) or 'sqrt_omega2' "
-                                  "(CV = sqrt(omega2)), as the source defines CV%")
+                    raise ctx.err(
+                        f"{key}.cv_convention",
+                        f"{conv!r}; expected 'lognormal' "
+                        "(CV = sqrt(exp(omega2) - 1)) or 'sqrt_omega2' "
+                        "(CV = sqrt(omega2)), as the source defines CV%",
+                    )
                 cv = d["cv_percent"]
                 cvs = cv if isinstance(cv, list) else [cv]
-                if len(cvs) != n or not all(isinstance(c, int | float) and c > 0
-                                            for c in cvs):
-                    raise ctx.err(f"{key}.cv_percent", f"expected {n} positive number(s), "
-                                  f"got {cv!r}")
+                if len(cvs) != n or not all(isinstance(c, int | float) and c > 0 for c in cvs):
+                    raise ctx.err(
+                        f"{key}.cv_percent", f"expected {n} positive number(s), got {cv!r}"
+                    )
                 c = np.asarray(cvs, float) / 100.0
                 var = np.log1p(c**2) if conv == "lognormal" else c**2
                 omega = np.diag(var)
             else:
                 om = d["omega"]
+                if n == 1 and isinstance(om, int | float) and not isinstance(om, bool):
+                    om = [[om]]
                 try:
-                    omega = np.asarray(om, dtype=float).reshape(n, n) if n > 1 or \
-                        isinstance(om, list) else np.array([[float(om)]])
+                    omega = np.asarray(om, dtype=float)
                 except (TypeError, ValueError) as exc:
-                    raise ctx.err(f"{key}.omega", f"expected a {n}x{n} matrix, got "
-                                  f"{om!r}") from exc
+                    raise ctx.err(f"{key}.omega", f"expected a {n}x{n} matrix, got {om!r}") from exc
                 if omega.shape != (n, n) or not np.all(np.isfinite(omega)):
-                    raise ctx.err(f"{key}.omega", f"expected a finite {n}x{n} matrix")
+                    raise ctx.err(
+                        f"{key}.omega",
+                        f"expected a finite {n}x{n} matrix (one row per parameter), got {om!r}",
+                    )
                 if not np.allclose(omega, omega.T, rtol=0, atol=0):
                     raise ctx.err(f"{key}.omega", "matrix is not symmetric")
                 if np.any(np.diag(omega) <= 0) or np.min(np.linalg.eigvalsh(omega)) <= 0:
@@ -853,14 +1076,19 @@ class ModelSpec:
             key = f"residual.{oname}"
             if oname not in names:
                 raise ctx.err(key, f"no output named {oname!r} ({', '.join(names)})")
-            ctx.keys(d, key, {"type", "proportional_sd", "additive_sd", "sd", "source", "tag",
-                              "note"}, {"type"})
+            ctx.keys(
+                d,
+                key,
+                {"type", "proportional_sd", "additive_sd", "sd", "source", "tag", "note"},
+                {"type"},
+            )
             rtype = d["type"]
             mm = analytes[names[oname].analyte]["molar_mass"]
 
             def add(k, d=d, key=key, mm=mm):
-                return parse_quantity(d[k], "concentration", molar_mass=mm, file=ctx.file,
-                                      key=f"{key}.{k}").value
+                return parse_quantity(
+                    d[k], "concentration", molar_mass=mm, file=ctx.file, key=f"{key}.{k}"
+                ).value
 
             if rtype == "proportional":
                 r = ResidualError(oname, rtype, proportional_sd=ctx.number(d, key, "sd"))
@@ -869,16 +1097,22 @@ class ModelSpec:
             elif rtype == "additive":
                 r = ResidualError(oname, rtype, additive_sd=add("sd"))
             elif rtype == "combined":
-                r = ResidualError(oname, rtype,
-                                  proportional_sd=ctx.number(d, key, "proportional_sd"),
-                                  additive_sd=add("additive_sd"))
+                r = ResidualError(
+                    oname,
+                    rtype,
+                    proportional_sd=ctx.number(d, key, "proportional_sd"),
+                    additive_sd=add("additive_sd"),
+                )
             else:
-                raise ctx.err(f"{key}.type", f"{rtype!r}; expected proportional, additive, "
-                              "combined or exponential")
+                raise ctx.err(
+                    f"{key}.type",
+                    f"{rtype!r}; expected proportional, additive, combined or exponential",
+                )
             if r.proportional_sd < 0 or r.additive_sd < 0:
                 raise ctx.err(key, "standard deviations must be >= 0")
-            out[oname] = ResidualError(r.output, r.type, r.proportional_sd, r.additive_sd,
-                                       _source(ctx, d, key))
+            out[oname] = ResidualError(
+                r.output, r.type, r.proportional_sd, r.additive_sd, _source(ctx, d, key)
+            )
         return out
 
     # ---- compilation ---------------------------------------------------------------
@@ -892,17 +1126,27 @@ class ModelSpec:
         aidx = {a: i for i, a in enumerate(self.analyte_names)}
         comps_i = np.zeros((len(self.comp_names), 3), dtype=np.int64)
         for i, c in enumerate(self.compartments.values()):
-            comps_i[i] = (pidx[c.volume] if c.volume else -1, aidx[c.analyte],
-                          1 if c.type == "effect" else 0)
+            comps_i[i] = (
+                pidx[c.volume] if c.volume else -1,
+                aidx[c.analyte],
+                1 if c.type == "effect" else 0,
+            )
         flows_i = np.zeros((len(self.flows), 5), dtype=np.int64)
         flows_f = np.zeros((len(self.flows), 3))
         for i, f in enumerate(self.flows):
-            flows_i[i] = (cidx[f.src], cidx[f.dst] if f.dst else -1, f.kind, pidx[f.param],
-                          pidx[f.fraction_param] if f.fraction_param else -1)
+            flows_i[i] = (
+                cidx[f.src],
+                cidx[f.dst] if f.dst else -1,
+                f.kind,
+                pidx[f.param],
+                pidx[f.fraction_param] if f.fraction_param else -1,
+            )
             ratio = 1.0
             if f.molar_ratio:
-                ratio = (self.analytes[self.compartments[f.dst].analyte]["molar_mass"]
-                         / self.analytes[self.compartments[f.src].analyte]["molar_mass"])
+                ratio = (
+                    self.analytes[self.compartments[f.dst].analyte]["molar_mass"]
+                    / self.analytes[self.compartments[f.src].analyte]["molar_mass"]
+                )
             flows_f[i] = (f.scale, f.fraction, ratio)
         effs = [c for c in self.compartments.values() if c.type == "effect"]
         effects_i = np.zeros((len(effs), 4), dtype=np.int64)
@@ -929,15 +1173,26 @@ class ModelSpec:
         M = np.zeros((N, N))
         b = np.zeros(N)
         C = np.zeros((len(self.outputs), self.n_comp))
-        ls.fill_system(np.ascontiguousarray(theta, dtype=np.float64), self.comps_i,
-                       self.flows_i, self.flows_f, self.effects_i, self.outputs_i,
-                       self.dose_index, len(self.analyte_names), M, b, C)
+        ls.fill_system(
+            np.ascontiguousarray(theta, dtype=np.float64),
+            self.comps_i,
+            self.flows_i,
+            self.flows_f,
+            self.effects_i,
+            self.outputs_i,
+            self.dose_index,
+            len(self.analyte_names),
+            M,
+            b,
+            C,
+        )
         return M, b, C
 
     # ---- individual parameters ----------------------------------------------------
 
-    def covariate_values(self, covariates: dict | None = None, *, warn: bool = True,
-                         stacklevel: int = 2) -> dict[str, Any]:
+    def covariate_values(
+        self, covariates: dict | None = None, *, warn: bool = True, stacklevel: int = 2
+    ) -> dict[str, Any]:
         """Complete and check a patient's covariates.
 
         Missing covariates take the model's `default` (usually the reference value);
@@ -958,18 +1213,25 @@ class ModelSpec:
             elif name not in used:
                 continue  # declared for range checks only, and not given
             else:
-                raise ModelError(f"{self._loc()}covariate `{name}` is required by the model "
-                                 "and has no default: pass it")
+                raise ModelError(
+                    f"{self._loc()}covariate `{name}` is required by the model "
+                    "and has no default: pass it"
+                )
             if cov.categorical:
                 if v not in cov.levels:
-                    raise ModelError(f"{self._loc()}covariate `{name}` = {v!r}; expected one "
-                                     f"of {', '.join(cov.levels)}")
+                    raise ModelError(
+                        f"{self._loc()}covariate `{name}` = {v!r}; expected one "
+                        f"of {', '.join(cov.levels)}"
+                    )
             else:
                 arr = np.asarray(v, dtype=float)
-                if not np.all(np.isfinite(arr)) or (name in ("weight", "height") and
-                                                    np.any(arr <= 0)):
-                    raise ModelError(f"{self._loc()}covariate `{name}` = {v!r}: expected a "
-                                     "finite positive number")
+                if not np.all(np.isfinite(arr)) or (
+                    name in ("weight", "height") and np.any(arr <= 0)
+                ):
+                    raise ModelError(
+                        f"{self._loc()}covariate `{name}` = {v!r}: expected a "
+                        "finite positive number"
+                    )
                 if warn and cov.range is not None:
                     lo, hi = cov.range
                     if np.any(arr < lo) or np.any(arr > hi):
@@ -977,16 +1239,22 @@ class ModelSpec:
                             f"model {self.name!r}: covariate `{name}` = {v!r} {cov.unit} is "
                             f"outside the studied range [{lo:g}, {hi:g}] {cov.unit}; "
                             "predictions are extrapolations",
-                            CovariateRangeWarning, stacklevel=stacklevel + 1)
+                            CovariateRangeWarning,
+                            stacklevel=stacklevel,
+                        )
                 v = arr if arr.ndim else float(arr)
             out[name] = v
         # Keep extra covariates (e.g. weight for per-kg doses when the model has none).
         out.update(given)
         return out
 
-    def individual_parameters(self, covariates: dict | None = None,
-                              eta: dict[str, float] | np.ndarray | None = None, *,
-                              warn: bool = True) -> np.ndarray:
+    def individual_parameters(
+        self,
+        covariates: dict | None = None,
+        eta: dict[str, float] | np.ndarray | None = None,
+        *,
+        warn: bool = True,
+    ) -> np.ndarray:
         """Individual parameters in internal units, in :attr:`param_names` order.
 
         ``P = TV * (WT/WTref)^exponent * prod(covariate effects) * exp(eta)``; per-kg
@@ -1031,8 +1299,7 @@ class ModelSpec:
             if isinstance(eta, dict):
                 unknown = set(eta) - set(self.parameters)
                 if unknown:
-                    raise ModelError(f"{self._loc()}eta for unknown parameter(s) "
-                                     f"{sorted(unknown)}")
+                    raise ModelError(f"{self._loc()}eta for unknown parameter(s) {sorted(unknown)}")
                 e = np.zeros(len(self.param_names))
                 for k, val in eta.items():
                     e[self.param_names.index(k)] = val
@@ -1049,15 +1316,20 @@ class ModelSpec:
             if not np.all(np.isfinite(col)):
                 raise ModelError(f"{self._loc()}`parameters.{p.name}`: non-finite {what}")
             if p.kind in ("volume", "time") and np.any(col <= 0):
-                raise ModelError(f"{self._loc()}`parameters.{p.name}` = {p.unit_text!r}: "
-                                 f"{what} must be > 0 (a {p.kind})")
+                raise ModelError(
+                    f"{self._loc()}`parameters.{p.name}` = {p.unit_text!r}: "
+                    f"{what} must be > 0 (a {p.kind})"
+                )
             if np.any(col < 0):
-                raise ModelError(f"{self._loc()}`parameters.{p.name}` = {p.unit_text!r}: "
-                                 f"{what} must be >= 0")
-            if p.kind == "dimensionless" and np.any(col > 1) and any(
-                    f.fraction_param == p.name for f in self.flows):
-                raise ModelError(f"{self._loc()}`parameters.{p.name}`: a fraction must be "
-                                 "<= 1")
+                raise ModelError(
+                    f"{self._loc()}`parameters.{p.name}` = {p.unit_text!r}: {what} must be >= 0"
+                )
+            if (
+                p.kind == "dimensionless"
+                and np.any(col > 1)
+                and any(f.fraction_param == p.name for f in self.flows)
+            ):
+                raise ModelError(f"{self._loc()}`parameters.{p.name}`: a fraction must be <= 1")
 
     def _loc(self) -> str:
         return f"{self.file}: " if self.file else f"model {self.name!r}: "
@@ -1090,7 +1362,10 @@ class ModelSpec:
             "model_assumed_parameters": ", ".join(self.assumed_parameters) or "none",
             "model_covariate_ranges": "; ".join(
                 f"{c.name} {c.range[0]:g}-{c.range[1]:g} {c.unit}"
-                for c in self.covariates.values() if c.range) or "not reported",
+                for c in self.covariates.values()
+                if c.range
+            )
+            or "not reported",
         }
 
     def typical_theta(self) -> np.ndarray:

@@ -7,8 +7,9 @@ from pathlib import Path
 __all__ = ["plot_concentrations"]
 
 
-def plot_concentrations(ds, path: Path, events: list[float] | None = None,
-                        fmt: str | None = None) -> None:
+def plot_concentrations(
+    ds, path: Path, events: list[float] | None = None, fmt: str | None = None
+) -> None:
     """Plot every ng/mL output of a one-patient dataset against time and save to `path`.
 
     Parameters
@@ -35,12 +36,14 @@ def plot_concentrations(ds, path: Path, events: list[float] | None = None,
         ax.axvline(t, color="0.6", lw=0.8, ls="--")
     ax.set_xlabel("time (h)")
     ax.set_ylabel("concentration (ng/mL)")
-    ax.set_title(f"{ds.attrs.get('model', '')}: {ds.attrs.get('regimen', '')}", fontsize=8,
-                 wrap=True)
+    ax.set_title(
+        f"{ds.attrs.get('model', '')}: {ds.attrs.get('regimen', '')}", fontsize=8, wrap=True
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.text(0.01, 0.005, "Research software, not a clinical dosing device.", fontsize=7,
-             color="0.4")
+    fig.text(
+        0.01, 0.005, "Research software, not a clinical dosing device.", fontsize=7, color="0.4"
+    )
     fmt = (fmt or Path(path).suffix).lstrip(".").lower() or "png"
     fig.savefig(path, format=fmt, dpi=120)
     plt.close(fig)

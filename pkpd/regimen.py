@@ -78,14 +78,17 @@ class Infusion:
         if self.rate is not None:
             return self.rate
         assert self.total is not None
-        return Parsed(self.total.value / (self.stop - self.start), self.total.per_kg, "rate",
-                      self.total.text)
+        return Parsed(
+            self.total.value / (self.stop - self.start), self.total.per_kg, "rate", self.total.text
+        )
 
     def text(self) -> str:
         if self.rate is not None:
             return f"{self.rate.text} from {_fmt_time(self.start)} to {_fmt_time(self.stop)}"
-        return (f"{self.total.text} over {_fmt_time(self.stop - self.start)} from "
-                f"{_fmt_time(self.start)}")
+        return (
+            f"{self.total.text} over {_fmt_time(self.stop - self.start)} from "
+            f"{_fmt_time(self.start)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,9 @@ class Regimen:
     def parse(cls, text: str, name: str = "") -> Regimen:
         """Parse the one-line form (pieces separated by ``;`` or new lines)."""
         if not isinstance(text, str) or not text.strip():
-            raise RegimenError("empty regimen: expected e.g. '0.3 mg/kg bolus at 0 h; "
-                               "0.2 mg/kg/h from 0 h to 4 h'")
+            raise RegimenError(
+                "empty regimen: expected e.g. '0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h'"
+            )
         doses = []
         for piece in re.split(r"[;\n]", text):
             piece = " ".join(piece.split())
@@ -164,13 +168,13 @@ class Regimen:
             raise err("regimen", "expected a table")
         for k in meta:
             if k not in ("name", "description", "source", "notes"):
-                raise err(f"regimen.{k}", "unknown key; expected name, description, source, "
-                          "notes")
+                raise err(f"regimen.{k}", "unknown key; expected name, description, source, notes")
 
         def q(d, key, k, kind):
             try:
-                return parse_quantity(d[k], kind, allow_per_kg=kind != "time", file=file,
-                                      key=f"{key}.{k}")
+                return parse_quantity(
+                    d[k], kind, allow_per_kg=kind != "time", file=file, key=f"{key}.{k}"
+                )
             except UnitError as exc:
                 raise RegimenError(str(exc)) from None
 
@@ -193,16 +197,20 @@ class Regimen:
                 if k not in d:
                     raise err(f"{key}.{k}", "missing")
             dur = time(d, key, "duration") if "duration" in d else 0.0
-            doses.append(_checked(Bolus(q(d, key, "amount", "amount"), time(d, key, "at"),
-                                        dur), f"{loc}{key}: "))
+            doses.append(
+                _checked(
+                    Bolus(q(d, key, "amount", "amount"), time(d, key, "at"), dur), f"{loc}{key}: "
+                )
+            )
         for i, d in enumerate(infusions):
             key = f"infusion[{i}]"
             if not isinstance(d, dict):
                 raise err(key, "expected a table")
             for k in d:
                 if k not in ("rate", "total", "start", "stop", "duration", "note"):
-                    raise err(f"{key}.{k}", "unknown key; expected rate or total, start, "
-                              "stop or duration")
+                    raise err(
+                        f"{key}.{k}", "unknown key; expected rate or total, start, stop or duration"
+                    )
             if ("rate" in d) == ("total" in d):
                 raise err(key, "give exactly one of `rate` and `total`")
             if "start" not in d:
@@ -212,15 +220,30 @@ class Regimen:
             start = time(d, key, "start")
             stop = time(d, key, "stop") if "stop" in d else start + time(d, key, "duration")
             if "rate" in d:
-                inf = Infusion(start, stop, rate=q(d, key, "rate", "rate"))
+                try:
+                    rate = q(d, key, "rate", "rate")
+                except RegimenError as exc:
+                    try:
+                        q(d, key, "rate", "amount")
+                    except RegimenError:
+                        raise exc from None
+                    raise err(
+                        f"{key}.rate",
+                        f"{d['rate']!r} is an amount, not a rate; for a total dose use `total`",
+                    ) from None
+                inf = Infusion(start, stop, rate=rate)
             else:
                 inf = Infusion(start, stop, total=q(d, key, "total", "amount"))
             doses.append(_checked(inf, f"{loc}{key}: "))
         if not doses:
             raise RegimenError(f"{loc}no [[bolus]] or [[infusion]] tables")
-        return cls(tuple(doses), name=str(meta.get("name", "")),
-                   description=str(meta.get("description", "")),
-                   source=str(meta.get("source", "")), file=file)
+        return cls(
+            tuple(doses),
+            name=str(meta.get("name", "")),
+            description=str(meta.get("description", "")),
+            source=str(meta.get("source", "")),
+            file=file,
+        )
 
     # ---- views ---------------------------------------------------------------------
 
@@ -232,8 +255,9 @@ class Regimen:
     @property
     def uses_weight(self) -> bool:
         """True if any dose is per kg of body weight."""
-        return any((d.amount.per_kg if isinstance(d, Bolus) else d.rate_value().per_kg)
-                   for d in self.doses)
+        return any(
+            (d.amount.per_kg if isinstance(d, Bolus) else d.rate_value().per_kg) for d in self.doses
+        )
 
     @property
     def start_time(self) -> float:
@@ -246,16 +270,19 @@ class Regimen:
 
     def infusion_ends(self) -> list[float]:
         """Sorted times at which the total infusion rate drops (ends of infusions)."""
-        ends = sorted({d.stop for d in self.doses if isinstance(d, Infusion)}
-                      | {d.at + d.duration for d in self.doses
-                         if isinstance(d, Bolus) and d.duration > 0})
+        ends = sorted(
+            {d.stop for d in self.doses if isinstance(d, Infusion)}
+            | {d.at + d.duration for d in self.doses if isinstance(d, Bolus) and d.duration > 0}
+        )
         return ends
 
     def event_table(self, weight: float | None = None) -> EventTable:
         """Compile to sorted event arrays in mg and mg/h for a patient of `weight` kg."""
         if self.uses_weight and (weight is None or not np.isfinite(weight) or weight <= 0):
-            raise RegimenError(f"{self._loc()}the regimen has per-kg doses: a positive body "
-                               f"weight is needed, got {weight!r}")
+            raise RegimenError(
+                f"{self._loc()}the regimen has per-kg doses: a positive body "
+                f"weight is needed, got {weight!r}"
+            )
         w = 1.0 if weight is None else float(weight)
         pieces = []  # (start, stop, rate_mg_h)
         boluses = []  # (time, amount_mg)
@@ -307,8 +334,10 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
         if shipped.is_file():
             text = str(shipped)
         else:
-            raise RegimenError(f"unknown regimen {text!r}: expected a one-line regimen, a "
-                               f".toml path, or one of {', '.join(available_regimens())}")
+            raise RegimenError(
+                f"unknown regimen {text!r}: expected a one-line regimen, a "
+                f".toml path, or one of {', '.join(available_regimens())}"
+            )
     if text.endswith(".toml") or (len(text) < 4096 and "\n" not in text and Path(text).is_file()):
         path = Path(text)
         if not path.is_file():
@@ -324,15 +353,22 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 
 # ----------------------------------------------------------------------------- parsing
 
-_BOLUS = re.compile(r"^(?P<amt>.+?)\s+bolus\s+at\s+(?P<at>.+?)(?:\s+over\s+(?P<dur>.+))?$",
-                    re.I)
-_RATE = re.compile(r"^(?P<rate>.+?)\s+from\s+(?P<start>.+?)\s+(?:(?P<to>to|until)|for)\s+"
-                   r"(?P<end>.+)$", re.I)
-_TOTAL = re.compile(r"^(?P<amt>.+?)\s+over\s+(?P<dur>.+?)\s+(?:from|at|starting)\s+"
-                    r"(?P<start>.+)$", re.I)
+_BOLUS = re.compile(r"^(?P<amt>.+?)\s+bolus\s+at\s+(?P<at>.+?)(?:\s+over\s+(?P<dur>.+))?$", re.I)
+_RATE = re.compile(
+    r"^(?P<rate>.+?)\s+from\s+(?P<start>.+?)\s+(?:(?P<to>to|until)|for)\s+"
+    r"(?P<end>.+)$",
+    re.I,
+)
+_TOTAL = re.compile(
+    r"^(?P<amt>.+?)\s+over\s+(?P<dur>.+?)\s+(?:from|at|starting)\s+"
+    r"(?P<start>.+)$",
+    re.I,
+)
 
-_FORMS = ("'<amount> bolus at <time> [over <duration>]', '<rate> from <time> to <time>', "
-          "'<rate> from <time> for <duration>' or '<amount> over <duration> from <time>'")
+_FORMS = (
+    "'<amount> bolus at <time> [over <duration>]', '<rate> from <time> to <time>', "
+    "'<rate> from <time> for <duration>' or '<amount> over <duration> from <time>'"
+)
 
 
 def _q(text: str, kind: str, piece: str) -> Parsed:
@@ -346,14 +382,17 @@ def _parse_piece(piece: str) -> Bolus | Infusion:
     m = _BOLUS.match(piece)
     if m:
         dur = _q(m["dur"], "time", piece).value if m["dur"] else 0.0
-        return _checked(Bolus(_q(m["amt"], "amount", piece), _q(m["at"], "time", piece).value,
-                              dur), f"in {piece!r}: ")
+        return _checked(
+            Bolus(_q(m["amt"], "amount", piece), _q(m["at"], "time", piece).value, dur),
+            f"in {piece!r}: ",
+        )
     m = _TOTAL.match(piece)
     if m:
         start = _q(m["start"], "time", piece).value
         dur = _q(m["dur"], "time", piece).value
-        return _checked(Infusion(start, start + dur, total=_q(m["amt"], "amount", piece)),
-                        f"in {piece!r}: ")
+        return _checked(
+            Infusion(start, start + dur, total=_q(m["amt"], "amount", piece)), f"in {piece!r}: "
+        )
     m = _RATE.match(piece)
     if m:
         start = _q(m["start"], "time", piece).value
@@ -368,7 +407,8 @@ def _parse_piece(piece: str) -> Bolus | Infusion:
                 raise RegimenError(f"in {piece!r}: {exc}") from None
             raise RegimenError(
                 f"in {piece!r}: {m['rate']!r} is an amount, not a rate; for a total dose "
-                f"write '{m['rate']} over <duration> from <time>'") from None
+                f"write '{m['rate']} over <duration> from <time>'"
+            ) from None
         return _checked(Infusion(start, stop, rate=rate), f"in {piece!r}: ")
     raise RegimenError(f"cannot parse {piece!r}: expected {_FORMS}")
 
@@ -384,13 +424,15 @@ def _check_dose(d, loc: str) -> None:
     else:
         q = d.rate if d.rate is not None else d.total
         if q.value < 0:
-            raise RegimenError(f"{loc}infusion {'rate' if d.rate else 'total dose'} "
-                               f"{q.text!r} is negative")
+            raise RegimenError(
+                f"{loc}infusion {'rate' if d.rate else 'total dose'} {q.text!r} is negative"
+            )
         if not (np.isfinite(d.start) and np.isfinite(d.stop)):
             raise RegimenError(f"{loc}infusion times must be finite")
         if d.stop <= d.start:
-            raise RegimenError(f"{loc}infusion stops at {d.stop:g} h, not after its start "
-                               f"at {d.start:g} h")
+            raise RegimenError(
+                f"{loc}infusion stops at {d.stop:g} h, not after its start at {d.start:g} h"
+            )
 
 
 def _checked(d, loc):

@@ -15,8 +15,10 @@ from .units import parse_quantity
 
 __all__ = ["DISCLAIMER", "Summary", "simulate", "summarize", "time_grid"]
 
-DISCLAIMER = ("Research software for pharmacology and protocol design; not a clinical dosing "
-              "device. Do not use it to dose patients.")
+DISCLAIMER = (
+    "Research software for pharmacology and protocol design; not a clinical dosing "
+    "device. Do not use it to dose patients."
+)
 
 MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
 
@@ -60,8 +62,10 @@ def _prepare(model, regimen, covariates, eta):
     full = spec.covariate_values(cov, stacklevel=4)
     theta = spec.individual_parameters(full, eta, warn=False)
     if theta.ndim != 1:
-        raise ModelError("simulate() takes one patient: covariates must be scalars "
-                         "(use the cohort API for many patients)")
+        raise ModelError(
+            "simulate() takes one patient: covariates must be scalars "
+            "(use the cohort API for many patients)"
+        )
     weight = full.get("weight")
     ev = reg.event_table(weight if reg.uses_weight else None)
     return spec, reg, full, theta, ev
@@ -72,13 +76,24 @@ def _solve(spec: ModelSpec, theta, ev, t):
     t0 = min(0.0, float(ev.t[0]), float(t[0]))
     X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
     if status != 0:
-        raise SimulationError(f"exact solver failed (status {status}): "
-                              f"{STATUS_MESSAGES.get(status, 'unknown status')}")
+        raise SimulationError(
+            f"exact solver failed (status {status}): "
+            f"{STATUS_MESSAGES.get(status, 'unknown status')}"
+        )
     return X, C
 
 
-def simulate(model, regimen, covariates: dict | None = None, times=None, *, until=None,
-             every="1 min", eta=None, method: str = "exact"):
+def simulate(
+    model,
+    regimen,
+    covariates: dict | None = None,
+    times=None,
+    *,
+    until=None,
+    every="1 min",
+    eta=None,
+    method: str = "exact",
+):
     """Simulate one patient with the piecewise-exact solver.
 
     Parameters
@@ -121,8 +136,9 @@ def simulate(model, regimen, covariates: dict | None = None, times=None, *, unti
     from . import __version__
 
     if method != "exact":
-        raise ValueError(f"`method` must be 'exact' (adaptive solvers are not available "
-                         f"yet), got {method!r}")
+        raise ValueError(
+            f"`method` must be 'exact' (adaptive solvers are not available yet), got {method!r}"
+        )
     spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta)
     if times is None:
         start = min(0.0, reg.start_time)
@@ -136,40 +152,62 @@ def simulate(model, regimen, covariates: dict | None = None, times=None, *, unti
     conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
     data = {}
     for i, o in enumerate(spec.outputs):
-        data[o.name] = ("time", conc[:, i], {
-            "units": "ng/mL", "long_name": o.long_name,
-            "compartment": o.compartment,
-            **({"note": "in parent-drug mass equivalents"} if
-               spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
-               and o.analyte != spec.parent else {}),
-        })
+        data[o.name] = (
+            "time",
+            conc[:, i],
+            {
+                "units": "ng/mL",
+                "long_name": o.long_name,
+                "compartment": o.compartment,
+                **(
+                    {"note": "in parent-drug mass equivalents"}
+                    if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
+                    and o.analyte != spec.parent
+                    else {}
+                ),
+            },
+        )
     for i, o in enumerate(spec.outputs):
-        data[f"auc_{o.name}"] = ("time", X[:, n + 1 + len(spec.analyte_names) + i]
-                                 * MG_L_TO_NG_ML,
-                                 {"units": "ng*h/mL",
-                                  "long_name": f"cumulative AUC of {o.name} from the start"})
+        data[f"auc_{o.name}"] = (
+            "time",
+            X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML,
+            {"units": "ng*h/mL", "long_name": f"cumulative AUC of {o.name} from the start"},
+        )
     for j, c in enumerate(spec.compartments.values()):
         if c.type == "effect":
             continue
-        data[f"amount_{c.name}"] = ("time", X[:, j], {
-            "units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"})
-    data["dose_given"] = ("time", X[:, n], {"units": "mg",
-                                            "long_name": "cumulative amount administered"})
+        data[f"amount_{c.name}"] = (
+            "time",
+            X[:, j],
+            {"units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"},
+        )
+    data["dose_given"] = (
+        "time",
+        X[:, n],
+        {"units": "mg", "long_name": "cumulative amount administered"},
+    )
     for a_i, a in enumerate(spec.analyte_names):
-        data[f"eliminated_{a}"] = ("time", X[:, n + 1 + a_i], {
-            "units": "mg", "long_name": f"cumulative amount of {a} eliminated or "
-                                        "converted to a metabolite"})
+        data[f"eliminated_{a}"] = (
+            "time",
+            X[:, n + 1 + a_i],
+            {
+                "units": "mg",
+                "long_name": f"cumulative amount of {a} eliminated or converted to a metabolite",
+            },
+        )
     ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
     ds.attrs.update(spec.provenance_attrs())
-    ds.attrs.update({
-        "regimen": reg.text,
-        "regimen_name": reg.name,
-        "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
-        "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
-                  "(Pade 13, scaling and squaring, Higham 2005)",
-        "package": f"ketamine-pkpd {__version__}",
-        "disclaimer": DISCLAIMER,
-    })
+    ds.attrs.update(
+        {
+            "regimen": reg.text,
+            "regimen_name": reg.name,
+            "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
+            "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
+            "(Pade 13, scaling and squaring, Higham 2005)",
+            "package": f"ketamine-pkpd {__version__}",
+            "disclaimer": DISCLAIMER,
+        }
+    )
     if eta is not None:
         ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
     return ds
@@ -189,8 +227,10 @@ class Summary:
     def lines(self) -> list[str]:
         out = [f"total dose given: {self.dose_given:.4g} mg over 0-{self.until:g} h"]
         for k in self.cmax:
-            out.append(f"{k:>16}: Cmax {self.cmax[k]:.4g} ng/mL at {self.tmax[k]:.4g} h; "
-                       f"AUC(0-{self.until:g} h) {self.auc[k]:.5g} ng*h/mL")
+            out.append(
+                f"{k:>16}: Cmax {self.cmax[k]:.4g} ng/mL at {self.tmax[k]:.4g} h; "
+                f"AUC(0-{self.until:g} h) {self.auc[k]:.5g} ng*h/mL"
+            )
         for t_end, vals in self.at_infusion_end:
             s = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
             out.append(f"  end of infusion at {t_end:g} h: {s} ng/mL")

@@ -199,10 +199,13 @@ def parse_quantity(
             unit = f"({molar_target})/kg" if per_kg else molar_target
             # 1 mmol of a drug of molar mass M g/mol weighs M mg.
             return Parsed(float(q.to(unit).magnitude) * molar_mass, per_kg, kind, text)
+    if not allow_per_kg and target and dim == target_dim / _dims(ureg, "kg"):
+        raise UnitError(
+            f"{loc}{text!r} is per kg of body weight, which is not accepted "
+            f"here: expected {expected} as an absolute value"
+        )
     extra = " (per kg of body weight allowed)" if allow_per_kg else ""
-    raise UnitError(
-        f"{loc}{text!r} has dimension {dim}, expected {expected}{extra}"
-    )
+    raise UnitError(f"{loc}{text!r} has dimension {dim}, expected {expected}{extra}")
 
 
 def to_internal(text: object, kind: str, **kwargs) -> float:

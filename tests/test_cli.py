@@ -19,8 +19,14 @@ BIN = Path(sys.executable).parent / "pkpd"
 
 
 def run(*args, cwd=None, env=None):
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [str(BIN), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_help_says_not_a_clinical_device():
@@ -46,16 +52,33 @@ def test_models_lists_and_shows_provenance():
     assert r.exit_code == 2 and "unknown model 'nope'" in r.output
 
 
-@pytest.mark.parametrize("model,ref,names", [
-    ("domino_racemic", domino_reference, ("cp [ng/mL]", "ce [ng/mL]")),
-    ("fanta2015_otto2021", fanta_otto_reference, ("cp [ng/mL]", "cp_norketamine [ng/mL]")),
-])
+@pytest.mark.parametrize(
+    "model,ref,names",
+    [
+        ("domino_racemic", domino_reference, ("cp [ng/mL]", "ce [ng/mL]")),
+        ("fanta2015_otto2021", fanta_otto_reference, ("cp [ng/mL]", "cp_norketamine [ng/mL]")),
+    ],
+)
 def test_simulate_reproduces_independent_solution(tmp_path, model, ref, names):
     """The acceptance check: `pkpd simulate` output equals an independent exact solution
     of the shipped model to 1e-9 relative."""
     csv = tmp_path / "out.csv"
-    r = CliRunner().invoke(main, ["simulate", model, REGIMEN, "--weight", "72", "--until",
-                                  "60h", "--every", "5min", "--csv", str(csv)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            model,
+            REGIMEN,
+            "--weight",
+            "72",
+            "--until",
+            "60h",
+            "--every",
+            "5min",
+            "--csv",
+            str(csv),
+        ],
+    )
     assert r.exit_code == 0, r.output
     with open(csv) as fh:
         lines = [ln for ln in fh if not ln.startswith("#")]
@@ -71,8 +94,18 @@ def test_simulate_reproduces_independent_solution(tmp_path, model, ref, names):
 
 def test_simulate_end_to_end_writes_files(tmp_path):
     """Subprocess: summary, NetCDF with units, PNG; then nothing half-written."""
-    r = run("simulate", "fanta2015_otto2021", "lumbar_fusion_esketamine", "--weight", "70",
-            "--out", "r.nc", "--plot", "r.png", cwd=tmp_path)
+    r = run(
+        "simulate",
+        "fanta2015_otto2021",
+        "lumbar_fusion_esketamine",
+        "--weight",
+        "70",
+        "--out",
+        "r.nc",
+        "--plot",
+        "r.png",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "Cmax" in r.stdout and "end of infusion at 4 h" in r.stdout
     assert "not a clinical dosing device" in r.stdout
@@ -108,28 +141,62 @@ def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, args, message):
 
 
 def test_bad_input_in_a_subprocess_and_debug_traceback(tmp_path):
-    r = run("simulate", "domino_racemic", "5 mg/kg/x bolus at 0 h", "--weight", "70",
-            "--out", "x.nc", cwd=tmp_path)
+    r = run(
+        "simulate",
+        "domino_racemic",
+        "5 mg/kg/x bolus at 0 h",
+        "--weight",
+        "70",
+        "--out",
+        "x.nc",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown unit" in r.stderr
     assert list(tmp_path.iterdir()) == []
-    r = run("--debug", "simulate", "domino_racemic", "5 mg/kg/x bolus at 0 h", "--weight",
-            "70", cwd=tmp_path)
+    r = run(
+        "--debug",
+        "simulate",
+        "domino_racemic",
+        "5 mg/kg/x bolus at 0 h",
+        "--weight",
+        "70",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
 def test_bad_output_path_is_refused_before_running(tmp_path):
-    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
-                                  "--out", str(tmp_path / "missing" / "x.nc")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "domino_racemic",
+            "5 mg bolus at 0 h",
+            "--out",
+            str(tmp_path / "missing" / "x.nc"),
+        ],
+    )
     assert r.exit_code == 2 and "does not exist" in r.output
-    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
-                                  "--out", str(tmp_path / "x.txt")])
+    r = CliRunner().invoke(
+        main, ["simulate", "domino_racemic", "5 mg bolus at 0 h", "--out", str(tmp_path / "x.txt")]
+    )
     assert r.exit_code == 2 and ".nc" in r.output
 
 
 def test_covariate_outside_studied_range_warns_on_stderr():
-    r = CliRunner().invoke(main, ["simulate", "fanta2015_otto2021", "20 mg bolus at 0 h",
-                                  "--weight", "130", "--until", "2h"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "fanta2015_otto2021",
+            "20 mg bolus at 0 h",
+            "--weight",
+            "130",
+            "--until",
+            "2h",
+        ],
+    )
     assert r.exit_code == 0
     assert "pkpd: warning:" in r.output and "outside the studied range" in r.output
 
@@ -143,8 +210,18 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pkpd.io, "write_netcdf", broken)
-    r = CliRunner().invoke(main, ["simulate", "domino_racemic", "5 mg bolus at 0 h",
-                                  "--until", "1h", "--out", str(tmp_path / "x.nc")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "domino_racemic",
+            "5 mg bolus at 0 h",
+            "--until",
+            "1h",
+            "--out",
+            str(tmp_path / "x.nc"),
+        ],
+    )
     assert r.exit_code == 2 and "disk full" in r.output
     assert list(tmp_path.iterdir()) == []
 

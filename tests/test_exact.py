@@ -26,8 +26,7 @@ from pkpd.solvers.exact import STATUS_BAD_TIMES, STATUS_NONFINITE, propagate
 
 # Rate constants of Domino racemic ketamine (1/min in the reference, here 1/h), a realistic
 # stiff-ish 3-compartment system, plus 1- and 2-compartment cut-downs.
-K = {"k10": 0.438 * 60, "k12": 0.592 * 60, "k21": 0.247 * 60, "k13": 0.590 * 60,
-     "k31": 0.0146 * 60}
+K = {"k10": 0.438 * 60, "k12": 0.592 * 60, "k21": 0.247 * 60, "k13": 0.590 * 60, "k31": 0.0146 * 60}
 STRUCTURES = {
     "1cmt": {"k10": 0.3},
     "2cmt": {"k10": 0.3, "k12": 1.2, "k21": 0.4},
@@ -65,8 +64,9 @@ def test_infusion_during_and_after_matches_polyexponential(name):
 
 
 def test_peak_of_an_infusion_is_at_its_end():
-    ds = pkpd.simulate(mammillary(V1, **STRUCTURES["3cmt"]), "60 mg/h from 0 h to 3 h",
-                       until="10 h", every="1 min")
+    ds = pkpd.simulate(
+        mammillary(V1, **STRUCTURES["3cmt"]), "60 mg/h from 0 h to 3 h", until="10 h", every="1 min"
+    )
     assert float(ds.time[int(np.argmax(ds.cp.values))]) == pytest.approx(3.0, abs=1e-12)
 
 
@@ -105,15 +105,24 @@ def test_auc_accumulator_equals_quadrature_of_the_closed_form():
     k = STRUCTURES["3cmt"]
     ds = pkpd.simulate(mammillary(V1, **k), "60 mg/h from 0 h to 3 h", times=[0.0, 2.0, 7.0])
     for i, t in enumerate([0.0, 2.0, 7.0]):
-        ref = quad(lambda s: central_infusion(s, 60.0, 3.0, V1, **k), 0, t, epsabs=0,
-                   epsrel=1e-13, points=[3.0] if t > 3 else None)[0] if t else 0.0
+        ref = (
+            quad(
+                lambda s: central_infusion(s, 60.0, 3.0, V1, **k),
+                0,
+                t,
+                epsabs=0,
+                epsrel=1e-13,
+                points=[3.0] if t > 3 else None,
+            )[0]
+            if t
+            else 0.0
+        )
         assert ds.auc_cp.values[i] == pytest.approx(ref * 1000, rel=1e-11, abs=1e-300)
 
 
 REGIMENS = {
     "bolus": "0.3 mg/kg bolus at 0 h",
-    "periop": "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h "
-              "to 48 h",
+    "periop": "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h",
     "overlap": "1 mg/kg over 30 min from 1 h; 10 mg/h from 0 h to 6 h; 5 mg bolus at 2.5 h",
 }
 
@@ -124,10 +133,14 @@ def test_mass_balance(model, regimen):
     """Given = in the body + eliminated, for the parent; and for the metabolite, what the
     parent lost (all of it forms metabolite in these models) = metabolite in body + out."""
     spec = pkpd.load_model(model)
-    ds = pkpd.simulate(spec, REGIMENS[regimen], covariates={"weight": 70}, until="60 h",
-                       every="7 min")
-    parent = [f"amount_{c.name}" for c in spec.compartments.values()
-              if c.analyte == spec.parent and c.type != "effect"]
+    ds = pkpd.simulate(
+        spec, REGIMENS[regimen], covariates={"weight": 70}, until="60 h", every="7 min"
+    )
+    parent = [
+        f"amount_{c.name}"
+        for c in spec.compartments.values()
+        if c.analyte == spec.parent and c.type != "effect"
+    ]
     body = sum(ds[v] for v in parent)
     given = ds.dose_given.values
     resid = given - body.values - ds[f"eliminated_{spec.parent}"].values
@@ -135,8 +148,11 @@ def test_mass_balance(model, regimen):
     for a in spec.analyte_names:
         if a == spec.parent:
             continue
-        met = sum(ds[f"amount_{c.name}"] for c in spec.compartments.values()
-                  if c.analyte == a and c.type != "effect")
+        met = sum(
+            ds[f"amount_{c.name}"]
+            for c in spec.compartments.values()
+            if c.analyte == a and c.type != "effect"
+        )
         resid = ds[f"eliminated_{spec.parent}"].values - met.values - ds[f"eliminated_{a}"]
         assert np.max(np.abs(resid.values)) <= 1e-10 * given.max()
 
@@ -149,11 +165,13 @@ def test_dose_given_equals_event_table_total():
 
 
 def test_linearity_in_dose():
-    a = pkpd.simulate("fanta2015_otto2021", REGIMENS["periop"], covariates={"weight": 70},
-                      times=T)
-    b = pkpd.simulate("fanta2015_otto2021",
-                      "0.6 mg/kg bolus at 0 h; 0.4 mg/kg/h from 0 h to 4 h; 0.1 mg/kg/h "
-                      "from 4 h to 48 h", covariates={"weight": 70}, times=T)
+    a = pkpd.simulate("fanta2015_otto2021", REGIMENS["periop"], covariates={"weight": 70}, times=T)
+    b = pkpd.simulate(
+        "fanta2015_otto2021",
+        "0.6 mg/kg bolus at 0 h; 0.4 mg/kg/h from 0 h to 4 h; 0.1 mg/kg/h from 4 h to 48 h",
+        covariates={"weight": 70},
+        times=T,
+    )
     for v in ("cp", "cp_norketamine", "auc_cp"):
         np.testing.assert_allclose(b[v].values, 2 * a[v].values, rtol=1e-12, atol=1e-300)
 
@@ -165,17 +183,20 @@ def test_superposition_of_regimens():
     b = pkpd.simulate("domino_racemic", r2, **kw)
     ab = pkpd.simulate("domino_racemic", f"{r1}; {r2}", **kw)
     for v in ("cp", "ce", "auc_ce"):
-        np.testing.assert_allclose(ab[v].values, a[v].values + b[v].values, rtol=1e-12,
-                                   atol=1e-12 * float(ab[v].max()))
+        np.testing.assert_allclose(
+            ab[v].values, a[v].values + b[v].values, rtol=1e-12, atol=1e-12 * float(ab[v].max())
+        )
 
 
 def test_time_shift_invariance():
     kw = {"covariates": {"weight": 70}}
     t = np.linspace(0, 24, 97)
-    a = pkpd.simulate("fanta2015_otto2021", "20 mg bolus at 0 h; 10 mg/h from 0 h to 2 h",
-                      times=t, **kw)
-    b = pkpd.simulate("fanta2015_otto2021",
-                      "20 mg bolus at 5 h; 10 mg/h from 5 h to 7 h", times=t + 5.0, **kw)
+    a = pkpd.simulate(
+        "fanta2015_otto2021", "20 mg bolus at 0 h; 10 mg/h from 0 h to 2 h", times=t, **kw
+    )
+    b = pkpd.simulate(
+        "fanta2015_otto2021", "20 mg bolus at 5 h; 10 mg/h from 5 h to 7 h", times=t + 5.0, **kw
+    )
     for v in ("cp", "cp_norketamine"):
         np.testing.assert_allclose(b[v].values, a[v].values, rtol=1e-12, atol=1e-300)
 
@@ -183,8 +204,9 @@ def test_time_shift_invariance():
 def test_back_to_back_infusions_equal_one_long_one():
     kw = {"covariates": {"weight": 70}, "times": T}
     one = pkpd.simulate("domino_racemic", "0.5 mg/kg/h from 0 h to 5 h", **kw)
-    two = pkpd.simulate("domino_racemic", "0.5 mg/kg/h from 0 h to 2 h; 0.5 mg/kg/h from "
-                        "2 h to 5 h", **kw)
+    two = pkpd.simulate(
+        "domino_racemic", "0.5 mg/kg/h from 0 h to 2 h; 0.5 mg/kg/h from 2 h to 5 h", **kw
+    )
     for v in ("cp", "ce", "amount_peripheral2"):
         np.testing.assert_allclose(two[v].values, one[v].values, rtol=1e-12, atol=1e-300)
 
@@ -226,8 +248,7 @@ def test_closed_system_conserves_mass():
 
 def test_stiff_system_against_scipy_expm():
     """Rates from 1e-4 to 1e3 per hour; reference: scipy.linalg.expm per step."""
-    M = np.array([[-1000.0 - 2e-4, 1e-4, 3.0], [1000.0, -1e-4 - 1.0, 0.0],
-                  [2e-4, 1.0, -3.0]])
+    M = np.array([[-1000.0 - 2e-4, 1e-4, 3.0], [1000.0, -1e-4 - 1.0, 0.0], [2e-4, 1.0, -3.0]])
     b = np.array([1.0, 0.0, 0.0])
     ev_t, ev_rate, ev_bolus = np.array([0.0, 6.0]), np.array([2.0, 0.0]), np.array([5.0, 0.0])
     t_out = np.array([0.0, 1e-3, 0.5, 6.0, 24.0, 48.0])

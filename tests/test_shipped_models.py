@@ -11,6 +11,8 @@ Independent references:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -18,22 +20,30 @@ from closed_form import central_bolus, central_infusion, effect_site_bolus, effe
 
 import pkpd
 
-REGIMEN = ("0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h; 0.02 mg/kg/h from 4 h "
-           "to 52 h")
+REGIMEN = "0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h; 0.02 mg/kg/h from 4 h to 52 h"
 
 
 def domino_reference(t, weight):
     """cp and ce (ng/mL) for REGIMEN from the Domino micro-constants (per min -> per h)."""
-    k = {"k10": 0.438 * 60, "k12": 0.592 * 60, "k21": 0.247 * 60, "k13": 0.590 * 60,
-         "k31": 0.0146 * 60}
+    k = {
+        "k10": 0.438 * 60,
+        "k12": 0.592 * 60,
+        "k21": 0.247 * 60,
+        "k13": 0.590 * 60,
+        "k31": 0.0146 * 60,
+    }
     ke0 = 0.652 * 60
     V1 = 0.063 * weight
-    cp = (central_bolus(t, 0.2 * weight, V1, **k)
-          + central_infusion(t, 0.125 * weight, 4.0, V1, **k)
-          + central_infusion(t - 4.0, 0.02 * weight, 48.0, V1, **k))
-    ce = (effect_site_bolus(t, 0.2 * weight, V1, ke0, **k)
-          + effect_site_infusion(t, 0.125 * weight, 4.0, V1, ke0, **k)
-          + effect_site_infusion(t - 4.0, 0.02 * weight, 48.0, V1, ke0, **k))
+    cp = (
+        central_bolus(t, 0.2 * weight, V1, **k)
+        + central_infusion(t, 0.125 * weight, 4.0, V1, **k)
+        + central_infusion(t - 4.0, 0.02 * weight, 48.0, V1, **k)
+    )
+    ce = (
+        effect_site_bolus(t, 0.2 * weight, V1, ke0, **k)
+        + effect_site_infusion(t, 0.125 * weight, 4.0, V1, ke0, **k)
+        + effect_site_infusion(t - 4.0, 0.02 * weight, 48.0, V1, ke0, **k)
+    )
     return cp * 1000, ce * 1000
 
 
@@ -45,13 +55,15 @@ def fanta_otto_reference(t, weight):
     VN1 = 98.638 * weight / 70
     CLN = 57.72 * (weight / 70) ** 0.75
     VN2, QN2 = 160.04, 42.778
-    A = np.array([
-        [-(CL + Q2 + Q3) / V1, Q2 / V2, Q3 / V3, 0, 0],
-        [Q2 / V1, -Q2 / V2, 0, 0, 0],
-        [Q3 / V1, 0, -Q3 / V3, 0, 0],
-        [CL / V1, 0, 0, -(CLN + QN2) / VN1, QN2 / VN2],
-        [0, 0, 0, QN2 / VN1, -QN2 / VN2],
-    ])
+    A = np.array(
+        [
+            [-(CL + Q2 + Q3) / V1, Q2 / V2, Q3 / V3, 0, 0],
+            [Q2 / V1, -Q2 / V2, 0, 0, 0],
+            [Q3 / V1, 0, -Q3 / V3, 0, 0],
+            [CL / V1, 0, 0, -(CLN + QN2) / VN1, QN2 / VN2],
+            [0, 0, 0, QN2 / VN1, -QN2 / VN2],
+        ]
+    )
     b = np.array([1.0, 0, 0, 0, 0])
     segments = [(0.0, 0.125 * weight), (4.0, 0.02 * weight), (52.0, 0.0)]
     x_start = {0.0: 0.2 * weight * b}
@@ -62,7 +74,7 @@ def fanta_otto_reference(t, weight):
         return E @ x0 + Ainv @ (E - np.eye(5)) @ b * rate
 
     x = x_start[0.0]
-    for (s, r), (e, _) in zip(segments[:-1], segments[1:], strict=True):
+    for (s, r), (e, _) in itertools.pairwise(segments):
         x = advance(x, e - s, r)
         x_start[e] = x
     out = np.empty((len(t), 2))
@@ -110,8 +122,18 @@ def test_fanta_otto_weight_scaling_follows_the_as_run_code():
     a = dict(zip(m.param_names, m.individual_parameters({"weight": 70}), strict=True))
     b = dict(zip(m.param_names, m.individual_parameters({"weight": 91}), strict=True))
     r = 91 / 70
-    for p, e in {"V1": 1, "VN1": 1, "CL": 0.75, "CLN": 0.75, "V2": 0, "V3": 0, "Q2": 0,
-                 "Q3": 0, "VN2": 0, "QN2": 0}.items():
+    for p, e in {
+        "V1": 1,
+        "VN1": 1,
+        "CL": 0.75,
+        "CLN": 0.75,
+        "V2": 0,
+        "V3": 0,
+        "Q2": 0,
+        "Q3": 0,
+        "VN2": 0,
+        "QN2": 0,
+    }.items():
         assert b[p] == pytest.approx(a[p] * r**e, rel=1e-14), p
     # Reference document 2.1: Vss = 133 + 187 + 98.8 = 418.8 L; CL 95.2 L/h at 70 kg.
     assert a["V1"] + a["V2"] + a["V3"] == pytest.approx(418.8, rel=1e-12)
@@ -123,8 +145,9 @@ def test_fanta_otto_steady_state_is_rate_over_clearance():
     w = 80.0
     m = pkpd.load_model("fanta2015_otto2021")
     th = dict(zip(m.param_names, m.individual_parameters({"weight": w}), strict=True))
-    ds = pkpd.simulate(m, "10 mg/h from 0 h to 5000 h", covariates={"weight": w},
-                       times=[0.0, 4000.0])
+    ds = pkpd.simulate(
+        m, "10 mg/h from 0 h to 5000 h", covariates={"weight": w}, times=[0.0, 4000.0]
+    )
     assert ds.cp.values[-1] == pytest.approx(10 / th["CL"] * 1000, rel=1e-12)
     assert ds.cp_norketamine.values[-1] == pytest.approx(10 / th["CLN"] * 1000, rel=1e-12)
 
@@ -132,8 +155,7 @@ def test_fanta_otto_steady_state_is_rate_over_clearance():
 def test_fanta_otto_omega_and_residual_from_table_3():
     m = pkpd.load_model("fanta2015_otto2021")
     blocks = {v.parameters: v.omega for v in m.variability}
-    np.testing.assert_array_equal(blocks[("V1", "CL")], [[0.084177, 0.02261],
-                                                         [0.02261, 0.026048]])
+    np.testing.assert_array_equal(blocks[("V1", "CL")], [[0.084177, 0.02261], [0.02261, 0.026048]])
     # CV of CL from omega2 0.026: about 16% (reference doc: 16.2%); Fanta abstract 13% IIV
     # was on a different (Fanta) fit.
     assert np.sqrt(np.expm1(0.026048)) == pytest.approx(0.162, abs=0.001)
@@ -141,14 +163,16 @@ def test_fanta_otto_omega_and_residual_from_table_3():
 
 
 def test_models_record_provenance_in_datasets():
-    ds = pkpd.simulate("domino_racemic", "20 mg bolus at 0 h", covariates={"weight": 70},
-                       until="1 h")
+    ds = pkpd.simulate(
+        "domino_racemic", "20 mg bolus at 0 h", covariates={"weight": 70}, until="1 h"
+    )
     assert ds.attrs["model_assumed_parameters"] == "ke0"
     assert "not a clinical dosing device" in ds.attrs["disclaimer"]
     for v in ("cp", "ce", "auc_cp", "amount_central", "dose_given"):
         assert ds[v].attrs["units"] and ds[v].attrs["long_name"]
-    ds2 = pkpd.simulate("fanta2015_otto2021", "20 mg bolus at 0 h",
-                        covariates={"weight": 70}, until="1 h")
+    ds2 = pkpd.simulate(
+        "fanta2015_otto2021", "20 mg bolus at 0 h", covariates={"weight": 70}, until="1 h"
+    )
     assert ds2.attrs["model_doi"] == "10.1007/s00228-021-03104-1"
     assert ds2.attrs["model_sampling_site"] == "venous"
     assert ds2.attrs["model_assumed_parameters"] == "none"

@@ -19,7 +19,6 @@ from pkpd.units import KINDS, Parsed, format_quantity, parse_quantity, to_intern
 KETAMINE_MM = 237.73  # g/mol
 
 
-
 def _approx(x):
     return pytest.approx(x, rel=1e-15, abs=0.0)
 
@@ -196,12 +195,6 @@ def test_per_kg_refused_when_not_allowed(text, kind):
         parse_quantity(text, kind, allow_per_kg=False)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a per-kg quantity where per-kg is not allowed is reported as a wrong "
-    "dimension (\"'0.3 mg/kg' has dimension dimensionless, expected a drug amount\"); the "
-    "message should say that per-kg values are not accepted here",
-    strict=True,
-)
 def test_per_kg_refusal_message_says_per_kg():
     with pytest.raises(UnitError, match=r"(?i)per[ -]kg|per kilogram"):
         parse_quantity("0.3 mg/kg", "amount", allow_per_kg=False)

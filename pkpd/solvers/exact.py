@@ -62,8 +62,9 @@ def workspace(N: int):
 
 
 @numba.njit(cache=True, nogil=True)
-def _step(x, h, rate, M, b, t_scale, Maug, Eaug, cache_h, cache_phi, cache_g, xtmp, ework,
-          epiv, counter):
+def _step(
+    x, h, rate, M, b, t_scale, Maug, Eaug, cache_h, cache_phi, cache_g, xtmp, ework, epiv, counter
+):
     """Advance `x` in place by `h` at constant input `rate`; return a status code."""
     N = x.shape[0]
     if h <= 0.0:
@@ -103,8 +104,25 @@ def _step(x, h, rate, M, b, t_scale, Maug, Eaug, cache_h, cache_phi, cache_g, xt
 
 
 @numba.njit(cache=True, nogil=True)
-def propagate_into(M, b, ev_t, ev_rate, ev_bolus, t_out, x0, t0, X, Maug, Eaug, cache_h,
-                   cache_phi, cache_g, xtmp, ework, epiv):
+def propagate_into(
+    M,
+    b,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t_out,
+    x0,
+    t0,
+    X,
+    Maug,
+    Eaug,
+    cache_h,
+    cache_phi,
+    cache_g,
+    xtmp,
+    ework,
+    epiv,
+):
     """Exact trajectory of ``dx/dt = M x + b u(t)`` with boluses, on a sorted time grid.
 
     Parameters
@@ -154,8 +172,23 @@ def propagate_into(M, b, ev_t, ev_rate, ev_bolus, t_out, x0, t0, X, Maug, Eaug, 
             return STATUS_BAD_TIMES
         while k < n_ev and ev_t[k] <= to:
             if ev_t[k] > t:
-                st = _step(x, ev_t[k] - t, rate, M, b, abs(ev_t[k]), Maug, Eaug, cache_h,
-                           cache_phi, cache_g, xtmp, ework, epiv, counter)
+                st = _step(
+                    x,
+                    ev_t[k] - t,
+                    rate,
+                    M,
+                    b,
+                    abs(ev_t[k]),
+                    Maug,
+                    Eaug,
+                    cache_h,
+                    cache_phi,
+                    cache_g,
+                    xtmp,
+                    ework,
+                    epiv,
+                    counter,
+                )
                 if st != 0:
                     return st
                 t = ev_t[k]
@@ -164,8 +197,23 @@ def propagate_into(M, b, ev_t, ev_rate, ev_bolus, t_out, x0, t0, X, Maug, Eaug, 
                     x[j] += b[j] * ev_bolus[k]
             rate = ev_rate[k]
             k += 1
-        st = _step(x, to - t, rate, M, b, abs(to), Maug, Eaug, cache_h, cache_phi, cache_g,
-                   xtmp, ework, epiv, counter)
+        st = _step(
+            x,
+            to - t,
+            rate,
+            M,
+            b,
+            abs(to),
+            Maug,
+            Eaug,
+            cache_h,
+            cache_phi,
+            cache_g,
+            xtmp,
+            ework,
+            epiv,
+            counter,
+        )
         if st != 0:
             return st
         t = to
@@ -197,10 +245,15 @@ def propagate(M, b, ev_t, ev_rate, ev_bolus, t_out, x0=None, t0=0.0):
     X = np.zeros((t_out.shape[0], N))
     ws = workspace(N)
     status = propagate_into(
-        M, b,
+        M,
+        b,
         np.ascontiguousarray(ev_t, dtype=np.float64),
         np.ascontiguousarray(ev_rate, dtype=np.float64),
         np.ascontiguousarray(ev_bolus, dtype=np.float64),
-        t_out, x0, float(t0), X, *ws,
+        t_out,
+        x0,
+        float(t0),
+        X,
+        *ws,
     )
     return X, int(status)

@@ -34,7 +34,6 @@ Effect-site kinds (``effects_i[:, 3]``)
 from __future__ import annotations
 
 import numba
-import numpy as np
 
 FLOW_RATE_CONSTANT = 0
 FLOW_CLEARANCE = 1
