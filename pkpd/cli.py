@@ -57,7 +57,10 @@ Examples:
 def main(debug: bool) -> None:
     global _DEBUG
     _DEBUG = debug
+    # The command reports the package's warnings on stderr, once each, and never turns
+    # them into errors (whatever filters the calling process set).
     warnings.showwarning = _showwarning
+    warnings.simplefilter("default", PkpdWarning)
 
 
 # ----------------------------------------------------------------------------- models
