@@ -5,6 +5,7 @@ Research software for pharmacology and protocol design: not a clinical dosing de
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
@@ -25,6 +26,10 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # Output piped into a program that stopped reading (e.g. `| head`): not an error.
+            sys.stdout = open(os.devnull, "w")
+            sys.exit(0)
         except (PkpdError, ValueError, OSError) as exc:
             if _DEBUG:
                 traceback.print_exc()

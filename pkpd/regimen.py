@@ -338,7 +338,7 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
                 f"unknown regimen {text!r}: expected a one-line regimen, a "
                 f".toml path, or one of {', '.join(available_regimens())}"
             )
-    if text.endswith(".toml") or (len(text) < 4096 and "\n" not in text and Path(text).is_file()):
+    if text.endswith(".toml") or _is_file(text):
         path = Path(text)
         if not path.is_file():
             raise RegimenError(f"{path}: regimen file not found")
@@ -352,6 +352,17 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 
 
 # ----------------------------------------------------------------------------- parsing
+
+
+def _is_file(text: str) -> bool:
+    """True if `text` names an existing file (a one-line regimen can be too long a name)."""
+    if "\n" in text or ";" in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
 
 _BOLUS = re.compile(r"^(?P<amt>.+?)\s+bolus\s+at\s+(?P<at>.+?)(?:\s+over\s+(?P<dur>.+))?$", re.I)
 _RATE = re.compile(

@@ -1,0 +1,1 @@
+"""Test helpers shipped with the package (hypothesis strategies), as xarray.testing does."""
