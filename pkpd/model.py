@@ -119,6 +119,14 @@ class _Ctx:
             raise self.err(key, f"expected a table, got {type(v).__name__} {v!r}")
         return v
 
+    def entries(self, tab: dict, prefix: str, msg: str = "expected a table"):
+        """Yield ``(name, key, table)`` for each sub-table of `tab`, checking its type."""
+        for name, d in tab.items():
+            key = f"{prefix}.{name}"
+            if not isinstance(d, dict):
+                raise self.err(key, msg)
+            yield name, key, d
+
     def keys(self, d: dict, key: str, allowed: set[str], required: set[str] = frozenset()):
         for k in d:
             if k not in allowed:
@@ -405,10 +413,7 @@ class ModelSpec:
         if not tab:
             raise ctx.err("analytes", "at least one analyte (the parent drug) is required")
         out = {}
-        for name, d in tab.items():
-            key = f"analytes.{name}"
-            if not isinstance(d, dict):
-                raise ctx.err(key, "expected a table")
+        for name, key, d in ctx.entries(tab, "analytes", "expected a table"):
             ctx.keys(
                 d, key, {"role", "molar_mass", "description", "source", "tag", "note"}, {"role"}
             )
@@ -434,10 +439,7 @@ class ModelSpec:
     @staticmethod
     def _read_covariates(ctx, tab):
         out = {}
-        for name, d in tab.items():
-            key = f"covariates.{name}"
-            if not isinstance(d, dict):
-                raise ctx.err(key, "expected a table")
+        for name, key, d in ctx.entries(tab, "covariates", "expected a table"):
             ctx.keys(
                 d,
                 key,
@@ -500,10 +502,9 @@ class ModelSpec:
     @staticmethod
     def _read_parameters(ctx, tab, covariates):
         out = {}
-        for name, d in tab.items():
-            key = f"parameters.{name}"
-            if not isinstance(d, dict):
-                raise ctx.err(key, "expected a table with `value`, `source` and `tag`")
+        for name, key, d in ctx.entries(
+            tab, "parameters", "expected a table with `value`, `source` and `tag`"
+        ):
             ctx.keys(
                 d,
                 key,
@@ -659,10 +660,7 @@ class ModelSpec:
     def _read_compartments(ctx, tab, analytes):
         out = {}
         dose = None
-        for name, d in tab.items():
-            key = f"compartments.{name}"
-            if not isinstance(d, dict):
-                raise ctx.err(key, "expected a table")
+        for name, key, d in ctx.entries(tab, "compartments", "expected a table"):
             ctx.keys(
                 d,
                 key,

@@ -165,63 +165,35 @@ def propagate_into(
     counter = np.zeros(1, dtype=np.int64)
     t = t0
     rate = 0.0
-    k = 0
-    for i in range(t_out.shape[0]):
+    k = 0  # next event
+    i = 0  # next output
+    while i < t_out.shape[0]:
         to = t_out[i]
         if to < t or to != to:
             return STATUS_BAD_TIMES
-        while k < n_ev and ev_t[k] <= to:
-            if ev_t[k] > t:
-                st = _step(
-                    x,
-                    ev_t[k] - t,
-                    rate,
-                    M,
-                    b,
-                    abs(ev_t[k]),
-                    Maug,
-                    Eaug,
-                    cache_h,
-                    cache_phi,
-                    cache_g,
-                    xtmp,
-                    ework,
-                    epiv,
-                    counter,
-                )
-                if st != 0:
-                    return st
-                t = ev_t[k]
+        # Advance to whichever comes first; an event at an output time is applied
+        # before the output is recorded (right-continuous convention).
+        is_event = k < n_ev and ev_t[k] <= to
+        target = ev_t[k] if is_event else to
+        if target > t:
+            st = _step(x, target - t, rate, M, b, abs(target), Maug, Eaug, cache_h, cache_phi,
+                       cache_g, xtmp, ework, epiv, counter)  # fmt: skip
+            if st != 0:
+                return st
+            t = target
+        if is_event:
             if ev_bolus[k] != 0.0:
                 for j in range(N):
                     x[j] += b[j] * ev_bolus[k]
             rate = ev_rate[k]
             k += 1
-        st = _step(
-            x,
-            to - t,
-            rate,
-            M,
-            b,
-            abs(to),
-            Maug,
-            Eaug,
-            cache_h,
-            cache_phi,
-            cache_g,
-            xtmp,
-            ework,
-            epiv,
-            counter,
-        )
-        if st != 0:
-            return st
-        t = to
-        for j in range(N):
-            v = x[j]
-            if not np.isfinite(v):
-                return STATUS_NONFINITE
-            X[i, j] = v
+        else:
+            for j in range(N):
+                v = x[j]
+                if not np.isfinite(v):
+                    return STATUS_NONFINITE
+                X[i, j] = v
+            i += 1
     return STATUS_OK
 
 
