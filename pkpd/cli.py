@@ -219,6 +219,13 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Any other covariate the model uses (repeatable).",
 )
 @click.option(
+    "--anchor",
+    "anchor_items",
+    multiple=True,
+    metavar="EVENT=TIME",
+    help="Time of a named event the regimen refers to, e.g. end_of_surgery=3.5h (repeatable).",
+)
+@click.option(
     "--until",
     default=None,
     help="End of the output grid (default: 24 h after the last dose event).",
@@ -237,7 +244,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Write a concentration plot (.png, .svg or .pdf).",
 )
 def simulate(
-    model, regimen, weight, age, sex, extra, until, every, out_nc, out_csv, out_png
+    model, regimen, weight, age, sex, extra, anchor_items, until, every, out_nc, out_csv, out_png
 ) -> None:
     from .io import atomic_outputs, check_target, write_csv, write_netcdf
     from .model import load_model
@@ -253,7 +260,13 @@ def simulate(
     if out_png:
         targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
     spec = load_model(model)
-    reg = load_regimen(regimen)
+    anchors = {}
+    for item in anchor_items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected EVENT=TIME", param_hint="--anchor")
+        k, v = item.split("=", 1)
+        anchors[k.strip()] = v.strip()
+    reg = load_regimen(regimen).resolve(anchors)
     cov = _covariates(weight, age, sex, extra)
     ds = run(spec, reg, covariates=cov, until=until, every=every)
     # Summary on the output grid merged with every dose event, so peaks at a bolus or at

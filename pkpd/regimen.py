@@ -44,11 +44,15 @@ import numpy as np
 from .errors import RegimenError, UnitError
 from .units import Parsed, parse_quantity
 
-__all__ = ["Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
+__all__ = ["AnchorSpec", "Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
 
 
-def _fmt_time(h: float) -> str:
-    return f"{h:g} h"
+def _fmt_time(h: float, anchor: str | None = None) -> str:
+    if anchor is None:
+        return f"{h:g} h"
+    if h == 0:
+        return anchor
+    return f"{anchor} {'+' if h > 0 else '-'} {abs(h):g} h"
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,10 @@ class Bolus:
     amount: Parsed
     at: float
     duration: float = 0.0
+    at_anchor: str | None = None  # if set, `at` is an offset from this named event
 
     def text(self) -> str:
-        s = f"{self.amount.text} bolus at {_fmt_time(self.at)}"
+        s = f"{self.amount.text} bolus at {_fmt_time(self.at, self.at_anchor)}"
         return s + (f" over {_fmt_time(self.duration)}" if self.duration else "")
 
 
@@ -72,22 +77,30 @@ class Infusion:
     stop: float
     rate: Parsed | None = None
     total: Parsed | None = None
+    start_anchor: str | None = None  # if set, start/stop are offsets from named events
+    stop_anchor: str | None = None
 
     def rate_value(self) -> Parsed:
         """The rate in mg/h (per kg if the dose was per kg)."""
         if self.rate is not None:
             return self.rate
         assert self.total is not None
+        if self.start_anchor != self.stop_anchor:
+            raise RegimenError(
+                f"a total dose ({self.total.text}) needs a fixed duration, but its start "
+                "and stop are anchored on different events"
+            )
         return Parsed(
             self.total.value / (self.stop - self.start), self.total.per_kg, "rate", self.total.text
         )
 
     def text(self) -> str:
+        start = _fmt_time(self.start, self.start_anchor)
         if self.rate is not None:
-            return f"{self.rate.text} from {_fmt_time(self.start)} to {_fmt_time(self.stop)}"
+            return f"{self.rate.text} from {start} to {_fmt_time(self.stop, self.stop_anchor)}"
         return (
             f"{self.total.text} over {_fmt_time(self.stop - self.start)} from "
-            f"{_fmt_time(self.start)}"
+            f"{_fmt_time(self.start, self.start_anchor)}"
         )
 
 
@@ -117,6 +130,108 @@ class EventTable:
 
 
 @dataclass(frozen=True)
+class AnchorSpec:
+    """A named event whose time may differ between patients (e.g. end of surgery).
+
+    ``distribution`` is ``"fixed"`` (always `default`), ``"normal"`` (``mean``, ``sd``),
+    ``"lognormal"`` (``median``, geometric SD ``gsd``) or ``"uniform"`` (over `range`);
+    draws are truncated to `range` exactly, by inverse-CDF sampling of one uniform number per
+    patient (so truncation never changes how many random numbers are consumed).
+    """
+
+    name: str
+    default: float | None = None
+    distribution: str = "fixed"
+    params: tuple[float, ...] = ()
+    low: float = -np.inf
+    high: float = np.inf
+    source: str = ""
+    tag: str = ""
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """`n` event times (h); consumes exactly one ``rng.random(n)`` unless fixed."""
+        from scipy import stats
+
+        if self.distribution == "fixed":
+            return np.full(n, float(self.default))
+        u = rng.random(n)
+        if self.distribution == "uniform":
+            return self.low + u * (self.high - self.low)
+        if self.distribution == "normal":
+            mean, sd = self.params
+            dist, lo, hi = stats.norm(mean, sd), self.low, self.high
+        else:  # lognormal: log T ~ N(log median, log gsd)
+            median, gsd = self.params
+            dist = stats.norm(np.log(median), np.log(gsd))
+            lo = np.log(self.low) if self.low > 0 else -np.inf
+            hi = np.log(self.high) if np.isfinite(self.high) else np.inf
+        clo, chi = dist.cdf(lo), dist.cdf(hi)
+        x = dist.ppf(clo + u * (chi - clo))
+        return np.exp(x) if self.distribution == "lognormal" else x
+
+
+def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
+    loc = f"{file}: " if file else ""
+    key = f"anchors.{name}"
+
+    def err(k, msg):
+        return RegimenError(f"{loc}`{key}{'.' + k if k else ''}`: {msg}")
+
+    if not isinstance(d, dict):
+        raise err("", "expected a table")
+    allowed = {"default", "distribution", "mean", "sd", "median", "gsd", "range", "source",
+               "tag", "note"}  # fmt: skip
+    for k in d:
+        if k not in allowed:
+            raise err(k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+    def t(k, v=None):
+        try:
+            return parse_quantity(d[k] if v is None else v, "time", file=file,
+                                  key=f"{key}.{k}").value  # fmt: skip
+        except UnitError as exc:
+            raise RegimenError(str(exc)) from None
+
+    dist = d.get("distribution", "fixed")
+    default = t("default") if "default" in d else None
+    lo, hi = -np.inf, np.inf
+    if "range" in d:
+        r = d["range"]
+        if not isinstance(r, list) or len(r) != 2:
+            raise err("range", f"expected [low, high] times, got {r!r}")
+        lo, hi = t("range", r[0]), t("range", r[1])
+        if not lo < hi:
+            raise err("range", f"low must be below high, got {r!r}")
+    params: tuple[float, ...] = ()
+    if dist == "fixed":
+        if default is None:
+            raise err("default", "missing (a fixed anchor needs its time)")
+    elif dist == "normal":
+        params = (t("mean"), t("sd"))
+        if not params[1] > 0:
+            raise err("sd", f"must be > 0, got {d['sd']!r}")
+    elif dist == "lognormal":
+        gsd = d.get("gsd")
+        if isinstance(gsd, bool) or not isinstance(gsd, int | float) or not gsd > 1:
+            raise err("gsd", f"expected a geometric SD > 1 (a plain number), got {gsd!r}")
+        params = (t("median"), float(gsd))
+        if not params[0] > 0:
+            raise err("median", f"must be > 0, got {d['median']!r}")
+    elif dist == "uniform":
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise err("range", "a uniform distribution needs a finite `range`")
+    else:
+        raise err("distribution", f"{dist!r}; expected fixed, normal, lognormal or uniform")
+    if dist != "fixed" and "source" not in d:
+        raise err("source", "missing: say where the distribution comes from (or 'illustrative')")
+    if default is None and dist != "fixed":
+        # A single patient without an explicit value gets the distribution's centre.
+        default = params[0] if params else (lo + hi) / 2
+    return AnchorSpec(name, default, dist, params, lo, hi, str(d.get("source", "")),
+                      str(d.get("tag", "")))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Regimen:
     """A dosing regimen; build it with :meth:`parse`, :func:`load_regimen` or directly."""
 
@@ -125,6 +240,7 @@ class Regimen:
     description: str = ""
     source: str = ""
     file: str | None = None
+    anchors: tuple[AnchorSpec, ...] = ()
     _text: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -132,6 +248,11 @@ class Regimen:
             raise RegimenError(f"{self._loc()}a regimen needs at least one dose")
         for d in self.doses:
             _check_dose(d, self._loc())
+        declared = {a.name for a in self.anchors}
+        unused = declared - self.anchor_names
+        if unused:
+            raise RegimenError(f"{self._loc()}`anchors.{sorted(unused)[0]}` is declared but no "
+                               "dose uses it (a typo?)")  # fmt: skip
 
     def _loc(self) -> str:
         return f"{self.file}: " if self.file else ""
@@ -161,8 +282,12 @@ class Regimen:
             return RegimenError(f"{loc}`{key}`: {msg}")
 
         for k in data:
-            if k not in ("regimen", "bolus", "infusion"):
-                raise err(k, "unknown key; expected regimen, bolus, infusion")
+            if k not in ("regimen", "bolus", "infusion", "anchors"):
+                raise err(k, "unknown key; expected regimen, bolus, infusion, anchors")
+        anchors_tab = data.get("anchors", {})
+        if not isinstance(anchors_tab, dict):
+            raise err("anchors", "expected a table of [anchors.<name>] tables")
+        anchor_specs = tuple(_read_anchor(n, v, file) for n, v in anchors_tab.items())
         meta = data.get("regimen", {})
         if not isinstance(meta, dict):
             raise err("regimen", "expected a table")
@@ -181,6 +306,19 @@ class Regimen:
         def time(d, key, k):
             return q(d, key, k, "time").value
 
+        def tref(d, key, k):
+            try:
+                anchor, off = _time_ref(d[k], file=file, key=f"{key}.{k}")
+            except UnitError as exc:
+                raise RegimenError(str(exc)) from None
+            if anchor is not None and anchor not in anchors_tab:
+                raise err(
+                    f"{key}.{k}",
+                    f"{d[k]!r} is neither a time such as '4 h' nor an event declared under "
+                    f"[anchors] ({', '.join(anchors_tab) or 'none declared'})",
+                )
+            return anchor, off
+
         doses: list[Bolus | Infusion] = []
         boluses = data.get("bolus", [])
         infusions = data.get("infusion", [])
@@ -197,11 +335,9 @@ class Regimen:
                 if k not in d:
                     raise err(f"{key}.{k}", "missing")
             dur = time(d, key, "duration") if "duration" in d else 0.0
-            doses.append(
-                _checked(
-                    Bolus(q(d, key, "amount", "amount"), time(d, key, "at"), dur), f"{loc}{key}: "
-                )
-            )
+            at_anchor, at = tref(d, key, "at")
+            bolus = Bolus(q(d, key, "amount", "amount"), at, dur, at_anchor=at_anchor)
+            doses.append(_checked(bolus, f"{loc}{key}: "))
         for i, d in enumerate(infusions):
             key = f"infusion[{i}]"
             if not isinstance(d, dict):
@@ -217,8 +353,12 @@ class Regimen:
                 raise err(f"{key}.start", "missing")
             if ("stop" in d) == ("duration" in d):
                 raise err(key, "give exactly one of `stop` and `duration`")
-            start = time(d, key, "start")
-            stop = time(d, key, "stop") if "stop" in d else start + time(d, key, "duration")
+            sa, start = tref(d, key, "start")
+            if "stop" in d:
+                ea, stop = tref(d, key, "stop")
+            else:
+                ea, stop = sa, start + time(d, key, "duration")
+            anchors_kw = {"start_anchor": sa, "stop_anchor": ea}
             if "rate" in d:
                 try:
                     rate = q(d, key, "rate", "rate")
@@ -231,9 +371,9 @@ class Regimen:
                         f"{key}.rate",
                         f"{d['rate']!r} is an amount, not a rate; for a total dose use `total`",
                     ) from None
-                inf = Infusion(start, stop, rate=rate)
+                inf = Infusion(start, stop, rate=rate, **anchors_kw)
             else:
-                inf = Infusion(start, stop, total=q(d, key, "total", "amount"))
+                inf = Infusion(start, stop, total=q(d, key, "total", "amount"), **anchors_kw)
             doses.append(_checked(inf, f"{loc}{key}: "))
         if not doses:
             raise RegimenError(f"{loc}no [[bolus]] or [[infusion]] tables")
@@ -243,6 +383,7 @@ class Regimen:
             description=str(meta.get("description", "")),
             source=str(meta.get("source", "")),
             file=file,
+            anchors=anchor_specs,
         )
 
     # ---- views ---------------------------------------------------------------------
@@ -253,6 +394,68 @@ class Regimen:
         return self._text or "; ".join(d.text() for d in self.doses)
 
     @property
+    def anchor_names(self) -> set[str]:
+        """Names of the events (anchors) the doses refer to."""
+        names = set()
+        for d in self.doses:
+            if isinstance(d, Bolus):
+                names.add(d.at_anchor)
+            else:
+                names |= {d.start_anchor, d.stop_anchor}
+        return names - {None}
+
+    def anchor_spec(self, name: str) -> AnchorSpec | None:
+        return next((a for a in self.anchors if a.name == name), None)
+
+    def resolve(self, anchors: dict[str, float] | None = None) -> Regimen:
+        """The regimen with every named event replaced by its time (h).
+
+        Values come from `anchors` (hours or strings with units), else from the anchor's
+        declared default. A stop that falls at or before its start is an error.
+        """
+        names = self.anchor_names
+        if not names:
+            return self
+        vals = {}
+        given = dict(anchors or {})
+        for n in sorted(names):
+            if n in given:
+                v = given.pop(n)
+                vals[n] = v if isinstance(v, int | float) else parse_quantity(
+                    v, "time", key=f"anchors.{n}").value  # fmt: skip
+            elif (spec := self.anchor_spec(n)) is not None and spec.default is not None:
+                vals[n] = spec.default
+            else:
+                raise RegimenError(
+                    f"{self._loc()}the regimen refers to the event `{n}` but its time is not "
+                    f"known: pass anchors={{'{n}': ...}} (CLI: --anchor {n}=4h) or declare "
+                    f"[anchors.{n}] with a default in the regimen file"
+                )
+        if given:
+            raise RegimenError(f"{self._loc()}unknown event(s) {sorted(given)}: the regimen "
+                               f"uses {sorted(names) or 'none'}")  # fmt: skip
+
+        def at(anchor, off):
+            return off if anchor is None else vals[anchor] + off
+
+        doses = []
+        for d in self.doses:
+            if isinstance(d, Bolus):
+                doses.append(Bolus(d.amount, at(d.at_anchor, d.at), d.duration))
+            else:
+                r = d.rate_value() if d.total is not None else None
+                start, stop = at(d.start_anchor, d.start), at(d.stop_anchor, d.stop)
+                try:
+                    doses.append(Infusion(start, stop, rate=d.rate if r is None else None,
+                                          total=d.total))  # fmt: skip
+                    _check_dose(doses[-1], self._loc())
+                except RegimenError as exc:
+                    raise RegimenError(f"{exc} (with {vals})") from None
+        when = ", ".join(f"{k} = {v:g} h" for k, v in vals.items())
+        return Regimen(tuple(doses), self.name, self.description, self.source, self.file,
+                       (), _text=f"{self.text} [{when}]")  # fmt: skip
+
+    @property
     def uses_weight(self) -> bool:
         """True if any dose is per kg of body weight."""
         return any(
@@ -261,23 +464,34 @@ class Regimen:
 
     @property
     def start_time(self) -> float:
-        return min(d.at if isinstance(d, Bolus) else d.start for d in self.doses)
+        """Time of the first dose (named events at their default times)."""
+        r = self.resolve()
+        return min(d.at if isinstance(d, Bolus) else d.start for d in r.doses)
 
     @property
     def end_time(self) -> float:
         """Time of the last dose event (end of the last infusion or bolus)."""
-        return max((d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in self.doses)
+        r = self.resolve()
+        return max((d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in r.doses)
 
     def infusion_ends(self) -> list[float]:
-        """Sorted times at which the total infusion rate drops (ends of infusions)."""
+        """Sorted times at which an infusion ends (named events at their default times)."""
+        r = self.resolve()
         ends = sorted(
-            {d.stop for d in self.doses if isinstance(d, Infusion)}
-            | {d.at + d.duration for d in self.doses if isinstance(d, Bolus) and d.duration > 0}
+            {d.stop for d in r.doses if isinstance(d, Infusion)}
+            | {d.at + d.duration for d in r.doses if isinstance(d, Bolus) and d.duration > 0}
         )
         return ends
 
-    def event_table(self, weight: float | None = None) -> EventTable:
-        """Compile to sorted event arrays in mg and mg/h for a patient of `weight` kg."""
+    def event_table(
+        self, weight: float | None = None, anchors: dict[str, float] | None = None
+    ) -> EventTable:
+        """Compile to sorted event arrays in mg and mg/h for a patient of `weight` kg.
+
+        Named events take their times from `anchors` (or their declared defaults).
+        """
+        if self.anchor_names or anchors:
+            return self.resolve(anchors).event_table(weight)
         if self.uses_weight and (weight is None or not np.isfinite(weight) or weight <= 0):
             raise RegimenError(
                 f"{self._loc()}the regimen has per-kg doses: a positive body "
@@ -304,6 +518,77 @@ class Regimen:
         for tb, a in boluses:
             bolus[np.searchsorted(t, tb)] += a
         return EventTable(t, rate, bolus)
+
+    def event_arrays(self, weight: np.ndarray, anchors: dict[str, np.ndarray] | None = None):
+        """Per-patient event tables as rectangular arrays, vectorised over patients.
+
+        Parameters
+        ----------
+        weight : (n,) float64
+            Body weights (kg); used for per-kg doses.
+        anchors : dict of (n,) float64, optional
+            Per-patient times (h) of the named events; missing ones take the default.
+
+        Returns
+        -------
+        t, rate, bolus : (n, K) float64
+            For each patient, K sorted breakpoints (some may coincide), the total infusion
+            rate (mg/h) from each breakpoint to the next, and the bolus (mg) given there
+            (on the first of coinciding breakpoints only). K is the same for all patients.
+        """
+        w = np.asarray(weight, dtype=float)
+        n = w.shape[0]
+        if self.uses_weight and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
+            raise RegimenError(f"{self._loc()}the regimen has per-kg doses: every weight must "
+                               "be positive")  # fmt: skip
+        vals = {}
+        for name in self.anchor_names:
+            if anchors is not None and name in anchors:
+                vals[name] = np.broadcast_to(np.asarray(anchors[name], dtype=float), (n,))
+            else:
+                spec = self.anchor_spec(name)
+                if spec is None or spec.default is None:
+                    raise RegimenError(f"{self._loc()}no time for the event `{name}`")
+                vals[name] = np.full(n, spec.default)
+
+        def at(anchor, off):
+            return np.full(n, off) if anchor is None else vals[anchor] + off
+
+        starts, stops, rates, bt, ba = [], [], [], [], []
+        for d in self.doses:
+            if isinstance(d, Bolus):
+                amt = d.amount.value * (w if d.amount.per_kg else 1.0)
+                t0 = at(d.at_anchor, d.at)
+                if d.duration > 0:
+                    starts.append(t0)
+                    stops.append(t0 + d.duration)
+                    rates.append(np.broadcast_to(amt / d.duration, (n,)))
+                else:
+                    bt.append(t0)
+                    ba.append(np.broadcast_to(amt, (n,)))
+            else:
+                r = d.rate_value()
+                starts.append(at(d.start_anchor, d.start))
+                stops.append(at(d.stop_anchor, d.stop))
+                rates.append(np.broadcast_to(r.value * (w if r.per_kg else 1.0), (n,)))
+        S = np.stack(starts, axis=1) if starts else np.zeros((n, 0))
+        E = np.stack(stops, axis=1) if stops else np.zeros((n, 0))
+        R = np.stack(rates, axis=1) if rates else np.zeros((n, 0))
+        BT = np.stack(bt, axis=1) if bt else np.zeros((n, 0))
+        BA = np.stack(ba, axis=1) if ba else np.zeros((n, 0))
+        bad = np.nonzero(np.any(E <= S, axis=1))[0]
+        if bad.size:
+            raise RegimenError(
+                f"{self._loc()}for {bad.size} patient(s) (first: index {bad[0]}) an infusion "
+                "stops at or before it starts once the event times are drawn"
+            )
+        t = np.sort(np.concatenate([S, E, BT], axis=1), axis=1)
+        active = (S[:, None, :] <= t[:, :, None]) & (t[:, :, None] < E[:, None, :])
+        rate = np.einsum("nkp,np->nk", active, R)
+        first = np.ones_like(t, dtype=bool)
+        first[:, 1:] = t[:, 1:] != t[:, :-1]
+        bolus = np.einsum("nkb,nb->nk", (t[:, :, None] == BT[:, None, :]), BA) * first
+        return t, rate, bolus
 
 
 def regimens_dir() -> Path:
@@ -389,26 +674,52 @@ def _q(text: str, kind: str, piece: str) -> Parsed:
         raise RegimenError(f"in {piece!r}: {exc}") from None
 
 
+_ANCHOR = re.compile(r"^([A-Za-z_]\w*)\s*(?:([+-])\s*(.+))?$")
+
+
+def _time_ref(text: object, file=None, key=None) -> tuple[str | None, float]:
+    """A time: ``"4 h"`` -> (None, 4.0); ``"end_of_surgery + 30 min"`` -> (name, 0.5)."""
+    m = _ANCHOR.match(text.strip()) if isinstance(text, str) else None
+    if m:
+        off = 0.0
+        if m[2]:
+            off = parse_quantity(m[3], "time", file=file, key=key).value
+            off = -off if m[2] == "-" else off
+        return m[1], off
+    return None, parse_quantity(text, "time", file=file, key=key).value
+
+
+def _tr(text: str, piece: str) -> tuple[str | None, float]:
+    try:
+        return _time_ref(text)
+    except UnitError as exc:
+        raise RegimenError(f"in {piece!r}: {exc}") from None
+
+
 def _parse_piece(piece: str) -> Bolus | Infusion:
     m = _BOLUS.match(piece)
     if m:
         dur = _q(m["dur"], "time", piece).value if m["dur"] else 0.0
+        anchor, at = _tr(m["at"], piece)
         return _checked(
-            Bolus(_q(m["amt"], "amount", piece), _q(m["at"], "time", piece).value, dur),
-            f"in {piece!r}: ",
+            Bolus(_q(m["amt"], "amount", piece), at, dur, at_anchor=anchor), f"in {piece!r}: "
         )
     m = _TOTAL.match(piece)
     if m:
-        start = _q(m["start"], "time", piece).value
+        sa, start = _tr(m["start"], piece)
         dur = _q(m["dur"], "time", piece).value
+        total = _q(m["amt"], "amount", piece)
         return _checked(
-            Infusion(start, start + dur, total=_q(m["amt"], "amount", piece)), f"in {piece!r}: "
+            Infusion(start, start + dur, total=total, start_anchor=sa, stop_anchor=sa),
+            f"in {piece!r}: ",
         )
     m = _RATE.match(piece)
     if m:
-        start = _q(m["start"], "time", piece).value
-        end = _q(m["end"], "time", piece).value
-        stop = end if m["to"] else start + end
+        sa, start = _tr(m["start"], piece)
+        if m["to"]:
+            ea, stop = _tr(m["end"], piece)
+        else:
+            ea, stop = sa, start + _q(m["end"], "time", piece).value
         try:
             rate = parse_quantity(m["rate"], "rate", allow_per_kg=True)
         except UnitError as exc:
@@ -420,7 +731,9 @@ def _parse_piece(piece: str) -> Bolus | Infusion:
                 f"in {piece!r}: {m['rate']!r} is an amount, not a rate; for a total dose "
                 f"write '{m['rate']} over <duration> from <time>'"
             ) from None
-        return _checked(Infusion(start, stop, rate=rate), f"in {piece!r}: ")
+        return _checked(
+            Infusion(start, stop, rate=rate, start_anchor=sa, stop_anchor=ea), f"in {piece!r}: "
+        )
     raise RegimenError(f"cannot parse {piece!r}: expected {_FORMS}")
 
 
@@ -440,7 +753,7 @@ def _check_dose(d, loc: str) -> None:
             )
         if not (np.isfinite(d.start) and np.isfinite(d.stop)):
             raise RegimenError(f"{loc}infusion times must be finite")
-        if d.stop <= d.start:
+        if d.start_anchor == d.stop_anchor and d.stop <= d.start:
             raise RegimenError(
                 f"{loc}infusion stops at {d.stop:g} h, not after its start at {d.start:g} h"
             )

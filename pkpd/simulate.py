@@ -51,9 +51,9 @@ def time_grid(start: float, until, every) -> np.ndarray:
     return t
 
 
-def _prepare(model, regimen, covariates, eta):
+def _prepare(model, regimen, covariates, eta, anchors=None):
     spec = load_model(model)
-    reg = load_regimen(regimen)
+    reg = load_regimen(regimen).resolve(anchors)
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
@@ -92,6 +92,7 @@ def simulate(
     until=None,
     every="1 min",
     eta=None,
+    anchors: dict | None = None,
     method: str = "exact",
 ):
     """Simulate one patient with the piecewise-exact solver.
@@ -110,6 +111,9 @@ def simulate(
         `until` every `every`.
     until, every : str or float
         Grid end (default: 24 h after the last dose event) and step (default 1 min).
+    anchors : dict, optional
+        Times of the named events the regimen refers to, e.g.
+        ``{"end_of_surgery": "3.5 h"}``; default: the regimen file's declared defaults.
     eta : dict, optional
         Random effects (log scale) by parameter name, for a specific virtual patient.
     method : {"exact"}
@@ -139,7 +143,7 @@ def simulate(
         raise ValueError(
             f"`method` must be 'exact' (adaptive solvers are not available yet), got {method!r}"
         )
-    spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta)
+    spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
     if times is None:
         start = min(0.0, reg.start_time)
         t = time_grid(start, until if until is not None else reg.end_time + 24.0, every)
