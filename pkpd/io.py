@@ -102,3 +102,69 @@ def write_csv(ds, tmp: Path) -> None:
         )
         fh.write(",".join(header) + "\n")
         np.savetxt(fh, np.column_stack(cols), delimiter=",", fmt="%.17g")
+
+
+class ZarrWriter:
+    """Write a cohort to a Zarr store chunk by chunk, atomically.
+
+    Chunks are appended along ``patient`` to a hidden temporary store beside the target;
+    :meth:`finish` adds the whole-cohort variables (percentile bands) and attributes, then
+    renames the store into place (an existing target is replaced only at that moment). An
+    interrupted run leaves only the hidden temporary store, never a complete-looking target;
+    :meth:`abort` removes it.
+    """
+
+    def __init__(self, target) -> None:
+        import uuid
+
+        self.target = check_target(target, (".zarr",), "out")
+        self.tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self._first = True
+
+    def append(self, ds) -> None:
+        if self._first:
+            ds.to_zarr(self.tmp, mode="w-", consolidated=True)
+            self._first = False
+        else:
+            per_patient = [v for v in ds.variables if "patient" in ds[v].dims]
+            ds[per_patient].to_zarr(self.tmp, append_dim="patient", consolidated=True)
+
+    def finish(self, summary) -> None:
+        """Add the variables without a patient dimension and the attributes; publish."""
+        import shutil
+
+        import zarr
+
+        extra = [v for v in summary.data_vars if "patient" not in summary[v].dims]
+        if extra:
+            part = summary[extra].drop_vars(
+                [c for c in summary[extra].coords if "patient" in summary[c].dims]
+            )
+            part.to_zarr(self.tmp, mode="a", consolidated=True)
+        group = zarr.open_group(str(self.tmp), mode="a")
+        group.attrs.update({k: _plain(v) for k, v in summary.attrs.items()})
+        zarr.consolidate_metadata(str(self.tmp))
+        trash = None
+        if self.target.exists():
+            trash = self.target.parent / f".{self.target.name}.old"
+            os.replace(self.target, trash)
+        os.replace(self.tmp, self.target)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def abort(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def open(self):
+        import xarray as xr
+
+        return xr.open_zarr(self.target)
+
+
+def _plain(v):
+    """Attribute values as JSON-friendly Python scalars."""
+    if hasattr(v, "item"):
+        return v.item()
+    return v

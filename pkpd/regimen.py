@@ -179,16 +179,27 @@ def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
 
     if not isinstance(d, dict):
         raise err("", "expected a table")
-    allowed = {"default", "distribution", "mean", "sd", "median", "gsd", "range", "source",
-               "tag", "note"}  # fmt: skip
+    allowed = {
+        "default",
+        "distribution",
+        "mean",
+        "sd",
+        "median",
+        "gsd",
+        "range",
+        "source",
+        "tag",
+        "note",
+    }
     for k in d:
         if k not in allowed:
             raise err(k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
 
     def t(k, v=None):
         try:
-            return parse_quantity(d[k] if v is None else v, "time", file=file,
-                                  key=f"{key}.{k}").value  # fmt: skip
+            return parse_quantity(
+                d[k] if v is None else v, "time", file=file, key=f"{key}.{k}"
+            ).value
         except UnitError as exc:
             raise RegimenError(str(exc)) from None
 
@@ -227,8 +238,9 @@ def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
     if default is None and dist != "fixed":
         # A single patient without an explicit value gets the distribution's centre.
         default = params[0] if params else (lo + hi) / 2
-    return AnchorSpec(name, default, dist, params, lo, hi, str(d.get("source", "")),
-                      str(d.get("tag", "")))  # fmt: skip
+    return AnchorSpec(
+        name, default, dist, params, lo, hi, str(d.get("source", "")), str(d.get("tag", ""))
+    )
 
 
 @dataclass(frozen=True)
@@ -251,8 +263,10 @@ class Regimen:
         declared = {a.name for a in self.anchors}
         unused = declared - self.anchor_names
         if unused:
-            raise RegimenError(f"{self._loc()}`anchors.{sorted(unused)[0]}` is declared but no "
-                               "dose uses it (a typo?)")  # fmt: skip
+            raise RegimenError(
+                f"{self._loc()}`anchors.{sorted(unused)[0]}` is declared but no "
+                "dose uses it (a typo?)"
+            )
 
     def _loc(self) -> str:
         return f"{self.file}: " if self.file else ""
@@ -421,8 +435,11 @@ class Regimen:
         for n in sorted(names):
             if n in given:
                 v = given.pop(n)
-                vals[n] = v if isinstance(v, int | float) else parse_quantity(
-                    v, "time", key=f"anchors.{n}").value  # fmt: skip
+                vals[n] = (
+                    v
+                    if isinstance(v, int | float)
+                    else parse_quantity(v, "time", key=f"anchors.{n}").value
+                )
             elif (spec := self.anchor_spec(n)) is not None and spec.default is not None:
                 vals[n] = spec.default
             else:
@@ -432,8 +449,10 @@ class Regimen:
                     f"[anchors.{n}] with a default in the regimen file"
                 )
         if given:
-            raise RegimenError(f"{self._loc()}unknown event(s) {sorted(given)}: the regimen "
-                               f"uses {sorted(names) or 'none'}")  # fmt: skip
+            raise RegimenError(
+                f"{self._loc()}unknown event(s) {sorted(given)}: the regimen "
+                f"uses {sorted(names) or 'none'}"
+            )
 
         def at(anchor, off):
             return off if anchor is None else vals[anchor] + off
@@ -446,14 +465,22 @@ class Regimen:
                 r = d.rate_value() if d.total is not None else None
                 start, stop = at(d.start_anchor, d.start), at(d.stop_anchor, d.stop)
                 try:
-                    doses.append(Infusion(start, stop, rate=d.rate if r is None else None,
-                                          total=d.total))  # fmt: skip
+                    doses.append(
+                        Infusion(start, stop, rate=d.rate if r is None else None, total=d.total)
+                    )
                     _check_dose(doses[-1], self._loc())
                 except RegimenError as exc:
                     raise RegimenError(f"{exc} (with {vals})") from None
         when = ", ".join(f"{k} = {v:g} h" for k, v in vals.items())
-        return Regimen(tuple(doses), self.name, self.description, self.source, self.file,
-                       (), _text=f"{self.text} [{when}]")  # fmt: skip
+        return Regimen(
+            tuple(doses),
+            self.name,
+            self.description,
+            self.source,
+            self.file,
+            (),
+            _text=f"{self.text} [{when}]",
+        )
 
     @property
     def uses_weight(self) -> bool:
@@ -539,8 +566,9 @@ class Regimen:
         w = np.asarray(weight, dtype=float)
         n = w.shape[0]
         if self.uses_weight and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
-            raise RegimenError(f"{self._loc()}the regimen has per-kg doses: every weight must "
-                               "be positive")  # fmt: skip
+            raise RegimenError(
+                f"{self._loc()}the regimen has per-kg doses: every weight must be positive"
+            )
         vals = {}
         for name in self.anchor_names:
             if anchors is not None and name in anchors:

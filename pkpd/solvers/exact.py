@@ -176,8 +176,23 @@ def propagate_into(
         is_event = k < n_ev and ev_t[k] <= to
         target = ev_t[k] if is_event else to
         if target > t:
-            st = _step(x, target - t, rate, M, b, abs(target), Maug, Eaug, cache_h, cache_phi,
-                       cache_g, xtmp, ework, epiv, counter)  # fmt: skip
+            st = _step(
+                x,
+                target - t,
+                rate,
+                M,
+                b,
+                abs(target),
+                Maug,
+                Eaug,
+                cache_h,
+                cache_phi,
+                cache_g,
+                xtmp,
+                ework,
+                epiv,
+                counter,
+            )
             if st != 0:
                 return st
             t = target

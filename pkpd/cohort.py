@@ -1,0 +1,877 @@
+"""Monte Carlo virtual-patient cohorts: draws, chunks, the parallel kernel, xarray results.
+
+Reproducibility
+---------------
+Patients are grouped in fixed blocks of :data:`BLOCK` consecutive indices. Block ``b`` draws
+its random numbers from generators seeded with ``SeedSequence(seed, spawn_key=(b, purpose))``
+(one independent stream per purpose: covariates, random effects, event times, residual
+error), always for the whole block. A patient's draws therefore depend only on the seed and
+its index: the same seed gives the same cohort, bit for bit, whatever the chunk size, the
+number of threads or of Dask workers, and the first M patients of a cohort of N are the
+cohort of M. Random numbers are drawn in numpy, outside numba.
+
+Memory
+------
+In summary mode (no trajectories) memory is proportional to the chunk, plus the per-patient
+metrics. Trajectories are float32; :func:`estimate_memory` is checked before the run and a
+request that does not fit is refused with the options that would.
+
+Percentile bands
+----------------
+With trajectories kept in memory the bands are exact (``numpy.quantile``, linear
+interpolation). Otherwise they are computed in one pass from per-time-point histograms with
+logarithmic bins of relative width :data:`BAND_BIN_RATIO` - 1 between
+:data:`BAND_MIN_NG_ML` and :data:`BAND_MAX_NG_ML`: a reported quantile is the geometric
+centre of the bin holding it, so its relative error is at most half a bin (0.5 %); values
+below the lowest edge (including zero) are reported as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import CovariateRangeWarning, PkpdError, RegimenError, SimulationError
+from .kernels import (
+    SPECIAL_ANCHOR,
+    SPECIAL_WINDOW_END,
+    SPECIAL_WINDOW_START,
+    cohort_kernel,
+    histogram_update,
+)
+from .model import ModelSpec, load_model
+from .regimen import Regimen, _time_ref, load_regimen
+from .simulate import DISCLAIMER, MG_L_TO_NG_ML, time_grid
+from .solvers import STATUS_MESSAGES
+from .units import parse_quantity
+
+__all__ = ["BLOCK", "CohortError", "estimate_memory", "simulate_cohort"]
+
+#: Patients per random-number block (the unit of reproducibility).
+BLOCK = 1024
+_PURPOSE = {"covariates": 0, "eta": 1, "anchors": 2, "residual": 3}
+
+BAND_MIN_NG_ML = 1e-4
+BAND_MAX_NG_ML = 1e5
+BAND_BIN_RATIO = 1.01
+#: Quantiles of the percentile bands.
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+_MAX_BAND_POINTS = 600
+
+
+class CohortError(PkpdError, ValueError):
+    """A cohort request is invalid or does not fit in memory."""
+
+
+def block_rng(seed: int, block: int, purpose: str) -> np.random.Generator:
+    """The generator of one block of patients for one purpose (see module docstring)."""
+    ss = np.random.SeedSequence(seed, spawn_key=(block, _PURPOSE[purpose]))
+    return np.random.Generator(np.random.PCG64(ss))
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class CohortSetup:
+    """Everything a chunk needs; picklable, so chunks can run as Dask tasks."""
+
+    spec: ModelSpec
+    regimen: Regimen
+    population: Any  # Population or CovariateTable
+    seed: int
+    n: int
+    grid: np.ndarray
+    windows: dict[str, tuple[str, str]]
+    at: dict[str, str]
+    thresholds: list[tuple[str, float, str]]  # (output, mg/L, label)
+    store_out: list[str]
+    store_stride: int
+    iiv: bool
+    residual: bool
+    keep_in_memory: bool
+    band_outputs: list[str]
+    band_stride: int
+    omega_blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
+
+def _omega_blocks(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(parameter indices, Cholesky factor) of every block with a known omega."""
+    out = []
+    for v in spec.variability:
+        if v.omega is None:
+            continue
+        idx = np.array([spec.param_names.index(p) for p in v.parameters])
+        out.append((idx, np.linalg.cholesky(v.omega)))
+    return out
+
+
+def _draw_block(setup: CohortSetup, block: int) -> tuple[dict, np.ndarray, dict, Any]:
+    """Covariates, etas (BLOCK, n_par) and anchor times of one whole block."""
+    pop = setup.population
+    lo = block * BLOCK
+    hi = lo + BLOCK
+    if hasattr(pop, "sample"):
+        cov = pop.sample(block_rng(setup.seed, block, "covariates"), BLOCK)
+    else:  # CovariateTable: rows of the table, the last block padded by repetition
+        rows = np.arange(lo, hi) % pop.n
+        cov = {k: np.asarray(v)[rows] for k, v in pop.covariates.items()}
+    n_par = len(setup.spec.param_names)
+    eta = np.zeros((BLOCK, n_par))
+    if setup.iiv:
+        rng = block_rng(setup.seed, block, "eta")
+        for idx, L in setup.omega_blocks:
+            z = rng.standard_normal((BLOCK, idx.size))
+            eta[:, idx] = z @ L.T
+    anchors = {}
+    rng_a = block_rng(setup.seed, block, "anchors")
+    for name in sorted(setup.regimen.anchor_names):
+        spec_a = setup.regimen.anchor_spec(name)
+        if spec_a is None:
+            raise RegimenError(
+                f"the regimen refers to the event `{name}` but declares no "
+                f"[anchors.{name}] to draw it from"
+            )
+        anchors[name] = spec_a.sample(rng_a, BLOCK)
+    return cov, eta, anchors, block_rng(setup.seed, block, "residual")
+
+
+def _times(text: str, anchors: dict[str, np.ndarray], n: int, what: str) -> np.ndarray:
+    anchor, off = _time_ref(text, key=what)
+    if anchor is None:
+        return np.full(n, off)
+    if anchor not in anchors:
+        raise CohortError(
+            f"`{what}` = {text!r} refers to the event `{anchor}`, which the "
+            f"regimen does not use ({', '.join(anchors) or 'no events'})"
+        )
+    return anchors[anchor] + off
+
+
+def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = None) -> dict:
+    """Simulate patients ``start..stop-1``; return plain numpy arrays (picklable)."""
+    import numba
+
+    b0, b1 = start // BLOCK, (stop - 1) // BLOCK + 1
+    parts = [_draw_block(setup, b) for b in range(b0, b1)]
+    sl = slice(start - b0 * BLOCK, stop - b0 * BLOCK)
+    cov = {k: np.concatenate([p[0][k] for p in parts])[sl] for k in parts[0][0]}
+    eta = np.concatenate([p[1] for p in parts])[sl]
+    anchors = {k: np.concatenate([p[2][k] for p in parts])[sl] for k in parts[0][2]}
+    n = stop - start
+    spec = setup.spec
+    model_cov = {k: v for k, v in cov.items() if k in spec.covariates}
+    theta = np.ascontiguousarray(spec.individual_parameters(model_cov, eta, warn=False))
+    if theta.ndim == 1:
+        theta = np.broadcast_to(theta, (n, theta.size)).copy()
+    weight = np.asarray(cov.get("weight", np.full(n, np.nan)), dtype=float)
+    ev_t, ev_rate, ev_bolus = setup.regimen.event_arrays(weight, anchors)
+
+    # Special times: window bounds and anchored concentrations, sorted per patient.
+    cols, kinds, slots = [], [], []
+    for w, (a, b) in enumerate(setup.windows.values()):
+        ta = _times(a, anchors, n, "window start")
+        tb = _times(b, anchors, n, "window end")
+        if np.any(tb < ta):
+            raise CohortError(
+                f"window {list(setup.windows)[w]!r} ends before it starts for some patients"
+            )
+        cols += [ta, tb]
+        kinds += [SPECIAL_WINDOW_START, SPECIAL_WINDOW_END]
+        slots += [w, w]
+    for j, text in enumerate(setup.at.values()):
+        cols.append(_times(text, anchors, n, "at"))
+        kinds.append(SPECIAL_ANCHOR)
+        slots.append(j)
+    if cols:
+        spec_t = np.stack(cols, axis=1)
+        order = np.argsort(spec_t, axis=1, kind="stable")
+        spec_t = np.take_along_axis(spec_t, order, axis=1)
+        spec_kind = np.asarray(kinds, dtype=np.int64)[order]
+        spec_slot = np.asarray(slots, dtype=np.int64)[order]
+    else:
+        spec_t = np.zeros((n, 0))
+        spec_kind = spec_slot = np.zeros((n, 0), dtype=np.int64)
+    grid = setup.grid
+    t0 = float(min(grid[0], ev_t.min() if ev_t.size else grid[0], spec_t.min(initial=grid[0])))
+
+    outs = spec.output_names
+    n_out = len(outs)
+    keep = np.concatenate(
+        [np.arange(spec.n_comp), spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)]
+    )
+    store = setup.store_out if setup.store_out else setup.band_outputs
+    stride = setup.store_stride if setup.store_out else setup.band_stride
+    store_idx = np.array([outs.index(o) for o in store], dtype=np.int64)
+    n_store_t = (grid.size - 1) // stride + 1 if store_idx.size else 0
+    thr_out = np.array([outs.index(o) for o, _, _ in setup.thresholds], dtype=np.int64)
+    thr_val = np.array([v for _, v, _ in setup.thresholds], dtype=float)
+
+    cmax = np.empty((n, n_out))
+    tmax = np.empty((n, n_out))
+    auc = np.full((n, n_out, len(setup.windows)), np.nan)
+    t_above = np.empty((n, thr_out.size))
+    c_at = np.full((n, n_out, len(setup.at)), np.nan)
+    traj = np.zeros((n, store_idx.size, n_store_t), dtype=np.float32)
+    status = np.zeros(n, dtype=np.int64)
+    old = numba.get_num_threads()
+    if threads:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        cohort_kernel(
+            theta,
+            spec.comps_i,
+            spec.flows_i,
+            spec.flows_f,
+            spec.effects_i,
+            spec.outputs_i,
+            spec.dose_index,
+            len(spec.analyte_names),
+            keep,
+            np.ascontiguousarray(ev_t),
+            np.ascontiguousarray(ev_rate),
+            np.ascontiguousarray(ev_bolus),
+            t0,
+            grid,
+            spec_t,
+            spec_kind,
+            spec_slot,
+            thr_out,
+            thr_val,
+            store_idx,
+            stride,
+            _uniform(grid),
+            cmax,
+            tmax,
+            auc,
+            t_above,
+            c_at,
+            traj,
+            status,
+        )
+    finally:
+        numba.set_num_threads(old)
+    res = {
+        "start": start,
+        "stop": stop,
+        "covariates": cov,
+        "anchors": anchors,
+        "theta": theta,
+        "cmax": cmax,
+        "tmax": tmax,
+        "auc": auc,
+        "t_above": t_above,
+        "c_at": c_at,
+        "status": status,
+    }
+    if setup.residual and setup.store_out:
+        traj = _apply_residual(setup, traj, store, parts, sl)
+    if setup.band_outputs:
+        bidx = [store.index(o) for o in setup.band_outputs]
+        bstep = setup.band_stride // stride
+        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep]) * np.float32(MG_L_TO_NG_ML)
+        counts = np.zeros((len(bidx), btraj.shape[2], _edges().size + 1), dtype=np.int64)
+        if not setup.keep_in_memory:
+            histogram_update(btraj, np.log(_edges()), counts)
+        res["band_counts"] = counts
+    if setup.store_out:
+        res["trajectory"] = traj
+    return res
+
+
+def _uniform(grid: np.ndarray) -> bool:
+    """A grid whose steps agree to rounding (the kernel's fast path applies)."""
+    if grid.size < 3:
+        return grid.size == 2
+    d = np.diff(grid)
+    return bool(np.max(np.abs(d - d[0])) <= 64 * np.finfo(float).eps * max(1.0, abs(grid[-1])))
+
+
+def _apply_residual(setup, traj, store, parts, sl):
+    """Sampled observations: the model's residual error applied to stored trajectories."""
+    eps = np.concatenate([p[3].standard_normal((BLOCK, *traj.shape[1:])) for p in parts])[sl]
+    out = traj.astype(np.float64)
+    for j, o in enumerate(store):
+        r = setup.spec.residual.get(o)
+        if r is None:
+            raise CohortError(f"residual error requested but the model declares none for `{o}`")
+        e = eps[:, j, :]
+        if r.type == "exponential":
+            out[:, j, :] *= np.exp(r.proportional_sd * e)
+        else:
+            # Combined error as NONMEM's Y = F + sqrt(prop^2 F^2 + add^2) * EPS (one draw).
+            sd = np.sqrt((r.proportional_sd * out[:, j, :]) ** 2 + r.additive_sd**2)
+            out[:, j, :] += sd * e
+    return out.astype(np.float32)
+
+
+def _edges() -> np.ndarray:
+    n = math.ceil(math.log(BAND_MAX_NG_ML / BAND_MIN_NG_ML) / math.log(BAND_BIN_RATIO))
+    return BAND_MIN_NG_ML * BAND_BIN_RATIO ** np.arange(n + 1)
+
+
+def quantiles_from_counts(counts: np.ndarray, q) -> np.ndarray:
+    """Quantiles (last axis of `counts` = bins) from log-spaced histograms (see module)."""
+    edges = _edges()
+    centres = np.concatenate([[0.0], np.sqrt(edges[:-1] * edges[1:]), [edges[-1]]])
+    cum = np.cumsum(counts, axis=-1)
+    total = cum[..., -1:]
+    out = np.empty((len(q), *counts.shape[:-1]))
+    for i, qq in enumerate(q):
+        target = np.maximum(np.ceil(qq * total), 1)
+        idx = np.argmax(cum >= target, axis=-1)
+        out[i] = centres[idx]
+    return out
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def estimate_memory(
+    n: int,
+    n_out: int,
+    n_store: int,
+    n_store_t: int,
+    n_metrics: int,
+    chunk: int,
+    keep_trajectories: bool,
+) -> dict[str, int]:
+    """Bytes needed: per-patient results, stored trajectories, and the chunk working set."""
+    per_patient = 8 * (n_metrics + 16)
+    traj = 4 * n * n_store * n_store_t if keep_trajectories else 0
+    work = chunk * (4 * max(n_store, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
+    return {
+        "results": n * per_patient,
+        "trajectories": traj,
+        "chunk": work,
+        "total": n * per_patient + traj + work,
+    }
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # pragma: no cover - psutil is a dependency; stay safe anyway
+        return 8 * 1024**3
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def simulate_cohort(
+    model,
+    regimen,
+    population=None,
+    n: int | None = None,
+    seed: int = 0,
+    *,
+    until=None,
+    every="1 min",
+    windows: dict[str, tuple[str, str]] | None = None,
+    at: dict[str, str] | None = None,
+    thresholds: dict[str, list] | None = None,
+    trajectories: list[str] | bool | None = None,
+    trajectory_every=None,
+    bands: bool = True,
+    band_every="10 min",
+    iiv: bool = True,
+    residual: bool = False,
+    chunk_size: int = 8 * BLOCK,
+    threads: int | None = None,
+    out=None,
+    dask=None,
+    progress: bool | None = None,
+    raise_on_failure: bool = False,
+    memory_limit: int | None = None,
+):
+    """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    model, regimen
+        As for :func:`pkpd.simulate`; a regimen's named events (e.g. ``end_of_surgery``)
+        are drawn per patient from the distributions declared in its file.
+    population : str, Population or CovariateTable
+        A shipped population name, a population file, a loaded population, or a real
+        covariate table (one row per patient; then `n` defaults to its length).
+    n : int
+        Number of patients.
+    seed : int
+        Seed of the cohort (see the module docstring for what it guarantees).
+    until, every
+        Evaluation grid (default: to 24 h after the last dose event, every minute). Cmax,
+        Tmax and times above thresholds are evaluated on it (plus every dose event).
+    windows : dict, optional
+        AUC windows ``name -> (start, end)``; times may refer to regimen events, e.g.
+        ``{"postop_24h": ("end_of_surgery", "end_of_surgery + 24 h")}``. Default: the whole
+        grid.
+    at : dict, optional
+        Concentrations at ``name -> time`` (e.g. ``{"eos": "end_of_surgery"}``); default:
+        each regimen event.
+    thresholds : dict, optional
+        Time-above-threshold metrics, ``output -> ["100 ng/mL", ...]``.
+    trajectories : list of str or True, optional
+        Outputs whose time courses are kept (float32, ng/mL).
+    trajectory_every : optional
+        Step of the stored trajectories (a multiple of `every`; default `every`).
+    bands : bool
+        Percentile bands (5, 25, 50, 75, 95 %) over time of every concentration output:
+        exact when trajectories are kept in memory, streaming otherwise (on a
+        `band_every` grid; see the module docstring for accuracy).
+    iiv : bool
+        Draw inter-individual variability (the model's omega); False gives typical
+        parameters for every patient's covariates.
+    residual : bool
+        Apply the model's residual error to the stored trajectories (sampled observations).
+    chunk_size, threads
+        Patients per kernel call (rounded up to a multiple of :data:`BLOCK`) and numba threads.
+    out : str or Path, optional
+        Write the result: ``.nc`` (NetCDF, written at the end) or ``.zarr`` (written chunk by
+        chunk, so trajectories larger than memory stream to disk). Always atomic.
+    dask : None, "local" or str
+        Run the chunks as tasks on ``dask.distributed``: a local cluster (``"local"``) or
+        a scheduler address.
+    progress : bool, optional
+        Progress bar on stderr (default: when stderr is a terminal).
+    raise_on_failure : bool
+        Raise :class:`SimulationError` if any patient failed (otherwise they are flagged in
+        ``status`` and counted in ``attrs["n_failed"]``).
+    memory_limit : int, optional
+        Bytes allowed (default: 80 % of the available memory).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimension ``patient`` with covariates and drawn event times as coordinates; metrics
+        ``cmax``, ``tmax``, ``auc``, ``time_above``, ``c_at``; individual parameters
+        ``param_<name>``; ``status``; optional ``trajectory`` (patient, output, time) and
+        ``band`` (quantile, output, band_time). Units in ``attrs``.
+    """
+    t_start = time.perf_counter()
+    spec = load_model(model)
+    reg = load_regimen(regimen)
+    pop, n = _population(population, n)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise CohortError(f"`seed` must be a non-negative integer, got {seed!r}")
+    start = min(0.0, reg.start_time)
+    grid = time_grid(start, until if until is not None else _end(reg) + 24.0, every)
+    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
+    outs = spec.output_names
+    store_out = _store_outputs(trajectories, outs)
+    store_stride = _stride(trajectory_every, step, "trajectory_every") if store_out else 1
+    win = (
+        dict(windows) if windows else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
+    )
+    at_ = dict(at) if at is not None else {a: a for a in sorted(reg.anchor_names)}
+    thr = _thresholds(thresholds, spec)
+    chunk = max(BLOCK, math.ceil(chunk_size / BLOCK) * BLOCK)
+    n_store_t = (grid.size - 1) // store_stride + 1 if store_out else 0
+    zarr_out = out is not None and str(out).endswith(".zarr")
+    keep = bool(store_out) and not zarr_out and dask is None
+    band_outputs = [o for o in outs] if bands else []
+    if bands and store_out:
+        band_outputs = list(store_out)
+        band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
+    else:
+        band_stride = _stride(band_every, step, "band_every")
+    n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
+    mem = estimate_memory(n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep)
+    limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
+    if mem["total"] > limit:
+        fit = max(0, int((limit - mem["chunk"]) / max(1, mem["total"] - mem["chunk"]) * n))
+        raise CohortError(
+            f"the request needs about {mem['total'] / 1e9:.2f} GB "
+            f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
+            f"available: write to a .zarr file (streams to disk), keep fewer trajectories or "
+            f"a coarser trajectory_every, or simulate at most about {fit:,} patients"
+        )
+    setup = CohortSetup(
+        spec,
+        reg,
+        pop,
+        int(seed),
+        n,
+        grid,
+        win,
+        at_,
+        thr,
+        store_out,
+        store_stride,
+        iiv,
+        residual,
+        keep,
+        band_outputs,
+        band_stride,
+        _omega_blocks(spec) if iiv else [],
+    )
+    _warn_missing_omega(spec, iiv)
+    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    show = progress if progress is not None else sys.stderr.isatty()
+    from .io import ZarrWriter
+
+    writer = ZarrWriter(out) if zarr_out else None
+    results: list[dict] = []
+    counts = None
+    done = 0
+    try:
+        for res in _run(setup, bounds, threads, dask):
+            if "band_counts" in res:
+                counts = res["band_counts"] if counts is None else counts + res["band_counts"]
+                del res["band_counts"]
+            if writer is not None:
+                writer.append(_chunk_dataset(setup, res))
+                res = {k: v for k, v in res.items() if k != "trajectory"}
+            results.append(res)
+            done += res["stop"] - res["start"]
+            if show:
+                _progress(done, n, time.perf_counter() - t_start)
+        ds = _assemble(setup, results, counts, trajectories_in_memory=writer is None)
+        for msg in check_ranges(spec, ds):
+            warnings.warn(
+                msg + "; predictions for them are extrapolations",
+                CovariateRangeWarning,
+                stacklevel=2,
+            )
+        elapsed = time.perf_counter() - t_start
+        ds.attrs["elapsed_s"] = elapsed
+        ds.attrs["patients_per_second"] = n / elapsed if elapsed > 0 else float("inf")
+        if show:
+            sys.stderr.write("\n")
+        n_failed = int((ds.status.values != 0).sum())
+        if n_failed and raise_on_failure:
+            first = int(np.nonzero(ds.status.values)[0][0])
+            raise SimulationError(
+                f"{n_failed} of {n} patients failed (first: patient {first}, "
+                f"{STATUS_MESSAGES.get(int(ds.status.values[first]), 'unknown')})"
+            )
+        if writer is not None:
+            writer.finish(ds)
+            return writer.open()
+        if out is not None:
+            from .io import atomic_outputs, check_target, write_netcdf
+
+            target = check_target(out, (".nc",), "out")
+            with atomic_outputs() as stage:
+                stage(target, lambda tmp: write_netcdf(ds, tmp))
+        return ds
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+def _end(reg: Regimen) -> float:
+    """Latest possible end of dosing: anchors at the top of their range."""
+    if not reg.anchor_names:
+        return reg.end_time
+    hi = {}
+    for a in reg.anchor_names:
+        s = reg.anchor_spec(a)
+        hi[a] = s.high if s is not None and np.isfinite(s.high) else reg.resolve().end_time
+    return reg.resolve(hi).end_time
+
+
+def _population(population, n):
+    from .population import CovariateTable, load_population
+
+    if population is None:
+        raise CohortError(
+            "a cohort needs a `population` (a shipped name such as "
+            "'healthy_volunteers', a population file, or a CovariateTable)"
+        )
+    if isinstance(population, CovariateTable):
+        if n is None:
+            n = population.n
+        return population, int(n)
+    if isinstance(population, str) and population.endswith(".csv"):
+        table = CovariateTable.from_csv(population)
+        return table, int(n if n is not None else table.n)
+    pop = load_population(population)
+    if n is None:
+        raise CohortError("`n` (number of patients) is required with a population")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise CohortError(f"`n` must be a positive integer, got {n!r}")
+    return pop, int(n)
+
+
+def _store_outputs(trajectories, outs):
+    if not trajectories:
+        return []
+    if trajectories is True:
+        return list(outs)
+    names = [trajectories] if isinstance(trajectories, str) else list(trajectories)
+    for o in names:
+        if o not in outs:
+            raise CohortError(
+                f"no output named {o!r} for trajectories; expected one of {', '.join(outs)}"
+            )
+    return names
+
+
+def _stride(value, step, name) -> int:
+    if value is None:
+        return 1
+    h = value if isinstance(value, int | float) else parse_quantity(value, "time", key=name).value
+    k = h / step
+    if k < 1 - 1e-9 or abs(k - round(k)) > 1e-6 * k:
+        raise CohortError(
+            f"`{name}` ({value!r}) must be a whole multiple of the grid step ({step * 60:g} min)"
+        )
+    return max(1, round(k))
+
+
+def _thresholds(thresholds, spec) -> list[tuple[str, float, str]]:
+    out = []
+    for o, vals in (thresholds or {}).items():
+        if o not in spec.output_names:
+            raise CohortError(
+                f"threshold for unknown output {o!r}; expected one of "
+                f"{', '.join(spec.output_names)}"
+            )
+        an = next(x.analyte for x in spec.outputs if x.name == o)
+        for v in [vals] if isinstance(vals, str | int | float) else vals:
+            mg_l = parse_quantity(
+                v, "concentration", molar_mass=spec.molar_mass(an), key=f"thresholds.{o}"
+            ).value
+            out.append((o, mg_l, f"{o} > {mg_l * MG_L_TO_NG_ML:g} ng/mL"))
+    return out
+
+
+def _warn_missing_omega(spec, iiv):
+    missing = [p for v in spec.variability if v.omega is None for p in v.parameters]
+    if iiv and missing:
+        warnings.warn(
+            f"model {spec.name!r}: inter-individual variability of {', '.join(missing)} is "
+            "declared in the source but its value is missing; those parameters vary only "
+            "with covariates",
+            CovariateRangeWarning,
+            stacklevel=3,
+        )
+
+
+def _run(setup, bounds, threads, dask):
+    if dask is None:
+        for s, e in bounds:
+            yield run_chunk(setup, s, e, threads)
+        return
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if dask == "local" or dask is True:
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+    else:
+        client = Client(dask)
+    try:
+        fsetup = client.scatter(setup, broadcast=True)
+        futures = [client.submit(run_chunk, fsetup, s, e, threads, pure=False) for s, e in bounds]
+        for f in futures:  # in order, so the result is assembled deterministically
+            yield f.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _progress(done, n, elapsed):
+    frac = done / n
+    bar = "#" * int(30 * frac)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    sys.stderr.write(f"\r[{bar:<30}] {done:,}/{n:,} patients, {rate:,.0f}/s")
+    sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def _units(spec, o):
+    return "ng/mL"
+
+
+def _chunk_dataset(setup: CohortSetup, res: dict):
+    """The xarray form of one chunk (used for Zarr appends and for the final result)."""
+    import xarray as xr
+
+    spec = setup.spec
+    outs = spec.output_names
+    n = res["stop"] - res["start"]
+    patient = np.arange(res["start"], res["stop"])
+    coords: dict[str, Any] = {
+        "patient": ("patient", patient, {"long_name": "patient index"}),
+        "output": ("output", outs),
+    }
+    for k, v in res["covariates"].items():
+        arr = np.asarray(v)
+        if arr.dtype.kind in "OU":
+            arr = arr.astype(str)
+        coords[k] = ("patient", arr, {"long_name": f"covariate {k}"})
+    for k, v in res["anchors"].items():
+        coords[k] = ("patient", v, {"units": "h", "long_name": f"time of event {k}"})
+    data = {
+        "cmax": (
+            ("patient", "output"),
+            res["cmax"] * MG_L_TO_NG_ML,
+            {"units": "ng/mL", "long_name": "maximum concentration"},
+        ),
+        "tmax": (
+            ("patient", "output"),
+            res["tmax"],
+            {"units": "h", "long_name": "time of maximum concentration"},
+        ),
+        "auc": (
+            ("patient", "output", "window"),
+            res["auc"] * MG_L_TO_NG_ML,
+            {"units": "ng*h/mL", "long_name": "area under the concentration curve"},
+        ),
+        "status": (
+            "patient",
+            res["status"].astype(np.int8),
+            {
+                "long_name": "solver status (0 = success)",
+                "flag_meanings": "; ".join(f"{k}: {v}" for k, v in STATUS_MESSAGES.items()),
+            },
+        ),
+    }
+    coords["window"] = ("window", list(setup.windows))
+    if setup.at:
+        coords["at"] = ("at", list(setup.at))
+        data["c_at"] = (
+            ("patient", "output", "at"),
+            res["c_at"] * MG_L_TO_NG_ML,
+            {"units": "ng/mL", "long_name": "concentration at named times"},
+        )
+    if setup.thresholds:
+        coords["threshold"] = ("threshold", [lab for _, _, lab in setup.thresholds])
+        data["time_above"] = (
+            ("patient", "threshold"),
+            res["t_above"],
+            {"units": "h", "long_name": "time above threshold"},
+        )
+    units = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
+    for i, p in enumerate(spec.param_names):
+        data[f"param_{p}"] = (
+            "patient",
+            res["theta"][:, i],
+            {"units": units.get(spec.parameters[p].kind, "1"), "long_name": f"individual {p}"},
+        )
+    if "trajectory" in res:
+        t = setup.grid[:: setup.store_stride]
+        coords["time"] = ("time", t, {"units": "h", "long_name": "time"})
+        coords["traj_output"] = ("traj_output", setup.store_out)
+        data["trajectory"] = (
+            ("patient", "traj_output", "time"),
+            res["trajectory"] * np.float32(MG_L_TO_NG_ML),
+            {
+                "units": "ng/mL",
+                "long_name": "concentration" + (" (with residual error)" if setup.residual else ""),
+            },
+        )
+    del n
+    return xr.Dataset(data, coords=coords)
+
+
+def _assemble(setup, results, counts, trajectories_in_memory):
+    import xarray as xr
+
+    from . import __version__
+
+    if trajectories_in_memory:
+        ds = xr.concat(
+            [_chunk_dataset(setup, r) for r in results],
+            dim="patient",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+        )
+    else:
+        ds = xr.concat(
+            [
+                _chunk_dataset(setup, {k: v for k, v in r.items() if k != "trajectory"})
+                for r in results
+            ],
+            dim="patient",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+        )
+    if setup.band_outputs:
+        if setup.keep_in_memory and "trajectory" in ds:
+            sel = ds.trajectory.sel(traj_output=setup.band_outputs)
+            bstep = setup.band_stride // setup.store_stride
+            vals = np.quantile(sel.values[:, :, ::bstep].astype(np.float64), QUANTILES, axis=0)
+            method = "exact (numpy.quantile, linear interpolation) over stored trajectories"
+        else:
+            vals = quantiles_from_counts(counts, QUANTILES)
+            method = (
+                f"streaming log-histogram, bins of {100 * (BAND_BIN_RATIO - 1):g} % "
+                f"from {BAND_MIN_NG_ML:g} to {BAND_MAX_NG_ML:g} ng/mL: relative error "
+                f"<= {50 * (BAND_BIN_RATIO - 1):g} %"
+            )
+        bt = setup.grid[:: setup.band_stride]
+        ds = ds.assign_coords(
+            quantile=("quantile", list(QUANTILES)),
+            band_output=("band_output", setup.band_outputs),
+            band_time=("band_time", bt, {"units": "h"}),
+        )
+        ds["band"] = (
+            ("quantile", "band_output", "band_time"),
+            vals,
+            {"units": "ng/mL", "long_name": "percentiles over patients", "method": method},
+        )
+    ds.attrs.update(setup.spec.provenance_attrs())
+    pop = setup.population
+    ds.attrs.update(
+        {
+            "regimen": setup.regimen.text,
+            "population": getattr(pop, "name", None)
+            or f"covariate table {getattr(pop, 'file', '')}",
+            "population_source": getattr(pop, "source", "") or "user covariate table",
+            "n_patients": setup.n,
+            "seed": setup.seed,
+            "random_blocks": f"SeedSequence(seed, spawn_key=(block, purpose)), {BLOCK} patients "
+            "per block",
+            "iiv": str(setup.iiv),
+            "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in setup.windows.items()),
+            "at_times": "; ".join(f"{k}: {v}" for k, v in setup.at.items()),
+            "grid": f"{setup.grid[0]:g} to {setup.grid[-1]:g} h, {setup.grid.size} points",
+            "solver": "exact: piecewise matrix exponential (cohort kernel)",
+            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
+            "time_above by linear interpolation between evaluated points",
+            "package": f"ketamine-pkpd {__version__}",
+            "disclaimer": DISCLAIMER,
+            "n_failed": int((ds.status.values != 0).sum()),
+        }
+    )
+    return ds
+
+
+def check_ranges(spec: ModelSpec, ds) -> list[str]:
+    """Messages for covariates outside the model's studied ranges (fraction of patients)."""
+    msgs = []
+    for name, cov in spec.covariates.items():
+        if cov.range is None or name not in ds.coords:
+            continue
+        v = ds[name].values.astype(float)
+        frac = float(np.mean((v < cov.range[0]) | (v > cov.range[1])))
+        if frac > 0:
+            msgs.append(
+                f"{100 * frac:.1f}% of patients have {name} outside the studied range "
+                f"[{cov.range[0]:g}, {cov.range[1]:g}] {cov.unit} of {spec.name!r}"
+            )
+    return msgs

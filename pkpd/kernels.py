@@ -1,0 +1,441 @@
+"""The parallel cohort kernel: exact propagation of every patient with streaming metrics.
+
+One call simulates a chunk of patients with ``numba.prange``. Each patient gets the exact
+piecewise solution of :mod:`pkpd.solvers.exact` (same step function and exponential
+cache), evaluated on a common grid, at its own dose events and at its own "special" times
+(bounds of AUC windows and anchored concentration times, which may depend on per-patient
+events such as the end of surgery). Per-patient metrics are reduced while stepping, so
+nothing of size ``n_time`` is kept unless trajectories are requested.
+
+Metrics (concentrations in mg/L here; the Python layer reports ng/mL)
+---------------------------------------------------------------------
+* ``cmax``, ``tmax``: maximum over every evaluated point (grid, dose events just before
+  and just after a bolus, special times). Between grid points the maximum is not searched:
+  its accuracy is that of the grid (a peak at a bolus or at the end of an infusion is
+  exact because events are evaluated).
+* ``auc``: exact, from the cumulative-AUC states of the augmented system, as the
+  difference between the window's end and start.
+* ``t_above``: time spent above a threshold, by linear interpolation of the crossing
+  between consecutive evaluated points (error O(h^2) per crossing for grid step h).
+* ``c_at``: concentration at anchored times, exact.
+
+Status codes per patient follow :data:`pkpd.solvers.STATUS_MESSAGES`; a failed patient
+gets NaN metrics and never stops the others.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .solvers.exact import STATUS_OK, _step
+from .solvers.expm import N_WORK, expm_into
+from .solvers.linear_system import fill_system
+
+# Kinds of special times (spec_kind[:, s]).
+SPECIAL_WINDOW_START = 0
+SPECIAL_WINDOW_END = 1
+SPECIAL_ANCHOR = 2
+
+_CACHE = 4
+
+
+@numba.njit(cache=True, nogil=True)
+def _eval_outputs(x, out_state, out_scale, c):
+    for o in range(c.shape[0]):
+        c[o] = x[out_state[o]] * out_scale[o]
+
+
+@numba.njit(cache=True, nogil=True)
+def _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
+    """Fold one evaluated point into the running metrics of patient `p`."""
+    for o in range(c.shape[0]):
+        if c[o] > cmax[p, o]:
+            cmax[p, o] = c[o]
+            tmax[p, o] = t
+    dt = t - t_prev
+    if dt > 0.0:
+        for j in range(thr_out.shape[0]):
+            o = thr_out[j]
+            a = c_prev[o] - thr_val[j]
+            b = c[o] - thr_val[j]
+            if a >= 0.0 and b >= 0.0:
+                t_above[p, j] += dt
+            elif a > 0.0 or b > 0.0:
+                # One end above: the linear interpolant crosses once.
+                t_above[p, j] += dt * (a if a > 0.0 else b) / abs(b - a)
+
+
+@numba.njit(cache=True, parallel=True)
+def cohort_kernel(
+    theta,
+    comps_i,
+    flows_i,
+    flows_f,
+    effects_i,
+    outputs_i,
+    dose_comp,
+    n_analytes,
+    keep,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t0,
+    grid,
+    spec_t,
+    spec_kind,
+    spec_slot,
+    thr_out,
+    thr_val,
+    store_out,
+    store_stride,
+    uniform,
+    cmax,
+    tmax,
+    auc,
+    t_above,
+    c_at,
+    traj,
+    status,
+):
+    """Simulate every patient of a chunk; fill the metric arrays in place.
+
+    Parameters
+    ----------
+    theta : (n, n_par) float64
+        Individual parameters (internal units).
+    comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes
+        Model tables, as for :func:`pkpd.solvers.linear_system.fill_system`.
+    keep : (Nr,) int64
+        Indices of the augmented state kept in the reduced system: the compartments, then
+        the cumulative AUC state of each output (dose and elimination accumulators are not
+        needed for metrics and are dropped for speed).
+    ev_t, ev_rate, ev_bolus : (n, K) float64
+        Per-patient event tables (see ``Regimen.event_arrays``).
+    t0 : float
+        Start time (h), common to all patients; no event precedes it.
+    grid : (n_t,) float64
+        Sorted evaluation grid (h), ``grid[0] >= t0``.
+    spec_t : (n, S) float64
+        Per-patient special times, sorted in each row.
+    spec_kind, spec_slot : (n, S) int64
+        What each special time records: a window start / end (slot = window index) or an
+        anchored concentration (slot = anchor index).
+    thr_out, thr_val : (n_thr,) int64, float64
+        Output index and threshold (mg/L) of each time-above metric.
+    store_out : (n_store,) int64
+        Outputs whose trajectories are stored (may be empty).
+    store_stride : int
+        Store every `store_stride`-th grid point.
+    uniform : bool
+        True if the grid is uniform (enables the fast path with one exponential).
+    cmax, tmax : (n, n_out) float64
+        Output.
+    auc : (n, n_out, n_w) float64
+        Output: AUC over each window (mg*h/L).
+    t_above : (n, n_thr) float64
+        Output (h).
+    c_at : (n, n_out, n_at) float64
+        Output: concentrations at anchored times (mg/L).
+    traj : (n, n_store, n_store_t) float32
+        Output: stored trajectories (mg/L).
+    status : (n,) int64
+        Output: 0 success, else a solver status code.
+    """
+    n = theta.shape[0]
+    n_comp = comps_i.shape[0]
+    n_out = outputs_i.shape[0]
+    n_comp + 1 + n_analytes + n_out
+    keep.shape[0]
+    grid.shape[0]
+    spec_t.shape[1]
+    ev_t.shape[1]
+    auc.shape[2]
+    for p in numba.prange(n):
+        _patient(
+            p,
+            theta,
+            comps_i,
+            flows_i,
+            flows_f,
+            effects_i,
+            outputs_i,
+            dose_comp,
+            n_analytes,
+            keep,
+            ev_t,
+            ev_rate,
+            ev_bolus,
+            t0,
+            grid,
+            spec_t,
+            spec_kind,
+            spec_slot,
+            thr_out,
+            thr_val,
+            store_out,
+            store_stride,
+            uniform,
+            cmax,
+            tmax,
+            auc,
+            t_above,
+            c_at,
+            traj,
+            status,
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _patient(
+    p,
+    theta,
+    comps_i,
+    flows_i,
+    flows_f,
+    effects_i,
+    outputs_i,
+    dose_comp,
+    n_analytes,
+    keep,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t0,
+    grid,
+    spec_t,
+    spec_kind,
+    spec_slot,
+    thr_out,
+    thr_val,
+    store_out,
+    store_stride,
+    uniform,
+    cmax,
+    tmax,
+    auc,
+    t_above,
+    c_at,
+    traj,
+    status,
+):
+    """Simulate patient `p` (the body of :func:`cohort_kernel`'s parallel loop)."""
+    n_comp = comps_i.shape[0]
+    n_out = outputs_i.shape[0]
+    N = n_comp + 1 + n_analytes + n_out
+    Nr = keep.shape[0]
+    n_t = grid.shape[0]
+    S = spec_t.shape[1]
+    K = ev_t.shape[1]
+    n_w = auc.shape[2]
+    # Per-patient work arrays: allocated once per patient, never per step.
+    M = np.zeros((N, N))
+    b = np.zeros(N)
+    C = np.zeros((n_out, n_comp))
+    fill_system(
+        theta[p], comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, M, b, C
+    )
+    Mr = np.empty((Nr, Nr))
+    br = np.empty(Nr)
+    for i in range(Nr):
+        br[i] = b[keep[i]]
+        for j in range(Nr):
+            Mr[i, j] = M[keep[i], keep[j]]
+    out_state = np.empty(n_out, dtype=np.int64)
+    out_scale = np.empty(n_out)
+    for o in range(n_out):
+        c_idx = outputs_i[o, 0]
+        out_state[o] = c_idx  # compartments come first in `keep`
+        out_scale[o] = C[o, c_idx]
+    Maug = np.zeros((Nr + 1, Nr + 1))
+    Eaug = np.zeros((Nr + 1, Nr + 1))
+    cache_h = np.full(_CACHE, -1.0)
+    cache_phi = np.zeros((_CACHE, Nr, Nr))
+    cache_g = np.zeros((_CACHE, Nr))
+    xtmp = np.zeros(Nr)
+    ework = np.zeros((N_WORK, Nr + 1, Nr + 1))
+    epiv = np.zeros(Nr + 1, dtype=np.int64)
+    counter = np.zeros(1, dtype=np.int64)
+    x = np.zeros(Nr)
+    c = np.zeros(n_out)
+    c_prev = np.zeros(n_out)
+    auc_start = np.zeros((n_out, n_w))
+    for o in range(n_out):
+        cmax[p, o] = 0.0
+        tmax[p, o] = grid[0] if n_t > 0 else t0
+    for j in range(thr_out.shape[0]):
+        t_above[p, j] = 0.0
+    t = t0
+    t_prev = t0
+    rate = 0.0
+    k = 0
+    g = 0
+    s = 0
+    st = STATUS_OK
+    # The exponential of the grid step, for the fast path below (uniform grids only).
+    phi = np.zeros((Nr, Nr))
+    gg = np.zeros(Nr)
+    if uniform and n_t > 1:
+        h = grid[1] - grid[0]
+        for i in range(Nr):
+            for j in range(Nr):
+                Maug[i, j] = Mr[i, j] * h
+            Maug[i, Nr] = br[i] * h
+        for j in range(Nr + 1):
+            Maug[Nr, j] = 0.0
+        if expm_into(Maug, Eaug, ework, epiv) != 0:
+            st = 1
+        for i in range(Nr):
+            for j in range(Nr):
+                phi[i, j] = Eaug[i, j]
+            gg[i] = Eaug[i, Nr]
+    while st == STATUS_OK and (g < n_t or s < S):
+        # Fast path: whole grid steps until the next event or special time. Most of
+        # the work of a cohort happens here: one small mat-vec and the metric updates.
+        if uniform and 0 < g < n_t and grid[g - 1] == t:
+            lim = np.inf
+            if k < K:
+                lim = ev_t[p, k]
+            if s < S and spec_t[p, s] < lim:
+                lim = spec_t[p, s]
+            while g < n_t and grid[g] < lim:
+                for i in range(Nr):
+                    acc = gg[i] * rate
+                    for j in range(Nr):
+                        acc += phi[i, j] * x[j]
+                    xtmp[i] = acc
+                for i in range(Nr):
+                    x[i] = xtmp[i]
+                t = grid[g]
+                _eval_outputs(x, out_state, out_scale, c)
+                _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                for o in range(n_out):
+                    c_prev[o] = c[o]
+                t_prev = t
+                if store_out.shape[0] > 0 and g % store_stride == 0:
+                    gi = g // store_stride
+                    for j in range(store_out.shape[0]):
+                        traj[p, j, gi] = np.float32(c[store_out[j]])
+                g += 1
+            for i in range(Nr):  # once per segment: a NaN or inf stays one
+                if not abs(x[i]) < np.inf:
+                    st = 1
+            if st != STATUS_OK or not (g < n_t or s < S):
+                break
+        next_out = np.inf
+        if g < n_t:
+            next_out = grid[g]
+        if s < S and spec_t[p, s] < next_out:
+            next_out = spec_t[p, s]
+        is_event = k < K and ev_t[p, k] <= next_out
+        target = ev_t[p, k] if is_event else next_out
+        if target > t:
+            st = _step(
+                x,
+                target - t,
+                rate,
+                Mr,
+                br,
+                abs(target),
+                Maug,
+                Eaug,
+                cache_h,
+                cache_phi,
+                cache_g,
+                xtmp,
+                ework,
+                epiv,
+                counter,
+            )
+            if st != STATUS_OK:
+                break
+            t = target
+        _eval_outputs(x, out_state, out_scale, c)
+        _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+        for o in range(n_out):
+            c_prev[o] = c[o]
+        t_prev = t
+        if is_event:
+            if ev_bolus[p, k] != 0.0:
+                for i in range(Nr):
+                    x[i] += br[i] * ev_bolus[p, k]
+                _eval_outputs(x, out_state, out_scale, c)
+                _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                for o in range(n_out):
+                    c_prev[o] = c[o]
+            rate = ev_rate[p, k]
+            k += 1
+            continue
+        # An output point: specials first (they may coincide with a grid point).
+        while s < S and spec_t[p, s] == t:
+            kind = spec_kind[p, s]
+            slot = spec_slot[p, s]
+            if kind == SPECIAL_WINDOW_START:
+                for o in range(n_out):
+                    auc_start[o, slot] = x[n_comp + o]
+            elif kind == SPECIAL_WINDOW_END:
+                for o in range(n_out):
+                    auc[p, o, slot] = x[n_comp + o] - auc_start[o, slot]
+            else:
+                for o in range(n_out):
+                    c_at[p, o, slot] = c[o]
+            s += 1
+        if g < n_t and grid[g] == t:
+            if store_out.shape[0] > 0 and g % store_stride == 0:
+                gi = g // store_stride
+                for j in range(store_out.shape[0]):
+                    traj[p, j, gi] = np.float32(c[store_out[j]])
+            g += 1
+        for i in range(Nr):
+            if not np.isfinite(x[i]):
+                st = 1
+        if st != STATUS_OK:
+            break
+    status[p] = st
+    if st != STATUS_OK:
+        for o in range(n_out):
+            cmax[p, o] = np.nan
+            tmax[p, o] = np.nan
+            for w in range(n_w):
+                auc[p, o, w] = np.nan
+            for a in range(c_at.shape[2]):
+                c_at[p, o, a] = np.nan
+        for j in range(thr_out.shape[0]):
+            t_above[p, j] = np.nan
+
+
+@numba.njit(cache=True, parallel=True)
+def histogram_update(traj, edges_log, counts):
+    """Add a chunk of stored trajectories to per-time-point log-spaced histograms.
+
+    Parameters
+    ----------
+    traj : (n, n_store, n_t) float32
+        Concentrations (any positive unit consistent with `edges_log`).
+    edges_log : (n_bins - 1,) float64
+        Natural logs of the inner bin edges, uniformly spaced; bin 0 holds values below
+        the first edge (including zeros), the last bin values above the last edge.
+    counts : (n_store, n_t, n_bins) int64
+        Updated in place. Parallel over time points, so no two threads write one row.
+    """
+    n = traj.shape[0]
+    n_store = traj.shape[1]
+    n_t = traj.shape[2]
+    n_edges = edges_log.shape[0]
+    lo = edges_log[0]
+    width = (edges_log[n_edges - 1] - lo) / (n_edges - 1)
+    for tt in numba.prange(n_t):
+        for j in range(n_store):
+            for p in range(n):
+                v = traj[p, j, tt]
+                if not v > 0.0:
+                    counts[j, tt, 0] += 1
+                    continue
+                z = (np.log(v) - lo) / width
+                if z < 0.0:
+                    b = 0
+                elif z >= n_edges - 1:
+                    b = n_edges
+                else:
+                    b = int(z) + 1
+                counts[j, tt, b] += 1
