@@ -232,10 +232,62 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 )
 @click.option("--every", default="1 min", show_default=True, help="Output grid step.")
 @click.option(
-    "--out", "out_nc", type=click.Path(dir_okay=False), help="Write the dataset as NetCDF (.nc)."
+    "--out",
+    "out_nc",
+    type=click.Path(),
+    help="Write the dataset: NetCDF (.nc), or for a cohort also Zarr (.zarr, written chunk "
+    "by chunk).",
 )
 @click.option(
     "--csv", "out_csv", type=click.Path(dir_okay=False), help="Write the time courses as CSV."
+)
+@click.option(
+    "--patients",
+    type=int,
+    help="Simulate a virtual cohort of this many patients (needs --population).",
+)
+@click.option(
+    "--population",
+    help="Cohort population: a shipped name (see `pkpd populations`), a population .toml "
+    "or a covariate table .csv (one row per patient).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Cohort random seed.")
+@click.option(
+    "--trajectories",
+    help="Cohort: keep the time courses of these outputs (comma-separated, or 'all').",
+)
+@click.option(
+    "--window",
+    "windows",
+    multiple=True,
+    metavar="NAME=START..END",
+    help="Cohort AUC window, e.g. postop24=end_of_surgery..end_of_surgery+24h (repeatable).",
+)
+@click.option(
+    "--threshold",
+    "thresholds",
+    multiple=True,
+    metavar="OUTPUT=CONC",
+    help="Cohort time-above-threshold metric, e.g. cp=100ng/mL (repeatable).",
+)
+@click.option(
+    "--at",
+    "at_items",
+    multiple=True,
+    metavar="NAME=TIME",
+    help="Cohort concentration at a named time, e.g. eos1h=end_of_surgery+1h (repeatable).",
+)
+@click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
+@click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
+@click.option("--chunk-size", type=int, default=8192, show_default=True, help="Cohort chunk.")
+@click.option("--threads", type=int, help="Numba threads (default: all cores).")
+@click.option(
+    "--dask",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Cohort: run chunks on dask.distributed (a local cluster, or a scheduler address).",
 )
 @click.option(
     "--plot",
@@ -244,8 +296,65 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Write a concentration plot (.png, .svg or .pdf).",
 )
 def simulate(
-    model, regimen, weight, age, sex, extra, anchor_items, until, every, out_nc, out_csv, out_png
+    model,
+    regimen,
+    weight,
+    age,
+    sex,
+    extra,
+    anchor_items,
+    until,
+    every,
+    out_nc,
+    out_csv,
+    patients,
+    population,
+    seed,
+    trajectories,
+    windows,
+    thresholds,
+    at_items,
+    no_iiv,
+    no_bands,
+    chunk_size,
+    threads,
+    dask,
+    out_png,
 ) -> None:
+    if patients is not None or population is not None:
+        if out_csv:
+            raise click.BadParameter(
+                "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
+                param_hint="--csv",
+            )
+        if weight or age or sex or extra or anchor_items:
+            raise click.BadParameter(
+                "a cohort draws its covariates and event times from "
+                "--population and the regimen file; --weight, --age, "
+                "--sex, --covariate and --anchor are for one patient",
+                param_hint="--population",
+            )
+        _simulate_cohort(
+            model,
+            regimen,
+            patients,
+            population,
+            seed,
+            until,
+            every,
+            out_nc,
+            trajectories,
+            windows,
+            thresholds,
+            at_items,
+            no_iiv,
+            no_bands,
+            chunk_size,
+            threads,
+            dask,
+            out_png,
+        )
+        return
     from .io import atomic_outputs, check_target, write_csv, write_netcdf
     from .model import load_model
     from .regimen import load_regimen
@@ -312,6 +421,143 @@ def simulate(
                 )
     for _kind, path in targets:
         click.echo(f"wrote {path}")
+    click.echo(DISCLAIMER)
+
+
+def _pairs(items, option, sep="="):
+    out = {}
+    for item in items:
+        if sep not in item:
+            raise click.BadParameter(f"{item!r}: expected NAME{sep}VALUE", param_hint=option)
+        k, v = item.split(sep, 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _simulate_cohort(
+    model,
+    regimen,
+    patients,
+    population,
+    seed,
+    until,
+    every,
+    out,
+    trajectories,
+    windows,
+    thresholds,
+    at_items,
+    no_iiv,
+    no_bands,
+    chunk_size,
+    threads,
+    dask,
+    out_png,
+):
+    from .cohort import simulate_cohort
+    from .io import check_target
+    from .model import load_model
+    from .population import CovariateTable
+
+    if population is None:
+        raise click.BadParameter(
+            "a cohort needs --population (e.g. healthy_volunteers, or a covariate table .csv)",
+            param_hint="--population",
+        )
+    if out:
+        check_target(out, (".nc", ".zarr"), "--out")
+    if out_png:
+        check_target(out_png, (".png", ".svg", ".pdf"), "--plot")
+    pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
+    if patients is None and not isinstance(pop, CovariateTable):
+        raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
+    win = {}
+    for name, span in _pairs(windows, "--window").items():
+        if ".." not in span:
+            raise click.BadParameter(f"{span!r}: expected START..END", param_hint="--window")
+        a, b = span.split("..", 1)
+        win[name] = (a.strip(), b.strip())
+    thr: dict[str, list[str]] = {}
+    for o, v in (([*i.split("=", 1), ""])[:2] for i in thresholds):
+        if not v:
+            raise click.BadParameter(f"{o!r}: expected OUTPUT=CONC", param_hint="--threshold")
+        thr.setdefault(o.strip(), []).append(v.strip())
+    spec = load_model(model)
+    traj = None
+    if trajectories:
+        traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
+    ds = simulate_cohort(
+        spec,
+        regimen,
+        pop,
+        patients,
+        seed,
+        until=until,
+        every=every,
+        windows=win or None,
+        at=_pairs(at_items, "--at") or None,
+        thresholds=thr or None,
+        trajectories=traj,
+        bands=not no_bands,
+        iiv=not no_iiv,
+        chunk_size=chunk_size,
+        threads=threads,
+        out=out,
+        dask=dask,
+    )
+    n = int(ds.sizes["patient"])
+    click.echo(
+        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
+        f"{spec.verification_summary()})"
+    )
+    click.echo(f"regimen: {ds.attrs['regimen']}")
+    click.echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
+    ok = ds.status.values == 0
+    for o in ds.output.values:
+        cm = ds.cmax.sel(output=o).values[ok]
+        click.echo(
+            f"{o:>16}: Cmax median {np.median(cm):.4g} ng/mL "
+            f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
+        )
+        for w in ds.window.values:
+            a = ds.auc.sel(output=o, window=w).values[ok]
+            click.echo(
+                f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
+                f"(5-95%: {np.percentile(a, 5):.5g}-{np.percentile(a, 95):.5g})"
+            )
+        if "c_at" in ds:
+            for a_name in ds["at"].values:
+                v = ds.c_at.sel(output=o, at=a_name).values[ok]
+                click.echo(
+                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} ng/mL "
+                    f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
+                )
+    if "time_above" in ds:
+        for lab in ds.threshold.values:
+            v = ds.time_above.sel(threshold=lab).values[ok]
+            click.echo(
+                f"time {lab}: median {np.median(v):.3g} h "
+                f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
+            )
+    n_failed = int(ds.attrs["n_failed"])
+    if n_failed:
+        click.echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
+    if out_png and "band" in ds:
+        from .io import atomic_outputs
+        from .plot import plot_bands
+
+        with atomic_outputs() as stage:
+            stage(
+                check_target(out_png, (".png", ".svg", ".pdf"), "--plot"),
+                lambda tmp: plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
+            )
+        click.echo(f"wrote {out_png}")
+    if out:
+        click.echo(f"wrote {out}")
+    click.echo(
+        f"simulated {n:,} patients in {ds.attrs['elapsed_s']:.2f} s "
+        f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
+    )
     click.echo(DISCLAIMER)
 
 

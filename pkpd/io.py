@@ -123,11 +123,13 @@ class ZarrWriter:
 
     def append(self, ds) -> None:
         if self._first:
-            ds.to_zarr(self.tmp, mode="w-", consolidated=True)
+            ds.to_zarr(self.tmp, mode="w-", consolidated=True, zarr_format=2)
             self._first = False
         else:
             per_patient = [v for v in ds.variables if "patient" in ds[v].dims]
-            ds[per_patient].to_zarr(self.tmp, append_dim="patient", consolidated=True)
+            ds[per_patient].to_zarr(
+                self.tmp, append_dim="patient", consolidated=True, zarr_format=2
+            )
 
     def finish(self, summary) -> None:
         """Add the variables without a patient dimension and the attributes; publish."""
@@ -140,7 +142,7 @@ class ZarrWriter:
             part = summary[extra].drop_vars(
                 [c for c in summary[extra].coords if "patient" in summary[c].dims]
             )
-            part.to_zarr(self.tmp, mode="a", consolidated=True)
+            part.to_zarr(self.tmp, mode="a", consolidated=True, zarr_format=2)
         group = zarr.open_group(str(self.tmp), mode="a")
         group.attrs.update({k: _plain(v) for k, v in summary.attrs.items()})
         zarr.consolidate_metadata(str(self.tmp))

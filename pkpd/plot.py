@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_concentrations"]
+__all__ = ["plot_bands", "plot_concentrations"]
 
 
 def plot_concentrations(
@@ -46,4 +46,38 @@ def plot_concentrations(
     )
     fmt = (fmt or Path(path).suffix).lstrip(".").lower() or "png"
     fig.savefig(path, format=fmt, dpi=120)
+    plt.close(fig)
+
+
+def plot_bands(ds, path: Path, fmt: str | None = None) -> None:
+    """Percentile bands (5-95 %, 25-75 %, median) of each output of a cohort dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outs = list(ds.band_output.values)
+    fig, axes = plt.subplots(
+        len(outs), 1, figsize=(8, 3.2 * len(outs)), squeeze=False, layout="constrained"
+    )
+    t = ds.band_time.values
+    for ax, o in zip(axes[:, 0], outs, strict=True):
+        b = ds.band.sel(band_output=o)
+        q = {float(v): b.sel(quantile=v).values for v in ds["quantile"].values}
+        ax.fill_between(t, q[0.05], q[0.95], alpha=0.2, label="5-95 %")
+        ax.fill_between(t, q[0.25], q[0.75], alpha=0.35, label="25-75 %")
+        ax.plot(t, q[0.5], lw=1.5, label="median")
+        ax.set_ylabel(f"{o} (ng/mL)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("time (h)")
+    axes[0, 0].set_title(
+        f"{ds.attrs.get('model', '')}, {ds.attrs.get('population', '')}, "
+        f"{ds.sizes['patient']:,} patients\n{ds.attrs.get('regimen', '')}",
+        fontsize=8,
+    )
+    fig.text(
+        0.01, 0.002, "Research software, not a clinical dosing device.", fontsize=7, color="0.4"
+    )
+    fig.savefig(path, format=(fmt or Path(path).suffix).lstrip(".").lower() or "png", dpi=110)
     plt.close(fig)
