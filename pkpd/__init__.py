@@ -19,6 +19,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
+from .cohort import simulate_cohort
 from .errors import (
     CovariateRangeWarning,
     ModelError,
@@ -29,6 +30,7 @@ from .errors import (
     UnitError,
 )
 from .model import ModelSpec, available_models, load_model
+from .population import CovariateTable, Population, load_population
 from .regimen import Bolus, Infusion, Regimen, load_regimen
 from .simulate import DISCLAIMER, simulate, summarize
 
@@ -36,11 +38,13 @@ __all__ = [
     "DISCLAIMER",
     "Bolus",
     "CovariateRangeWarning",
+    "CovariateTable",
     "Infusion",
     "ModelError",
     "ModelSpec",
     "PkpdError",
     "PkpdWarning",
+    "Population",
     "Regimen",
     "RegimenError",
     "SimulationError",
@@ -48,7 +52,9 @@ __all__ = [
     "__version__",
     "available_models",
     "load_model",
+    "load_population",
     "load_regimen",
     "simulate",
+    "simulate_cohort",
     "summarize",
 ]

@@ -170,6 +170,27 @@ def models_show(name: str) -> None:
     click.echo(f"\noutputs: {', '.join(m.output_names)} (ng/mL)")
 
 
+@main.group(invoke_without_command=True, help="List the shipped cohort populations, or show one.")
+@click.pass_context
+def populations(ctx) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    from .population import available_populations, load_population
+
+    for name in available_populations():
+        pop = load_population(name)
+        click.echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
+    click.echo("\nDetails and sources: pkpd populations show NAME")
+
+
+@populations.command("show", help="Distributions of one population with their sources.")
+@click.argument("name")
+def populations_show(name: str) -> None:
+    from .population import load_population
+
+    click.echo(load_population(name).describe())
+
+
 # ----------------------------------------------------------------------------- simulate
 
 

@@ -485,7 +485,7 @@ def simulate_cohort(
         band_outputs = list(store_out)
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
-        band_stride = _stride(band_every, step, "band_every")
+        band_stride = _stride(band_every, step, "band_every") if bands else 1
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
     mem = estimate_memory(n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep)
     limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())

@@ -259,6 +259,8 @@ def _patient(
     x = np.zeros(Nr)
     c = np.zeros(n_out)
     c_prev = np.zeros(n_out)
+    cm = np.zeros(n_out)
+    tm = np.zeros(n_out)
     auc_start = np.zeros((n_out, n_w))
     for o in range(n_out):
         cmax[p, o] = 0.0
@@ -298,6 +300,13 @@ def _patient(
                 lim = ev_t[p, k]
             if s < S and spec_t[p, s] < lim:
                 lim = spec_t[p, s]
+            n_thr = thr_out.shape[0]
+            n_store = store_out.shape[0]
+            # Next grid index to store (a multiple of store_stride), without a modulo per step.
+            next_store = ((g + store_stride - 1) // store_stride) * store_stride
+            for o in range(n_out):
+                cm[o] = cmax[p, o]
+                tm[o] = tmax[p, o]
             while g < n_t and grid[g] < lim:
                 for i in range(Nr):
                     acc = gg[i] * rate
@@ -307,16 +316,28 @@ def _patient(
                 for i in range(Nr):
                     x[i] = xtmp[i]
                 t = grid[g]
-                _eval_outputs(x, out_state, out_scale, c)
-                _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
                 for o in range(n_out):
-                    c_prev[o] = c[o]
+                    v = x[out_state[o]] * out_scale[o]
+                    c[o] = v
+                    if v > cm[o]:
+                        cm[o] = v
+                        tm[o] = t
+                if n_thr > 0:
+                    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                    for o in range(n_out):
+                        c_prev[o] = c[o]
                 t_prev = t
-                if store_out.shape[0] > 0 and g % store_stride == 0:
+                if n_store > 0 and g == next_store:
                     gi = g // store_stride
-                    for j in range(store_out.shape[0]):
+                    for j in range(n_store):
                         traj[p, j, gi] = np.float32(c[store_out[j]])
+                    next_store += store_stride
                 g += 1
+            for o in range(n_out):
+                c_prev[o] = c[o]
+                if cm[o] > cmax[p, o]:
+                    cmax[p, o] = cm[o]
+                    tmax[p, o] = tm[o]
             for i in range(Nr):  # once per segment: a NaN or inf stays one
                 if not abs(x[i]) < np.inf:
                     st = 1

@@ -1,0 +1,217 @@
+"""Cohort throughput on the reference workload of the cohort issue.
+
+Workload: the shipped Fanta 2015 / Otto 2021 S-ketamine + S-norketamine model with 30 % CV
+log-normal variability on every parameter (diagonal omega, omega^2 = ln(1 + 0.3^2)),
+healthy-volunteer covariates, the regimen 0.3 mg/kg bolus, 0.2 mg/kg/h for 4 h, 0.05 mg/kg/h
+to 48 h, evaluated every minute over 0-48 h (2881 points) with per-patient metrics.
+
+Measured next to each other (patients per second in ``extra_info["patients_per_s"]``):
+
+* ``scipy_lsoda_loop``: scipy ``solve_ivp`` (LSODA, rtol 1e-6, atol 1e-9 mg) in a Python
+  loop over patients, output every minute;
+* ``numba_ceiling_all_states``: a plain numba exact-propagation loop (one exponential per
+  patient, ``prange``) storing every state every minute in float64 - the practical ceiling;
+* ``kernel_summary``: ``simulate_cohort`` in summary mode (metrics only, no bands);
+* ``kernel_summary_bands``: the same with streaming percentile bands;
+* ``kernel_trajectories``: the same keeping every output every minute (float32).
+
+Every timed call follows a warm-up call on the same shapes (compilation excluded).
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import warnings
+
+import numba
+import numpy as np
+import pytest
+import scipy.linalg
+from scipy.integrate import solve_ivp
+
+import pkpd
+from pkpd.cohort import simulate_cohort
+from pkpd.model import ModelSpec, models_dir
+
+REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
+GRID = {"until": "48 h", "every": "1 min"}
+N = 16384
+
+
+@pytest.fixture(scope="module")
+def model():
+    with open(models_dir() / "fanta2015_otto2021.toml", "rb") as fh:
+        data = tomllib.load(fh)
+    data = copy.deepcopy(data)
+    data["variability"] = [
+        {
+            "parameters": list(data["parameters"]),
+            "cv_percent": [30.0] * len(data["parameters"]),
+            "cv_convention": "lognormal",
+            "source": "benchmark workload: 30 % CV on every parameter",
+            "tag": "assumed",
+        }
+    ]
+    return ModelSpec.from_dict(data, file="<benchmark: fanta2015_otto2021 with 30% CV>")
+
+
+def _cohort(model, n, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulate_cohort(
+            model, REGIMEN, "healthy_volunteers", n, seed=1, progress=False, **GRID, **kw
+        )
+
+
+def _rate(benchmark, n):
+    benchmark.extra_info["patients"] = n
+    benchmark.extra_info["patients_per_s"] = n / benchmark.stats.stats.median
+    benchmark.extra_info["threads"] = numba.get_num_threads()
+
+
+@pytest.mark.benchmark(group="cohort")
+@pytest.mark.parametrize("mode", ["summary", "summary_bands", "trajectories"])
+def test_kernel(benchmark, model, mode):
+    kw = {
+        "summary": {"bands": False},
+        "summary_bands": {"bands": True},
+        "trajectories": {"bands": False, "trajectories": True},
+    }[mode]
+    _cohort(model, 2048, **kw)  # warm-up (compile or load the cache)
+    benchmark.pedantic(_cohort, args=(model, N), kwargs=kw, rounds=3, iterations=1)
+    _rate(benchmark, N)
+
+
+@numba.njit(parallel=True, cache=True)
+def _ceiling(phis, gs, ev_idx, ev_rate, ev_bolus, n_t, out):
+    """Exact propagation on a uniform grid with events on grid points; all states stored."""
+    n, N = gs.shape
+    for p in numba.prange(n):
+        x = np.zeros(N)
+        xt = np.zeros(N)
+        rate = 0.0
+        k = 0
+        for g in range(n_t):
+            if g > 0:
+                for i in range(N):
+                    acc = gs[p, i] * rate
+                    for j in range(N):
+                        acc += phis[p, i, j] * x[j]
+                    xt[i] = acc
+                for i in range(N):
+                    x[i] = xt[i]
+            while k < ev_idx.shape[0] and ev_idx[k] == g:
+                x[0] += ev_bolus[p, k]
+                rate = ev_rate[p, k]
+                k += 1
+            for i in range(N):
+                out[p, g, i] = x[i]
+
+
+@pytest.mark.benchmark(group="cohort")
+def test_numba_ceiling_all_states(benchmark, model):
+    """Hand-written loop: per patient one expm (scipy, outside the timed loop) and the
+    mat-vec propagation with every compartment state stored every minute (float64)."""
+    n = 4096
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(
+            model,
+            REGIMEN,
+            "healthy_volunteers",
+            n,
+            seed=1,
+            progress=False,
+            until="1 h",
+            every="30 min",
+            bands=False,
+        )
+    theta = np.stack([ds[f"param_{p}"].values for p in model.param_names], axis=1)
+    nc = model.n_comp
+    h = 1 / 60
+    phis = np.empty((n, nc, nc))
+    gs = np.empty((n, nc))
+    for p in range(n):
+        M, b, _ = model.system(theta[p])
+        A = np.zeros((nc + 1, nc + 1))
+        A[:nc, :nc], A[:nc, nc] = M[:nc, :nc] * h, b[:nc] * h
+        E = scipy.linalg.expm(A)
+        phis[p], gs[p] = E[:nc, :nc], E[:nc, nc]
+    w = ds.weight.values
+    ev_idx = np.array([0, 240, 2880])
+    ev_rate = np.stack([0.2 * w, 0.05 * w, 0 * w], axis=1)
+    ev_bolus = np.stack([0.3 * w, 0 * w, 0 * w], axis=1)
+    out = np.empty((n, 2881, nc))
+    _ceiling(phis, gs, ev_idx, ev_rate, ev_bolus, 2881, out)
+    benchmark.pedantic(
+        _ceiling, args=(phis, gs, ev_idx, ev_rate, ev_bolus, 2881, out), rounds=3, iterations=1
+    )
+    _rate(benchmark, n)
+    # Same numbers as the project's exact solver for patient 0 (sanity, not timing).
+    ref = pkpd.simulate(
+        model,
+        REGIMEN,
+        covariates={"weight": float(w[0])},
+        times=[24.0],
+        eta=dict(
+            zip(
+                model.param_names,
+                np.log(theta[0] / model.individual_parameters({"weight": float(w[0])})),
+                strict=True,
+            )
+        ),
+    )
+    assert out[0, 1440, 0] / theta[0, 0] * 1000 == pytest.approx(float(ref.cp[0]), rel=1e-9)
+
+
+@pytest.mark.benchmark(group="cohort")
+def test_scipy_lsoda_loop(benchmark, model):
+    """scipy solve_ivp (LSODA) over patients in Python: the baseline users replace."""
+    n = 20
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(
+            model,
+            REGIMEN,
+            "healthy_volunteers",
+            n,
+            seed=1,
+            progress=False,
+            until="1 h",
+            every="30 min",
+            bands=False,
+        )
+    theta = np.stack([ds[f"param_{p}"].values for p in model.param_names], axis=1)
+    nc = model.n_comp
+    t_eval = np.arange(2881) / 60
+
+    def run():
+        cmax = np.empty(n)
+        for p in range(n):
+            M, _, _ = model.system(theta[p])
+            A = M[:nc, :nc]
+            w = ds.weight.values[p]
+            x = np.zeros(nc)
+            x[0] = 0.3 * w
+            ys = []
+            for t0, t1, r in ((0, 4, 0.2 * w), (4, 48, 0.05 * w)):
+                u = np.zeros(nc)
+                u[0] = r
+                te = t_eval[(t_eval >= t0) & (t_eval <= t1)]
+                sol = solve_ivp(
+                    lambda t, y, u=u, A=A: A @ y + u,
+                    (t0, t1),
+                    x,
+                    method="LSODA",
+                    t_eval=te,
+                    rtol=1e-6,
+                    atol=1e-9,
+                )
+                ys.append(sol.y[0])
+                x = sol.y[:, -1]
+            cmax[p] = np.concatenate(ys).max() / theta[p, 0]
+        return cmax
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    _rate(benchmark, n)
