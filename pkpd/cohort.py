@@ -42,8 +42,8 @@ from .kernels import (
     SPECIAL_ANCHOR,
     SPECIAL_WINDOW_END,
     SPECIAL_WINDOW_START,
-    cohort_kernel,
     histogram_update,
+    kernel_for,
 )
 from .model import ModelSpec, load_model
 from .regimen import Regimen, _time_ref, load_regimen
@@ -62,6 +62,9 @@ BAND_MAX_NG_ML = 1e5
 BAND_BIN_RATIO = 1.01
 #: Quantiles of the percentile bands.
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: Exact bands are computed over slabs of band times of at most this many float64 bytes, so
+#: they never need a float64 copy of all the trajectories.
+BAND_SLAB_BYTES = 8 * 1024**2
 _MAX_BAND_POINTS = 600
 
 
@@ -228,7 +231,7 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        cohort_kernel(
+        kernel_for(keep.size)(
             theta,
             spec.comps_i,
             spec.flows_i,
@@ -345,16 +348,28 @@ def estimate_memory(
     n_metrics: int,
     chunk: int,
     keep_trajectories: bool,
+    exact_bands: bool = False,
 ) -> dict[str, int]:
-    """Bytes needed: per-patient results, stored trajectories, and the chunk working set."""
+    """Bytes needed: per-patient results, stored trajectories, and the fixed working sets.
+
+    Kept trajectories are held once: each chunk's float32 block is copied into one
+    preallocated ``(patient, output, time)`` array as it arrives (see `simulate_cohort`).
+    The working sets do not grow with `n`: the chunk's own arrays (``chunk``) and, for
+    exact bands, one slab of at most :data:`BAND_SLAB_BYTES` of float64 values with its
+    float32 gather and ``numpy.quantile``'s partitioned copy (``bands``).
+    """
     per_patient = 8 * (n_metrics + 16)
     traj = 4 * n * n_store * n_store_t if keep_trajectories else 0
     work = chunk * (4 * max(n_store, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
+    # A slab is at least one band time of every patient (8 * n * n_store bytes).
+    slab = max(BAND_SLAB_BYTES, 8 * n * n_store)
+    bands = int(2.5 * slab) if keep_trajectories and exact_bands else 0
     return {
         "results": n * per_patient,
         "trajectories": traj,
         "chunk": work,
-        "total": n * per_patient + traj + work,
+        "bands": bands,
+        "total": n * per_patient + traj + work + bands,
     }
 
 
@@ -479,7 +494,9 @@ def simulate_cohort(
     chunk = max(BLOCK, math.ceil(chunk_size / BLOCK) * BLOCK)
     n_store_t = (grid.size - 1) // store_stride + 1 if store_out else 0
     zarr_out = out is not None and str(out).endswith(".zarr")
-    keep = bool(store_out) and not zarr_out and dask is None
+    # Trajectories come back to this process (and into the returned Dataset) unless they
+    # stream to a Zarr store, with or without Dask.
+    keep = bool(store_out) and not zarr_out
     band_outputs = [o for o in outs] if bands else []
     if bands and store_out:
         band_outputs = list(store_out)
@@ -487,10 +504,13 @@ def simulate_cohort(
     else:
         band_stride = _stride(band_every, step, "band_every") if bands else 1
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
-    mem = estimate_memory(n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep)
+    mem = estimate_memory(
+        n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands
+    )
     limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
     if mem["total"] > limit:
-        fit = max(0, int((limit - mem["chunk"]) / max(1, mem["total"] - mem["chunk"]) * n))
+        fixed = mem["chunk"] + mem["bands"]
+        fit = max(0, int((limit - fixed) / max(1, mem["total"] - fixed) * n))
         raise CohortError(
             f"the request needs about {mem['total'] / 1e9:.2f} GB "
             f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
@@ -522,6 +542,8 @@ def simulate_cohort(
     from .io import ZarrWriter
 
     writer = ZarrWriter(out) if zarr_out else None
+    # Kept trajectories go straight into the final array (ng/mL), so they are held once.
+    traj_all = np.empty((n, len(store_out), n_store_t), np.float32) if keep else None
     results: list[dict] = []
     counts = None
     done = 0
@@ -532,12 +554,18 @@ def simulate_cohort(
                 del res["band_counts"]
             if writer is not None:
                 writer.append(_chunk_dataset(setup, res))
-                res = {k: v for k, v in res.items() if k != "trajectory"}
+                res.pop("trajectory", None)
+            elif traj_all is not None:
+                np.multiply(
+                    res.pop("trajectory"),
+                    np.float32(MG_L_TO_NG_ML),
+                    out=traj_all[res["start"] : res["stop"]],
+                )
             results.append(res)
             done += res["stop"] - res["start"]
             if show:
                 _progress(done, n, time.perf_counter() - t_start)
-        ds = _assemble(setup, results, counts, trajectories_in_memory=writer is None)
+        ds = _assemble(setup, results, counts, traj_all)
         for msg in check_ranges(spec, ds):
             warnings.warn(
                 msg + "; predictions for them are extrapolations",
@@ -591,13 +619,19 @@ def _population(population, n):
             "a cohort needs a `population` (a shipped name such as "
             "'healthy_volunteers', a population file, or a CovariateTable)"
         )
+    if isinstance(population, str) and population.endswith(".csv"):
+        population = CovariateTable.from_csv(population)
     if isinstance(population, CovariateTable):
         if n is None:
             n = population.n
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= n:
+            raise CohortError(f"`n` must be a positive integer, got {n!r}")
+        if n > population.n:
+            raise CohortError(
+                f"`n` = {n} but the covariate table {population.file or ''} has "
+                f"{population.n} rows (one per patient); pass n <= {population.n}"
+            )
         return population, int(n)
-    if isinstance(population, str) and population.endswith(".csv"):
-        table = CovariateTable.from_csv(population)
-        return table, int(n if n is not None else table.n)
     pop = load_population(population)
     if n is None:
         raise CohortError("`n` (number of patients) is required with a population")
@@ -769,52 +803,72 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
             {"units": units.get(spec.parameters[p].kind, "1"), "long_name": f"individual {p}"},
         )
     if "trajectory" in res:
-        t = setup.grid[:: setup.store_stride]
-        coords["time"] = ("time", t, {"units": "h", "long_name": "time"})
-        coords["traj_output"] = ("traj_output", setup.store_out)
-        data["trajectory"] = (
-            ("patient", "traj_output", "time"),
-            res["trajectory"] * np.float32(MG_L_TO_NG_ML),
-            {
-                "units": "ng/mL",
-                "long_name": "concentration" + (" (with residual error)" if setup.residual else ""),
-            },
-        )
+        _add_trajectory(setup, coords, data, res["trajectory"] * np.float32(MG_L_TO_NG_ML))
     del n
     return xr.Dataset(data, coords=coords)
 
 
-def _assemble(setup, results, counts, trajectories_in_memory):
+def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) -> None:
+    """The ``trajectory`` variable (patient, traj_output, time) in ng/mL, and its coords."""
+    t = setup.grid[:: setup.store_stride]
+    coords["time"] = ("time", t, {"units": "h", "long_name": "time"})
+    coords["traj_output"] = ("traj_output", setup.store_out)
+    data["trajectory"] = (
+        ("patient", "traj_output", "time"),
+        traj_ng_ml,
+        {
+            "units": "ng/mL",
+            "long_name": "concentration" + (" (with residual error)" if setup.residual else ""),
+        },
+    )
+
+
+def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
+    """`QUANTILES` over patients of ``traj[:, idx, ::step]`` (float64), slab by slab.
+
+    Returns ``(quantile, len(idx), band_time)``. Each slab holds at most
+    :data:`BAND_SLAB_BYTES` of float64 values, so memory does not grow with the cohort
+    beyond the trajectories themselves.
+    """
+    n = traj.shape[0]
+    cols = np.arange(0, traj.shape[2], step)
+    out = np.empty((len(QUANTILES), len(idx), cols.size))
+    width = max(1, BAND_SLAB_BYTES // (8 * max(1, n) * len(idx)))
+    for j0 in range(0, cols.size, width):
+        c = cols[j0 : j0 + width]
+        slab = traj[:, idx][:, :, c] if len(idx) < traj.shape[1] else traj[:, :, c]
+        out[:, :, j0 : j0 + c.size] = np.quantile(slab.astype(np.float64), QUANTILES, axis=0)
+    return out
+
+
+def _assemble(setup, results, counts, traj_all):
+    """The cohort Dataset from the chunk results (without trajectories) and `traj_all`.
+
+    `traj_all` is the preallocated ``(patient, traj_output, time)`` float32 array in ng/mL
+    (or None when trajectories were not kept in memory); it is wrapped, not copied.
+    """
     import xarray as xr
 
     from . import __version__
 
-    if trajectories_in_memory:
-        ds = xr.concat(
-            [_chunk_dataset(setup, r) for r in results],
-            dim="patient",
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-        )
-    else:
-        ds = xr.concat(
-            [
-                _chunk_dataset(setup, {k: v for k, v in r.items() if k != "trajectory"})
-                for r in results
-            ],
-            dim="patient",
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-        )
+    ds = xr.concat(
+        [_chunk_dataset(setup, r) for r in results],
+        dim="patient",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="override",
+    )
+    if traj_all is not None:
+        coords: dict[str, Any] = {}
+        data: dict[str, Any] = {}
+        _add_trajectory(setup, coords, data, traj_all)
+        ds = ds.assign_coords(coords)
+        ds["trajectory"] = data["trajectory"]
     if setup.band_outputs:
-        if setup.keep_in_memory and "trajectory" in ds:
-            sel = ds.trajectory.sel(traj_output=setup.band_outputs)
-            bstep = setup.band_stride // setup.store_stride
-            vals = np.quantile(sel.values[:, :, ::bstep].astype(np.float64), QUANTILES, axis=0)
+        if traj_all is not None:
+            idx = [setup.store_out.index(o) for o in setup.band_outputs]
+            vals = _exact_bands(traj_all, idx, setup.band_stride // setup.store_stride)
             method = "exact (numpy.quantile, linear interpolation) over stored trajectories"
         else:
             vals = quantiles_from_counts(counts, QUANTILES)

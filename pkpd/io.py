@@ -23,8 +23,14 @@ class OutputError(PkpdError, OSError):
     """An output file cannot be written (missing folder, wrong extension, permission)."""
 
 
-def check_target(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
-    """Validate an output path before any work is done."""
+def check_target(
+    path: str | Path, suffixes: tuple[str, ...], what: str, store: bool = False
+) -> Path:
+    """Validate an output path before any work is done.
+
+    With ``store=True`` (Zarr) the target may be an existing Zarr store, which is replaced
+    when the new one is complete; any other existing folder is refused, never removed.
+    """
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise OutputError(
@@ -33,9 +39,14 @@ def check_target(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
-    if p.is_dir():
-        raise OutputError(f"{what} {str(p)!r} is a folder")
+    if p.is_dir() and not (store and _is_zarr_store(p)):
+        kind = "a folder that is not a Zarr store" if store else "a folder"
+        raise OutputError(f"{what} {str(p)!r} is {kind}")
     return p
+
+
+def _is_zarr_store(p: Path) -> bool:
+    return any((p / marker).is_file() for marker in (".zgroup", ".zarray", "zarr.json"))
 
 
 @contextlib.contextmanager
@@ -117,7 +128,7 @@ class ZarrWriter:
     def __init__(self, target) -> None:
         import uuid
 
-        self.target = check_target(target, (".zarr",), "out")
+        self.target = check_target(target, (".zarr",), "out", store=True)
         self.tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp"
         self._first = True
 

@@ -28,9 +28,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .solvers.exact import STATUS_OK, _step
-from .solvers.expm import N_WORK, expm_into
-from .solvers.linear_system import fill_system
+# Absolute imports: this file is also compiled as a copy specialised to one state size
+# (see `kernel_for`).
+from pkpd.solvers.exact import STATUS_OK, _step
+from pkpd.solvers.expm import N_WORK, expm_into
+from pkpd.solvers.linear_system import fill_system
 
 # Kinds of special times (spec_kind[:, s]).
 SPECIAL_WINDOW_START = 0
@@ -38,6 +40,8 @@ SPECIAL_WINDOW_END = 1
 SPECIAL_ANCHOR = 2
 
 _CACHE = 4
+#: Grid steps per block in the fast path (see `_patient`).
+BLK = 16
 
 
 @numba.njit(cache=True, nogil=True)
@@ -223,7 +227,7 @@ def _patient(
     n_comp = comps_i.shape[0]
     n_out = outputs_i.shape[0]
     N = n_comp + 1 + n_analytes + n_out
-    Nr = keep.shape[0]
+    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kernel_for` copies
     n_t = grid.shape[0]
     S = spec_t.shape[1]
     K = ev_t.shape[1]
@@ -291,6 +295,48 @@ def _patient(
             for j in range(Nr):
                 phi[i, j] = Eaug[i, j]
             gg[i] = Eaug[i, Nr]
+    # Block stepping: the full state advances BLK grid steps at a time (one exponential of
+    # BLK*h), and the outputs at the BLK-1 points in between come from precomputed output
+    # rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k, S_k = sum_{i<k} Co phi^i g.
+    # Exact (the same grid values), with n_out*Nr instead of Nr*Nr work per inner point.
+    use_blocks = uniform and n_t > 2 * BLK
+    R_k = np.zeros((BLK - 1, n_out, Nr))
+    S_k = np.zeros((BLK - 1, n_out))
+    phi_c = np.zeros((Nr, Nr))
+    gg_c = np.zeros(Nr)
+    if use_blocks and st == STATUS_OK:
+        Rcur = np.zeros((n_out, Nr))
+        Scur = np.zeros(n_out)
+        for o in range(n_out):
+            Rcur[o, out_state[o]] = out_scale[o]
+        for kk in range(BLK - 1):
+            for o in range(n_out):
+                acc = Scur[o]
+                for j in range(Nr):
+                    acc += Rcur[o, j] * gg[j]
+                S_k[kk, o] = acc
+                for j in range(Nr):
+                    a2 = 0.0
+                    for i in range(Nr):
+                        a2 += Rcur[o, i] * phi[i, j]
+                    R_k[kk, o, j] = a2
+            for o in range(n_out):
+                Scur[o] = S_k[kk, o]
+                for j in range(Nr):
+                    Rcur[o, j] = R_k[kk, o, j]
+        hb = BLK * (grid[1] - grid[0])
+        for i in range(Nr):
+            for j in range(Nr):
+                Maug[i, j] = Mr[i, j] * hb
+            Maug[i, Nr] = br[i] * hb
+        for j in range(Nr + 1):
+            Maug[Nr, j] = 0.0
+        if expm_into(Maug, Eaug, ework, epiv) != 0:
+            st = 1
+        for i in range(Nr):
+            for j in range(Nr):
+                phi_c[i, j] = Eaug[i, j]
+            gg_c[i] = Eaug[i, Nr]
     while st == STATUS_OK and (g < n_t or s < S):
         # Fast path: whole grid steps until the next event or special time. Most of
         # the work of a cohort happens here: one small mat-vec and the metric updates.
@@ -307,6 +353,40 @@ def _patient(
             for o in range(n_out):
                 cm[o] = cmax[p, o]
                 tm[o] = tmax[p, o]
+            while use_blocks and g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
+                for kk in range(BLK):
+                    t = grid[g]
+                    if kk < BLK - 1:
+                        for o in range(n_out):
+                            acc = S_k[kk, o] * rate
+                            for j in range(Nr):
+                                acc += R_k[kk, o, j] * x[j]
+                            c[o] = acc
+                    else:
+                        for i in range(Nr):
+                            acc = gg_c[i] * rate
+                            for j in range(Nr):
+                                acc += phi_c[i, j] * x[j]
+                            xtmp[i] = acc
+                        for i in range(Nr):
+                            x[i] = xtmp[i]
+                        for o in range(n_out):
+                            c[o] = x[out_state[o]] * out_scale[o]
+                    for o in range(n_out):
+                        if c[o] > cm[o]:
+                            cm[o] = c[o]
+                            tm[o] = t
+                    if n_thr > 0:
+                        _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                        for o in range(n_out):
+                            c_prev[o] = c[o]
+                    t_prev = t
+                    if n_store > 0 and g == next_store:
+                        gi = g // store_stride
+                        for j in range(n_store):
+                            traj[p, j, gi] = np.float32(c[store_out[j]])
+                        next_store += store_stride
+                    g += 1
             while g < n_t and grid[g] < lim:
                 for i in range(Nr):
                     acc = gg[i] * rate
@@ -372,7 +452,11 @@ def _patient(
                 break
             t = target
         _eval_outputs(x, out_state, out_scale, c)
-        _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+        # Cmax, Tmax and time above thresholds cover the grid's span only: points after
+        # its end (a late special time) must not change them.
+        in_span = n_t > 0 and t <= grid[n_t - 1]
+        if in_span:
+            _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
         for o in range(n_out):
             c_prev[o] = c[o]
         t_prev = t
@@ -381,7 +465,8 @@ def _patient(
                 for i in range(Nr):
                     x[i] += br[i] * ev_bolus[p, k]
                 _eval_outputs(x, out_state, out_scale, c)
-                _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                if in_span:
+                    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
                 for o in range(n_out):
                     c_prev[o] = c[o]
             rate = ev_rate[p, k]
@@ -460,3 +545,62 @@ def histogram_update(traj, edges_log, counts):
                 else:
                     b = int(z) + 1
                 counts[j, tt, b] += 1
+
+
+_SPECIALISED: dict[int, object] = {}
+_MARKER = "    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kernel_for` copies\n"
+
+
+def cache_dir():
+    """Folder for generated kernel sources (``$PKPD_CACHE_DIR`` or ``~/.cache/ketamine-pkpd``)."""
+    import os
+    from pathlib import Path
+
+    d = os.environ.get("PKPD_CACHE_DIR") or os.path.join(Path.home(), ".cache", "ketamine-pkpd")
+    return Path(d)
+
+
+def kernel_for(n_states: int):
+    """`cohort_kernel` compiled for one reduced state size.
+
+    With the size a compile-time literal, LLVM unrolls the small mat-vecs of the inner loop
+    (about a third faster). The copy is this module's own source with one line changed,
+    written once to :func:`cache_dir` under a name that includes a hash of the source, so
+    numba's ``cache=True`` keeps the compiled code across runs; any change of this file gives
+    a new name. Falls back to the generic kernel if the folder cannot be written or numba's
+    JIT is disabled.
+    """
+    import hashlib
+    import importlib.util
+    import os
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if numba.config.DISABLE_JIT:
+        return cohort_kernel
+    if n_states in _SPECIALISED:
+        return _SPECIALISED[n_states]
+    src = Path(__file__).read_text(encoding="utf-8")
+    if src.count(_MARKER) != 1 or "pkpd_kernels_nr" in __name__:
+        return cohort_kernel
+    src = src.replace(_MARKER, f"    Nr = {int(n_states)}\n")
+    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
+    try:
+        folder = cache_dir() / "kernels"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.py"
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    except OSError:
+        return cohort_kernel
+    _SPECIALISED[n_states] = module.cohort_kernel
+    return module.cohort_kernel
