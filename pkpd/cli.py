@@ -35,6 +35,12 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"pkpd: error: {exc}", err=True)
             sys.exit(2)
+        except click.BadParameter as exc:
+            # A bad option value is bad input like any other: one line, no usage block.
+            if _DEBUG:
+                traceback.print_exc()
+            click.echo(f"pkpd: error: {exc.format_message()}", err=True)
+            sys.exit(2)
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
@@ -486,7 +492,7 @@ def _simulate_cohort(
             param_hint="--population",
         )
     if out:
-        check_target(out, (".nc", ".zarr"), "--out")
+        check_target(out, (".nc", ".zarr"), "--out", store=str(out).endswith(".zarr"))
     if out_png:
         check_target(out_png, (".png", ".svg", ".pdf"), "--plot")
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
