@@ -563,3 +563,19 @@ def test_load_population_file_errors(tmp_path):
 def test_population_error_is_a_pkpd_error_and_a_value_error():
     assert issubclass(PopulationError, PkpdError)
     assert issubclass(PopulationError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(-1, 2), (-np.inf, 1.5), (0.5, np.inf), (-3, -0.2), (2, 5), (-8, -6), (-0.1, 0.1),
+     (-np.inf, np.inf), (5, 9), (-40, -38)],
+)  # fmt: skip
+def test_closed_form_truncated_normal_moments_equal_scipy(a, b):
+    from scipy import stats
+
+    from pkpd.population import _truncnorm_moments
+
+    m, s = _truncnorm_moments(a, b, 3.0, 2.0)
+    d = stats.truncnorm(a, b, loc=3.0, scale=2.0)
+    assert m == pytest.approx(d.mean(), rel=1e-12, abs=1e-12)
+    assert s == pytest.approx(d.std(), rel=1e-9, abs=1e-12)
