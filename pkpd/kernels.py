@@ -41,7 +41,7 @@ SPECIAL_ANCHOR = 2
 
 _CACHE = 4
 #: Grid steps per block in the fast path (see `_patient`).
-BLK = 16
+BLK = 16  # a power of two (the block propagator is computed by squaring)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -294,7 +294,12 @@ def _patient(
         for i in range(Nr):
             for j in range(Nr):
                 phi[i, j] = Eaug[i, j]
+                cache_phi[0, i, j] = Eaug[i, j]
             gg[i] = Eaug[i, Nr]
+            cache_g[0, i] = Eaug[i, Nr]
+        # Whole grid steps taken by `_step` (outside the fast path) reuse this exponential.
+        cache_h[0] = h
+        counter[0] = 1
     # Block stepping: the full state advances BLK grid steps at a time (one exponential of
     # BLK*h), and the outputs at the BLK-1 points in between come from precomputed output
     # rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k, S_k = sum_{i<k} Co phi^i g.
@@ -302,6 +307,10 @@ def _patient(
     use_blocks = uniform and n_t > 2 * BLK
     R_k = np.zeros((BLK - 1, n_out, Nr))
     S_k = np.zeros((BLK - 1, n_out))
+    Q = (BLK - 1) * n_out
+    RT = np.zeros((Nr, Q))  # RT[j, kk * n_out + o] = R_k[kk, o, j]
+    Sf = np.zeros(Q)
+    cblk = np.zeros(Q)
     phi_c = np.zeros((Nr, Nr))
     gg_c = np.zeros(Nr)
     if use_blocks and st == STATUS_OK:
@@ -322,21 +331,34 @@ def _patient(
                     R_k[kk, o, j] = a2
             for o in range(n_out):
                 Scur[o] = S_k[kk, o]
+                Sf[kk * n_out + o] = S_k[kk, o]
                 for j in range(Nr):
                     Rcur[o, j] = R_k[kk, o, j]
-        hb = BLK * (grid[1] - grid[0])
+                    RT[j, kk * n_out + o] = R_k[kk, o, j]
+        # The propagator of BLK steps by repeated squaring of the one-step propagator
+        # [[phi, g], [0, 1]] (BLK is a power of two): log2(BLK) small matrix products
+        # instead of a second exponential. [[A, a], [0, 1]]^2 = [[A A, A a + a], [0, 1]].
         for i in range(Nr):
             for j in range(Nr):
-                Maug[i, j] = Mr[i, j] * hb
-            Maug[i, Nr] = br[i] * hb
-        for j in range(Nr + 1):
-            Maug[Nr, j] = 0.0
-        if expm_into(Maug, Eaug, ework, epiv) != 0:
-            st = 1
-        for i in range(Nr):
-            for j in range(Nr):
-                phi_c[i, j] = Eaug[i, j]
-            gg_c[i] = Eaug[i, Nr]
+                phi_c[i, j] = phi[i, j]
+            gg_c[i] = gg[i]
+        sq = BLK
+        while sq > 1:
+            for i in range(Nr):
+                acc = gg_c[i]
+                for j in range(Nr):
+                    acc += phi_c[i, j] * gg_c[j]
+                xtmp[i] = acc
+                for j in range(Nr):
+                    a2 = 0.0
+                    for m in range(Nr):
+                        a2 += phi_c[i, m] * phi_c[m, j]
+                    Maug[i, j] = a2
+            for i in range(Nr):
+                gg_c[i] = xtmp[i]
+                for j in range(Nr):
+                    phi_c[i, j] = Maug[i, j]
+            sq //= 2
     while st == STATUS_OK and (g < n_t or s < S):
         # Fast path: whole grid steps until the next event or special time. Most of
         # the work of a cohort happens here: one small mat-vec and the metric updates.
@@ -354,22 +376,46 @@ def _patient(
                 cm[o] = cmax[p, o]
                 tm[o] = tmax[p, o]
             while use_blocks and g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
+                # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
+                # runs over (point, output) pairs, contiguous in RT, so it vectorises.
+                for q in range(Q):
+                    cblk[q] = Sf[q] * rate
+                for j in range(Nr):
+                    xj = x[j]
+                    for q in range(Q):
+                        cblk[q] += RT[j, q] * xj
+                for i in range(Nr):
+                    acc = gg_c[i] * rate
+                    for j in range(Nr):
+                        acc += phi_c[i, j] * x[j]
+                    xtmp[i] = acc
+                for i in range(Nr):
+                    x[i] = xtmp[i]
+                if n_thr == 0 and (n_store == 0 or next_store >= g + BLK):
+                    # Only Cmax/Tmax to update in this block: a tight loop over the block.
+                    for kk in range(BLK - 1):
+                        for o in range(n_out):
+                            v = cblk[kk * n_out + o]
+                            if v > cm[o]:
+                                cm[o] = v
+                                tm[o] = grid[g + kk]
+                    g += BLK - 1
+                    t = grid[g]
+                    for o in range(n_out):
+                        v = x[out_state[o]] * out_scale[o]
+                        c[o] = v
+                        if v > cm[o]:
+                            cm[o] = v
+                            tm[o] = t
+                    t_prev = t
+                    g += 1
+                    continue
                 for kk in range(BLK):
                     t = grid[g]
                     if kk < BLK - 1:
                         for o in range(n_out):
-                            acc = S_k[kk, o] * rate
-                            for j in range(Nr):
-                                acc += R_k[kk, o, j] * x[j]
-                            c[o] = acc
+                            c[o] = cblk[kk * n_out + o]
                     else:
-                        for i in range(Nr):
-                            acc = gg_c[i] * rate
-                            for j in range(Nr):
-                                acc += phi_c[i, j] * x[j]
-                            xtmp[i] = acc
-                        for i in range(Nr):
-                            x[i] = xtmp[i]
                         for o in range(n_out):
                             c[o] = x[out_state[o]] * out_scale[o]
                     for o in range(n_out):
