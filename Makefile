@@ -24,6 +24,10 @@ demo: $(STAMP)
 	$(BIN)/pkpd simulate fanta2015_otto2021 lumbar_fusion_esketamine --weight 70 \
 		--out $(DEMO)/demo.nc --plot $(DEMO)/demo.png
 
+# Tests multiply many tiny matrices in numpy/scipy: a multi-threaded BLAS spends far more
+# time waking its threads than computing (60x slower on a busy 2-core machine).
+export OPENBLAS_NUM_THREADS ?= 1
+
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
 test: $(STAMP)
 	$(BIN)/python -m pytest
