@@ -36,7 +36,8 @@ test: $(STAMP)
 # The solver tests once more with numba's JIT disabled, so coverage and tracebacks reach
 # the kernels' Python source (STYLE.md).
 test-nojit: $(STAMP)
-	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_exact.py tests/test_expm.py
+	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_exact.py tests/test_expm.py \
+		tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -o testpaths=benchmarks

@@ -26,13 +26,16 @@ from .errors import (
     PkpdError,
     PkpdWarning,
     RegimenError,
+    SamplingSiteWarning,
     SimulationError,
     UnitError,
 )
 from .model import ModelSpec, available_models, load_model
+from .pd import available_pd, load_pd
 from .population import CovariateTable, Population, load_population
 from .regimen import Bolus, Infusion, Regimen, load_regimen
 from .simulate import DISCLAIMER, simulate, summarize
+from .stereo import racemic_to_s_ketamine
 
 __all__ = [
     "DISCLAIMER",
@@ -47,13 +50,17 @@ __all__ = [
     "Population",
     "Regimen",
     "RegimenError",
+    "SamplingSiteWarning",
     "SimulationError",
     "UnitError",
     "__version__",
     "available_models",
+    "available_pd",
     "load_model",
+    "load_pd",
     "load_population",
     "load_regimen",
+    "racemic_to_s_ketamine",
     "simulate",
     "simulate_cohort",
     "summarize",

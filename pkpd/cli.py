@@ -85,24 +85,47 @@ def models(ctx) -> None:
     from .model import available_models, load_model
 
     rows = []
+    pops = {}
     for name in available_models():
         m = load_model(name)
         rows.append(
             (name, m.drug, m.sampling_site, m.verification_summary(), m.citation.split(".")[0])
         )
+        pops[name] = _short(m.population)
     head = ("name", "drug", "sampling", "verification", "source")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  source")
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
+        click.echo(f"    population: {pops[r[0]]}")
+    _echo_pd_table()
     click.echo("\nPopulations and caveats: pkpd models show NAME")
+
+
+def _echo_pd_table() -> None:
+    """PD endpoints (models/pd) under the PK table of `pkpd models`."""
+    from .pd import list_rows
+
+    rows = list_rows()
+    if not rows:
+        return
+    head = ("PD endpoint", "drug", "sampling", "effect", "verification")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(5)]
+    click.echo("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  source")
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[5]}")
 
 
 @models.command("show", help="Parameters of one model with units, sources and tags.")
 @click.argument("name")
 def models_show(name: str) -> None:
     from .model import TAGS, load_model
+    from .pd import available_pd, describe
 
+    if name in available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
+        for line in describe(name):
+            click.echo(line)
+        return
     m = load_model(name)
     click.echo(f"{m.name}: {m.title}")
     for label, val in (
@@ -322,6 +345,39 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     type=click.Path(dir_okay=False),
     help="Write a concentration plot (.png, .svg or .pdf).",
 )
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "exact", "dopri5", "rodas"]),
+    default="auto",
+    show_default=True,
+    help="Solver: exact (linear models), dopri5, rodas (stiff), or auto (exact for linear "
+    "models; Dopri5, or Rodas4 if the model is stiff, for [ode] models).",
+)
+@click.option("--rtol", type=float, help="Relative tolerance of dopri5/rodas (default 1e-6).")
+@click.option(
+    "--atol", type=float, help="Absolute tolerance of dopri5/rodas, internal units (default 1e-9)."
+)
+@click.option(
+    "--pd",
+    "pd_names",
+    multiple=True,
+    metavar="ENDPOINT",
+    help="Evaluate a PD endpoint (see `pkpd models`; repeatable).",
+)
+@click.option(
+    "--pd-param",
+    "pd_items",
+    multiple=True,
+    metavar="ENDPOINT.PARAM=VALUE",
+    help="A PD value the literature does not give, e.g. simons2022_drug_high.gamma=2 "
+    "(recorded as user-supplied; repeatable).",
+)
+@click.option(
+    "--racemic",
+    is_flag=True,
+    help="The regimen is in racemic ketamine mg: drive an S-ketamine model with its S half "
+    "(x 0.5; R-ketamine and its interactions are not modelled).",
+)
 def simulate(
     model,
     regimen,
@@ -347,8 +403,20 @@ def simulate(
     threads,
     dask,
     out_png,
+    method="auto",
+    rtol=None,
+    atol=None,
+    pd_names=(),
+    pd_items=(),
+    racemic=False,
 ) -> None:
     if patients is not None or population is not None:
+        _no_cohort_pd(pd_names, pd_items, racemic)
+        if method not in ("auto", "exact") or rtol is not None or atol is not None:
+            raise click.BadParameter(
+                "cohorts use the exact solver of linear models in this version",
+                param_hint="--method",
+            )
         if out_csv:
             raise click.BadParameter(
                 "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
@@ -404,7 +472,9 @@ def simulate(
         anchors[k.strip()] = v.strip()
     reg = load_regimen(regimen).resolve(anchors)
     cov = _covariates(weight, age, sex, extra)
-    ds = run(spec, reg, covariates=cov, until=until, every=every)
+    extra_run = _pd_run_options(pd_names, pd_items, racemic)
+    extra_run.update(_method_options(method, rtol, atol))
+    ds = run(spec, reg, covariates=cov, until=until, every=every, **extra_run)
     # Summary on the output grid merged with every dose event, so peaks at a bolus or at
     # the end of an infusion are evaluated exactly.
     grid = ds.time.values
@@ -419,7 +489,7 @@ def simulate(
     fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
-        fine = run(spec, reg, covariates=cov, times=fine_t)
+        fine = run(spec, reg, covariates=cov, times=fine_t, **extra_run)
     summ = summarize(fine, reg)
     click.echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
@@ -427,10 +497,12 @@ def simulate(
     )
     click.echo(f"regimen: {reg.text}")
     click.echo(f"covariates: {w}")
+    click.echo(_solver_line(ds))
     if spec.assumed_parameters:
         click.echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
     for line in summ.lines():
         click.echo(line)
+    _echo_pd_summary(fine, extra_run)
     with atomic_outputs() as stage:
         for kind, path in targets:
             if kind == "nc":
@@ -590,3 +662,102 @@ def _simulate_cohort(
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ----------------------------------------------------------------------------- PD, racemic
+
+
+def _short(text: str, n: int = 110) -> str:
+    """First clause of a population description, at most `n` characters."""
+    first = text.split(";")[0].strip()
+    return first if len(first) <= n else first[: n - 3].rstrip() + "..."
+
+
+def _head(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(4096)
+    except OSError:
+        return ""
+
+
+def _no_cohort_pd(pd_names, pd_items, racemic) -> None:
+    if pd_names or pd_items or racemic:
+        raise click.BadParameter(
+            "--pd, --pd-param and --racemic are for one patient in this version; for a "
+            "cohort in racemic mg pass pkpd.stereo.racemic_to_s_ketamine(regimen) to "
+            "pkpd.simulate_cohort",
+            param_hint="--pd/--racemic",
+        )
+
+
+def _solver_line(ds) -> str:
+    """One line naming the solver, and its work counters for the adaptive ones."""
+    a = ds.attrs
+    if a.get("solver_method", "exact") == "exact":
+        return "solver: exact (piecewise matrix exponential)"
+    line = (
+        f"solver: {a['solver_method']} (rtol {a['solver_rtol']}, atol {a['solver_atol']}): "
+        f"{a['solver_nsteps']} steps, {a['solver_nrejected']} rejected, "
+        f"{a['solver_nfev']} RHS evaluations"
+    )
+    if a.get("solver_njev"):
+        line += f", {a['solver_njev']} Jacobians"
+    if a.get("solver_note"):
+        line += f"; {a['solver_note']}"
+    return line
+
+
+def _method_options(method, rtol, atol) -> dict:
+    """Keyword arguments of pkpd.simulate for --method, --rtol and --atol."""
+    out: dict = {"method": method}
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if v is None:
+            continue
+        if method == "exact":
+            raise click.BadParameter(
+                "only for --method dopri5, rodas or auto", param_hint=f"--{name}"
+            )
+        if not (v > 0 and np.isfinite(v)):
+            raise click.BadParameter(f"{v!r}: must be a positive number", param_hint=f"--{name}")
+        out[name] = v
+    return out
+
+
+def _pd_run_options(pd_names, pd_items, racemic) -> dict:
+    """Keyword arguments of pkpd.simulate for --pd, --pd-param and --racemic."""
+    out: dict = {}
+    if pd_names:
+        out["pd"] = list(pd_names)
+    if pd_items:
+        if not pd_names:
+            raise click.BadParameter("needs --pd ENDPOINT", param_hint="--pd-param")
+        vals = {}
+        for item in pd_items:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise click.BadParameter(
+                    f"{item!r}: expected ENDPOINT.PARAM=VALUE", param_hint="--pd-param"
+                )
+            k, v = item.split("=", 1)
+            vals[k.strip()] = v.strip()
+        out["pd_parameters"] = vals
+    if racemic:
+        out["racemic"] = True
+    return out
+
+
+def _echo_pd_summary(ds, extra_run) -> None:
+    """Range of every PD variable over the output grid, and the racemic caveat."""
+    if extra_run.get("racemic"):
+        click.echo(f"dose conversion: {ds.attrs['dose_conversion']}")
+        click.echo(f"  caveats: {ds.attrs['dose_conversion_caveats']}")
+    for name in (ds.attrs.get("pd_endpoints") or "").split(", "):
+        if not name:
+            continue
+        click.echo(f"PD {name}: {ds.attrs[f'pd_{name}']}")
+        for v in ds.data_vars:
+            if ds[v].attrs.get("pd_endpoint") == name and not v.startswith(("ce_", "auc_")):
+                y = ds[v].values
+                click.echo(
+                    f"  {v}: min {y.min():.4g}, max {y.max():.4g} {ds[v].attrs.get('units', '')}"
+                )

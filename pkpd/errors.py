@@ -28,12 +28,20 @@ class SimulationError(PkpdError, RuntimeError):
     """A solver reported a failure (see the status code in the message)."""
 
 
+class MetricsError(PkpdError, ValueError):
+    """An exposure-metric request is invalid: unknown output, bad window, threshold or factor."""
+
+
 class PkpdWarning(UserWarning):
     """Base class of every warning issued by ketamine-pkpd."""
 
 
 class CovariateRangeWarning(PkpdWarning):
     """A covariate lies outside the range in which the model was estimated."""
+
+
+class SamplingSiteWarning(PkpdWarning):
+    """A PD endpoint is combined with a PK model of another sampling site (arterial/venous)."""
 
 
 class ProvenanceWarning(PkpdWarning):

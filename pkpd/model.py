@@ -43,6 +43,9 @@ ROLES = ("parent", "metabolite")
 COVARIATE_TYPES = ("power", "linear", "exponential", "categorical")
 # Parameter kinds accepted in each structural slot (see units.KINDS).
 _PARAM_KINDS = ("volume", "clearance", "rate_constant", "time", "dimensionless")
+# Nonlinear [ode] models (pkpd/ode.py) also take amounts (mg), amount rates such as a
+# Vmax (mg/h) and concentrations such as a Km or an EC50 (mg/L).
+_ODE_PARAM_KINDS = (*_PARAM_KINDS, "concentration", "rate", "amount")
 
 
 def models_dir() -> Path:
@@ -304,6 +307,14 @@ class ModelSpec:
     dose_compartment: str
     parent: str
     raw: dict = field(repr=False, default_factory=dict)
+    #: The equations of a nonlinear model (an ``[ode]`` section, :mod:`pkpd.ode`);
+    #: None for linear compartment models.
+    ode: Any = field(repr=False, default=None)
+
+    @property
+    def is_linear(self) -> bool:
+        """True for compartment models (exact solver), False for ``[ode]`` models."""
+        return self.ode is None
 
     # ---- construction -------------------------------------------------------------
 
@@ -318,6 +329,10 @@ class ModelSpec:
 
     @classmethod
     def _from_dict(cls, data: dict, file: Path | str | None) -> ModelSpec:
+        if isinstance(data, dict) and "ode" in data:
+            from .ode import ode_spec_from_dict  # nonlinear models: equations, not flows
+
+            return ode_spec_from_dict(cls, data, file)
         ctx = _Ctx(file if file is not None else "<model>")
         top = {
             "schema_version",
@@ -500,7 +515,7 @@ class ModelSpec:
         return out
 
     @staticmethod
-    def _read_parameters(ctx, tab, covariates):
+    def _read_parameters(ctx, tab, covariates, kinds=_PARAM_KINDS):
         out = {}
         for name, key, d in ctx.entries(
             tab, "parameters", "expected a table with `value`, `source` and `tag`"
@@ -521,12 +536,12 @@ class ModelSpec:
                 {"value"},
             )
             kind = d.get("kind")
-            if kind is not None and kind not in _PARAM_KINDS:
-                raise ctx.err(f"{key}.kind", f"{kind!r}; expected one of {_PARAM_KINDS}")
+            if kind is not None and kind not in kinds:
+                raise ctx.err(f"{key}.kind", f"{kind!r}; expected one of {kinds}")
             parsed = None
             val = d["value"]
-            kinds = [kind] if kind else list(_PARAM_KINDS)
-            for k in kinds:
+            try_kinds = [kind] if kind else list(kinds)
+            for k in try_kinds:
                 try:
                     parsed = parse_quantity(
                         val,
@@ -541,7 +556,7 @@ class ModelSpec:
                     last = exc
             if parsed is None:
                 if (
-                    (kind is not None and len(kinds) == 1)
+                    (kind is not None and len(try_kinds) == 1)
                     or "unknown unit" in str(last)
                     or "cannot read" in str(last)
                 ):
@@ -1167,6 +1182,11 @@ class ModelSpec:
         Concentrations ``C @ x[:n_comp]`` are in mg/L. See
         :mod:`pkpd.solvers.linear_system` for the augmented state layout.
         """
+        if self.ode is not None:
+            raise ModelError(
+                f"{self._loc()}a nonlinear [ode] model has no system matrix; simulate it "
+                "with method='dopri5', 'rodas' or 'auto'"
+            )
         N = self.n_states
         M = np.zeros((N, N))
         b = np.zeros(N)
@@ -1199,6 +1219,8 @@ class ModelSpec:
         """
         given = dict(covariates or {})
         used = {e.covariate for p in self.parameters.values() for e in p.covariates}
+        if self.ode is not None:
+            used |= set(self.ode.covariate_names)  # referenced in the equations
         if any(p.per_kg or p.weight_exponent for p in self.parameters.values()):
             used.add("weight")
         out = {}

@@ -71,16 +71,49 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
     return spec, reg, full, theta, ev
 
 
-def _solve(spec: ModelSpec, theta, ev, t):
+METHODS = ("exact", "dopri5", "rodas", "auto")
+
+
+def _check_method(method, rtol, atol):
+    """Validate `method` and fill the default tolerances of the adaptive solvers."""
+    from .solvers.registry import DEFAULT_ATOL, DEFAULT_RTOL
+
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method == "exact" and (rtol is not None or atol is not None):
+        raise ValueError("`rtol`/`atol` apply to the adaptive methods; method='exact' is exact")
+    return (DEFAULT_RTOL if rtol is None else rtol), (DEFAULT_ATOL if atol is None else atol)
+
+
+def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
+    """Solve a linear model; returns ``(X, C, solver_attrs)``."""
     M, b, C = spec.system(theta)
     t0 = min(0.0, float(ev.t[0]), float(t[0]))
-    X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
+    if method in ("exact", "auto"):
+        X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
+        if status != 0:
+            raise SimulationError(
+                f"exact solver failed (status {status}): "
+                f"{STATUS_MESSAGES.get(status, 'unknown status')}"
+            )
+        attrs = {
+            "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
+            "(Pade 13, scaling and squaring, Higham 2005)",
+            "solver_method": "exact",
+        }
+        return X, C, attrs
+    from .ode import solver_attrs
+    from .solvers.registry import SOLVERS, run_linear
+
+    X, status, stats = run_linear(
+        method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
+    )
     if status != 0:
         raise SimulationError(
-            f"exact solver failed (status {status}): "
+            f"{SOLVERS[method].method} failed (status {status}): "
             f"{STATUS_MESSAGES.get(status, 'unknown status')}"
         )
-    return X, C
+    return X, C, solver_attrs(method, rtol, atol, stats)
 
 
 def simulate(
@@ -93,7 +126,12 @@ def simulate(
     every="1 min",
     eta=None,
     anchors: dict | None = None,
-    method: str = "exact",
+    method: str = "auto",
+    rtol=None,
+    atol=None,
+    pd=None,
+    pd_parameters: dict | None = None,
+    racemic: bool = False,
 ):
     """Simulate one patient with the piecewise-exact solver.
 
@@ -116,8 +154,25 @@ def simulate(
         ``{"end_of_surgery": "3.5 h"}``; default: the regimen file's declared defaults.
     eta : dict, optional
         Random effects (log scale) by parameter name, for a specific virtual patient.
-    method : {"exact"}
-        Solver. Only the exact solver exists for linear models in this version.
+    method : {"exact", "dopri5", "rodas", "auto"}
+        Solver. ``"exact"``: piecewise matrix exponential (linear models only).
+        ``"dopri5"``: explicit Runge-Kutta 5(4) (raises if it detects stiffness);
+        ``"rodas"``: stiff, L-stable Rosenbrock 4(3). ``"auto"``: exact for linear
+        models; for ``[ode]`` models Dopri5, or Rodas4 when the model file says
+        ``stiff = true`` or Dopri5 detects stiffness. The attrs record the solver and
+        its counters (``solver_nfev``, ``solver_nsteps``, ...).
+    rtol, atol : float or array, optional
+        Tolerances of the adaptive solvers (default 1e-6 and 1e-9 in internal units
+        mg, mg/L, mg*h/L), scalars or one value per state of the augmented system.
+    pd : list of str, optional
+        PD endpoints (``models/pd/*.toml`` names or paths, see :mod:`pkpd.pd`) to evaluate
+        on this simulation: each adds its effect site and effect variables.
+    pd_parameters : dict, optional
+        ``{"endpoint.parameter": value}`` for PD parameters the literature does not give
+        (e.g. a sigmoid gamma); recorded as user-supplied in the attrs.
+    racemic : bool
+        The regimen is in racemic ketamine amounts: an S-ketamine model is driven with its
+        S half (x 0.5, :func:`pkpd.stereo.racemic_to_s_ketamine`); caveats in the attrs.
 
     Returns
     -------
@@ -139,10 +194,8 @@ def simulate(
 
     from . import __version__
 
-    if method != "exact":
-        raise ValueError(
-            f"`method` must be 'exact' (adaptive solvers are not available yet), got {method!r}"
-        )
+    rtol, atol = _check_method(method, rtol, atol)
+    model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
     spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
     if times is None:
         start = min(0.0, reg.start_time)
@@ -151,54 +204,13 @@ def simulate(
         t = np.asarray(times, dtype=float).ravel()
         if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
             raise ValueError("`times` must be a non-empty sorted array of finite hours")
-    X, C = _solve(spec, theta, ev, t)
-    n = spec.n_comp
-    conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
-    data = {}
-    for i, o in enumerate(spec.outputs):
-        data[o.name] = (
-            "time",
-            conc[:, i],
-            {
-                "units": "ng/mL",
-                "long_name": o.long_name,
-                "compartment": o.compartment,
-                **(
-                    {"note": "in parent-drug mass equivalents"}
-                    if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
-                    and o.analyte != spec.parent
-                    else {}
-                ),
-            },
-        )
-    for i, o in enumerate(spec.outputs):
-        data[f"auc_{o.name}"] = (
-            "time",
-            X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML,
-            {"units": "ng*h/mL", "long_name": f"cumulative AUC of {o.name} from the start"},
-        )
-    for j, c in enumerate(spec.compartments.values()):
-        if c.type == "effect":
-            continue
-        data[f"amount_{c.name}"] = (
-            "time",
-            X[:, j],
-            {"units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"},
-        )
-    data["dose_given"] = (
-        "time",
-        X[:, n],
-        {"units": "mg", "long_name": "cumulative amount administered"},
-    )
-    for a_i, a in enumerate(spec.analyte_names):
-        data[f"eliminated_{a}"] = (
-            "time",
-            X[:, n + 1 + a_i],
-            {
-                "units": "mg",
-                "long_name": f"cumulative amount of {a} eliminated or converted to a metabolite",
-            },
-        )
+    if spec.is_linear:
+        X, C, solver_attrs = _solve(spec, theta, ev, t, method, rtol, atol)
+        data = _linear_variables(spec, X, C)
+    else:
+        from .ode import dataset_variables
+
+        data, solver_attrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
     ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
     ds.attrs.update(spec.provenance_attrs())
     ds.attrs.update(
@@ -206,15 +218,47 @@ def simulate(
             "regimen": reg.text,
             "regimen_name": reg.name,
             "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
-            "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
-            "(Pade 13, scaling and squaring, Higham 2005)",
             "package": f"ketamine-pkpd {__version__}",
             "disclaimer": DISCLAIMER,
         }
     )
+    ds.attrs.update(solver_attrs)
     if eta is not None:
         ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
+    if racemic:
+        from .stereo import racemic_attrs
+
+        ds.attrs.update(racemic_attrs())
+    if bundle is not None:
+        from .pd import add_pd_variables
+
+        add_pd_variables(ds, bundle)
     return ds
+
+
+def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):
+    """Racemic-dose conversion and PD augmentation (issue 4), kept apart from the solver.
+
+    Returns the (possibly augmented) model, the (possibly halved) regimen and the PD
+    bundle (or None).
+    """
+    bundle = None
+    if racemic:
+        from .stereo import check_s_ketamine_model, racemic_to_s_ketamine
+
+        model = load_model(model)
+        check_s_ketamine_model(model)
+        regimen = racemic_to_s_ketamine(regimen)
+    if pd:
+        from .pd import augment_model
+
+        names = [pd] if isinstance(pd, str) else list(pd)
+        # stacklevel: warn -> augment_model -> _pd_and_stereo -> simulate -> caller
+        bundle = augment_model(model, names, pd_parameters, stacklevel=3)
+        model = bundle.model
+    elif pd_parameters:
+        raise ValueError("`pd_parameters` given without `pd` endpoints")
+    return model, regimen, bundle
 
 
 @dataclass(frozen=True)
@@ -263,3 +307,55 @@ def summarize(ds, regimen) -> Summary:
         if hit.size:
             ends.append((te, {o: float(ds[o].values[hit[0]]) for o in outs}))
     return Summary(cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]))
+
+
+def _linear_variables(spec: ModelSpec, X, C) -> dict:
+    """Dataset variables of a linear model from its augmented trajectory `X`."""
+    n = spec.n_comp
+    conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
+    data = {}
+    for i, o in enumerate(spec.outputs):
+        data[o.name] = (
+            "time",
+            conc[:, i],
+            {
+                "units": "ng/mL",
+                "long_name": o.long_name,
+                "compartment": o.compartment,
+                **(
+                    {"note": "in parent-drug mass equivalents"}
+                    if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
+                    and o.analyte != spec.parent
+                    else {}
+                ),
+            },
+        )
+    for i, o in enumerate(spec.outputs):
+        data[f"auc_{o.name}"] = (
+            "time",
+            X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML,
+            {"units": "ng*h/mL", "long_name": f"cumulative AUC of {o.name} from the start"},
+        )
+    for j, c in enumerate(spec.compartments.values()):
+        if c.type == "effect":
+            continue
+        data[f"amount_{c.name}"] = (
+            "time",
+            X[:, j],
+            {"units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"},
+        )
+    data["dose_given"] = (
+        "time",
+        X[:, n],
+        {"units": "mg", "long_name": "cumulative amount administered"},
+    )
+    for a_i, a in enumerate(spec.analyte_names):
+        data[f"eliminated_{a}"] = (
+            "time",
+            X[:, n + 1 + a_i],
+            {
+                "units": "mg",
+                "long_name": f"cumulative amount of {a} eliminated or converted to a metabolite",
+            },
+        )
+    return data

@@ -1,0 +1,864 @@
+"""Pharmacodynamic endpoints: companion files ``models/pd/*.toml`` and their evaluation.
+
+An endpoint file (schema in ``models/README.md``) names the drug, the sampling site and the
+PK model its parameters were estimated with, an optional effect site (its own ke0 or
+t1/2ke0), one or more input analytes, and an algebraic effect function:
+
+* ``linear``: ``E = sum_i slope_i * C_i`` (a change from baseline, Olofsen 2012);
+* ``sigmoid_emax``: ``E = E0 + Emax * C^gamma / (C50^gamma + C^gamma)`` (Simons 2022,
+  Dahan 2011). Where gamma or Emax are not published the file marks them ``missing`` and
+  the endpoint reports ``C / C50`` only (which needs neither: the effect is half maximal at
+  ``C / C50 = 1`` whatever gamma), unless the user supplies them.
+
+Evaluation is exact: each effect site is an extra state ``dCe/dt = ke0 (Cp - Ce)`` of the
+model's linear system (the model is augmented with one effect compartment per endpoint and
+input, solved with the piecewise-exact solver), then the effect function is applied to the
+effect-site (or plasma) concentration in the PD file's concentration units (molar masses
+convert, e.g. S-norketamine carried in S-ketamine mass equivalents).
+
+Combining an endpoint with a PK model of another sampling site issues a
+:class:`~pkpd.errors.SamplingSiteWarning`; combining it with a model of another drug
+(racemic vs S-ketamine) is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, SamplingSiteWarning, UnitError
+from .model import SAMPLING_SITES, TAGS, ModelSpec, load_model
+from .units import parse_quantity
+
+__all__ = [
+    "EFFECT_TYPES",
+    "PDEndpoint",
+    "add_pd_variables",
+    "augment_model",
+    "available_pd",
+    "load_pd",
+    "pd_dir",
+]
+
+EFFECT_TYPES = ("linear", "sigmoid_emax")
+# Endpoint analytes and the model analyte names that carry them.
+ANALYTE_ALIASES = {"norketamine": ("norketamine", "noresketamine", "s_norketamine")}
+# Parameters a user may supply (only where the file marks them missing) besides t_half_ke0.
+_USER_KINDS = {"gamma": "dimensionless", "emax": "dimensionless", "slope": "dimensionless"}
+
+
+def pd_dir() -> Path:
+    """Directory of the shipped PD endpoint files (package ``pkpd.models.pd``)."""
+    return Path(str(resources.files("pkpd.models.pd")))
+
+
+def available_pd() -> list[str]:
+    """Names of the shipped PD endpoints (file stems)."""
+    return sorted(p.stem for p in pd_dir().glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class PDParameter:
+    """One PD number with provenance; ``value is None`` when missing in the source."""
+
+    name: str
+    value: float | None  # internal: concentrations mg/L, slopes per ng/mL, plain numbers
+    text: str
+    unit: str
+    source: str
+    tag: str
+    note: str = ""
+    low: float | None = None  # a published range instead of a point value
+    high: float | None = None
+    user: bool = False
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None and self.low is None
+
+
+@dataclass(frozen=True)
+class PDInput:
+    name: str
+    analyte: str  # "parent" or a key of ANALYTE_ALIASES
+    molar_mass: float  # g/mol of the species in which the PD concentrations are expressed
+    slope: str | None  # parameter name (linear endpoints)
+
+
+@dataclass(frozen=True)
+class PDEndpoint:
+    """A validated PD endpoint file."""
+
+    file: Path | None
+    name: str
+    title: str
+    drug: str
+    citation: str
+    doi: str
+    population: str
+    sampling_site: str
+    pk_model: str
+    library_pk_model: str
+    effect: str
+    effect_unit: str
+    effect_long_name: str
+    notes: tuple[str, ...]
+    inputs: tuple[PDInput, ...]
+    parameters: dict[str, PDParameter]
+    effect_site: PDParameter | None  # a time (t1/2ke0, h) or a rate constant (ke0, 1/h)
+    effect_site_kind: str  # "time" | "rate_constant" | ""
+    valid_range: tuple[float, float] | None  # mg/L
+    valid_range_source: str = ""
+    user_values: dict[str, str] = field(default_factory=dict)
+
+    # ---- provenance -----------------------------------------------------------------
+
+    def all_numbers(self) -> list[PDParameter]:
+        out = list(self.parameters.values())
+        if self.effect_site is not None:
+            out.append(self.effect_site)
+        return out
+
+    def verification_summary(self) -> str:
+        counts: dict[str, int] = {}
+        for p in self.all_numbers():
+            key = "user-supplied" if p.user else ("missing" if p.missing else p.tag)
+            counts[key] = counts.get(key, 0) + 1
+        return ", ".join(f"{n} {t}" for t, n in counts.items())
+
+    @property
+    def missing_parameters(self) -> list[str]:
+        return [p.name for p in self.parameters.values() if p.missing]
+
+    def with_user_values(self, values: dict[str, object]) -> PDEndpoint:
+        """A copy with user-supplied values for parameters the source does not give.
+
+        Accepted keys: any parameter the file marks ``missing`` (e.g. ``gamma``, ``emax``,
+        ``slope_vas``), and ``t_half_ke0`` where the file has no effect site.
+        """
+        if not values:
+            return self
+        params = dict(self.parameters)
+        site, site_kind = self.effect_site, self.effect_site_kind
+        record = {}
+        for key, val in values.items():
+            loc = f"`pd_parameters`: `{self.name}.{key}`"
+            if key == "t_half_ke0":
+                if self.effect_site is not None:
+                    raise ModelError(
+                        f"{loc}: the endpoint file gives its effect site "
+                        f"({self.effect_site.text}); copy the file to change a literature value"
+                    )
+                try:
+                    h = parse_quantity(val, "time", key=f"{self.name}.t_half_ke0").value
+                except UnitError as exc:
+                    raise ModelError(f"{loc}: {exc}") from None
+                if not h > 0:
+                    raise ModelError(f"{loc} = {val!r}: expected a positive time")
+                site = PDParameter(
+                    "t_half_ke0", h, str(val), "h", "user-supplied", "assumed",
+                    "supplied by the user, not a literature value", user=True,
+                )  # fmt: skip
+                site_kind = "time"
+            elif key in params:
+                if not params[key].missing:
+                    raise ModelError(
+                        f"{loc}: {params[key].text!r} is a literature value in "
+                        f"{self.file}; only missing parameters "
+                        f"({', '.join(self.missing_parameters) or 'none'}) can be supplied"
+                    )
+                if isinstance(val, bool) or not isinstance(val, int | float | str):
+                    raise ModelError(f"{loc} = {val!r}: expected a number")
+                try:
+                    v = float(val)
+                except ValueError:
+                    raise ModelError(f"{loc} = {val!r}: expected a number") from None
+                if not math.isfinite(v) or (key == "gamma" and not v > 0):
+                    raise ModelError(f"{loc} = {val!r}: expected a finite (gamma: positive) number")
+                p = params[key]
+                params[key] = PDParameter(
+                    p.name, v, str(val), p.unit, "user-supplied", "assumed",
+                    "supplied by the user, not a literature value", user=True,
+                )  # fmt: skip
+            else:
+                raise ModelError(
+                    f"{loc}: unknown; expected t_half_ke0 (endpoints without an effect site) "
+                    f"or a missing parameter of the endpoint "
+                    f"({', '.join(self.missing_parameters) or 'none'})"
+                )
+            record[key] = str(val)
+        return PDEndpoint(
+            **{
+                **self.__dict__,
+                "parameters": params,
+                "effect_site": site,
+                "effect_site_kind": site_kind,
+                "user_values": {**self.user_values, **record},
+            }
+        )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_pd(name_or_path) -> PDEndpoint:
+    """Load and validate a PD endpoint by shipped name or path to a ``.toml`` file."""
+    if isinstance(name_or_path, PDEndpoint):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix == ".toml" or path.exists()):
+        path = pd_dir() / f"{text}.toml"
+        if not path.exists():
+            raise ModelError(
+                f"unknown PD endpoint {text!r}: expected a path to a .toml file or one of "
+                f"{', '.join(available_pd())}"
+            )
+    if not path.is_file():
+        raise ModelError(f"{path}: PD endpoint file not found (expected a .toml file)")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModelError(f"{path}: not valid TOML: {exc}") from exc
+    return pd_from_dict(data, file=path)
+
+
+class _Ctx:
+    def __init__(self, file):
+        self.file = file if file is not None else "<pd>"
+
+    def err(self, key, msg):
+        return ModelError(f"{self.file}: `{key}`: {msg}")
+
+    def keys(self, d, key, allowed, required=()):
+        if not isinstance(d, dict):
+            raise self.err(key, f"expected a table, got {type(d).__name__} {d!r}")
+        for k in d:
+            if k not in allowed:
+                raise self.err(
+                    f"{key}.{k}" if key else k,
+                    f"unknown key; expected one of {', '.join(sorted(allowed))}",
+                )
+        for k in required:
+            if k not in d:
+                raise self.err(f"{key}.{k}" if key else k, "missing (required)")
+
+    def string(self, d, key, k, required=True, default=""):
+        v = d.get(k)
+        if v is None:
+            if required:
+                raise self.err(f"{key}.{k}", "missing (expected a string)")
+            return default
+        if not isinstance(v, str) or (required and not v.strip()):
+            raise self.err(f"{key}.{k}", f"expected a non-empty string, got {v!r}")
+        return v
+
+    def source(self, d, key):
+        src = self.string(d, key, "source")
+        tag = self.string(d, key, "tag")
+        if tag not in TAGS:
+            raise self.err(
+                f"{key}.tag",
+                f"{tag!r} is not a verification tag; expected one of {', '.join(TAGS)}",
+            )
+        note = self.string(d, key, "note", required=False)
+        if tag == "assumed" and not note:
+            raise self.err(f"{key}.note", "missing: an assumed value must say why it is there")
+        return src, tag, note
+
+    def quantity(self, text, kind, key, molar_mass=None):
+        try:
+            return parse_quantity(text, kind, molar_mass=molar_mass, file=self.file, key=key).value
+        except UnitError as exc:
+            raise ModelError(str(exc)) from None
+
+
+def pd_from_dict(data: dict, file=None) -> PDEndpoint:
+    """Validate a parsed PD endpoint file (schema in ``models/README.md``)."""
+    ctx = _Ctx(file)
+    ctx.keys(
+        data,
+        "",
+        {"schema_version", "endpoint", "effect_site", "inputs", "parameters", "validity"},
+        ("schema_version", "endpoint", "inputs", "parameters"),
+    )
+    sv = data["schema_version"]
+    if isinstance(sv, bool) or sv != 1:
+        raise ctx.err("schema_version", f"{sv!r} unsupported; expected 1")
+    meta = data["endpoint"]
+    ctx.keys(
+        meta,
+        "endpoint",
+        {
+            "name", "title", "drug", "citation", "doi", "population", "sampling_site",
+            "pk_model", "library_pk_model", "effect", "effect_unit", "effect_long_name",
+            "notes",
+        },
+        ("name", "drug", "citation", "population", "sampling_site", "pk_model", "effect"),
+    )  # fmt: skip
+    site = ctx.string(meta, "endpoint", "sampling_site")
+    if site not in SAMPLING_SITES:
+        raise ctx.err(
+            "endpoint.sampling_site", f"{site!r}; expected one of {', '.join(SAMPLING_SITES)}"
+        )
+    effect = ctx.string(meta, "endpoint", "effect")
+    if effect not in EFFECT_TYPES:
+        raise ctx.err("endpoint.effect", f"{effect!r}; expected one of {', '.join(EFFECT_TYPES)}")
+    drug = ctx.string(meta, "endpoint", "drug")
+    if _drug_class(drug) is None:
+        raise ctx.err(
+            "endpoint.drug", f"{drug!r}; expected a text naming 'S-ketamine' or 'racemic ketamine'"
+        )
+    notes = meta.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ctx.err("endpoint.notes", f"expected a list of strings, got {notes!r}")
+
+    # ---- inputs
+    tab = data["inputs"]
+    if not isinstance(tab, dict) or not tab:
+        raise ctx.err("inputs", "expected at least one [inputs.NAME] table")
+    inputs = []
+    for iname, d in tab.items():
+        key = f"inputs.{iname}"
+        ctx.keys(d, key, {"analyte", "molar_mass", "slope", "source", "tag", "note"},
+                 ("analyte", "molar_mass"))  # fmt: skip
+        an = ctx.string(d, key, "analyte")
+        if an != "parent" and an not in ANALYTE_ALIASES:
+            raise ctx.err(
+                f"{key}.analyte",
+                f"{an!r}; expected 'parent' or one of {', '.join(ANALYTE_ALIASES)}",
+            )
+        mm = ctx.quantity(d["molar_mass"], "molar_mass", f"{key}.molar_mass")
+        if not mm > 0:
+            raise ctx.err(f"{key}.molar_mass", f"{d['molar_mass']!r} must be > 0")
+        ctx.source(d, key)
+        slope = d.get("slope")
+        if effect == "linear":
+            if not isinstance(slope, str):
+                raise ctx.err(
+                    f"{key}.slope",
+                    f"{slope!r}: a linear endpoint needs the name of a slope parameter",
+                )
+        elif slope is not None:
+            raise ctx.err(f"{key}.slope", "only linear endpoints take a slope")
+        inputs.append(PDInput(iname, an, mm, slope))
+    if effect == "sigmoid_emax" and len(inputs) != 1:
+        raise ctx.err(
+            "inputs", f"a sigmoid_emax endpoint takes exactly one input, got {len(inputs)}"
+        )
+
+    # ---- parameters
+    ptab = data["parameters"]
+    if not isinstance(ptab, dict):
+        raise ctx.err("parameters", "expected a table of [parameters.NAME]")
+    params = {}
+    mm0 = inputs[0].molar_mass
+    for pname, d in ptab.items():
+        key = f"parameters.{pname}"
+        ctx.keys(
+            d, key, {"value", "range", "missing", "unit", "description", "source", "tag", "note"}
+        )
+        src, tag, note = ctx.source(d, key)
+        forms = [k for k in ("value", "range", "missing") if k in d]
+        if len(forms) != 1:
+            raise ctx.err(
+                key,
+                f"give exactly one of `value`, `range`, `missing = true` (found {forms or 'none'})",
+            )
+        is_conc = pname == "c50"
+        unit = "ng/mL" if is_conc else ctx.string(d, key, "unit", required=False, default="")
+        if "missing" in d:
+            if d["missing"] is not True:
+                raise ctx.err(f"{key}.missing", f"{d['missing']!r}; expected true")
+            params[pname] = PDParameter(pname, None, "missing", unit, src, tag, note)
+            continue
+        if "range" in d:
+            rng = d["range"]
+            if not isinstance(rng, list) or len(rng) != 2:
+                raise ctx.err(f"{key}.range", f"expected [low, high], got {rng!r}")
+            lo, hi = (
+                ctx.quantity(r, "concentration", f"{key}.range", molar_mass=mm0)
+                if is_conc
+                else _number(ctx, r, f"{key}.range")
+                for r in rng
+            )
+            if not 0 < lo < hi:
+                raise ctx.err(f"{key}.range", f"{rng!r}: expected 0 < low < high")
+            params[pname] = PDParameter(
+                pname, None, f"{rng[0]} to {rng[1]}", unit, src, tag, note, low=lo, high=hi
+            )
+            continue
+        v = d["value"]
+        if is_conc:
+            val = ctx.quantity(v, "concentration", f"{key}.value", molar_mass=mm0)
+            if not val > 0:
+                raise ctx.err(f"{key}.value", f"{v!r} must be > 0")
+        else:
+            val = _number(ctx, v, f"{key}.value")
+        params[pname] = PDParameter(pname, val, str(v), unit, src, tag, note)
+
+    used = {i.slope for i in inputs if i.slope}
+    if effect == "linear":
+        for i in inputs:
+            if i.slope not in params:
+                raise ctx.err(
+                    f"inputs.{i.name}.slope", f"{i.slope!r} is not defined under `parameters`"
+                )
+            if params[i.slope].low is not None:
+                raise ctx.err(
+                    f"parameters.{i.slope}", "a slope needs a `value` (or missing = true)"
+                )
+    else:
+        for req in ("c50", "gamma", "emax"):
+            if req not in params:
+                raise ctx.err(
+                    f"parameters.{req}",
+                    "missing: a sigmoid_emax endpoint declares c50, gamma and emax "
+                    "(mark unpublished ones `missing = true`)",
+                )
+        if params["c50"].missing:
+            raise ctx.err("parameters.c50", "a sigmoid_emax endpoint needs a published C50")
+        g = params["gamma"]
+        if g.low is not None or (g.value is not None and not g.value > 0):
+            raise ctx.err("parameters.gamma", f"{g.text!r}: expected a positive `value`")
+        if params["emax"].low is not None:
+            raise ctx.err("parameters.emax", "expected a `value` or missing = true")
+        used |= {"c50", "gamma", "emax", "e0"}
+    unused = sorted(set(params) - used)
+    if unused:
+        raise ctx.err(f"parameters.{unused[0]}", "defined but not used by the endpoint (a typo?)")
+
+    # ---- effect site
+    esite, ekind = None, ""
+    if "effect_site" in data:
+        d = data["effect_site"]
+        ctx.keys(d, "effect_site", {"t_half_ke0", "ke0", "description", "source", "tag", "note"})
+        forms = [k for k in ("t_half_ke0", "ke0") if k in d]
+        if len(forms) != 1:
+            raise ctx.err("effect_site", "give exactly one of `t_half_ke0` (a time) or `ke0`")
+        k = forms[0]
+        ekind = "time" if k == "t_half_ke0" else "rate_constant"
+        v = ctx.quantity(d[k], ekind, f"effect_site.{k}")
+        if not v > 0:
+            raise ctx.err(f"effect_site.{k}", f"{d[k]!r} must be > 0")
+        src, tag, note = ctx.source(d, "effect_site")
+        esite = PDParameter(k, v, str(d[k]), "h" if ekind == "time" else "1/h", src, tag, note)
+
+    # ---- validity range of the concentration-effect relation
+    vr, vr_src = None, ""
+    if "validity" in data:
+        d = data["validity"]
+        ctx.keys(d, "validity", {"range", "source", "tag", "note"}, ("range",))
+        rng = d["range"]
+        if not isinstance(rng, list) or len(rng) != 2:
+            raise ctx.err("validity.range", f"expected [low, high] concentrations, got {rng!r}")
+        lo, hi = (ctx.quantity(r, "concentration", "validity.range", molar_mass=mm0) for r in rng)
+        if not 0 <= lo < hi:
+            raise ctx.err("validity.range", f"{rng!r}: expected 0 <= low < high")
+        src, tag, _ = ctx.source(d, "validity")
+        vr, vr_src = (lo, hi), f"{src} [{TAGS[tag]}]"
+
+    name = ctx.string(meta, "endpoint", "name")
+    if file is not None and Path(file).stem != name:
+        raise ctx.err("endpoint.name", f"{name!r} differs from the file name {Path(file).stem!r}")
+    return PDEndpoint(
+        file=Path(file) if file is not None else None,
+        name=name,
+        title=ctx.string(meta, "endpoint", "title", required=False),
+        drug=drug,
+        citation=ctx.string(meta, "endpoint", "citation"),
+        doi=ctx.string(meta, "endpoint", "doi", required=False),
+        population=ctx.string(meta, "endpoint", "population"),
+        sampling_site=site,
+        pk_model=ctx.string(meta, "endpoint", "pk_model"),
+        library_pk_model=ctx.string(meta, "endpoint", "library_pk_model", required=False),
+        effect=effect,
+        effect_unit=ctx.string(meta, "endpoint", "effect_unit", required=False, default="1"),
+        effect_long_name=ctx.string(
+            meta, "endpoint", "effect_long_name", required=False, default=name
+        ),
+        notes=tuple(notes),
+        inputs=tuple(inputs),
+        parameters=params,
+        effect_site=esite,
+        effect_site_kind=ekind,
+        valid_range=vr,
+        valid_range_source=vr_src,
+    )
+
+
+def _number(ctx, v, key):
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ctx.err(key, f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _drug_class(drug: str) -> str | None:
+    d = drug.lower()
+    if "racemic" in d:
+        return "racemic"
+    if "s-ketamine" in d or "esketamine" in d:
+        return "S-ketamine"
+    return None
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class PDBundle:
+    """Endpoints prepared for one model: the augmented model and where each input lives."""
+
+    base: ModelSpec
+    model: ModelSpec
+    endpoints: list[PDEndpoint]
+    # endpoint name -> input name -> (model analyte, driving output name, conversion factor)
+    drivers: dict[str, dict[str, tuple[str, str, float]]]
+
+
+def _model_analyte(spec: ModelSpec, ep: PDEndpoint, inp: PDInput) -> str:
+    if inp.analyte == "parent":
+        return spec.parent
+    for a in ANALYTE_ALIASES[inp.analyte]:
+        if a in spec.analytes and spec.analytes[a]["role"] == "metabolite":
+            return a
+    raise ModelError(
+        f"{ep.file}: `inputs.{inp.name}.analyte`: {inp.analyte!r} is needed by PD endpoint "
+        f"{ep.name!r} but model {spec.name!r} has no such analyte "
+        f"(its analytes: {', '.join(spec.analytes)})"
+    )
+
+
+def augment_model(
+    model, endpoints, user_values: dict | None = None, *, stacklevel: int = 1
+) -> PDBundle:
+    """Check PD endpoints against a model and add one effect site per endpoint input.
+
+    Parameters
+    ----------
+    model : str, Path or ModelSpec
+    endpoints : list of str, Path or PDEndpoint
+    user_values : dict, optional
+        ``{"endpoint.parameter": value}`` for parameters the source does not publish (see
+        :meth:`PDEndpoint.with_user_values`).
+
+    Raises
+    ------
+    ModelError
+        Unknown endpoint, drug mismatch (racemic vs S-ketamine), missing analyte.
+
+    Warns
+    -----
+    SamplingSiteWarning
+        The endpoint was estimated with concentrations from another sampling site.
+    """
+    base = load_model(model)
+    eps = [load_pd(e) for e in endpoints]
+    names = [e.name for e in eps]
+    if len(set(names)) != len(names):
+        raise ModelError(f"`pd`: endpoint listed twice in {names}")
+    per_ep: dict[str, dict[str, object]] = {}
+    for key, val in dict(user_values or {}).items():
+        if "." not in str(key):
+            raise ModelError(f"`pd_parameters`: {key!r}: expected 'endpoint.parameter'")
+        e, p = str(key).split(".", 1)
+        if e not in names:
+            raise ModelError(
+                f"`pd_parameters`: {key!r}: endpoint {e!r} is not among the selected {names}"
+            )
+        per_ep.setdefault(e, {})[p] = val
+    eps = [e.with_user_values(per_ep.get(e.name, {})) for e in eps]
+    raw = copy.deepcopy(base.raw)
+    raw.setdefault("parameters", {})
+    raw.setdefault("compartments", {})
+    outputs = {o.analyte: o for o in base.outputs if not o.is_state}
+    drivers: dict[str, dict[str, tuple[str, str, float]]] = {}
+    for ep in eps:
+        if _drug_class(ep.drug) != _drug_class(base.drug):
+            raise ModelError(
+                f"{ep.file}: `endpoint.drug`: PD endpoint {ep.name!r} was estimated for "
+                f"{ep.drug!r} but model {base.name!r} simulates {base.drug!r}; racemic and "
+                "S-ketamine concentrations are not interchangeable"
+            )
+        if ep.sampling_site != base.sampling_site:
+            warnings.warn(
+                f"PD endpoint {ep.name!r} was estimated with {ep.sampling_site} concentrations "
+                f"(PK model: {ep.pk_model}), but model {base.name!r} predicts "
+                f"{base.sampling_site} concentrations; arterial and venous concentrations "
+                "differ during and after infusions, so the effect prediction mixes sampling "
+                "sites",
+                SamplingSiteWarning,
+                stacklevel=stacklevel + 1,
+            )
+        drivers[ep.name] = {}
+        for inp in ep.inputs:
+            analyte = _model_analyte(base, ep, inp)
+            mm_model = base.analytes[analyte]["molar_mass"]
+            if mm_model is None:
+                raise ModelError(
+                    f"model {base.name!r}: analyte {analyte!r} has no `molar_mass`; PD endpoint "
+                    f"{ep.name!r} needs it to express concentrations as {inp.name}"
+                )
+            # model ng/mL -> nmol/mL -> PD-species ng/mL (metabolites carried in parent mass
+            # equivalents have the parent's molar mass in the model file).
+            factor = inp.molar_mass / mm_model
+            out = outputs[analyte]
+            if ep.effect_site is None:
+                drivers[ep.name][inp.name] = (analyte, out.name, factor)
+                continue
+            pname = f"pd_{ep.name}_ke0"
+            cname = f"pd_{ep.name}_{inp.name}"
+            oname = f"ce_{ep.name}_{inp.name}"
+            s = ep.effect_site
+            raw["parameters"][pname] = {
+                "value": s.text if not s.user else f"{s.value} h",
+                "description": f"effect site of PD endpoint {ep.name}",
+                "source": s.source,
+                "tag": s.tag,
+                **({"note": s.note} if s.note else {}),
+            }
+            raw["compartments"][cname] = {
+                "type": "effect",
+                "link": out.compartment,
+                "ke0": pname,
+                "output": oname,
+            }
+            drivers[ep.name][inp.name] = (analyte, oname, factor)
+    spec = ModelSpec.from_dict(raw, file=base.file) if raw != base.raw else base
+    return PDBundle(base, spec, eps, drivers)
+
+
+def add_pd_variables(ds, bundle: PDBundle):
+    """Add the PD variables of `bundle` to a dataset simulated with ``bundle.model``."""
+    ds.attrs.update(bundle.base.provenance_attrs())
+    ds.attrs["pd_endpoints"] = ", ".join(e.name for e in bundle.endpoints)
+    for ep in bundle.endpoints:
+        n = ep.name
+        conc = {}
+        for inp in ep.inputs:
+            analyte, oname, factor = bundle.drivers[n][inp.name]
+            where = "effect-site" if ep.effect_site is not None else "plasma"
+            if oname in ds and ep.effect_site is not None:
+                ds[oname].attrs.update(
+                    long_name=f"{analyte} effect-site concentration of PD endpoint {n} "
+                    f"(model units)",
+                    pd_endpoint=n,
+                )
+            c = ds[oname].values * factor
+            conc[inp.name] = c
+            ds[f"{n}_conc_{inp.name}"] = (
+                "time",
+                c,
+                {
+                    "units": "ng/mL",
+                    "long_name": f"{inp.name} {where} concentration driving {n} "
+                    f"(as {inp.name} ng/mL, molar mass {inp.molar_mass:g} g/mol)",
+                    "pd_endpoint": n,
+                },
+            )
+            # Exact cumulative AUC: the driver is the model output times a constant.
+            ds[f"auc_{n}_conc_{inp.name}"] = (
+                "time",
+                ds[f"auc_{oname}"].values * factor,
+                {
+                    "units": "ng*h/mL",
+                    "long_name": f"cumulative AUC of {n}_conc_{inp.name} from the start",
+                    "pd_endpoint": n,
+                },
+            )
+        if ep.effect == "linear":
+            _linear(ds, ep, conc)
+        else:
+            _emax(ds, ep, conc[ep.inputs[0].name])
+        if ep.valid_range is not None:
+            lo, hi = (v * 1000.0 for v in ep.valid_range)
+            c = conc[ep.inputs[0].name]
+            ds[f"{n}_in_valid_range"] = (
+                "time",
+                ((c >= lo) & (c <= hi)).astype(np.int8),
+                {
+                    "units": "1",
+                    "long_name": f"1 where the driving concentration is within {lo:g}-{hi:g} "
+                    f"ng/mL, the range in which {n} was characterised",
+                    "pd_endpoint": n,
+                },
+            )
+        ds.attrs[f"pd_{n}"] = _attrs_line(ep, bundle.base)
+    return ds
+
+
+def _linear(ds, ep, conc):
+    n = ep.name
+    total = 0.0
+    complete = True
+    for inp in ep.inputs:
+        p = ep.parameters[inp.slope]
+        if p.missing:
+            complete = False
+            continue
+        contrib = p.value * conc[inp.name]
+        total = total + contrib
+        if len(ep.inputs) > 1:
+            ds[f"{n}_contribution_{inp.name}"] = (
+                "time",
+                contrib,
+                {
+                    "units": ep.effect_unit,
+                    "long_name": f"contribution of {inp.name} to {ep.effect_long_name} "
+                    f"(slope {p.value:g} {p.unit})",
+                    "pd_endpoint": n,
+                },
+            )
+    if complete:
+        ds[n] = (
+            "time",
+            np.broadcast_to(total, ds.time.shape).astype(float),
+            {"units": ep.effect_unit, "long_name": ep.effect_long_name, "pd_endpoint": n},
+        )
+
+
+def _emax(ds, ep, c):
+    n = ep.name
+    p = ep.parameters
+    c50 = p["c50"]
+    variants = (
+        [("", c50.value)]
+        if c50.value is not None
+        else [("_at_min_c50", c50.low), ("_at_max_c50", c50.high)]
+    )
+    gamma, emax = p["gamma"].value, p["emax"].value
+    e0 = p["e0"].value if "e0" in p and p["e0"].value is not None else 0.0
+    for suffix, c50v in variants:
+        c50_ng = c50v * 1000.0
+        r = c / c50_ng
+        what = f"C50 = {c50_ng:.4g} ng/mL" + (
+            f" (the {'lowest' if suffix == '_at_min_c50' else 'highest'} published C50)"
+            if suffix
+            else ""
+        )
+        ds[f"{n}_conc_over_c50{suffix}"] = (
+            "time",
+            r,
+            {
+                "units": "1",
+                "long_name": f"driving concentration / C50 for {ep.effect_long_name}, {what}; "
+                "the effect is half maximal at 1 whatever gamma",
+                "pd_endpoint": n,
+            },
+        )
+        if gamma is None:
+            continue
+        rg = np.power(np.maximum(r, 0.0), gamma)
+        frac = rg / (1.0 + rg)
+        ds[f"{n}_fraction_of_emax{suffix}"] = (
+            "time",
+            frac,
+            {
+                "units": "1",
+                "long_name": f"C^gamma / (C50^gamma + C^gamma), gamma = {gamma:g}, {what}",
+                "pd_endpoint": n,
+            },
+        )
+        if emax is not None:
+            ds[f"{n}{suffix}"] = (
+                "time",
+                e0 + emax * frac,
+                {
+                    "units": ep.effect_unit,
+                    "long_name": f"{ep.effect_long_name}, {what}",
+                    "pd_endpoint": n,
+                },
+            )
+
+
+def _attrs_line(ep: PDEndpoint, spec: ModelSpec) -> str:
+    parts = [
+        ep.citation,
+        f"sampling {ep.sampling_site}",
+        f"estimated with PK model: {ep.pk_model}",
+        f"simulated with {spec.name} ({spec.sampling_site})",
+        f"verification: {ep.verification_summary()}",
+    ]
+    if ep.effect_site is not None:
+        parts.append(f"effect site {ep.effect_site.name} = {ep.effect_site.text}")
+    else:
+        parts.append("no effect site (driven by the plasma concentration)")
+    if ep.missing_parameters:
+        parts.append(f"NOT PUBLISHED (not used): {', '.join(ep.missing_parameters)}")
+    if ep.user_values:
+        parts.append(
+            "USER-SUPPLIED (not literature): "
+            + ", ".join(f"{k}={v}" for k, v in ep.user_values.items())
+        )
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- display
+
+
+def list_rows() -> list[tuple[str, str, str, str, str, str]]:
+    """Rows (name, drug, sampling, effect, verification, source) of the shipped endpoints."""
+    rows = []
+    for name in available_pd():
+        e = load_pd(name)
+        rows.append(
+            (
+                name,
+                e.drug,
+                e.sampling_site,
+                e.effect,
+                e.verification_summary(),
+                e.citation.split(".")[0],
+            )
+        )
+    return rows
+
+
+def describe(name) -> list[str]:
+    """Lines showing one endpoint with every number's unit, source and tag."""
+    e = load_pd(name)
+    out = [f"{e.name}: {e.title} (PD endpoint)"]
+    for label, val in (
+        ("drug", e.drug),
+        ("citation", e.citation),
+        ("doi", e.doi or "none"),
+        ("population", e.population),
+        ("sampling site", e.sampling_site),
+        ("estimated with PK model", e.pk_model),
+        ("closest shipped PK model", e.library_pk_model or "none"),
+        ("effect", f"{e.effect} -> {e.effect_long_name} [{e.effect_unit}]"),
+        ("verification", e.verification_summary()),
+        ("file", str(e.file)),
+    ):
+        out.append(f"  {label}: {val}")
+    out += [f"  note: {n}" for n in e.notes]
+    out.append("\ninputs:")
+    for i in e.inputs:
+        out.append(f"  {i.name}: analyte {i.analyte}, concentrations as {i.molar_mass:g} g/mol")
+    out.append("\nparameters:")
+    for p in e.all_numbers():
+        if p is e.effect_site:
+            ke0 = math.log(2) / p.value if e.effect_site_kind == "time" else p.value
+            val = f"{p.text} (ke0 = {ke0 / 60:.4g} 1/min)"
+        elif p.missing:
+            val = "MISSING in the source (not used; may be user-supplied)"
+        elif p.low is not None:
+            val = f"{p.text} (published range)"
+        else:
+            val = p.text + (f" {p.unit}" if p.unit and p.unit not in p.text else "")
+        out.append(f"  {p.name:<10} {val}")
+        out.append(f"             [{TAGS[p.tag]}] {p.source}")
+        if p.note:
+            out.append(f"             note: {p.note}")
+    if e.valid_range is not None:
+        lo, hi = (v * 1000 for v in e.valid_range)
+        out.append(f"\nvalid concentration range: {lo:g}-{hi:g} ng/mL ({e.valid_range_source})")
+    return out

@@ -1,0 +1,608 @@
+"""Rodas4: a stiffly accurate, L-stable Rosenbrock method of order 4(3), numba-compiled.
+
+The method ``RODAS`` of Hairer & Wanner (*Solving Ordinary Differential Equations II*,
+2nd ed., Springer 1996, Sec. IV.7, doi:10.1007/978-3-642-05221-7; Fortran ``rodas.f``,
+``METH = 1``): six stages, each one linear solve with the same matrix
+``W = I / (gamma h) - J``; the embedded solution of order 3 gives the error estimate; the
+last two stages are evaluated at ``t + h`` (stiffly accurate, so ``R(inf) = 0``: L-stable);
+a 3rd-order continuous extension from the stage values (dense output), and Hairer's
+predictive (Gustafsson) step-size controller.
+
+The coefficients are given in Hairer's transformed variables (``A`` multiplies the
+stage increments in the arguments, ``C`` enters the right-hand sides, ``gamma_i`` the
+time derivative); the original Rosenbrock coefficients ``alpha``, ``gamma``, ``b`` are
+recovered in :func:`rosenbrock_coefficients`, on which the tests check the order
+conditions. Hairer prints them as 16-digit decimals (they come from solving the order
+conditions numerically), so they are given here as printed, not as fractions.
+
+Problem form and event conventions are those of :mod:`pkpd.solvers.dopri5`. The
+Jacobian ``df/dy`` is either exact, ``jac(t, y, u, p, J)`` (``jac_mode = 0``; the system
+matrix for linear models), or by forward differences (``jac_mode = 1``, Hairer's
+increments ``sqrt(eps * max(1e-5, |y_j|))``). It is evaluated once per accepted step and
+reused when a step is rejected. ``df/dt`` is by a forward difference unless the
+right-hand side is autonomous (``autonomous = 1``; it then is zero).
+
+Kernels allocate nothing in the step loop (workspace from :func:`workspace`), never
+raise, and return a status of :data:`pkpd.solvers.STATUS_MESSAGES`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from . import (
+    STAT_NFEV,
+    STAT_NJEV,
+    STAT_NLU,
+    STAT_NREJECTED,
+    STAT_NSTEPS,
+    STATUS_BAD_TIMES,
+    STATUS_MAX_STEPS,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    STATUS_STEP_UNDERFLOW,
+)
+from .dopri5 import _check_times, initial_step
+from .linear_rhs import linear_jac, linear_rhs
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+# See dopri5.py: kernels taking the right-hand side as an argument are inlined into
+# their (cached) caller.
+_jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+
+# ----------------------------------------------------------------------------- tableau
+# rodas.f (Hairer & Wanner), METH = 1, transformed coefficients as printed there.
+GAMMA = 0.25
+#: Stage abscissae c_i (c5 = c6 = 1: stiffly accurate).
+C = np.array([0.0, 0.386, 0.21, 0.63, 1.0, 1.0])
+#: gamma_i = sum_j gamma_ij (coefficients of h * df/dt in the stage right-hand sides).
+D = np.array([0.25, -0.1043, 0.1035, -0.3620000000000023e-01, 0.0, 0.0])
+#: Transformed A (stage arguments y + sum_j A_ij k_j); row 6 = row 5 plus k5.
+A = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [1.544, 0.0, 0.0, 0.0, 0.0],
+        [0.9466785280815826, 0.2557011698983284, 0.0, 0.0, 0.0],
+        [3.314825187068521, 2.896124015972201, 0.9986419139977817, 0.0, 0.0],
+        [1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950, 0.0],
+        [1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950, 1.0],
+    ]
+)
+#: Transformed C (stage right-hand sides f + sum_j C_ij k_j / h).
+CC = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [-5.6688, 0.0, 0.0, 0.0, 0.0],
+        [-2.430093356833875, -0.2063599157091915, 0.0, 0.0, 0.0],
+        [-0.1073529058151375, -9.594562251023355, -20.47028614809616, 0.0, 0.0],
+        [7.496443313967647, -10.24680431464352, -33.99990352819905, 11.70890893206160, 0.0],
+        [
+            8.083246795921522,
+            -7.981132988064893,
+            -31.52159432874371,
+            16.31930543123136,
+            -6.058818238834054,
+        ],
+    ]
+)
+#: Weights of the stage increments in the solution (m_i) and in the embedded one.
+M_SOL = np.array([*A[4, :4], 1.0, 1.0])
+M_EMB = np.array([*A[4, :4], 1.0, 0.0])
+#: Dense output: y(t + s h) = (1-s) y0 + s (y1 + (1-s) (H0 . k + s H1 . k)).
+H_DENSE = np.array(
+    [
+        [
+            10.12623508344586,
+            -7.487995877610167,
+            -34.80091861555747,
+            -7.992771707568823,
+            1.025137723295662,
+        ],
+        [
+            -0.6762803392801253,
+            6.087714651680015,
+            16.43084320892478,
+            24.76722511418386,
+            -6.594389125716872,
+        ],
+    ]
+)
+ORDER = 4
+ERROR_ORDER = 3
+
+_A = tuple(tuple(float(v) for v in row) for row in A)
+_CC = tuple(tuple(float(v) for v in row) for row in CC)
+_C = tuple(float(v) for v in C)
+_D = tuple(float(v) for v in D)
+_H = tuple(tuple(float(v) for v in row) for row in H_DENSE)
+
+# ------------------------------------------------------------------ step-size control
+# Hairer's predictive controller for RODAS (Gustafsson 1994, Hairer-Wanner II (IV.8.21)):
+#   factor = SAFETY * err^(-1/4), and after the first step also
+#   factor_pred = (h / h_old) * SAFETY * (err_old / err^2)^(1/4),
+# the smaller of the two. It anticipates the error trend, which avoids the repeated
+# rejections the plain controller shows on stiff problems.
+SAFETY = 0.9
+MIN_FACTOR = 0.2  # rodas.f FAC1 = 5: shrink at most 5x per step
+MAX_FACTOR = 6.0  # rodas.f FAC2 = 1/6: grow at most 6x per step
+ERR_OLD_MIN = 1e-2  # floor of the previous error in the predictive term
+#: Step reduction when the iteration matrix is singular.
+SINGULAR_FACTOR = 0.25
+
+_EPS = 2.220446049250313e-16
+
+_Y, _YNEW, _YTMP, _F0, _FNEW, _FX, _K1 = 0, 1, 2, 3, 4, 5, 6  # k1..k6 at rows 6..11
+_CONT3, _CONT4, _TMP = 12, 13, 14
+N_WORK = 15
+
+
+def rosenbrock_coefficients():
+    """Original Rosenbrock coefficients ``(alpha, gamma, b, b_hat)`` of Rodas4.
+
+    Hairer's transformed form uses ``A = alpha Gamma^-1``, ``C = diag(1/gamma) -
+    Gamma^-1`` and ``m = b Gamma^-1`` (Hairer-Wanner II, (IV.7.3)); inverting gives the
+    coefficients the order conditions are written in.
+    """
+    s = 6
+    Cfull = np.zeros((s, s))
+    Cfull[:, :5] = CC
+    Ginv = np.eye(s) / GAMMA - Cfull
+    Gamma = np.linalg.inv(Ginv)
+    Afull = np.zeros((s, s))
+    Afull[:, :5] = A
+    alpha = Afull @ Gamma
+    b = M_SOL @ Gamma
+    b_hat = M_EMB @ Gamma
+    return alpha, Gamma, b, b_hat
+
+
+def workspace(n: int):
+    """Work arrays of :func:`rodas_solve`: ``(work (N_WORK, n), mats (2, n, n), ipiv (n,))``."""
+    return np.zeros((N_WORK, n)), np.zeros((2, n, n)), np.zeros(n, dtype=np.int64)
+
+
+@_jit
+def rodas_factor(err, err_old, h, h_old, first, rejected):
+    """Step-size factor ``h_new / h`` of the predictive controller."""
+    if err == 0.0:
+        fac = MAX_FACTOR
+    else:
+        fac = SAFETY * err ** (-1.0 / ORDER)
+    fac = max(MIN_FACTOR, min(MAX_FACTOR, fac))
+    if err <= 1.0:
+        if not first:
+            if err == 0.0:
+                pred = MAX_FACTOR
+            else:
+                pred = (h / h_old) * SAFETY * (err_old / (err * err)) ** (1.0 / ORDER)
+            pred = max(MIN_FACTOR, min(MAX_FACTOR, pred))
+            fac = min(fac, pred)
+        if rejected:
+            fac = min(fac, 1.0)
+    return fac
+
+
+@_jit
+def lu_factor(a, piv):
+    """LU factorisation with partial pivoting in place; False if a pivot is zero/NaN."""
+    n = a.shape[0]
+    for k in range(n):
+        p = k
+        pmax = abs(a[k, k])
+        for i in range(k + 1, n):
+            v = abs(a[i, k])
+            if v > pmax:
+                pmax = v
+                p = i
+        piv[k] = p
+        if not (pmax > 0.0) or not math.isfinite(pmax):
+            return False
+        if p != k:
+            for j in range(n):
+                t = a[k, j]
+                a[k, j] = a[p, j]
+                a[p, j] = t
+        akk = a[k, k]
+        for i in range(k + 1, n):
+            lik = a[i, k] / akk
+            a[i, k] = lik
+            if lik != 0.0:
+                for j in range(k + 1, n):
+                    a[i, j] -= lik * a[k, j]
+    return True
+
+
+@_jit
+def lu_solve(a, piv, x):
+    """Solve ``A x = rhs`` in place with the factors of :func:`lu_factor`."""
+    n = a.shape[0]
+    for k in range(n):
+        p = piv[k]
+        if p != k:
+            t = x[k]
+            x[k] = x[p]
+            x[p] = t
+    for i in range(n):
+        s = x[i]
+        for j in range(i):
+            s -= a[i, j] * x[j]
+        x[i] = s
+    for i in range(n - 1, -1, -1):
+        s = x[i]
+        for j in range(i + 1, n):
+            s -= a[i, j] * x[j]
+        x[i] = s / a[i, i]
+
+
+@_jit_inline
+def _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats):
+    """Fill ``J = df/dy`` (exact or forward differences) and ``fx = df/dt``."""
+    n = y.shape[0]
+    stats[STAT_NJEV] += 1
+    if jac_mode == 0:
+        jac(t, y, u, p, J)
+    else:
+        for j in range(n):
+            ysafe = y[j]
+            delt = math.sqrt(_EPS * max(1e-5, abs(ysafe)))
+            y[j] = ysafe + delt
+            rhs(t, y, u, p, tmp)
+            y[j] = ysafe
+            for i in range(n):
+                J[i, j] = (tmp[i] - f0[i]) / delt
+        stats[STAT_NFEV] += n
+    if autonomous:
+        for i in range(n):
+            fx[i] = 0.0
+    else:
+        delt = math.sqrt(_EPS * max(1e-5, abs(t)))
+        rhs(t + delt, y, u, p, tmp)
+        stats[STAT_NFEV] += 1
+        for i in range(n):
+            fx[i] = (tmp[i] - f0[i]) / delt
+
+
+@_jit
+def _dense(work, s, out_row):
+    s1 = 1.0 - s
+    for j in range(out_row.shape[0]):
+        out_row[j] = work[_Y, j] * s1 + s * (
+            work[_YNEW, j] + s1 * (work[_CONT3, j] + s * work[_CONT4, j])
+        )
+
+
+@_jit
+def _prepare_dense(work):
+    n = work.shape[1]
+    for j in range(n):
+        c3 = 0.0
+        c4 = 0.0
+        for m in range(5):
+            c3 += _H[0][m] * work[_K1 + m, j]
+            c4 += _H[1][m] * work[_K1 + m, j]
+        work[_CONT3, j] = c3
+        work[_CONT4, j] = c4
+
+
+@_jit_inline
+def rodas_solve(
+    rhs,
+    jac,
+    p,
+    b,
+    y0,
+    t0,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t_out,
+    rtol,
+    atol,
+    h_fixed,
+    hmax,
+    max_steps,
+    jac_mode,
+    autonomous,
+    out,
+    work,
+    mats,
+    ipiv,
+    stats,
+):
+    """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
+
+    Arguments as :func:`pkpd.solvers.dopri5.dopri5_solve`, plus
+
+    jac : numba function ``jac(t, y, u, p, J)``
+        Exact Jacobian, used when ``jac_mode == 0`` (any function of that signature
+        otherwise, it is not called).
+    jac_mode : int
+        0 exact Jacobian, 1 forward differences.
+    autonomous : int
+        1 when ``rhs`` does not depend on ``t`` (then ``df/dt = 0``).
+    work, mats, ipiv
+        Work arrays from :func:`workspace`.
+
+    Returns
+    -------
+    status : int
+        A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
+    """
+    n = y0.shape[0]
+    n_ev = ev_t.shape[0]
+    n_out = t_out.shape[0]
+    if not _check_times(t_out, t0):
+        return STATUS_BAD_TIMES
+    y = work[_Y]
+    ynew = work[_YNEW]
+    ytmp = work[_YTMP]
+    f0 = work[_F0]
+    fnew = work[_FNEW]
+    fx = work[_FX]
+    k1 = work[_K1]
+    k2 = work[_K1 + 1]
+    k3 = work[_K1 + 2]
+    k4 = work[_K1 + 3]
+    k5 = work[_K1 + 4]
+    k6 = work[_K1 + 5]
+    tmp = work[_TMP]
+    J = mats[0]
+    W = mats[1]
+    for j in range(n):
+        y[j] = y0[j]
+    t = t0
+    u = 0.0
+    k = 0
+    i = 0
+    nsteps_total = 0
+    while i < n_out:
+        if k < n_ev and ev_t[k] <= t:
+            if ev_bolus[k] != 0.0:
+                for j in range(n):
+                    y[j] += b[j] * ev_bolus[k]
+            u = ev_rate[k]
+            k += 1
+            continue
+        while i < n_out and t_out[i] <= t:
+            for j in range(n):
+                if not math.isfinite(y[j]):
+                    return STATUS_NONFINITE
+                out[i, j] = y[j]
+            i += 1
+        if i == n_out:
+            break
+        t_end = t_out[n_out - 1]
+        if k < n_ev and ev_t[k] < t_end:
+            t_end = ev_t[k]
+        # ---- integrate the smooth segment [t, t_end] ------------------------------
+        rhs(t, y, u, p, f0)
+        stats[STAT_NFEV] += 1
+        for j in range(n):
+            if not math.isfinite(f0[j]) or not math.isfinite(y[j]):
+                return STATUS_NONFINITE
+        span = t_end - t
+        if h_fixed > 0.0:
+            n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+            h = span / n_fixed
+        else:
+            n_fixed = 0
+            h = initial_step(
+                rhs, t, y, f0, u, p, rtol, atol, ORDER, min(hmax, span), ytmp, tmp, stats
+            )
+        t_start = t
+        j_fixed = 0
+        err_old = ERR_OLD_MIN
+        h_old = h
+        first = True
+        rejected = False
+        need_jac = True
+        while t < t_end:
+            if nsteps_total >= max_steps:
+                return STATUS_MAX_STEPS
+            last = False
+            if n_fixed > 0:
+                last = j_fixed == n_fixed - 1
+            elif t + 1.01 * h >= t_end:
+                h = t_end - t
+                last = True
+            if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+                return STATUS_STEP_UNDERFLOW
+            nsteps_total += 1
+            if need_jac:
+                _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
+                need_jac = False
+            # W = I / (gamma h) - J, factorised once for the six stages.
+            fac_w = 1.0 / (GAMMA * h)
+            for r in range(n):
+                for c in range(n):
+                    W[r, c] = -J[r, c]
+                W[r, r] += fac_w
+            stats[STAT_NLU] += 1
+            if not lu_factor(W, ipiv):
+                stats[STAT_NREJECTED] += 1
+                rejected = True
+                h *= SINGULAR_FACTOR
+                continue
+            t_new = t_end if last else t + h
+            # Stage 1.
+            for j in range(n):
+                k1[j] = f0[j] + h * _D[0] * fx[j]
+            lu_solve(W, ipiv, k1)
+            # Stage 2.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[1][0] * k1[j]
+            rhs(t + _C[1] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k2[j] = fnew[j] + h * _D[1] * fx[j] + _CC[1][0] * k1[j] / h
+            lu_solve(W, ipiv, k2)
+            # Stage 3.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[2][0] * k1[j] + _A[2][1] * k2[j]
+            rhs(t + _C[2] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k3[j] = fnew[j] + h * _D[2] * fx[j] + (_CC[2][0] * k1[j] + _CC[2][1] * k2[j]) / h
+            lu_solve(W, ipiv, k3)
+            # Stage 4.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j]
+            rhs(t + _C[3] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k4[j] = (
+                    fnew[j]
+                    + h * _D[3] * fx[j]
+                    + (_CC[3][0] * k1[j] + _CC[3][1] * k2[j] + _CC[3][2] * k3[j]) / h
+                )
+            lu_solve(W, ipiv, k4)
+            # Stage 5 (at t + h).
+            for j in range(n):
+                ytmp[j] = (
+                    y[j] + _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
+                )
+            rhs(t_new, ytmp, u, p, fnew)
+            for j in range(n):
+                k5[j] = (
+                    fnew[j]
+                    + (
+                        _CC[4][0] * k1[j]
+                        + _CC[4][1] * k2[j]
+                        + _CC[4][2] * k3[j]
+                        + _CC[4][3] * k4[j]
+                    )
+                    / h
+                )
+            lu_solve(W, ipiv, k5)
+            # Stage 6 (at t + h): the embedded solution is ytmp + k5, the error k6.
+            for j in range(n):
+                ytmp[j] += k5[j]
+            rhs(t_new, ytmp, u, p, fnew)
+            for j in range(n):
+                k6[j] = (
+                    fnew[j]
+                    + (
+                        _CC[5][0] * k1[j]
+                        + _CC[5][1] * k2[j]
+                        + _CC[5][2] * k3[j]
+                        + _CC[5][3] * k4[j]
+                        + _CC[5][4] * k5[j]
+                    )
+                    / h
+                )
+            lu_solve(W, ipiv, k6)
+            stats[STAT_NFEV] += 5
+            err = 0.0
+            finite = True
+            for j in range(n):
+                ynew[j] = ytmp[j] + k6[j]
+                sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
+                err += (k6[j] / sk) ** 2
+                if not math.isfinite(ynew[j]):
+                    finite = False
+            err = math.sqrt(err / n)
+            if not finite:
+                err = math.inf
+            if n_fixed > 0:
+                if not finite:
+                    return STATUS_NONFINITE
+                accept = True
+            else:
+                accept = err <= 1.0
+            if accept:
+                stats[STAT_NSTEPS] += 1
+                dense_ready = False
+                while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
+                    if not dense_ready:
+                        _prepare_dense(work)
+                        dense_ready = True
+                    _dense(work, (t_out[i] - t) / h, out[i])
+                    for j in range(n):
+                        if not math.isfinite(out[i, j]):
+                            return STATUS_NONFINITE
+                    i += 1
+                if n_fixed == 0:
+                    fac = rodas_factor(err, err_old, h, h_old, first, rejected)
+                    first = False
+                    rejected = False
+                    err_old = max(err, ERR_OLD_MIN)
+                    h_old = h
+                for j in range(n):
+                    y[j] = ynew[j]
+                if last:
+                    t = t_end
+                else:
+                    if n_fixed > 0:
+                        j_fixed += 1
+                        t = t_start + j_fixed * h
+                    else:
+                        t = t_new
+                        h = min(h * fac, hmax)
+                    rhs(t, y, u, p, f0)
+                    stats[STAT_NFEV] += 1
+                    need_jac = True
+            else:
+                stats[STAT_NREJECTED] += 1
+                rejected = True
+                if finite:
+                    h *= rodas_factor(err, err_old, h, h_old, first, True)
+                else:
+                    h *= MIN_FACTOR
+    return STATUS_OK
+
+
+@_jit
+def solve_linear_rodas_into(
+    p,
+    b,
+    y0,
+    t0,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t_out,
+    rtol,
+    atol,
+    h_fixed,
+    hmax,
+    max_steps,
+    out,
+    work,
+    mats,
+    ipiv,
+    stats,
+):
+    """:func:`rodas_solve` for a linear model ``dy/dt = M y + b u``, exact Jacobian ``M``.
+
+    ``p`` is :func:`pkpd.solvers.linear_rhs.pack` ``(M, b)``. Cached on disk.
+    """
+    return rodas_solve(
+        linear_rhs,
+        linear_jac,
+        p,
+        b,
+        y0,
+        t0,
+        ev_t,
+        ev_rate,
+        ev_bolus,
+        t_out,
+        rtol,
+        atol,
+        h_fixed,
+        hmax,
+        max_steps,
+        0,
+        1,
+        out,
+        work,
+        mats,
+        ipiv,
+        stats,
+    )
+
+
+@_jit
+def no_jac(t, y, u, p, J):
+    """Placeholder Jacobian for ``jac_mode = 1`` (finite differences): never called."""
+    J[0, 0] = math.nan
