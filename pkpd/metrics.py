@@ -1,0 +1,851 @@
+"""Non-compartmental exposure metrics computed from simulated concentration time courses.
+
+The functions take the concentrations on a time grid, as
+
+* a dataset from :func:`pkpd.simulate` (dimension ``time``; every variable in ng/mL with
+  only that dimension is a concentration output: ``cp``, ``ce``, ``cp_norketamine``...);
+* a cohort dataset from :func:`pkpd.simulate_cohort` with stored trajectories (the
+  ``trajectory`` variable, dimensions ``(patient, traj_output, time)``; the drawn event times
+  such as ``end_of_surgery`` are per-patient coordinates and can be used in windows);
+* or any :class:`xarray.DataArray` with a ``time`` dimension (h), in ng/mL;
+
+and return :class:`xarray.DataArray` / :class:`xarray.Dataset` objects with an ``output``
+dimension, the other dimensions of the input (e.g. ``patient``), and ``units`` and
+``long_name`` in the attributes of every variable.
+
+Definitions (``c_i`` at grid times ``t_i``, step ``h_i = t_{i+1} - t_i``)
+-----------------------------------------------------------------------
+* ``cmax``, ``tmax``: the largest value among the grid points inside the window and the
+  (linearly interpolated) values at its two bounds; ``tmax`` is the first time it occurs.
+  A peak between grid points is not searched for: the accuracy is that of the grid.
+* ``auc`` over a window, two rules:
+
+  - ``"linear"``: the linear trapezoid, ``h (c_i + c_{i+1}) / 2``. Its error on a smooth
+    curve is ``-h^3 c''(xi) / 12`` per interval, so ``O(h^2)`` over a window (for a step
+    ``h`` constant: ``|error| <= (b - a) h^2 max|c''| / 12``); it overestimates convex
+    (decaying) curves.
+  - ``"log-down"`` (default; "linear-up/log-down"): the linear trapezoid where the
+    concentration rises or stays level, and ``h (c_i - c_{i+1}) / ln(c_i / c_{i+1})`` where
+    it falls (both values positive). This is the exact integral of the exponential through
+    the two points, so it is exact for a mono-exponential decline and much closer than the
+    linear rule on multi-exponential declines.
+
+  Window bounds between grid points use the same interpolant (linear or exponential).
+* ``time_above`` / ``time_below``: time with ``c >= X`` / ``c < X`` in the window, with the
+  linear interpolant between consecutive points (the crossing found by linear
+  interpolation; ``time_above + time_below`` is the window length).
+* ``conc_at``: the linear interpolant at the requested times (exact at grid times).
+* ``decrement_time`` (context-sensitive decrement): time from a stop time ``s`` until the
+  concentration first falls below a level, either an absolute level (``below``) or a
+  fraction of the concentration at ``s`` (``fraction=0.5``: the context-sensitive
+  half-time). The crossing is found by linear interpolation (default) or, with
+  ``interpolation="log"``, by log-linear interpolation (also of the concentration at an
+  off-grid ``s``), exact for a mono-exponential decline. 0 if the concentration at ``s``
+  is already below the level; NaN (and the attribute ``not_reached`` says so) if it does
+  not fall below within the simulated times.
+* ``s_ketamine_equivalent``: ``cp + f * cp_norketamine`` with a potency factor ``f`` that
+  the caller must supply with its source (see the function: no published factor was found).
+
+Kernel metrics of a cohort (``cmax``, ``tmax``, ``auc``, ``time_above`` of
+:func:`pkpd.simulate_cohort`) are computed while the solver steps, on the grid *and* at
+every dose event, with an exact AUC; the functions here see only the stored grid, so they
+agree exactly where every dose event lies on the grid, and the AUC agrees to the trapezoid
+error above (``tests/test_metrics.py`` checks both). Failed patients (NaN trajectories)
+give NaN metrics, as in the kernel.
+
+References
+----------
+Gabrielsson J, Weiner D. Pharmacokinetic and Pharmacodynamic Data Analysis, 5th ed. (2016),
+chapter 2 (linear and log trapezoidal rules). Hughes MA, Glass PS, Jacobs JR.
+Context-sensitive half-time in multicompartment pharmacokinetic models for intravenous
+anesthetic drugs. Anesthesiology 1992;76:334-341, doi:10.1097/00000542-199203000-00003.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import MetricsError, UnitError
+from .units import parse_quantity
+
+__all__ = [
+    "auc",
+    "cmax",
+    "conc_at",
+    "concentrations",
+    "decrement_time",
+    "nca",
+    "s_ketamine_equivalent",
+    "time_above",
+    "time_below",
+    "tmax",
+]
+
+NG_ML_PER_MG_L = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
+AUC_METHODS = ("log-down", "linear")
+#: Rows (e.g. patients x outputs) processed at once: bounds the temporary arrays.
+_ROW_ELEMENTS = 4_000_000
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def concentrations(data, outputs=None):
+    """The concentrations of `data` as one DataArray ``(..., output, time)`` in ng/mL.
+
+    Parameters
+    ----------
+    data : xarray.Dataset or xarray.DataArray
+        A :func:`pkpd.simulate` dataset, a cohort dataset with a ``trajectory`` variable, or
+        a DataArray with a ``time`` dimension (h) in ng/mL.
+    outputs : str or list of str, optional
+        Outputs to keep (default: all).
+
+    Returns
+    -------
+    xarray.DataArray
+        float64, dimensions the input's non-time dimensions, ``output`` and ``time``.
+    """
+    import xarray as xr
+
+    if isinstance(data, xr.DataArray):
+        da = data
+        if "time" not in da.dims:
+            raise MetricsError(f"`data`: a DataArray needs a `time` dimension, got {da.dims}")
+        if "output" not in da.dims:
+            if "traj_output" in da.dims:
+                da = da.rename(traj_output="output")
+            else:
+                da = da.expand_dims(output=[da.name if da.name is not None else "c"])
+        _check_units(da, da.name or "data")
+    elif isinstance(data, xr.Dataset):
+        if "trajectory" in data.data_vars:
+            da = data["trajectory"].rename(traj_output="output")
+            _check_units(da, "trajectory")
+        else:
+            names = [
+                k
+                for k, v in data.data_vars.items()
+                if v.dims == ("time",) and v.attrs.get("units") == "ng/mL"
+            ]
+            if not names:
+                raise MetricsError(
+                    "`data`: no concentration variable (dimension `time`, units ng/mL) and "
+                    "no `trajectory`: simulate a cohort with trajectories=True"
+                )
+            da = xr.concat([data[k] for k in names], dim="output").assign_coords(output=names)
+    else:
+        raise MetricsError(
+            f"`data`: expected an xarray Dataset or DataArray, got {type(data).__name__}"
+        )
+    if outputs is not None:
+        sel = [outputs] if isinstance(outputs, str) else list(outputs)
+        have = [str(o) for o in da["output"].values]
+        bad = [o for o in sel if o not in have]
+        if bad:
+            raise MetricsError(
+                f"`outputs`: unknown output {bad[0]!r}; expected one of {', '.join(have)}"
+            )
+        da = da.sel(output=sel)
+    da = da.transpose(..., "output", "time").astype(np.float64)
+    t = np.asarray(da["time"].values, dtype=float)
+    if t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        raise MetricsError(
+            "`data`: the `time` coordinate must hold at least two finite, strictly increasing "
+            f"times (h), got {t.size} value(s)"
+        )
+    da.attrs = {"units": "ng/mL", "long_name": "concentration"}
+    return da
+
+
+def _check_units(da, name):
+    u = da.attrs.get("units")
+    if u is not None and u != "ng/mL":
+        raise MetricsError(f"`{name}`: concentrations must be in ng/mL, got units {u!r}")
+
+
+def _events(data, events) -> dict:
+    """Named event times: per-patient coordinates in h (cohorts) updated by `events`."""
+    out = {}
+    if hasattr(data, "coords"):
+        for k, v in data.coords.items():
+            if k != "time" and "time" not in v.dims and v.attrs.get("units") == "h":
+                out[str(k)] = v
+    if events is not None:
+        if not isinstance(events, Mapping):
+            raise MetricsError(f"`events`: expected a dict name -> time, got {events!r}")
+        out.update(events)
+    return out
+
+
+def _time(spec, arg: str, events: dict):
+    """A time (h) as a float or a DataArray: a number, '4 h', 'end_of_surgery + 1 h'."""
+    import xarray as xr
+
+    from .regimen import _time_ref
+
+    if isinstance(spec, bool) or spec is None:
+        raise MetricsError(f"`{arg}`: expected a time such as '4 h' or 2.5 (h), got {spec!r}")
+    if isinstance(spec, int | float | np.integer | np.floating):
+        v = float(spec)
+        if not math.isfinite(v):
+            raise MetricsError(f"`{arg}`: the time must be finite, got {spec!r}")
+        return v
+    if isinstance(spec, xr.DataArray):
+        return spec.astype(float)
+    try:
+        anchor, off = _time_ref(spec, key=arg)
+    except (UnitError, AttributeError, TypeError):
+        raise MetricsError(
+            f"`{arg}`: {spec!r} is not a time such as '4 h', 2.5 (h) or 'end_of_surgery + 1 h'"
+        ) from None
+    if anchor is None:
+        return off
+    if anchor not in events:
+        raise MetricsError(
+            f"`{arg}`: {spec!r} refers to the event {anchor!r}, which is neither a coordinate "
+            f"of the data nor in `events` (known: {', '.join(sorted(events)) or 'none'})"
+        )
+    base = events[anchor]
+    if isinstance(base, str | int | float):
+        base = _time(base, f"events.{anchor}", {})
+    elif not isinstance(base, xr.DataArray):
+        base = np.asarray(base, dtype=float)
+        if base.ndim != 0:
+            raise MetricsError(
+                f"`events.{anchor}`: give per-patient times as a DataArray with a `patient` "
+                "dimension (or a cohort dataset's coordinate), got an unlabelled array"
+            )
+        base = float(base)
+    return base + off
+
+
+def _concentration_level(spec, arg: str) -> float:
+    """A concentration in ng/mL from '50 ng/mL', '0.05 mg/L' or a number (ng/mL)."""
+    if isinstance(spec, bool):
+        raise MetricsError(f"`{arg}`: expected a concentration such as '50 ng/mL', got {spec!r}")
+    if isinstance(spec, int | float | np.integer | np.floating):
+        v = float(spec)
+    else:
+        try:
+            v = parse_quantity(spec, "concentration", key=arg).value * NG_ML_PER_MG_L
+        except UnitError as exc:
+            raise MetricsError(f"`{arg}`: {exc}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise MetricsError(f"`{arg}`: the concentration must be positive and finite, got {spec!r}")
+    return v
+
+
+class _Rows:
+    """`da` (..., output, time) as a (rows, n_time) array, and the way back."""
+
+    def __init__(self, da):
+        self.da = da
+        self.t = np.asarray(da["time"].values, dtype=float)
+        self.template = da.isel(time=0, drop=True)
+        self.shape = self.template.shape
+        self.c = np.ascontiguousarray(da.values.reshape(-1, self.t.size))
+
+    def bound(self, value, arg: str) -> np.ndarray:
+        """A scalar or DataArray time broadcast to one value per row, checked in range."""
+        import xarray as xr
+
+        if isinstance(value, xr.DataArray):
+            extra = set(value.dims) - set(self.template.dims)
+            if extra:
+                raise MetricsError(
+                    f"`{arg}`: the time has dimension(s) {sorted(extra)} that the "
+                    f"concentrations do not have ({', '.join(self.template.dims)})"
+                )
+            v = xr.broadcast(value, self.template)[0].transpose(*self.template.dims).values
+            v = np.asarray(v, dtype=float).reshape(-1)
+        else:
+            v = np.full(self.c.shape[0], float(value))
+        t0, t1 = self.t[0], self.t[-1]
+        tol = 1e-9 * max(1.0, abs(t0), abs(t1))
+        bad = ~np.isfinite(v) | (v < t0 - tol) | (v > t1 + tol)
+        if bad.any():
+            raise MetricsError(
+                f"`{arg}`: time {v[bad][0]:g} h lies outside the simulated times {t0:g}-{t1:g} h"
+            )
+        return np.clip(v, t0, t1)
+
+    def back(self, values, name: str, attrs: dict):
+        import xarray as xr
+
+        return xr.DataArray(
+            np.asarray(values).reshape(self.shape),
+            dims=self.template.dims,
+            coords=self.template.coords,
+            name=name,
+            attrs=attrs,
+        )
+
+    def chunks(self):
+        step = max(1, _ROW_ELEMENTS // max(1, self.t.size))
+        for r0 in range(0, self.c.shape[0], step):
+            yield slice(r0, min(self.c.shape[0], r0 + step))
+
+
+def _window(rows: _Rows, window, events, arg: str):
+    if window is None:
+        return np.full(rows.c.shape[0], rows.t[0]), np.full(rows.c.shape[0], rows.t[-1])
+    if not isinstance(window, tuple | list) or len(window) != 2:
+        raise MetricsError(f"`{arg}`: expected a (start, end) pair of times, got {window!r}")
+    a = rows.bound(_time(window[0], f"{arg}[0]", events), f"{arg}[0]")
+    b = rows.bound(_time(window[1], f"{arg}[1]", events), f"{arg}[1]")
+    if np.any(b <= a):
+        i = int(np.argmax(b <= a))
+        raise MetricsError(
+            f"`{arg}`: the window {window!r} ends at or before its start ({b[i]:g} h <= {a[i]:g} h)"
+        )
+    return a, b
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+def _segment(t, c, x):
+    """Interval index of each x (per row) and its end values."""
+    idx = np.clip(np.searchsorted(t, x, side="right") - 1, 0, t.size - 2)
+    r = np.arange(c.shape[0])
+    return idx, c[r, idx], c[r, idx + 1]
+
+
+def _interp(t, c, x):
+    """Linear interpolant of each row of `c` at its own time `x` (rows,)."""
+    idx, c0, c1 = _segment(t, c, x)
+    w = (x - t[idx]) / (t[idx + 1] - t[idx])
+    return c0 + w * (c1 - c0)
+
+
+def _interp_log(t, c, x):
+    """Log-linear interpolant where the concentration falls (both ends > 0), else linear."""
+    idx, c0, c1 = _segment(t, c, x)
+    w = (x - t[idx]) / (t[idx + 1] - t[idx])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lg = c0 * np.power(c1 / c0, w)
+    return np.where(_log_mask(c0, c1), lg, c0 + w * (c1 - c0))
+
+
+def _log_mask(c0, c1):
+    with np.errstate(invalid="ignore"):
+        return (c1 < c0) & (c1 > 0) & (c0 > 0)
+
+
+def _cumulative(t, c, method):
+    """Cumulative integral of the interpolant at the grid times, (rows, n_time)."""
+    h = np.diff(t)
+    c0, c1 = c[:, :-1], c[:, 1:]
+    seg = h * (c0 + c1) / 2.0
+    if method == "log-down":
+        m = _log_mask(c0, c1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logseg = h * (c0 - c1) / np.log(c0 / c1)
+        seg = np.where(m, logseg, seg)
+    out = np.zeros_like(c)
+    np.cumsum(seg, axis=1, out=out[:, 1:])
+    return out
+
+
+def _integral_to(t, c, cum, x, method):
+    """Integral of the interpolant from t[0] to x (rows,)."""
+    idx, c0, c1 = _segment(t, c, x)
+    r = np.arange(c.shape[0])
+    h = t[idx + 1] - t[idx]
+    dx = x - t[idx]
+    w = dx / h
+    lin = dx * (c0 + (c0 + w * (c1 - c0))) / 2.0
+    part = lin
+    if method == "log-down":
+        m = _log_mask(c0, c1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # Exponential through (t_i, c0), (t_i+1, c1): c(x) = c0 (c1/c0)^w, and
+            # int_0^dx c = c0 h (1 - (c1/c0)^w) / ln(c0/c1).
+            lg = c0 * h * (1.0 - np.power(c1 / c0, w)) / np.log(c0 / c1)
+        part = np.where(m, lg, lin)
+    return cum[r, idx] + part
+
+
+def _time_above_rows(t, c, a, b, level):
+    """Time with c >= level in [a, b] per row, linear interpolant (rows,)."""
+    t0, t1 = t[:-1], t[1:]
+    h = t1 - t0
+    u = np.clip(t0[None, :], a[:, None], b[:, None])
+    v = np.clip(t1[None, :], a[:, None], b[:, None])
+    c0, c1 = c[:, :-1], c[:, 1:]
+    cu = c0 + (u - t0) / h * (c1 - c0)
+    cv = c0 + (v - t0) / h * (c1 - c0)
+    dt = v - u
+    p = cu - level
+    q = cv - level
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = dt * np.where(p > 0, p, q) / np.abs(q - p)
+    res = np.where((p >= 0) & (q >= 0), dt, np.where((p > 0) | (q > 0), part, 0.0))
+    res = np.where(dt > 0, res, 0.0)
+    out = res.sum(axis=1)
+    out[np.isnan(c).any(axis=1)] = np.nan
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def cmax(data, window=None, *, outputs=None, events=None):
+    """Maximum concentration (ng/mL) in `window` (default: all simulated times).
+
+    Parameters
+    ----------
+    data
+        See :func:`concentrations`.
+    window : (start, end), optional
+        Times as numbers (h), strings with units (``"4 h"``) or event references
+        (``"end_of_surgery + 24 h"``; per-patient coordinates of a cohort or `events`).
+    outputs : list of str, optional
+    events : dict, optional
+        Event times by name: numbers (h), strings, or DataArrays over ``patient``.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., output)`` in ng/mL.
+    """
+    return _peak(data, window, outputs, events)[0]
+
+
+def tmax(data, window=None, *, outputs=None, events=None):
+    """Time (h) of the first maximum of the concentration in `window`; see :func:`cmax`."""
+    return _peak(data, window, outputs, events)[1]
+
+
+def _peak(data, window, outputs, events):
+    da = concentrations(data, outputs)
+    rows = _Rows(da)
+    ev = _events(data, events)
+    a, b = _window(rows, window, ev, "window")
+    t, c = rows.t, rows.c
+    cm = np.empty(c.shape[0])
+    tm = np.empty(c.shape[0])
+    for s in rows.chunks():
+        ca, cb = _interp(t, c[s], a[s]), _interp(t, c[s], b[s])
+        inside = (t[None, :] >= a[s, None]) & (t[None, :] <= b[s, None])
+        vals = np.concatenate([ca[:, None], np.where(inside, c[s], -np.inf), cb[:, None]], 1)
+        times = np.concatenate(
+            [a[s, None], np.broadcast_to(t, (vals.shape[0], t.size)), b[s, None]], 1
+        )
+        k = np.argmax(vals, axis=1)  # first occurrence = earliest time (times are sorted)
+        r = np.arange(vals.shape[0])
+        cm[s], tm[s] = vals[r, k], times[r, k]
+        nan = np.isnan(c[s]).any(axis=1)
+        cm[s][nan] = np.nan
+        tm[s][nan] = np.nan
+    note = {"window": _window_text(window, t)}
+    return (
+        rows.back(cm, "cmax", {"units": "ng/mL", "long_name": "maximum concentration", **note}),
+        rows.back(tm, "tmax", {"units": "h", "long_name": "time of maximum concentration", **note}),
+    )
+
+
+def _window_text(window, t) -> str:
+    if window is None:
+        return f"{t[0]:g} h .. {t[-1]:g} h"
+    return f"{window[0]} .. {window[1]}"
+
+
+def _windows(windows, t) -> dict:
+    if windows is None:
+        return {"total": None}
+    if not isinstance(windows, Mapping) or not windows:
+        raise MetricsError(f"`windows`: expected a dict name -> (start, end), got {windows!r}")
+    return dict(windows)
+
+
+def auc(data, windows=None, *, method="log-down", outputs=None, events=None):
+    """Area under the concentration curve (ng*h/mL) over named windows.
+
+    Parameters
+    ----------
+    data
+        See :func:`concentrations`.
+    windows : dict, optional
+        ``name -> (start, end)`` (times as in :func:`cmax`); default ``{"total": all}``.
+    method : {"log-down", "linear"}
+        ``"log-down"``: linear-up/log-down trapezoid (exact for mono-exponential declines);
+        ``"linear"``: linear trapezoid (error O(h^2)). See the module docstring.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., output, window)`` in ng*h/mL.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> t = np.linspace(0.0, 10.0, 11)
+    >>> c = xr.DataArray(100 * np.exp(-0.3 * t), dims="time", coords={"time": t}, name="cp")
+    >>> exact = 100 / 0.3 * (1 - np.exp(-3.0))
+    >>> bool(abs(float(auc(c).squeeze()) - exact) < 1e-9 * exact)
+    True
+    """
+    import xarray as xr
+
+    if method not in AUC_METHODS:
+        raise MetricsError(f"`method`: {method!r}; expected one of {', '.join(AUC_METHODS)}")
+    da = concentrations(data, outputs)
+    rows = _Rows(da)
+    ev = _events(data, events)
+    win = _windows(windows, rows.t)
+    cols = []
+    for name, w in win.items():
+        a, b = _window(rows, w, ev, f"windows.{name}")
+        out = np.empty(rows.c.shape[0])
+        for s in rows.chunks():
+            cum = _cumulative(rows.t, rows.c[s], method)
+            out[s] = _integral_to(rows.t, rows.c[s], cum, b[s], method) - _integral_to(
+                rows.t, rows.c[s], cum, a[s], method
+            )
+        cols.append(rows.back(out, "auc", {}))
+    res = xr.concat(cols, dim="window").assign_coords(window=list(win))
+    res = res.transpose(..., "window")
+    res.name = "auc"
+    res.attrs = {
+        "units": "ng*h/mL",
+        "long_name": "area under the concentration curve",
+        "method": "linear-up/log-down trapezoid" if method == "log-down" else "linear trapezoid",
+        "windows": "; ".join(f"{k}: {_window_text(w, rows.t)}" for k, w in win.items()),
+    }
+    return res
+
+
+def _thresholds(thresholds, outputs_all) -> list[tuple[str, float, str]]:
+    if isinstance(thresholds, Mapping):
+        items = thresholds.items()
+    elif thresholds is None:
+        raise MetricsError("`thresholds`: expected e.g. {'cp': ['50 ng/mL']} or '50 ng/mL'")
+    else:
+        items = [(o, thresholds) for o in outputs_all]
+    out = []
+    for o, vals in items:
+        if o not in outputs_all:
+            raise MetricsError(
+                f"`thresholds`: unknown output {o!r}; expected one of {', '.join(outputs_all)}"
+            )
+        for v in [vals] if isinstance(vals, str | int | float) else list(vals):
+            x = _concentration_level(v, f"thresholds.{o}")
+            out.append((o, x, f"{o} > {x:g} ng/mL"))
+    if not out:
+        raise MetricsError("`thresholds`: no threshold given")
+    return out
+
+
+def time_above(data, thresholds, window=None, *, outputs=None, events=None):
+    """Time (h) with the concentration at or above each threshold, in `window`.
+
+    Parameters
+    ----------
+    thresholds : dict or str or number or list
+        ``output -> [levels]`` (``{"cp": ["50 ng/mL", "100 ng/mL"]}``), or levels applied
+        to every output; numbers are ng/mL.
+    window : (start, end), optional
+        Default: all simulated times.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., threshold)`` in h; labels ``"cp > 50 ng/mL"`` as in the cohort kernel.
+    """
+    return _time_vs(data, thresholds, window, outputs, events, above=True)
+
+
+def time_below(data, thresholds, window=None, *, outputs=None, events=None):
+    """Time (h) with the concentration below each threshold: window length - time above."""
+    return _time_vs(data, thresholds, window, outputs, events, above=False)
+
+
+def _time_vs(data, thresholds, window, outputs, events, above):
+    import xarray as xr
+
+    da = concentrations(data, outputs)
+    names = [str(o) for o in da["output"].values]
+    thr = _thresholds(thresholds, names)
+    ev = _events(data, events)
+    cols = []
+    for o, level, _ in thr:
+        rows = _Rows(da.sel(output=o))
+        a, b = _window(rows, window, ev, "window")
+        out = np.empty(rows.c.shape[0])
+        for s in rows.chunks():
+            out[s] = _time_above_rows(rows.t, rows.c[s], a[s], b[s], level)
+        if not above:
+            out = (b - a) - out
+        cols.append(rows.back(out, "t", {}).drop_vars("output", errors="ignore"))
+    res = xr.concat(cols, dim="threshold").assign_coords(threshold=[lab for *_, lab in thr])
+    res = res.transpose(..., "threshold")
+    res.name = "time_above" if above else "time_below"
+    res.attrs = {
+        "units": "h",
+        "long_name": ("time at or above threshold" if above else "time below threshold"),
+        "method": "linear interpolation of crossings between grid points",
+        "window": _window_text(window, np.asarray(da["time"].values)),
+    }
+    return res
+
+
+def conc_at(data, times, *, outputs=None, events=None):
+    """Concentrations (ng/mL) at named times, by linear interpolation (exact on the grid).
+
+    Parameters
+    ----------
+    times : dict or list
+        ``name -> time`` (e.g. ``{"eos": "end_of_surgery", "eos_1h": "end_of_surgery + 1 h",
+        "24h": "24 h"}``) or a list of times (named by their text).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., output, at)`` in ng/mL.
+    """
+    import xarray as xr
+
+    if isinstance(times, Mapping):
+        items = dict(times)
+    elif isinstance(times, str | int | float):
+        items = {str(times): times}
+    else:
+        items = {str(x): x for x in times}
+    if not items:
+        raise MetricsError("`times`: no time given")
+    da = concentrations(data, outputs)
+    rows = _Rows(da)
+    ev = _events(data, events)
+    cols = []
+    for name, x in items.items():
+        tx = rows.bound(_time(x, f"times.{name}", ev), f"times.{name}")
+        out = np.empty(rows.c.shape[0])
+        for s in rows.chunks():
+            out[s] = _interp(rows.t, rows.c[s], tx[s])
+        cols.append(rows.back(out, "c_at", {}))
+    res = xr.concat(cols, dim="at").assign_coords(at=list(items)).transpose(..., "at")
+    res.name = "c_at"
+    res.attrs = {
+        "units": "ng/mL",
+        "long_name": "concentration at named times",
+        "method": "linear interpolation between grid points",
+        "times": "; ".join(f"{k}: {v}" for k, v in items.items()),
+    }
+    return res
+
+
+def decrement_time(
+    data, stop, *, below=None, fraction=None, interpolation="linear", outputs=None, events=None
+):
+    """Time (h) from `stop` until the concentration first falls below a level.
+
+    The context-sensitive decrement time of an infusion stopped at `stop`: give exactly one
+    of `below` (an absolute level) and `fraction` (a fraction of the concentration at
+    `stop`; 0.5 gives the context-sensitive half-time).
+
+    Parameters
+    ----------
+    stop : time
+        As in :func:`cmax`: ``"4 h"``, ``2.5``, ``"end_of_surgery"``.
+    below : str or number, optional
+        Level, e.g. ``"50 ng/mL"`` (numbers are ng/mL).
+    fraction : float, optional
+        In (0, 1).
+    interpolation : {"linear", "log"}
+        Crossing between grid points: linear (as for time above thresholds) or log-linear
+        (exact for a mono-exponential decline).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., output)`` in h: 0 if already below at `stop`; NaN where the concentration
+        stays at or above the level until the last simulated time (counted in the
+        attribute ``not_reached``: simulate longer). For `fraction`, a zero concentration at
+        `stop` also gives NaN (no level to fall below).
+    """
+    if (below is None) == (fraction is None):
+        raise MetricsError("give exactly one of `below` (a level) and `fraction` (of c at stop)")
+    if interpolation not in ("linear", "log"):
+        raise MetricsError(f"`interpolation`: {interpolation!r}; expected 'linear' or 'log'")
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise MetricsError(f"`fraction`: expected a number in (0, 1), got {fraction!r}")
+        if not 0.0 < float(fraction) < 1.0:
+            raise MetricsError(f"`fraction`: must lie in (0, 1), got {fraction!r}")
+    level_abs = _concentration_level(below, "below") if below is not None else None
+    da = concentrations(data, outputs)
+    rows = _Rows(da)
+    ev = _events(data, events)
+    s_all = rows.bound(_time(stop, "stop", ev), "stop")
+    t = rows.t
+    out = np.empty(rows.c.shape[0])
+    for sl in rows.chunks():
+        c, s = rows.c[sl], s_all[sl]
+        cs = (_interp_log if interpolation == "log" else _interp)(t, c, s)
+        level = np.full(c.shape[0], level_abs) if fraction is None else float(fraction) * cs
+        valid = t[None, :] > s[:, None]
+        with np.errstate(invalid="ignore"):
+            under = valid & (c < level[:, None])
+        found = under.any(axis=1)
+        j = np.argmax(under, axis=1)
+        r = np.arange(c.shape[0])
+        jm = np.maximum(j - 1, 0)
+        prev_on_grid = (j > 0) & valid[r, jm]
+        tp = np.where(prev_on_grid, t[jm], s)
+        cp = np.where(prev_on_grid, c[r, jm], cs)
+        tj, cj = t[j], c[r, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if interpolation == "log":
+                ok = cj > 0
+                w = np.where(ok, np.log(cp / level) / np.log(cp / cj), (cp - level) / (cp - cj))
+            else:
+                w = (cp - level) / (cp - cj)
+        res = np.where(found, tp + w * (tj - tp) - s, np.nan)
+        res = np.where(cs < level, 0.0, res)
+        if fraction is not None:
+            res = np.where(cs > 0, res, np.nan)
+        res[np.isnan(c).any(axis=1)] = np.nan
+        out[sl] = res
+    how = f"below {level_abs:g} ng/mL" if fraction is None else f"below {fraction:g} x c(stop)"
+    return rows.back(
+        out,
+        "decrement_time",
+        {
+            "units": "h",
+            "long_name": f"time from {stop} until the concentration falls {how}",
+            "method": f"{interpolation} interpolation of the crossing between grid points",
+            "not_reached": int(np.isnan(out).sum()),
+        },
+    )
+
+
+def s_ketamine_equivalent(data, potency_factor, source, *, parent="cp", metabolite=None):
+    """S-ketamine-equivalent concentration ``c_parent + f * c_norketamine`` (ng/mL).
+
+    **No published potency factor for adding S-norketamine to S-ketamine exposure was
+    found**, so `f` has no default and must come with its `source`:
+
+    * the project's reference document (``shared/reference/ketamine-models.md``) reports,
+      for acute analgesia, an S-norketamine effect *opposite* to S-ketamine's (Olofsen
+      2012, Anesthesiology 117:353; linear slopes -0.038 and +0.030 cm per ng/mL, section
+      5.1) and no S-norketamine contribution at all (Simons 2022, section 5.1; Olofsen 2012
+      for cognition);
+    * it rejects the "norketamine potency 0.30" of a public mrgsolve CRPS model as a model
+      assumption, not literature (section 9);
+    * encyclopaedic summaries call norketamine 3-5 times less potent *as an anaesthetic*
+      (animal data): not an analgesic potency in patients.
+
+    Parameters
+    ----------
+    data
+        A :func:`pkpd.simulate` dataset or cohort dataset of an S-ketamine model with a
+        norketamine output (``cp_norketamine`` / ``cp_noresketamine``).
+    potency_factor : float
+        ``f``: ng/mL of S-ketamine equivalent per ng/mL of the metabolite **as the model
+        reports it** (some models carry S-norketamine in S-ketamine mass equivalents, see
+        ``models/README.md``). Any finite number (a negative value expresses an opposing
+        effect).
+    source : str
+        Where `f` comes from; recorded in the attributes.
+    parent, metabolite : str
+        Outputs to combine (default metabolite: the one output whose name starts with
+        ``cp_nor``).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., time)`` in ng/mL, named ``cp_s_ketamine_equivalent``: pass it to the other
+        functions of this module (e.g. ``auc(s_ketamine_equivalent(ds, f, src))``).
+    """
+    if (
+        isinstance(potency_factor, bool)
+        or not isinstance(potency_factor, int | float | np.integer | np.floating)
+        or not math.isfinite(float(potency_factor))
+    ):
+        raise MetricsError(
+            f"`potency_factor`: expected a finite number (no published value exists: give "
+            f"yours and its `source`), got {potency_factor!r}"
+        )
+    if not isinstance(source, str) or not source.strip():
+        raise MetricsError(f"`source`: say where the potency factor comes from, got {source!r}")
+    da = concentrations(data)
+    names = [str(o) for o in da["output"].values]
+    if metabolite is None:
+        cands = [o for o in names if o.startswith("cp_nor")]
+        if len(cands) != 1:
+            raise MetricsError(
+                f"`metabolite`: cannot choose the norketamine output among {', '.join(names)}; "
+                "pass metabolite='...'"
+            )
+        metabolite = cands[0]
+    for arg, o in (("parent", parent), ("metabolite", metabolite)):
+        if o not in names:
+            raise MetricsError(f"`{arg}`: unknown output {o!r}; expected one of {', '.join(names)}")
+    f = float(potency_factor)
+    res = da.sel(output=parent, drop=True) + f * da.sel(output=metabolite, drop=True)
+    res.name = "cp_s_ketamine_equivalent"
+    res.attrs = {
+        "units": "ng/mL",
+        "long_name": f"S-ketamine-equivalent concentration ({parent} + {f:g} x {metabolite})",
+        "potency_factor": f,
+        "potency_factor_source": source.strip(),
+        "potency_factor_provenance": "user-supplied (no published factor found)",
+    }
+    return res
+
+
+def nca(
+    data,
+    *,
+    windows=None,
+    thresholds=None,
+    at=None,
+    stop=None,
+    fraction=0.5,
+    method="log-down",
+    outputs=None,
+    events=None,
+):
+    """All metrics of this module in one Dataset (the names of the cohort kernel's).
+
+    Parameters
+    ----------
+    windows, method
+        As for :func:`auc`; Cmax/Tmax are over all simulated times.
+    thresholds : optional
+        As for :func:`time_above` (adds ``time_above`` and ``time_below``).
+    at : optional
+        As `times` of :func:`conc_at` (adds ``c_at``).
+    stop, fraction : optional
+        With `stop`, adds ``decrement_time`` (fraction of the value at `stop`).
+
+    Returns
+    -------
+    xarray.Dataset
+    """
+    import xarray as xr
+
+    kw = {"outputs": outputs, "events": events}
+    out = {
+        "cmax": cmax(data, **kw),
+        "tmax": tmax(data, **kw),
+        "auc": auc(data, windows, method=method, **kw),
+    }
+    if thresholds is not None:
+        out["time_above"] = time_above(data, thresholds, **kw)
+        out["time_below"] = time_below(data, thresholds, **kw)
+    if at is not None:
+        out["c_at"] = conc_at(data, at, **kw)
+    if stop is not None:
+        out["decrement_time"] = decrement_time(data, stop, fraction=fraction, **kw)
+    ds = xr.Dataset(out)
+    ds.attrs["metrics"] = "non-compartmental, from the stored time grid (pkpd.metrics)"
+    for k in ("model", "regimen"):
+        if hasattr(data, "attrs") and k in data.attrs:
+            ds.attrs[k] = data.attrs[k]
+    return ds

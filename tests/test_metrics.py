@@ -1,0 +1,314 @@
+"""pkpd.metrics against mathematics, and against the cohort kernel's own metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from helpers import mammillary
+
+import pkpd
+from pkpd import metrics as M
+from pkpd.errors import CovariateRangeWarning, MetricsError, PkpdError
+
+C0, K = 120.0, 0.35  # ng/mL, 1/h
+
+
+def decay(t, c0=C0, k=K, name="cp"):
+    t = np.asarray(t, dtype=float)
+    return xr.DataArray(
+        c0 * np.exp(-k * t), dims="time", coords={"time": t}, name=name, attrs={"units": "ng/mL"}
+    )
+
+
+def exact_auc(a, b, c0=C0, k=K):
+    return c0 / k * (np.exp(-k * a) - np.exp(-k * b))
+
+
+# ----------------------------------------------------------------------------- AUC
+
+
+def test_log_down_auc_is_exact_for_an_exponential_on_any_grid():
+    rng = np.random.default_rng(7)
+    t = np.sort(np.concatenate([[0.0, 12.0], rng.uniform(0, 12, 40)]))
+    c = decay(t)
+    windows = {"total": (0.0, 12.0), "inner": (1.2345, 7.891), "late": ("5 h", "660 min")}
+    got = M.auc(c, windows).sel(output="cp")
+    for name, (a, b) in {"total": (0, 12), "inner": (1.2345, 7.891), "late": (5, 11)}.items():
+        assert float(got.sel(window=name)) == pytest.approx(exact_auc(a, b), rel=1e-12)
+    assert got.attrs["units"] == "ng*h/mL" and "log-down" in got.attrs["method"]
+
+
+def test_linear_trapezoid_converges_at_order_two():
+    hs = np.array([0.5, 0.25, 0.125, 0.0625])
+    err = []
+    for h in hs:
+        t = np.arange(0.0, 10.0 + h / 2, h)
+        err.append(float(M.auc(decay(t), method="linear").squeeze()) - exact_auc(0, 10))
+    err = np.array(err)
+    slope = np.polyfit(np.log(hs), np.log(np.abs(err)), 1)[0]
+    assert slope == pytest.approx(2.0, abs=0.02)
+    # Leading term of the Euler-Maclaurin expansion: h^2/12 (c'(b) - c'(a)).
+    lead = hs**2 / 12 * (-K * C0 * np.exp(-K * 10) + K * C0)
+    assert err == pytest.approx(lead, rel=0.01)
+    assert np.all(err > 0)  # the linear rule overestimates a convex curve
+
+
+def test_auc_window_between_grid_points_uses_the_interpolant():
+    t = np.arange(0.0, 4.01, 0.5)
+    c = xr.DataArray(2.0 * t + 1.0, dims="time", coords={"time": t}, name="lin")
+    # A linear function: both rules are exact, for any window.
+    for method in ("linear", "log-down"):
+        got = float(M.auc(c, {"w": (0.3, 3.7)}, method=method).squeeze())
+        assert got == pytest.approx((3.7**2 + 3.7) - (0.3**2 + 0.3), rel=1e-13)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+@pytest.mark.parametrize("x", [10.0, 60.0, 119.0])
+def test_time_above_threshold_of_an_exponential(x):
+    exact = np.log(C0 / x) / K
+    errs = []
+    for h in (0.2, 0.1, 0.05):
+        t = np.arange(0.0, 20.0 + h / 2, h)
+        ta = float(M.time_above(decay(t), {"cp": [f"{x} ng/mL"]}).squeeze())
+        tb = float(M.time_below(decay(t), {"cp": [x]}).squeeze())
+        assert ta + tb == pytest.approx(20.0, abs=1e-12)
+        # Linear interpolation of the crossing: the chord lies above the convex curve by at
+        # most h^2/8 max|c''|, which moves the crossing by that over |c'|; c''/|c'| = k for
+        # an exponential (times e^{kh} for the variation within the interval).
+        err = ta - exact
+        assert -1e-12 <= err <= h**2 / 8 * K * np.exp(K * h)
+        errs.append(err)
+    assert errs[-1] < errs[0] / 4  # and it shrinks with h
+
+
+def test_time_above_in_a_window_and_label():
+    t = np.linspace(0.0, 10.0, 2001)
+    got = M.time_above(decay(t), "60 ng/mL", window=(1.0, 5.0))
+    assert got.threshold.values.tolist() == ["cp > 60 ng/mL"]
+    assert float(got.squeeze()) == pytest.approx(np.log(C0 / 60) / K - 1.0, abs=1e-5)
+    assert got.attrs["units"] == "h"
+
+
+def test_cmax_tmax_and_concentration_at_times():
+    t = np.linspace(0.0, 6.0, 13)
+    c = xr.DataArray(np.sin(t), dims="time", coords={"time": t}, name="s", attrs={"units": "ng/mL"})
+    assert float(M.cmax(c).squeeze()) == pytest.approx(np.sin(t).max())
+    assert float(M.tmax(c).squeeze()) == pytest.approx(t[np.argmax(np.sin(t))])
+    # Window bounds take the interpolated value: on (2.2, 5) the max is at the start.
+    w = M.cmax(c, (2.2, 5.0)).squeeze()
+    assert float(w) == pytest.approx(np.interp(2.2, t, np.sin(t)), rel=1e-14)
+    assert float(M.tmax(c, (2.2, 5.0)).squeeze()) == 2.2
+    at = M.conc_at(c, {"grid": "1.5 h", "mid": 1.75, "ev": "dose + 15 min"}, events={"dose": 1.5})
+    assert at.sel(at="grid").item() == pytest.approx(np.sin(1.5), rel=1e-15)
+    mid = 0.5 * (np.sin(1.5) + np.sin(2.0))
+    assert at.sel(at="mid").item() == pytest.approx(mid, rel=1e-14)
+    assert at.sel(at="ev").item() == pytest.approx(mid, rel=1e-14)
+
+
+# ----------------------------------------------------------------------------- decrement
+
+
+def one_compartment_infusion(stop=3.0, every="6 min"):
+    """1-cmt model V = 10 L, k = 0.5 1/h, 10 mg/h from 0 h to `stop`."""
+    spec = mammillary(V1=10.0, k10=0.5)
+    return pkpd.simulate(spec, f"10 mg/h from 0 h to {stop} h", until="12 h", every=every)
+
+
+def test_context_sensitive_half_time_of_one_compartment_is_ln2_over_k():
+    k = 0.5
+    ds = one_compartment_infusion()
+    half = M.decrement_time(ds, "3 h", fraction=0.5, interpolation="log", outputs="cp")
+    assert float(half.squeeze()) == pytest.approx(np.log(2) / k, rel=1e-9)
+    assert half.attrs["units"] == "h" and half.attrs["not_reached"] == 0
+    # Linear interpolation of the crossing: late by at most h^2/8 k e^{kh} (the chord of
+    # the convex decline lies above it; see test_time_above_threshold_of_an_exponential).
+    for h_min in (12, 6, 3):
+        ds_h = one_compartment_infusion(every=f"{h_min} min")
+        lin = float(M.decrement_time(ds_h, 3.0, fraction=0.5).sel(output="cp"))
+        h = h_min / 60
+        assert 0 <= lin - np.log(2) / k <= h**2 / 8 * k * np.exp(k * h)
+    # Absolute level: c(t) = c_stop exp(-k (t - stop)).
+    c_stop = 10.0 / (10.0 * k) * (1 - np.exp(-k * 3.0)) * 1000.0  # ng/mL
+    got = M.decrement_time(ds, 3.0, below=f"{c_stop / 5} ng/mL", interpolation="log")
+    assert float(got.sel(output="cp")) == pytest.approx(np.log(5) / k, rel=1e-9)
+
+
+def test_decrement_independent_of_the_infusion_length_for_one_compartment():
+    for stop in (0.5, 2.0, 5.0):
+        ds = one_compartment_infusion(stop=stop)
+        got = M.decrement_time(ds, stop, fraction=0.5, interpolation="log").sel(output="cp")
+        assert float(got) == pytest.approx(np.log(2) / 0.5, rel=1e-9)
+
+
+def test_decrement_edge_cases():
+    t = np.linspace(0.0, 4.0, 41)
+    c = decay(t)
+    assert float(M.decrement_time(c, 1.0, below=200).squeeze()) == 0.0  # already below
+    nr = M.decrement_time(c, 1.0, below=1.0)  # 120 e^{-1.4} > 1: not within 4 h
+    assert np.isnan(nr.squeeze()) and nr.attrs["not_reached"] == 1
+
+
+# ----------------------------------------------------------------------------- S-K equivalent
+
+
+def test_s_ketamine_equivalent_needs_a_user_factor_and_records_it():
+    ds = pkpd.simulate(
+        "fanta2015_otto2021", "0.5 mg/kg over 1 h from 0 h", {"weight": 70}, until="6 h"
+    )
+    with pytest.raises(TypeError):
+        M.s_ketamine_equivalent(ds)  # no default: no published factor exists
+    for bad in (None, float("nan"), True, "0.3"):
+        with pytest.raises(MetricsError, match="potency_factor"):
+            M.s_ketamine_equivalent(ds, bad, "x")
+    with pytest.raises(MetricsError, match="`source`"):
+        M.s_ketamine_equivalent(ds, 0.2, " ")
+    eq = M.s_ketamine_equivalent(ds, 0.25, "my assumption")
+    np.testing.assert_allclose(eq.values, ds.cp.values + 0.25 * ds.cp_norketamine.values)
+    assert eq.attrs["units"] == "ng/mL" and eq.attrs["potency_factor_source"] == "my assumption"
+    assert "user-supplied" in eq.attrs["potency_factor_provenance"]
+    # AUC is linear in the concentration: AUC(eq) = AUC(cp) + f AUC(nk) (linear rule).
+    a = M.auc(ds, method="linear")
+    ae = M.auc(eq, method="linear").squeeze()
+    want = a.sel(output="cp") + 0.25 * a.sel(output="cp_norketamine")
+    assert float(ae) == pytest.approx(float(want.squeeze()), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda c: M.auc(c, {"w": (0.0, 99.0)}), r"windows\.w\[1\].*99 h.*outside"),
+        (lambda c: M.auc(c, {"w": (3.0, 1.0)}), r"windows\.w.*ends at or before"),
+        (lambda c: M.auc(c, method="simpson"), r"`method`: 'simpson'"),
+        (lambda c: M.cmax(c, outputs=["ce"]), r"`outputs`: unknown output 'ce'"),
+        (lambda c: M.time_above(c, {"cp": ["-1 ng/mL"]}), r"thresholds\.cp.*positive"),
+        (lambda c: M.time_above(c, {"cp": ["5 kg"]}), r"thresholds\.cp"),
+        (lambda c: M.time_above(c, {"ce": [5]}), r"unknown output 'ce'"),
+        (lambda c: M.conc_at(c, {"x": "eos"}), r"times\.x.*'eos'.*event"),
+        (lambda c: M.conc_at(c, {"x": "soon"}), r"times\.x"),
+        (lambda c: M.decrement_time(c, 1.0, fraction=1.5), r"`fraction`.*1\.5"),
+        (lambda c: M.decrement_time(c, 1.0), r"exactly one of `below`"),
+        (lambda c: M.decrement_time(c, 1.0, below=1, interpolation="cubic"), "interpolation"),
+    ],
+)
+def test_errors_name_the_argument_and_value(call, match):
+    with pytest.raises(MetricsError, match=match) as ei:
+        call(decay(np.linspace(0, 5, 11)))
+    assert isinstance(ei.value, PkpdError) and isinstance(ei.value, ValueError)
+
+
+def test_inputs_are_checked():
+    c = decay([0.0, 1.0, 2.0])
+    with pytest.raises(MetricsError, match="ng/mL"):
+        M.cmax(c.assign_attrs(units="mg/L"))
+    with pytest.raises(MetricsError, match="strictly increasing"):
+        M.cmax(decay([0.0, 1.0, 1.0]))
+    with pytest.raises(MetricsError, match="`data`"):
+        M.cmax(np.ones(3))
+
+
+# ----------------------------------------------------------------------------- cohort kernel
+
+WINDOWS = {"total": ("0 h", "8 h"), "post": ("2 h", "8 h")}
+THRESH = {"cp": ["60 ng/mL"], "cp_norketamine": ["30 ng/mL"]}
+
+
+def cohort(every):
+    # Every dose event (0 h, 2 h) and window bound lies on the grid, so the kernel and the
+    # stored trajectories see the same points.
+    with pytest.warns(CovariateRangeWarning):
+        return pkpd.simulate_cohort(
+            "fanta2015_otto2021",
+            "0.5 mg/kg/h from 0 h to 2 h",
+            "spine_fusion_china",
+            n=200,
+            seed=11,
+            until="8 h",
+            every=every,
+            windows=WINDOWS,
+            thresholds=THRESH,
+            trajectories=True,
+            bands=False,
+            progress=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def cohorts():
+    return {h: cohort(f"{h} min") for h in (10, 5)}
+
+
+def test_cohort_cmax_tmax_time_above_match_the_kernel(cohorts):
+    ds = cohorts[10]
+    m = M.nca(ds, windows=WINDOWS, thresholds=THRESH)
+    assert m.cmax.dims == ("patient", "output")
+    # Trajectories are stored in float32: relative 2^-24 per value.
+    np.testing.assert_allclose(m.cmax.values, ds.cmax.transpose(*m.cmax.dims).values, rtol=2e-7)
+    np.testing.assert_array_equal(m.tmax.values, ds.tmax.transpose(*m.tmax.dims).values)
+    np.testing.assert_allclose(
+        m.time_above.values, ds.time_above.transpose(*m.time_above.dims).values, atol=1e-5
+    )
+    for v in m.data_vars.values():
+        assert v.attrs["units"] and v.attrs["long_name"]
+
+
+def test_cohort_auc_agrees_with_the_exact_kernel_auc_to_the_trapezoid_error(cohorts):
+    """The kernel's AUC is exact; the NCA AUC on a grid of step h errs by E(h) = C h^2 + O(h^4).
+
+    Both rules (linear, linear-up/log-down) are second order on a piecewise-smooth curve
+    whose kinks (infusion start and stop) lie on the grid. So, with the same patients on
+    grids h and h/2 (same seed), E(h) ~ 4 E(h/2), and the Richardson estimate
+    4/3 (AUC_h - AUC_{h/2}), computed from the trajectories alone, bounds |E(h)|:
+    checked here to 2 % per patient, output and window.
+    """
+    c10, c5 = cohorts[10], cohorts[5]
+    exact = c10.auc
+    # Same patients on both grids: the exact AUCs agree (to rounding).
+    np.testing.assert_allclose(c5.auc.values, exact.values, rtol=1e-10)
+    for method in ("linear", "log-down"):
+        a10 = M.auc(c10, WINDOWS, method=method).transpose(*exact.dims)
+        a5 = M.auc(c5, WINDOWS, method=method).transpose(*exact.dims)
+        e10, e5 = a10 - exact, a5 - exact
+        richardson = 4.0 / 3.0 * np.abs(a10 - a5)
+        assert bool((np.abs(e10) <= 1.02 * richardson).all()), method
+        assert bool((np.abs(e10) >= 0.98 * richardson).all()), method
+        ratio = (e10 / e5).values
+        assert np.all((ratio > 3.8) & (ratio < 4.2)), method
+        # and the error is small at h = 10 min: below 1 % of the AUC
+        assert float(np.abs(e10 / exact).max()) < 1e-2
+    # The log-down rule is closer on the declining part (after the stop at 2 h).
+    lin = M.auc(c10, WINDOWS, method="linear").sel(window="post")
+    log = M.auc(c10, WINDOWS).sel(window="post")
+    ex = exact.sel(window="post").transpose(*lin.dims)
+    assert float(np.abs(log - ex).median()) < float(np.abs(lin - ex).median())
+
+
+def test_cohort_per_patient_event_windows_and_times():
+    # lumbar_fusion_esketamine draws end_of_surgery per patient (off the grid).
+    with pytest.warns(CovariateRangeWarning):
+        ds = pkpd.simulate_cohort(
+            "fanta2015_otto2021",
+            "lumbar_fusion_esketamine",
+            "spine_fusion_china",
+            n=64,
+            seed=2,
+            until="12 h",
+            every="5 min",
+            windows={"post2": ("end_of_surgery", "end_of_surgery + 2 h")},
+            at={"eos1": "end_of_surgery + 1 h"},
+            trajectories=True,
+            bands=False,
+            progress=False,
+        )
+    assert np.unique(ds.end_of_surgery).size > 1
+    a = M.auc(ds, {"post2": ("end_of_surgery", "end_of_surgery + 2 h")}, method="linear")
+    rel = np.abs(a / ds.auc.transpose(*a.dims) - 1)
+    assert float(rel.max()) < 5e-3  # O(h^2) plus the O(h^2) kink at the off-grid stop
+    got = M.conc_at(ds, {"eos1": "end_of_surgery + 1 h"}).transpose(*ds.c_at.dims)
+    # Linear interpolation of a smooth decline: |error| <= h^2/8 max|c''|: small here.
+    np.testing.assert_allclose(got.values, ds.c_at.values, rtol=2e-3)
