@@ -102,6 +102,12 @@ class CohortSetup:
     band_outputs: list[str]
     band_stride: int
     omega_blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: "exact" (matrix exponential, linear models), "dopri5" or "rodas"; `auto_stiff`:
+    #: rerun the patients for whom Dopri5 detects stiffness with Rodas4 (method="auto").
+    method: str = "exact"
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    auto_stiff: bool = False
 
     @property
     def output_names(self) -> list[str]:
@@ -210,9 +216,6 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
 
     outs = spec.output_names
     n_out = len(outs)
-    keep = np.concatenate(
-        [np.arange(spec.n_comp), spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)]
-    )
     store = setup.store_out if setup.store_out else setup.band_outputs
     stride = setup.store_stride if setup.store_out else setup.band_stride
     store_idx = np.array([outs.index(o) for o in store], dtype=np.int64)
@@ -230,38 +233,54 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     old = numba.get_num_threads()
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    solver_stats = None
     try:
-        kernel_for(keep.size)(
-            theta,
-            spec.comps_i,
-            spec.flows_i,
-            spec.flows_f,
-            spec.effects_i,
-            spec.outputs_i,
-            spec.dose_index,
-            len(spec.analyte_names),
-            keep,
-            np.ascontiguousarray(ev_t),
-            np.ascontiguousarray(ev_rate),
-            np.ascontiguousarray(ev_bolus),
-            t0,
-            grid,
-            spec_t,
-            spec_kind,
-            spec_slot,
-            thr_out,
-            thr_val,
-            store_idx,
-            stride,
-            _uniform(grid),
-            cmax,
-            tmax,
-            auc,
-            t_above,
-            c_at,
-            traj,
-            status,
-        )
+        if setup.method != "exact":
+            ev = (np.ascontiguousarray(ev_t), np.ascontiguousarray(ev_rate))
+            ev = (*ev, np.ascontiguousarray(ev_bolus))
+            specials = (spec_t, spec_kind, spec_slot)
+            metrics = (cmax, tmax, auc, t_above, c_at, traj, status)
+            solver_stats = _run_adaptive(
+                setup, theta, cov, t0, ev, specials, thr_out, thr_val, store_idx, stride, metrics
+            )
+        else:
+            keep = np.concatenate(
+                [
+                    np.arange(spec.n_comp),
+                    spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out),
+                ]
+            )
+            kernel_for(keep.size)(
+                theta,
+                spec.comps_i,
+                spec.flows_i,
+                spec.flows_f,
+                spec.effects_i,
+                spec.outputs_i,
+                spec.dose_index,
+                len(spec.analyte_names),
+                keep,
+                np.ascontiguousarray(ev_t),
+                np.ascontiguousarray(ev_rate),
+                np.ascontiguousarray(ev_bolus),
+                t0,
+                grid,
+                spec_t,
+                spec_kind,
+                spec_slot,
+                thr_out,
+                thr_val,
+                store_idx,
+                stride,
+                _uniform(grid),
+                cmax,
+                tmax,
+                auc,
+                t_above,
+                c_at,
+                traj,
+                status,
+            )
     finally:
         numba.set_num_threads(old)
     res = {
@@ -277,6 +296,8 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
         "c_at": c_at,
         "status": status,
     }
+    if solver_stats is not None:
+        res["solver_stats"] = solver_stats
     if setup.residual and setup.store_out:
         traj = _apply_residual(setup, traj, store, parts, sl)
     if setup.band_outputs:
@@ -290,6 +311,73 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     if setup.store_out:
         res["trajectory"] = traj
     return res
+
+
+def _run_adaptive(
+    setup, theta, cov, t0, ev, specials, thr_out, thr_val, store_idx, stride, metrics
+):
+    """Fill the chunk's metrics with an adaptive solver; returns per-patient counters.
+
+    Linear models run the augmented system ``dy/dt = M y + b u`` (AUC states included);
+    ``[ode]`` models their generated right-hand side. With ``auto_stiff``, patients for
+    whom Dopri5 reports stiffness are solved again with Rodas4.
+    """
+    from .kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
+    from .solvers import STATUS_STIFF
+    from .solvers.registry import DEFAULT_MAX_STEPS, tolerance
+
+    spec = setup.spec
+    n = theta.shape[0]
+    outs = spec.output_names
+    if spec.is_linear:
+        N = spec.n_states
+        P = np.zeros((n, N * N + N + len(outs) * spec.n_comp))
+        B = np.zeros(N)
+        bad = linear_parameters(
+            theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
+            spec.dose_index, len(spec.analyte_names), N, P, B,
+        )  # fmt: skip
+        if bad:
+            raise CohortError(
+                f"model {spec.name!r}: the input map differs between patients; use method='exact'"
+            )
+        Y0 = np.zeros((n, N))
+        auc_index = spec.n_comp + 1 + len(spec.analyte_names) + np.arange(len(outs))
+        kernels = LINEAR_COHORT_KERNELS
+    else:
+        from .ode import cohort_inputs
+
+        P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
+        N = Y0.shape[1]
+    rtol = tolerance(setup.rtol, N, "rtol")
+    atol = tolerance(setup.atol, N, "atol")
+    stats = stats_array(n)
+    grid = setup.grid
+    cmax, tmax, auc, t_above, c_at, traj, status = metrics
+
+    def call(method, rows):
+        def pick(a):
+            return a if rows is None else np.ascontiguousarray(a[rows])
+
+        out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
+        kernels[method](
+            pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
+            *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
+            np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,
+            stride, *out,
+        )  # fmt: skip
+        if rows is not None:
+            for dst, src in zip(
+                (cmax, tmax, auc, t_above, c_at, traj, status, stats), out, strict=True
+            ):
+                dst[rows] = src
+
+    call(setup.method, None)
+    if setup.auto_stiff and setup.method == "dopri5":
+        stiff = np.nonzero(status == STATUS_STIFF)[0]
+        if stiff.size:
+            call("rodas", stiff)
+    return stats
 
 
 def _uniform(grid: np.ndarray) -> bool:
@@ -410,6 +498,9 @@ def simulate_cohort(
     progress: bool | None = None,
     raise_on_failure: bool = False,
     memory_limit: int | None = None,
+    method: str = "auto",
+    rtol=None,
+    atol=None,
 ):
     """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
 
@@ -465,6 +556,14 @@ def simulate_cohort(
         ``status`` and counted in ``attrs["n_failed"]``).
     memory_limit : int, optional
         Bytes allowed (default: 80 % of the available memory).
+    method : {"auto", "exact", "dopri5", "rodas"}
+        Solver, as for :func:`pkpd.simulate`: ``"auto"`` is the exact kernel for linear
+        models and Dopri5 for ``[ode]`` models (Rodas4 when the model file says
+        ``stiff = true``; patients for whom Dopri5 detects stiffness are solved again with
+        Rodas4). Metrics have the same definitions with every method; with an adaptive
+        method the AUCs are integrated by the solver (to `rtol`/`atol`).
+    rtol, atol : float, optional
+        Tolerances of the adaptive methods (default 1e-6 and 1e-9 in mg, mg/L, mg*h/L).
 
     Returns
     -------
@@ -476,6 +575,7 @@ def simulate_cohort(
     """
     t_start = time.perf_counter()
     spec = load_model(model)
+    method, auto_stiff, rtol, atol = _resolve_method(spec, method, rtol, atol)
     reg = load_regimen(regimen)
     pop, n = _population(population, n)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
@@ -535,6 +635,10 @@ def simulate_cohort(
         band_outputs,
         band_stride,
         _omega_blocks(spec) if iiv else [],
+        method,
+        rtol,
+        atol,
+        auto_stiff,
     )
     _warn_missing_omega(spec, iiv)
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
@@ -598,6 +702,25 @@ def simulate_cohort(
         if writer is not None:
             writer.abort()
         raise
+
+
+def _resolve_method(spec: ModelSpec, method, rtol, atol):
+    """``(method, auto_stiff, rtol, atol)`` for the chunks (validated as in simulate)."""
+    from .simulate import _check_method
+
+    rtol, atol = _check_method(method, rtol, atol)
+    if method == "exact" and not spec.is_linear:
+        raise CohortError(
+            f"model {spec.name!r} is a nonlinear [ode] model: method='exact' applies to "
+            "linear compartment models only (use 'auto', 'dopri5' or 'rodas')"
+        )
+    if method == "auto":
+        if spec.is_linear:
+            return "exact", False, rtol, atol
+        if spec.ode.stiff:
+            return "rodas", False, rtol, atol
+        return "dopri5", True, rtol, atol
+    return method, False, rtol, atol
 
 
 def _end(reg: Regimen) -> float:
@@ -904,15 +1027,42 @@ def _assemble(setup, results, counts, traj_all):
             "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in setup.windows.items()),
             "at_times": "; ".join(f"{k}: {v}" for k, v in setup.at.items()),
             "grid": f"{setup.grid[0]:g} to {setup.grid[-1]:g} h, {setup.grid.size} points",
-            "solver": "exact: piecewise matrix exponential (cohort kernel)",
-            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
-            "time_above by linear interpolation between evaluated points",
+            **_solver_attrs(setup, results),
             "package": f"ketamine-pkpd {__version__}",
             "disclaimer": DISCLAIMER,
             "n_failed": int((ds.status.values != 0).sum()),
         }
     )
     return ds
+
+
+def _solver_attrs(setup, results) -> dict:
+    """The solver and metric-accuracy attributes (with the adaptive counters)."""
+    if setup.method == "exact":
+        return {
+            "solver": "exact: piecewise matrix exponential (cohort kernel)",
+            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
+            "time_above by linear interpolation between evaluated points",
+        }
+    from .solvers import STAT_NAMES
+    from .solvers.registry import SOLVERS
+
+    stats = np.concatenate([r["solver_stats"] for r in results])
+    info = SOLVERS[setup.method]
+    out = {
+        "solver": f"{info.method} (cohort kernel): {info.description}"
+        + ("; patients with detected stiffness re-solved with Rodas4" if setup.auto_stiff else ""),
+        "solver_method": setup.method,
+        "solver_rtol": float(np.max(setup.rtol)),
+        "solver_atol": float(np.max(setup.atol)),
+        "metrics_accuracy": f"solution to rtol {np.max(setup.rtol):g} / atol "
+        f"{np.max(setup.atol):g} (mg, mg/L); auc integrated by the solver; cmax/tmax over "
+        "grid + dose events; time_above by linear interpolation between evaluated points",
+    }
+    for i, name in enumerate(STAT_NAMES):
+        out[f"solver_{name}_mean"] = float(stats[:, i].mean()) if stats.size else 0.0
+        out[f"solver_{name}_max"] = int(stats[:, i].max()) if stats.size else 0
+    return out
 
 
 def check_ranges(spec: ModelSpec, ds) -> list[str]:

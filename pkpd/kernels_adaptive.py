@@ -1,0 +1,406 @@
+"""The cohort kernel for the adaptive solvers (Dopri5, Rodas4): nonlinear ``[ode]`` models,
+and linear models when an adaptive method is asked for.
+
+Same per-patient metrics and the same semantics as :func:`pkpd.kernels.cohort_kernel`
+(the exact path): Cmax/Tmax and time above thresholds over every evaluated point of the
+grid's span (grid points, dose events before and after their bolus, special times), AUC
+over windows from the solver's own AUC states (integrated to tolerance, not by
+quadrature of the output grid), concentrations at anchored times, optional float32
+trajectories, and a per-patient status. Only the solution differs: it comes from the
+adaptive solver's dense output at the merged output times instead of a matrix exponential.
+
+The solver and the output map are numba functions passed to :func:`adaptive_patient`,
+which is inlined (``inline="always"``) into a small ``parallel=True`` wrapper that refers
+to them as globals, so each wrapper is cached on disk: the linear wrappers below, and one
+per ``[ode]`` model in its generated module (:mod:`pkpd.ode`). The per-patient solver
+protocol is::
+
+    solve_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
+                  max_steps, out, stats) -> status
+    outputs_into(t_out, Y, pp, O)       # O[r, o]: output o at t_out[r], mg/L
+
+Nothing here raises or formats strings; a failed patient gets a status code (and NaN
+metrics) and never stops the others.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
+from pkpd.solvers import N_STATS, STATUS_OK
+from pkpd.solvers import dopri5 as _dopri5
+from pkpd.solvers import rosenbrock as _rodas
+from pkpd.solvers.linear_system import fill_system
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+
+# Kinds of rows in the merged output times (ties: event, then special, then grid, as the
+# exact kernel processes them).
+_ROW_EVENT = 0
+_ROW_SPECIAL = 1
+_ROW_GRID = 2
+
+
+@_jit
+def merge_rows(grid, ev_t, spec_t):
+    """Merged output rows of one patient: ``(times, kinds, index)``.
+
+    Grid points, the dose events inside the grid's span, and every special time, in time
+    order; at equal times events come first, then special times, then the grid point
+    (the exact kernel's order).
+    """
+    n_t = grid.shape[0]
+    lo = grid[0]
+    hi = grid[n_t - 1]
+    K = ev_t.shape[0]
+    S = spec_t.shape[0]
+    m = n_t + S
+    for k in range(K):
+        if lo <= ev_t[k] <= hi:
+            m += 1
+    times = np.empty(m)
+    kinds = np.empty(m, dtype=np.int64)
+    index = np.empty(m, dtype=np.int64)
+    g = 0
+    k = 0
+    s = 0
+    r = 0
+    while r < m:
+        while k < K and not (lo <= ev_t[k] <= hi):
+            k += 1
+        te = ev_t[k] if k < K else np.inf
+        ts = spec_t[s] if s < S else np.inf
+        tg = grid[g] if g < n_t else np.inf
+        if te <= ts and te <= tg and k < K:
+            times[r] = te
+            kinds[r] = _ROW_EVENT
+            index[r] = k
+            k += 1
+        elif ts <= tg and s < S:
+            times[r] = ts
+            kinds[r] = _ROW_SPECIAL
+            index[r] = s
+            s += 1
+        else:
+            times[r] = tg
+            kinds[r] = _ROW_GRID
+            index[r] = g
+            g += 1
+        r += 1
+    return times, kinds, index
+
+
+@_jit_inline
+def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
+    """One evaluated point into Cmax/Tmax and time above thresholds (as the exact kernel)."""
+    for o in range(c.shape[0]):
+        if c[o] > cmax[p, o]:
+            cmax[p, o] = c[o]
+            tmax[p, o] = t
+    dt = t - t_prev
+    if dt > 0.0:
+        for j in range(thr_out.shape[0]):
+            o = thr_out[j]
+            a = c_prev[o] - thr_val[j]
+            b = c[o] - thr_val[j]
+            if a >= 0.0 and b >= 0.0:
+                t_above[p, j] += dt
+            elif a > 0.0 or b > 0.0:
+                t_above[p, j] += dt * (a if a > 0.0 else b) / abs(b - a)
+    for o in range(c.shape[0]):
+        c_prev[o] = c[o]
+
+
+@_jit_inline
+def adaptive_patient(
+    solve_patient,
+    outputs_into,
+    p,
+    P,
+    B,
+    Y0,
+    t0,
+    grid,
+    ev,
+    specials,
+    rtol,
+    atol,
+    hmax,
+    max_steps,
+    auc_index,
+    thr_out,
+    thr_val,
+    store_out,
+    store_stride,
+    metrics,
+):
+    """Solve patient `p` and reduce its metrics.
+
+    Arguments as :func:`pkpd.kernels.cohort_kernel`, grouped (CPython turns a call with
+    more than 30 arguments into a star-call, which numba cannot inline):
+    ``ev = (ev_t, ev_rate, ev_bolus)``, ``specials = (spec_t, spec_kind, spec_slot)``,
+    ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``; ``P`` per-patient
+    solver parameters, ``B`` bolus map, ``Y0`` initial states, ``auc_index[o]`` the state
+    holding the AUC of output `o` or -1, ``stats`` (n, N_STATS) counters.
+    """
+    ev_t, ev_rate, ev_bolus = ev
+    spec_t, spec_kind, spec_slot = specials
+    cmax, tmax, auc, t_above, c_at, traj, status, stats = metrics
+    n_out = cmax.shape[1]
+    N = Y0.shape[1]
+    times, kinds, index = merge_rows(grid, ev_t[p], spec_t[p])
+    m = times.shape[0]
+    Y = np.zeros((m, N))
+    st = solve_patient(
+        P[p],
+        B,
+        Y0[p],
+        t0,
+        ev_t[p],
+        ev_rate[p],
+        ev_bolus[p],
+        times,
+        rtol,
+        atol,
+        hmax,
+        max_steps,
+        Y,
+        stats[p],
+    )
+    status[p] = st
+    for o in range(n_out):
+        cmax[p, o] = 0.0
+        tmax[p, o] = grid[0]
+        for w in range(auc.shape[2]):
+            auc[p, o, w] = 0.0
+        for a in range(c_at.shape[2]):
+            c_at[p, o, a] = 0.0
+    for j in range(thr_out.shape[0]):
+        t_above[p, j] = 0.0
+    if st != STATUS_OK:
+        for o in range(n_out):
+            cmax[p, o] = np.nan
+            tmax[p, o] = np.nan
+            for w in range(auc.shape[2]):
+                auc[p, o, w] = np.nan
+            for a in range(c_at.shape[2]):
+                c_at[p, o, a] = np.nan
+        for j in range(thr_out.shape[0]):
+            t_above[p, j] = np.nan
+        return
+    O = np.zeros((m, n_out))
+    outputs_into(times, Y, P[p], O)
+    # Before a bolus the state is the solution's left limit, Y - bolus * B (the solver
+    # records an output at an event time after the event).
+    n_ev = 0
+    for r in range(m):
+        if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+            n_ev += 1
+    t_pre = np.empty(n_ev)
+    Y_pre = np.empty((n_ev, N))
+    e = 0
+    for r in range(m):
+        if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+            t_pre[e] = times[r]
+            for i in range(N):
+                Y_pre[e, i] = Y[r, i] - ev_bolus[p, index[r]] * B[i]
+            e += 1
+    O_pre = np.zeros((n_ev, n_out))
+    outputs_into(t_pre, Y_pre, P[p], O_pre)
+    c = np.zeros(n_out)
+    c_prev = np.zeros(n_out)
+    auc_start = np.zeros((n_out, auc.shape[2]))
+    t_end = grid[grid.shape[0] - 1]
+    t_prev = t0
+    e = 0
+    for r in range(m):
+        t = times[r]
+        in_span = t <= t_end
+        kind = kinds[r]
+        if kind == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+            for o in range(n_out):
+                c[o] = O_pre[e, o]
+            e += 1
+            _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            t_prev = t
+        for o in range(n_out):
+            c[o] = O[r, o]
+        if in_span:
+            _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            t_prev = t
+        if kind == _ROW_SPECIAL:
+            s = index[r]
+            slot = spec_slot[p, s]
+            sk = spec_kind[p, s]
+            for o in range(n_out):
+                ai = auc_index[o]
+                v = Y[r, ai] if ai >= 0 else np.nan
+                if sk == SPECIAL_WINDOW_START:
+                    auc_start[o, slot] = v
+                elif sk == SPECIAL_WINDOW_END:
+                    auc[p, o, slot] = v - auc_start[o, slot]
+                elif sk == SPECIAL_ANCHOR:
+                    c_at[p, o, slot] = O[r, o]
+        elif kind == _ROW_GRID and store_out.shape[0] > 0:
+            g = index[r]
+            if g % store_stride == 0:
+                gi = g // store_stride
+                for j in range(store_out.shape[0]):
+                    traj[p, j, gi] = np.float32(O[r, store_out[j]])
+
+
+# ----------------------------------------------------------------------------- linear models
+
+
+@_jit
+def linear_outputs(t_out, Y, pp, O):
+    """Concentrations of a linear model: ``pp = [M.ravel(), b, C.ravel()]``,
+    ``O[r] = C @ Y[r, :n_comp]`` (C is (n_out, n_comp))."""
+    N = Y.shape[1]
+    n_out = O.shape[1]
+    base = N * N + N
+    n_comp = (pp.shape[0] - base) // n_out if n_out > 0 else 0
+    for r in range(t_out.shape[0]):
+        for o in range(n_out):
+            acc = 0.0
+            for j in range(n_comp):
+                acc += pp[base + o * n_comp + j] * Y[r, j]
+            O[r, o] = acc
+
+
+@_jit
+def linear_dopri5_patient(
+    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, out, stats
+):
+    """Dopri5 on ``dy/dt = M y + b u`` (stiffness test at every step), workspace here."""
+    work = np.zeros((_dopri5.N_WORK, y0.shape[0]))
+    return _dopri5.solve_linear_dopri5_into(
+        pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps, 1,
+        out, work, stats,
+    )  # fmt: skip
+
+
+@_jit
+def linear_rodas_patient(
+    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, out, stats
+):
+    """Rodas4 on ``dy/dt = M y + b u`` (exact Jacobian), workspace here."""
+    n = y0.shape[0]
+    work = np.zeros((_rodas.N_WORK, n))
+    mats = np.zeros((2, n, n))
+    ipiv = np.zeros(n, dtype=np.int64)
+    return _rodas.solve_linear_rodas_into(
+        pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps,
+        out, work, mats, ipiv, stats,
+    )  # fmt: skip
+
+
+@_jit
+def _linear_dopri5_one(
+    p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
+    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
+    t_above, c_at, traj, status, stats,
+):  # fmt: skip
+    # The solver is inlined here, outside the parallel loop (numba cannot inline a
+    # function argument into a parfor body).
+    adaptive_patient(
+        linear_dopri5_patient, linear_outputs, p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index, thr_out,
+        thr_val, store_out, store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def linear_dopri5_cohort(
+    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
+    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
+    t_above, c_at, traj, status, stats,
+):  # fmt: skip
+    """Every patient of a chunk of a linear model through Dopri5 (see module docstring)."""
+    for p in numba.prange(P.shape[0]):
+        _linear_dopri5_one(
+            p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+            atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
+            tmax, auc, t_above, c_at, traj, status, stats,
+        )  # fmt: skip
+
+
+@_jit
+def _linear_rodas_one(
+    p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
+    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
+    t_above, c_at, traj, status, stats,
+):  # fmt: skip
+    # The solver is inlined here, outside the parallel loop (numba cannot inline a
+    # function argument into a parfor body).
+    adaptive_patient(
+        linear_rodas_patient, linear_outputs, p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index, thr_out,
+        thr_val, store_out, store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def linear_rodas_cohort(
+    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
+    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
+    t_above, c_at, traj, status, stats,
+):  # fmt: skip
+    """Every patient of a chunk of a linear model through Rodas4 (see module docstring)."""
+    for p in numba.prange(P.shape[0]):
+        _linear_rodas_one(
+            p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+            atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
+            tmax, auc, t_above, c_at, traj, status, stats,
+        )  # fmt: skip
+
+
+LINEAR_COHORT_KERNELS = {"dopri5": linear_dopri5_cohort, "rodas": linear_rodas_cohort}
+
+
+def stats_array(n: int) -> np.ndarray:
+    """Per-patient solver counters ``(n, N_STATS)`` (layout ``pkpd.solvers.STAT_*``)."""
+    return np.zeros((n, N_STATS), dtype=np.int64)
+
+
+@_jit
+def linear_parameters(
+    theta, comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, N, P, B
+):
+    """``P[p] = [M.ravel(), b, C.ravel()]`` of every patient (the layout of
+    :func:`linear_outputs`); `B` gets the input map, returns 1 if it differs between
+    patients (a per-patient bioavailability: not supported here), else 0."""
+    n_out = outputs_i.shape[0]
+    n_comp = comps_i.shape[0]
+    M = np.zeros((N, N))
+    b = np.zeros(N)
+    C = np.zeros((n_out, n_comp))
+    bad = 0
+    for p in range(theta.shape[0]):
+        M[:, :] = 0.0
+        b[:] = 0.0
+        C[:, :] = 0.0
+        fill_system(
+            theta[p], comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes,
+            M, b, C,
+        )  # fmt: skip
+        q = 0
+        for i in range(N):
+            for j in range(N):
+                P[p, q] = M[i, j]
+                q += 1
+        for i in range(N):
+            P[p, q] = b[i]
+            q += 1
+            if p == 0:
+                B[i] = b[i]
+            elif b[i] != B[i]:
+                bad = 1
+        for o in range(n_out):
+            for j in range(n_comp):
+                P[p, q] = C[o, j]
+                q += 1
+    return bad

@@ -1,0 +1,108 @@
+"""The cohort with the adaptive solvers: same metrics as the exact kernel, to tolerance.
+
+The exact kernel is the oracle for linear models: Dopri5 and Rodas4 running the same
+augmented system (AUC states included) must agree with it in tolerance units, patient by
+patient, for every metric; failures are flagged per patient, never raised mid-cohort.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import pkpd.solvers.registry
+from pkpd.cohort import CohortError, simulate_cohort
+from pkpd.errors import SimulationError
+from pkpd.solvers import STATUS_MAX_STEPS, STATUS_STIFF
+
+MODEL = "fanta2015_otto2021"
+KW = dict(
+    until="30 h",
+    every="10 min",
+    windows={
+        "intraop": ("0h", "end_of_surgery"),
+        "postop24": ("end_of_surgery", "end_of_surgery + 24 h"),
+    },
+    thresholds={"cp": ["50 ng/mL", "20 ng/mL"], "cp_norketamine": ["30 ng/mL"]},
+    at={"eos": "end_of_surgery", "late": "end_of_surgery + 40 h"},  # one after the grid
+    trajectories=["cp"],
+    progress=False,
+)
+RTOL, ATOL = 1e-10, 1e-13  # mg, mg/L, mg*h/L
+
+
+def cohort(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return simulate_cohort(
+            MODEL, "lumbar_fusion_esketamine", "spine_fusion_china", n=64, seed=11, **KW, **kw
+        )
+
+
+@pytest.fixture(scope="module")
+def exact():
+    return cohort(method="exact")
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas"])
+def test_adaptive_cohort_equals_the_exact_kernel_to_tolerance(exact, method):
+    ds = cohort(method=method, rtol=RTOL, atol=ATOL)
+    assert np.all(ds.status.values == 0)
+    assert ds.attrs["solver_method"] == method
+    assert ds.attrs["solver_nsteps_mean"] > 0 and ds.attrs["solver_nfev_mean"] > 0
+    # Concentrations (ng/mL) and AUCs (ng*h/mL) in tolerance units of the solver, with a
+    # margin of 100 for the accumulation of local errors over the 30 h.
+    for v in ("cmax", "auc", "c_at"):
+        a, e = ds[v].values, exact[v].values
+        tol = 100 * (ATOL * 1000 + RTOL * np.abs(e))
+        assert np.all(np.abs(a - e) <= tol), v
+    # Tmax: the same grid point or dose event; time above: crossing interpolation moves
+    # with the concentrations at the neighbouring points only.
+    np.testing.assert_array_equal(ds.tmax.values, exact.tmax.values)
+    np.testing.assert_allclose(ds.time_above.values, exact.time_above.values, atol=1e-6)
+    np.testing.assert_allclose(
+        ds.trajectory.values, exact.trajectory.values, rtol=1e-6, atol=1e-6
+    )  # float32
+    for coord in ("end_of_surgery", "weight"):
+        np.testing.assert_array_equal(ds[coord].values, exact[coord].values)
+
+
+def test_looser_tolerance_gives_a_larger_but_bounded_error(exact):
+    ds = cohort(method="rodas", rtol=1e-5, atol=1e-8)
+    assert np.all(ds.status.values == 0)
+    err = np.abs(ds.auc.values - exact.auc.values) / np.abs(exact.auc.values)
+    assert 1e-12 < err.max() < 1e-3  # the tolerance changes the answer, within reason
+
+
+def test_stiffness_detected_by_dopri5_is_a_per_patient_status(exact):
+    """At a loose tolerance Dopri5's steps in the slow terminal phase become limited by
+    the fast distribution eigenvalues: Hairer's test flags those patients (and only
+    those) with STATUS_STIFF; the others are unaffected."""
+    ds = cohort(method="dopri5", rtol=1e-5, atol=1e-8)
+    stiff = ds.status.values == STATUS_STIFF
+    assert 0 < stiff.sum() < stiff.size
+    assert set(np.unique(ds.status.values)) == {0, STATUS_STIFF}
+    assert np.all(np.isnan(ds.cmax.values[stiff])) and np.all(np.isfinite(ds.cmax.values[~stiff]))
+    err = np.abs(ds.auc.values[~stiff] - exact.auc.values[~stiff]) / exact.auc.values[~stiff]
+    assert err.max() < 1e-3
+    assert int(ds.attrs["n_failed"]) == stiff.sum()
+
+
+def test_a_patient_out_of_steps_is_flagged_not_raised(monkeypatch, exact):
+    monkeypatch.setattr(pkpd.solvers.registry, "DEFAULT_MAX_STEPS", 5)
+    ds = cohort(method="dopri5")
+    assert np.all(ds.status.values == STATUS_MAX_STEPS)
+    assert int(ds.attrs["n_failed"]) == 64
+    assert np.all(np.isnan(ds.cmax.values)) and np.all(np.isnan(ds.auc.values))
+    with pytest.raises(SimulationError, match="maximum number of steps"):
+        cohort(method="dopri5", raise_on_failure=True)
+
+
+def test_method_validation():
+    with pytest.raises(ValueError, match="`method`"):
+        cohort(method="euler")
+    with pytest.raises(ValueError, match="rtol"):
+        cohort(method="exact", rtol=1e-8)
+    assert issubclass(CohortError, ValueError)
