@@ -412,11 +412,6 @@ def simulate(
 ) -> None:
     if patients is not None or population is not None:
         _no_cohort_pd(pd_names, pd_items, racemic)
-        if method not in ("auto", "exact") or rtol is not None or atol is not None:
-            raise click.BadParameter(
-                "cohorts use the exact solver of linear models in this version",
-                param_hint="--method",
-            )
         if out_csv:
             raise click.BadParameter(
                 "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
@@ -448,6 +443,7 @@ def simulate(
             threads,
             dask,
             out_png,
+            _method_options(method, rtol, atol),
         )
         return
     from .io import atomic_outputs, check_target, write_csv, write_netcdf
@@ -552,6 +548,7 @@ def _simulate_cohort(
     threads,
     dask,
     out_png,
+    method_options,
 ):
     from .cohort import simulate_cohort
     from .io import check_target
@@ -603,6 +600,7 @@ def _simulate_cohort(
         threads=threads,
         out=out,
         dask=dask,
+        **method_options,
     )
     n = int(ds.sizes["patient"])
     click.echo(
@@ -611,14 +609,21 @@ def _simulate_cohort(
     )
     click.echo(f"regimen: {ds.attrs['regimen']}")
     click.echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
+    if ds.attrs.get("solver_method", "exact") != "exact":
+        click.echo(
+            f"solver: {ds.attrs['solver_method']} (rtol {ds.attrs['solver_rtol']:g}, atol "
+            f"{ds.attrs['solver_atol']:g}): {ds.attrs['solver_nsteps_mean']:.0f} steps and "
+            f"{ds.attrs['solver_nfev_mean']:.0f} RHS evaluations per patient on average"
+        )
     ok = ds.status.values == 0
     for o in ds.output.values:
         cm = ds.cmax.sel(output=o).values[ok]
+        unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
         click.echo(
-            f"{o:>16}: Cmax median {np.median(cm):.4g} ng/mL "
+            f"{o:>16}: Cmax median {np.median(cm):.4g} {unit} "
             f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
         )
-        for w in ds.window.values:
+        for w in ds.window.values if unit == "ng/mL" else ():
             a = ds.auc.sel(output=o, window=w).values[ok]
             click.echo(
                 f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
@@ -628,7 +633,7 @@ def _simulate_cohort(
             for a_name in ds["at"].values:
                 v = ds.c_at.sel(output=o, at=a_name).values[ok]
                 click.echo(
-                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} ng/mL "
+                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} {unit} "
                     f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
                 )
     if "time_above" in ds:
@@ -761,3 +766,259 @@ def _echo_pd_summary(ds, extra_run) -> None:
                 click.echo(
                     f"  {v}: min {y.min():.4g}, max {y.max():.4g} {ds[v].attrs.get('units', '')}"
                 )
+
+
+# ------------------------------------------------------------------ compare, design, report
+
+
+def _windows_option(windows) -> dict | None:
+    win = {}
+    for name, span in _pairs(windows, "--window").items():
+        if ".." not in span:
+            raise click.BadParameter(f"{span!r}: expected START..END", param_hint="--window")
+        a, b = span.split("..", 1)
+        win[name] = (a.strip(), b.strip())
+    return win or None
+
+
+def _fmt_range(v) -> str:
+    """'median (p5-p95)' of a (percentile,) array."""
+    lo, med, hi = (float(x) for x in v)
+    if not np.isfinite(med):
+        return "-"
+    return f"{med:.4g} ({lo:.4g}-{hi:.4g})"
+
+
+def _compare_rows(cds) -> list[tuple[str, list[str]]]:
+    """Rows (label, one cell per regimen) of the comparison table."""
+    rows = []
+    regs = list(cds.regimen.values)
+
+    def cells(da):
+        return [_fmt_range(da.sel(regimen=r).values) for r in regs]
+
+    for o in cds.output.values:
+        rows.append((f"Cmax {o} (ng/mL)", cells(cds.cmax.sel(output=o))))
+        for w in cds.window.values:
+            rows.append((f"AUC {o} {w} (ng*h/mL)", cells(cds.auc.sel(output=o, window=w))))
+        if "c_at" in cds:
+            for a in cds["at"].values:
+                rows.append((f"{o} at {a} (ng/mL)", cells(cds.c_at.sel(output=o, at=a))))
+    if "time_above" in cds:
+        for t in cds.threshold.values:
+            rows.append((f"time {t} (h)", cells(cds.time_above.sel(threshold=t))))
+    rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
+    rows.append(("total dose (mg)", cells(cds.dose)))
+
+    def interval(name):
+        out = []
+        for r in regs:
+            v = float(cds[name].sel(regimen=r))
+            lo = float(cds[f"{name}_lo"].sel(regimen=r)) if f"{name}_lo" in cds else np.nan
+            hi = float(cds[f"{name}_hi"].sel(regimen=r)) if f"{name}_hi" in cds else np.nan
+            out.append(f"{100 * v:.3g}% ({100 * lo:.3g}-{100 * hi:.3g})")
+        return out
+
+    if "pta" in cds:
+        rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
+    for name in [r for r in str(cds.attrs.get("risks", "")).split(", ") if r]:
+        rows.append((f"{name} incidence [95% interval]", interval(f"incidence_{name}")))
+    rows.append(("failed patients", [str(int(cds.n_failed.sel(regimen=r))) for r in regs]))
+    return rows
+
+
+def _table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    w0 = max(len(head[0]), *(len(r[0]) for r in rows))
+    ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(head[1:])]
+    cols = (h.rjust(w) for h, w in zip(head[1:], ws, strict=True))
+    lines = ["  ".join([head[0].ljust(w0), *cols])]
+    for lab, cells in rows:
+        lines.append(
+            "  ".join([lab.ljust(w0), *(c.rjust(w) for c, w in zip(cells, ws, strict=True))])
+        )
+    return lines
+
+
+@main.command(help="Compare regimens on the same virtual patients (common random numbers).")
+@click.argument("model")
+@click.argument("regimens", nargs=-1, required=True)
+@click.option("--population", required=True, help="Population name, file, or covariate .csv.")
+@click.option("--patients", type=int, required=True, help="Patients per regimen.")
+@click.option("--seed", type=int, default=0, show_default=True, help="One seed for every regimen.")
+@click.option(
+    "--target",
+    help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery+24h'.",
+)
+@click.option("--risk", "risks", multiple=True, help="Risk model (repeatable; needs pkpd.risk).")
+@click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="OUTPUT=CONC")
+@click.option("--at", "at_items", multiple=True, metavar="NAME=TIME")
+@click.option("--anchors-from", "anchors", help="Regimen declaring events of one-line regimens.")
+@click.option("--until", help="End of the common grid (default: 24 h after the latest dose).")
+@click.option("--every", default="5 min", show_default=True, help="Grid step.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the result (.nc).")
+@click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
+def compare(
+    model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
+    anchors, until, every, out, out_png,
+) -> None:  # fmt: skip
+    from .design import compare as run_compare
+    from .io import atomic_outputs, check_target, write_netcdf
+
+    targets = []
+    if out:
+        targets.append(("nc", check_target(out, (".nc",), "--out")))
+    if out_png:
+        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
+    thr: dict[str, list[str]] = {}
+    for o, v in _pairs(thresholds, "--threshold").items():
+        thr.setdefault(o, []).append(v)
+    cds = run_compare(
+        model, list(regimens), population, patients, seed, target=target, risks=risks,
+        windows=_windows_option(windows), thresholds=thr or None,
+        at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
+    )  # fmt: skip
+    click.echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
+    click.echo(
+        f"population: {cds.attrs['population']}, {patients:,} patients, seed {seed}: the same "
+        "virtual patients for every regimen"
+    )
+    for r, t in zip(cds.regimen.values, cds.regimen_text.values, strict=True):
+        click.echo(f"  {r}: {t}")
+    click.echo("median (5-95%) over patients:")
+    for line in _table(["metric", *map(str, cds.regimen.values)], _compare_rows(cds)):
+        click.echo(line)
+    with atomic_outputs() as stage:
+        for kind, path in targets:
+            if kind == "nc":
+                stage(path, lambda tmp: write_netcdf(cds, tmp))
+            else:
+                from .plot import plot_compare
+
+                stage(path, lambda tmp, p=path: plot_compare(cds, tmp, fmt=p.suffix))
+    for _kind, path in targets:
+        click.echo(f"wrote {path}")
+    click.echo(DISCLAIMER)
+
+
+def _list_option(text, option, numeric=True) -> list | None:
+    if text is None:
+        return None
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise click.BadParameter(f"{text!r}: expected comma-separated values", param_hint=option)
+    if not numeric:
+        return [float(x) if _is_number(x) else x for x in items]
+    try:
+        return [float(x) for x in items]
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected numbers, e.g. 0,0.1,0.2", param_hint=option
+        ) from None
+
+
+def _is_number(x: str) -> bool:
+    try:
+        float(x)
+    except ValueError:
+        return False
+    return True
+
+
+@main.command(help="Sweep bolus, rate and duration over a grid; best schedule under a risk limit.")
+@click.argument("model")
+@click.option("--population", required=True, help="Population name, file, or covariate .csv.")
+@click.option("--patients", type=int, required=True, help="Patients per grid point.")
+@click.option("--seed", type=int, default=0, show_default=True, help="One seed for every point.")
+@click.option("--bolus", help="Bolus doses, mg/kg, e.g. 0,0.1,0.2.")
+@click.option("--rate", help="Infusion rates, mg/kg/h, e.g. 0.05,0.1,0.2.")
+@click.option("--duration", help="Infusion ends: hours or events, e.g. 4,end_of_surgery.")
+@click.option("--template", help="One-line regimen with {bolus}, {rate}, {duration}.")
+@click.option("--anchors-from", "anchors", help="Regimen declaring the events (end_of_surgery).")
+@click.option("--target", help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery'.")
+@click.option("--risk", help="Risk model (needs pkpd.risk).")
+@click.option("--max-risk", type=float, help="Limit on the risk incidence (fraction, e.g. 0.05).")
+@click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
+@click.option("--until", help="End of the common grid.")
+@click.option("--every", default="5 min", show_default=True, help="Grid step.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the grid (.nc).")
+@click.option(
+    "--plot", "out_png", type=click.Path(dir_okay=False), help="Heatmaps (.png/.svg/.pdf)."
+)
+def design(
+    model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
+    max_risk, windows, until, every, out, out_png,
+) -> None:  # fmt: skip
+    from .design import design as run_design
+    from .io import atomic_outputs, check_target, write_netcdf
+
+    targets = []
+    if out:
+        targets.append(("nc", check_target(out, (".nc",), "--out")))
+    if out_png:
+        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
+    gds = run_design(
+        model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
+        rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
+        template=template, anchors=anchors, target=target, risk=risk, max_risk=max_risk,
+        windows=_windows_option(windows), until=until, every=every,
+    )  # fmt: skip
+    dims = list(gds.regimen.dims)
+    click.echo(
+        f"model: {gds.attrs['model']}; population: {gds.attrs['population']}, "
+        f"{patients:,} patients per point, seed {seed} (the same patients at every point)"
+    )
+    shape = " x ".join(f"{d} ({gds.sizes[d]})" for d in dims)
+    click.echo(f"grid: {shape} = {gds.regimen.size} regimens")
+    if gds.attrs.get("target"):
+        click.echo(f"target: {gds.attrs['target']}")
+    rname = gds.attrs.get("risk") or ""
+    if "pareto" in gds:
+        click.echo("Pareto front (max PTA, min risk):")
+        rows = []
+        for idx in zip(*np.nonzero(gds.pareto.values), strict=True):
+            pt = gds.isel(dict(zip(dims, idx, strict=True)))
+            rows.append(
+                (str(pt.regimen.values), [f"{100 * float(pt.pta):.3g}%",
+                 f"{100 * float(pt[f'incidence_{rname}']):.3g}%",
+                 f"{100 * float(pt[f'incidence_{rname}_hi']):.3g}%",
+                 f"{float(pt.total_dose):.3g}"])
+            )  # fmt: skip
+        rows.sort(key=lambda r: float(r[1][1].rstrip("%")))
+        for line in _table(["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg"], rows):
+            click.echo("  " + line)
+    elif "pta" in gds:
+        click.echo("PTA over the grid:")
+        rows = [
+            (str(gds.regimen.values[i]), [f"{100 * float(gds.pta.values[i]):.3g}%",
+             f"{float(gds.total_dose.values[i]):.3g}"])
+            for i in np.ndindex(gds.pta.shape)
+        ]  # fmt: skip
+        for line in _table(["regimen", "PTA", "mg/kg"], rows):
+            click.echo("  " + line)
+    click.echo(gds.attrs["best_message"])
+    with atomic_outputs() as stage:
+        for kind, path in targets:
+            if kind == "nc":
+                stage(path, lambda tmp: write_netcdf(gds, tmp))
+            else:
+                from .plot import plot_design
+
+                stage(path, lambda tmp, p=path: plot_design(gds, tmp, fmt=p.suffix))
+    for _kind, path in targets:
+        click.echo(f"wrote {path}")
+    click.echo(DISCLAIMER)
+
+
+@main.command(help="Write a self-contained HTML report of a result (.nc or .zarr).")
+@click.argument("result", type=click.Path(exists=True))
+@click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
+def report(result, out) -> None:
+    from .io import atomic_outputs, check_target
+    from .report import write_report
+
+    target = check_target(out, (".html", ".htm"), "--out")
+    with atomic_outputs() as stage:
+        stage(target, lambda tmp: write_report(result, tmp))
+    click.echo(f"wrote {target}")
+    click.echo(DISCLAIMER)

@@ -303,7 +303,8 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     if setup.band_outputs:
         bidx = [store.index(o) for o in setup.band_outputs]
         bstep = setup.band_stride // stride
-        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep]) * np.float32(MG_L_TO_NG_ML)
+        scale = _output_scales(setup.spec)[0].astype(np.float32)
+        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep]) * scale[store_idx[bidx], None]
         counts = np.zeros((len(bidx), btraj.shape[2], _edges().size + 1), dtype=np.int64)
         if not setup.keep_in_memory:
             histogram_update(btraj, np.log(_edges()), counts)
@@ -597,7 +598,10 @@ def simulate_cohort(
     # Trajectories come back to this process (and into the returned Dataset) unless they
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out
-    band_outputs = [o for o in outs] if bands else []
+    # Streaming bands use logarithmic bins of concentrations (ng/mL): outputs of [ode]
+    # models that are not concentrations get exact bands only (keep their trajectories).
+    conc = _output_scales(spec)[0] == MG_L_TO_NG_ML
+    band_outputs = [o for o, is_c in zip(outs, conc, strict=True) if is_c] if bands else []
     if bands and store_out:
         band_outputs = list(store_out)
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
@@ -648,6 +652,7 @@ def simulate_cohort(
     writer = ZarrWriter(out) if zarr_out else None
     # Kept trajectories go straight into the final array (ng/mL), so they are held once.
     traj_all = np.empty((n, len(store_out), n_store_t), np.float32) if keep else None
+    store_index = np.array([outs.index(o) for o in store_out], dtype=np.int64)
     results: list[dict] = []
     counts = None
     done = 0
@@ -662,7 +667,7 @@ def simulate_cohort(
             elif traj_all is not None:
                 np.multiply(
                     res.pop("trajectory"),
-                    np.float32(MG_L_TO_NG_ML),
+                    _output_scales(spec)[0][store_index, None].astype(np.float32),
                     out=traj_all[res["start"] : res["stop"]],
                 )
             results.append(res)
@@ -855,8 +860,15 @@ def _progress(done, n, elapsed):
 # ----------------------------------------------------------------------------- assembly
 
 
-def _units(spec, o):
-    return "ng/mL"
+def _output_scales(spec: ModelSpec) -> tuple[np.ndarray, list[str]]:
+    """Factor from internal units and unit of each output (ng/mL for concentrations)."""
+    from .ode import output_scales
+
+    return output_scales(spec)
+
+
+def _units_attr(units: list[str]) -> str:
+    return units[0] if len(set(units)) == 1 else "see output_units"
 
 
 def _chunk_dataset(setup: CohortSetup, res: dict):
@@ -871,6 +883,10 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
         "patient": ("patient", patient, {"long_name": "patient index"}),
         "output": ("output", outs),
     }
+    scale, units = _output_scales(spec)
+    u = _units_attr(units)
+    if u != "ng/mL":
+        coords["output_units"] = ("output", units, {"long_name": "unit of each output"})
     for k, v in res["covariates"].items():
         arr = np.asarray(v)
         if arr.dtype.kind in "OU":
@@ -881,8 +897,8 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
     data = {
         "cmax": (
             ("patient", "output"),
-            res["cmax"] * MG_L_TO_NG_ML,
-            {"units": "ng/mL", "long_name": "maximum concentration"},
+            res["cmax"] * scale,
+            {"units": u, "long_name": "maximum concentration"},
         ),
         "tmax": (
             ("patient", "output"),
@@ -891,8 +907,12 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
         ),
         "auc": (
             ("patient", "output", "window"),
-            res["auc"] * MG_L_TO_NG_ML,
-            {"units": "ng*h/mL", "long_name": "area under the concentration curve"},
+            res["auc"] * scale[:, None],
+            {
+                "units": "ng*h/mL",
+                "long_name": "area under the concentration curve (NaN for outputs that are "
+                "not concentrations)",
+            },
         ),
         "status": (
             "patient",
@@ -908,8 +928,8 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
         coords["at"] = ("at", list(setup.at))
         data["c_at"] = (
             ("patient", "output", "at"),
-            res["c_at"] * MG_L_TO_NG_ML,
-            {"units": "ng/mL", "long_name": "concentration at named times"},
+            res["c_at"] * scale[:, None],
+            {"units": u, "long_name": "concentration at named times"},
         )
     if setup.thresholds:
         coords["threshold"] = ("threshold", [lab for _, _, lab in setup.thresholds])
@@ -926,7 +946,8 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
             {"units": units.get(spec.parameters[p].kind, "1"), "long_name": f"individual {p}"},
         )
     if "trajectory" in res:
-        _add_trajectory(setup, coords, data, res["trajectory"] * np.float32(MG_L_TO_NG_ML))
+        sc = scale[[outs.index(o) for o in setup.store_out]].astype(np.float32)
+        _add_trajectory(setup, coords, data, res["trajectory"] * sc[:, None])
     del n
     return xr.Dataset(data, coords=coords)
 
@@ -936,11 +957,13 @@ def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) ->
     t = setup.grid[:: setup.store_stride]
     coords["time"] = ("time", t, {"units": "h", "long_name": "time"})
     coords["traj_output"] = ("traj_output", setup.store_out)
+    outs = setup.spec.output_names
+    units = _output_scales(setup.spec)[1]
     data["trajectory"] = (
         ("patient", "traj_output", "time"),
         traj_ng_ml,
         {
-            "units": "ng/mL",
+            "units": _units_attr([units[outs.index(o)] for o in setup.store_out]),
             "long_name": "concentration" + (" (with residual error)" if setup.residual else ""),
         },
     )
@@ -974,6 +997,7 @@ def _assemble(setup, results, counts, traj_all):
 
     from . import __version__
 
+    outs = setup.spec.output_names
     ds = xr.concat(
         [_chunk_dataset(setup, r) for r in results],
         dim="patient",
@@ -1009,7 +1033,13 @@ def _assemble(setup, results, counts, traj_all):
         ds["band"] = (
             ("quantile", "band_output", "band_time"),
             vals,
-            {"units": "ng/mL", "long_name": "percentiles over patients", "method": method},
+            {
+                "units": _units_attr(
+                    [_output_scales(setup.spec)[1][outs.index(o)] for o in setup.band_outputs]
+                ),
+                "long_name": "percentiles over patients",
+                "method": method,
+            },
         )
     ds.attrs.update(setup.spec.provenance_attrs())
     pop = setup.population

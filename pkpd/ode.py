@@ -415,6 +415,7 @@ class OdeSystem:
             "                       ipiv, stats)",
             "",
         ]
+        body += _COHORT_WRAPPERS.splitlines()
         return "\n".join(lines + body)
 
     def module(self):
@@ -445,6 +446,124 @@ class OdeSystem:
         return O
 
 
+# The cohort kernels of a generated model (:mod:`pkpd.kernels_adaptive`): per-patient
+# solver calls with their workspace, the shared metric reduction inlined outside the
+# parallel loop, and the prange loop, all referring to this module's functions as globals
+# so that numba caches them with the module.
+_COHORT_WRAPPERS = """
+
+import numpy as _np
+
+from pkpd.kernels_adaptive import adaptive_patient as _adaptive_patient
+from pkpd.solvers.dopri5 import N_WORK as _N_WORK_DOPRI5
+from pkpd.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
+
+
+@_jit
+def _dopri5_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
+                    max_steps, out, stats):
+    work = _np.zeros((_N_WORK_DOPRI5, y0.shape[0]))
+    return solve_dopri5_into(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
+                             hmax, max_steps, 1, out, work, stats)
+
+
+@_jit
+def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
+                   max_steps, out, stats):
+    n = y0.shape[0]
+    work = _np.zeros((_N_WORK_RODAS, n))
+    mats = _np.zeros((2, n, n))
+    ipiv = _np.zeros(n, dtype=_np.int64)
+    return solve_rodas_into(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
+                            hmax, max_steps, out, work, mats, ipiv, stats)
+
+
+@_jit
+def _dopri5_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, hmax, max_steps, auc_index,
+                thr_out, thr_val, store_out, store_stride, metrics):
+    _adaptive_patient(_dopri5_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
+                      rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                      store_stride, metrics)
+
+
+@_jit
+def _rodas_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, hmax, max_steps, auc_index,
+               thr_out, thr_val, store_out, store_stride, metrics):
+    _adaptive_patient(_rodas_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
+                      rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                      store_stride, metrics)
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot,
+                  rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                  store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+    for p in numba.prange(P.shape[0]):
+        _dopri5_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+                    (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index,
+                    thr_out, thr_val, store_out, store_stride,
+                    (cmax, tmax, auc, t_above, c_at, traj, status, stats))
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot,
+                 rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                 store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+    for p in numba.prange(P.shape[0]):
+        _rodas_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+                   (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index,
+                   thr_out, thr_val, store_out, store_stride,
+                   (cmax, tmax, auc, t_above, c_at, traj, status, stats))
+"""
+
+
+def cohort_inputs(spec, theta: np.ndarray, covariates: dict):
+    """Inputs of the generated cohort kernels for a chunk of patients.
+
+    Returns ``(P, B, Y0, auc_index, kernels)``: per-patient parameter vectors
+    ``[theta, covariates]``, the bolus map, initial states, the state holding each output's
+    AUC (-1 for outputs that are not concentrations) and ``{"dopri5": ..., "rodas": ...}``.
+    """
+    ode = spec.ode
+    n = theta.shape[0]
+    cols = [np.asarray(theta, dtype=float)]
+    for c in ode.covariate_names:
+        v = covariates.get(c)
+        if v is None:
+            raise ModelError(
+                f"{ode.file}: covariate `{c}` is used in [ode] and has no default: pass it"
+            )
+        cols.append(np.broadcast_to(np.asarray(v, dtype=float), (n,))[:, None])
+    P = np.ascontiguousarray(np.concatenate(cols, axis=1))
+    m = ode.module()
+    Y0 = np.zeros((n, ode.n_aug))
+    for i in range(n):
+        m.initial_into(P[i], Y0[i])
+    if not np.all(np.isfinite(Y0)):
+        bad = int(np.nonzero(~np.all(np.isfinite(Y0), axis=1))[0][0])
+        raise SimulationError(f"{ode.file}: non-finite initial state for patient {bad}")
+    auc_index = np.full(len(ode.outputs), -1, dtype=np.int64)
+    j = 0
+    for k, o in enumerate(ode.outputs):
+        if o.concentration:
+            auc_index[k] = ode.n_states + 1 + j
+            j += 1
+    return P, ode.bolus_map(), Y0, auc_index, {"dopri5": m.dopri5_cohort, "rodas": m.rodas_cohort}
+
+
+def output_scales(spec) -> tuple[np.ndarray, list[str]]:
+    """Factor from internal units and the unit of each output of a model: ng/mL for
+    concentrations (mg/L x 1000), the declared unit for other [ode] outputs."""
+    if spec.ode is None:
+        n = len(spec.output_names)
+        return np.full(n, 1000.0), ["ng/mL"] * n
+    outs = spec.ode.outputs
+    return (
+        np.array([1000.0 if o.concentration else 1.0 for o in outs]),
+        [o.unit for o in outs],
+    )
+
+
 _LOCK = threading.Lock()
 _MODULES: dict[str, Any] = {}
 
@@ -460,6 +579,8 @@ def _solver_hash() -> str:
     here = Path(__file__).parent / "solvers"
     for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
         h.update((here / name).read_bytes())
+    for name in ("kernels_adaptive.py", "kernels.py"):  # the cohort wrappers' reduction
+        h.update((here.parent / name).read_bytes())
     return h.hexdigest()[:16]
 
 

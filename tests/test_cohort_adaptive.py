@@ -106,3 +106,50 @@ def test_method_validation():
     with pytest.raises(ValueError, match="rtol"):
         cohort(method="exact", rtol=1e-8)
     assert issubclass(CohortError, ValueError)
+
+
+# ----------------------------------------------------------------------------- [ode] models
+
+
+@pytest.mark.parametrize("model", ["fanta2015_mm_s_ketamine", "s_ketamine_pain_turnover"])
+def test_ode_cohort_patients_equal_single_patient_simulations(tmp_path, model):
+    """A covariate table without variability: patient i of the cohort is pkpd.simulate of
+    row i (same generated model, same solver), in tolerance units at the special times."""
+    import pkpd
+
+    weights = [52.0, 68.5, 81.0, 95.5]
+    table = tmp_path / "pts.csv"
+    table.write_text("weight [kg]\n" + "\n".join(str(w) for w in weights) + "\n")
+    regimen = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 20 h"
+    rtol, atol = 1e-9, 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(
+            model, regimen, str(table), seed=0, iiv=False, until="24 h", every="15 min",
+            windows={"w": ("1 h", "10 h")}, at={"a": "6.5 h"}, trajectories=True,
+            method="auto", rtol=rtol, atol=atol, progress=False,
+        )  # fmt: skip
+    assert ds.attrs["solver_method"] in ("dopri5", "rodas")
+    assert np.all(ds.status.values == 0)
+    conc = [o for o in ds.output.values if o.startswith("c")]
+    for i, w in enumerate(weights):
+        one = pkpd.simulate(
+            model, regimen, covariates={"weight": w}, times=[1.0, 6.5, 10.0],
+            method=ds.attrs["solver_method"], rtol=rtol, atol=atol,
+        )  # fmt: skip
+        for o in ds.output.values:
+            want = one[o].values[1]
+            got = ds.c_at.sel(patient=i, output=o, at="a").item()
+            assert abs(got - want) <= 100 * (1e3 * atol + rtol * abs(want)), (model, o)
+        for o in conc:
+            want = one[f"auc_{o}"].values[2] - one[f"auc_{o}"].values[0]
+            got = ds.auc.sel(patient=i, output=o, window="w").item()
+            assert abs(got - want) <= 100 * (1e3 * atol + rtol * abs(want)), (model, o)
+        traj = ds.trajectory.sel(patient=i)
+        for o in ds.traj_output.values:
+            top = float(traj.sel(traj_output=o).max())  # float32: allow its rounding
+            assert ds.cmax.sel(patient=i, output=o).item() >= top * (1 - 1e-6)
+    if "pain" in ds.output.values:  # not a concentration: its own unit, no AUC
+        assert list(ds.output_units.values) == ["ng/mL", "ng/mL", "NRS 0-10"]
+        assert np.all(np.isnan(ds.auc.sel(output="pain").values))
+        assert ds.cmax.attrs["units"] == "see output_units"
