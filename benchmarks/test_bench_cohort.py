@@ -13,7 +13,10 @@ Measured next to each other (patients per second in ``extra_info["patients_per_s
   patient, ``prange``) storing every state every minute in float64 - the practical ceiling;
 * ``kernel_summary``: ``simulate_cohort`` in summary mode (metrics only, no bands);
 * ``kernel_summary_bands``: the same with streaming percentile bands;
-* ``kernel_trajectories``: the same keeping every output every minute (float32).
+* ``kernel_trajectories``: the same keeping every output every minute (float32);
+* ``kernel_dopri5_summary`` / ``kernel_rodas_summary``: summary mode through the adaptive
+  cohort kernels (rtol 1e-6, atol 1e-9; failed patients, e.g. Dopri5's stiffness test,
+  counted in ``extra_info["failed_patients"]``).
 
 Every timed call follows a warm-up call on the same shapes (compilation excluded).
 """
@@ -71,16 +74,22 @@ def _rate(benchmark, n):
 
 
 @pytest.mark.benchmark(group="cohort")
-@pytest.mark.parametrize("mode", ["summary", "summary_bands", "trajectories"])
+@pytest.mark.parametrize(
+    "mode", ["summary", "summary_bands", "trajectories", "dopri5_summary", "rodas_summary"]
+)
 def test_kernel(benchmark, model, mode):
     kw = {
         "summary": {"bands": False},
         "summary_bands": {"bands": True},
         "trajectories": {"bands": False, "trajectories": True},
+        # The adaptive cohort kernels on the same linear workload, rtol 1e-6, atol 1e-9.
+        "dopri5_summary": {"bands": False, "method": "dopri5", "rtol": 1e-6, "atol": 1e-9},
+        "rodas_summary": {"bands": False, "method": "rodas", "rtol": 1e-6, "atol": 1e-9},
     }[mode]
     _cohort(model, 2048, **kw)  # warm-up (compile or load the cache)
-    benchmark.pedantic(_cohort, args=(model, N), kwargs=kw, rounds=3, iterations=1)
+    ds = benchmark.pedantic(_cohort, args=(model, N), kwargs=kw, rounds=3, iterations=1)
     _rate(benchmark, N)
+    benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
 
 
 @numba.njit(parallel=True, cache=True)
