@@ -11,8 +11,8 @@ Independent references, typed in here from the sources (never read from the mode
   the Herd 2007 abstract.
 
 Derived quantities are checked against ../shared/reference/ketamine-models.md sections
-2.2, 2.3 and 3.2-3.4. Flint 2017 is not in the library: its S-norketamine clearance grows
-with time (CL x (1 + 0.0087 t[h])), which a linear time-invariant model cannot express.
+2.2, 2.3 and 3.2-3.4. Flint 2017 (S-norketamine clearance CL x (1 + 0.0087 t[h])) is an
+[ode] model, tested in tests/test_flint2017.py.
 """
 
 from __future__ import annotations
@@ -569,7 +569,7 @@ def test_wang_2019_chinese_adults_against_each_s_ketamine_model():
       scaling, lighter patients have an even larger per-kg clearance in this model.
 
     All three models predict a larger clearance than Wang's NCA mean; Perez-Ruixo's Asian
-    typical value is still about 2 SD above it. Flint 2017 (paediatric) is not in the library.
+    typical value is still about 2 SD above it. Flint 2017 (paediatric) is not compared.
     Only the numbers fixed by the model files are asserted.
     """
     per_kg = {}
