@@ -196,7 +196,12 @@ def models_show(name: str) -> None:
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
             click.echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
-    click.echo(f"\noutputs: {', '.join(m.output_names)} (ng/mL)")
+    from .ode import output_scales
+
+    units = output_scales(m)[1]
+    click.echo(
+        "\noutputs: " + ", ".join(f"{o} ({u})" for o, u in zip(m.output_names, units, strict=True))
+    )
 
 
 @main.group(invoke_without_command=True, help="List the shipped cohort populations, or show one.")

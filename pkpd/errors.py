@@ -32,6 +32,10 @@ class MetricsError(PkpdError, ValueError):
     """An exposure-metric request is invalid: unknown output, bad window, threshold or factor."""
 
 
+class RiskError(PkpdError, ValueError):
+    """A risk model, a target or a risk/PTA request is invalid (file, key or argument named)."""
+
+
 class PkpdWarning(UserWarning):
     """Base class of every warning issued by ketamine-pkpd."""
 

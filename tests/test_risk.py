@@ -1,0 +1,349 @@
+"""Risk models calibrated by virtual trials, and probability of target attainment."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+import pkpd
+from pkpd import risk as R
+from pkpd.errors import PkpdError, RiskError
+
+MODEL = "fanta2015_otto2021"
+
+
+def _cohort(regimen, n, seed, **kw):
+    # The shipped populations lie outside Fanta's studied age range: that warning is the
+    # cohort module's business, not this file's.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pkpd.CovariateRangeWarning)
+        return pkpd.simulate_cohort(
+            MODEL, regimen, "spine_fusion_china", n=n, seed=seed, bands=False, progress=False, **kw
+        )
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return R.load_risk("psychotomimetic")
+
+
+# ----------------------------------------------------------------------------- the maths
+
+
+def test_logistic_and_likelihood_against_hand_values():
+    # logit p = -1 + 2 ln(200/100) = -1 + 1.3862944 = 0.3862944;
+    # exp(-0.3862944) = 0.6795705, p = 1 / 1.6795705 = 0.5953903
+    p = R.logistic_probability(math.log(2.0), -1.0, 2.0)
+    assert p == pytest.approx(0.5953903, abs=1e-7)
+    # no drug, no event; extreme arguments stay finite
+    assert R.logistic_probability(-np.inf, 3.0, 0.5) == 0.0
+    assert R.logistic_probability(np.array([-800.0, 800.0]), 0.0, 1.0).tolist() == [0.0, 1.0]
+    # binomial log-likelihood without the constant, 0 ln 0 = 0
+    ll = R.log_likelihood([0.1, 0.3], [10, 20], [1, 5])
+    assert ll == pytest.approx(
+        math.log(0.1) + 9 * math.log(0.9) + 5 * math.log(0.3) + 15 * math.log(0.7), rel=1e-12
+    )
+    assert R.log_likelihood([0.0], [5], [0]) == 0.0
+    assert R.log_likelihood([1.0], [5], [5]) == 0.0
+    # the compressed arm incidence equals the exact mean over patients
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(math.log(150.0), 0.4, size=5000)
+    arm = R._ArmExposure(x, 100.0)
+    for a, g in [(-3.0, 1.0), (-1.0, 4.0), (0.5, 0.2)]:
+        exact = R.arm_incidence(x, a, g, x_ref=100.0)
+        assert float(arm.incidence(a, g)) == pytest.approx(exact, abs=2e-6)
+
+
+def test_mle_is_exact_for_two_arms_and_two_parameters(shipped):
+    # exactly identified: the maximum-likelihood fit reproduces both observed incidences
+    for arm in shipped.fit["arms"]:
+        if arm["use"] == "fit":
+            assert arm["predicted_at_mle"] == pytest.approx(arm["observed"], abs=5e-4)
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (2, 30), (6, 30), (11, 178), (50, 50), (37, 120)])
+def test_binomial_intervals_match_scipy(k, n):
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert R.binomial_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    lo, hi = R.binomial_interval(k, n, method="clopper-pearson")
+    assert (lo, hi) == pytest.approx((ci.low, ci.high), abs=1e-10)
+
+
+def test_interval_coverage_is_near_nominal():
+    # exact coverage by summing the binomial pmf over the k whose interval holds p
+    for n in (30, 200):
+        for p in (0.07, 0.2, 0.5):
+            ks = np.arange(n + 1)
+            pmf = stats.binom.pmf(ks, n, p)
+            cov_w = sum(
+                pmf[k]
+                for k in ks
+                if R.binomial_interval(int(k), n)[0] <= p <= R.binomial_interval(int(k), n)[1]
+            )
+            cov_cp = sum(
+                pmf[k]
+                for k in ks
+                if R.binomial_interval(int(k), n, method="clopper-pearson")[0]
+                <= p
+                <= R.binomial_interval(int(k), n, method="clopper-pearson")[1]
+            )
+            assert 0.92 <= cov_w <= 0.99
+            assert cov_cp >= 0.95 - 1e-12
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def test_refit_with_a_smaller_cohort_lands_within_the_shipped_uncertainty(shipped):
+    res = R.calibrate(shipped, n_virtual=2000, seed=7, n_proposal=8000, n_posterior=500)
+    summ = shipped.fit["summary"]
+    for i, name in enumerate(("alpha", "gamma")):
+        q = summ[name]
+        assert q["q025"] < res.mle[i] < q["q975"]
+        # Monte Carlo error of 2000 virtual patients is small against the binomial error
+        assert abs(res.mle[i] - shipped.fit[f"{name}_mle"]) < 0.25 * q["sd"]
+    new = res.summary()
+    for name in ("alpha", "gamma"):
+        assert abs(new[name]["mean"] - summ[name]["mean"]) < 0.3 * summ[name]["sd"]
+    assert res.ess > 1000  # the proposal covers the posterior
+    # the TOML section round-trips through the loader
+    text = shipped.file.read_text().split(R.GENERATED_MARKER)[0] + res.to_toml()
+    import tomllib
+
+    again = R.risk_from_dict(tomllib.loads(text))
+    assert again.draws.shape == (500, 2)
+
+
+def test_calibrated_model_reproduces_its_trials_in_fresh_virtual_trials(shipped):
+    for arm in shipped.arms:
+        if arm.use != "fit":
+            continue
+        ds = _cohort(arm.regimen, 3000, seed=12345, until="6 h", every="5 min")
+        out = R.apply_risk(ds, shipped)
+        inc = float(out["incidence_psychotomimetic"])
+        lo, hi = R.binomial_interval(arm.events, arm.n, method="clopper-pearson")
+        assert lo <= inc <= hi, (arm.arm, inc, lo, hi)
+        assert float(out["incidence_psychotomimetic_lo"]) < arm.events / arm.n
+        assert float(out["incidence_psychotomimetic_hi"]) > arm.events / arm.n
+
+
+# ----------------------------------------------------------------------------- cohorts
+
+
+@pytest.fixture(scope="module")
+def fusion():
+    return _cohort(
+        "lumbar_fusion_esketamine",
+        2000,
+        seed=3,
+        every="5 min",
+        **R.required_cohort_kwargs(
+            {
+                "output": "cp",
+                "at_least": "50 ng/mL",
+                "for_fraction": 0.5,
+                "window": ("end_of_surgery", "end_of_surgery + 24 h"),
+            }
+        ),
+    )
+
+
+def test_apply_risk_outputs_and_agreement_with_direct_computation(fusion, shipped):
+    out = R.apply_risk(fusion, shipped, n_draws=400, seed=5)
+    p = out["p_psychotomimetic"]
+    assert p.dims == ("patient",) and p.attrs["units"] == "1" and "long_name" in p.attrs
+    assert "ChiCTR2500095890" in out.attrs["risk_psychotomimetic"]
+    inc = float(out["incidence_psychotomimetic"])
+    assert (
+        float(out["incidence_psychotomimetic_lo"])
+        < inc
+        < float(out["incidence_psychotomimetic_hi"])
+    )
+    assert inc == pytest.approx(float(p.mean()), rel=1e-12)
+    # direct: mean over the same draws of the logistic at every patient's Cmax
+    rng = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(11,)))
+    idx = rng.choice(len(shipped.draws), size=400, replace=False)
+    d = shipped.draws[idx]
+    x = fusion.cmax.sel(output="cp").values
+    direct = R.logistic_probability(np.log(x / 100.0)[:, None], d[None, :, 0], d[None, :, 1])
+    np.testing.assert_allclose(p.values, direct.mean(axis=1), atol=1e-6)
+    # more drug, more risk (same patients: common random numbers)
+    high = _cohort("lumbar_fusion_esketamine_high", 2000, seed=3, every="5 min")
+    assert float(R.apply_risk(high, shipped)["incidence_psychotomimetic"]) > inc
+
+
+def test_interval_reduces_to_monte_carlo_error_without_calibration_uncertainty(fusion, shipped):
+    one = copy.deepcopy(shipped)
+    a, g = shipped.fit["alpha_mle"], shipped.fit["gamma_mle"]
+    one.fit["posterior"] = {"alpha": [a] * 200, "gamma": [g] * 200}
+    out = R.apply_risk(fusion, one, n_draws=2000, seed=1)
+    pi = shipped.probability(fusion.cmax.sel(output="cp").values, a, g)
+    half = 1.96 * pi.std() / math.sqrt(pi.size)
+    lo, hi = float(out["incidence_psychotomimetic_lo"]), float(out["incidence_psychotomimetic_hi"])
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+    # with calibration uncertainty the interval is much wider than the Monte Carlo part
+    full = R.apply_risk(fusion, shipped)
+    assert float(
+        full["incidence_psychotomimetic_hi"] - full["incidence_psychotomimetic_lo"]
+    ) > 5 * (hi - lo)
+
+
+def test_meets_limit_rule(fusion, shipped):
+    out = R.apply_risk(fusion, shipped)
+    hi = float(out["incidence_psychotomimetic_hi"])
+    assert R.meets_limit(out, shipped, min(hi + 0.01, 0.99)) is True
+    assert R.meets_limit(out, shipped, hi - 1e-6) is False
+    assert R.meets_limit(fusion, shipped, f"{100 * (hi + 0.01):.3f} %") is True
+
+
+def test_pta_on_a_cohort_uses_per_patient_events(fusion):
+    target = {
+        "output": "cp",
+        "at_least": "20 ng/mL",
+        "for_fraction": 0.5,
+        "window": ("end_of_surgery", "end_of_surgery + 24 h"),
+    }
+    res = R.pta(fusion, target)
+    assert res["window_length"].values == pytest.approx(24.0, abs=1e-6)
+    assert 0 < res["pta_lo"] < res["pta"] < res["pta_hi"] < 1
+    from pkpd import metrics
+
+    ta = metrics.time_above(
+        fusion, {"cp": ["20 ng/mL"]}, window=("end_of_surgery", "end_of_surgery + 24 h")
+    ).isel(threshold=0)
+    assert float(res["pta"]) == pytest.approx(float((ta.values >= 12.0 - 1e-9).mean()))
+
+
+# ----------------------------------------------------------------------------- PTA, known answer
+
+
+def _constructed():
+    # c_i(t) = s_i (100 - 10 t) on 0..10 h: time at or above 50 ng/mL is 10 - 5/s_i (0 if s<=0.5)
+    t = np.linspace(0.0, 10.0, 101)
+    s = np.array([0.5, 0.8, 1.0, 1.25, 2.0])
+    traj = (s[:, None] * (100.0 - 10.0 * t[None, :]))[:, None, :].astype(np.float32)
+    above = np.maximum(10.0 - 5.0 / s, 0.0)
+    return xr.Dataset(
+        {
+            "trajectory": (("patient", "traj_output", "time"), traj, {"units": "ng/mL"}),
+            "time_above": (("patient", "threshold"), above[:, None], {"units": "h"}),
+            "status": ("patient", np.zeros(5, np.int8)),
+        },
+        coords={
+            "patient": np.arange(5),
+            "traj_output": ["cp"],
+            "time": t,
+            "threshold": ["cp > 50 ng/mL"],
+            "eos": ("patient", np.array([0.0, 0.0, 0.0, 0.0, 5.0]), {"units": "h"}),
+        },
+        attrs={"grid": "0 to 10 h, 101 points"},
+    )
+
+
+def test_pta_known_answer_whole_grid_window_and_events():
+    ds = _constructed()
+    # whole grid through the kernel's time_above: s >= 1 attain 50 % of 10 h -> 3 of 5
+    res = R.pta(ds, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert res.attrs["source"].startswith("cohort kernel")
+    assert res["attained"].values.tolist() == [False, False, True, True, True]
+    assert float(res["pta"]) == pytest.approx(0.6)
+    lo, hi = R.binomial_interval(3, 5)
+    assert (float(res["pta_lo"]), float(res["pta_hi"])) == pytest.approx((lo, hi))
+    # the same from trajectories with an explicit window
+    res = R.pta(ds, {"output": "cp", "at_least": 50, "for_fraction": 0.5, "window": (0, 10)})
+    assert res.attrs["source"].startswith("stored trajectories")
+    assert res["attained"].values.tolist() == [False, False, True, True, True]
+    np.testing.assert_allclose(res["time_at_target"], [0, 3.75, 5, 6, 7.5], atol=1e-5)
+    # a duration target and a per-patient event window: patient 4 starts at eos = 5 h, where
+    # c = 2 (100 - 50) = 100, above 50 until 7.5 h: 2.5 h of the window [5, 7] h -> 2 h
+    res = R.pta(
+        ds,
+        {
+            "output": "cp",
+            "at_least": "50 ng/mL",
+            "for_duration": "2 h",
+            "window": ("eos", "eos + 2 h"),
+        },
+    )
+    np.testing.assert_allclose(res["time_at_target"], [0, 2, 2, 2, 2], atol=1e-5)
+    assert res["attained"].values.tolist() == [False, True, True, True, True]
+    # failed patients are excluded from numerator and denominator
+    ds2 = ds.copy()
+    ds2["status"] = ("patient", np.array([0, 0, 0, 0, 3], np.int8))
+    res = R.pta(ds2, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert float(res["pta"]) == pytest.approx(0.5) and res.pta.attrs["n_patients"] == 4
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_inputs_raise_pkpd_errors_naming_argument_and_value(tmp_path, fusion, shipped):
+    ds = _constructed()
+    cases = [
+        (lambda: R.pta(ds, {"output": "cp", "for_fraction": 0.5}), "at_least"),
+        (lambda: R.pta(ds, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 1.5}), "1.5"),
+        (lambda: R.pta(ds, {"output": "cp", "at_least": "50 ng/mL"}), "for_fraction"),
+        (lambda: R.pta(ds, {"output": "cp", "at_least": "5 mg", "for_fraction": 0.5}), "5 mg"),
+        (
+            lambda: R.pta(
+                ds, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5, "windw": (0, 1)}
+            ),
+            "windw",
+        ),
+        (
+            lambda: R.pta(
+                ds, {"output": "ce", "at_least": "50 ng/mL", "for_fraction": 0.5, "window": (0, 1)}
+            ),
+            "trajectories",
+        ),
+        (lambda: R.load_risk("no_such_risk"), "no_such_risk"),
+        (lambda: R.apply_risk(fusion, shipped, n_draws=3), "3"),
+        (lambda: R.meets_limit(fusion, shipped, 1.5), "1.5"),
+        (lambda: R.meets_limit(fusion, shipped, "ten %"), "ten %"),
+        (lambda: R.binomial_interval(5, 3), "5"),
+        (lambda: R.binomial_interval(1, 3, method="wald"), "wald"),
+    ]
+    for fn, text in cases:
+        with pytest.raises(PkpdError) as exc:
+            fn()
+        assert text in str(exc.value), str(exc.value)
+    # a cohort of another PK model is refused (the fit is conditional on the PK model)
+    other = fusion.copy()
+    other.attrs["model"] = "simons2022_s_ketamine"
+    with pytest.raises(RiskError, match="simons2022_s_ketamine"):
+        R.apply_risk(other, shipped)
+    # file validation: unknown key, bad tag, excluded arm without a reason
+    text = shipped.file.read_text().split(R.GENERATED_MARKER)[0]
+    for old, new, msg in [
+        ('metric = "cmax"', 'metric = "cmax"\nwindw = 1', "windw"),
+        ('tag = "derived"\nnote = "As S1."', 'tag = "guess"\nnote = "As S1."', "guess"),
+        ("n = 30\nevents = 6", "n = 30\nevents = 31", "31"),
+        ('metric = "cmax"', 'metric = "auc"', "auc"),
+    ]:
+        assert old in text
+        p = tmp_path / "psychotomimetic.toml"
+        p.write_text(text.replace(old, new, 1))
+        with pytest.raises(RiskError, match=msg):
+            R.load_risk(p)
+
+
+def test_registry_and_required_kwargs(shipped):
+    assert "psychotomimetic" in R.available_risks()
+    assert R.required_cohort_kwargs("psychotomimetic") == {}
+    assert R.required_cohort_kwargs(
+        {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5}
+    ) == {"thresholds": {"cp": ["50 ng/mL"]}}
+    assert R.required_cohort_kwargs(
+        {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5, "window": (0, 4)}
+    ) == {"trajectories": ["cp"]}
+    # the calibration arms in the file are the sourced ones; excluded arms say why
+    fit = [a for a in shipped.arms if a.use == "fit"]
+    assert [(a.n, a.events) for a in fit] == [(30, 2), (30, 6)]
+    assert all(a.note for a in shipped.arms if a.use == "excluded")
