@@ -670,10 +670,6 @@ def _simulate_cohort(
     click.echo(DISCLAIMER)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # ----------------------------------------------------------------------------- PD, racemic
 
 
@@ -1027,3 +1023,7 @@ def report(result, out) -> None:
         stage(target, lambda tmp: write_report(result, tmp))
     click.echo(f"wrote {target}")
     click.echo(DISCLAIMER)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

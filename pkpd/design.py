@@ -1,0 +1,1045 @@
+"""Regimen comparison and constrained design over virtual cohorts.
+
+Common random numbers
+---------------------
+Every regimen (in :func:`compare`) and every grid point (in :func:`design`) is simulated
+with the same `seed`. A cohort's random numbers come from
+``SeedSequence(seed, spawn_key=(block, purpose))`` with one stream per purpose (covariates,
+random effects, event times; see :mod:`pkpd.cohort`), and none of them depends on the doses.
+So patient ``i`` has the same covariates and individual parameters under every regimen, and
+the same surgical event times wherever the regimens declare the same event distribution
+(event times are drawn by inverse CDF from one uniform number per patient and event).
+Differences between regimens are then differences of dosing, not of sampling noise. Risk
+models are applied with the same `seed` too, so their calibration draws are shared as well.
+:func:`compare` checks the covariates and individual parameters after the runs and records
+in ``attrs["common_random_numbers"]`` which event times are shared.
+
+Design grid
+-----------
+:func:`design` fills a one-line regimen template (default
+``"{bolus} mg/kg bolus at 0 h; {rate} mg/kg/h from 0 h to {duration}"``) with every
+combination of the design values; the result has one dimension per design variable.
+``duration`` values are times (``4`` or ``"4 h"``) or times anchored on a regimen event
+(``"end_of_surgery"``, ``"end_of_surgery + 1 h"``) whose per-patient distribution comes
+from the regimen named by `anchors`.
+
+* **Pareto front** (maximize PTA, minimize risk incidence): a point is on the front unless
+  another point is at least as good in both and strictly better in one. Points with the
+  same (PTA, risk) do not dominate each other, so ties are all on the front; points with a
+  NaN value are not on it.
+* **Best schedule under the risk limit**: among the feasible points (risk within the limit
+  as decided by :func:`pkpd.risk.meets_limit`: the 95 % upper bound of the predicted
+  incidence at most `max_risk`), the largest PTA; ties by the lower mean total
+  dose (mg/kg over the cohort), then by grid order. With no feasible point there is no best
+  schedule and ``attrs["best_message"]`` says why.
+
+Research software for pharmacology and protocol design; not a clinical dosing device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import PkpdError
+from .regimen import Regimen, load_regimen
+from .simulate import DISCLAIMER
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "PERCENTILES",
+    "DesignError",
+    "compare",
+    "design",
+    "pareto_front",
+    "parse_target",
+    "select_best",
+]
+
+#: Percentiles of the per-patient metrics reported by :func:`compare`.
+PERCENTILES = (5.0, 50.0, 95.0)
+#: Default one-line regimen template of :func:`design` (per-kg doses).
+DEFAULT_TEMPLATE = "{bolus} mg/kg bolus at 0 h; {rate} mg/kg/h from 0 h to {duration}"
+_VARIABLES = ("bolus", "rate", "duration")
+_UNITS = {"bolus": "mg/kg", "rate": "mg/kg/h", "duration": "h"}
+#: Extra simulated time after the latest possible end of dosing (h), as simulate_cohort.
+_TAIL_H = 24.0
+
+
+class DesignError(PkpdError, ValueError):
+    """A comparison or design request is invalid."""
+
+
+# ----------------------------------------------------------------------------- risk module
+
+
+def _risk_module():
+    """`pkpd.risk`, or a clear error if this installation does not have it."""
+    try:
+        from . import risk
+    except ImportError as exc:
+        if exc.name not in ("pkpd.risk", "risk"):
+            raise
+        raise DesignError(
+            "targets (PTA) and risk models need the module pkpd.risk, which is not part of "
+            "this installation; run without `target`/`risk` (CLI: --target/--risk)"
+        ) from None
+    return risk
+
+
+def risk_available() -> bool:
+    """True if :mod:`pkpd.risk` (risk models and probability of target attainment) exists."""
+    try:
+        _risk_module()
+    except DesignError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- targets
+
+_TARGET = re.compile(
+    r"^\s*(?P<out>[A-Za-z_]\w*)\s*>=\s*(?P<conc>.+?)"
+    r"(?:\s+for\s+(?:(?P<frac>[0-9.]+)\s*%|(?P<dur>[0-9.]+\s*[A-Za-z]+))"
+    r"(?:\s+of\s+(?P<win>.+?))?)?\s*$"
+)
+
+
+def parse_target(text) -> dict:
+    """A target dict for :func:`pkpd.risk.pta` from its one-line form.
+
+    ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, e.g.
+    ``"cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h"``. A dict is
+    returned unchanged (after checking it names an output and a level).
+
+    Examples
+    --------
+    >>> parse_target("cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h")
+    {'output': 'cp', 'at_least': '50 ng/mL', 'for_fraction': 0.5, 'window': ('end_of_surgery', 'end_of_surgery + 24 h')}
+    """  # noqa: E501
+    if isinstance(text, Mapping):
+        t = dict(text)
+        if "output" not in t or "at_least" not in t:
+            raise DesignError(f"`target` {text!r}: needs at least `output` and `at_least`")
+        if "window" in t and t["window"] is not None:
+            t["window"] = tuple(t["window"])
+        return t
+    m = _TARGET.match(str(text))
+    if not m:
+        raise DesignError(
+            f"`target` {text!r}: expected 'OUTPUT >= CONC for P% [of START..END]' (or "
+            "'for DURATION'), e.g. "
+            "'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h'"
+        )
+    out: dict[str, Any] = {"output": m["out"], "at_least": m["conc"].strip()}
+    if m["frac"] is not None:
+        frac = float(m["frac"]) / 100.0
+        if not 0.0 < frac <= 1.0:
+            raise DesignError(f"`target` {text!r}: the percentage must be in (0, 100]")
+        out["for_fraction"] = frac
+    if m["dur"] is not None:
+        out["for_duration"] = m["dur"].strip()
+    if m["win"] is not None:
+        if ".." not in m["win"]:
+            raise DesignError(f"`target` {text!r}: the window must be START..END")
+        a, b = m["win"].split("..", 1)
+        out["window"] = (a.strip(), b.strip())
+    return out
+
+
+def _target_text(t: dict) -> str:
+    s = f"{t['output']} >= {t['at_least']}"
+    if "for_fraction" in t:
+        s += f" for {100 * t['for_fraction']:g}%"
+    if "for_duration" in t:
+        s += f" for {t['for_duration']}"
+    if t.get("window"):
+        s += f" of {t['window'][0]}..{t['window'][1]}"
+    return s
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def _merge(base: dict, extra: Mapping, who: str) -> dict:
+    """Merge simulate_cohort keywords (union of windows, at, thresholds, trajectories)."""
+    out = dict(base)
+    for k, v in extra.items():
+        if k in ("windows", "at"):
+            cur = dict(out.get(k) or {})
+            for name, val in dict(v).items():
+                val = tuple(val) if k == "windows" else val
+                if name in cur and tuple(cur[name]) != tuple(val) and k == "windows":
+                    raise DesignError(
+                        f"{who} needs the window {name!r} = {val!r}, but it is already "
+                        f"{cur[name]!r}; rename yours"
+                    )
+                if name in cur and k == "at" and cur[name] != val:
+                    raise DesignError(f"{who} needs `at` {name!r} = {val!r}, already {cur[name]!r}")
+                cur[name] = val
+            out[k] = cur
+        elif k == "thresholds":
+            cur = {o: list(vs) for o, vs in (out.get(k) or {}).items()}
+            for o, vs in dict(v).items():
+                vs = [vs] if isinstance(vs, str | int | float) else list(vs)
+                cur.setdefault(o, [])
+                cur[o] += [x for x in vs if x not in cur[o]]
+            out[k] = cur
+        elif k == "trajectories":
+            cur = out.get(k)
+            if cur is True or v is True:
+                out[k] = True
+            else:
+                a = [cur] if isinstance(cur, str) else list(cur or [])
+                b = [v] if isinstance(v, str) else list(v or [])
+                out[k] = a + [x for x in b if x not in a]
+        elif k in out and out[k] != v:
+            raise DesignError(f"{who} needs `{k}` = {v!r}, but it is set to {out[k]!r}")
+        else:
+            out[k] = v
+    return out
+
+
+def _with_anchors(reg: Regimen, source) -> Regimen:
+    """`reg` with the event declarations it lacks taken from the regimen `source`."""
+    missing = {a for a in reg.anchor_names if reg.anchor_spec(a) is None}
+    if not missing:
+        return reg
+    if source is None:
+        raise DesignError(
+            f"the regimen {reg.text!r} refers to the event(s) {', '.join(sorted(missing))} but "
+            "does not say how they are distributed over patients: pass `anchors` (CLI: "
+            "--anchors-from), a regimen file declaring them, e.g. 'lumbar_fusion_esketamine'"
+        )
+    src = load_regimen(source)
+    specs = list(reg.anchors)
+    for a in sorted(missing):
+        s = src.anchor_spec(a)
+        if s is None:
+            raise DesignError(
+                f"the regimen {src.name or src.text!r} (`anchors`) does not declare the event "
+                f"`{a}`; it declares {', '.join(x.name for x in src.anchors) or 'none'}"
+            )
+        specs.append(s)
+    return dataclasses.replace(reg, anchors=tuple(specs))
+
+
+def _until(regs: Sequence[Regimen]) -> float:
+    from .cohort import _end
+
+    return max(_end(r) for r in regs) + _TAIL_H
+
+
+def _cohort_kwargs(
+    regs, *, target, risk_models, windows, thresholds, at, until, every, extra
+) -> dict:
+    kw: dict[str, Any] = {"until": until, "every": every, "progress": False}
+    if windows:
+        kw["windows"] = {k: tuple(v) for k, v in windows.items()}
+    if thresholds:
+        kw["thresholds"] = dict(thresholds)
+    if at is not None:
+        kw["at"] = dict(at)
+    else:
+        # Concentrations at the events every regimen has (a shared coordinate).
+        common = set.intersection(*(r.anchor_names for r in regs)) if regs else set()
+        kw["at"] = {a: a for a in sorted(common)}
+    kw = _merge(kw, extra or {}, "the caller")
+    if target is not None:
+        risk = _risk_module()
+        need = risk.required_cohort_kwargs(target)
+        kw = _merge(kw, need, f"the target {_target_text(target)}")
+    if risk_models:
+        risk = _risk_module()
+        for name, rm in risk_models.items():
+            kw = _merge(kw, risk.required_cohort_kwargs(rm), f"the risk model {name!r}")
+    if "trajectory_every" not in kw and kw.get("trajectories"):
+        kw["trajectory_every"] = every
+    return kw
+
+
+def _load_risks(risks) -> dict:
+    if not risks:
+        return {}
+    if isinstance(risks, str):
+        risks = [risks]
+    risk = _risk_module()
+    out = {}
+    for r in risks:
+        rm = risk.load_risk(r)
+        name = str(getattr(rm, "name", None) or r)
+        out[name] = rm
+    return out
+
+
+def _dose(reg: Regimen, ds) -> tuple[np.ndarray, np.ndarray]:
+    """Total dose per patient (mg, mg/kg) of `reg` with the cohort's weights and events."""
+    n = ds.sizes["patient"]
+    w = ds["weight"].values.astype(float) if "weight" in ds.coords else np.full(n, np.nan)
+    anchors = {a: ds[a].values.astype(float) for a in reg.anchor_names}
+    t, rate, bolus = reg.event_arrays(np.where(np.isfinite(w), w, 1.0), anchors)
+    mg = bolus.sum(axis=1) + np.sum(rate[:, :-1] * np.diff(t, axis=1), axis=1)
+    if not reg.uses_weight and "weight" not in ds.coords:
+        return mg, np.full(n, np.nan)
+    if reg.uses_weight and "weight" not in ds.coords:
+        raise DesignError("a per-kg regimen needs a population with `weight`")
+    return mg, mg / w
+
+
+def _pct(values: np.ndarray, axis=0) -> np.ndarray:
+    """5, 50 and 95 % over `axis` ignoring NaN; the percentile axis last."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        return np.moveaxis(np.nanpercentile(values, PERCENTILES, axis=axis), 0, -1)
+
+
+def _run(model, reg, population, n, seed, kw):
+    from .cohort import simulate_cohort
+
+    return simulate_cohort(model, reg, population, n, seed, **kw)
+
+
+def _evaluate(ds, target, risk_models, seed, n_draws) -> dict:
+    """PTA and risk results of one cohort: {name: Dataset}."""
+    out = {}
+    if target is not None or risk_models:
+        risk = _risk_module()
+    if target is not None:
+        out["pta"] = risk.pta(ds, target)
+    for name, rm in risk_models.items():
+        out[name] = risk.apply_risk(ds, rm, n_draws=n_draws, seed=seed)
+    return out
+
+
+def _scalar(ds, name) -> float:
+    return float(np.asarray(ds[name].values)) if name in ds else float("nan")
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def compare(
+    model,
+    regimens: Sequence,
+    population,
+    n: int,
+    seed: int = 0,
+    *,
+    target=None,
+    risks: Sequence = (),
+    windows: Mapping[str, tuple[str, str]] | None = None,
+    thresholds: Mapping[str, list] | None = None,
+    at: Mapping[str, str] | None = None,
+    names: Sequence[str] | None = None,
+    anchors=None,
+    until=None,
+    every="5 min",
+    n_draws: int = 2000,
+    bands: bool = True,
+    cohort_kwargs: Mapping[str, Any] | None = None,
+):
+    """Simulate several regimens on the same virtual patients and summarise them side by side.
+
+    Parameters
+    ----------
+    model : str, Path or ModelSpec
+        PK model (as for :func:`pkpd.simulate_cohort`).
+    regimens : sequence
+        Regimens: shipped names, TOML files, one-line texts or :class:`~pkpd.Regimen`.
+    population, n, seed
+        As for :func:`pkpd.simulate_cohort`; the same `seed` is used for every regimen
+        (common random numbers, see the module docstring).
+    target : str or dict, optional
+        Probability of target attainment (:func:`parse_target`, :func:`pkpd.risk.pta`).
+    risks : sequence of str
+        Risk models (:func:`pkpd.risk.load_risk`); incidence with its interval per regimen.
+    windows : dict, optional
+        AUC windows ``name -> (start, end)``. Default ``{"0-24 h": ("0 h", "24 h")}`` and,
+        when every regimen has the event ``end_of_surgery``, ``postop24`` from it to 24 h
+        after it.
+    thresholds, at
+        Time-above thresholds and named concentration times (as for simulate_cohort);
+        `at` defaults to the events every regimen has.
+    names : sequence of str, optional
+        Regimen labels (default: the regimen's name, else its one-line text).
+    anchors : str or Regimen, optional
+        A regimen whose ``[anchors]`` declare the events that one-line regimens refer to.
+    until, every
+        Common evaluation grid (default: 24 h after the latest possible end of dosing of
+        any regimen, every 5 minutes).
+    n_draws : int
+        Calibration draws of the risk models.
+    bands : bool
+        Percentile bands over time per regimen (``band``).
+    cohort_kwargs : dict, optional
+        Further :func:`pkpd.simulate_cohort` keywords (``chunk_size``, ``threads``, ...).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimension ``regimen``; ``cmax`` (regimen, output, percentile), ``auc`` (regimen,
+        output, window, percentile), ``time_above`` (regimen, threshold, percentile),
+        ``c_at`` (regimen, output, at, percentile), ``dose`` / ``dose_per_kg`` (regimen,
+        percentile), the per-patient values (``*_patient``, dimension ``patient`` with the
+        covariates as coordinates), ``pta`` with ``pta_lo``/``pta_hi`` and
+        ``incidence_<risk>`` with ``_lo``/``_hi`` when asked, ``band`` (regimen, quantile,
+        band_output, band_time) and the provenance in ``attrs``.
+    """
+    import xarray as xr
+
+    from .model import load_model
+
+    if isinstance(regimens, str | Regimen) or not len(regimens):
+        raise DesignError("`regimens`: give a list of at least one regimen")
+    spec = load_model(model)
+    regs = [_with_anchors(load_regimen(r), anchors) for r in regimens]
+    labels = list(names) if names is not None else [r.name or r.text for r in regs]
+    if len(labels) != len(regs):
+        raise DesignError(f"`names` has {len(labels)} entries for {len(regs)} regimens")
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        if lab in seen:
+            seen[lab] += 1
+            labels[i] = f"{lab} #{seen[lab]}"
+        else:
+            seen[lab] = 1
+    tgt = parse_target(target) if target is not None else None
+    risk_models = _load_risks(risks)
+    if windows is None:
+        windows = {"0-24 h": ("0 h", "24 h")}
+        if all("end_of_surgery" in r.anchor_names for r in regs):
+            windows["postop24"] = ("end_of_surgery", "end_of_surgery + 24 h")
+    if until is None:
+        until = _until(regs)
+    kw = _cohort_kwargs(
+        regs,
+        target=tgt,
+        risk_models=risk_models,
+        windows=windows,
+        thresholds=thresholds,
+        at=at,
+        until=until,
+        every=every,
+        extra=dict(cohort_kwargs or {}, bands=bands),
+    )
+    parts = []
+    first = None
+    events: dict[str, dict[str, np.ndarray]] = {}
+    for lab, reg in zip(labels, regs, strict=True):
+        ds = _run(spec, reg, population, n, seed, kw)
+        _check_crn(first, ds, lab)
+        if first is None:
+            first = ds
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
+        parts.append(_summary(ds, reg, res, risk_models))
+        for a in reg.anchor_names:
+            events.setdefault(a, {})[lab] = ds[a].values
+        del ds
+    out = xr.concat(parts, dim="regimen", join="outer", coords="minimal", compat="override")
+    out = out.assign_coords(regimen=("regimen", labels))
+    out["regimen_text"] = ("regimen", [r.text for r in regs])
+    assert first is not None
+    covs = [c for c in first.coords if first[c].dims == ("patient",) and c != "patient"]
+    covs = [c for c in covs if not c.startswith("event_") and c not in events]
+    out = out.assign_coords({c: ("patient", first[c].values, first[c].attrs) for c in covs})
+    for a, per in events.items():
+        arr = np.full((len(labels), n), np.nan)
+        for i, lab in enumerate(labels):
+            if lab in per:
+                arr[i] = per[lab]
+        out[f"event_{a}"] = (
+            ("regimen", "patient"),
+            arr,
+            {"units": "h", "long_name": f"time of event {a} (NaN: the regimen has none)"},
+        )
+    out.attrs = _attrs(first, spec, kind="compare")
+    out.attrs.update(
+        {
+            "regimens": " | ".join(f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)),
+            "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in kw.get("windows", {}).items()),
+            "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
+            "patients excluded",
+            "common_random_numbers": _crn_text(regs, labels, seed),
+            "target": _target_text(tgt) if tgt else "",
+            "risks": ", ".join(risk_models),
+            "assumptions": _assumptions(first, regs),
+        }
+    )
+    for name, rm in risk_models.items():
+        out.attrs.update(_risk_attrs(name, rm))
+    return out
+
+
+def _check_crn(first, ds, label) -> None:
+    """Covariates and individual parameters must be identical across regimens (CRN)."""
+    if first is None:
+        return
+    names = [c for c in first.coords if first[c].dims == ("patient",)]
+    names += [v for v in first.data_vars if v.startswith("param_")]
+    for c in names:
+        if c in ds and not np.array_equal(first[c].values, ds[c].values):
+            raise DesignError(
+                f"common random numbers broken: `{c}` differs for regimen {label!r} (a bug: "
+                "the cohort draws should not depend on the regimen)"
+            )
+
+
+def _crn_text(regs, labels, seed) -> str:
+    parts = [
+        f"seed {seed} for every regimen: identical covariates and individual parameters "
+        "(checked after the runs)"
+    ]
+    names = sorted(set().union(*(r.anchor_names for r in regs)))
+    for a in names:
+        have = [(lab, r.anchor_spec(a)) for lab, r in zip(labels, regs, strict=True)]
+        have = [(lab, s) for lab, s in have if s is not None]
+        sets = {tuple(sorted(r.anchor_names)) for r in regs if a in r.anchor_names}
+        same = len({s for _, s in have}) == 1 and len(sets) == 1
+        parts.append(
+            f"event {a}: "
+            + (
+                f"same per-patient times in {len(have)} regimen(s)"
+                if same
+                else "distributions or event sets differ between regimens: times are not shared"
+            )
+        )
+    return "; ".join(parts)
+
+
+def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
+    """The per-regimen part of the comparison dataset (no regimen dimension yet)."""
+    import xarray as xr
+
+    ok = ds.status.values == 0
+    data: dict[str, Any] = {}
+    coords: dict[str, Any] = {
+        "percentile": ("percentile", list(PERCENTILES), {"units": "%"}),
+        "output": ("output", list(ds.output.values)),
+        "patient": ("patient", ds.patient.values),
+    }
+
+    def add(name, var, dims, units, long_name):
+        v = ds[var].values.astype(float).copy()
+        v[~ok] = np.nan
+        data[name] = (
+            (*dims, "percentile"),
+            _pct(v, axis=0),
+            {"units": units, "long_name": long_name},
+        )
+        data[f"{name}_patient"] = (
+            ("patient", *dims),
+            v,
+            {"units": units, "long_name": f"{long_name}, per patient (NaN: failed)"},
+        )
+
+    add("cmax", "cmax", ("output",), "ng/mL", "maximum concentration")
+    add("tmax", "tmax", ("output",), "h", "time of maximum concentration")
+    coords["window"] = ("window", list(ds.window.values))
+    add("auc", "auc", ("output", "window"), "ng*h/mL", "area under the curve")
+    if "time_above" in ds:
+        coords["threshold"] = ("threshold", list(ds.threshold.values))
+        add("time_above", "time_above", ("threshold",), "h", "time above threshold")
+    if "c_at" in ds:
+        coords["at"] = ("at", list(ds["at"].values))
+        add("c_at", "c_at", ("output", "at"), "ng/mL", "concentration at named times")
+    mg, mgkg = _dose(reg, ds)
+    for name, v, u in (("dose", mg, "mg"), ("dose_per_kg", mgkg, "mg/kg")):
+        data[name] = (("percentile",), _pct(v), {"units": u, "long_name": "total dose given"})
+        data[f"{name}_patient"] = (("patient",), v, {"units": u, "long_name": "total dose given"})
+    data["n_failed"] = ((), int((~ok).sum()), {"long_name": "patients whose solver failed"})
+    if "pta" in res:
+        p = res["pta"]
+        for k in ("pta", "pta_lo", "pta_hi"):
+            if k in p:
+                data[k] = ((), _scalar(p, k), {"units": "1", "long_name": _LONG[k]})
+        if "attained" in p:
+            data["attained_patient"] = (
+                ("patient",),
+                np.asarray(p["attained"].values, dtype=bool),
+                {"long_name": "target attained"},
+            )
+    for name in risk_models:
+        r = res[name]
+        for suf in ("", "_lo", "_hi"):
+            k = f"incidence_{name}{suf}"
+            data[k] = (
+                (),
+                _scalar(r, k),
+                {"units": "1", "long_name": f"predicted incidence of {name}{_SUF[suf]}"},
+            )
+        if f"p_{name}" in r:
+            data[f"p_{name}_patient"] = (
+                ("patient",),
+                np.asarray(r[f"p_{name}"].values, dtype=float),
+                {"units": "1", "long_name": f"probability of {name} per patient"},
+            )
+    if "band" in ds:
+        coords["quantile"] = ("quantile", ds["quantile"].values)
+        coords["band_output"] = ("band_output", ds.band_output.values)
+        coords["band_time"] = ("band_time", ds.band_time.values, {"units": "h"})
+        data["band"] = (
+            ("quantile", "band_output", "band_time"),
+            ds.band.values,
+            dict(ds.band.attrs),
+        )
+    return xr.Dataset(data, coords=coords)
+
+
+_LONG = {
+    "pta": "probability of target attainment",
+    "pta_lo": "probability of target attainment, lower bound",
+    "pta_hi": "probability of target attainment, upper bound",
+}
+_SUF = {"": "", "_lo": ", lower bound", "_hi": ", upper bound"}
+
+
+def _attrs(ds, spec, kind: str) -> dict:
+    keep = {
+        k: v
+        for k, v in ds.attrs.items()
+        if k not in ("regimen", "elapsed_s", "patients_per_second", "n_failed", "windows")
+    }
+    keep["kind"] = kind
+    keep["disclaimer"] = DISCLAIMER
+    return keep
+
+
+def _assumptions(ds, regs) -> str:
+    parts = []
+    assumed = ds.attrs.get("model_assumed_parameters")
+    if assumed and str(assumed).strip().lower() != "none":
+        parts.append(f"model values assumed (not literature): {assumed}")
+    for r in regs:
+        for a in r.anchors:
+            if a.tag or a.source:
+                parts.append(f"event {a.name} of {r.name or r.text}: {a.source} [{a.tag}]")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _risk_attrs(name, rm) -> dict:
+    """Provenance of a risk model for the result's attrs (whatever the model exposes)."""
+    out = {}
+    prov = getattr(rm, "provenance", None)
+    if callable(prov):
+        out[f"risk_{name}"] = str(prov())
+    for k in ("description", "caveats", "absent"):
+        v = getattr(rm, k, None)
+        if isinstance(v, list | tuple):
+            v = " | ".join(map(str, v))
+        if isinstance(v, str) and v:
+            out[f"risk_{name}_{k}"] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- design
+
+
+def _values(name: str, values) -> list:
+    if values is None:
+        return []
+    if isinstance(values, str | int | float):
+        values = [values]
+    vals = list(values)
+    if not vals:
+        raise DesignError(f"`{name}`: give at least one value")
+    if name == "duration":
+        return vals
+    out = []
+    for v in vals:
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            raise DesignError(f"`{name}`: expected numbers in {_UNITS[name]}, got {v!r}")
+        if not (np.isfinite(v) and v >= 0):
+            raise DesignError(f"`{name}`: values must be finite and >= 0, got {v!r}")
+        out.append(float(v))
+    if len(set(out)) != len(out):
+        raise DesignError(f"`{name}`: repeated values in {out}")
+    return out
+
+
+def _duration_text(v) -> str:
+    if isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool):
+        if not (np.isfinite(v) and v > 0):
+            raise DesignError(f"`duration`: values must be > 0 h, got {v!r}")
+        return f"{float(v):g} h"
+    return " ".join(str(v).split())
+
+
+def design(
+    model,
+    population,
+    n: int,
+    seed: int = 0,
+    *,
+    bolus: Sequence[float] | None = None,
+    rate: Sequence[float] | None = None,
+    duration: Sequence | None = None,
+    template: str | None = None,
+    anchors=None,
+    target=None,
+    risk=None,
+    max_risk: float | None = None,
+    windows: Mapping[str, tuple[str, str]] | None = None,
+    until=None,
+    every="5 min",
+    n_draws: int = 2000,
+    progress=None,
+    cohort_kwargs: Mapping[str, Any] | None = None,
+):
+    """Sweep a regimen template over a grid of doses and durations on one virtual cohort.
+
+    Parameters
+    ----------
+    model, population, n, seed
+        As for :func:`pkpd.simulate_cohort`; the same `seed` at every grid point (common
+        random numbers, see the module docstring).
+    bolus : sequence of float, optional
+        Bolus doses (mg/kg), placeholder ``{bolus}``.
+    rate : sequence of float, optional
+        Infusion rates (mg/kg/h), placeholder ``{rate}``.
+    duration : sequence, optional
+        Infusion ends: hours (``4``), times (``"4 h"``) or event-anchored times
+        (``"end_of_surgery"``, ``"end_of_surgery + 2 h"``), placeholder ``{duration}``.
+        Default ``["end_of_surgery"]`` when `anchors` declares it.
+    template : str, optional
+        One-line regimen with placeholders (default :data:`DEFAULT_TEMPLATE`).
+    anchors : str or Regimen, optional
+        Regimen whose ``[anchors]`` declare the events the template refers to.
+    target : str or dict, optional
+        Target for the probability of target attainment (:func:`parse_target`).
+    risk : str, optional
+        Risk model (:func:`pkpd.risk.load_risk`).
+    max_risk : float, optional
+        Limit on the risk incidence (fraction) for the best schedule.
+    windows, until, every, n_draws, cohort_kwargs
+        As for :func:`compare`; `until` is common to the whole grid.
+    progress : bool, optional
+        One line per grid point on stderr (default: when stderr is a terminal).
+
+    Returns
+    -------
+    xarray.Dataset
+        One dimension per design variable; ``regimen`` (the one-line text of each point),
+        ``total_dose`` (mean mg/kg over the cohort), ``cmax_median`` (..., output),
+        ``auc_median`` (..., output, window), ``pta``/``pta_lo``/``pta_hi`` (with a target),
+        ``incidence_<risk>`` with its bounds and ``feasible`` (with a risk), ``pareto``
+        (with both), and the best schedule in ``attrs`` (``best_regimen``, ``best_message``,
+        ...).
+    """
+    import sys
+
+    import xarray as xr
+
+    from .model import load_model
+
+    grid_vals = {
+        k: _values(k, v) for k, v in (("bolus", bolus), ("rate", rate), ("duration", duration))
+    }
+    tpl = template or DEFAULT_TEMPLATE
+    used = [k for k in _VARIABLES if "{" + k + "}" in tpl]
+    for k in _VARIABLES:
+        if grid_vals[k] and k not in used:
+            raise DesignError(f"`{k}` values given but the template has no {{{k}}}: {tpl!r}")
+    if "duration" in used and not grid_vals["duration"]:
+        src = load_regimen(anchors) if anchors is not None else None
+        if src is not None and src.anchor_spec("end_of_surgery") is not None:
+            grid_vals["duration"] = ["end_of_surgery"]
+        else:
+            raise DesignError(
+                "`duration`: give infusion ends (e.g. [4] h or ['end_of_surgery'] with "
+                "anchors='lumbar_fusion_esketamine'; CLI --duration 4h,end_of_surgery)"
+            )
+    for k in used:
+        if not grid_vals[k]:
+            raise DesignError(f"the template uses {{{k}}}: give `{k}` values")
+    dims = [k for k in used]
+    if not dims:
+        raise DesignError(f"the template {tpl!r} has none of {{bolus}}, {{rate}}, {{duration}}")
+    texts = {
+        k: [_duration_text(v) if k == "duration" else f"{v:g}" for v in grid_vals[k]] for k in dims
+    }
+    if "duration" in dims and len(set(texts["duration"])) != len(texts["duration"]):
+        raise DesignError(f"`duration`: repeated values in {texts['duration']}")
+    spec = load_model(model)
+    shape = tuple(len(grid_vals[k]) for k in dims)
+    points = list(itertools.product(*(range(s) for s in shape)))
+    regs = {}
+    for idx in points:
+        text = tpl.format(**{k: texts[k][i] for k, i in zip(dims, idx, strict=True)})
+        try:
+            reg = load_regimen(text)
+        except PkpdError as exc:
+            raise DesignError(f"grid point {text!r}: {exc}") from None
+        regs[idx] = _with_anchors(reg, anchors)
+    tgt = parse_target(target) if target is not None else None
+    risk_models = _load_risks([risk] if risk else [])
+    rname = next(iter(risk_models), None)
+    if max_risk is not None:
+        if rname is None:
+            raise DesignError("`max_risk` needs a `risk` model")
+        if not (0.0 <= float(max_risk) <= 1.0):
+            raise DesignError(f"`max_risk` must be a fraction in [0, 1], got {max_risk!r}")
+    if windows is None:
+        windows = {"0-24 h": ("0 h", "24 h")}
+    if until is None:
+        until = _until(list(regs.values()))
+    kw = _cohort_kwargs(
+        list(regs.values()),
+        target=tgt,
+        risk_models=risk_models,
+        windows=windows,
+        thresholds=None,
+        at=None,
+        until=until,
+        every=every,
+        extra=dict(cohort_kwargs or {}, bands=False),
+    )
+    show = progress if progress is not None else sys.stderr.isatty()
+    first = None
+    outs = None
+    nwin = None
+    res_arr: dict[str, np.ndarray] = {}
+    for k_pt, idx in enumerate(points):
+        reg = regs[idx]
+        ds = _run(spec, reg, population, n, seed, kw)
+        _check_crn(first, ds, reg.text)
+        if first is None:
+            first = ds
+            outs = list(ds.output.values)
+            nwin = list(ds.window.values)
+            res_arr["cmax_median"] = np.full((*shape, len(outs)), np.nan)
+            res_arr["auc_median"] = np.full((*shape, len(outs), len(nwin)), np.nan)
+            for name in ("total_dose", "n_failed", "pta", "pta_lo", "pta_hi"):
+                res_arr[name] = np.full(shape, np.nan)
+            for suf in ("", "_lo", "_hi"):
+                if rname:
+                    res_arr[f"incidence_{rname}{suf}"] = np.full(shape, np.nan)
+            res_arr["feasible"] = np.zeros(shape, dtype=bool)
+        ok = ds.status.values == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res_arr["cmax_median"][idx] = np.nanmedian(
+                np.where(ok[:, None], ds.cmax.values, np.nan), axis=0
+            )
+            res_arr["auc_median"][idx] = np.nanmedian(
+                np.where(ok[:, None, None], ds.auc.values, np.nan), axis=0
+            )
+            res_arr["total_dose"][idx] = float(np.nanmean(_dose(reg, ds)[1]))
+        res_arr["n_failed"][idx] = int((~ok).sum())
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
+        if "pta" in res:
+            for k in ("pta", "pta_lo", "pta_hi"):
+                res_arr[k][idx] = _scalar(res["pta"], k)
+        if rname:
+            r = res[rname]
+            for suf in ("", "_lo", "_hi"):
+                res_arr[f"incidence_{rname}{suf}"][idx] = _scalar(r, f"incidence_{rname}{suf}")
+            if max_risk is not None:
+                res_arr["feasible"][idx] = bool(
+                    _risk_module().meets_limit(r, risk_models[rname], float(max_risk))
+                )
+        if show:
+            sys.stderr.write(f"\rgrid point {k_pt + 1}/{len(points)}")
+            sys.stderr.flush()
+        del ds
+    if show:
+        sys.stderr.write("\n")
+    coords: dict[str, Any] = {}
+    for k in dims:
+        if k == "duration":
+            vals = grid_vals[k]
+            numeric = all(
+                isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+                for v in vals
+            )
+            coords[k] = (
+                k,
+                [float(v) for v in vals] if numeric else texts[k],
+                {"units": "h" if numeric else ""},
+            )
+        else:
+            coords[k] = (k, grid_vals[k], {"units": _UNITS[k]})
+    coords["output"] = ("output", outs)
+    coords["window"] = ("window", nwin)
+    gds = xr.Dataset(coords=coords)
+    gds["regimen"] = (
+        tuple(dims),
+        np.array([regs[i].text for i in points], dtype=object).reshape(shape),
+    )
+    gds["total_dose"] = (
+        tuple(dims),
+        res_arr["total_dose"],
+        {"units": "mg/kg", "long_name": "mean total dose over the cohort"},
+    )
+    gds["n_failed"] = (
+        tuple(dims),
+        res_arr["n_failed"].astype(np.int64),
+        {"long_name": "failed patients"},
+    )
+    gds["cmax_median"] = (
+        (*dims, "output"),
+        res_arr["cmax_median"],
+        {"units": "ng/mL", "long_name": "median Cmax"},
+    )
+    gds["auc_median"] = (
+        (*dims, "output", "window"),
+        res_arr["auc_median"],
+        {"units": "ng*h/mL", "long_name": "median AUC"},
+    )
+    if tgt is not None:
+        for k in ("pta", "pta_lo", "pta_hi"):
+            gds[k] = (tuple(dims), res_arr[k], {"units": "1", "long_name": _LONG[k]})
+    if rname:
+        for suf in ("", "_lo", "_hi"):
+            k = f"incidence_{rname}{suf}"
+            gds[k] = (
+                tuple(dims),
+                res_arr[k],
+                {"units": "1", "long_name": f"predicted incidence of {rname}{_SUF[suf]}"},
+            )
+        if max_risk is not None:
+            gds["feasible"] = (
+                tuple(dims),
+                res_arr["feasible"],
+                {
+                    "long_name": f"{rname} incidence within the limit {max_risk:g} "
+                    "(pkpd.risk.meets_limit)"
+                },
+            )
+    if tgt is not None and rname:
+        gds["pareto"] = (
+            tuple(dims),
+            pareto_front(res_arr["pta"], res_arr[f"incidence_{rname}"]),
+            {"long_name": "on the Pareto front (maximize PTA, minimize risk incidence)"},
+        )
+    assert first is not None
+    gds.attrs = _attrs(first, spec, kind="design")
+    gds.attrs.update(
+        {
+            "template": tpl,
+            "design_variables": ", ".join(f"{k} [{_UNITS[k]}]" for k in dims),
+            "anchors": str(getattr(load_regimen(anchors), "name", "") or anchors)
+            if anchors is not None
+            else "",
+            "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in kw.get("windows", {}).items()),
+            "common_random_numbers": f"seed {seed} at every grid point: identical covariates, "
+            "individual parameters and event times (checked after the runs)",
+            "target": _target_text(tgt) if tgt else "",
+            "risk": rname or "",
+            "max_risk": float(max_risk) if max_risk is not None else "",
+            "assumptions": _assumptions(first, list(regs.values())[:1]),
+        }
+    )
+    if rname:
+        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
+    gds.attrs.update(select_best(gds, max_risk=max_risk))
+    return gds
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def pareto_front(pta, risk) -> np.ndarray:
+    """Boolean mask of the Pareto-optimal points (maximize `pta`, minimize `risk`).
+
+    A point is dominated if another point has ``pta >= `` and ``risk <= `` its own with at
+    least one strict; equal points do not dominate each other (ties stay on the front).
+    NaN in either value: not on the front. Any shape; the result has the same shape.
+
+    Examples
+    --------
+    >>> pareto_front([0.5, 0.7, 0.7, 0.6], [0.1, 0.2, 0.2, 0.3]).tolist()
+    [True, True, True, False]
+    """
+    p = np.asarray(pta, dtype=float)
+    r = np.asarray(risk, dtype=float)
+    if p.shape != r.shape:
+        raise DesignError(f"`pta` and `risk` differ in shape: {p.shape} vs {r.shape}")
+    pf, rf = p.ravel(), r.ravel()
+    good = np.isfinite(pf) & np.isfinite(rf)
+    out = np.zeros(pf.shape, dtype=bool)
+    gi = np.nonzero(good)[0]
+    pg, rg = pf[gi], rf[gi]
+    front = np.ones(gi.size, dtype=bool)
+    step = 1024  # rows at a time: bounds the (rows, points) comparison arrays
+    for s in range(0, gi.size, step):
+        pi, ri = pg[s : s + step, None], rg[s : s + step, None]
+        ge = (pg[None, :] >= pi) & (rg[None, :] <= ri)
+        strict = (pg[None, :] > pi) | (rg[None, :] < ri)
+        front[s : s + step] = ~np.any(ge & strict, axis=1)
+    out[gi] = front
+    return out.reshape(p.shape)
+
+
+def select_best(gds, max_risk: float | None = None) -> dict:
+    """The best schedule of a design grid, as attributes (see the module docstring).
+
+    Feasible points: ``gds.feasible`` if present, else ``incidence <= max_risk`` (or every
+    point without a risk model or limit). Among them, the largest ``pta``; ties by the lower
+    ``total_dose``, then grid order. Returns ``best_*`` attributes; ``best_regimen`` is
+    ``""`` and ``best_message`` explains when nothing qualifies.
+    """
+    if "pta" not in gds:
+        return {
+            "best_regimen": "",
+            "best_message": "no target given: no best schedule (PTA needed)",
+        }
+    dims = list(gds.pta.dims)
+    pta = np.asarray(gds.pta.values, dtype=float)
+    dose = np.asarray(gds.total_dose.values, dtype=float)
+    rname = str(gds.attrs.get("risk") or "")
+    inc = gds[f"incidence_{rname}"].values if rname and f"incidence_{rname}" in gds else None
+    if "feasible" in gds:
+        feasible = np.asarray(gds.feasible.values, dtype=bool)
+    elif max_risk is not None and inc is not None:
+        feasible = np.asarray(inc, dtype=float) <= float(max_risk)
+    else:
+        feasible = np.ones(pta.shape, dtype=bool)
+    feasible = feasible & np.isfinite(pta)
+    if not feasible.any():
+        lowest = ""
+        if inc is not None and np.isfinite(inc).any():
+            j = int(np.nanargmin(inc))
+            lowest = (
+                f"; the lowest predicted {rname} incidence on the grid is "
+                f"{float(np.ravel(inc)[j]):.3g} ({np.ravel(gds.regimen.values)[j]})"
+            )
+        limit = f"{rname} incidence <= {float(max_risk):g}" if max_risk is not None else "the limit"
+        if "feasible" in gds:
+            limit += " (as decided by pkpd.risk.meets_limit: its 95 % upper bound)"
+        return {
+            "best_regimen": "",
+            "best_message": f"no schedule on the grid satisfies {limit}{lowest}",
+        }
+    flat = np.nonzero(feasible.ravel())[0]
+    # lexsort: last key first -> max PTA, then min dose, then grid order.
+    order = np.lexsort((flat, np.nan_to_num(dose.ravel()[flat], nan=np.inf), -pta.ravel()[flat]))
+    j = int(flat[order[0]])
+    idx = np.unravel_index(j, pta.shape)
+    out = {
+        "best_regimen": str(np.ravel(gds.regimen.values)[j]),
+        "best_pta": float(pta.ravel()[j]),
+        "best_total_dose": float(dose.ravel()[j]),
+        "best_index": ",".join(str(int(i)) for i in idx),
+    }
+    for d, i in zip(dims, idx, strict=True):
+        v = gds[d].values[i]
+        out[f"best_{d}"] = v.item() if hasattr(v, "item") else str(v)
+    if inc is not None:
+        out["best_incidence"] = float(np.ravel(inc)[j])
+    cond = (
+        f" subject to {rname} incidence <= {float(max_risk):g}"
+        if max_risk is not None and rname
+        else ""
+    )
+    out["best_message"] = (
+        f"best: {out['best_regimen']} (PTA {out['best_pta']:.3f}"
+        + (f", {rname} {out['best_incidence']:.3f}" if inc is not None else "")
+        + f", mean total {out['best_total_dose']:.3g} mg/kg): max PTA{cond}, ties by lower dose"
+    )
+    return out
