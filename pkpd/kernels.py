@@ -391,24 +391,35 @@ def _patient(
                     xtmp[i] = acc
                 for i in range(Nr):
                     x[i] = xtmp[i]
-                if n_thr == 0 and (n_store == 0 or next_store >= g + BLK):
-                    # Only Cmax/Tmax to update in this block: a tight loop over the block.
+                if n_thr == 0:
+                    # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
+                    # the stored points of the block, if any.
                     for kk in range(BLK - 1):
                         for o in range(n_out):
                             v = cblk[kk * n_out + o]
                             if v > cm[o]:
                                 cm[o] = v
                                 tm[o] = grid[g + kk]
-                    g += BLK - 1
-                    t = grid[g]
+                    g_last = g + BLK - 1
+                    t = grid[g_last]
                     for o in range(n_out):
                         v = x[out_state[o]] * out_scale[o]
                         c[o] = v
                         if v > cm[o]:
                             cm[o] = v
                             tm[o] = t
+                    while n_store > 0 and next_store <= g_last:
+                        gi = next_store // store_stride
+                        kk = next_store - g
+                        for j in range(n_store):
+                            if kk < BLK - 1:
+                                v = cblk[kk * n_out + store_out[j]]
+                            else:
+                                v = c[store_out[j]]
+                            traj[p, j, gi] = np.float32(v)
+                        next_store += store_stride
                     t_prev = t
-                    g += 1
+                    g = g_last + 1
                     continue
                 for kk in range(BLK):
                     t = grid[g]
@@ -568,7 +579,9 @@ def histogram_update(traj, edges_log, counts):
         Natural logs of the inner bin edges, uniformly spaced; bin 0 holds values below
         the first edge (including zeros), the last bin values above the last edge.
     counts : (n_store, n_t, n_bins) int64
-        Updated in place. Parallel over time points, so no two threads write one row.
+        Updated in place. Parallel over blocks of time points, so no two threads write one
+        row; within a block the patients are read in memory order (a run of time points of
+        one patient at a time), not with a stride of a whole patient per value.
     """
     n = traj.shape[0]
     n_store = traj.shape[1]
@@ -576,21 +589,25 @@ def histogram_update(traj, edges_log, counts):
     n_edges = edges_log.shape[0]
     lo = edges_log[0]
     width = (edges_log[n_edges - 1] - lo) / (n_edges - 1)
-    for tt in numba.prange(n_t):
-        for j in range(n_store):
-            for p in range(n):
-                v = traj[p, j, tt]
-                if not v > 0.0:
-                    counts[j, tt, 0] += 1
-                    continue
-                z = (np.log(v) - lo) / width
-                if z < 0.0:
-                    b = 0
-                elif z >= n_edges - 1:
-                    b = n_edges
-                else:
-                    b = int(z) + 1
-                counts[j, tt, b] += 1
+    tb = 32  # time points per block
+    for blk in numba.prange((n_t + tb - 1) // tb):
+        t0 = blk * tb
+        t1 = min(n_t, t0 + tb)
+        for p in range(n):
+            for j in range(n_store):
+                for tt in range(t0, t1):
+                    v = traj[p, j, tt]
+                    if not v > 0.0:
+                        counts[j, tt, 0] += 1
+                        continue
+                    z = (np.log(v) - lo) / width
+                    if z < 0.0:
+                        b = 0
+                    elif z >= n_edges - 1:
+                        b = n_edges
+                    else:
+                        b = int(z) + 1
+                    counts[j, tt, b] += 1
 
 
 _SPECIALISED: dict[int, object] = {}
