@@ -29,8 +29,10 @@ demo: $(STAMP)
 export OPENBLAS_NUM_THREADS ?= 1
 
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code.
+# Two workers (CI has 2 cores): most of a cold run is numba compiling kernels, one core
+# each; --dist loadfile keeps each test file's module fixtures in one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 	$(MAKE) --no-print-directory test-nojit
 
 # The solver tests once more with numba's JIT disabled, so coverage and tracebacks reach
