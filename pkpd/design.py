@@ -1042,4 +1042,10 @@ def select_best(gds, max_risk: float | None = None) -> dict:
         + (f", {rname} {out['best_incidence']:.3f}" if inc is not None else "")
         + f", mean total {out['best_total_dose']:.3g} mg/kg): max PTA{cond}, ties by lower dose"
     )
+    if out["best_pta"] == 0.0 and np.nanmax(pta) > 0.0:
+        # Formally the best, but no feasible schedule reaches the target in any patient.
+        out["best_message"] = (
+            "no schedule that meets the limit attains the target in any patient (PTA 0 at "
+            "every feasible point); " + out["best_message"]
+        )
     return out

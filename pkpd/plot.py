@@ -455,7 +455,14 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
             ax.plot(r[pm][order], p[pm][order], "o-", color="tab:blue", ms=4, label="Pareto front")
             mr = gds.attrs.get("max_risk")
             if isinstance(mr, int | float) and not isinstance(mr, bool):
-                ax.axvline(float(mr), color="tab:red", ls=":", label=f"limit {float(mr):g}")
+                # Feasibility is decided on the 95 % upper bound of the incidence, while the
+                # points are plotted at its estimate: say so, or the best point looks wrong.
+                ax.axvline(
+                    float(mr),
+                    color="tab:red",
+                    ls=":",
+                    label=f"limit {float(mr):g} (on the 95% upper bound)",
+                )
             if gds.attrs.get("best_regimen"):
                 ax.scatter([gds.attrs["best_incidence"]], [gds.attrs["best_pta"]], marker="*",
                            s=180, c="tab:red", label="best")  # fmt: skip

@@ -180,6 +180,11 @@ def test_best_under_limit_rule():
     none = select_best(g, max_risk=0.001)
     assert none["best_regimen"] == ""
     assert "no schedule" in none["best_message"] and "b0 r0" in none["best_message"]
+    # Feasible points only where nothing is attained: the best has PTA 0, and says so.
+    g3 = _grid([[0.0, 0.9], [0.0, 1.0]], [[0.0, 0.2], [0.01, 0.3]], [[0, 3], [2, 4]])
+    zero = select_best(g3, max_risk=0.05)
+    assert zero["best_regimen"] == "b0 r0" and zero["best_pta"] == 0.0
+    assert zero["best_message"].startswith("no schedule that meets the limit attains")
 
 
 def test_parse_target():
