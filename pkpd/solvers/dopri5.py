@@ -236,6 +236,38 @@ def _check_times(t_out, t0):
 
 
 @_jit_inline
+def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u):
+    """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
+    bolus``, new rate), then record every output due (events first: the convention of
+    :mod:`pkpd.solvers.exact`).
+
+    Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
+    end of the next smooth segment (the next event or the last output time) and
+    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. Shared by
+    Dopri5 and Rodas4.
+    """
+    n = y.shape[0]
+    n_ev = ev_t.shape[0]
+    n_out = t_out.shape[0]
+    while k < n_ev and ev_t[k] <= t:
+        if ev_bolus[k] != 0.0:
+            for j in range(n):
+                y[j] += b[j] * ev_bolus[k]
+        u = ev_rate[k]
+        k += 1
+    while i < n_out and t_out[i] <= t:
+        for j in range(n):
+            if not math.isfinite(y[j]):
+                return k, i, u, t, STATUS_NONFINITE
+            out[i, j] = y[j]
+        i += 1
+    t_end = t_out[n_out - 1]
+    if k < n_ev and ev_t[k] < t_end:
+        t_end = ev_t[k]
+    return k, i, u, t_end, STATUS_OK
+
+
+@_jit_inline
 def dopri5_solve(
     rhs,
     p,
@@ -301,7 +333,6 @@ def dopri5_solve(
         A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
     """
     n = y0.shape[0]
-    n_ev = ev_t.shape[0]
     n_out = t_out.shape[0]
     if not _check_times(t_out, t0):
         return STATUS_BAD_TIMES
@@ -325,26 +356,12 @@ def dopri5_solve(
     iasti = 0
     nonsti = 0
     while i < n_out:
-        # Events due now: bolus jump, new rate.
-        if k < n_ev and ev_t[k] <= t:
-            if ev_bolus[k] != 0.0:
-                for j in range(n):
-                    y[j] += b[j] * ev_bolus[k]
-            u = ev_rate[k]
-            k += 1
-            continue
-        # Outputs at exactly the current time.
-        while i < n_out and t_out[i] <= t:
-            for j in range(n):
-                if not math.isfinite(y[j]):
-                    return STATUS_NONFINITE
-                out[i, j] = y[j]
-            i += 1
+        # Events due now (bolus jump, new rate), then the outputs at the current time.
+        k, i, u, t_end, st = event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u)
+        if st != STATUS_OK:
+            return st
         if i == n_out:
             break
-        t_end = t_out[n_out - 1]
-        if k < n_ev and ev_t[k] < t_end:
-            t_end = ev_t[k]
         # ---- integrate the smooth segment [t, t_end] ------------------------------
         rhs(t, y, u, p, k1)
         stats[STAT_NFEV] += 1

@@ -45,7 +45,7 @@ from . import (
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
-from .dopri5 import _check_times, initial_step
+from .dopri5 import _check_times, event_boundary, initial_step
 from .linear_rhs import linear_jac, linear_rhs
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -332,7 +332,6 @@ def rodas_solve(
         A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
     """
     n = y0.shape[0]
-    n_ev = ev_t.shape[0]
     n_out = t_out.shape[0]
     if not _check_times(t_out, t0):
         return STATUS_BAD_TIMES
@@ -359,24 +358,11 @@ def rodas_solve(
     i = 0
     nsteps_total = 0
     while i < n_out:
-        if k < n_ev and ev_t[k] <= t:
-            if ev_bolus[k] != 0.0:
-                for j in range(n):
-                    y[j] += b[j] * ev_bolus[k]
-            u = ev_rate[k]
-            k += 1
-            continue
-        while i < n_out and t_out[i] <= t:
-            for j in range(n):
-                if not math.isfinite(y[j]):
-                    return STATUS_NONFINITE
-                out[i, j] = y[j]
-            i += 1
+        k, i, u, t_end, st = event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u)
+        if st != STATUS_OK:
+            return st
         if i == n_out:
             break
-        t_end = t_out[n_out - 1]
-        if k < n_ev and ev_t[k] < t_end:
-            t_end = ev_t[k]
         # ---- integrate the smooth segment [t, t_end] ------------------------------
         rhs(t, y, u, p, f0)
         stats[STAT_NFEV] += 1
