@@ -16,7 +16,6 @@ Every error names the file, the key, the offending value and what was expected.
 from __future__ import annotations
 
 import math
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -81,22 +80,11 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     """
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
-    text = str(name_or_path)
-    path = Path(text)
-    if not (path.suffix == ".toml" or path.exists()):
-        path = models_dir() / f"{text}.toml"
-        if not path.exists():
-            raise ModelError(
-                f"unknown model {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available_models())}"
-            )
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found (expected a .toml file)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"{path}: not valid TOML: {exc}") from exc
+    from .io import read_library_file
+
+    path, data = read_library_file(
+        name_or_path, models_dir(), available_models, "model", ModelError
+    )
     return ModelSpec.from_dict(data, file=path)
 
 
@@ -349,6 +337,50 @@ class ModelSpec:
         ctx.keys(
             data, "", top, {"schema_version", "model", "analytes", "parameters", "compartments"}
         )
+        meta = cls._read_metadata(ctx, data)
+        analytes = cls._read_analytes(ctx, ctx.table(data, "analytes"))
+        parent = next(a for a, v in analytes.items() if v["role"] == "parent")
+        covariates = cls._read_covariates(ctx, ctx.table(data, "covariates", required=False))
+        parameters = cls._read_parameters(ctx, ctx.table(data, "parameters"), covariates)
+        compartments, dose = cls._read_compartments(ctx, ctx.table(data, "compartments"), analytes)
+        flows = cls._read_flows(ctx, data.get("flows", []), compartments)
+        cls._expand_chains(ctx, data.get("chains", []), compartments, flows, analytes)
+        used = cls._check_references(ctx, parameters, compartments, flows, analytes)
+        unused = sorted(set(parameters) - used)
+        if unused:
+            raise ctx.err(
+                f"parameters.{unused[0]}",
+                "defined but not used by any compartment, flow or effect site (a typo?)",
+            )
+        outputs = cls._make_outputs(ctx, compartments, analytes, parent)
+        variability = cls._read_variability(ctx, data.get("variability", []), parameters)
+        residual = cls._read_residual(
+            ctx, ctx.table(data, "residual", required=False), outputs, analytes
+        )
+        spec = cls(
+            file=Path(file) if file is not None else None,
+            **meta,
+            analytes=analytes,
+            parameters=parameters,
+            covariates=covariates,
+            compartments=compartments,
+            flows=flows,
+            variability=variability,
+            residual=residual,
+            outputs=outputs,
+            dose_compartment=dose,
+            parent=parent,
+            raw=data,
+        )
+        spec._compile()
+        # Positivity of the typical values as written (volumes > 0, rates >= 0).
+        spec._check_theta(spec.theta_typical, "typical values")
+        return spec
+
+    @staticmethod
+    def _read_metadata(ctx, data) -> dict:
+        """`schema_version` and the [model] table, as keyword arguments of the spec
+        (shared by compartment models and ``[ode]`` models)."""
         if isinstance(data["schema_version"], bool) or data["schema_version"] != 1:
             raise ctx.err("schema_version", f"{data['schema_version']!r} unsupported; expected 1")
         meta = ctx.table(data, "model")
@@ -376,52 +408,16 @@ class ModelSpec:
         notes = meta.get("notes", [])
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             raise ctx.err("model.notes", "expected a list of strings")
-
-        analytes = cls._read_analytes(ctx, ctx.table(data, "analytes"))
-        parent = next(a for a, v in analytes.items() if v["role"] == "parent")
-        covariates = cls._read_covariates(ctx, ctx.table(data, "covariates", required=False))
-        parameters = cls._read_parameters(ctx, ctx.table(data, "parameters"), covariates)
-        compartments, dose = cls._read_compartments(ctx, ctx.table(data, "compartments"), analytes)
-        flows = cls._read_flows(ctx, data.get("flows", []), compartments)
-        cls._expand_chains(ctx, data.get("chains", []), compartments, flows, analytes)
-        used = cls._check_references(ctx, parameters, compartments, flows, analytes)
-        unused = sorted(set(parameters) - used)
-        if unused:
-            raise ctx.err(
-                f"parameters.{unused[0]}",
-                "defined but not used by any compartment, flow or effect site (a typo?)",
-            )
-        outputs = cls._make_outputs(ctx, compartments, analytes, parent)
-        variability = cls._read_variability(ctx, data.get("variability", []), parameters)
-        residual = cls._read_residual(
-            ctx, ctx.table(data, "residual", required=False), outputs, analytes
-        )
-        spec = cls(
-            file=Path(file) if file is not None else None,
-            name=ctx.string(meta, "model", "name"),
-            drug=ctx.string(meta, "model", "drug"),
-            title=ctx.string(meta, "model", "title", required=False, default=""),
-            citation=ctx.string(meta, "model", "citation"),
-            doi=ctx.string(meta, "model", "doi", required=False, default=""),
-            population=ctx.string(meta, "model", "population"),
-            sampling_site=site,
-            notes=tuple(notes),
-            analytes=analytes,
-            parameters=parameters,
-            covariates=covariates,
-            compartments=compartments,
-            flows=flows,
-            variability=variability,
-            residual=residual,
-            outputs=outputs,
-            dose_compartment=dose,
-            parent=parent,
-            raw=data,
-        )
-        spec._compile()
-        # Positivity of the typical values as written (volumes > 0, rates >= 0).
-        spec._check_theta(spec.theta_typical, "typical values")
-        return spec
+        return {
+            "name": ctx.string(meta, "model", "name"),
+            "drug": ctx.string(meta, "model", "drug"),
+            "title": ctx.string(meta, "model", "title", required=False, default=""),
+            "citation": ctx.string(meta, "model", "citation"),
+            "doi": ctx.string(meta, "model", "doi", required=False, default=""),
+            "population": ctx.string(meta, "model", "population"),
+            "sampling_site": site,
+            "notes": tuple(notes),
+        }
 
     @staticmethod
     def _read_analytes(ctx, tab):

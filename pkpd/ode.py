@@ -792,34 +792,8 @@ def ode_spec_from_dict(cls, data: dict, file):
         if k in data:
             raise ctx.err(k, "a model with an [ode] section writes its structure as equations")
     ctx.keys(data, "", top, {"schema_version", "model", "parameters", "ode"})
-    if isinstance(data["schema_version"], bool) or data["schema_version"] != 1:
-        raise ctx.err("schema_version", f"{data['schema_version']!r} unsupported; expected 1")
-    meta = ctx.table(data, "model")
-    ctx.keys(
-        meta,
-        "model",
-        {
-            "name",
-            "drug",
-            "title",
-            "citation",
-            "doi",
-            "population",
-            "sampling_site",
-            "notes",
-            "description",
-        },
-        {"name", "drug", "citation", "population", "sampling_site"},
-    )
-    site = ctx.string(meta, "model", "sampling_site")
-    if site not in mdl.SAMPLING_SITES:
-        raise ctx.err(
-            "model.sampling_site", f"{site!r}; expected one of {', '.join(mdl.SAMPLING_SITES)}"
-        )
-    notes = meta.get("notes", [])
-    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
-        raise ctx.err("model.notes", "expected a list of strings")
-    drug = ctx.string(meta, "model", "drug")
+    meta = cls._read_metadata(ctx, data)
+    drug = meta["drug"]
     if "analytes" in data:
         analytes = cls._read_analytes(ctx, ctx.table(data, "analytes"))
     else:
@@ -837,14 +811,7 @@ def ode_spec_from_dict(cls, data: dict, file):
     )
     spec = cls(
         file=Path(file) if file is not None else None,
-        name=ctx.string(meta, "model", "name"),
-        drug=drug,
-        title=ctx.string(meta, "model", "title", required=False, default=""),
-        citation=ctx.string(meta, "model", "citation"),
-        doi=ctx.string(meta, "model", "doi", required=False, default=""),
-        population=ctx.string(meta, "model", "population"),
-        sampling_site=site,
-        notes=tuple(notes),
+        **meta,
         analytes=analytes,
         parameters=parameters,
         covariates=covariates,
