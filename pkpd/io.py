@@ -16,7 +16,36 @@ from pathlib import Path
 
 from .errors import PkpdError
 
-__all__ = ["atomic_outputs", "write_csv", "write_netcdf"]
+__all__ = ["atomic_outputs", "read_library_file", "write_csv", "write_netcdf"]
+
+
+def read_library_file(name_or_path, folder: Path, available, what: str, error) -> tuple[Path, dict]:
+    """Resolve a shipped name or a ``.toml`` path and parse it: ``(path, data)``.
+
+    The one loader of every library folder (models, PD endpoints, populations, risk
+    models): a name is looked up as ``folder/NAME.toml``; `available()` lists the names for
+    the error message; `error` is the exception class raised (naming the file) for an
+    unknown name, a missing file or invalid TOML.
+    """
+    import tomllib
+
+    text = str(name_or_path)
+    path = Path(text)
+    if not (path.suffix == ".toml" or path.exists()):
+        path = Path(folder) / f"{text}.toml"
+        if not path.exists():
+            raise error(
+                f"unknown {what} {text!r}: expected a path to a .toml file or one of "
+                f"{', '.join(available()) or '(none shipped)'}"
+            )
+    if not path.is_file():
+        raise error(f"{path}: {what} file not found (expected a .toml file)")
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from exc
+    return path, data
 
 
 class OutputError(PkpdError, OSError):

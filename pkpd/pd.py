@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -212,22 +211,9 @@ def load_pd(name_or_path) -> PDEndpoint:
     """Load and validate a PD endpoint by shipped name or path to a ``.toml`` file."""
     if isinstance(name_or_path, PDEndpoint):
         return name_or_path
-    text = str(name_or_path)
-    path = Path(text)
-    if not (path.suffix == ".toml" or path.exists()):
-        path = pd_dir() / f"{text}.toml"
-        if not path.exists():
-            raise ModelError(
-                f"unknown PD endpoint {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available_pd())}"
-            )
-    if not path.is_file():
-        raise ModelError(f"{path}: PD endpoint file not found (expected a .toml file)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ModelError(f"{path}: not valid TOML: {exc}") from exc
+    from .io import read_library_file
+
+    path, data = read_library_file(name_or_path, pd_dir(), available_pd, "PD endpoint", ModelError)
     return pd_from_dict(data, file=path)
 
 

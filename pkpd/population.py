@@ -109,7 +109,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -197,22 +196,11 @@ def load_population(name_or_path: str | Path | Population) -> Population:
     """
     if isinstance(name_or_path, Population):
         return name_or_path
-    text = str(name_or_path)
-    path = Path(text)
-    if not (path.suffix == ".toml" or path.exists()):
-        path = populations_dir() / f"{text}.toml"
-        if not path.exists():
-            raise PopulationError(
-                f"unknown population {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available_populations())}"
-            )
-    if not path.is_file():
-        raise PopulationError(f"{path}: population file not found (expected a .toml file)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise PopulationError(f"{path}: not valid TOML: {exc}") from exc
+    from .io import read_library_file
+
+    path, data = read_library_file(
+        name_or_path, populations_dir(), available_populations, "population", PopulationError
+    )
     return Population.from_dict(data, file=path)
 
 

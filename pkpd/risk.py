@@ -276,22 +276,11 @@ def load_risk(name_or_path) -> RiskModel:
     """Load and validate a risk model by shipped name or path to a ``.toml`` file."""
     if isinstance(name_or_path, RiskModel):
         return name_or_path
-    text = str(name_or_path)
-    path = Path(text)
-    if not (path.suffix == ".toml" or path.exists()):
-        path = risk_dir() / f"{text}.toml"
-        if not path.exists():
-            raise RiskError(
-                f"unknown risk model {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available_risks()) or '(none shipped)'}"
-            )
-    if not path.is_file():
-        raise RiskError(f"{path}: risk model file not found (expected a .toml file)")
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise RiskError(f"{path}: not valid TOML: {exc}") from exc
+    from .io import read_library_file
+
+    path, data = read_library_file(
+        name_or_path, risk_dir(), available_risks, "risk model", RiskError
+    )
     return risk_from_dict(data, file=path)
 
 
