@@ -26,8 +26,11 @@ For each patient, in this order (one ``rng.random(n)`` call per variable, see be
 7. optional **fixed** covariates (e.g. every patient ``race = "asian"``), no draws.
 
 Truncated distributions are sampled *exactly* by inverse CDF: with ``u`` uniform on [0, 1),
-``x = F^-1(F(a) + u (F(b) - F(a)))`` through :func:`scipy.stats.truncnorm.ppf` (which works
-in log space far in the tails). This is the exact truncated distribution, not clipping (which
+``x = F^-1(F(a) + u (F(b) - F(a)))``, evaluated by :func:`_truncnorm_ppf`: directly with
+``scipy.special.ndtr``/``ndtri`` on the side of the mean where ``F`` keeps its digits
+(agreement with :func:`scipy.stats.truncnorm.ppf` to 1e-12 relative on the standard scale,
+tested), and through ``scipy.stats.truncnorm.ppf`` itself (which works in log space far in
+the tails) when the window holds less than 1e-3 of the parent's mass. This is the exact truncated distribution, not clipping (which
 would pile mass on the bounds) and not rejection sampling (which would consume a random
 number of draws).
 
@@ -310,7 +313,7 @@ class _Truncated:
     def ppf(self, u: np.ndarray) -> np.ndarray:
         """Inverse CDF of the truncated distribution at `u` in [0, 1) (exact, no clipping)."""
         a, b = self.standardized()
-        return self._from(stats.truncnorm.ppf(u, a, b, loc=self.loc, scale=self.scale))
+        return self._from(self.loc + self.scale * _truncnorm_ppf(np.asarray(u, dtype=float), a, b))
 
     def moments(self) -> tuple[float, float]:
         """Exact mean and sd of the truncated distribution on the natural scale."""
@@ -1117,6 +1120,26 @@ class CovariateTable:
                 )
             out.append(s)
         return np.array(out, dtype="<U6")
+
+
+def _truncnorm_ppf(u: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Inverse CDF of the standard normal truncated to [a, b] at `u` in [0, 1).
+
+    ``ndtri(Phi(a) + u (Phi(b) - Phi(a)))``, taken on the lower side of the mean (a window
+    above the mean is mirrored: if X ~ TN(a, b) then -X ~ TN(-b, -a)), where Phi(a) <= 1/2
+    keeps its relative precision. Windows holding less than 1e-3 of the mass go through
+    scipy.stats.truncnorm.ppf, which works in log space. About 10x faster than scipy's
+    generic path, which dominated drawing a large cohort.
+    """
+    from scipy.special import ndtr, ndtri
+
+    if a > 0.0:
+        return -_truncnorm_ppf(1.0 - u, -b, -a)
+    pa = float(ndtr(a))
+    z = float(ndtr(b)) - pa
+    if not z >= 1e-3:
+        return np.clip(stats.truncnorm.ppf(u, a, b), a, b)
+    return np.clip(ndtri(pa + u * z), a, b)
 
 
 def _truncnorm_moments(a: float, b: float, loc: float, scale: float) -> tuple[float, float]:
