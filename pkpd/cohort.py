@@ -272,6 +272,8 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
                 thr_val,
                 store_idx,
                 stride,
+                np.zeros(0, dtype=np.int64),
+                np.ones(store_idx.size),
                 _uniform(grid),
                 cmax,
                 tmax,

@@ -41,7 +41,7 @@ SPECIAL_ANCHOR = 2
 
 _CACHE = 4
 #: Grid steps per block in the fast path (see `_patient`).
-BLK = 16  # a power of two (the block propagator is computed by squaring)
+BLK = 32  # a power of two (the block propagator is computed by squaring)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -52,8 +52,9 @@ def _eval_outputs(x, out_state, out_scale, c):
 
 @numba.njit(cache=True, nogil=True)
 def _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
-    """Fold one evaluated point into the running metrics of patient `p`."""
-    for o in range(c.shape[0]):
+    """Fold one evaluated point into the running metrics of patient `p` (`c` may hold
+    stored state rows after the outputs: Cmax covers the outputs only)."""
+    for o in range(cmax.shape[1]):
         if c[o] > cmax[p, o]:
             cmax[p, o] = c[o]
             tmax[p, o] = t
@@ -93,6 +94,8 @@ def cohort_kernel(
     thr_val,
     store_out,
     store_stride,
+    extra_state,
+    store_scale,
     uniform,
     cmax,
     tmax,
@@ -128,9 +131,15 @@ def cohort_kernel(
     thr_out, thr_val : (n_thr,) int64, float64
         Output index and threshold (mg/L) of each time-above metric.
     store_out : (n_store,) int64
-        Outputs whose trajectories are stored (may be empty).
+        Rows whose trajectories are stored (may be empty): an output index
+        ``0..n_out-1``, or ``n_out + r`` for the reduced state ``extra_state[r]``.
     store_stride : int
         Store every `store_stride`-th grid point.
+    extra_state : (n_extra,) int64
+        Reduced-state indices (compartments first, so a compartment's index is its own)
+        that may be stored as rows after the outputs: amounts (mg), unscaled.
+    store_scale : (n_store,) float64
+        Factor applied to each stored row (e.g. mg/L to ng/mL).
     uniform : bool
         True if the grid is uniform (enables the fast path with one exponential).
     cmax, tmax : (n, n_out) float64
@@ -141,8 +150,8 @@ def cohort_kernel(
         Output (h).
     c_at : (n, n_out, n_at) float64
         Output: concentrations at anchored times (mg/L).
-    traj : (n, n_store, n_store_t) float32
-        Output: stored trajectories (mg/L).
+    traj : (n, n_store, n_store_t) float32 or float64
+        Output: stored trajectories (internal units times `store_scale`).
     status : (n,) int64
         Output: 0 success, else a solver status code.
     """
@@ -179,6 +188,8 @@ def cohort_kernel(
             thr_val,
             store_out,
             store_stride,
+            extra_state,
+            store_scale,
             uniform,
             cmax,
             tmax,
@@ -214,6 +225,8 @@ def _patient(
     thr_val,
     store_out,
     store_stride,
+    extra_state,
+    store_scale,
     uniform,
     cmax,
     tmax,
@@ -245,12 +258,17 @@ def _patient(
         br[i] = b[keep[i]]
         for j in range(Nr):
             Mr[i, j] = M[keep[i], keep[j]]
-    out_state = np.empty(n_out, dtype=np.int64)
-    out_scale = np.empty(n_out)
+    # Rows evaluated at each point: the outputs, then the stored extra states.
+    n_rows = n_out + extra_state.shape[0]
+    out_state = np.empty(n_rows, dtype=np.int64)
+    out_scale = np.empty(n_rows)
     for o in range(n_out):
         c_idx = outputs_i[o, 0]
         out_state[o] = c_idx  # compartments come first in `keep`
         out_scale[o] = C[o, c_idx]
+    for r in range(extra_state.shape[0]):
+        out_state[n_out + r] = extra_state[r]
+        out_scale[n_out + r] = 1.0
     Maug = np.zeros((Nr + 1, Nr + 1))
     Eaug = np.zeros((Nr + 1, Nr + 1))
     cache_h = np.full(_CACHE, -1.0)
@@ -261,8 +279,8 @@ def _patient(
     epiv = np.zeros(Nr + 1, dtype=np.int64)
     counter = np.zeros(1, dtype=np.int64)
     x = np.zeros(Nr)
-    c = np.zeros(n_out)
-    c_prev = np.zeros(n_out)
+    c = np.zeros(n_rows)
+    c_prev = np.zeros(n_rows)
     cm = np.zeros(n_out)
     tm = np.zeros(n_out)
     auc_start = np.zeros((n_out, n_w))
@@ -305,21 +323,21 @@ def _patient(
     # rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k, S_k = sum_{i<k} Co phi^i g.
     # Exact (the same grid values), with n_out*Nr instead of Nr*Nr work per inner point.
     use_blocks = uniform and n_t > 2 * BLK
-    R_k = np.zeros((BLK - 1, n_out, Nr))
-    S_k = np.zeros((BLK - 1, n_out))
-    Q = (BLK - 1) * n_out
-    RT = np.zeros((Nr, Q))  # RT[j, kk * n_out + o] = R_k[kk, o, j]
+    R_k = np.zeros((BLK - 1, n_rows, Nr))
+    S_k = np.zeros((BLK - 1, n_rows))
+    Q = (BLK - 1) * n_rows
+    RT = np.zeros((Nr, Q))  # RT[j, kk * n_rows + o] = R_k[kk, o, j]
     Sf = np.zeros(Q)
     cblk = np.zeros(Q)
     phi_c = np.zeros((Nr, Nr))
     gg_c = np.zeros(Nr)
     if use_blocks and st == STATUS_OK:
-        Rcur = np.zeros((n_out, Nr))
-        Scur = np.zeros(n_out)
-        for o in range(n_out):
+        Rcur = np.zeros((n_rows, Nr))
+        Scur = np.zeros(n_rows)
+        for o in range(n_rows):
             Rcur[o, out_state[o]] = out_scale[o]
         for kk in range(BLK - 1):
-            for o in range(n_out):
+            for o in range(n_rows):
                 acc = Scur[o]
                 for j in range(Nr):
                     acc += Rcur[o, j] * gg[j]
@@ -329,12 +347,12 @@ def _patient(
                     for i in range(Nr):
                         a2 += Rcur[o, i] * phi[i, j]
                     R_k[kk, o, j] = a2
-            for o in range(n_out):
+            for o in range(n_rows):
                 Scur[o] = S_k[kk, o]
-                Sf[kk * n_out + o] = S_k[kk, o]
+                Sf[kk * n_rows + o] = S_k[kk, o]
                 for j in range(Nr):
                     Rcur[o, j] = R_k[kk, o, j]
-                    RT[j, kk * n_out + o] = R_k[kk, o, j]
+                    RT[j, kk * n_rows + o] = R_k[kk, o, j]
         # The propagator of BLK steps by repeated squaring of the one-step propagator
         # [[phi, g], [0, 1]] (BLK is a power of two): log2(BLK) small matrix products
         # instead of a second exponential. [[A, a], [0, 1]]^2 = [[A A, A a + a], [0, 1]].
@@ -379,11 +397,10 @@ def _patient(
                 # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
                 # runs over (point, output) pairs, contiguous in RT, so it vectorises.
                 for q in range(Q):
-                    cblk[q] = Sf[q] * rate
-                for j in range(Nr):
-                    xj = x[j]
-                    for q in range(Q):
-                        cblk[q] += RT[j, q] * xj
+                    acc = Sf[q] * rate
+                    for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
+                        acc += RT[j, q] * x[j]
+                    cblk[q] = acc
                 for i in range(Nr):
                     acc = gg_c[i] * rate
                     for j in range(Nr):
@@ -394,12 +411,17 @@ def _patient(
                 if n_thr == 0:
                     # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
                     # the stored points of the block, if any.
-                    for kk in range(BLK - 1):
-                        for o in range(n_out):
-                            v = cblk[kk * n_out + o]
-                            if v > cm[o]:
-                                cm[o] = v
-                                tm[o] = grid[g + kk]
+                    for o in range(n_out):
+                        # Running max in registers (arrays could alias: reloaded each time).
+                        m = cm[o]
+                        tmo = tm[o]
+                        for kk in range(BLK - 1):
+                            v = cblk[kk * n_rows + o]
+                            if v > m:
+                                m = v
+                                tmo = grid[g + kk]
+                        cm[o] = m
+                        tm[o] = tmo
                     g_last = g + BLK - 1
                     t = grid[g_last]
                     for o in range(n_out):
@@ -408,15 +430,17 @@ def _patient(
                         if v > cm[o]:
                             cm[o] = v
                             tm[o] = t
+                    for o in range(n_out, n_rows):
+                        c[o] = x[out_state[o]]
                     while n_store > 0 and next_store <= g_last:
                         gi = next_store // store_stride
                         kk = next_store - g
                         for j in range(n_store):
                             if kk < BLK - 1:
-                                v = cblk[kk * n_out + store_out[j]]
+                                v = cblk[kk * n_rows + store_out[j]]
                             else:
                                 v = c[store_out[j]]
-                            traj[p, j, gi] = np.float32(v)
+                            traj[p, j, gi] = v * store_scale[j]
                         next_store += store_stride
                     t_prev = t
                     g = g_last + 1
@@ -424,10 +448,10 @@ def _patient(
                 for kk in range(BLK):
                     t = grid[g]
                     if kk < BLK - 1:
-                        for o in range(n_out):
-                            c[o] = cblk[kk * n_out + o]
+                        for o in range(n_rows):
+                            c[o] = cblk[kk * n_rows + o]
                     else:
-                        for o in range(n_out):
+                        for o in range(n_rows):
                             c[o] = x[out_state[o]] * out_scale[o]
                     for o in range(n_out):
                         if c[o] > cm[o]:
@@ -441,7 +465,7 @@ def _patient(
                     if n_store > 0 and g == next_store:
                         gi = g // store_stride
                         for j in range(n_store):
-                            traj[p, j, gi] = np.float32(c[store_out[j]])
+                            traj[p, j, gi] = c[store_out[j]] * store_scale[j]
                         next_store += store_stride
                     g += 1
             while g < n_t and grid[g] < lim:
@@ -459,6 +483,8 @@ def _patient(
                     if v > cm[o]:
                         cm[o] = v
                         tm[o] = t
+                for o in range(n_out, n_rows):
+                    c[o] = x[out_state[o]]
                 if n_thr > 0:
                     _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
                     for o in range(n_out):
@@ -467,7 +493,7 @@ def _patient(
                 if n_store > 0 and g == next_store:
                     gi = g // store_stride
                     for j in range(n_store):
-                        traj[p, j, gi] = np.float32(c[store_out[j]])
+                        traj[p, j, gi] = c[store_out[j]] * store_scale[j]
                     next_store += store_stride
                 g += 1
             for o in range(n_out):
@@ -547,7 +573,7 @@ def _patient(
             if store_out.shape[0] > 0 and g % store_stride == 0:
                 gi = g // store_stride
                 for j in range(store_out.shape[0]):
-                    traj[p, j, gi] = np.float32(c[store_out[j]])
+                    traj[p, j, gi] = c[store_out[j]] * store_scale[j]
             g += 1
         for i in range(Nr):
             if not np.isfinite(x[i]):
