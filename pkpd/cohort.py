@@ -321,36 +321,33 @@ def _run_adaptive(
 ):
     """Fill the chunk's metrics with an adaptive solver; returns per-patient counters.
 
-    Linear models run the augmented system ``dy/dt = M y + b u`` (AUC states included);
+    Linear models run their reduced system ``dy/dt = M y + b u`` (compartments and AUC
+    states) and record only the concentrations and AUCs;
     ``[ode]`` models their generated right-hand side. With ``auto_stiff``, patients for
     whom Dopri5 reports stiffness are solved again with Rodas4.
     """
     from .kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
     from .solvers import STATUS_STIFF
-    from .solvers.registry import DEFAULT_MAX_STEPS, tolerance
+    from .solvers.registry import DEFAULT_MAX_STEPS, DEFAULT_NSTIFF, tolerance
 
     spec = setup.spec
     n = theta.shape[0]
     outs = spec.output_names
     if spec.is_linear:
-        N = spec.n_states
-        P = np.zeros((n, N * N + N + len(outs) * spec.n_comp))
-        B = np.zeros(N)
-        bad = linear_parameters(
-            theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
-            spec.dose_index, len(spec.analyte_names), N, P, B,
-        )  # fmt: skip
-        if bad:
+        try:
+            P, B, B_rec, auc_index = linear_parameters(spec, theta)
+        except ValueError:
             raise CohortError(
                 f"model {spec.name!r}: the input map differs between patients; use method='exact'"
-            )
+            ) from None
+        N = B.size
         Y0 = np.zeros((n, N))
-        auc_index = spec.n_comp + 1 + len(spec.analyte_names) + np.arange(len(outs))
         kernels = LINEAR_COHORT_KERNELS
     else:
         from .ode import cohort_inputs
 
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
+        B_rec = B
         N = Y0.shape[1]
     rtol = tolerance(setup.rtol, N, "rtol")
     atol = tolerance(setup.atol, N, "atol")
@@ -364,8 +361,9 @@ def _run_adaptive(
 
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
-            pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
+            pick(P), B, B_rec, pick(Y0), t0, grid, *[pick(a) for a in ev],
             *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
+            DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,
             stride, *out,
         )  # fmt: skip

@@ -16,8 +16,12 @@ per ``[ode]`` model in its generated module (:mod:`pkpd.ode`). The per-patient s
 protocol is::
 
     solve_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                  max_steps, out, stats) -> status
+                  max_steps, nstiff, out, stats) -> status
     outputs_into(t_out, Y, pp, O)       # O[r, o]: output o at t_out[r], mg/L
+
+where ``out`` (and ``Y``) hold what the solver records at each output time: the whole
+state for ``[ode]`` models, and for linear models only the linear functionals the metrics
+need (the concentrations, then the AUC states), through the solvers' recording map.
 
 Nothing here raises or formats strings; a failed patient gets a status code (and NaN
 metrics) and never stops the others.
@@ -32,6 +36,7 @@ from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_STAR
 from pkpd.solvers import N_STATS, STATUS_OK
 from pkpd.solvers import dopri5 as _dopri5
 from pkpd.solvers import rosenbrock as _rodas
+from pkpd.solvers.linear_rhs import linear_jac, linear_rhs
 from pkpd.solvers.linear_system import fill_system
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -73,22 +78,26 @@ def merge_rows(grid, ev_t, spec_t):
             k += 1
         te = ev_t[k] if k < K else np.inf
         ts = spec_t[s] if s < S else np.inf
-        tg = grid[g] if g < n_t else np.inf
-        if te <= ts and te <= tg and k < K:
-            times[r] = te
-            kinds[r] = _ROW_EVENT
-            index[r] = k
-            k += 1
-        elif ts <= tg and s < S:
-            times[r] = ts
-            kinds[r] = _ROW_SPECIAL
-            index[r] = s
-            s += 1
-        else:
-            times[r] = tg
+        is_ev = k < K and te <= ts
+        tx = te if is_ev else ts
+        # The grid points before the next event or special time, as one run (most rows).
+        while g < n_t and grid[g] < tx:
+            times[r] = grid[g]
             kinds[r] = _ROW_GRID
             index[r] = g
             g += 1
+            r += 1
+        if r == m:  # no event or special time left (tx = inf): the grid is exhausted
+            break
+        times[r] = tx
+        if is_ev:
+            kinds[r] = _ROW_EVENT
+            index[r] = k
+            k += 1
+        else:
+            kinds[r] = _ROW_SPECIAL
+            index[r] = s
+            s += 1
         r += 1
     return times, kinds, index
 
@@ -128,8 +137,7 @@ def adaptive_patient(
     specials,
     rtol,
     atol,
-    hmax,
-    max_steps,
+    limits,
     auc_index,
     thr_out,
     thr_val,
@@ -142,18 +150,22 @@ def adaptive_patient(
     Arguments as :func:`pkpd.kernels.cohort_kernel`, grouped (CPython turns a call with
     more than 30 arguments into a star-call, which numba cannot inline):
     ``ev = (ev_t, ev_rate, ev_bolus)``, ``specials = (spec_t, spec_kind, spec_slot)``,
-    ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``; ``P`` per-patient
-    solver parameters, ``B`` bolus map, ``Y0`` initial states, ``auc_index[o]`` the state
-    holding the AUC of output `o` or -1, ``stats`` (n, N_STATS) counters.
+    ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``,
+    ``limits = (hmax, max_steps, nstiff)``; ``P`` per-patient solver parameters,
+    ``B = (b, b_rec)`` the bolus map of the state and of the recorded quantities, ``Y0``
+    initial states, ``auc_index[o]`` the recorded column holding the AUC of output `o` or
+    -1, ``stats`` (n, N_STATS) counters.
     """
+    hmax, max_steps, nstiff = limits
+    B, B_rec = B
     ev_t, ev_rate, ev_bolus = ev
     spec_t, spec_kind, spec_slot = specials
     cmax, tmax, auc, t_above, c_at, traj, status, stats = metrics
     n_out = cmax.shape[1]
-    N = Y0.shape[1]
+    N = B_rec.shape[0]  # recorded columns
     times, kinds, index = merge_rows(grid, ev_t[p], spec_t[p])
     m = times.shape[0]
-    Y = np.zeros((m, N))
+    Y = np.empty((m, N))
     st = solve_patient(
         P[p],
         B,
@@ -167,6 +179,7 @@ def adaptive_patient(
         atol,
         hmax,
         max_steps,
+        nstiff,
         Y,
         stats[p],
     )
@@ -191,7 +204,7 @@ def adaptive_patient(
         for j in range(thr_out.shape[0]):
             t_above[p, j] = np.nan
         return
-    O = np.zeros((m, n_out))
+    O = np.empty((m, n_out))
     outputs_into(times, Y, P[p], O)
     # Before a bolus the state is the solution's left limit, Y - bolus * B (the solver
     # records an output at an event time after the event).
@@ -206,31 +219,57 @@ def adaptive_patient(
         if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
             t_pre[e] = times[r]
             for i in range(N):
-                Y_pre[e, i] = Y[r, i] - ev_bolus[p, index[r]] * B[i]
+                Y_pre[e, i] = Y[r, i] - ev_bolus[p, index[r]] * B_rec[i]
             e += 1
     O_pre = np.zeros((n_ev, n_out))
     outputs_into(t_pre, Y_pre, P[p], O_pre)
-    c = np.zeros(n_out)
-    c_prev = np.zeros(n_out)
     auc_start = np.zeros((n_out, auc.shape[2]))
     t_end = grid[grid.shape[0] - 1]
-    t_prev = t0
-    e = 0
-    for r in range(m):
-        t = times[r]
-        in_span = t <= t_end
-        kind = kinds[r]
-        if kind == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+    # Cmax/Tmax: every evaluated point of the grid's span in time order, the left limit
+    # before a bolus first (rows are sorted, so the span ends at the first later row).
+    for o in range(n_out):
+        cm = cmax[p, o]
+        tm = tmax[p, o]
+        e = 0
+        for r in range(m):
+            t = times[r]
+            if t > t_end:
+                break
+            if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+                v = O_pre[e, o]
+                e += 1
+                if v > cm:
+                    cm = v
+                    tm = t
+            v = O[r, o]
+            if v > cm:
+                cm = v
+                tm = t
+        cmax[p, o] = cm
+        tmax[p, o] = tm
+    if thr_out.shape[0] > 0:
+        # Time above thresholds over the same points (Cmax is folded again, unchanged).
+        c = np.zeros(n_out)
+        c_prev = np.zeros(n_out)
+        t_prev = t0
+        e = 0
+        for r in range(m):
+            t = times[r]
+            if t > t_end:
+                break
+            if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+                for o in range(n_out):
+                    c[o] = O_pre[e, o]
+                e += 1
+                _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                t_prev = t
             for o in range(n_out):
-                c[o] = O_pre[e, o]
-            e += 1
+                c[o] = O[r, o]
             _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
             t_prev = t
-        for o in range(n_out):
-            c[o] = O[r, o]
-        if in_span:
-            _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-            t_prev = t
+    n_store = store_out.shape[0]
+    for r in range(m):
+        kind = kinds[r]
         if kind == _ROW_SPECIAL:
             s = index[r]
             slot = spec_slot[p, s]
@@ -244,117 +283,128 @@ def adaptive_patient(
                     auc[p, o, slot] = v - auc_start[o, slot]
                 elif sk == SPECIAL_ANCHOR:
                     c_at[p, o, slot] = O[r, o]
-        elif kind == _ROW_GRID and store_out.shape[0] > 0:
+        elif kind == _ROW_GRID and n_store > 0:
             g = index[r]
             if g % store_stride == 0:
                 gi = g // store_stride
-                for j in range(store_out.shape[0]):
+                for j in range(n_store):
                     traj[p, j, gi] = np.float32(O[r, store_out[j]])
 
 
 # ----------------------------------------------------------------------------- linear models
+#
+# A linear model runs its reduced system (compartments, then the cumulative AUC state of
+# each output: the dose and elimination accumulators are not needed for metrics) with the
+# per-patient parameters ``pp = [M.ravel(), b, R.ravel()]``: ``dy/dt = M y + b u`` and the
+# recording map ``R`` (2 n_out, N) whose first n_out rows give the concentrations and the
+# last n_out pick the AUC states (see :func:`linear_parameters`).
+
+
+@_jit
+def _recording_map(pp, N, n_rec):
+    base = N * N + N
+    R = np.empty((n_rec, N))
+    for r in range(n_rec):
+        for j in range(N):
+            R[r, j] = pp[base + r * N + j]
+    return R
 
 
 @_jit
 def linear_outputs(t_out, Y, pp, O):
-    """Concentrations of a linear model: ``pp = [M.ravel(), b, C.ravel()]``,
-    ``O[r] = C @ Y[r, :n_comp]`` (C is (n_out, n_comp))."""
-    N = Y.shape[1]
-    n_out = O.shape[1]
-    base = N * N + N
-    n_comp = (pp.shape[0] - base) // n_out if n_out > 0 else 0
+    """Concentrations of a linear model: the first n_out recorded columns."""
     for r in range(t_out.shape[0]):
-        for o in range(n_out):
-            acc = 0.0
-            for j in range(n_comp):
-                acc += pp[base + o * n_comp + j] * Y[r, j]
-            O[r, o] = acc
+        for o in range(O.shape[1]):
+            O[r, o] = Y[r, o]
 
 
 @_jit
 def linear_dopri5_patient(
-    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, out, stats
-):
-    """Dopri5 on ``dy/dt = M y + b u`` (stiffness test at every step), workspace here."""
-    work = np.zeros((_dopri5.N_WORK, y0.shape[0]))
-    return _dopri5.solve_linear_dopri5_into(
-        pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps, 1,
-        out, work, stats,
+    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
+    stats,
+):  # fmt: skip
+    """Dopri5 on ``dy/dt = M y + b u``, recording ``R @ y``; workspace here."""
+    N = y0.shape[0]
+    R = _recording_map(pp, N, out.shape[1])
+    work = np.zeros((_dopri5.N_WORK, N))
+    return _dopri5.dopri5_solve_mapped(
+        linear_rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
+        max_steps, nstiff, R, out, work, stats,
     )  # fmt: skip
 
 
 @_jit
 def linear_rodas_patient(
-    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, out, stats
-):
-    """Rodas4 on ``dy/dt = M y + b u`` (exact Jacobian), workspace here."""
-    n = y0.shape[0]
-    work = np.zeros((_rodas.N_WORK, n))
-    mats = np.zeros((2, n, n))
-    ipiv = np.zeros(n, dtype=np.int64)
-    return _rodas.solve_linear_rodas_into(
-        pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps,
-        out, work, mats, ipiv, stats,
+    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
+    stats,
+):  # fmt: skip
+    """Rodas4 on ``dy/dt = M y + b u`` (exact Jacobian), recording ``R @ y``."""
+    N = y0.shape[0]
+    R = _recording_map(pp, N, out.shape[1])
+    work = np.zeros((_rodas.N_WORK, N))
+    mats = np.zeros((2, N, N))
+    ipiv = np.zeros(N, dtype=np.int64)
+    return _rodas.rodas_solve_mapped(
+        linear_rhs, linear_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
+        hmax, max_steps, 0, 1, R, out, work, mats, ipiv, stats,
     )  # fmt: skip
 
 
 @_jit
 def _linear_dopri5_one(
-    p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
-    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
-    t_above, c_at, traj, status, stats,
+    p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index, thr_out, thr_val,
+    store_out, store_stride, metrics,
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
     adaptive_patient(
-        linear_dopri5_patient, linear_outputs, p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
-        (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index, thr_out,
-        thr_val, store_out, store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+        linear_dopri5_patient, linear_outputs, p, P, B, Y0, t0, grid, ev, specials, rtol, atol,
+        limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
     )  # fmt: skip
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_dopri5_cohort(
-    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
-    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
-    t_above, c_at, traj, status, stats,
+    P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+    atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
+    tmax, auc, t_above, c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Dopri5 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         _linear_dopri5_one(
-            p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
-            atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
-            tmax, auc, t_above, c_at, traj, status, stats,
+            p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
+            thr_out, thr_val, store_out, store_stride,
+            (cmax, tmax, auc, t_above, c_at, traj, status, stats),
         )  # fmt: skip
 
 
 @_jit
 def _linear_rodas_one(
-    p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
-    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
-    t_above, c_at, traj, status, stats,
+    p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index, thr_out, thr_val,
+    store_out, store_stride, metrics,
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
     adaptive_patient(
-        linear_rodas_patient, linear_outputs, p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
-        (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index, thr_out,
-        thr_val, store_out, store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+        linear_rodas_patient, linear_outputs, p, P, B, Y0, t0, grid, ev, specials, rtol, atol,
+        limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
     )  # fmt: skip
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_rodas_cohort(
-    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol, atol,
-    hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc,
-    t_above, c_at, traj, status, stats,
+    P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+    atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
+    tmax, auc, t_above, c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Rodas4 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         _linear_rodas_one(
-            p, P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
-            atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
-            tmax, auc, t_above, c_at, traj, status, stats,
+            p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
+            thr_out, thr_val, store_out, store_stride,
+            (cmax, tmax, auc, t_above, c_at, traj, status, stats),
         )  # fmt: skip
 
 
@@ -366,41 +416,42 @@ def stats_array(n: int) -> np.ndarray:
     return np.zeros((n, N_STATS), dtype=np.int64)
 
 
+def linear_parameters(spec, theta: np.ndarray):
+    """Per-patient ``P = [M.ravel(), b, R.ravel()]`` of the reduced linear system (see the
+    section comment above), the bolus maps ``B`` (state) and ``B_rec = R @ B`` (recorded
+    columns), and ``auc_index``. Raises ValueError when the input map differs between
+    patients (a per-patient bioavailability: not supported here)."""
+    n = theta.shape[0]
+    n_out = len(spec.output_names)
+    n_comp = spec.n_comp
+    N = spec.n_states
+    keep = np.concatenate([np.arange(n_comp), n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)])
+    Nr = keep.size
+    Mf = np.zeros((n, N, N))
+    bf = np.zeros((n, N))
+    Cf = np.zeros((n, n_out, n_comp))
+    _fill_systems(
+        theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
+        spec.dose_index, len(spec.analyte_names), Mf, bf, Cf,
+    )  # fmt: skip
+    b = bf[:, keep]
+    if np.any(b != b[:1]):
+        raise ValueError("the input map differs between patients")
+    R = np.zeros((n, 2 * n_out, Nr))
+    R[:, :n_out, :n_comp] = Cf
+    R[:, np.arange(n_out) + n_out, n_comp + np.arange(n_out)] = 1.0
+    M = Mf[:, keep][:, :, keep]
+    P = np.concatenate([M.reshape(n, -1), b, R.reshape(n, -1)], axis=1)
+    B = np.ascontiguousarray(b[0])
+    B_rec = R[0] @ B
+    return np.ascontiguousarray(P), B, B_rec, n_out + np.arange(n_out, dtype=np.int64)
+
+
 @_jit
-def linear_parameters(
-    theta, comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, N, P, B
-):
-    """``P[p] = [M.ravel(), b, C.ravel()]`` of every patient (the layout of
-    :func:`linear_outputs`); `B` gets the input map, returns 1 if it differs between
-    patients (a per-patient bioavailability: not supported here), else 0."""
-    n_out = outputs_i.shape[0]
-    n_comp = comps_i.shape[0]
-    M = np.zeros((N, N))
-    b = np.zeros(N)
-    C = np.zeros((n_out, n_comp))
-    bad = 0
+def _fill_systems(theta, comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, M, b, C):
+    """`fill_system` for every patient: ``M[p], b[p], C[p]``."""
     for p in range(theta.shape[0]):
-        M[:, :] = 0.0
-        b[:] = 0.0
-        C[:, :] = 0.0
         fill_system(
             theta[p], comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes,
-            M, b, C,
+            M[p], b[p], C[p],
         )  # fmt: skip
-        q = 0
-        for i in range(N):
-            for j in range(N):
-                P[p, q] = M[i, j]
-                q += 1
-        for i in range(N):
-            P[p, q] = b[i]
-            q += 1
-            if p == 0:
-                B[i] = b[i]
-            elif b[i] != B[i]:
-                bad = 1
-        for o in range(n_out):
-            for j in range(n_comp):
-                P[p, q] = C[o, j]
-                q += 1
-    return bad

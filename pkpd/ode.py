@@ -461,15 +461,15 @@ from pkpd.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
 
 @_jit
 def _dopri5_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                    max_steps, out, stats):
+                    max_steps, nstiff, out, stats):
     work = _np.zeros((_N_WORK_DOPRI5, y0.shape[0]))
     return solve_dopri5_into(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
-                             hmax, max_steps, 1, out, work, stats)
+                             hmax, max_steps, nstiff, out, work, stats)
 
 
 @_jit
 def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                   max_steps, out, stats):
+                   max_steps, nstiff, out, stats):
     n = y0.shape[0]
     work = _np.zeros((_N_WORK_RODAS, n))
     mats = _np.zeros((2, n, n))
@@ -479,39 +479,41 @@ def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hm
 
 
 @_jit
-def _dopri5_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, hmax, max_steps, auc_index,
+def _dopri5_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index,
                 thr_out, thr_val, store_out, store_stride, metrics):
     _adaptive_patient(_dopri5_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
-                      rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                      rtol, atol, limits, auc_index, thr_out, thr_val, store_out,
                       store_stride, metrics)
 
 
 @_jit
-def _rodas_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, hmax, max_steps, auc_index,
+def _rodas_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index,
                thr_out, thr_val, store_out, store_stride, metrics):
     _adaptive_patient(_rodas_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
-                      rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
+                      rtol, atol, limits, auc_index, thr_out, thr_val, store_out,
                       store_stride, metrics)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot,
-                  rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
-                  store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+def dopri5_cohort(P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
+                  spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
+                  store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _dopri5_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
-                    (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index,
+        _dopri5_one(p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+                    (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
+                    auc_index,
                     thr_out, thr_val, store_out, store_stride,
                     (cmax, tmax, auc, t_above, c_at, traj, status, stats))
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot,
-                 rtol, atol, hmax, max_steps, auc_index, thr_out, thr_val, store_out,
-                 store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+def rodas_cohort(P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
+                 spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
+                 store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _rodas_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
-                   (spec_t, spec_kind, spec_slot), rtol, atol, hmax, max_steps, auc_index,
+        _rodas_one(p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+                   (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
+                   auc_index,
                    thr_out, thr_val, store_out, store_stride,
                    (cmax, tmax, auc, t_above, c_at, traj, status, stats))
 """

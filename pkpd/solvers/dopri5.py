@@ -196,16 +196,45 @@ def initial_step(rhs, t, y, f0, u, p, rtol, atol, order, hmax, y1, f1, stats):
 
 
 @_jit
-def _dense(work, theta, out_row):
-    """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into `out_row`."""
+def _dense(work, base, theta, out_row):
+    """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into `out_row`,
+    from the coefficient rows ``work[base:base + 5]``."""
     th1 = 1.0 - theta
     n = out_row.shape[0]
     for j in range(n):
-        v = work[_R1, j] + theta * (
-            work[_R1 + 1, j]
-            + th1 * (work[_R1 + 2, j] + theta * (work[_R1 + 3, j] + th1 * work[_R1 + 4, j]))
+        v = work[base, j] + theta * (
+            work[base + 1, j]
+            + th1 * (work[base + 2, j] + theta * (work[base + 3, j] + th1 * work[base + 4, j]))
         )
         out_row[j] = v
+
+
+@_jit
+def map_rows(R, work, first, n_rows, mapped):
+    """``mapped[k] = R @ work[first + k]`` for ``k < n_rows``: coefficient rows of a
+    continuous extension carried to the recorded quantities (the extension is linear in
+    them, so mapping once per step replaces mapping at every output time)."""
+    n = work.shape[1]
+    for k in range(n_rows):
+        for r in range(R.shape[0]):
+            acc = 0.0
+            for j in range(n):
+                acc += R[r, j] * work[first + k, j]
+            mapped[k, r] = acc
+
+
+@_jit
+def record(R, y, out_row):
+    """``out_row = y`` when `R` is empty (record the state), else ``R @ y``."""
+    if R.shape[0] == 0:
+        for j in range(y.shape[0]):
+            out_row[j] = y[j]
+    else:
+        for r in range(R.shape[0]):
+            acc = 0.0
+            for j in range(y.shape[0]):
+                acc += R[r, j] * y[j]
+            out_row[r] = acc
 
 
 @_jit
@@ -236,15 +265,16 @@ def _check_times(t_out, t0):
 
 
 @_jit_inline
-def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u):
+def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u):
     """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
     bolus``, new rate), then record every output due (events first: the convention of
     :mod:`pkpd.solvers.exact`).
 
     Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
     end of the next smooth segment (the next event or the last output time) and
-    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. Shared by
-    Dopri5 and Rodas4.
+    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. What is
+    recorded is the state, or ``R @ y`` for a non-empty recording map `R` (see
+    :func:`dopri5_solve_mapped`). Shared by Dopri5 and Rodas4.
     """
     n = y.shape[0]
     n_ev = ev_t.shape[0]
@@ -259,7 +289,7 @@ def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u):
         for j in range(n):
             if not math.isfinite(y[j]):
                 return k, i, u, t, STATUS_NONFINITE
-            out[i, j] = y[j]
+        record(R, y, out[i])
         i += 1
     t_end = t_out[n_out - 1]
     if k < n_ev and ev_t[k] < t_end:
@@ -284,6 +314,35 @@ def dopri5_solve(
     hmax,
     max_steps,
     nstiff,
+    out,
+    work,
+    stats,
+):
+    """:func:`dopri5_solve_mapped` recording the whole state at each output time."""
+    return dopri5_solve_mapped(
+        rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
+        max_steps, nstiff, np.zeros((0, 0)), out, work, stats,
+    )  # fmt: skip
+
+
+@_jit_inline
+def dopri5_solve_mapped(
+    rhs,
+    p,
+    b,
+    y0,
+    t0,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t_out,
+    rtol,
+    atol,
+    h_fixed,
+    hmax,
+    max_steps,
+    nstiff,
+    R,
     out,
     work,
     stats,
@@ -320,8 +379,13 @@ def dopri5_solve(
     nstiff : int
         Stiffness test every `nstiff` accepted steps (and at every step while the test
         is positive); ``0`` disables it.
-    out : (n_out, N) float64
-        Output: the state at each output time (dense output between steps).
+    R : (n_rec, N) float64
+        Recording map: ``R @ y`` is recorded instead of the state (``(0, 0)``: the state
+        itself). A cohort needs a few linear functionals of the state (concentrations,
+        AUCs), and the dense output is linear in its coefficients, so they are mapped once
+        per step and each output time costs ``5 n_rec`` operations instead of ``5 N``.
+    out : (n_out, N) or (n_out, n_rec) float64
+        Output: the state (or ``R @ y``) at each output time (dense output between steps).
     work : (N_WORK, N) float64
         Workspace from :func:`workspace`.
     stats : (N_STATS,) int64
@@ -355,9 +419,15 @@ def dopri5_solve(
     nsteps_total = 0
     iasti = 0
     nonsti = 0
+    n_rec = out.shape[1]
+    # Dense-output coefficients of the recorded quantities (copied when `R` is empty).
+    mapped = np.zeros((5, n_rec))
+    inv_h = 0.0
     while i < n_out:
         # Events due now (bolus jump, new rate), then the outputs at the current time.
-        k, i, u, t_end, st = event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u)
+        k, i, u, t_end, st = event_boundary(
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u
+        )
         if st != STATUS_OK:
             return st
         if i == n_out:
@@ -478,11 +548,26 @@ def dopri5_solve(
                 while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
                     if not dense_ready:
                         _prepare_dense(work, h)
+                        if R.shape[0] > 0:
+                            map_rows(R, work, _R1, 5, mapped)
+                        else:
+                            for q in range(5):
+                                for j in range(n):
+                                    mapped[q, j] = work[_R1 + q, j]
                         dense_ready = True
-                    _dense(work, (t_out[i] - t) / h, out[i])
-                    for j in range(n):
-                        if not math.isfinite(out[i, j]):
+                        inv_h = 1.0 / h
+                    # The continuous extension (as `_dense`), written out: this loop runs
+                    # at every output time.
+                    th = (t_out[i] - t) * inv_h
+                    th1 = 1.0 - th
+                    for j in range(n_rec):
+                        v = mapped[0, j] + th * (
+                            mapped[1, j]
+                            + th1 * (mapped[2, j] + th * (mapped[3, j] + th1 * mapped[4, j]))
+                        )
+                        if not math.isfinite(v):
                             return STATUS_NONFINITE
+                        out[i, j] = v
                     i += 1
                 if n_fixed == 0:
                     fac = pi_factor(err, err_old, rejected)

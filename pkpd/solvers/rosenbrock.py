@@ -45,7 +45,7 @@ from . import (
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
-from .dopri5 import _check_times, event_boundary, initial_step
+from .dopri5 import _check_times, event_boundary, initial_step, map_rows
 from .linear_rhs import linear_jac, linear_rhs
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -266,12 +266,12 @@ def _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
 
 
 @_jit
-def _dense(work, s, out_row):
+def _dense(work, r0, r1, r2, r3, s, out_row):
+    """The continuous extension at ``s = (t - t_old) / h`` from the rows y_old (`r0`),
+    y_new (`r1`) and the two correction rows (`r2`, `r3`) of `work`."""
     s1 = 1.0 - s
     for j in range(out_row.shape[0]):
-        out_row[j] = work[_Y, j] * s1 + s * (
-            work[_YNEW, j] + s1 * (work[_CONT3, j] + s * work[_CONT4, j])
-        )
+        out_row[j] = work[r0, j] * s1 + s * (work[r1, j] + s1 * (work[r2, j] + s * work[r3, j]))
 
 
 @_jit
@@ -312,9 +312,43 @@ def rodas_solve(
     ipiv,
     stats,
 ):
+    """:func:`rodas_solve_mapped` recording the whole state at each output time."""
+    return rodas_solve_mapped(
+        rhs, jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
+        max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, work, mats, ipiv, stats,
+    )  # fmt: skip
+
+
+@_jit_inline
+def rodas_solve_mapped(
+    rhs,
+    jac,
+    p,
+    b,
+    y0,
+    t0,
+    ev_t,
+    ev_rate,
+    ev_bolus,
+    t_out,
+    rtol,
+    atol,
+    h_fixed,
+    hmax,
+    max_steps,
+    jac_mode,
+    autonomous,
+    R,
+    out,
+    work,
+    mats,
+    ipiv,
+    stats,
+):
     """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
 
-    Arguments as :func:`pkpd.solvers.dopri5.dopri5_solve`, plus
+    Arguments as :func:`pkpd.solvers.dopri5.dopri5_solve_mapped` (`R` the recording
+    map), plus
 
     jac : numba function ``jac(t, y, u, p, J)``
         Exact Jacobian, used when ``jac_mode == 0`` (any function of that signature
@@ -357,8 +391,13 @@ def rodas_solve(
     k = 0
     i = 0
     nsteps_total = 0
+    n_rec = out.shape[1]
+    # Rows y_old, y_new, cont3, cont4 carried through the recording map (once per step).
+    mapped = np.zeros((4, R.shape[0]))
     while i < n_out:
-        k, i, u, t_end, st = event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, out, k, i, u)
+        k, i, u, t_end, st = event_boundary(
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u
+        )
         if st != STATUS_OK:
             return st
         if i == n_out:
@@ -501,9 +540,18 @@ def rodas_solve(
                 while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
                     if not dense_ready:
                         _prepare_dense(work)
+                        if R.shape[0] > 0:
+                            map_rows(R, work, _Y, 1, mapped[0:1])
+                            map_rows(R, work, _YNEW, 1, mapped[1:2])
+                            map_rows(R, work, _CONT3, 1, mapped[2:3])
+                            map_rows(R, work, _CONT4, 1, mapped[3:4])
                         dense_ready = True
-                    _dense(work, (t_out[i] - t) / h, out[i])
-                    for j in range(n):
+                    s_out = (t_out[i] - t) / h
+                    if R.shape[0] > 0:
+                        _dense(mapped, 0, 1, 2, 3, s_out, out[i])
+                    else:
+                        _dense(work, _Y, _YNEW, _CONT3, _CONT4, s_out, out[i])
+                    for j in range(n_rec):
                         if not math.isfinite(out[i, j]):
                             return STATUS_NONFINITE
                     i += 1
