@@ -14,6 +14,10 @@ Measured next to each other (patients per second in ``extra_info["patients_per_s
 * ``kernel_summary``: ``simulate_cohort`` in summary mode (metrics only, no bands);
 * ``kernel_summary_bands``: the same with streaming percentile bands;
 * ``kernel_trajectories``: the same keeping every output every minute (float32);
+* ``kernel_all_states_float64``: the exact cohort kernel itself storing every
+  compartment's amount every minute in float64 into a preallocated array (target 1, next
+  to the ceiling loop); ``kernel_amounts_float64_end_to_end``: the same through
+  ``simulate_cohort(amounts=True, trajectory_dtype="float64")``;
 * ``kernel_dopri5_summary`` / ``kernel_rodas_summary``: summary mode through the adaptive
   cohort kernels (rtol 1e-6, atol 1e-9; failed patients, e.g. Dopri5's stiffness test,
   counted in ``extra_info["failed_patients"]``).
@@ -90,6 +94,57 @@ def test_kernel(benchmark, model, mode):
     ds = benchmark.pedantic(_cohort, args=(model, N), kwargs=kw, rounds=3, iterations=1)
     _rate(benchmark, N)
     benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
+
+
+@pytest.mark.benchmark(group="cohort")
+def test_kernel_all_states_float64(benchmark, model, monkeypatch):
+    """Target (1): the project's exact cohort kernel (`pkpd.kernels.kernel_for`, the one
+    `simulate_cohort` calls) storing every compartment's amount every minute in float64
+    into a preallocated array, as the ceiling loop below does, with the per-patient
+    metrics computed as well. Inputs are those of a real `simulate_cohort` call."""
+    import pkpd.cohort
+
+    captured = {}
+    real = pkpd.cohort.kernel_for
+
+    def capture(nr):
+        def call(*args):
+            captured["kernel"], captured["args"] = real(nr), list(args)
+            return real(nr)(*args)
+
+        return call
+
+    monkeypatch.setattr(pkpd.cohort, "kernel_for", capture)
+    _cohort(model, N, bands=False, chunk_size=N)
+    kernel, args = captured["kernel"], captured["args"]
+    n_out, nc = len(model.output_names), model.n_comp
+    # Store rows: the extra rows after the outputs, one per compartment (unscaled mg).
+    args[19] = n_out + np.arange(nc, dtype=np.int64)  # store_out
+    args[20] = 1  # store_stride
+    args[21] = np.arange(nc, dtype=np.int64)  # extra_state
+    args[22] = np.ones(nc)  # store_scale
+    traj = np.zeros((N, nc, 2881))
+    args[-2] = traj
+    kernel(*args)
+    benchmark.pedantic(kernel, args=tuple(args), rounds=3, iterations=1)
+    _rate(benchmark, N)
+    benchmark.extra_info["stored_values_per_patient"] = nc * 2881
+    assert np.all(args[-1] == 0)  # status
+    # The stored central amount over V1 is the output: the same numbers as the summary.
+    theta = args[0]
+    cp = traj[:, 0, :] / theta[:, :1]  # mg/L
+    np.testing.assert_allclose(cp.max(axis=1), args[24][:, 0], rtol=1e-12)  # cmax
+
+
+@pytest.mark.benchmark(group="cohort")
+def test_kernel_amounts_float64_end_to_end(benchmark, model):
+    """`simulate_cohort(..., amounts=True, trajectory_dtype="float64")`: the same values
+    plus the outputs, returned in a Dataset (fresh arrays each call: page faults count)."""
+    n = 4096
+    kw = {"bands": False, "amounts": True, "trajectory_dtype": "float64"}
+    _cohort(model, 512, **kw)
+    benchmark.pedantic(_cohort, args=(model, n), kwargs=kw, rounds=3, iterations=1)
+    _rate(benchmark, n)
 
 
 @numba.njit(parallel=True, cache=True)

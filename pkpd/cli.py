@@ -312,6 +312,19 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Cohort: keep the time courses of these outputs (comma-separated, or 'all').",
 )
 @click.option(
+    "--amounts",
+    is_flag=True,
+    help="Cohort: also keep the amount (mg) in every compartment on the trajectory grid "
+    "(exact solver; implies --trajectories all when none are named).",
+)
+@click.option(
+    "--trajectory-dtype",
+    type=click.Choice(["float32", "float64"]),
+    default="float32",
+    show_default=True,
+    help="Cohort: storage of kept trajectories and amounts.",
+)
+@click.option(
     "--window",
     "windows",
     multiple=True,
@@ -414,6 +427,8 @@ def simulate(
     pd_names=(),
     pd_items=(),
     racemic=False,
+    amounts=False,
+    trajectory_dtype="float32",
 ) -> None:
     if patients is not None or population is not None:
         _no_cohort_pd(pd_names, pd_items, racemic)
@@ -448,9 +463,18 @@ def simulate(
             threads,
             dask,
             out_png,
-            _method_options(method, rtol, atol),
+            {
+                **_method_options(method, rtol, atol),
+                "amounts": amounts,
+                "trajectory_dtype": trajectory_dtype,
+            },
         )
         return
+    if amounts:
+        raise click.BadParameter(
+            "amounts are kept for cohorts (--patients); a single patient's states are in "
+            "its simulation result", param_hint="--amounts",
+        )  # fmt: skip
     from .io import atomic_outputs, check_target, write_csv, write_netcdf
     from .model import load_model
     from .regimen import load_regimen

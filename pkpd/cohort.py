@@ -108,6 +108,10 @@ class CohortSetup:
     rtol: float = 1e-6
     atol: float = 1e-9
     auto_stiff: bool = False
+    #: Keep the amount in every compartment (mg) next to the trajectories (exact path).
+    amounts: bool = False
+    #: dtype of kept trajectories and amounts: "float32" (default) or "float64".
+    traj_dtype: str = "float32"
 
     @property
     def output_names(self) -> list[str]:
@@ -167,8 +171,15 @@ def _times(text: str, anchors: dict[str, np.ndarray], n: int, what: str) -> np.n
     return anchors[anchor] + off
 
 
-def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = None) -> dict:
-    """Simulate patients ``start..stop-1``; return plain numpy arrays (picklable)."""
+def run_chunk(
+    setup: CohortSetup, start: int, stop: int, threads: int | None = None, dest=None
+) -> dict:
+    """Simulate patients ``start..stop-1``; return plain numpy arrays (picklable).
+
+    `dest`, in this process only: the cohort's ``(patient, output + compartment, time)``
+    array of kept trajectories (in reporting units, ng/mL) and amounts (mg); the exact
+    kernel then writes its stored points there directly, with no chunk copy.
+    """
     import numba
 
     b0, b1 = start // BLOCK, (stop - 1) // BLOCK + 1
@@ -220,6 +231,9 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     stride = setup.store_stride if setup.store_out else setup.band_stride
     store_idx = np.array([outs.index(o) for o in store], dtype=np.int64)
     n_store_t = (grid.size - 1) // stride + 1 if store_idx.size else 0
+    # Amounts: every compartment, stored as the kernel's extra rows after the outputs.
+    extra = np.arange(spec.n_comp if setup.amounts else 0, dtype=np.int64)
+    rows = np.concatenate([store_idx, n_out + extra])
     thr_out = np.array([outs.index(o) for o, _, _ in setup.thresholds], dtype=np.int64)
     thr_val = np.array([v for _, v, _ in setup.thresholds], dtype=float)
 
@@ -228,7 +242,16 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     auc = np.full((n, n_out, len(setup.windows)), np.nan)
     t_above = np.empty((n, thr_out.size))
     c_at = np.full((n, n_out, len(setup.at)), np.nan)
-    traj = np.zeros((n, store_idx.size, n_store_t), dtype=np.float32)
+    # Stored outputs are in reporting units (ng/mL for concentrations), amounts in mg: the
+    # exact kernel scales as it stores (one rounding to the storage dtype).
+    in_place = dest is not None and setup.method == "exact" and not setup.residual
+    store_scale = np.ones(rows.size)
+    store_scale[: store_idx.size] = _output_scales(spec)[0][store_idx]
+    if in_place:
+        traj_rows = dest[start:stop]
+    else:
+        traj_rows = np.zeros((n, rows.size, n_store_t), dtype=setup.traj_dtype)
+    traj = traj_rows[:, : store_idx.size]
     status = np.zeros(n, dtype=np.int64)
     old = numba.get_num_threads()
     if threads:
@@ -243,6 +266,7 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
             solver_stats = _run_adaptive(
                 setup, theta, cov, t0, ev, specials, thr_out, thr_val, store_idx, stride, metrics
             )
+            traj *= store_scale[: store_idx.size, None].astype(traj.dtype)  # mg/L -> ng/mL
         else:
             keep = np.concatenate(
                 [
@@ -270,17 +294,17 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
                 spec_slot,
                 thr_out,
                 thr_val,
-                store_idx,
+                rows,
                 stride,
-                np.zeros(0, dtype=np.int64),
-                np.ones(store_idx.size),
+                extra,
+                store_scale,
                 _uniform(grid),
                 cmax,
                 tmax,
                 auc,
                 t_above,
                 c_at,
-                traj,
+                traj_rows,
                 status,
             )
     finally:
@@ -305,14 +329,16 @@ def run_chunk(setup: CohortSetup, start: int, stop: int, threads: int | None = N
     if setup.band_outputs:
         bidx = [store.index(o) for o in setup.band_outputs]
         bstep = setup.band_stride // stride
-        scale = _output_scales(setup.spec)[0].astype(np.float32)
-        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep]) * scale[store_idx[bidx], None]
-        counts = np.zeros((len(bidx), btraj.shape[2], _edges().size + 1), dtype=np.int64)
+        n_band_t = len(range(0, n_store_t, bstep))
+        counts = np.zeros((len(bidx), n_band_t, _edges().size + 1), dtype=np.int64)
         if not setup.keep_in_memory:
+            btraj = np.ascontiguousarray(traj[:, bidx, ::bstep])  # ng/mL
             histogram_update(btraj, np.log(_edges()), counts)
         res["band_counts"] = counts
-    if setup.store_out:
+    if setup.store_out and not in_place:
         res["trajectory"] = traj
+    if setup.amounts and not in_place:
+        res["amount"] = traj_rows[:, store_idx.size :]
     return res
 
 
@@ -332,7 +358,6 @@ def _run_adaptive(
 
     spec = setup.spec
     n = theta.shape[0]
-    outs = spec.output_names
     if spec.is_linear:
         try:
             P, B, B_rec, auc_index = linear_parameters(spec, theta)
@@ -392,7 +417,9 @@ def _uniform(grid: np.ndarray) -> bool:
 def _apply_residual(setup, traj, store, parts, sl):
     """Sampled observations: the model's residual error applied to stored trajectories."""
     eps = np.concatenate([p[3].standard_normal((BLOCK, *traj.shape[1:])) for p in parts])[sl]
-    out = traj.astype(np.float64)
+    out = traj.astype(np.float64)  # reporting units (ng/mL); the model's additive SD is mg/L
+    scale = _output_scales(setup.spec)[0]
+    outs = setup.spec.output_names
     for j, o in enumerate(store):
         r = setup.spec.residual.get(o)
         if r is None:
@@ -402,9 +429,10 @@ def _apply_residual(setup, traj, store, parts, sl):
             out[:, j, :] *= np.exp(r.proportional_sd * e)
         else:
             # Combined error as NONMEM's Y = F + sqrt(prop^2 F^2 + add^2) * EPS (one draw).
-            sd = np.sqrt((r.proportional_sd * out[:, j, :]) ** 2 + r.additive_sd**2)
+            add = r.additive_sd * scale[outs.index(o)]
+            sd = np.sqrt((r.proportional_sd * out[:, j, :]) ** 2 + add**2)
             out[:, j, :] += sd * e
-    return out.astype(np.float32)
+    return out.astype(traj.dtype)
 
 
 def _edges() -> np.ndarray:
@@ -438,18 +466,22 @@ def estimate_memory(
     chunk: int,
     keep_trajectories: bool,
     exact_bands: bool = False,
+    itemsize: int = 4,
+    n_amounts: int = 0,
 ) -> dict[str, int]:
     """Bytes needed: per-patient results, stored trajectories, and the fixed working sets.
 
-    Kept trajectories are held once: each chunk's float32 block is copied into one
-    preallocated ``(patient, output, time)`` array as it arrives (see `simulate_cohort`).
+    Kept trajectories (and `n_amounts` compartment amounts, `itemsize` bytes per value)
+    are held once: each chunk's block is copied into one preallocated
+    ``(patient, output, time)`` array as it arrives (see `simulate_cohort`).
     The working sets do not grow with `n`: the chunk's own arrays (``chunk``) and, for
     exact bands, one slab of at most :data:`BAND_SLAB_BYTES` of float64 values with its
     float32 gather and ``numpy.quantile``'s partitioned copy (``bands``).
     """
     per_patient = 8 * (n_metrics + 16)
-    traj = 4 * n * n_store * n_store_t if keep_trajectories else 0
-    work = chunk * (4 * max(n_store, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
+    rows = n_store + n_amounts
+    traj = itemsize * n * rows * n_store_t if keep_trajectories else 0
+    work = chunk * (itemsize * max(rows, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
     # A slab is at least one band time of every patient (8 * n * n_store bytes).
     slab = max(BAND_SLAB_BYTES, 8 * n * n_store)
     bands = int(2.5 * slab) if keep_trajectories and exact_bands else 0
@@ -502,6 +534,8 @@ def simulate_cohort(
     method: str = "auto",
     rtol=None,
     atol=None,
+    amounts: bool = False,
+    trajectory_dtype: str = "float32",
 ):
     """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
 
@@ -533,6 +567,13 @@ def simulate_cohort(
         Outputs whose time courses are kept (float32, ng/mL).
     trajectory_every : optional
         Step of the stored trajectories (a multiple of `every`; default `every`).
+    amounts : bool
+        Also keep the amount in every compartment (mg) on the trajectory grid, as
+        ``amount`` (patient, compartment, time); implies ``trajectories=True`` when none
+        are named. Exact solver only (linear models).
+    trajectory_dtype : {"float32", "float64"}
+        Storage of kept trajectories and amounts (float32 halves the memory; its relative
+        rounding is 6e-8).
     bands : bool
         Percentile bands (5, 25, 50, 75, 95 %) over time of every concentration output:
         exact when trajectories are kept in memory, streaming otherwise (on a
@@ -585,6 +626,12 @@ def simulate_cohort(
     grid = time_grid(start, until if until is not None else _end(reg) + 24.0, every)
     step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
     outs = spec.output_names
+    if trajectory_dtype not in ("float32", "float64"):
+        raise CohortError(
+            f"`trajectory_dtype` must be 'float32' or 'float64', got {trajectory_dtype!r}"
+        )
+    if amounts and not trajectories:
+        trajectories = True
     store_out = _store_outputs(trajectories, outs)
     store_stride = _stride(trajectory_every, step, "trajectory_every") if store_out else 1
     win = (
@@ -608,9 +655,12 @@ def simulate_cohort(
     else:
         band_stride = _stride(band_every, step, "band_every") if bands else 1
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
+    itemsize = np.dtype(trajectory_dtype).itemsize
+    n_amounts = spec.n_comp if amounts else 0
     mem = estimate_memory(
-        n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands
-    )
+        n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
+        itemsize=itemsize, n_amounts=n_amounts,
+    )  # fmt: skip
     limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
     if mem["total"] > limit:
         fixed = mem["chunk"] + mem["bands"]
@@ -643,7 +693,13 @@ def simulate_cohort(
         rtol,
         atol,
         auto_stiff,
+        bool(amounts),
+        trajectory_dtype,
     )
+    if amounts and method != "exact":
+        raise CohortError(
+            f"amounts are kept by the exact solver only (linear models); method={method!r}"
+        )
     _warn_missing_omega(spec, iiv)
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     show = progress if progress is not None else sys.stderr.isatty()
@@ -651,30 +707,31 @@ def simulate_cohort(
 
     writer = ZarrWriter(out) if zarr_out else None
     # Kept trajectories go straight into the final array (ng/mL), so they are held once.
-    traj_all = np.empty((n, len(store_out), n_store_t), np.float32) if keep else None
-    store_index = np.array([outs.index(o) for o in store_out], dtype=np.int64)
+    # Kept trajectories (ng/mL) and amounts (mg) go straight into one final array, so they
+    # are held once; the exact kernel writes there itself (see `run_chunk`).
+    kept = np.zeros((n, len(store_out) + n_amounts, n_store_t), trajectory_dtype) if keep else None
+    traj_all = kept[:, : len(store_out)] if keep else None
+    amount_all = kept[:, len(store_out) :] if keep and amounts else None
     results: list[dict] = []
     counts = None
     done = 0
     try:
-        for res in _run(setup, bounds, threads, dask):
+        for res in _run(setup, bounds, threads, dask, kept):
             if "band_counts" in res:
                 counts = res["band_counts"] if counts is None else counts + res["band_counts"]
                 del res["band_counts"]
             if writer is not None:
                 writer.append(_chunk_dataset(setup, res))
                 res.pop("trajectory", None)
-            elif traj_all is not None:
-                np.multiply(
-                    res.pop("trajectory"),
-                    _output_scales(spec)[0][store_index, None].astype(np.float32),
-                    out=traj_all[res["start"] : res["stop"]],
-                )
+            elif traj_all is not None and "trajectory" in res:
+                traj_all[res["start"] : res["stop"]] = res.pop("trajectory")
+                if amount_all is not None:
+                    amount_all[res["start"] : res["stop"]] = res.pop("amount")
             results.append(res)
             done += res["stop"] - res["start"]
             if show:
                 _progress(done, n, time.perf_counter() - t_start)
-        ds = _assemble(setup, results, counts, traj_all)
+        ds = _assemble(setup, results, counts, traj_all, amount_all)
         for msg in check_ranges(spec, ds):
             warnings.warn(
                 msg + "; predictions for them are extrapolations",
@@ -823,10 +880,10 @@ def _warn_missing_omega(spec, iiv):
         )
 
 
-def _run(setup, bounds, threads, dask):
+def _run(setup, bounds, threads, dask, dest=None):
     if dask is None:
         for s, e in bounds:
-            yield run_chunk(setup, s, e, threads)
+            yield run_chunk(setup, s, e, threads, dest)
         return
     from distributed import Client, LocalCluster
 
@@ -946,8 +1003,9 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
             {"units": units.get(spec.parameters[p].kind, "1"), "long_name": f"individual {p}"},
         )
     if "trajectory" in res:
-        sc = scale[[outs.index(o) for o in setup.store_out]].astype(np.float32)
-        _add_trajectory(setup, coords, data, res["trajectory"] * sc[:, None])
+        _add_trajectory(setup, coords, data, res["trajectory"])  # already ng/mL
+    if "amount" in res:
+        _add_amount(setup, coords, data, res["amount"])
     del n
     return xr.Dataset(data, coords=coords)
 
@@ -969,6 +1027,16 @@ def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) ->
     )
 
 
+def _add_amount(setup: CohortSetup, coords: dict, data: dict, amount) -> None:
+    """The ``amount`` variable (patient, compartment, time) in mg (trajectory times)."""
+    coords["compartment"] = ("compartment", setup.spec.comp_names)
+    data["amount"] = (
+        ("patient", "compartment", "time"),
+        amount,
+        {"units": "mg", "long_name": "amount of drug in each compartment"},
+    )
+
+
 def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
     """`QUANTILES` over patients of ``traj[:, idx, ::step]`` (float64), slab by slab.
 
@@ -987,7 +1055,7 @@ def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
     return out
 
 
-def _assemble(setup, results, counts, traj_all):
+def _assemble(setup, results, counts, traj_all, amount_all=None):
     """The cohort Dataset from the chunk results (without trajectories) and `traj_all`.
 
     `traj_all` is the preallocated ``(patient, traj_output, time)`` float32 array in ng/mL
@@ -1010,8 +1078,11 @@ def _assemble(setup, results, counts, traj_all):
         coords: dict[str, Any] = {}
         data: dict[str, Any] = {}
         _add_trajectory(setup, coords, data, traj_all)
+        if amount_all is not None:
+            _add_amount(setup, coords, data, amount_all)
         ds = ds.assign_coords(coords)
-        ds["trajectory"] = data["trajectory"]
+        for k in data:
+            ds[k] = data[k]
     if setup.band_outputs:
         if traj_all is not None:
             idx = [setup.store_out.index(o) for o in setup.band_outputs]

@@ -425,7 +425,8 @@ def linear_parameters(spec, theta: np.ndarray):
     n_out = len(spec.output_names)
     n_comp = spec.n_comp
     N = spec.n_states
-    keep = np.concatenate([np.arange(n_comp), n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)])
+    auc_states = n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)
+    keep = np.concatenate([np.arange(n_comp), auc_states])
     Nr = keep.size
     Mf = np.zeros((n, N, N))
     bf = np.zeros((n, N))
@@ -448,7 +449,9 @@ def linear_parameters(spec, theta: np.ndarray):
 
 
 @_jit
-def _fill_systems(theta, comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, M, b, C):
+def _fill_systems(
+    theta, comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes, M, b, C
+):
     """`fill_system` for every patient: ``M[p], b[p], C[p]``."""
     for p in range(theta.shape[0]):
         fill_system(

@@ -30,9 +30,9 @@ Truncated distributions are sampled *exactly* by inverse CDF: with ``u`` uniform
 ``scipy.special.ndtr``/``ndtri`` on the side of the mean where ``F`` keeps its digits
 (agreement with :func:`scipy.stats.truncnorm.ppf` to 1e-12 relative on the standard scale,
 tested), and through ``scipy.stats.truncnorm.ppf`` itself (which works in log space far in
-the tails) when the window holds less than 1e-3 of the parent's mass. This is the exact truncated distribution, not clipping (which
-would pile mass on the bounds) and not rejection sampling (which would consume a random
-number of draws).
+the tails) when the window holds less than 1e-3 of the parent's mass. This is the exact
+truncated distribution, not clipping (which would pile mass on the bounds) and not
+rejection sampling (which would consume a random number of draws).
 
 What ``mean`` and ``sd`` mean: by default (``moments = "parent"``) they are the parameters
 of the distribution *before* truncation. A study's reported mean +/- SD is usually that of an

@@ -124,3 +124,18 @@ def test_a_killed_run_leaves_no_complete_looking_store(tmp_path):
         proc.wait()
     assert not (tmp_path / "big.zarr").exists()
     assert all(p.name.startswith(".big.zarr.") for p in tmp_path.iterdir())
+
+
+def test_amounts_from_the_cli(tmp_path):
+    r = run(
+        "simulate", MODEL, REGIMEN, "--patients", "200", "--population", POP, "--until", "6 h",
+        "--every", "10 min", "--amounts", "--trajectory-dtype", "float64", "--out", "a.nc",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with xr.open_dataset(tmp_path / "a.nc") as back:
+        assert back.amount.dtype == np.float64 and back.amount.attrs["units"] == "mg"
+        assert back.amount.sizes == {"patient": 200, "compartment": 5, "time": 37}
+        assert list(back.traj_output.values) == ["cp", "cp_norketamine"]  # implied
+    r = run("simulate", MODEL, REGIMEN, "--weight", "70", "--amounts", cwd=tmp_path)
+    assert r.returncode == 2 and "--amounts" in r.stderr

@@ -791,3 +791,69 @@ def test_metrics_on_the_grid_do_not_depend_on_later_special_times():
         np.testing.assert_array_equal(plain[v].values, later[v].values, err_msg=v)
     assert np.all(plain.tmax.values <= 3.0)
     assert np.all(later.tmax.values <= 3.0)
+
+
+# ----------------------------------------------------------------------------- amounts
+
+
+@pytest.fixture(scope="module")
+def amounts_cohort():
+    kw = dict(n=200, seed=5, until="10 h", every="3 min", bands=False, trajectories=["cp"])
+    return (
+        cohort(**kw, amounts=True, trajectory_dtype="float64"),
+        cohort(**kw, amounts=True),  # float32
+        cohort(**kw),
+    )
+
+
+def test_amounts_equal_a_single_patient_simulation(spec, amounts_cohort):
+    """Every compartment's amount (float64) against pkpd.simulate of the same patient, and
+    the output as amount / volume; metrics do not change when amounts are kept."""
+    ds64, ds32, plain = amounts_cohort
+    assert ds64.amount.dtype == np.float64 and ds64.trajectory.dtype == np.float64
+    assert ds32.amount.dtype == np.float32 and ds32.trajectory.dtype == np.float32
+    assert ds64.amount.attrs["units"] == "mg"
+    assert list(ds64.compartment.values) == spec.comp_names
+    assert ds64.amount.dims == ("patient", "compartment", "time")
+    grid = ds64.time.values
+    for i in in_range_patients(ds64, 4):
+        sim = rebuild(spec, ds64, i, grid)
+        for c in spec.comp_names:
+            got = ds64.amount.sel(compartment=c).values[i]
+            want = sim[f"amount_{c}"].values
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * want.max())
+    # cp = central amount / V1, in ng/mL (the trajectory and the amount agree).
+    v1 = ds64.param_V1.values[:, None]
+    np.testing.assert_allclose(
+        ds64.trajectory.sel(traj_output="cp").values,
+        ds64.amount.sel(compartment="central").values / v1 * 1000.0,
+        rtol=1e-12,
+    )
+    # float32 storage: rounding of the same values only.
+    np.testing.assert_allclose(ds32.amount.values, ds64.amount.values, rtol=2e-7, atol=1e-30)
+    for v in ("cmax", "tmax", "auc", "c_at", "status"):
+        np.testing.assert_array_equal(ds64[v].values, plain[v].values)
+
+
+def test_amounts_need_the_exact_solver_and_a_valid_dtype():
+    with pytest.raises(CohortError, match="exact solver only"):
+        cohort(n=10, until="1 h", amounts=True, method="dopri5")
+    with pytest.raises(CohortError, match="trajectory_dtype"):
+        cohort(n=10, until="1 h", trajectories=True, trajectory_dtype="float16")
+
+
+def test_amounts_are_counted_by_the_memory_check_and_written_to_zarr(tmp_path):
+    from pkpd.cohort import estimate_memory
+
+    # Kept values: 1000 patients x (2 outputs + 5 compartments) x 2881 points x 8 bytes.
+    est = estimate_memory(1000, 2, 2, 2881, 20, 1024, True, itemsize=8, n_amounts=5)
+    assert est["trajectories"] == 1000 * 7 * 2881 * 8
+    kw = dict(n=1000, until="48 h", every="1 min", bands=False, chunk_size=1024)
+    with pytest.raises(CohortError, match="GB"):
+        cohort(**kw, amounts=True, trajectory_dtype="float64", memory_limit=300_000_000)
+    cohort(**kw, trajectories=True, memory_limit=300_000_000)  # float32 outputs only: fits
+    out = tmp_path / "amounts.zarr"
+    ds = cohort(n=300, until="2 h", every="10 min", bands=False, amounts=True, out=out)
+    back = xr.open_zarr(out)
+    np.testing.assert_array_equal(back.amount.values, ds.amount.values)
+    assert back.amount.attrs["units"] == "mg"
