@@ -554,6 +554,12 @@ def dopri5_solve_mapped(
                             for q in range(5):
                                 for j in range(n):
                                     mapped[q, j] = work[_R1 + q, j]
+                        # Finite coefficients give finite values for theta in [0, 1] (a
+                        # check per step instead of one per recorded value).
+                        for q in range(5):
+                            for j in range(n_rec):
+                                if not math.isfinite(mapped[q, j]):
+                                    return STATUS_NONFINITE
                         dense_ready = True
                         inv_h = 1.0 / h
                     # The continuous extension (as `_dense`), written out: this loop runs
@@ -561,13 +567,10 @@ def dopri5_solve_mapped(
                     th = (t_out[i] - t) * inv_h
                     th1 = 1.0 - th
                     for j in range(n_rec):
-                        v = mapped[0, j] + th * (
+                        out[i, j] = mapped[0, j] + th * (
                             mapped[1, j]
                             + th1 * (mapped[2, j] + th * (mapped[3, j] + th1 * mapped[4, j]))
                         )
-                        if not math.isfinite(v):
-                            return STATUS_NONFINITE
-                        out[i, j] = v
                     i += 1
                 if n_fixed == 0:
                     fac = pi_factor(err, err_old, rejected)
