@@ -51,11 +51,12 @@ _ROW_GRID = 2
 
 @_jit
 def merge_rows(grid, ev_t, spec_t):
-    """Merged output rows of one patient: ``(times, kinds, index)``.
+    """Merged output rows of one patient: ``(times, kinds, index, ev_row, sp_row)``.
 
     Grid points, the dose events inside the grid's span, and every special time, in time
     order; at equal times events come first, then special times, then the grid point
-    (the exact kernel's order).
+    (the exact kernel's order). ``ev_row[k]`` is the row of event `k` (-1 outside the
+    span), ``sp_row[s]`` that of special time `s`.
     """
     n_t = grid.shape[0]
     lo = grid[0]
@@ -69,6 +70,8 @@ def merge_rows(grid, ev_t, spec_t):
     times = np.empty(m)
     kinds = np.empty(m, dtype=np.int64)
     index = np.empty(m, dtype=np.int64)
+    ev_row = np.full(K, -1, dtype=np.int64)
+    sp_row = np.empty(S, dtype=np.int64)
     g = 0
     k = 0
     s = 0
@@ -93,13 +96,15 @@ def merge_rows(grid, ev_t, spec_t):
         if is_ev:
             kinds[r] = _ROW_EVENT
             index[r] = k
+            ev_row[k] = r
             k += 1
         else:
             kinds[r] = _ROW_SPECIAL
             index[r] = s
+            sp_row[s] = r
             s += 1
         r += 1
-    return times, kinds, index
+    return times, kinds, index, ev_row, sp_row
 
 
 @_jit_inline
@@ -163,7 +168,7 @@ def adaptive_patient(
     cmax, tmax, auc, t_above, c_at, traj, status, stats = metrics
     n_out = cmax.shape[1]
     N = B_rec.shape[0]  # recorded columns
-    times, kinds, index = merge_rows(grid, ev_t[p], spec_t[p])
+    times, kinds, index, ev_row, sp_row = merge_rows(grid, ev_t[p], spec_t[p])
     m = times.shape[0]
     Y = np.empty((m, N))
     st = solve_patient(
@@ -208,43 +213,47 @@ def adaptive_patient(
     outputs_into(times, Y, P[p], O)
     # Before a bolus the state is the solution's left limit, Y - bolus * B (the solver
     # records an output at an event time after the event).
+    K = ev_row.shape[0]
     n_ev = 0
-    for r in range(m):
-        if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+    for k in range(K):
+        if ev_row[k] >= 0 and ev_bolus[p, k] != 0.0:
             n_ev += 1
     t_pre = np.empty(n_ev)
     Y_pre = np.empty((n_ev, N))
+    pre_row = np.empty(n_ev, dtype=np.int64)
     e = 0
-    for r in range(m):
-        if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
+    for k in range(K):
+        r = ev_row[k]
+        if r >= 0 and ev_bolus[p, k] != 0.0:
             t_pre[e] = times[r]
+            pre_row[e] = r
             for i in range(N):
-                Y_pre[e, i] = Y[r, i] - ev_bolus[p, index[r]] * B_rec[i]
+                Y_pre[e, i] = Y[r, i] - ev_bolus[p, k] * B_rec[i]
             e += 1
     O_pre = np.zeros((n_ev, n_out))
     outputs_into(t_pre, Y_pre, P[p], O_pre)
     auc_start = np.zeros((n_out, auc.shape[2]))
     t_end = grid[grid.shape[0] - 1]
+    r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
     # Cmax/Tmax: every evaluated point of the grid's span in time order, the left limit
-    # before a bolus first (rows are sorted, so the span ends at the first later row).
+    # before a bolus just before its row (tight loops between the boluses).
     for o in range(n_out):
         cm = cmax[p, o]
         tm = tmax[p, o]
-        e = 0
-        for r in range(m):
-            t = times[r]
-            if t > t_end:
-                break
-            if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
-                v = O_pre[e, o]
-                e += 1
+        start = 0
+        for e in range(n_ev + 1):
+            stop = pre_row[e] if e < n_ev else r_end
+            for r in range(start, stop):
+                v = O[r, o]
                 if v > cm:
                     cm = v
-                    tm = t
-            v = O[r, o]
-            if v > cm:
-                cm = v
-                tm = t
+                    tm = times[r]
+            if e < n_ev:
+                v = O_pre[e, o]
+                if v > cm:
+                    cm = v
+                    tm = t_pre[e]
+            start = stop
         cmax[p, o] = cm
         tmax[p, o] = tm
     if thr_out.shape[0] > 0:
@@ -267,28 +276,28 @@ def adaptive_patient(
                 c[o] = O[r, o]
             _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
             t_prev = t
+    for s in range(sp_row.shape[0]):
+        r = sp_row[s]
+        slot = spec_slot[p, s]
+        sk = spec_kind[p, s]
+        for o in range(n_out):
+            ai = auc_index[o]
+            v = Y[r, ai] if ai >= 0 else np.nan
+            if sk == SPECIAL_WINDOW_START:
+                auc_start[o, slot] = v
+            elif sk == SPECIAL_WINDOW_END:
+                auc[p, o, slot] = v - auc_start[o, slot]
+            elif sk == SPECIAL_ANCHOR:
+                c_at[p, o, slot] = O[r, o]
     n_store = store_out.shape[0]
-    for r in range(m):
-        kind = kinds[r]
-        if kind == _ROW_SPECIAL:
-            s = index[r]
-            slot = spec_slot[p, s]
-            sk = spec_kind[p, s]
-            for o in range(n_out):
-                ai = auc_index[o]
-                v = Y[r, ai] if ai >= 0 else np.nan
-                if sk == SPECIAL_WINDOW_START:
-                    auc_start[o, slot] = v
-                elif sk == SPECIAL_WINDOW_END:
-                    auc[p, o, slot] = v - auc_start[o, slot]
-                elif sk == SPECIAL_ANCHOR:
-                    c_at[p, o, slot] = O[r, o]
-        elif kind == _ROW_GRID and n_store > 0:
-            g = index[r]
-            if g % store_stride == 0:
-                gi = g // store_stride
-                for j in range(n_store):
-                    traj[p, j, gi] = np.float32(O[r, store_out[j]])
+    if n_store > 0:
+        for r in range(m):
+            if kinds[r] == _ROW_GRID:
+                g = index[r]
+                if g % store_stride == 0:
+                    gi = g // store_stride
+                    for j in range(n_store):
+                        traj[p, j, gi] = O[r, store_out[j]]
 
 
 # ----------------------------------------------------------------------------- linear models
