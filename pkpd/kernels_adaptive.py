@@ -32,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
+from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START, _update
 from pkpd.solvers import N_STATS, STATUS_OK
 from pkpd.solvers import dopri5 as _dopri5
 from pkpd.solvers import rosenbrock as _rodas
@@ -109,21 +109,9 @@ def merge_rows(grid, ev_t, spec_t):
 
 @_jit_inline
 def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
-    """One evaluated point into Cmax/Tmax and time above thresholds (as the exact kernel)."""
-    for o in range(c.shape[0]):
-        if c[o] > cmax[p, o]:
-            cmax[p, o] = c[o]
-            tmax[p, o] = t
-    dt = t - t_prev
-    if dt > 0.0:
-        for j in range(thr_out.shape[0]):
-            o = thr_out[j]
-            a = c_prev[o] - thr_val[j]
-            b = c[o] - thr_val[j]
-            if a >= 0.0 and b >= 0.0:
-                t_above[p, j] += dt
-            elif a > 0.0 or b > 0.0:
-                t_above[p, j] += dt * (a if a > 0.0 else b) / abs(b - a)
+    """One evaluated point into Cmax/Tmax and time above thresholds (the exact kernel's
+    :func:`pkpd.kernels._update`), then ``c_prev = c``."""
+    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
     for o in range(c.shape[0]):
         c_prev[o] = c[o]
 

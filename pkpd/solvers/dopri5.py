@@ -195,10 +195,11 @@ def initial_step(rhs, t, y, f0, u, p, rtol, atol, order, hmax, y1, f1, stats):
     return h
 
 
-@_jit
+@_jit_inline
 def _dense(work, base, theta, out_row):
     """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into `out_row`,
-    from the coefficient rows ``work[base:base + 5]``."""
+    from the coefficient rows ``work[base:base + 5]``. Inlined: it runs at every output
+    time, where a call costs more than the evaluation."""
     th1 = 1.0 - theta
     n = out_row.shape[0]
     for j in range(n):
@@ -562,15 +563,7 @@ def dopri5_solve_mapped(
                                     return STATUS_NONFINITE
                         dense_ready = True
                         inv_h = 1.0 / h
-                    # The continuous extension (as `_dense`), written out: this loop runs
-                    # at every output time.
-                    th = (t_out[i] - t) * inv_h
-                    th1 = 1.0 - th
-                    for j in range(n_rec):
-                        out[i, j] = mapped[0, j] + th * (
-                            mapped[1, j]
-                            + th1 * (mapped[2, j] + th * (mapped[3, j] + th1 * mapped[4, j]))
-                        )
+                    _dense(mapped, 0, (t_out[i] - t) * inv_h, out[i])
                     i += 1
                 if n_fixed == 0:
                     fac = pi_factor(err, err_old, rejected)
