@@ -28,6 +28,7 @@ Every timed call follows a warm-up call on the same shapes (compilation excluded
 from __future__ import annotations
 
 import copy
+import inspect
 import tomllib
 import warnings
 
@@ -38,6 +39,7 @@ import scipy.linalg
 from scipy.integrate import solve_ivp
 
 import pkpd
+import pkpd.kernels
 from pkpd.cohort import simulate_cohort
 from pkpd.model import ModelSpec, models_dir
 
@@ -117,23 +119,25 @@ def test_kernel_all_states_float64(benchmark, model, monkeypatch):
     monkeypatch.setattr(pkpd.cohort, "kernel_for", capture)
     _cohort(model, N, bands=False, chunk_size=N)
     kernel, args = captured["kernel"], captured["args"]
+    names = list(inspect.signature(pkpd.kernels.cohort_kernel.py_func).parameters)
+    arg = {k: i for i, k in enumerate(names)}
     n_out, nc = len(model.output_names), model.n_comp
     # Store rows: the extra rows after the outputs, one per compartment (unscaled mg).
-    args[19] = n_out + np.arange(nc, dtype=np.int64)  # store_out
-    args[20] = 1  # store_stride
-    args[21] = np.arange(nc, dtype=np.int64)  # extra_state
-    args[22] = np.ones(nc)  # store_scale
+    args[arg["store_out"]] = n_out + np.arange(nc, dtype=np.int64)
+    args[arg["store_stride"]] = 1
+    args[arg["extra_state"]] = np.arange(nc, dtype=np.int64)
+    args[arg["store_scale"]] = np.ones(nc)
     traj = np.zeros((N, nc, 2881))
-    args[-2] = traj
+    args[arg["traj"]] = traj
     kernel(*args)
     benchmark.pedantic(kernel, args=tuple(args), rounds=3, iterations=1)
     _rate(benchmark, N)
     benchmark.extra_info["stored_values_per_patient"] = nc * 2881
-    assert np.all(args[-1] == 0)  # status
+    assert np.all(args[arg["status"]] == 0)
     # The stored central amount over V1 is the output: the same numbers as the summary.
-    theta = args[0]
+    theta = args[arg["theta"]]
     cp = traj[:, 0, :] / theta[:, :1]  # mg/L
-    np.testing.assert_allclose(cp.max(axis=1), args[24][:, 0], rtol=1e-12)  # cmax
+    np.testing.assert_allclose(cp.max(axis=1), args[arg["cmax"]][:, 0], rtol=1e-12)
 
 
 @pytest.mark.benchmark(group="cohort")
