@@ -360,7 +360,7 @@ def _run_adaptive(
     n = theta.shape[0]
     if spec.is_linear:
         try:
-            P, B, B_rec, auc_index = linear_parameters(spec, theta)
+            P, B, auc_index = linear_parameters(spec, theta)
         except ValueError:
             raise CohortError(
                 f"model {spec.name!r}: the input map differs between patients; use method='exact'"
@@ -372,7 +372,6 @@ def _run_adaptive(
         from .ode import cohort_inputs
 
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
-        B_rec = B
         N = Y0.shape[1]
     rtol = tolerance(setup.rtol, N, "rtol")
     atol = tolerance(setup.atol, N, "atol")
@@ -386,7 +385,7 @@ def _run_adaptive(
 
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
-            pick(P), B, B_rec, pick(Y0), t0, grid, *[pick(a) for a in ev],
+            pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
             *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
             DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,

@@ -16,12 +16,17 @@ per ``[ode]`` model in its generated module (:mod:`pkpd.ode`). The per-patient s
 protocol is::
 
     solve_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                  max_steps, nstiff, out, stats) -> status
+                  max_steps, nstiff, out, pre, fold, stats) -> status
     outputs_into(t_out, Y, pp, O)       # O[r, o]: output o at t_out[r], mg/L
 
 where ``out`` (and ``Y``) hold what the solver records at each output time: the whole
 state for ``[ode]`` models, and for linear models only the linear functionals the metrics
-need (the concentrations, then the AUC states), through the solvers' recording map.
+need (the concentrations, then the AUC states), through the solvers' recording map;
+``pre`` what is recorded just before each event (the left limit at a bolus) and ``fold``
+the running Cmax/Tmax the solver keeps itself (see
+:func:`pkpd.solvers.dopri5.dopri5_solve_mapped`). For linear models the solver folds
+Cmax/Tmax as it goes and, in summary mode, Dopri5 skips the evaluation of every grid row
+of a step whose continuous extension provably stays below the running maxima.
 
 Nothing here raises or formats strings; a failed patient gets a status code (and NaN
 metrics) and never stops the others.
@@ -120,9 +125,10 @@ def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
 def adaptive_patient(
     solve_patient,
     outputs_into,
+    n_rec,
     p,
     P,
-    B,
+    b,
     Y0,
     t0,
     grid,
@@ -144,24 +150,36 @@ def adaptive_patient(
     more than 30 arguments into a star-call, which numba cannot inline):
     ``ev = (ev_t, ev_rate, ev_bolus)``, ``specials = (spec_t, spec_kind, spec_slot)``,
     ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``,
-    ``limits = (hmax, max_steps, nstiff)``; ``P`` per-patient solver parameters,
-    ``B = (b, b_rec)`` the bolus map of the state and of the recorded quantities, ``Y0``
-    initial states, ``auc_index[o]`` the recorded column holding the AUC of output `o` or
-    -1, ``stats`` (n, N_STATS) counters.
+    ``limits = (hmax, max_steps, nstiff)``; ``P`` per-patient solver parameters, ``b``
+    the bolus map of the state, ``Y0`` initial states, ``auc_index[o]`` the recorded
+    column holding the AUC of output `o` or -1, ``stats`` (n, N_STATS) counters.
+    ``n_rec``: 0 when the solver records the state (``[ode]`` models), else the number of
+    recorded columns, of which the first n_out are the outputs (linear models): then the
+    solver folds Cmax/Tmax itself, and in summary mode (no thresholds, no stored
+    trajectory) it writes only the rows the other metrics read.
     """
     hmax, max_steps, nstiff = limits
-    B, B_rec = B
     ev_t, ev_rate, ev_bolus = ev
     spec_t, spec_kind, spec_slot = specials
     cmax, tmax, auc, t_above, c_at, traj, status, stats = metrics
     n_out = cmax.shape[1]
-    N = B_rec.shape[0]  # recorded columns
     times, kinds, index, ev_row, sp_row = merge_rows(grid, ev_t[p], spec_t[p])
     m = times.shape[0]
+    fold_outputs = n_rec > 0
+    N = n_rec if fold_outputs else Y0.shape[1]  # recorded columns
     Y = np.empty((m, N))
+    K = ev_row.shape[0]
+    pre = np.empty((K, N))
+    t_end = grid[grid.shape[0] - 1]
+    n_fold = n_out if fold_outputs else 0
+    cm = np.zeros(n_fold)
+    tm = np.full(n_fold, grid[0])
+    lean = fold_outputs and thr_out.shape[0] == 0 and store_out.shape[0] == 0
+    # Rows the metrics read in summary mode: the special rows, sorted.
+    need = np.sort(sp_row) if lean else np.zeros(0, dtype=np.int64)
     st = solve_patient(
         P[p],
-        B,
+        b,
         Y0[p],
         t0,
         ev_t[p],
@@ -174,6 +192,8 @@ def adaptive_patient(
         max_steps,
         nstiff,
         Y,
+        pre,
+        (cm, tm, grid[0], t_end, lean, need),
         stats[p],
     )
     status[p] = st
@@ -198,10 +218,10 @@ def adaptive_patient(
             t_above[p, j] = np.nan
         return
     O = np.empty((m, n_out))
-    outputs_into(times, Y, P[p], O)
-    # Before a bolus the state is the solution's left limit, Y - bolus * B (the solver
-    # records an output at an event time after the event).
-    K = ev_row.shape[0]
+    if not lean:  # in summary mode only the special rows are read (below)
+        outputs_into(times, Y, P[p], O)
+    # The left limits before the boluses of the grid's span, from the solver's records
+    # just before each event.
     n_ev = 0
     for k in range(K):
         if ev_row[k] >= 0 and ev_bolus[p, k] != 0.0:
@@ -216,34 +236,39 @@ def adaptive_patient(
             t_pre[e] = times[r]
             pre_row[e] = r
             for i in range(N):
-                Y_pre[e, i] = Y[r, i] - ev_bolus[p, k] * B_rec[i]
+                Y_pre[e, i] = pre[k, i]
             e += 1
     O_pre = np.zeros((n_ev, n_out))
-    outputs_into(t_pre, Y_pre, P[p], O_pre)
+    if not lean:
+        outputs_into(t_pre, Y_pre, P[p], O_pre)
     auc_start = np.zeros((n_out, auc.shape[2]))
-    t_end = grid[grid.shape[0] - 1]
-    r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
-    # Cmax/Tmax: every evaluated point of the grid's span in time order, the left limit
-    # before a bolus just before its row (tight loops between the boluses).
-    for o in range(n_out):
-        cm = cmax[p, o]
-        tm = tmax[p, o]
-        start = 0
-        for e in range(n_ev + 1):
-            stop = pre_row[e] if e < n_ev else r_end
-            for r in range(start, stop):
-                v = O[r, o]
-                if v > cm:
-                    cm = v
-                    tm = times[r]
-            if e < n_ev:
-                v = O_pre[e, o]
-                if v > cm:
-                    cm = v
-                    tm = t_pre[e]
-            start = stop
-        cmax[p, o] = cm
-        tmax[p, o] = tm
+    if fold_outputs:
+        for o in range(n_out):
+            cmax[p, o] = cm[o]
+            tmax[p, o] = tm[o]
+    else:
+        # Cmax/Tmax: every evaluated point of the grid's span in time order, the left
+        # limit before a bolus just before its row (tight loops between the boluses).
+        r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
+        for o in range(n_out):
+            cmv = cmax[p, o]
+            tmv = tmax[p, o]
+            start = 0
+            for e in range(n_ev + 1):
+                stop = pre_row[e] if e < n_ev else r_end
+                for r in range(start, stop):
+                    v = O[r, o]
+                    if v > cmv:
+                        cmv = v
+                        tmv = times[r]
+                if e < n_ev:
+                    v = O_pre[e, o]
+                    if v > cmv:
+                        cmv = v
+                        tmv = t_pre[e]
+                start = stop
+            cmax[p, o] = cmv
+            tmax[p, o] = tmv
     if thr_out.shape[0] > 0:
         # Time above thresholds over the same points (Cmax is folded again, unchanged).
         c = np.zeros(n_out)
@@ -276,7 +301,8 @@ def adaptive_patient(
             elif sk == SPECIAL_WINDOW_END:
                 auc[p, o, slot] = v - auc_start[o, slot]
             elif sk == SPECIAL_ANCHOR:
-                c_at[p, o, slot] = O[r, o]
+                # Linear models record the outputs first (in summary mode O is not filled).
+                c_at[p, o, slot] = Y[r, o] if fold_outputs else O[r, o]
     n_store = store_out.shape[0]
     if n_store > 0:
         for r in range(m):
@@ -318,7 +344,7 @@ def linear_outputs(t_out, Y, pp, O):
 @_jit
 def linear_dopri5_patient(
     pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
-    stats,
+    pre, fold, stats,
 ):  # fmt: skip
     """Dopri5 on ``dy/dt = M y + b u``, recording ``R @ y``; workspace here."""
     N = y0.shape[0]
@@ -326,14 +352,14 @@ def linear_dopri5_patient(
     work = np.zeros((_dopri5.N_WORK, N))
     return _dopri5.dopri5_solve_mapped(
         linear_rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
-        max_steps, nstiff, R, out, work, stats,
+        max_steps, nstiff, R, out, pre, fold, work, stats,
     )  # fmt: skip
 
 
 @_jit
 def linear_rodas_patient(
     pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
-    stats,
+    pre, fold, stats,
 ):  # fmt: skip
     """Rodas4 on ``dy/dt = M y + b u`` (exact Jacobian), recording ``R @ y``."""
     N = y0.shape[0]
@@ -343,7 +369,7 @@ def linear_rodas_patient(
     ipiv = np.zeros(N, dtype=np.int64)
     return _rodas.rodas_solve_mapped(
         linear_rhs, linear_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
-        hmax, max_steps, 0, 1, R, out, work, mats, ipiv, stats,
+        hmax, max_steps, 0, 1, R, out, pre, fold, work, mats, ipiv, stats,
     )  # fmt: skip
 
 
@@ -354,22 +380,24 @@ def _linear_dopri5_one(
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
+    N = Y0.shape[1]
+    n_rec = (P.shape[1] - N * N - N) // N  # P rows: [M.ravel(), b, R.ravel()]
     adaptive_patient(
-        linear_dopri5_patient, linear_outputs, p, P, B, Y0, t0, grid, ev, specials, rtol, atol,
-        limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
+        linear_dopri5_patient, linear_outputs, n_rec, p, P, B, Y0, t0, grid, ev, specials, rtol,
+        atol, limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
     )  # fmt: skip
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_dopri5_cohort(
-    P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
     atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
     tmax, auc, t_above, c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Dopri5 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         _linear_dopri5_one(
-            p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),
@@ -383,22 +411,24 @@ def _linear_rodas_one(
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
+    N = Y0.shape[1]
+    n_rec = (P.shape[1] - N * N - N) // N  # P rows: [M.ravel(), b, R.ravel()]
     adaptive_patient(
-        linear_rodas_patient, linear_outputs, p, P, B, Y0, t0, grid, ev, specials, rtol, atol,
-        limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
+        linear_rodas_patient, linear_outputs, n_rec, p, P, B, Y0, t0, grid, ev, specials, rtol,
+        atol, limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
     )  # fmt: skip
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_rodas_cohort(
-    P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
+    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
     atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
     tmax, auc, t_above, c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Rodas4 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         _linear_rodas_one(
-            p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),
@@ -415,9 +445,9 @@ def stats_array(n: int) -> np.ndarray:
 
 def linear_parameters(spec, theta: np.ndarray):
     """Per-patient ``P = [M.ravel(), b, R.ravel()]`` of the reduced linear system (see the
-    section comment above), the bolus maps ``B`` (state) and ``B_rec = R @ B`` (recorded
-    columns), and ``auc_index``. Raises ValueError when the input map differs between
-    patients (a per-patient bioavailability: not supported here)."""
+    section comment above), the bolus map ``B`` and ``auc_index``. Raises ValueError when
+    the input map differs between patients (a per-patient bioavailability: not supported
+    here)."""
     n = theta.shape[0]
     n_out = len(spec.output_names)
     n_comp = spec.n_comp
@@ -441,8 +471,7 @@ def linear_parameters(spec, theta: np.ndarray):
     M = Mf[:, keep][:, :, keep]
     P = np.concatenate([M.reshape(n, -1), b, R.reshape(n, -1)], axis=1)
     B = np.ascontiguousarray(b[0])
-    B_rec = R[0] @ B
-    return np.ascontiguousarray(P), B, B_rec, n_out + np.arange(n_out, dtype=np.int64)
+    return np.ascontiguousarray(P), B, n_out + np.arange(n_out, dtype=np.int64)
 
 
 @_jit

@@ -414,6 +414,8 @@ class OdeSystem:
             f" {auto}, out, work, mats,",
             "                       ipiv, stats)",
             "",
+            "",
+            f"_AUTONOMOUS = {auto}  # the right-hand side does not read t",
         ]
         body += _COHORT_WRAPPERS.splitlines()
         return "\n".join(lines + body)
@@ -456,32 +458,38 @@ import numpy as _np
 
 from pkpd.kernels_adaptive import adaptive_patient as _adaptive_patient
 from pkpd.solvers.dopri5 import N_WORK as _N_WORK_DOPRI5
+from pkpd.solvers.dopri5 import dopri5_solve_mapped as _dopri5_solve_mapped
 from pkpd.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
+from pkpd.solvers.rosenbrock import no_jac as _no_jac
+from pkpd.solvers.rosenbrock import rodas_solve_mapped as _rodas_solve_mapped
 
 
 @_jit
 def _dopri5_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                    max_steps, nstiff, out, stats):
+                    max_steps, nstiff, out, pre, fold, stats):
     work = _np.zeros((_N_WORK_DOPRI5, y0.shape[0]))
-    return solve_dopri5_into(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
-                             hmax, max_steps, nstiff, out, work, stats)
+    return _dopri5_solve_mapped(rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol,
+                                atol, 0.0, hmax, max_steps, nstiff, _np.zeros((0, 0)), out,
+                                pre, fold, work, stats)
 
 
 @_jit
 def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                   max_steps, nstiff, out, stats):
+                   max_steps, nstiff, out, pre, fold, stats):
     n = y0.shape[0]
     work = _np.zeros((_N_WORK_RODAS, n))
     mats = _np.zeros((2, n, n))
     ipiv = _np.zeros(n, dtype=_np.int64)
-    return solve_rodas_into(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
-                            hmax, max_steps, out, work, mats, ipiv, stats)
+    return _rodas_solve_mapped(rhs, _no_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out,
+                               rtol, atol, 0.0, hmax, max_steps, 1, _AUTONOMOUS,
+                               _np.zeros((0, 0)),
+                               out, pre, fold, work, mats, ipiv, stats)
 
 
 @_jit
 def _dopri5_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index,
                 thr_out, thr_val, store_out, store_stride, metrics):
-    _adaptive_patient(_dopri5_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
+    _adaptive_patient(_dopri5_patient, outputs_into, 0, p, P, B, Y0, t0, grid, ev, specials,
                       rtol, atol, limits, auc_index, thr_out, thr_val, store_out,
                       store_stride, metrics)
 
@@ -489,17 +497,17 @@ def _dopri5_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_ind
 @_jit
 def _rodas_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_index,
                thr_out, thr_val, store_out, store_stride, metrics):
-    _adaptive_patient(_rodas_patient, outputs_into, p, P, B, Y0, t0, grid, ev, specials,
+    _adaptive_patient(_rodas_patient, outputs_into, 0, p, P, B, Y0, t0, grid, ev, specials,
                       rtol, atol, limits, auc_index, thr_out, thr_val, store_out,
                       store_stride, metrics)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def dopri5_cohort(P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
+def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
                   spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                   store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _dopri5_one(p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _dopri5_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
                     (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                     auc_index,
                     thr_out, thr_val, store_out, store_stride,
@@ -507,11 +515,11 @@ def dopri5_cohort(P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, sp
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def rodas_cohort(P, B, B_rec, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
+def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
                  spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                  store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _rodas_one(p, P, (B, B_rec), Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _rodas_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
                    (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                    auc_index,
                    thr_out, thr_val, store_out, store_stride,

@@ -44,11 +44,48 @@ def test_dense_output_interpolates_the_step_ends():
     work[: d5._R1] = rng.normal(size=(d5._R1, 3))
     h = 0.3
     d5._prepare_dense(work, h)
-    out = np.zeros(3)
-    d5._dense(work, d5._R1, 0.0, out)
-    np.testing.assert_allclose(out, work[d5._Y], rtol=1e-14)
-    d5._dense(work, d5._R1, 1.0, out)
-    np.testing.assert_allclose(out, work[d5._YNEW], rtol=1e-14)
+    mapped = np.ascontiguousarray(work[d5._R1 : d5._R1 + 5])
+    out = np.zeros((2, 3))
+    d5._dense(mapped, 0.0, out, 0)
+    d5._dense(mapped, 1.0, out, 1)
+    np.testing.assert_allclose(out[0], work[d5._Y], rtol=1e-14)
+    np.testing.assert_allclose(out[1], work[d5._YNEW], rtol=1e-14)
+
+
+def _extension(mapped, theta):
+    """The continuous extension in exact rational arithmetic at a rational theta."""
+    th = Fraction(theta)
+    m = [Fraction(float(v)) for v in mapped]
+    return m[0] + th * (m[1] + (1 - th) * (m[2] + th * (m[3] + (1 - th) * m[4])))
+
+
+def test_dense_bound_bounds_every_evaluation_and_the_exact_maximum():
+    """The bound that lets a cohort skip a step's rows holds for what `_dense` computes
+    (in floating point) and for the exact polynomial, at every theta in [0, 1], for
+    coefficients of every sign and of very different sizes."""
+    rng = np.random.default_rng(7)
+    thetas = np.concatenate([np.linspace(0.0, 1.0, 401), rng.uniform(size=200), [1.0]])
+    out = np.zeros((thetas.size, 1))
+    for case in range(300):
+        scale = 10.0 ** rng.integers(-8, 8, size=5)
+        mapped = (rng.normal(size=(5, 1)) * scale[:, None]).copy()
+        if case % 3 == 0:  # a declining concentration: the common case past the peak
+            mapped[0] = abs(mapped[0]) + 1.0
+            mapped[1] = -abs(mapped[1])
+        ub = d5._dense_bound(mapped, 0)
+        for k, th in enumerate(thetas):
+            d5._dense(mapped, th, out, k)
+        assert np.all(out[:, 0] <= ub)
+        exact_max = max(_extension(mapped[:, 0], th) for th in thetas[::8])
+        assert exact_max <= Fraction(ub)
+
+
+def test_dense_bound_is_tight_for_a_monotone_step():
+    """For a smooth declining step the bound is the step's start value up to the small
+    curvature terms, so steps past the peak are skipped."""
+    y0, y1 = 5.0, 4.9
+    mapped = np.array([[y0], [y1 - y0], [1e-4], [-1e-5], [1e-6]])
+    assert y0 < d5._dense_bound(mapped, 0) < y0 + 1e-4
 
 
 def test_pi_controller_limits():
@@ -125,3 +162,42 @@ def test_van_der_pol_nonstiff_within_budget():
     assert stats["nfev"] < 450 and stats["nrejected"] < 20, stats
     # The solution is periodic: back near the start after one period (limit cycle).
     assert X[-1, 0] == pytest.approx(2.0, abs=0.05)
+
+
+def test_skipped_rows_leave_the_running_maxima_exact():
+    """`fold` with `skip`: the running maxima, and every row written, equal those of the
+    run that writes every row, bit for bit; the rows of steps that cannot raise a maximum
+    are left unwritten except those asked for. One compartment with an AUC state, a
+    bolus, then an infusion that makes a second, lower rise."""
+    from pkpd.kernels_adaptive import linear_dopri5_patient
+    from pkpd.solvers import N_STATS
+
+    k, V = 0.4, 20.0
+    M = np.array([[-k, 0.0], [1.0 / V, 0.0]])
+    b = np.array([1.0, 0.0])
+    R = np.array([[1.0 / V, 0.0], [0.0, 1.0]])  # concentration, then the AUC state
+    pp = np.concatenate([M.ravel(), b, R.ravel()])
+    ev_t = np.array([0.0, 6.0, 9.0])
+    ev_rate = np.array([0.0, 1.5, 0.0])
+    ev_bolus = np.array([10.0, 0.0, 0.0])
+    t_out = np.linspace(0.0, 24.0, 2401)
+    need = np.array([700, 1200, 2400])
+    tol = np.full(2, 1e-8)
+    runs = []
+    for skip in (False, True):
+        out = np.full((t_out.size, 2), np.nan)
+        pre = np.zeros((3, 2))
+        cm, tm = np.zeros(1), np.zeros(1)
+        st = linear_dopri5_patient(
+            pp, b, np.zeros(2), 0.0, ev_t, ev_rate, ev_bolus, t_out, tol, tol * 1e-3, np.inf,
+            100000, 1000, out, pre, (cm, tm, 0.0, 24.0, skip, need), np.zeros(N_STATS, np.int64),
+        )  # fmt: skip
+        assert st == STATUS_OK
+        runs.append((out, cm, tm))
+    (full, cm_full, tm_full), (lean, cm_lean, tm_lean) = runs
+    assert np.all(np.isfinite(full))
+    assert cm_lean[0] == cm_full[0] == np.max(full[:, 0])
+    assert tm_lean[0] == tm_full[0] == t_out[np.argmax(full[:, 0])]
+    written = np.isfinite(lean[:, 0])
+    assert written[need].all() and written.sum() < t_out.size // 4
+    np.testing.assert_array_equal(lean[written], full[written])

@@ -196,18 +196,16 @@ def initial_step(rhs, t, y, f0, u, p, rtol, atol, order, hmax, y1, f1, stats):
 
 
 @_jit_inline
-def _dense(work, base, theta, out_row):
-    """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into `out_row`,
-    from the coefficient rows ``work[base:base + 5]``. Inlined: it runs at every output
-    time, where a call costs more than the evaluation."""
+def _dense(mapped, theta, out, i):
+    """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into ``out[i]``,
+    from the coefficient rows ``mapped[0:5]``. Inlined, and indexed by row instead of
+    taking a row view: it runs at every output time, where a call, or the reference
+    counting of a view, costs more than the evaluation."""
     th1 = 1.0 - theta
-    n = out_row.shape[0]
-    for j in range(n):
-        v = work[base, j] + theta * (
-            work[base + 1, j]
-            + th1 * (work[base + 2, j] + theta * (work[base + 3, j] + th1 * work[base + 4, j]))
+    for j in range(out.shape[1]):
+        out[i, j] = mapped[0, j] + theta * (
+            mapped[1, j] + th1 * (mapped[2, j] + theta * (mapped[3, j] + th1 * mapped[4, j]))
         )
-        out_row[j] = v
 
 
 @_jit
@@ -266,7 +264,26 @@ def _check_times(t_out, t0):
 
 
 @_jit_inline
-def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u):
+def fold_max(t, rows, i, cm, tm):
+    """Running maxima of the first ``cm.shape[0]`` recorded columns of ``rows[i]``:
+    ``cm[o] = rows[i, o]`` and ``tm[o] = t`` where ``rows[i, o] > cm[o]`` (strict: a tie
+    keeps the earlier time)."""
+    for o in range(cm.shape[0]):
+        v = rows[i, o]
+        if v > cm[o]:
+            cm[o] = v
+            tm[o] = t
+
+
+@_jit
+def no_fold():
+    """The `fold` argument that folds no column and skips no row (what the
+    state-recording solvers pass)."""
+    return np.zeros(0), np.zeros(0), 0.0, 0.0, False, np.zeros(0, dtype=np.int64)
+
+
+@_jit_inline
+def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u):
     """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
     bolus``, new rate), then record every output due (events first: the convention of
     :mod:`pkpd.solvers.exact`).
@@ -275,12 +292,20 @@ def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u):
     end of the next smooth segment (the next event or the last output time) and
     ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. What is
     recorded is the state, or ``R @ y`` for a non-empty recording map `R` (see
-    :func:`dopri5_solve_mapped`). Shared by Dopri5 and Rodas4.
+    :func:`dopri5_solve_mapped`); with a non-empty `pre`, ``pre[k]`` receives what is
+    recorded just before event `k` is applied (the left limit at a bolus), and the
+    running maxima of `fold` take the pre-bolus values of boluses in ``[lo, hi]`` and
+    the recorded rows up to ``hi``. Shared by Dopri5 and Rodas4.
     """
+    cm, tm, lo, hi, _skip, _need = fold
     n = y.shape[0]
     n_ev = ev_t.shape[0]
     n_out = t_out.shape[0]
     while k < n_ev and ev_t[k] <= t:
+        if pre.shape[0] > 0:
+            record(R, y, pre[k])
+            if ev_bolus[k] != 0.0 and lo <= ev_t[k] <= hi:
+                fold_max(ev_t[k], pre, k, cm, tm)
         if ev_bolus[k] != 0.0:
             for j in range(n):
                 y[j] += b[j] * ev_bolus[k]
@@ -291,11 +316,34 @@ def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u):
             if not math.isfinite(y[j]):
                 return k, i, u, t, STATUS_NONFINITE
         record(R, y, out[i])
+        if t_out[i] <= hi:
+            fold_max(t_out[i], out, i, cm, tm)
         i += 1
     t_end = t_out[n_out - 1]
     if k < n_ev and ev_t[k] < t_end:
         t_end = ev_t[k]
     return k, i, u, t_end, STATUS_OK
+
+
+#: Rounding margin of :func:`_dense_bound`, in units of the coefficients' absolute sum
+#: (the nested evaluation of :func:`_dense` errs by at most about 10 ulps of that sum).
+_BOUND_ULPS = 32.0 * _EPS
+
+
+@_jit_inline
+def _dense_bound(mapped, o):
+    """An upper bound, rounding included, on what :func:`_dense` evaluates for column `o`
+    at any ``theta`` in [0, 1]. The extension is ``r1 + theta r2 + theta (1-theta) r3 +
+    theta^2 (1-theta) r4 + theta^2 (1-theta)^2 r5``, whose basis functions are non-negative
+    on [0, 1] with maxima 1, 1/4, 4/27 and 1/16."""
+    m0 = mapped[0, o]
+    m1 = mapped[1, o]
+    m2 = mapped[2, o]
+    m3 = mapped[3, o]
+    m4 = mapped[4, o]
+    ub = m0 + max(m1, 0.0) + 0.25 * max(m2, 0.0) + (4.0 / 27.0) * max(m3, 0.0)
+    ub += 0.0625 * max(m4, 0.0)
+    return ub + _BOUND_ULPS * (abs(m0) + abs(m1) + abs(m2) + abs(m3) + abs(m4))
 
 
 @_jit_inline
@@ -322,7 +370,7 @@ def dopri5_solve(
     """:func:`dopri5_solve_mapped` recording the whole state at each output time."""
     return dopri5_solve_mapped(
         rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
-        max_steps, nstiff, np.zeros((0, 0)), out, work, stats,
+        max_steps, nstiff, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(), work, stats,
     )  # fmt: skip
 
 
@@ -345,6 +393,8 @@ def dopri5_solve_mapped(
     nstiff,
     R,
     out,
+    pre,
+    fold,
     work,
     stats,
 ):
@@ -387,6 +437,21 @@ def dopri5_solve_mapped(
         per step and each output time costs ``5 n_rec`` operations instead of ``5 N``.
     out : (n_out, N) or (n_out, n_rec) float64
         Output: the state (or ``R @ y``) at each output time (dense output between steps).
+    pre : (n_ev, n_rec) float64 or (0, 0)
+        What is recorded just before each event is applied (the left limit at a bolus);
+        ``(0, 0)``: not recorded.
+    fold : tuple ``(cm, tm, lo, hi, skip, need)``
+        Running maxima of the first ``n_fold = cm.shape[0]`` recorded columns (``cm``,
+        ``tm``: (n_fold,) float64, updated in place; strict ``>``, so a tie keeps the
+        earlier time) over the recorded rows at times ``<= hi`` and the pre-bolus values
+        of boluses in ``[lo, hi]`` (which needs a non-empty `pre`). With ``skip`` true,
+        the rows inside a step are left unwritten, except the rows listed in ``need``
+        (sorted int64 row indices), when a bound on the step's continuous extension
+        (rounding included) shows that no value of the step can raise any running
+        maximum: the maxima are then exactly those of every row written out. A cohort
+        in summary mode needs only a few rows (window ends, anchored times) and the
+        maxima, and past the peaks most steps are skipped. :func:`no_fold` folds nothing
+        and skips nothing.
     work : (N_WORK, N) float64
         Workspace from :func:`workspace`.
     stats : (N_STATS,) int64
@@ -397,6 +462,11 @@ def dopri5_solve_mapped(
     status : int
         A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
     """
+    cm, tm, _lo, hi, may_skip, need = fold
+    n_fold = cm.shape[0]
+    may_skip = may_skip and n_fold > 0
+    n_need = need.shape[0]
+    nx = 0  # the next row of `need` not yet passed
     n = y0.shape[0]
     n_out = t_out.shape[0]
     if not _check_times(t_out, t0):
@@ -427,7 +497,7 @@ def dopri5_solve_mapped(
     while i < n_out:
         # Events due now (bolus jump, new rate), then the outputs at the current time.
         k, i, u, t_end, st = event_boundary(
-            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
         )
         if st != STATUS_OK:
             return st
@@ -546,6 +616,7 @@ def dopri5_solve_mapped(
                 # before the segment end (an output at t_end is written after any event
                 # there, by the outer loop).
                 dense_ready = False
+                skip = False
                 while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
                     if not dense_ready:
                         _prepare_dense(work, h)
@@ -563,8 +634,35 @@ def dopri5_solve_mapped(
                                     return STATUS_NONFINITE
                         dense_ready = True
                         inv_h = 1.0 / h
-                    _dense(mapped, 0, (t_out[i] - t) * inv_h, out[i])
-                    i += 1
+                        if may_skip:
+                            skip = True
+                            for o in range(n_fold):
+                                if not (_dense_bound(mapped, o) < cm[o]):
+                                    skip = False
+                                    break
+                    if skip:
+                        # No value of this step reaches a running maximum: find the
+                        # step's last row by bisection and write only the rows asked for.
+                        a = i  # in the step
+                        z = n_out  # past the step (or the end)
+                        while z - a > 1:
+                            mid = (a + z) // 2
+                            if t_out[mid] <= t_new and t_out[mid] < t_end:
+                                a = mid
+                            else:
+                                z = mid
+                        while nx < n_need and need[nx] < i:
+                            nx += 1
+                        while nx < n_need and need[nx] < z:
+                            r = need[nx]
+                            _dense(mapped, min((t_out[r] - t) * inv_h, 1.0), out, r)
+                            nx += 1
+                        i = z
+                    else:
+                        _dense(mapped, min((t_out[i] - t) * inv_h, 1.0), out, i)
+                        if n_fold > 0 and t_out[i] <= hi:
+                            fold_max(t_out[i], out, i, cm, tm)
+                        i += 1
                 if n_fixed == 0:
                     fac = pi_factor(err, err_old, rejected)
                     err_old = max(err, ERR_OLD_MIN)

@@ -45,7 +45,7 @@ from . import (
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
-from .dopri5 import _check_times, event_boundary, initial_step, map_rows
+from .dopri5 import _check_times, event_boundary, fold_max, initial_step, map_rows, no_fold
 from .linear_rhs import linear_jac, linear_rhs
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -315,7 +315,8 @@ def rodas_solve(
     """:func:`rodas_solve_mapped` recording the whole state at each output time."""
     return rodas_solve_mapped(
         rhs, jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
-        max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, work, mats, ipiv, stats,
+        max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),
+        work, mats, ipiv, stats,
     )  # fmt: skip
 
 
@@ -340,6 +341,8 @@ def rodas_solve_mapped(
     autonomous,
     R,
     out,
+    pre,
+    fold,
     work,
     mats,
     ipiv,
@@ -348,7 +351,8 @@ def rodas_solve_mapped(
     """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
 
     Arguments as :func:`pkpd.solvers.dopri5.dopri5_solve_mapped` (`R` the recording
-    map), plus
+    map, `pre` the pre-event records, `fold` the running maxima; no row is ever skipped
+    here: ``skip`` and ``need`` are ignored), plus
 
     jac : numba function ``jac(t, y, u, p, J)``
         Exact Jacobian, used when ``jac_mode == 0`` (any function of that signature
@@ -365,6 +369,8 @@ def rodas_solve_mapped(
     status : int
         A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
     """
+    cm, tm, _lo, hi, _skip, _need = fold
+    n_fold = cm.shape[0]
     n = y0.shape[0]
     n_out = t_out.shape[0]
     if not _check_times(t_out, t0):
@@ -396,7 +402,7 @@ def rodas_solve_mapped(
     mapped = np.zeros((4, R.shape[0]))
     while i < n_out:
         k, i, u, t_end, st = event_boundary(
-            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, k, i, u
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
         )
         if st != STATUS_OK:
             return st
@@ -554,6 +560,8 @@ def rodas_solve_mapped(
                     for j in range(n_rec):
                         if not math.isfinite(out[i, j]):
                             return STATUS_NONFINITE
+                    if n_fold > 0 and t_out[i] <= hi:
+                        fold_max(t_out[i], out, i, cm, tm)
                     i += 1
                 if n_fixed == 0:
                     fac = rodas_factor(err, err_old, h, h_old, first, rejected)
