@@ -324,6 +324,13 @@ def adaptive_patient(
 
 
 @_jit
+def _n_recorded(P, N):
+    """Rows of the recording map in per-patient parameters ``[M.ravel(), b, R.ravel()]``
+    of an N-state system."""
+    return (P.shape[1] - N * N - N) // N
+
+
+@_jit
 def _recording_map(pp, N, n_rec):
     base = N * N + N
     R = np.empty((n_rec, N))
@@ -380,8 +387,7 @@ def _linear_dopri5_one(
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
-    N = Y0.shape[1]
-    n_rec = (P.shape[1] - N * N - N) // N  # P rows: [M.ravel(), b, R.ravel()]
+    n_rec = _n_recorded(P, Y0.shape[1])
     adaptive_patient(
         linear_dopri5_patient, linear_outputs, n_rec, p, P, B, Y0, t0, grid, ev, specials, rtol,
         atol, limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
@@ -411,8 +417,7 @@ def _linear_rodas_one(
 ):  # fmt: skip
     # The solver is inlined here, outside the parallel loop (numba cannot inline a
     # function argument into a parfor body).
-    N = Y0.shape[1]
-    n_rec = (P.shape[1] - N * N - N) // N  # P rows: [M.ravel(), b, R.ravel()]
+    n_rec = _n_recorded(P, Y0.shape[1])
     adaptive_patient(
         linear_rodas_patient, linear_outputs, n_rec, p, P, B, Y0, t0, grid, ev, specials, rtol,
         atol, limits, auc_index, thr_out, thr_val, store_out, store_stride, metrics,
