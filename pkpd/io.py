@@ -9,29 +9,41 @@ same file system, which a temporary file in the same folder guarantees.
 from __future__ import annotations
 
 import contextlib
+import csv
+import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import PkpdError
 
-__all__ = ["atomic_outputs", "read_library_file", "write_csv", "write_netcdf"]
+__all__ = [
+    "atomic_outputs",
+    "csv_metadata_path",
+    "read_library_file",
+    "write_csv",
+    "write_csv_metadata",
+    "write_netcdf",
+]
 
 
 def read_library_file(name_or_path, folder: Path, available, what: str, error) -> tuple[Path, dict]:
     """Resolve a shipped name or a ``.toml`` path and parse it: ``(path, data)``.
 
     The one loader of every library folder (models, PD endpoints, populations, risk
-    models): a name is looked up as ``folder/NAME.toml``; `available()` lists the names for
-    the error message; `error` is the exception class raised (naming the file) for an
-    unknown name, a missing file or invalid TOML.
+    models): a bare name is always looked up as ``folder/NAME.toml``, whatever files the
+    working directory holds; a path is a :class:`os.PathLike`, or text that contains a
+    path separator or ends in ``.toml``. `available()` lists the names for the error
+    message; `error` is the exception class raised (naming the file) for an unknown name,
+    a missing file or invalid TOML.
     """
     import tomllib
 
     text = str(name_or_path)
     path = Path(text)
-    if not (path.suffix == ".toml" or path.exists()):
+    if not is_path(name_or_path):
         path = Path(folder) / f"{text}.toml"
         if not path.exists():
             raise error(
@@ -46,6 +58,20 @@ def read_library_file(name_or_path, folder: Path, available, what: str, error) -
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from exc
     return path, data
+
+
+def is_path(name_or_path) -> bool:
+    """True for a file path, False for a bare library name such as ``fanta2015_otto2021``.
+
+    A file in the working directory named like a shipped model must not replace it
+    silently, so only an explicit path counts: a ``PathLike``, or text with a separator
+    (``./mymodel``) or ending in ``.toml``.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        return True
+    text = str(name_or_path)
+    seps = {"/", os.sep, os.altsep} - {None}
+    return any(sep in text for sep in seps) or text.lower().endswith(".toml")
 
 
 class OutputError(PkpdError, OSError):
@@ -127,21 +153,58 @@ def write_netcdf(ds, tmp: Path) -> None:
     ds.to_netcdf(tmp, engine="h5netcdf")
 
 
+# A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV
+# injection"): such cells get a leading single quote.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Control characters (line breaks included) would start a new row for line-based readers.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _text_cell(text: str) -> str:
+    """A CSV text cell that no spreadsheet runs and no line-based reader splits."""
+    if text.startswith(_FORMULA_START):
+        text = "'" + text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def csv_metadata_path(path: str | Path) -> Path:
+    """The sidecar file of a CSV result: ``result.csv`` -> ``result.csv.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
 def write_csv(ds, tmp: Path) -> None:
-    """Write the time-indexed variables of `ds` as CSV, units in the column headers."""
+    """Write the time-indexed variables of `ds` as CSV, units in the column headers.
+
+    One header row, then numeric rows only; the provenance (model, regimen, covariates,
+    disclaimer) goes to the JSON sidecar written by :func:`write_csv_metadata`.
+    """
     import numpy as np
 
     names = [v for v in ds.data_vars if ds[v].dims == ("time",)]
     cols = [ds.time.values] + [ds[v].values for v in names]
     header = ["time [h]"] + [f"{v} [{ds[v].attrs.get('units', '')}]" for v in names]
     with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(f"# {ds.attrs.get('disclaimer', '')}\n")
-        fh.write(
-            f"# model: {ds.attrs.get('model', '')}; regimen: "
-            f"{ds.attrs.get('regimen', '')}; covariates: {ds.attrs.get('covariates', '')}\n"
-        )
-        fh.write(",".join(header) + "\n")
+        # The csv module quotes a cell holding a comma or a quote; numbers need no quoting.
+        csv.writer(fh, lineterminator="\n").writerow([_text_cell(h) for h in header])
         np.savetxt(fh, np.column_stack(cols), delimiter=",", fmt="%.17g")
+
+
+def write_csv_metadata(ds, tmp: Path) -> None:
+    """Write the attributes of `ds` and the CSV columns (name, unit) as JSON."""
+    names = [v for v in ds.data_vars if ds[v].dims == ("time",)]
+    meta = {
+        "columns": [{"name": "time", "units": "h"}]
+        + [
+            {"name": v, "units": str(ds[v].attrs.get("units", "")),
+             "long_name": str(ds[v].attrs.get("long_name", ""))}
+            for v in names
+        ],
+        "attrs": {k: _plain(v) for k, v in ds.attrs.items()},
+    }  # fmt: skip
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(meta, fh, indent=1, default=str)
+        fh.write("\n")
 
 
 class ZarrWriter:

@@ -234,3 +234,74 @@ def test_second_run_loads_numba_cache_instead_of_compiling(tmp_path):
     log = r.stdout + r.stderr
     assert "data loaded" in log
     assert "data saved" not in log
+
+
+def test_csv_output_is_header_plus_numbers_with_a_metadata_sidecar(tmp_path):
+    """No `#` lines in the CSV (a plain CSV reader sees one header row and numbers); the
+    provenance is in `NAME.csv.meta.json`, written with it."""
+    import csv
+    import json
+
+    r = CliRunner().invoke(
+        main,
+        ["simulate", "domino_racemic", "5 mg bolus at 0 h", "--until", "1h", "--csv",
+         str(tmp_path / "r.csv")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][0] == "time [h]" and "cp [ng/mL]" in rows[0]
+    data = np.array(rows[1:], dtype=float)
+    assert data.shape == (61, len(rows[0])) and np.isfinite(data).all()
+    meta = json.loads((tmp_path / "r.csv.meta.json").read_text(encoding="utf-8"))
+    assert meta["attrs"]["model"] == "domino_racemic"
+    assert "5 mg bolus at 0 h" in meta["attrs"]["regimen"]
+    assert "not a clinical dosing device" in meta["attrs"]["disclaimer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.meta.json"]
+
+
+def test_models_show_escapes_terminal_control_characters(tmp_path):
+    from pkpd.model import models_dir
+
+    text = (models_dir() / "domino_racemic.toml").read_text(encoding="utf-8")
+    text = text.replace(
+        'title = "Domino racemic',
+        'title = "\\u001b[2J\\u001b]0;owned\\u0007\\r\\u202eDomino racemic',
+    )
+    path = tmp_path / "m.toml"
+    path.write_text(text, encoding="utf-8")
+    # color=True: the terminal case (click strips only some ANSI codes, and only off a tty).
+    r = CliRunner().invoke(main, ["models", "show", str(path)], color=True)
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output and "\r" not in r.output
+    assert "\u202e" not in r.output
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x0d\\u202eDomino racemic" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nope"], "No such option '--nope'"),
+        (["simulate"], "Missing argument 'MODEL'"),
+        (["compare", "--nope"], "No such option '--nope'"),
+        (["design", "domino_racemic", "--bogus", "1"], "No such option '--bogus'"),
+        (["models", "show"], "Missing argument 'NAME'"),
+        (["models", "show", "a", "b"], "unexpected extra argument"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["simulate", "m", "r", "--sex", "X"], "'X' is not one of"),
+    ],
+)
+def test_click_usage_errors_are_one_line_with_status_2(args, message):
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("pkpd: error: ") and message in lines[0]
+    assert r.stdout == ""
+
+
+def test_help_output_is_unchanged_by_the_error_handling():
+    for args in ([], ["--help"], ["simulate", "--help"], ["models", "--help"]):
+        r = run(*args)
+        assert r.returncode == (2 if not args else 0), args
+        assert r.stdout.startswith("Usage: pkpd") or r.stderr.startswith("Usage: pkpd")

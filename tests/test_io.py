@@ -1,0 +1,127 @@
+"""Output files and library look-up (pkpd/io.py): CSV, sidecars, names, Zarr replacement."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pkpd.io import write_csv
+from pkpd.model import load_model, models_dir
+from pkpd.pd import available_pd, load_pd, pd_dir
+from pkpd.population import available_populations, load_population, populations_dir
+from pkpd.regimen import load_regimen
+from pkpd.risk import available_risks, load_risk, risk_dir
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def _hostile_dataset():
+    t = np.linspace(0.0, 1.0, 5)
+    ds = xr.Dataset(
+        {
+            "cp": ("time", np.exp(-t), {"units": "=cmd|' /C calc'!A0", "long_name": "a\nb"}),
+            "ce": ("time", -t, {"units": "ng/mL\n1,2,3\n@SUM(A1)"}),
+        },
+        coords={"time": t},
+        attrs={
+            "model": 'm\n=HYPERLINK("http://x")',
+            "regimen": "5 mg bolus at 0 h\n-1,2,3",
+            "disclaimer": "not a clinical device",
+            "seed": np.int64(3),
+        },
+    )
+    return ds
+
+
+def test_csv_is_one_header_row_then_numbers_and_neutralises_formulas(tmp_path):
+    """Units and metadata with line breaks and formulas neither add rows nor become
+    spreadsheet formulas; the file reads as one header row plus numeric rows."""
+    ds = _hostile_dataset()
+    path = tmp_path / "r.csv"
+    write_csv(ds, path)
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 1 + ds.sizes["time"]
+    header = rows[0]
+    assert len(header) == 3 and header[0] == "time [h]"
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in header)
+    assert header[1] == "cp [=cmd|' /C calc'!A0]"  # starts with the name: not a formula
+    assert "\n" not in "".join(header)
+    # Line-based readers agree: one physical header line, then numbers only.
+    data = np.loadtxt(path, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(data[:, 0], ds.time.values)
+    np.testing.assert_array_equal(data[:, 2], ds.ce.values)  # negative numbers stay numbers
+
+
+def test_csv_text_cells_starting_with_formula_characters_get_a_quote(tmp_path):
+    t = np.array([0.0, 1.0])
+    for first in ("=", "+", "-", "@", "\t", "\r"):
+        ds = xr.Dataset({f"{first}x": ("time", t, {"units": "mg"})}, coords={"time": t})
+        path = tmp_path / "f.csv"
+        write_csv(ds, path)
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh))
+        assert header[1].startswith("'"), (first, header)
+
+
+def test_csv_metadata_sidecar_keeps_the_provenance(tmp_path):
+    from pkpd.io import csv_metadata_path, write_csv_metadata
+
+    ds = _hostile_dataset()
+    side = csv_metadata_path(tmp_path / "r.csv")
+    assert side.name == "r.csv.meta.json"
+    write_csv_metadata(ds, side)
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    assert meta["attrs"]["model"] == ds.attrs["model"]
+    assert meta["attrs"]["regimen"] == ds.attrs["regimen"]
+    assert meta["attrs"]["seed"] == 3
+    assert [c["name"] for c in meta["columns"]] == ["time", "cp", "ce"]
+    assert meta["columns"][1]["units"] == ds.cp.attrs["units"]
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def _plant(tmp_path, name, source):
+    """A file without extension in the working directory, named like a shipped entry."""
+    (tmp_path / name).write_bytes(source.read_bytes())
+
+
+def test_a_bare_name_is_the_shipped_entry_whatever_the_working_directory_holds(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    # A planted "fanta2015_otto2021" holding another model must not replace the shipped one.
+    _plant(tmp_path, "fanta2015_otto2021", models_dir() / "domino_racemic.toml")
+    m = load_model("fanta2015_otto2021")
+    assert m.name == "fanta2015_otto2021"
+    assert str(m.file) == str(models_dir() / "fanta2015_otto2021.toml")
+    pops = available_populations()
+    _plant(tmp_path, pops[0], populations_dir() / f"{pops[1]}.toml")
+    assert str(load_population(pops[0]).file) == str(populations_dir() / f"{pops[0]}.toml")
+    pds = available_pd()
+    _plant(tmp_path, pds[0], pd_dir() / f"{pds[1]}.toml")
+    assert str(load_pd(pds[0]).file) == str(pd_dir() / f"{pds[0]}.toml")
+    risk = available_risks()[0]
+    (tmp_path / risk).write_text("not = [valid", encoding="utf-8")
+    assert str(load_risk(risk).file) == str(risk_dir() / f"{risk}.toml")
+    # An explicit path is still a path.
+    assert load_model(f".{'/'}fanta2015_otto2021").name == "domino_racemic"
+    assert load_model(tmp_path / "fanta2015_otto2021").name == "domino_racemic"
+
+
+def test_a_file_named_like_a_one_line_regimen_does_not_replace_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = "5 mg bolus at 0 h"
+    (tmp_path / text).write_text(
+        (models_dir() / "regimens" / "lumbar_fusion_esketamine.toml").read_text("utf-8"),
+        encoding="utf-8",
+    )
+    reg = load_regimen(text)
+    assert reg.file is None
+    assert "5 mg bolus at 0 h" in reg.text and "mg/kg/h" not in reg.text
+    assert "mg/kg/h" in load_regimen(f"./{text}").text
