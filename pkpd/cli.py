@@ -672,7 +672,7 @@ def _simulate_cohort(
             param_hint="--population",
         )
     if out:
-        check_target(out, (".nc", ".zarr"), "--out", store=str(out).endswith(".zarr"))
+        check_target(out, (".nc", ".zarr"), "--out")
     if out_png:
         check_target(out_png, (".png", ".svg", ".pdf"), "--plot")
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import re
@@ -79,25 +80,176 @@ class OutputError(PkpdError, OSError):
 
 
 def check_target(
-    path: str | Path, suffixes: tuple[str, ...], what: str, store: bool = False
+    path: str | Path, suffixes: tuple[str, ...], what: str, store: bool | None = None
 ) -> Path:
     """Validate an output path before any work is done.
 
-    With ``store=True`` (Zarr) the target may be an existing Zarr store, which is replaced
-    when the new one is complete; any other existing folder is refused, never removed.
+    The extension is compared case-insensitively; the folder must exist and accept a new
+    file (tried, so read-only folders and file systems are found before simulating).
+    With ``store=True`` (Zarr; the default for a ``.zarr`` suffix) the target may be an
+    existing Zarr store, which is replaced when the new one is complete; any other existing
+    folder is refused, never removed. Temporaries of this target left by runs that no
+    longer exist are removed here (see :func:`clean_stale`).
     """
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise OutputError(
             f"{what} {str(p)!r}: expected a file name ending in {' or '.join(suffixes)}"
         )
+    if store is None:
+        store = p.suffix.lower() == ".zarr"
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{what} {str(p)!r}: folder {str(parent)!r} does not exist")
     if p.is_dir() and not (store and _is_zarr_store(p)):
         kind = "a folder that is not a Zarr store" if store else "a folder"
         raise OutputError(f"{what} {str(p)!r} is {kind}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=f".{_owner()}.tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {str(p)!r}: cannot create a file in folder {str(parent)!r}: "
+            f"{exc.strerror or exc}"
+        ) from exc
+    clean_stale(p)
     return p
+
+
+# ----------------------------------------------------------------------------- temporaries
+#
+# Every temporary output is named ``.TARGET.RANDOM.PID@HOST.tmp`` (and a replaced Zarr
+# store, for a moment, ``.TARGET.RANDOM.PID@HOST.old``), beside its target. A later run
+# removes those whose process no longer exists on this host: a run killed with SIGKILL
+# (or by a power cut) cannot clean up after itself. Temporaries of live processes, of
+# other hosts (shared file systems) and of other targets are never touched.
+
+_TEMP_RE = re.compile(
+    r"(?P<rand>[A-Za-z0-9_]+)\.(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9_-]+)\.(?P<kind>tmp|old)"
+)
+
+
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:63] or "localhost"
+
+
+def _owner() -> str:
+    """``PID@HOST`` of this process, as written into the names of its temporaries."""
+    return f"{os.getpid()}@{_host()}"
+
+
+def temporary_path(target: Path, kind: str = "tmp") -> Path:
+    """A fresh hidden path beside `target` that names this process (see above)."""
+    import uuid
+
+    target = Path(target)
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.{_owner()}.{kind}"
+
+
+def _alive(pid: int) -> bool:
+    """True unless process `pid` certainly does not exist (on this host)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by another user
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link or a folder tree; gone already is fine."""
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_stale(target: str | Path) -> list[Path]:
+    """Remove the temporaries of `target` left by dead runs; restore an orphaned result.
+
+    A run killed between moving the previous Zarr store aside (``.old``) and publishing the
+    new one leaves no store at `target`: the previous one is put back. The legacy name
+    ``.TARGET.old`` of earlier versions counts as a dead run's. Returns the paths removed.
+    """
+    target = Path(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    prefix = f".{target.name}."
+    host = _host()
+    stale = []
+    try:
+        entries = [e for e in folder.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TEMP_RE.fullmatch(entry.name[len(prefix) :])
+        if m is not None and m["host"] == host and not _alive(int(m["pid"])):
+            stale.append((entry, m["kind"]))
+        elif entry.name == f"{prefix}old":
+            stale.append((entry, "old"))
+    removed = []
+    # The newest previous result is the one to restore.
+    for entry, kind in sorted(stale, key=lambda e: _mtime(e[0]), reverse=True):
+        if kind == "old" and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(entry, target)
+                continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def replace_store(tmp: Path, target: Path) -> None:
+    """Publish the complete store `tmp` at `target`, replacing what is there.
+
+    The previous target (a store, or a regular file) is first renamed to a hidden ``.old``
+    beside it, then `tmp` is renamed into place, then the ``.old`` is removed: at every
+    moment one complete result exists under a known name, and :func:`clean_stale` finishes
+    the job of a run killed in between. A store published by a concurrent run in between
+    is moved aside in turn (the last run to publish wins).
+    """
+    trash: list[Path] = []
+    try:
+        for _ in range(5):
+            if os.path.lexists(target):
+                old = temporary_path(target, "old")
+                try:
+                    os.rename(target, old)
+                    trash.append(old)
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rename(tmp, target)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+        else:
+            raise OutputError(f"cannot replace {str(target)!r}: other runs keep writing it")
+    except BaseException:
+        if trash and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(trash.pop(), target)
+        raise
+    finally:
+        if os.path.lexists(target):
+            for old in trash:
+                _remove(old)
 
 
 def _is_zarr_store(p: Path) -> bool:
@@ -121,14 +273,14 @@ def atomic_outputs() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]
 
     def stage(target: Path, writer: Callable[[Path], None]) -> None:
         target = Path(target)
-        fd, tmp = tempfile.mkstemp(
-            dir=target.parent if str(target.parent) else ".",
-            prefix=f".{target.name}.",
-            suffix=".tmp",
-        )
-        os.close(fd)
-        staged.append((Path(tmp), target))
         try:
+            fd, tmp = tempfile.mkstemp(
+                dir=target.parent if str(target.parent) else ".",
+                prefix=f".{target.name}.",
+                suffix=f".{_owner()}.tmp",
+            )
+            os.close(fd)
+            staged.append((Path(tmp), target))
             writer(Path(tmp))
         except OSError as exc:
             raise OutputError(f"cannot write {str(target)!r}: {exc}") from exc
@@ -149,8 +301,28 @@ def atomic_outputs() -> Iterator[Callable[[Path, Callable[[Path], None]], None]]
 
 
 def write_netcdf(ds, tmp: Path) -> None:
-    """Write `ds` as NetCDF-4 (h5netcdf engine)."""
+    """Write `ds` as NetCDF-4 (h5netcdf engine).
+
+    Attribute values NetCDF cannot hold are written in a form it can: an integer beyond
+    64 bits (a large ``seed``) as its decimal string, a boolean as 0/1, None as "".
+    """
+    ds = ds.copy(deep=False)
+    ds.attrs = {k: _netcdf_attr(v) for k, v in ds.attrs.items()}
+    for name in ds.variables:
+        ds[name].attrs = {k: _netcdf_attr(v) for k, v in ds[name].attrs.items()}
     ds.to_netcdf(tmp, engine="h5netcdf")
+
+
+def _netcdf_attr(v):
+    import numpy as np
+
+    if v is None:
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return int(v)
+    if isinstance(v, int) and not -(2**63) <= v < 2**64:
+        return str(v)
+    return v
 
 
 # A text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV
@@ -210,57 +382,60 @@ def write_csv_metadata(ds, tmp: Path) -> None:
 class ZarrWriter:
     """Write a cohort to a Zarr store chunk by chunk, atomically.
 
-    Chunks are appended along ``patient`` to a hidden temporary store beside the target;
-    :meth:`finish` adds the whole-cohort variables (percentile bands) and attributes, then
-    renames the store into place (an existing target is replaced only at that moment). An
-    interrupted run leaves only the hidden temporary store, never a complete-looking target;
-    :meth:`abort` removes it.
+    Chunks are appended along ``patient`` to a hidden temporary store beside the target
+    (named after this process, see :func:`clean_stale`); :meth:`finish` adds the
+    whole-cohort variables (percentile bands) and attributes, then renames the store into
+    place (an existing target is replaced only at that moment, see :func:`replace_store`).
+    An interrupted run leaves only the hidden temporary store, never a complete-looking
+    target; :meth:`abort` removes it, and so does a later run if this one was killed. A
+    write that fails (a full disk) removes the temporary store and raises
+    :class:`OutputError` naming the target.
     """
 
     def __init__(self, target) -> None:
-        import uuid
-
         self.target = check_target(target, (".zarr",), "out", store=True)
-        self.tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.tmp = temporary_path(self.target)
         self._first = True
 
+    def _failed(self, exc: OSError) -> OutputError:
+        self.abort()
+        return OutputError(
+            f"cannot write {str(self.target)!r} (temporary store {self.tmp.name!r} removed): {exc}"
+        )
+
     def append(self, ds) -> None:
-        if self._first:
-            ds.to_zarr(self.tmp, mode="w-", consolidated=True, zarr_format=2)
-            self._first = False
-        else:
-            per_patient = [v for v in ds.variables if "patient" in ds[v].dims]
-            ds[per_patient].to_zarr(
-                self.tmp, append_dim="patient", consolidated=True, zarr_format=2
-            )
+        try:
+            if self._first:
+                ds.to_zarr(self.tmp, mode="w-", consolidated=True, zarr_format=2)
+                self._first = False
+            else:
+                per_patient = [v for v in ds.variables if "patient" in ds[v].dims]
+                ds[per_patient].to_zarr(
+                    self.tmp, append_dim="patient", consolidated=True, zarr_format=2
+                )
+        except OSError as exc:
+            raise self._failed(exc) from exc
 
     def finish(self, summary) -> None:
         """Add the variables without a patient dimension and the attributes; publish."""
-        import shutil
-
         import zarr
 
-        extra = [v for v in summary.data_vars if "patient" not in summary[v].dims]
-        if extra:
-            part = summary[extra].drop_vars(
-                [c for c in summary[extra].coords if "patient" in summary[c].dims]
-            )
-            part.to_zarr(self.tmp, mode="a", consolidated=True, zarr_format=2)
-        group = zarr.open_group(str(self.tmp), mode="a")
-        group.attrs.update({k: _plain(v) for k, v in summary.attrs.items()})
-        zarr.consolidate_metadata(str(self.tmp))
-        trash = None
-        if self.target.exists():
-            trash = self.target.parent / f".{self.target.name}.old"
-            os.replace(self.target, trash)
-        os.replace(self.tmp, self.target)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            extra = [v for v in summary.data_vars if "patient" not in summary[v].dims]
+            if extra:
+                part = summary[extra].drop_vars(
+                    [c for c in summary[extra].coords if "patient" in summary[c].dims]
+                )
+                part.to_zarr(self.tmp, mode="a", consolidated=True, zarr_format=2)
+            group = zarr.open_group(str(self.tmp), mode="a")
+            group.attrs.update({k: _plain(v) for k, v in summary.attrs.items()})
+            zarr.consolidate_metadata(str(self.tmp))
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        replace_store(self.tmp, self.target)
 
     def abort(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        _remove(self.tmp)
 
     def open(self):
         import xarray as xr
@@ -269,7 +444,9 @@ class ZarrWriter:
 
 
 def _plain(v):
-    """Attribute values as JSON-friendly Python scalars."""
+    """Attribute values as JSON-friendly Python scalars (arrays as lists)."""
+    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
+        return v.tolist()
     if hasattr(v, "item"):
         return v.item()
     return v

@@ -305,3 +305,64 @@ def test_help_output_is_unchanged_by_the_error_handling():
         r = run(*args)
         assert r.returncode == (2 if not args else 0), args
         assert r.stdout.startswith("Usage: pkpd") or r.stderr.startswith("Usage: pkpd")
+
+
+@pytest.mark.parametrize("command", ["simulate", "cohort", "cohort.zarr", "compare", "design",
+                                     "report", "plot"])  # fmt: skip
+def test_unwritable_destination_is_refused_before_any_work(tmp_path, monkeypatch, command):
+    """A folder that refuses new files is found before simulating, in one line."""
+    import errno
+    import importlib
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(errno.EACCES, "Permission denied", str(ro))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the work ran before the destination was checked")
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    for mod, name in (("simulate", "simulate"), ("cohort", "simulate_cohort"),
+                      ("design", "compare"), ("design", "design"),
+                      ("report", "write_report")):  # fmt: skip
+        monkeypatch.setattr(importlib.import_module(f"pkpd.{mod}"), name, computed)
+    cohort = ["--patients", "10", "--population", "healthy_volunteers"]
+    one = ["simulate", "domino_racemic", "5 mg bolus at 0 h"]
+    (tmp_path / "r.nc").write_bytes(b"")
+    args = {
+        "simulate": [*one, "--out", str(ro / "x.nc")],
+        "plot": [*one, "--plot", str(ro / "x.png")],
+        "cohort": [*one, *cohort, "--out", str(ro / "x.nc")],
+        "cohort.zarr": [*one, *cohort, "--out", str(ro / "x.zarr")],
+        "compare": ["compare", "domino_racemic", "5 mg bolus at 0 h", *cohort, "--out",
+                    str(ro / "x.nc")],
+        "design": ["design", "domino_racemic", *cohort, "--bolus", "0,1", "--out",
+                   str(ro / "x.nc")],
+        "report": ["report", str(tmp_path / "r.nc"), "--out", str(ro / "r.html")],
+    }[command]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, (r.output, r.exception)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pkpd: error:"), r.output
+    assert "cannot create a file in folder" in lines[0] and str(ro) in lines[0]
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_folder_is_refused_before_simulating(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run("simulate", "domino_racemic", "5 mg bolus at 0 h", "--out", "ro/x.nc",
+                cwd=tmp_path)  # fmt: skip
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "cannot create a file in folder" in r.stderr
+    assert r.stdout == ""  # no summary: nothing was simulated

@@ -125,3 +125,158 @@ def test_a_file_named_like_a_one_line_regimen_does_not_replace_it(tmp_path, monk
     assert reg.file is None
     assert "5 mg bolus at 0 h" in reg.text and "mg/kg/h" not in reg.text
     assert "mg/kg/h" in load_regimen(f"./{text}").text
+
+
+# ----------------------------------------------------------------------------- Zarr, temporaries
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _host() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:63] or "localhost"
+
+
+def _cohort_like(n=4, start=0, seed=1):
+    p = np.arange(start, start + n)
+    return xr.Dataset(
+        {"cmax": ("patient", p * 1.5), "band": ("quantile", [1.0, 2.0])},
+        coords={"patient": p, "quantile": [0.05, 0.95]},
+        attrs={"seed": seed},
+    )
+
+
+def _write_store(target, seed=1):
+    from pkpd.io import ZarrWriter
+
+    w = ZarrWriter(target)
+    ds = _cohort_like(seed=seed)
+    w.append(ds[["cmax"]])
+    w.finish(ds)
+    return w
+
+
+def _seed(path) -> int:
+    with xr.open_zarr(path) as back:
+        return int(back.attrs["seed"])
+
+
+def test_stale_temporaries_of_dead_runs_are_removed_and_no_others(tmp_path):
+    """Only temporaries of this target whose process is gone (on this host) are removed."""
+    import os
+
+    from pkpd.io import check_target
+
+    dead, host = _dead_pid(), _host()
+    planted = {
+        "dead_store": f".c.zarr.deadbeef.{dead}@{host}.tmp",
+        "dead_file": f".c.zarr.abc_12xy.{dead}@{host}.tmp",
+        "live": f".c.zarr.cafecafe.{os.getpid()}@{host}.tmp",
+        "other_host": f".c.zarr.deadbeef.{dead}@elsewhere-{host}.tmp",
+        "other_target": f".d.zarr.deadbeef.{dead}@{host}.tmp",
+        "user_file": ".c.zarr.notes",
+    }
+    for key, name in planted.items():
+        if key == "dead_store":
+            (tmp_path / name / "cmax").mkdir(parents=True)
+            (tmp_path / name / "cmax" / "0").write_bytes(b"x" * 1000)
+        else:
+            (tmp_path / name).write_text("x")
+    check_target(tmp_path / "c.zarr", (".zarr",), "--out")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert planted["dead_store"] not in left and planted["dead_file"] not in left
+    assert left == {planted[k] for k in ("live", "other_host", "other_target", "user_file")}
+
+
+def test_a_run_killed_while_replacing_a_store_loses_nothing_and_blocks_nothing(tmp_path):
+    """kill -9 after the old store was moved aside and before the new one was renamed in:
+    the next run puts the old result back, removes the dead run's temporaries, and can
+    replace the store again."""
+    import os
+
+    target = tmp_path / "c.zarr"
+    _write_store(target, seed=1)
+    dead, host = _dead_pid(), _host()
+    os.rename(target, tmp_path / f".c.zarr.0badc0de.{dead}@{host}.old")
+    (tmp_path / f".c.zarr.feedf00d.{dead}@{host}.tmp").mkdir()  # the dead run's new store
+    from pkpd.io import ZarrWriter
+
+    w = ZarrWriter(target)  # checks the target: recovers before any work is done
+    assert _seed(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+    ds = _cohort_like(seed=2)
+    w.append(ds[["cmax"]])
+    w.finish(ds)
+    assert _seed(target) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_a_leftover_legacy_old_store_does_not_block_replacing(tmp_path):
+    """The `.NAME.old` of a killed run of earlier versions made every later run compute
+    everything and then fail with "Directory not empty"."""
+    target = tmp_path / "c.zarr"
+    _write_store(target, seed=1)
+    (tmp_path / ".c.zarr.old" / "cmax").mkdir(parents=True)
+    (tmp_path / ".c.zarr.old" / "cmax" / "0").write_bytes(b"old")
+    _write_store(target, seed=2)
+    assert _seed(target) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_a_regular_file_at_the_store_path_is_replaced_and_removed(tmp_path):
+    target = tmp_path / "c.zarr"
+    target.write_text("a file, not a store")
+    _write_store(target, seed=1)
+    assert _seed(target) == 1
+    _write_store(target, seed=2)
+    assert _seed(target) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_a_full_disk_while_writing_a_store_removes_it_and_names_the_path(tmp_path, monkeypatch):
+    """ENOSPC in the middle of the chunks: the partial temporary store is removed, an
+    existing result stays, and the error is one OutputError naming the target."""
+    import errno
+
+    from pkpd.io import OutputError, ZarrWriter
+
+    target = tmp_path / "c.zarr"
+    _write_store(target, seed=1)
+    w = ZarrWriter(target)
+    w.append(_cohort_like()[["cmax"]])
+    real = xr.Dataset.to_zarr
+
+    def full(self, store, *args, **kwargs):
+        real(self, store, *args, **kwargs)  # a partial chunk lands on disk first
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", full)
+    with pytest.raises(OutputError) as ei:
+        w.append(_cohort_like(start=4)[["cmax"]])
+    msg = str(ei.value)
+    assert str(target) in msg and "No space left on device" in msg and "\n" not in msg
+    assert isinstance(ei.value, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+    assert _seed(target) == 1
+
+
+def test_netcdf_stores_attributes_beyond_64_bit_integers(tmp_path):
+    from pkpd.io import write_netcdf
+
+    ds = _cohort_like(seed=2**70)
+    ds.attrs.update(flag=True, nothing=None)
+    write_netcdf(ds, tmp_path / "c.nc")
+    with xr.open_dataset(tmp_path / "c.nc", engine="h5netcdf") as back:
+        assert int(back.attrs["seed"]) == 2**70
+        assert back.attrs["flag"] == 1
+    assert ds.attrs["seed"] == 2**70 and ds.attrs["flag"] is True  # the input is unchanged
