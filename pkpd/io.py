@@ -435,12 +435,41 @@ class ZarrWriter:
         replace_store(self.tmp, self.target)
 
     def abort(self) -> None:
+        _settle_zarr_io()
         _remove(self.tmp)
 
     def open(self):
         import xarray as xr
 
         return xr.open_zarr(self.target)
+
+
+def _settle_zarr_io(timeout: float = 60.0) -> None:
+    """Wait until zarr's event loop has no pending task.
+
+    When one chunk write fails (ENOSPC), zarr's ``asyncio.gather`` raises at once and the
+    other writes of the batch go on in zarr's I/O thread: they would recreate files in the
+    store being removed, and print a traceback each ("Task exception was never retrieved",
+    "Task was destroyed but it is pending") when the process exits. Gathering them here
+    retrieves their exceptions, so the removal is final and stderr keeps one line.
+    """
+    import asyncio
+
+    try:
+        from zarr.core import sync as zarr_sync
+    except ImportError:  # pragma: no cover - another zarr layout: nothing to wait for
+        return
+    loop = getattr(zarr_sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        while pending := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
 
 
 def _plain(v):

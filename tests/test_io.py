@@ -280,3 +280,36 @@ def test_netcdf_stores_attributes_beyond_64_bit_integers(tmp_path):
         assert int(back.attrs["seed"]) == 2**70
         assert back.attrs["flag"] == 1
     assert ds.attrs["seed"] == 2**70 and ds.attrs["flag"] is True  # the input is unchanged
+
+
+def test_a_full_disk_inside_zarrs_concurrent_writes_leaves_nothing_behind(tmp_path, monkeypatch):
+    """One chunk write fails while zarr's other writes of the batch are still pending: they
+    are waited for (not left to recreate files in the removed store, nor to print
+    "Task exception was never retrieved" tracebacks at exit)."""
+    import asyncio
+    import errno
+    import time
+
+    from zarr.storage import LocalStore
+
+    from pkpd.io import OutputError, ZarrWriter
+
+    real_set = LocalStore.set
+    calls = []
+
+    async def set_(self, key, value):
+        calls.append(key)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await asyncio.sleep(0.2)  # the other writes are still in flight at the failure
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", set_)
+    n = 100
+    ds = xr.Dataset({"cmax": ("patient", np.arange(n) * 1.5)}, coords={"patient": np.arange(n)})
+    ds.cmax.encoding["chunks"] = (10,)
+    w = ZarrWriter(tmp_path / "c.zarr")
+    with pytest.raises(OutputError, match="No space left on device"):
+        w.append(ds)
+    time.sleep(0.5)  # longer than any pending write would take
+    assert list(tmp_path.iterdir()) == []
