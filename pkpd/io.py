@@ -47,9 +47,10 @@ def read_library_file(name_or_path, folder: Path, available, what: str, error) -
     if not is_path(name_or_path):
         path = Path(folder) / f"{text}.toml"
         if not path.exists():
+            here = f" (for the file {text!r} here, write ./{text})" if _is_file(text) else ""
             raise error(
                 f"unknown {what} {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available()) or '(none shipped)'}"
+                f"{', '.join(available()) or '(none shipped)'}{here}"
             )
     if not path.is_file():
         raise error(f"{path}: {what} file not found (expected a .toml file)")
@@ -73,6 +74,13 @@ def is_path(name_or_path) -> bool:
     text = str(name_or_path)
     seps = {"/", os.sep, os.altsep} - {None}
     return any(sep in text for sep in seps) or text.lower().endswith(".toml")
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 class OutputError(PkpdError, OSError):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pkpd.errors import ModelError
 from pkpd.io import write_csv
 from pkpd.model import load_model, models_dir
 from pkpd.pd import available_pd, load_pd, pd_dir
@@ -109,6 +110,10 @@ def test_a_bare_name_is_the_shipped_entry_whatever_the_working_directory_holds(
     risk = available_risks()[0]
     (tmp_path / risk).write_text("not = [valid", encoding="utf-8")
     assert str(load_risk(risk).file) == str(risk_dir() / f"{risk}.toml")
+    # A file that is not shipped under its name: the error says how to name it.
+    _plant(tmp_path, "mymodel", models_dir() / "domino_racemic.toml")
+    with pytest.raises(ModelError, match=r"unknown model 'mymodel'.*write \./mymodel"):
+        load_model("mymodel")
     # An explicit path is still a path.
     assert load_model(f".{'/'}fanta2015_otto2021").name == "domino_racemic"
     assert load_model(tmp_path / "fanta2015_otto2021").name == "domino_racemic"
