@@ -83,9 +83,9 @@ class _Group(click.Group):
             _click_error(exc)
 
     def invoke(self, ctx):
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Signal handlers can only be set from the main thread (not when embedded).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
@@ -109,8 +109,8 @@ class _Group(click.Group):
             _echo(f"pkpd: interrupted ({sig.name})", err=True)
             sys.exit(128 + sig)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
