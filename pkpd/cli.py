@@ -6,9 +6,13 @@ Research software for pharmacology and protocol design: not a clinical dosing de
 from __future__ import annotations
 
 import os
+import re
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from typing import NoReturn
 
 import click
 import numpy as np
@@ -20,10 +24,68 @@ from .simulate import DISCLAIMER
 _DEBUG = False
 
 
+# Characters that a terminal interprets (ESC sequences, carriage return, bidirectional
+# overrides): printed as visible escapes when they come from files or arguments.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str, newlines: bool = True) -> str:
+    """`text` with control characters shown as ``\\x1b``-style escapes (``\\n`` kept)."""
+    out = _UNPRINTABLE.sub(lambda m: _escape(m.group()), text)
+    return out if newlines else out.replace("\n", "\\n")
+
+
+def _escape(ch: str) -> str:
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def _echo(message: object = None, err: bool = False) -> None:
+    """click.echo of text that may come from files: no raw control characters."""
+    click.echo(None if message is None else _printable(str(message)), err=err)
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    """The one-line error of the command (traceback first with --debug)."""
+    if _DEBUG:
+        traceback.print_exc()
+    _echo(f"pkpd: error: {_printable(message, newlines=False)}", err=True)
+    sys.exit(status)
+
+
+def _click_error(exc: click.ClickException) -> NoReturn:
+    """click's own errors (unknown option, missing argument, bad choice) in one line."""
+    msg = exc.format_message()
+    if isinstance(exc, click.UsageError) and not isinstance(exc, click.BadParameter):
+        if exc.ctx is not None:
+            msg = f"{msg.rstrip('.')} (see '{exc.ctx.command_path} --help')"
+    _fail(msg, exc.exit_code)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like SIGINT so that every ``finally`` and cleanup runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Interrupted
+
+
 class _Group(click.Group):
     """Turn known errors into one-line messages (traceback only with --debug)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        # Errors in the top-level options (`pkpd --nope`) are raised here, before invoke.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `pkpd` alone prints the help, as before
+        except click.ClickException as exc:
+            _click_error(exc)
+
     def invoke(self, ctx):
+        # Signal handlers can only be set from the main thread (not when embedded).
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
@@ -31,21 +93,29 @@ class _Group(click.Group):
             sys.stdout = open(os.devnull, "w")
             sys.exit(0)
         except (PkpdError, ValueError, OSError) as exc:
+            _fail(str(exc))
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.ClickException as exc:
+            # A bad option value, an unknown option or a missing argument is bad input like
+            # any other: one line, no usage block.
+            _click_error(exc)
+        except KeyboardInterrupt as exc:
+            # SIGINT or SIGTERM: outputs and temporaries were cleaned up on the way here;
+            # exit with the shell's status for a signal (128 + its number).
+            sig = signal.SIGTERM if isinstance(exc, _Interrupted) else signal.SIGINT
             if _DEBUG:
                 traceback.print_exc()
-            click.echo(f"pkpd: error: {exc}", err=True)
-            sys.exit(2)
-        except click.BadParameter as exc:
-            # A bad option value is bad input like any other: one line, no usage block.
-            if _DEBUG:
-                traceback.print_exc()
-            click.echo(f"pkpd: error: {exc.format_message()}", err=True)
-            sys.exit(2)
+            _echo(f"pkpd: interrupted ({sig.name})", err=True)
+            sys.exit(128 + sig)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     prefix = "warning" if issubclass(category, PkpdWarning) else category.__name__
-    click.echo(f"pkpd: {prefix}: {message}", err=True)
+    _echo(f"pkpd: {prefix}: {message}", err=True)
 
 
 @click.group(
@@ -94,12 +164,12 @@ def models(ctx) -> None:
         pops[name] = _short(m.population)
     head = ("name", "drug", "sampling", "verification", "source")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  source")
+    _echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=False)) + "  source")
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
-        click.echo(f"    population: {pops[r[0]]}")
+        _echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
+        _echo(f"    population: {pops[r[0]]}")
     _echo_pd_table()
-    click.echo("\nPopulations and caveats: pkpd models show NAME")
+    _echo("\nPopulations and caveats: pkpd models show NAME")
 
 
 def _echo_pd_table() -> None:
@@ -111,9 +181,9 @@ def _echo_pd_table() -> None:
         return
     head = ("PD endpoint", "drug", "sampling", "effect", "verification")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(5)]
-    click.echo("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  source")
+    _echo("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  source")
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[5]}")
+        _echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[5]}")
 
 
 @models.command("show", help="Parameters of one model with units, sources and tags.")
@@ -124,10 +194,10 @@ def models_show(name: str) -> None:
 
     if name in available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
         for line in describe(name):
-            click.echo(line)
+            _echo(line)
         return
     m = load_model(name)
-    click.echo(f"{m.name}: {m.title}")
+    _echo(f"{m.name}: {m.title}")
     for label, val in (
         ("drug", m.drug),
         ("citation", m.citation),
@@ -137,10 +207,10 @@ def models_show(name: str) -> None:
         ("verification", m.verification_summary()),
         ("file", str(m.file)),
     ):
-        click.echo(f"  {label}: {val}")
+        _echo(f"  {label}: {val}")
     for n in m.notes:
-        click.echo(f"  note: {n}")
-    click.echo("\nparameters (typical values; internal units h, L, mg):")
+        _echo(f"  note: {n}")
+    _echo("\nparameters (typical values; internal units h, L, mg):")
     for p in m.parameters.values():
         scale = ""
         if p.per_kg:
@@ -156,12 +226,12 @@ def models_show(name: str) -> None:
         unit = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}.get(
             p.kind, ""
         )
-        click.echo(f"  {p.name:<6} {p.unit_text:<14} = {p.value:.6g} {unit}{scale}")
-        click.echo(f"         [{TAGS[p.source.tag]}] {p.source.reference}")
+        _echo(f"  {p.name:<6} {p.unit_text:<14} = {p.value:.6g} {unit}{scale}")
+        _echo(f"         [{TAGS[p.source.tag]}] {p.source.reference}")
         if p.source.note:
-            click.echo(f"         note: {p.source.note}")
+            _echo(f"         note: {p.source.note}")
     if m.covariates:
-        click.echo("\ncovariates:")
+        _echo("\ncovariates:")
         for c in m.covariates.values():
             rng = (
                 f"studied range {c.range[0]:g}-{c.range[1]:g} {c.unit}"
@@ -169,37 +239,37 @@ def models_show(name: str) -> None:
                 else ("levels " + ", ".join(c.levels) if c.levels else "range not reported")
             )
             ref = f", reference {c.reference:g} {c.unit}" if c.reference is not None else ""
-            click.echo(f"  {c.name}: {rng}{ref}")
+            _echo(f"  {c.name}: {rng}{ref}")
     if m.variability:
-        click.echo("\ninter-individual variability (log-normal, omega^2):")
+        _echo("\ninter-individual variability (log-normal, omega^2):")
         for v in m.variability:
             if v.omega is None:
-                click.echo(
+                _echo(
                     f"  {', '.join(v.parameters)}: MISSING in the source "
                     f"[{TAGS[v.source.tag]}] {v.source.reference}"
                 )
                 continue
             cv = np.sqrt(np.expm1(np.diag(v.omega))) * 100
             cvs = ", ".join(f"{p} {c:.1f}%" for p, c in zip(v.parameters, cv, strict=True))
-            click.echo(
+            _echo(
                 f"  {', '.join(v.parameters)}: omega^2 {v.omega.tolist()} "
                 f"(CV {cvs}) [{TAGS[v.source.tag]}]"
             )
     else:
-        click.echo("\ninter-individual variability: none published")
+        _echo("\ninter-individual variability: none published")
     if m.residual:
-        click.echo("\nresidual error:")
+        _echo("\nresidual error:")
         for r in m.residual.values():
             parts = []
             if r.proportional_sd:
                 parts.append(f"proportional SD {r.proportional_sd:g}")
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
-            click.echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
+            _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
     from .ode import output_scales
 
     units = output_scales(m)[1]
-    click.echo(
+    _echo(
         "\noutputs: " + ", ".join(f"{o} ({u})" for o, u in zip(m.output_names, units, strict=True))
     )
 
@@ -213,8 +283,8 @@ def populations(ctx) -> None:
 
     for name in available_populations():
         pop = load_population(name)
-        click.echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
-    click.echo("\nDetails and sources: pkpd populations show NAME")
+        _echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
+    _echo("\nDetails and sources: pkpd populations show NAME")
 
 
 @populations.command("show", help="Distributions of one population with their sources.")
@@ -222,7 +292,7 @@ def populations(ctx) -> None:
 def populations_show(name: str) -> None:
     from .population import load_population
 
-    click.echo(load_population(name).describe())
+    _echo(load_population(name).describe())
 
 
 # ----------------------------------------------------------------------------- simulate
@@ -475,7 +545,14 @@ def simulate(
             "amounts are kept for cohorts (--patients); a single patient's states are in "
             "its simulation result", param_hint="--amounts",
         )  # fmt: skip
-    from .io import atomic_outputs, check_target, write_csv, write_netcdf
+    from .io import (
+        atomic_outputs,
+        check_target,
+        csv_metadata_path,
+        write_csv,
+        write_csv_metadata,
+        write_netcdf,
+    )
     from .model import load_model
     from .regimen import load_regimen
     from .simulate import simulate as run
@@ -486,6 +563,9 @@ def simulate(
         targets.append(("nc", check_target(out_nc, (".nc",), "--out")))
     if out_csv:
         targets.append(("csv", check_target(out_csv, (".csv",), "--csv")))
+        # Provenance beside the CSV, so that the CSV itself is one header row + numbers.
+        meta = csv_metadata_path(targets[-1][1])
+        targets.append(("csv_meta", check_target(meta, (".json",), "--csv sidecar")))
     if out_png:
         targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
     spec = load_model(model)
@@ -516,17 +596,17 @@ def simulate(
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
         fine = run(spec, reg, covariates=cov, times=fine_t, **extra_run)
     summ = summarize(fine, reg)
-    click.echo(
+    _echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    click.echo(f"regimen: {reg.text}")
-    click.echo(f"covariates: {w}")
-    click.echo(_solver_line(ds))
+    _echo(f"regimen: {reg.text}")
+    _echo(f"covariates: {w}")
+    _echo(_solver_line(ds))
     if spec.assumed_parameters:
-        click.echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
+        _echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
     for line in summ.lines():
-        click.echo(line)
+        _echo(line)
     _echo_pd_summary(fine, extra_run)
     with atomic_outputs() as stage:
         for kind, path in targets:
@@ -534,6 +614,8 @@ def simulate(
                 stage(path, lambda tmp: write_netcdf(ds, tmp))
             elif kind == "csv":
                 stage(path, lambda tmp: write_csv(ds, tmp))
+            elif kind == "csv_meta":
+                stage(path, lambda tmp: write_csv_metadata(ds, tmp))
             else:
                 from .plot import plot_concentrations
 
@@ -544,8 +626,8 @@ def simulate(
                     ),
                 )
     for _kind, path in targets:
-        click.echo(f"wrote {path}")
-    click.echo(DISCLAIMER)
+        _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
 
 
 def _pairs(items, option, sep="="):
@@ -590,7 +672,7 @@ def _simulate_cohort(
             param_hint="--population",
         )
     if out:
-        check_target(out, (".nc", ".zarr"), "--out", store=str(out).endswith(".zarr"))
+        check_target(out, (".nc", ".zarr"), "--out")
     if out_png:
         check_target(out_png, (".png", ".svg", ".pdf"), "--plot")
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
@@ -632,14 +714,14 @@ def _simulate_cohort(
         **method_options,
     )
     n = int(ds.sizes["patient"])
-    click.echo(
+    _echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    click.echo(f"regimen: {ds.attrs['regimen']}")
-    click.echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
+    _echo(f"regimen: {ds.attrs['regimen']}")
+    _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
     if ds.attrs.get("solver_method", "exact") != "exact":
-        click.echo(
+        _echo(
             f"solver: {ds.attrs['solver_method']} (rtol {ds.attrs['solver_rtol']:g}, atol "
             f"{ds.attrs['solver_atol']:g}): {ds.attrs['solver_nsteps_mean']:.0f} steps and "
             f"{ds.attrs['solver_nfev_mean']:.0f} RHS evaluations per patient on average"
@@ -648,33 +730,33 @@ def _simulate_cohort(
     for o in ds.output.values:
         cm = ds.cmax.sel(output=o).values[ok]
         unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
-        click.echo(
+        _echo(
             f"{o:>16}: Cmax median {np.median(cm):.4g} {unit} "
             f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
         )
         for w in ds.window.values if unit == "ng/mL" else ():
             a = ds.auc.sel(output=o, window=w).values[ok]
-            click.echo(
+            _echo(
                 f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
                 f"(5-95%: {np.percentile(a, 5):.5g}-{np.percentile(a, 95):.5g})"
             )
         if "c_at" in ds:
             for a_name in ds["at"].values:
                 v = ds.c_at.sel(output=o, at=a_name).values[ok]
-                click.echo(
+                _echo(
                     f"{'':>16}  at {a_name}: median {np.median(v):.4g} {unit} "
                     f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
                 )
     if "time_above" in ds:
         for lab in ds.threshold.values:
             v = ds.time_above.sel(threshold=lab).values[ok]
-            click.echo(
+            _echo(
                 f"time {lab}: median {np.median(v):.3g} h "
                 f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
             )
     n_failed = int(ds.attrs["n_failed"])
     if n_failed:
-        click.echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
+        _echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
     if out_png and "band" in ds:
         from .io import atomic_outputs
         from .plot import plot_bands
@@ -684,14 +766,14 @@ def _simulate_cohort(
                 check_target(out_png, (".png", ".svg", ".pdf"), "--plot"),
                 lambda tmp: plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
             )
-        click.echo(f"wrote {out_png}")
+        _echo(f"wrote {out_png}")
     if out:
-        click.echo(f"wrote {out}")
-    click.echo(
+        _echo(f"wrote {out}")
+    _echo(
         f"simulated {n:,} patients in {ds.attrs['elapsed_s']:.2f} s "
         f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
     )
-    click.echo(DISCLAIMER)
+    _echo(DISCLAIMER)
 
 
 # ----------------------------------------------------------------------------- PD, racemic
@@ -779,16 +861,16 @@ def _pd_run_options(pd_names, pd_items, racemic) -> dict:
 def _echo_pd_summary(ds, extra_run) -> None:
     """Range of every PD variable over the output grid, and the racemic caveat."""
     if extra_run.get("racemic"):
-        click.echo(f"dose conversion: {ds.attrs['dose_conversion']}")
-        click.echo(f"  caveats: {ds.attrs['dose_conversion_caveats']}")
+        _echo(f"dose conversion: {ds.attrs['dose_conversion']}")
+        _echo(f"  caveats: {ds.attrs['dose_conversion_caveats']}")
     for name in (ds.attrs.get("pd_endpoints") or "").split(", "):
         if not name:
             continue
-        click.echo(f"PD {name}: {ds.attrs[f'pd_{name}']}")
+        _echo(f"PD {name}: {ds.attrs[f'pd_{name}']}")
         for v in ds.data_vars:
             if ds[v].attrs.get("pd_endpoint") == name and not v.startswith(("ce_", "auc_")):
                 y = ds[v].values
-                click.echo(
+                _echo(
                     f"  {v}: min {y.min():.4g}, max {y.max():.4g} {ds[v].attrs.get('units', '')}"
                 )
 
@@ -903,16 +985,16 @@ def compare(
         windows=_windows_option(windows), thresholds=thr or None,
         at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
     )  # fmt: skip
-    click.echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
-    click.echo(
+    _echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
+    _echo(
         f"population: {cds.attrs['population']}, {patients:,} patients, seed {seed}: the same "
         "virtual patients for every regimen"
     )
     for r, t in zip(cds.regimen.values, cds.regimen_text.values, strict=True):
-        click.echo(f"  {r}: {t}")
-    click.echo("median (5-95%) over patients:")
+        _echo(f"  {r}: {t}")
+    _echo("median (5-95%) over patients:")
     for line in _table(["metric", *map(str, cds.regimen.values)], _compare_rows(cds)):
-        click.echo(line)
+        _echo(line)
     with atomic_outputs() as stage:
         for kind, path in targets:
             if kind == "nc":
@@ -922,8 +1004,8 @@ def compare(
 
                 stage(path, lambda tmp, p=path: plot_compare(cds, tmp, fmt=p.suffix))
     for _kind, path in targets:
-        click.echo(f"wrote {path}")
-    click.echo(DISCLAIMER)
+        _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
 
 
 def _list_option(text, option, numeric=True) -> list | None:
@@ -989,17 +1071,17 @@ def design(
         windows=_windows_option(windows), until=until, every=every,
     )  # fmt: skip
     dims = list(gds.regimen.dims)
-    click.echo(
+    _echo(
         f"model: {gds.attrs['model']}; population: {gds.attrs['population']}, "
         f"{patients:,} patients per point, seed {seed} (the same patients at every point)"
     )
     shape = " x ".join(f"{d} ({gds.sizes[d]})" for d in dims)
-    click.echo(f"grid: {shape} = {gds.regimen.size} regimens")
+    _echo(f"grid: {shape} = {gds.regimen.size} regimens")
     if gds.attrs.get("target"):
-        click.echo(f"target: {gds.attrs['target']}")
+        _echo(f"target: {gds.attrs['target']}")
     rname = gds.attrs.get("risk") or ""
     if "pareto" in gds:
-        click.echo("Pareto front (max PTA, min risk):")
+        _echo("Pareto front (max PTA, min risk):")
         rows = []
         for idx in zip(*np.nonzero(gds.pareto.values), strict=True):
             pt = gds.isel(dict(zip(dims, idx, strict=True)))
@@ -1011,17 +1093,17 @@ def design(
             )  # fmt: skip
         rows.sort(key=lambda r: float(r[1][1].rstrip("%")))
         for line in _table(["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg"], rows):
-            click.echo("  " + line)
+            _echo("  " + line)
     elif "pta" in gds:
-        click.echo("PTA over the grid:")
+        _echo("PTA over the grid:")
         rows = [
             (str(gds.regimen.values[i]), [f"{100 * float(gds.pta.values[i]):.3g}%",
              f"{float(gds.total_dose.values[i]):.3g}"])
             for i in np.ndindex(gds.pta.shape)
         ]  # fmt: skip
         for line in _table(["regimen", "PTA", "mg/kg"], rows):
-            click.echo("  " + line)
-    click.echo(gds.attrs["best_message"])
+            _echo("  " + line)
+    _echo(gds.attrs["best_message"])
     with atomic_outputs() as stage:
         for kind, path in targets:
             if kind == "nc":
@@ -1031,8 +1113,8 @@ def design(
 
                 stage(path, lambda tmp, p=path: plot_design(gds, tmp, fmt=p.suffix))
     for _kind, path in targets:
-        click.echo(f"wrote {path}")
-    click.echo(DISCLAIMER)
+        _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
 
 
 @main.command(help="Write a self-contained HTML report of a result (.nc or .zarr).")
@@ -1045,8 +1127,8 @@ def report(result, out) -> None:
     target = check_target(out, (".html", ".htm"), "--out")
     with atomic_outputs() as stage:
         stage(target, lambda tmp: write_report(result, tmp))
-    click.echo(f"wrote {target}")
-    click.echo(DISCLAIMER)
+    _echo(f"wrote {target}")
+    _echo(DISCLAIMER)
 
 
 if __name__ == "__main__":  # pragma: no cover

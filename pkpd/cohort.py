@@ -640,7 +640,11 @@ def simulate_cohort(
     thr = _thresholds(thresholds, spec)
     chunk = max(BLOCK, math.ceil(chunk_size / BLOCK) * BLOCK)
     n_store_t = (grid.size - 1) // store_stride + 1 if store_out else 0
-    zarr_out = out is not None and str(out).endswith(".zarr")
+    zarr_out = out is not None and str(out).lower().endswith(".zarr")
+    if out is not None and not zarr_out:
+        from .io import check_target
+
+        check_target(out, (".nc", ".zarr"), "out")  # before the work, not after
     # Trajectories come back to this process (and into the returned Dataset) unless they
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out

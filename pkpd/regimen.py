@@ -668,8 +668,14 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 
 
 def _is_file(text: str) -> bool:
-    """True if `text` names an existing file (a one-line regimen can be too long a name)."""
-    if "\n" in text or ";" in text:
+    """True if `text` names an existing file (a one-line regimen can be too long a name).
+
+    Only a path counts (a separator in it, see :func:`pkpd.io.is_path`): a file in the
+    working directory named like a one-line regimen does not replace it.
+    """
+    from .io import is_path
+
+    if "\n" in text or ";" in text or not is_path(text):
         return False
     try:
         return Path(text).is_file()

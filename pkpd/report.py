@@ -41,9 +41,9 @@ def _open(path):
     import xarray as xr
 
     p = Path(path)
-    if p.suffix == ".zarr":
+    if p.suffix.lower() == ".zarr":
         return xr.open_zarr(p)
-    if p.suffix == ".nc":
+    if p.suffix.lower() == ".nc":
         return xr.open_dataset(p, engine="h5netcdf")
     raise ReportError(f"{str(p)!r}: expected a result file ending in .nc or .zarr")
 

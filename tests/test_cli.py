@@ -234,3 +234,137 @@ def test_second_run_loads_numba_cache_instead_of_compiling(tmp_path):
     log = r.stdout + r.stderr
     assert "data loaded" in log
     assert "data saved" not in log
+
+
+def test_csv_output_is_header_plus_numbers_with_a_metadata_sidecar(tmp_path):
+    """No `#` lines in the CSV (a plain CSV reader sees one header row and numbers); the
+    provenance is in `NAME.csv.meta.json`, written with it."""
+    import csv
+    import json
+
+    r = CliRunner().invoke(
+        main,
+        ["simulate", "domino_racemic", "5 mg bolus at 0 h", "--until", "1h", "--csv",
+         str(tmp_path / "r.csv")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][0] == "time [h]" and "cp [ng/mL]" in rows[0]
+    data = np.array(rows[1:], dtype=float)
+    assert data.shape == (61, len(rows[0])) and np.isfinite(data).all()
+    meta = json.loads((tmp_path / "r.csv.meta.json").read_text(encoding="utf-8"))
+    assert meta["attrs"]["model"] == "domino_racemic"
+    assert "5 mg bolus at 0 h" in meta["attrs"]["regimen"]
+    assert "not a clinical dosing device" in meta["attrs"]["disclaimer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.csv.meta.json"]
+
+
+def test_models_show_escapes_terminal_control_characters(tmp_path):
+    from pkpd.model import models_dir
+
+    text = (models_dir() / "domino_racemic.toml").read_text(encoding="utf-8")
+    text = text.replace(
+        'title = "Domino racemic',
+        'title = "\\u001b[2J\\u001b]0;owned\\u0007\\r\\u202eDomino racemic',
+    )
+    path = tmp_path / "m.toml"
+    path.write_text(text, encoding="utf-8")
+    # color=True: the terminal case (click strips only some ANSI codes, and only off a tty).
+    r = CliRunner().invoke(main, ["models", "show", str(path)], color=True)
+    assert r.exit_code == 0, r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output and "\r" not in r.output
+    assert "\u202e" not in r.output
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\x0d\\u202eDomino racemic" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nope"], "No such option '--nope'"),
+        (["simulate"], "Missing argument 'MODEL'"),
+        (["compare", "--nope"], "No such option '--nope'"),
+        (["design", "domino_racemic", "--bogus", "1"], "No such option '--bogus'"),
+        (["models", "show"], "Missing argument 'NAME'"),
+        (["models", "show", "a", "b"], "unexpected extra argument"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+        (["simulate", "m", "r", "--sex", "X"], "'X' is not one of"),
+    ],
+)
+def test_click_usage_errors_are_one_line_with_status_2(args, message):
+    r = CliRunner().invoke(main, args, prog_name="pkpd")
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("pkpd: error: ") and message in lines[0]
+    assert r.stdout == ""
+
+
+def test_help_output_is_unchanged_by_the_error_handling():
+    """`pkpd` alone and --help still print the full usage and help (not one line)."""
+    for args in ([], ["--help"], ["simulate", "--help"], ["models", "--help"]):
+        r = CliRunner().invoke(main, args, prog_name="pkpd")
+        assert r.exit_code == (2 if not args else 0), args
+        assert r.output.startswith("Usage: pkpd"), args
+        assert "Options:" in r.output and "--help" in r.output
+
+
+@pytest.mark.parametrize("command", ["simulate", "cohort", "cohort.zarr", "compare", "design",
+                                     "report", "plot"])  # fmt: skip
+def test_unwritable_destination_is_refused_before_any_work(tmp_path, monkeypatch, command):
+    """A folder that refuses new files is found before simulating, in one line."""
+    import errno
+    import importlib
+    import tempfile
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == ro:
+            raise PermissionError(errno.EACCES, "Permission denied", str(ro))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    def computed(*args, **kwargs):
+        raise AssertionError("the work ran before the destination was checked")
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    for mod, name in (("simulate", "simulate"), ("cohort", "simulate_cohort"),
+                      ("design", "compare"), ("design", "design"),
+                      ("report", "write_report")):  # fmt: skip
+        monkeypatch.setattr(importlib.import_module(f"pkpd.{mod}"), name, computed)
+    cohort = ["--patients", "10", "--population", "healthy_volunteers"]
+    one = ["simulate", "domino_racemic", "5 mg bolus at 0 h"]
+    (tmp_path / "r.nc").write_bytes(b"")
+    args = {
+        "simulate": [*one, "--out", str(ro / "x.nc")],
+        "plot": [*one, "--plot", str(ro / "x.png")],
+        "cohort": [*one, *cohort, "--out", str(ro / "x.nc")],
+        "cohort.zarr": [*one, *cohort, "--out", str(ro / "x.zarr")],
+        "compare": ["compare", "domino_racemic", "5 mg bolus at 0 h", *cohort, "--out",
+                    str(ro / "x.nc")],
+        "design": ["design", "domino_racemic", *cohort, "--bolus", "0,1", "--out",
+                   str(ro / "x.nc")],
+        "report": ["report", str(tmp_path / "r.nc"), "--out", str(ro / "r.html")],
+    }[command]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, (r.output, r.exception)
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pkpd: error:"), r.output
+    assert "cannot create a file in folder" in lines[0] and str(ro) in lines[0]
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_folder_is_refused_before_simulating(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        r = run("simulate", "domino_racemic", "5 mg bolus at 0 h", "--out", "ro/x.nc",
+                cwd=tmp_path)  # fmt: skip
+    finally:
+        ro.chmod(0o755)
+    assert r.returncode == 2 and "cannot create a file in folder" in r.stderr
+    assert r.stdout == ""  # no summary: nothing was simulated

@@ -139,3 +139,64 @@ def test_amounts_from_the_cli(tmp_path):
         assert list(back.traj_output.values) == ["cp", "cp_norketamine"]  # implied
     r = run("simulate", MODEL, REGIMEN, "--weight", "70", "--amounts", cwd=tmp_path)
     assert r.returncode == 2 and "--amounts" in r.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_cleans_up_like_sigint_and_stale_temporaries_go(tmp_path, sig):
+    """SIGTERM (or SIGINT) while chunks are appended: the temporary store is removed and
+    the exit status is 128 + the signal; a temporary left by a dead run (kill -9) is
+    removed at the start."""
+    import re
+    import socket
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:63] or "localhost"
+    stale = tmp_path / f".big.zarr.0123abcd.{dead.pid}@{host}.tmp"
+    (stale / "cmax").mkdir(parents=True)
+    (stale / "cmax" / "0").write_bytes(b"\0" * 4096)
+    args = [a if a != "3000" else "400000" for a in ARGS]
+    proc = subprocess.Popen(
+        [str(BIN), *args, "--chunk-size", "8192", "--out", "big.zarr"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            tmp = [p for p in tmp_path.iterdir() if p.name.startswith(".big.zarr.")]
+            if tmp and tmp[0] != stale and (tmp[0] / ".zmetadata").exists():
+                break  # the first chunk is written; the run is in the middle
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no temporary store appeared")
+        assert not stale.exists()
+    finally:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1] == f"pkpd: interrupted ({sig.name})"
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uppercase_zarr_extension_writes_a_store(tmp_path):
+    r = run(*ARGS[:3], "--patients", "200", "--population", POP, "--until", "6 h",
+            "--out", "c.ZARR", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with xr.open_zarr(tmp_path / "c.ZARR") as back:
+        assert back.sizes["patient"] == 200
+    assert [p.name for p in tmp_path.iterdir()] == ["c.ZARR"]
+
+
+def test_seed_beyond_64_bits_is_written_to_netcdf(tmp_path):
+    seed = str(2**70)
+    r = run(*ARGS[:3], "--patients", "200", "--population", POP, "--until", "6 h",
+            "--seed", seed, "--out", "c.nc", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with xr.open_dataset(tmp_path / "c.nc") as back:
+        assert back.attrs["seed"] == seed
