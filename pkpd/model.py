@@ -1261,6 +1261,7 @@ class ModelSpec:
             if n in accepted:
                 continue
             near = lower.get(str(n).strip().lower())
+            case = " names are case-sensitive;" if near is not None else ""
             if near is None:
                 close = difflib.get_close_matches(str(n), accepted, n=1, cutoff=0.8)
                 near = close[0] if close else None
@@ -1269,7 +1270,7 @@ class ModelSpec:
                     continue
             raise CovariateError(
                 f"{where}unknown {what} {n!r} for model {self.name!r}: did you mean `{near}`? "
-                f"(names are case-sensitive; expected one of {', '.join(accepted)}){hint}"
+                f"({case} expected one of {', '.join(accepted)}){hint}".replace("( ", "(")
             )
         return unknown
 
@@ -1299,7 +1300,10 @@ class ModelSpec:
                 f"{self._loc()}covariate `{name}` is required by the model{for_} and has no "
                 f"default: it was not given{src}"
             )
-        value = f"{cov.default!r}" if cov.categorical else f"{cov.default:g} {cov.unit}".strip()
+        if cov.categorical or not isinstance(cov.default, int | float):
+            value = repr(cov.default)
+        else:
+            value = f"{cov.default:g} {cov.unit}".strip()
         if self.paediatric and not cov.categorical:
             studied = ", ".join(
                 f"{c.name} {c.range[0]:g}-{c.range[1]:g} {c.unit}".strip()
