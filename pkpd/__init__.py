@@ -21,6 +21,8 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 from .cohort import simulate_cohort
 from .errors import (
+    CovariateDefaultWarning,
+    CovariateError,
     CovariateRangeWarning,
     ModelError,
     PkpdError,
@@ -40,6 +42,8 @@ from .stereo import racemic_to_s_ketamine
 __all__ = [
     "DISCLAIMER",
     "Bolus",
+    "CovariateDefaultWarning",
+    "CovariateError",
     "CovariateRangeWarning",
     "CovariateTable",
     "Infusion",

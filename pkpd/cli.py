@@ -299,6 +299,7 @@ def populations_show(name: str) -> None:
 
 
 def _covariates(weight, age, sex, extra) -> dict:
+    from .population import implausible
     from .units import parse_quantity
 
     cov: dict = {}
@@ -306,6 +307,10 @@ def _covariates(weight, age, sex, extra) -> dict:
         cov["weight"] = parse_quantity(weight, "weight", default_unit="kg", key="--weight").value
     if age is not None:
         cov["age"] = parse_quantity(age, "age", default_unit="year", key="--age").value
+    for name, text in (("weight", weight), ("age", age)):
+        why = implausible(name, cov.get(name))
+        if name in cov and why is not None:
+            raise click.BadParameter(f"{text!r}: {why}", param_hint=f"--{name}")
     if sex is not None:
         cov["sex"] = {"f": "female", "m": "male"}.get(sex.lower(), sex.lower())
     for item in extra:
@@ -375,6 +380,14 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "--population",
     help="Cohort population: a shipped name (see `pkpd populations`), a population .toml "
     "or a covariate table .csv (one row per patient).",
+)
+@click.option(
+    "--extra-columns",
+    type=click.Choice(["error", "ignore"]),
+    default="error",
+    show_default=True,
+    help="Cohort from a covariate .csv: columns that are not covariates of the model (nor "
+    "id, sex, age, weight, height, bmi) are an error, or ignored.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Cohort random seed.")
 @click.option(
@@ -499,6 +512,7 @@ def simulate(
     racemic=False,
     amounts=False,
     trajectory_dtype="float32",
+    extra_columns="error",
 ) -> None:
     if patients is not None or population is not None:
         _no_cohort_pd(pd_names, pd_items, racemic)
@@ -537,9 +551,15 @@ def simulate(
                 **_method_options(method, rtol, atol),
                 "amounts": amounts,
                 "trajectory_dtype": trajectory_dtype,
+                "extra_columns": extra_columns,
             },
         )
         return
+    if extra_columns != "error":
+        raise click.BadParameter(
+            "is for a cohort from a covariate table (--population FILE.csv)",
+            param_hint="--extra-columns",
+        )
     if amounts:
         raise click.BadParameter(
             "amounts are kept for cohorts (--patients); a single patient's states are in "

@@ -37,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CovariateRangeWarning, PkpdError, RegimenError, SimulationError
+from .errors import (
+    CovariateError,
+    CovariateRangeWarning,
+    PkpdError,
+    RegimenError,
+    SimulationError,
+)
 from .kernels import (
     SPECIAL_ANCHOR,
     SPECIAL_WINDOW_END,
@@ -535,6 +541,7 @@ def simulate_cohort(
     atol=None,
     amounts: bool = False,
     trajectory_dtype: str = "float32",
+    extra_columns: str = "error",
 ):
     """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
 
@@ -545,7 +552,12 @@ def simulate_cohort(
         are drawn per patient from the distributions declared in its file.
     population : str, Population or CovariateTable
         A shipped population name, a population file, a loaded population, or a real
-        covariate table (one row per patient; then `n` defaults to its length).
+        covariate table (one row per patient; then `n` defaults to its length). Every
+        covariate the model uses (and weight for per-kg doses) should be drawn or in the
+        table: one missing takes the model's default for every patient with a
+        :class:`~pkpd.errors.CovariateDefaultWarning` (recorded in
+        ``attrs["covariate_defaults"]``; an error for the weight of a paediatric model, or
+        for per-kg doses). Levels of categorical covariates must be the model's.
     n : int
         Number of patients.
     seed : int
@@ -605,6 +617,11 @@ def simulate_cohort(
         method the AUCs are integrated by the solver (to `rtol`/`atol`).
     rtol, atol : float, optional
         Tolerances of the adaptive methods (default 1e-6 and 1e-9 in mg, mg/L, mg*h/L).
+    extra_columns : {"error", "ignore"}
+        A covariate table's columns must be the model's covariates, ``id``, ``sex``,
+        ``age``, ``weight``, ``height`` or ``bmi``; ``"ignore"`` accepts other columns
+        (kept as coordinates, unused by the model). A name that differs from a model
+        covariate only in case (``Race``) is an error either way.
 
     Returns
     -------
@@ -619,6 +636,7 @@ def simulate_cohort(
     method, auto_stiff, rtol, atol = _resolve_method(spec, method, rtol, atol)
     reg = load_regimen(regimen)
     pop, n = _population(population, n)
+    defaults = _check_covariates(spec, reg, pop, extra_columns)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise CohortError(f"`seed` must be a non-negative integer, got {seed!r}")
     start = min(0.0, reg.start_time)
@@ -735,6 +753,9 @@ def simulate_cohort(
             if show:
                 _progress(done, n, time.perf_counter() - t_start)
         ds = _assemble(setup, results, counts, traj_all, amount_all)
+        ds.attrs["covariate_defaults"] = (
+            "; ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
+        )
         for msg in check_ranges(spec, ds):
             warnings.warn(
                 msg + "; predictions for them are extrapolations",
@@ -826,6 +847,76 @@ def _population(population, n):
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise CohortError(f"`n` must be a positive integer, got {n!r}")
     return pop, int(n)
+
+
+def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) -> dict:
+    """Check what the population supplies against what the model and the regimen use.
+
+    Before any patient is simulated: columns of a covariate table the model does not know
+    (errors unless `extra_columns` is "ignore"), names differing from the model's only in
+    case, levels of categorical covariates, weights for per-kg doses. Returns the model
+    defaults used for covariates the population does not supply, each reported once
+    (:meth:`ModelSpec.report_default`: a warning, or an error where a default will not do).
+    """
+    from .population import CovariateTable
+
+    if extra_columns not in ("error", "ignore"):
+        raise CohortError(f"`extra_columns` must be 'error' or 'ignore', got {extra_columns!r}")
+    table = isinstance(pop, CovariateTable)
+    names = list(pop.covariates)
+    if table:
+        file = pop.file or "covariate table"
+        where, source = f"{file}: ", f"the covariate table {file}"
+        hint = " (pass extra_columns='ignore', or --extra-columns ignore, to keep other columns)"
+        unknown = spec.check_covariate_names(
+            names, where=where, what="column", also=("id",), hint=hint
+        )
+        if unknown and extra_columns == "error":
+            raise CovariateError(
+                f"{where}column {unknown[0]!r} is not a covariate of model {spec.name!r}; "
+                f"expected {', '.join([*spec.accepted_covariates(), 'id'])}{hint}"
+            )
+    else:
+        where = f"{pop.file}: " if pop.file else ""
+        source = f"population {pop.name!r}"
+        # A population describes people, not one model: covariates the model does not use
+        # are fine (e.g. a centre), but a near miss of the model's names is not.
+        spec.check_covariate_names(names, where=where, also=("id",))
+    if reg.uses_weight and "weight" not in names:
+        raise CovariateError(
+            f"the regimen has per-kg doses but {source} has no `weight` (give a weight "
+            "column, or bmi and height)"
+        )
+    for name, cov in spec.covariates.items():
+        if not cov.categorical or name not in names:
+            continue
+        if table:
+            values = np.asarray(pop.covariates[name]).tolist()
+            ok = np.array([isinstance(x, str) and x in cov.levels for x in values])
+            if not ok.all():
+                r = int(np.argmin(ok))
+                raise CovariateError(
+                    f"{where}row {r + 1}: column `{name}`: {values[r]!r} is not a level of "
+                    f"covariate `{name}` of model {spec.name!r}; expected one of "
+                    f"{', '.join(cov.levels)} ({int((~ok).sum())} rows affected)"
+                )
+        else:
+            cat, fixed = pop.categorical.get(name), pop.fixed.get(name)
+            key = f"categorical.{name}" if cat is not None else f"fixed.{name}"
+            levels = cat.levels if cat is not None else (fixed.value,)
+            bad = [lv for lv in levels if lv not in cov.levels]
+            if bad:
+                raise CovariateError(
+                    f"{where}`{key}`: level {bad[0]!r} is not a level of covariate `{name}` of "
+                    f"model {spec.name!r}; expected {', '.join(cov.levels)}"
+                )
+    need = ("weight",) if reg.uses_weight else ()
+    defaults = {}
+    for name in spec.covariates:
+        if name in spec.used_covariates and name not in names:
+            # stacklevel 4: report_default, here, simulate_cohort, its caller
+            defaults[name] = spec.report_default(name, need=need, source=source, stacklevel=4)
+    return defaults
 
 
 def _store_outputs(trajectories, outs):
@@ -1176,10 +1267,11 @@ def check_ranges(spec: ModelSpec, ds) -> list[str]:
         if cov.range is None or name not in ds.coords:
             continue
         v = ds[name].values.astype(float)
-        frac = float(np.mean((v < cov.range[0]) | (v > cov.range[1])))
-        if frac > 0:
+        out = (v < cov.range[0]) | (v > cov.range[1])
+        if out.any():
             msgs.append(
-                f"{100 * frac:.1f}% of patients have {name} outside the studied range "
+                f"{int(out.sum())} of {v.size} patients ({100 * out.mean():.1f}%) have {name} "
+                f"({v[out].min():.4g} to {v[out].max():.4g} {cov.unit}) outside the studied range "
                 f"[{cov.range[0]:g}, {cov.range[1]:g}] {cov.unit} of {spec.name!r}"
             )
     return msgs

@@ -24,6 +24,14 @@ class RegimenError(PkpdError, ValueError):
     """A dosing regimen is invalid: negative amount, stop before start, bad syntax."""
 
 
+class CovariateError(ModelError):
+    """A patient covariate is unknown, impossible, of an unknown level, or missing.
+
+    A :class:`ModelError` too, since the model decides which covariates exist and which
+    levels they take (earlier versions raised ModelError for these).
+    """
+
+
 class SimulationError(PkpdError, RuntimeError):
     """A solver reported a failure (see the status code in the message)."""
 
@@ -42,6 +50,13 @@ class PkpdWarning(UserWarning):
 
 class CovariateRangeWarning(PkpdWarning):
     """A covariate lies outside the range in which the model was estimated."""
+
+
+class CovariateDefaultWarning(PkpdWarning):
+    """A covariate the model or a per-kg dose uses was not given: the model's default is used.
+
+    The message names the covariate and the value used.
+    """
 
 
 class SamplingSiteWarning(PkpdWarning):

@@ -16,6 +16,7 @@ Every error names the file, the key, the offending value and what was expected.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,11 +25,25 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CovariateRangeWarning, ModelError, UnitError
+from .errors import (
+    CovariateDefaultWarning,
+    CovariateError,
+    CovariateRangeWarning,
+    ModelError,
+    UnitError,
+)
 from .solvers import linear_system as ls
 from .units import parse_quantity
 
 __all__ = ["ModelSpec", "available_models", "load_model", "models_dir"]
+
+#: Patient descriptors a run accepts whether or not the model uses them (checked for
+#: plausibility; ``weight`` also scales per-kg doses). A model's own covariates are
+#: accepted too; any other name is an error.
+PATIENT_COVARIATES = ("weight", "age", "sex", "height", "bmi")
+#: A model whose studied age range ends below this (years) is paediatric.
+ADULT_AGE = 18.0
+_PAEDIATRIC_RE = re.compile(r"paediatric|pediatric|\bchildren\b|\binfants\b|\bneonates\b", re.I)
 
 SAMPLING_SITES = ("arterial", "venous", "plasma (site not stated)", "not reported")
 TAGS = {
@@ -1204,65 +1219,231 @@ class ModelSpec:
 
     # ---- individual parameters ----------------------------------------------------
 
-    def covariate_values(
-        self, covariates: dict | None = None, *, warn: bool = True, stacklevel: int = 2
-    ) -> dict[str, Any]:
-        """Complete and check a patient's covariates.
-
-        Missing covariates take the model's `default` (usually the reference value);
-        a covariate the model needs but has no default for is an error. Values outside
-        the studied `range` issue a :class:`CovariateRangeWarning`.
-        """
-        given = dict(covariates or {})
+    @property
+    def used_covariates(self) -> set[str]:
+        """Covariates the parameters or the equations use (``weight`` for per-kg/allometric)."""
         used = {e.covariate for p in self.parameters.values() for e in p.covariates}
         if self.ode is not None:
             used |= set(self.ode.covariate_names)  # referenced in the equations
         if any(p.per_kg or p.weight_exponent for p in self.parameters.values()):
             used.add("weight")
+        return used
+
+    @property
+    def paediatric(self) -> bool:
+        """True for a model estimated in children: its studied age range ends below
+        :data:`ADULT_AGE` years, or its ``population`` says paediatric / children."""
+        age = self.covariates.get("age")
+        if age is not None and age.range is not None and age.range[1] < ADULT_AGE:
+            return True
+        return bool(_PAEDIATRIC_RE.search(self.population))
+
+    def accepted_covariates(self) -> list[str]:
+        """Covariate names a patient may carry: the model's own, then the patient
+        descriptors of :data:`PATIENT_COVARIATES` (weight also scales per-kg doses)."""
+        return [*self.covariates, *(c for c in PATIENT_COVARIATES if c not in self.covariates)]
+
+    def check_covariate_names(
+        self, names, *, where: str = "", what: str = "covariate", also=(), hint: str = ""
+    ) -> list[str]:
+        """Raise :class:`CovariateError` for a name that differs from an accepted one only
+        in case (or is close to one); return the names not accepted at all.
+
+        `where` prefixes the message (e.g. a file name), `what` names the kind of thing
+        (``"covariate"``, ``"column"``), `also` are further accepted names (e.g. ``id``).
+        """
+        import difflib
+
+        accepted = [*self.accepted_covariates(), *also]
+        lower = {a.lower(): a for a in accepted}
+        unknown = []
+        for n in names:
+            if n in accepted:
+                continue
+            near = lower.get(str(n).strip().lower())
+            case = " names are case-sensitive;" if near is not None else ""
+            if near is None:
+                close = difflib.get_close_matches(str(n), accepted, n=1, cutoff=0.8)
+                near = close[0] if close else None
+                unknown.append(n)
+                if near is None:
+                    continue
+            raise CovariateError(
+                f"{where}unknown {what} {n!r} for model {self.name!r}: did you mean `{near}`? "
+                f"({case} expected one of {', '.join(accepted)}){hint}".replace("( ", "(")
+            )
+        return unknown
+
+    def _unknown_covariates(self, names, where: str = "", what: str = "covariate", hint=""):
+        unknown = self.check_covariate_names(names, where=where, what=what, hint=hint)
+        if unknown:
+            raise CovariateError(
+                f"{where}unknown {what} {unknown[0]!r} for model {self.name!r}; expected one "
+                f"of {', '.join(self.accepted_covariates())}{hint}"
+            )
+
+    def report_default(self, name: str, *, need=(), source: str = "", stacklevel: int = 2) -> Any:
+        """The default of covariate `name`, which the caller did not supply, said loudly.
+
+        Issues a :class:`CovariateDefaultWarning` naming the covariate and the value; raises
+        :class:`CovariateError` when there is no default, or when the model is
+        :attr:`paediatric` and the default is a continuous one (an adult reference such
+        as the 70-kg allometric standard is not a child's weight). `need` names the
+        covariates the regimen needs (``weight`` for per-kg doses); `source` says where the
+        covariates were looked for (e.g. a population), for the message.
+        """
+        cov = self.covariates.get(name)
+        for_ = " and its per-kg doses" if name in need else ""
+        src = f" by {source}" if source else ""
+        if cov is None or cov.default is None:
+            raise CovariateError(
+                f"{self._loc()}covariate `{name}` is required by the model{for_} and has no "
+                f"default: it was not given{src}"
+            )
+        if cov.categorical or not isinstance(cov.default, int | float):
+            value = repr(cov.default)
+        else:
+            value = f"{cov.default:g} {cov.unit}".strip()
+        if self.paediatric and not cov.categorical:
+            studied = ", ".join(
+                f"{c.name} {c.range[0]:g}-{c.range[1]:g} {c.unit}".strip()
+                for c in self.covariates.values()
+                if c.range is not None
+            )
+            raise CovariateError(
+                f"{self._loc()}covariate `{name}` was not given{src}: model {self.name!r} was "
+                f"estimated in children{f' ({studied})' if studied else ''} and its default "
+                f"{value} is an adult reference, not a child's value: pass `{name}`"
+            )
+        warnings.warn(
+            f"model {self.name!r}: covariate `{name}` not given{src}: using the model default "
+            f"{value} for the run{for_} (pass `{name}` to silence this)",
+            CovariateDefaultWarning,
+            stacklevel=stacklevel,
+        )
+        return cov.default
+
+    def covariate_values(
+        self,
+        covariates: dict | None = None,
+        *,
+        warn: bool = True,
+        stacklevel: int = 2,
+        need=(),
+    ) -> dict[str, Any]:
+        """Complete and check a patient's covariates.
+
+        Names must be those of the model's covariates or the patient descriptors
+        :data:`PATIENT_COVARIATES` (an unknown name, or a wrong case such as ``Race``
+        for ``race``, is a :class:`CovariateError`). A covariate the model uses (or one
+        named in `need`, e.g. ``weight`` for per-kg doses) that is not given takes the
+        model's `default` with a :class:`CovariateDefaultWarning` naming it (see
+        :meth:`report_default`: an error for continuous covariates of a paediatric
+        model, and where there is no default). Physiologically impossible values of age,
+        weight, height and BMI (:data:`pkpd.population.PLAUSIBLE`) and unknown levels
+        are errors; values outside the studied `range` issue a
+        :class:`CovariateRangeWarning` (for arrays, one message counting the patients).
+
+        `warn=False` is for callers that have reported the defaults and ranges already
+        (a cohort checks its population once) or want reference values
+        (:meth:`typical_theta`): no warnings and no default errors; names and values are
+        still checked.
+        """
+        from .population import implausible
+
+        given = dict(covariates or {})
+        self._unknown_covariates(given)
+        used = self.used_covariates | set(need)
         out = {}
         for name, cov in self.covariates.items():
             if name in given and given[name] is not None:
                 v = given.pop(name)
             elif cov.default is not None:
-                v = cov.default
                 given.pop(name, None)
+                if warn and name in used:
+                    v = self.report_default(name, need=need, stacklevel=stacklevel + 1)
+                else:
+                    v = cov.default
             elif name not in used:
                 continue  # declared for range checks only, and not given
             else:
-                raise ModelError(
+                raise CovariateError(
                     f"{self._loc()}covariate `{name}` is required by the model "
                     "and has no default: pass it"
                 )
             if cov.categorical:
-                if v not in cov.levels:
-                    raise ModelError(
-                        f"{self._loc()}covariate `{name}` = {v!r}; expected one "
+                # One value or an array of patients (a cohort), of str or object dtype.
+                a = np.asarray(v)
+                vals = np.unique(a).tolist() if a.dtype.kind == "U" else a.ravel().tolist()
+                bad = [x for x in vals if not (isinstance(x, str) and x in cov.levels)]
+                if bad:
+                    count = f" ({len(bad)} unknown levels)" if len(bad) > 1 else ""
+                    raise CovariateError(
+                        f"{self._loc()}covariate `{name}` = {bad[0]!r}{count}; expected one "
                         f"of {', '.join(cov.levels)}"
                     )
             else:
-                arr = np.asarray(v, dtype=float)
-                if not np.all(np.isfinite(arr)) or (
-                    name in ("weight", "height") and np.any(arr <= 0)
-                ):
-                    raise ModelError(
-                        f"{self._loc()}covariate `{name}` = {v!r}: expected a "
-                        "finite positive number"
-                    )
+                try:
+                    arr = np.asarray(v, dtype=float)
+                except (TypeError, ValueError):
+                    raise CovariateError(
+                        f"{self._loc()}covariate `{name}` = {v!r}: expected a number "
+                        f"({cov.unit or 'no unit'})"
+                    ) from None
+                why = implausible(name, arr)
+                if why is None and not np.all(np.isfinite(arr)):
+                    why = "expected a finite number"
+                if why is None and name in ("weight", "height") and np.any(arr <= 0):
+                    why = "expected a positive number"
+                if why is not None:
+                    shown = f" = {v!r}" if arr.ndim == 0 else ""
+                    raise CovariateError(f"{self._loc()}covariate `{name}`{shown}: {why}")
                 if warn and cov.range is not None:
-                    lo, hi = cov.range
-                    if np.any(arr < lo) or np.any(arr > hi):
-                        warnings.warn(
-                            f"model {self.name!r}: covariate `{name}` = {v!r} {cov.unit} is "
-                            f"outside the studied range [{lo:g}, {hi:g}] {cov.unit}; "
-                            "predictions are extrapolations",
-                            CovariateRangeWarning,
-                            stacklevel=stacklevel,
-                        )
+                    self._range_warning(name, cov, arr, stacklevel + 1)
                 v = arr if arr.ndim else float(arr)
             out[name] = v
-        # Keep extra covariates (e.g. weight for per-kg doses when the model has none).
-        out.update(given)
+        # Keep the other patient descriptors (e.g. weight for per-kg doses when the model
+        # has none), checked as the model's own.
+        for name, v in given.items():
+            if v is None:
+                continue
+            if name == "sex":
+                arr = np.asarray(v, dtype=object)
+                bad = [x for x in arr.flat if x not in ("female", "male")]
+                if bad:
+                    raise CovariateError(
+                        f"{self._loc()}covariate `sex` = {bad[0]!r}; expected 'female' or 'male'"
+                    )
+            else:
+                why = implausible(name, v)
+                if why is not None:
+                    shown = f" = {v!r}" if np.ndim(v) == 0 else ""
+                    raise CovariateError(f"{self._loc()}covariate `{name}`{shown}: {why}")
+            out[name] = v
+        if "weight" in need and out.get("weight") is None:
+            raise CovariateError(
+                f"{self._loc()}the regimen has per-kg doses: pass covariate `weight` (kg)"
+            )
         return out
+
+    def _range_warning(self, name: str, cov: Covariate, arr: np.ndarray, stacklevel: int):
+        lo, hi = cov.range
+        out = (arr < lo) | (arr > hi)
+        if not out.any():
+            return
+        if arr.ndim:
+            what = (
+                f"{int(out.sum())} of {arr.size} patients have covariate `{name}` "
+                f"({arr[out].min():.4g} to {arr[out].max():.4g} {cov.unit}) outside"
+            )
+        else:
+            what = f"covariate `{name}` = {float(arr):g} {cov.unit} is outside"
+        warnings.warn(
+            f"model {self.name!r}: {what} the studied range [{lo:g}, {hi:g}] {cov.unit}; "
+            "predictions are extrapolations",
+            CovariateRangeWarning,
+            stacklevel=stacklevel,
+        )
 
     def individual_parameters(
         self,

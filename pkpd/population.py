@@ -100,16 +100,18 @@ Files
 
 The loader refuses unknown keys, missing keys, non-numbers and non-finite numbers,
 non-positive standard deviations, ``low >= high``, means or bounds outside physical
-plausibility (age 0-130 y, height 0-300 cm, BMI 5-150 kg/m^2), a truncation window holding
-less than 1e-6 of the distribution, fractions outside [0, 1], probabilities outside [0, 1]
-or not summing to 1, a covariate name used twice (or a reserved one: sex, age, height, bmi,
-weight, id), an unknown tag, and ``assumed``/``illustrative`` numbers without a ``note``,
+plausibility (:data:`PLAUSIBLE`: age 0-130 y, height 20-280 cm, BMI 5-150 kg/m^2), a
+truncation window holding less than 1e-6 of the distribution, fractions outside [0, 1],
+probabilities outside [0, 1] or not summing to 1, a covariate name used twice (or a
+reserved one: sex, age, height, bmi, weight, id), an unknown tag, and
+``assumed``/``illustrative`` numbers without a ``note``,
 with a :class:`PopulationError` naming the file, the key and the value.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -143,13 +145,43 @@ TAGS = {
 SEXES = ("female", "male")
 RESERVED = ("sex", "age", "height", "bmi", "weight", "id")
 UNITS = {"age": "year", "height": "cm", "bmi": "kg/m^2", "weight": "kg"}
-# Physical plausibility (also the CSV limits): [low, high]; weight and height must be > low.
+# Physiological plausibility limits [low, high] in internal units (population files, CSV
+# tables, the API and the CLI): a value outside is impossible for a human (or a wrong
+# unit, e.g. `weight [mg]`) and is an error. Distinct from a model's studied range, which
+# only warns (CovariateRangeWarning).
 PLAUSIBLE = {
     "age": (0.0, 130.0),
-    "height": (0.0, 300.0),  # height > 0
-    "weight": (0.0, 500.0),  # weight > 0
+    "height": (20.0, 280.0),
+    "weight": (0.2, 700.0),
     "bmi": (5.0, 150.0),
 }
+
+
+def implausible(name: str, values) -> str | None:
+    """Why `values` of covariate `name` are physiologically impossible, or None if they are not.
+
+    `name` is a key of :data:`PLAUSIBLE` (other names return None); `values` a number or an
+    array in internal units. The message says how many values are outside (for arrays),
+    the extreme one and the limits.
+    """
+    if name not in PLAUSIBLE:
+        return None
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return f"expected a number, got {values!r}"
+    lo, hi = PLAUSIBLE[name]
+    bad = ~np.isfinite(arr) | (arr < lo) | (arr > hi)
+    if not bad.any():
+        return None
+    x = arr[bad].flat[0] if arr.ndim else float(arr)
+    count = f" ({int(bad.sum())} of {arr.size} values)" if arr.ndim else ""
+    return (
+        f"impossible value {x:.6g} {UNITS[name]}{count}: {name} must lie in [{lo:g}, {hi:g}] "
+        f"{UNITS[name]} (physiological plausibility limits, not the model's studied range)"
+    )
+
+
 # A truncation window holding less probability than this is almost surely a typo.
 MIN_WINDOW_PROBABILITY = 1e-6
 
@@ -911,9 +943,12 @@ class CovariateTable:
         Columns ``age``, ``sex``, ``weight``, ``height``, ``bmi`` (any case) are recognised,
         optionally with a unit in brackets (``weight [lb]``, ``height [in]``, ``height [m]``,
         ``age [year]``; defaults kg, cm, year; BMI in kg/m^2). ``sex`` accepts F, M, female,
-        male (any case). An ``id`` column is kept as text; other columns are kept as numbers
-        or text. A missing ``bmi`` is computed from weight and height, a missing ``weight``
-        from bmi and height.
+        male (any case). An ``id`` column is kept as text; other columns (a model's own
+        covariates such as ``race``, spelt as in the model file) are kept as numbers or
+        text; :func:`pkpd.simulate_cohort` refuses columns its model does not know unless
+        ``extra_columns="ignore"``. A missing ``bmi`` is computed from weight and height, a
+        missing ``weight`` from bmi and height. Cells are separated by ``,`` (or by ``;`` or
+        a tab when the header line has no comma); the file must be UTF-8.
 
         Parameters
         ----------
@@ -926,9 +961,10 @@ class CovariateTable:
         PopulationError
             Naming the file, the data row (1-based) and line, the column and the value:
             missing required column, duplicate column, empty cell, non-numeric value,
-            impossible value (weight <= 0 or > 500 kg, height <= 0 or > 300 cm, age < 0
-            or > 130 years, BMI outside 5..150), unknown sex, unknown unit, a row with the
-            wrong number of cells, an empty file or no data rows.
+            impossible value (outside the physiological plausibility limits
+            :data:`PLAUSIBLE`: weight 0.2-700 kg, height 20-280 cm, age 0-130 years, BMI
+            5-150 kg/m^2), unknown sex, unknown unit, a row with the wrong number of cells,
+            an empty file, no data rows, or a file that is not UTF-8 text.
         """
         if isinstance(required, str):
             required = (required,)
@@ -936,7 +972,12 @@ class CovariateTable:
         where = str(path)
         try:
             with open(path, encoding="utf-8-sig", newline="") as fh:
-                reader = csv.reader(fh)
+                text = fh.read()
+            if "\x00" in text:
+                raise UnicodeError("NUL characters (UTF-16 or UTF-32 text?)")
+            delimiter = _delimiter(text)
+            with io.StringIO(text, newline="") as fh:
+                reader = csv.reader(fh, delimiter=delimiter)
                 header = next(reader, None)
                 while header is not None and not any(c.strip() for c in header):
                     header = next(reader, None)  # leading blank lines
@@ -950,6 +991,11 @@ class CovariateTable:
                     rows.append((reader.line_num, cells))
         except OSError as exc:
             raise PopulationError(f"{where}: cannot read the file: {exc}") from exc
+        except UnicodeError as exc:
+            raise PopulationError(
+                f"{where}: not UTF-8 text ({_encoding_hint(path, exc)}); expected a CSV file "
+                "encoded as UTF-8: save it again as 'CSV UTF-8'"
+            ) from exc
         except csv.Error as exc:
             raise PopulationError(f"{where}: not a valid CSV file: {exc}") from exc
 
@@ -1093,19 +1139,16 @@ class CovariateTable:
     @staticmethod
     def _check_range(where: str, name: str, label: str, values: np.ndarray, cells) -> None:
         lo, hi = PLAUSIBLE[name]
-        if name in ("weight", "height"):
-            bad = (values <= lo) | (values > hi)
-            rule = f"must be > {lo:g} and <= {hi:g} {UNITS[name]}"
-        else:
-            bad = (values < lo) | (values > hi)
-            rule = f"must lie in [{lo:g}, {hi:g}] {UNITS[name]}"
+        bad = (values < lo) | (values > hi)
         if bad.any():
             i = int(np.argmax(bad))
             r, line, raw = cells[i]
             shown = f"{raw!r} = {values[i]:.6g} {UNITS[name]}" if raw else f"{values[i]:.6g}"
+            more = f"; {int(bad.sum())} rows are outside" if bad.sum() > 1 else ""
             raise PopulationError(
                 f"{where}: row {r} (line {line}): column `{label}`: impossible value {shown} "
-                f"({name} {rule})"
+                f"({name} must lie in [{lo:g}, {hi:g}] {UNITS[name]}, physiological "
+                f"plausibility limits, not the model's studied range; check the unit{more})"
             )
 
     @staticmethod
@@ -1120,6 +1163,37 @@ class CovariateTable:
                 )
             out.append(s)
         return np.array(out, dtype="<U6")
+
+
+def _delimiter(text: str) -> str:
+    """The cell separator of a CSV text: ``,``, or ``;`` / tab when the header has no comma.
+
+    Spreadsheets in locales with a decimal comma write ``;``; reading such a file with ``,``
+    would give one column and silently no covariates.
+    """
+    for line in text.splitlines():
+        if line.strip():
+            if "," not in line:
+                for d in (";", "\t"):
+                    if d in line:
+                        return d
+            break
+    return ","
+
+
+def _encoding_hint(path: Path, exc: UnicodeError) -> str:
+    """What the bytes of a file that is not UTF-8 look like (for the error message)."""
+    try:
+        head = path.read_bytes()[:4]
+    except OSError:
+        head = b""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        return "it looks like UTF-16"
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"byte {exc.object[exc.start]:#04x} at offset {exc.start}, e.g. Latin-1 or Windows-1252"
+        )
+    return str(exc)
 
 
 def _truncnorm_ppf(u: np.ndarray, a: float, b: float) -> np.ndarray:

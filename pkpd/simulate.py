@@ -58,8 +58,12 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
         if wcov is None or wcov.default is None:
-            raise RegimenError("the regimen has per-kg doses: pass covariates={'weight': kg}")
-    full = spec.covariate_values(cov, stacklevel=4)
+            raise RegimenError(
+                "the regimen has per-kg doses: pass the weight (covariates={'weight': kg}, "
+                "or --weight)"
+            )
+    need = ("weight",) if reg.uses_weight else ()
+    full = spec.covariate_values(cov, stacklevel=4, need=need)
     theta = spec.individual_parameters(full, eta, warn=False)
     if theta.ndim != 1:
         raise ModelError(
@@ -142,8 +146,12 @@ def simulate(
     regimen : str, Path or Regimen
         One-line regimen, TOML path, or a :class:`~pkpd.regimen.Regimen`.
     covariates : dict, optional
-        E.g. ``{"weight": 70, "age": 45, "sex": "female"}``. Missing covariates take the
-        model's defaults (reference values); values outside the studied range warn.
+        E.g. ``{"weight": 70, "age": 45, "sex": "female"}``: the model's covariates and
+        weight, age, sex, height, bmi (other names are errors). A covariate the model or a
+        per-kg dose uses that is missing takes the model's default with a
+        :class:`~pkpd.errors.CovariateDefaultWarning` (an error for the weight of a
+        paediatric model); impossible values are errors; values outside the studied
+        range warn.
     times : array_like, optional
         Sorted output times in hours. Default: a grid from the first dose (or 0) to
         `until` every `every`.

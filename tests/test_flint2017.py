@@ -263,8 +263,9 @@ def test_warns_for_adults_not_for_children():
         m.individual_parameters({"weight": 70, "age": 10})
     with pytest.warns(CovariateRangeWarning, match="age"):
         m.individual_parameters({"weight": 30, "age": 30})
-    # no weight given: the 70-kg allometric reference is the default and it is an adult one
-    with pytest.warns(CovariateRangeWarning, match="weight"):
+    # no weight given: the 70-kg allometric reference is the default and it is an adult
+    # one, so a paediatric model refuses it (issue 12; it used to warn only)
+    with pytest.raises(pkpd.CovariateError, match="estimated in children"):
         pkpd.simulate(NAME, "1 mg/kg/h from 0 h to 1 h", times=[0.0, 1.0])
 
 

@@ -279,7 +279,7 @@ def test_simons_covariate_range_warning():
     with pytest.warns(CovariateRangeWarning, match="weight"):
         pkpd.simulate("simons2022_s_ketamine", "20 mg bolus at 0 h", {"weight": 45}, until="1 h")
     with pytest.warns(CovariateRangeWarning, match="age"):
-        pkpd.load_model("simons2022_s_ketamine").individual_parameters({"age": 60})
+        pkpd.load_model("simons2022_s_ketamine").individual_parameters({"weight": 70, "age": 60})
     with warnings.catch_warnings():
         warnings.simplefilter("error", CovariateRangeWarning)
         pkpd.load_model("simons2022_s_ketamine").individual_parameters({"weight": 80, "age": 25})
@@ -368,12 +368,12 @@ def test_perez_ruixo_mass_balance():
     ds = pkpd.simulate(
         "perezruixo2021_esketamine",
         "28 mg over 40 min from 0 h; 0.2 mg/kg/h from 1 h to 5 h",
-        covariates={"weight": 80},
+        covariates={"weight": 80, "race": "non_asian"},
         times=np.linspace(0, 72, 145),
     )
     esk = ["central", "peripheral1", "peripheral2", "liver"]
     nor = ["nor_central", "nor_peripheral"]
-    th = params("perezruixo2021_esketamine")
+    th = params("perezruixo2021_esketamine", {"race": "non_asian"})
     fm = th["kmet"] / (th["kel"] + th["kmet"])
     dose = ds.dose_given.values
     assert dose[-1] == pytest.approx(28 + 0.2 * 80 * 4, rel=1e-12)
@@ -386,13 +386,13 @@ def test_perez_ruixo_no_weight_effect_and_age_effect_not_implemented():
     """Weight was not retained; the Qh age hinge (-2.19 L/h per year above 60) cannot be
     expressed, so Qh is age-independent and ages above 60 warn instead."""
     m = pkpd.load_model("perezruixo2021_esketamine")
-    a = m.individual_parameters({"weight": 50, "age": 30})
-    b = m.individual_parameters({"weight": 120, "age": 60})
+    a = m.individual_parameters({"weight": 50, "age": 30, "race": "non_asian"})
+    b = m.individual_parameters({"weight": 120, "age": 60, "race": "non_asian"})
     np.testing.assert_array_equal(a, b)
     with pytest.warns(CovariateRangeWarning, match="age"):
-        m.individual_parameters({"age": 75})
+        m.individual_parameters({"age": 75, "race": "non_asian"})
     with pytest.warns(CovariateRangeWarning, match="weight"):
-        m.individual_parameters({"weight": 200})
+        m.individual_parameters({"weight": 200, "race": "non_asian"})
     # what the published model would give at 75 y (documented in the notes, not simulated)
     assert 151 - 2.19 * (75 - 60) == pytest.approx(118.15)
     assert any("NOT IMPLEMENTED" in n and "2.19" in n for n in m.notes)
@@ -603,6 +603,8 @@ def test_every_dataset_says_which_values_are_assumed(name):
     """Issue 4: a model with assumed values says so in every dataset it produces."""
     m = pkpd.load_model(name)
     cov = {"weight": 30.0} if name.startswith("herd") else {"weight": 70.0}
+    if "race" in m.covariates:
+        cov["race"] = "non_asian"
     ds = pkpd.simulate(name, "10 mg bolus at 0 h", covariates=cov, until="1 h")
     assumed = [p.name for p in m.parameters.values() if p.source.tag == "assumed"]
     assert ds.attrs["model_assumed_parameters"] == (", ".join(assumed) or "none")

@@ -125,19 +125,19 @@ def test_covariate_models():
 def test_vectorised_over_patients():
     m = ModelSpec.from_dict(base())
     w = np.array([50.0, 70.0, 90.0])
-    th = m.individual_parameters({"weight": w, "age": 40})
+    th = m.individual_parameters({"weight": w, "age": 40, "sex": "male"})
     assert th.shape == (3, len(m.param_names))
     np.testing.assert_allclose(th[:, m.param_names.index("V")], 20 * w / 70, rtol=1e-15)
 
 
 def test_eta_multiplies_log_normally():
     m = ModelSpec.from_dict(base())
-    a = m.individual_parameters({"weight": 70, "age": 40})
-    b = m.individual_parameters({"weight": 70, "age": 40}, eta={"CL": 0.3})
+    a = m.individual_parameters({"weight": 70, "age": 40, "sex": "male"})
+    b = m.individual_parameters({"weight": 70, "age": 40, "sex": "male"}, eta={"CL": 0.3})
     i = m.param_names.index("CL")
     assert b[i] == pytest.approx(a[i] * math.exp(0.3), rel=1e-15)
     with pytest.raises(pkpd.ModelError, match="unknown parameter"):
-        m.individual_parameters({"weight": 70, "age": 40}, eta={"nope": 0.1})
+        m.individual_parameters({"weight": 70, "age": 40, "sex": "male"}, eta={"nope": 0.1})
 
 
 def reference_matrix(th):
@@ -158,7 +158,7 @@ def reference_matrix(th):
 
 def test_transit_chain_molar_ratio_and_half_life_ke0_against_hand_written_system():
     m = ModelSpec.from_dict(base())
-    cov = {"weight": 75, "age": 50}
+    cov = {"weight": 75, "age": 50, "sex": "male"}
     th = dict(zip(m.param_names, m.individual_parameters(cov), strict=True))
     t = np.linspace(0, 12, 49)
     ds = pkpd.simulate(m, "40 mg bolus at 0 h", covariates=cov, times=t)
@@ -173,7 +173,7 @@ def test_transit_chain_molar_ratio_and_half_life_ke0_against_hand_written_system
 
 def test_metabolite_auc_is_fm_ratio_dose_over_clearance():
     m = ModelSpec.from_dict(base())
-    cov = {"weight": 70, "age": 40}
+    cov = {"weight": 70, "age": 40, "sex": "male"}
     th = dict(zip(m.param_names, m.individual_parameters(cov), strict=True))
     ds = pkpd.simulate(m, "40 mg bolus at 0 h", covariates=cov, times=[0.0, 2000.0])
     assert ds.auc_cp_met.values[-1] == pytest.approx(
@@ -188,6 +188,25 @@ def test_fraction_parameter_above_one_is_refused():
     d["parameters"]["fm"]["value"] = 1.5
     with pytest.raises(pkpd.ModelError, match="fraction"):
         ModelSpec.from_dict(d)
+
+
+def test_categorical_covariate_arrays_of_patients():
+    """Issue 12: an array of levels (a cohort) raised "The truth value of an array ... is
+    ambiguous"; each patient gets the factor of its own level."""
+    m = ModelSpec.from_dict(base())
+    sex = np.array(["female", "male", "male", "female"])
+    w = np.array([60.0, 70.0, 80.0, 90.0])
+    th = m.individual_parameters({"weight": w, "age": 40, "sex": sex})
+    i = m.param_names.index("CL")
+    one = [
+        m.individual_parameters({"weight": wi, "age": 40, "sex": s})[i]
+        for wi, s in zip(w, sex, strict=True)
+    ]
+    np.testing.assert_allclose(th[:, i], one, rtol=1e-15)
+    assert th[0, i] / th[1, i] == pytest.approx(1.2 * (60 / 70) ** 0.75, rel=1e-14)
+    for bad in (np.array(["female", "x", "y"]), np.array([1.0, 0.0]), ["female", None]):
+        with pytest.raises(pkpd.CovariateError, match=r"`sex` = .*expected one of"):
+            m.individual_parameters({"weight": 70, "age": 40, "sex": bad})
 
 
 def test_categorical_covariate_rejects_unknown_level():

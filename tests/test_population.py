@@ -399,8 +399,8 @@ def test_csv_defaults_metres_bom_crlf_blank_lines_and_derived_weight(tmp_path):
         ("weight,height\n70,170\n80,abc\n", r"row 2 \(line 3\): column `height`: 'abc' is not"),
         ("weight,height\n70,170\n\n80,nan\n", r"row 2 \(line 4\): column `height`: 'nan' is not"),
         ("weight\n0\n", r"row 1 \(line 2\): column `weight`: impossible value '0'"),
-        ("weight\n70\n501\n", r"row 2 \(line 3\): column `weight`: impossible value '501'"),
-        ("weight [lb]\n1200\n", r"column `weight \[lb\]`: impossible value '1200' = 544\.3"),
+        ("weight\n70\n701\n", r"row 2 \(line 3\): column `weight`: impossible value '701'"),
+        ("weight [lb]\n1600\n", r"column `weight \[lb\]`: impossible value '1600' = 725\.7"),
         ("height\n-3\n", r"row 1 \(line 2\): column `height`: impossible value '-3'"),
         ("height\n301\n", r"column `height`: impossible value '301'"),
         ("height [m]\n3.2\n", r"column `height \[m\]`: impossible value '3.2' = 320"),
@@ -445,6 +445,66 @@ def test_csv_missing_required_column_and_missing_file(tmp_path):
     assert CovariateTable.from_csv(path, required="sex").n == 1
     with pytest.raises(PopulationError, match="cannot read the file"):
         CovariateTable.from_csv(tmp_path / "absent.csv")
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_with_semicolons_or_tabs_is_read_cell_by_cell(tmp_path, sep):
+    """Issue 12: a spreadsheet's `;` export was read as one column (no covariates at all)."""
+    text = sep.join(["id", "weight [lb]", "age", "race"]) + "\n"
+    text += sep.join(["a", "154.32", "30", "asian"]) + "\n" + sep.join(["b", "200", "40.5", "x"])
+    t = CovariateTable.from_csv(_csv(tmp_path, text + "\n"))
+    assert set(t.covariates) == {"id", "weight", "age", "race"}
+    np.testing.assert_allclose(t.covariates["weight"], np.array([154.32, 200]) * 0.45359237)
+    np.testing.assert_array_equal(t.covariates["age"], [30.0, 40.5])
+    np.testing.assert_array_equal(t.covariates["race"], ["asian", "x"])
+
+
+def test_csv_comma_stays_the_separator_when_the_header_has_one(tmp_path):
+    t = CovariateTable.from_csv(_csv(tmp_path, "id,note\na,x;y\n"))
+    np.testing.assert_array_equal(t.covariates["note"], ["x;y"])
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        # a wrong unit gives an impossible weight: 70 mg = 7e-5 kg (issue 12)
+        ("weight [mg]\n70\n", r"column `weight \[mg\]`: impossible value '70' = 7e-05 kg"),
+        ("weight [g]\n150\n", r"impossible value '150' = 0\.15 kg"),
+        ("weight\n0.19\n", r"impossible value '0.19'"),
+        ("height\n19\n", r"column `height`: impossible value '19'"),
+        ("height [m]\n2.81\n", r"impossible value '2.81' = 281 cm"),
+        ("height [mm]\n1750\n70\n", r"row 2 \(line 3\): column `height \[mm\]`: impossible"),
+        ("age\n1000\n", r"column `age`: impossible value '1000'"),
+        ("age\n-1\n30\n-2\n", r"row 1 \(line 2\).*-1.*; 2 rows are outside"),
+    ],
+)
+def test_csv_physiologically_impossible_values_are_errors(tmp_path, text, pattern):
+    path = _csv(tmp_path, text)
+    with pytest.raises(PopulationError, match=pattern) as info:
+        CovariateTable.from_csv(path)
+    assert str(path) in str(info.value)
+    assert "physiological plausibility limits, not the model's studied range" in str(info.value)
+
+
+def test_csv_limits_are_inclusive_and_humane(tmp_path):
+    """The plausibility limits admit every real patient: a 0.5 kg neonate, a 2.5 m adult."""
+    text = "weight,height,age\n0.5,30,0\n250,250,120\n"
+    t = CovariateTable.from_csv(_csv(tmp_path, text))
+    np.testing.assert_array_equal(t.covariates["weight"], [0.5, 250])
+
+
+@pytest.mark.parametrize(
+    ("encoding", "hint"),
+    [("latin-1", "0xe9 at offset"), ("utf-16", "UTF-16"), ("utf-16-le", "UTF-16")],
+)
+def test_csv_in_another_encoding_names_the_file_and_utf8(tmp_path, encoding, hint):
+    path = tmp_path / "pts.csv"
+    path.write_bytes("id,weight,age\nJérôme,70,30\n".encode(encoding))
+    with pytest.raises(PopulationError) as info:
+        CovariateTable.from_csv(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: not UTF-8 text"), msg
+    assert hint in msg and "expected a CSV file encoded as UTF-8" in msg
 
 
 # ----------------------------------------------------------------------------- loader errors

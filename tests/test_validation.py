@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pkpd.errors import CovariateRangeWarning, ModelError, PkpdError, RegimenError
+from pkpd.errors import (
+    CovariateDefaultWarning,
+    CovariateError,
+    CovariateRangeWarning,
+    ModelError,
+    PkpdError,
+    RegimenError,
+)
 from pkpd.model import ModelSpec, available_models, load_model, models_dir
 from pkpd.regimen import Bolus, Infusion, Regimen, load_regimen
 
@@ -113,8 +120,8 @@ def test_shipped_models_load():
 
 def test_categorical_covariate_fixture_is_valid():
     spec = ModelSpec.from_dict(_mutated("fanta", _add_sex("male")), file=FILE)
-    th_f = spec.individual_parameters({"sex": "female"})
-    th_m = spec.individual_parameters({"sex": "male"})
+    th_f = spec.individual_parameters({"weight": 70, "sex": "female"})
+    th_m = spec.individual_parameters({"weight": 70, "sex": "male"})
     i = spec.param_names.index("CL")
     assert th_m[i] == pytest.approx(1.2 * th_f[i], rel=1e-15)
 
@@ -491,6 +498,121 @@ def test_simulate_inside_range_does_not_warn():
         warnings.simplefilter("error")
         simulate("fanta2015_otto2021", "20 mg over 30 min from 0 h",
                  covariates={"weight": 70}, until="1 h")  # fmt: skip
+
+
+def test_range_warning_for_patients_counts_them(fanta):
+    """One message for an array of patients: how many are outside and their extremes."""
+    w = np.array([60.0, 30.0, 70.0, 120.0, 150.0])
+    with pytest.warns(CovariateRangeWarning) as rec:
+        fanta.individual_parameters({"weight": w})
+    assert len(rec) == 1
+    msg = str(rec[0].message)
+    assert "3 of 5 patients have covariate `weight` (30 to 150 kg) outside" in msg, msg
+    assert "[45, 97] kg" in msg
+    assert "60" not in msg and "array" not in msg  # not every patient's value
+
+
+# ----------------------------------------------------------------------------- covariate names,
+# defaults and impossible values (issue 12: nothing silent)
+
+
+@pytest.mark.parametrize(
+    ("cov", "pattern"),
+    [
+        ({"wt": 70}, r"unknown covariate 'wt' for model 'fanta2015_otto2021'; expected one of "
+                     r"weight, age, sex, height, bmi"),
+        ({"Weight": 70}, r"unknown covariate 'Weight' .*did you mean `weight`\? \(names are "
+                         r"case-sensitive"),
+        ({"weight": 70, "race": "asian"}, r"unknown covariate 'race'"),
+    ],
+)  # fmt: skip
+def test_unknown_covariate_names_are_errors(fanta, cov, pattern):
+    with pytest.raises(CovariateError, match=pattern):
+        fanta.individual_parameters(cov)
+    from pkpd.simulate import simulate
+
+    with pytest.raises(CovariateError, match=pattern):
+        simulate(fanta, "20 mg bolus at 0 h", covariates=cov, until="1 h")
+
+
+def test_race_in_the_wrong_case_is_an_error_that_suggests_race():
+    m = load_model("perezruixo2021_esketamine")
+    with pytest.raises(CovariateError, match=r"'Race'.*did you mean `race`\?"):
+        m.individual_parameters({"Race": "asian"})
+    with pytest.raises(CovariateError, match=r"`race` = 'Asian'; expected one of non_asian, asian"):
+        m.individual_parameters({"race": "Asian"})
+
+
+def test_a_covariate_the_model_uses_defaults_loudly(fanta):
+    from pkpd.simulate import simulate
+
+    with pytest.warns(CovariateDefaultWarning, match=r"`weight` not given: using the model "
+                                                     r"default 70 kg") as rec:  # fmt: skip
+        ds = simulate(fanta, "20 mg bolus at 0 h", until="1 h")
+    assert rec[0].filename == __file__
+    assert "weight=70" in ds.attrs["covariates"]
+    m = load_model("perezruixo2021_esketamine")
+    with pytest.warns(CovariateDefaultWarning, match=r"`race` not given: .*default 'non_asian'"):
+        m.individual_parameters({"age": 40})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.individual_parameters({"race": "non_asian"})  # a covariate it does not use: silent
+        m.typical_theta()  # reference values on purpose
+
+
+def test_a_per_kg_dose_without_weight_says_which_weight():
+    from pkpd.simulate import simulate
+
+    with pytest.warns(CovariateDefaultWarning, match=r"default 70 kg .*and its per-kg doses"):
+        ds = simulate("domino_racemic", "1 mg/kg bolus at 0 h", until="1 h")
+    assert float(ds.dose_given[-1]) == pytest.approx(70.0)
+    # a model without a default weight still refuses (as before)
+    with pytest.raises(RegimenError, match="per-kg doses: pass the weight"):
+        simulate("perezruixo2021_esketamine", "1 mg/kg bolus at 0 h", {"race": "asian"})
+
+
+@pytest.mark.parametrize("name", ["herd2007_racemic_children", "flint2017_s_ketamine_children"])
+def test_children_models_refuse_a_default_adult_weight(name):
+    from pkpd.simulate import simulate
+
+    m = load_model(name)
+    assert m.paediatric
+    pattern = r"`weight` was not given: .* estimated in children \(weight .* its default 70 kg"
+    with pytest.raises(CovariateError, match=pattern):
+        simulate(name, "1 mg/kg bolus at 0 h", {"age": 5}, until="1 h")
+    with pytest.raises(CovariateError, match=pattern):
+        simulate(name, "20 mg bolus at 0 h", until="1 h")
+    with pytest.raises(CovariateError, match=pattern):
+        m.individual_parameters({"age": 5})
+    assert m.typical_theta().shape == (len(m.param_names),)  # the 70-kg standard, on purpose
+    assert not load_model("hijazi2003_racemic").paediatric  # adults (age range 18-100 y)
+
+
+@pytest.mark.parametrize(
+    ("cov", "pattern"),
+    [
+        ({"weight": 70, "age": -1}, r"`age` = -1: impossible value -1 year: age must lie in "
+                                    r"\[0, 130\] year \(physiological plausibility limits"),
+        ({"weight": 70, "age": 1000}, r"`age` = 1000: impossible value 1000 year"),
+        ({"weight": 7e-5}, r"`weight` = 7e-05: impossible value 7e-05 kg: weight must lie in "
+                           r"\[0.2, 700\] kg"),
+        ({"weight": 800}, r"`weight` = 800: impossible"),
+        ({"weight": 70, "height": 300}, r"`height` = 300: impossible value 300 cm"),
+        ({"weight": 70, "bmi": 2}, r"`bmi` = 2: impossible"),
+        ({"weight": np.array([70.0, -3.0, 80.0, 0.0])},
+         r"`weight`: impossible value -3 kg \(2 of 4 values\)"),
+        ({"weight": 70, "sex": "F"}, r"`sex` = 'F'; expected 'female' or 'male'"),
+        ({"weight": "heavy"}, r"`weight` = 'heavy': expected a number \(kg\)"),
+    ],
+)  # fmt: skip
+def test_impossible_covariates_are_errors_not_range_warnings(cov, pattern):
+    """Issue 12: age -1 or 1000 only warned; an age the model does not declare was not
+    checked at all (domino has no age covariate)."""
+    for name in ("fanta2015_otto2021", "domino_racemic"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CovariateRangeWarning)
+            with pytest.raises(CovariateError, match=pattern):
+                load_model(name).individual_parameters(cov)
 
 
 def test_range_warning_points_at_caller(fanta):
