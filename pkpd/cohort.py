@@ -324,6 +324,15 @@ def run_chunk(
     }
     if solver_stats is not None:
         res["solver_stats"] = solver_stats
+    if setup.store_out and _records_bolus_limits(setup):
+        res.update(_bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx))
+    elif setup.store_out and not setup.residual:
+        from .simulate import bolus_on_grid
+
+        # [ode] models: the jump of an output at a bolus is not known here; count the
+        # boluses on the trajectory grid after its first point (pkpd.metrics warns).
+        idx = bolus_on_grid(setup.grid[:: setup.store_stride], ev_t, ev_bolus)[0]
+        res["boluses_without_limits"] = int((idx > 0).sum())
     if setup.residual and setup.store_out:
         traj = _apply_residual(setup, traj, store, parts, sl)
     if setup.band_outputs:
@@ -340,6 +349,43 @@ def run_chunk(
     if setup.amounts and not in_place:
         res["amount"] = traj_rows[:, store_idx.size :]
     return res
+
+
+def _records_bolus_limits(setup: CohortSetup) -> bool:
+    """Whether stored trajectories come with their limits at boluses on the grid: linear
+    models (the jump of a bolus is known), without residual error (sampled observations
+    have no left limit), for a regimen with instantaneous boluses."""
+    from .regimen import Bolus
+
+    return (
+        setup.spec.is_linear
+        and not setup.residual
+        and any(isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses)
+    )
+
+
+def _bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx) -> dict:
+    """The stored outputs just before and just after each bolus on the trajectory grid.
+
+    The kernels store the value at a grid time after a bolus given then (right-continuous);
+    :mod:`pkpd.metrics` needs the value before it too, to end the interval before the
+    bolus. A bolus adds to the dose compartment only, so the outputs jump by the dose
+    times :func:`pkpd.simulate.bolus_jumps`. One slot per event column (``NaN`` where the
+    event is no bolus on the grid); slots of boluses at one grid time repeat its limits.
+    """
+    from .simulate import bolus_jumps, bolus_on_grid
+
+    tg = setup.grid[:: setup.store_stride]
+    idx, inc, pend = bolus_on_grid(tg, ev_t, ev_bolus)  # (n, K)
+    jump = bolus_jumps(setup.spec, theta)[:, store_idx]  # (n, n_store), ng/mL per mg
+    on = idx >= 0
+    at = np.take_along_axis(traj, np.where(on, idx, 0)[:, None, :], axis=2).astype(float)
+    at[~np.broadcast_to(on[:, None, :], at.shape)] = np.nan
+    return {
+        "bolus_time": np.where(on, tg[np.where(on, idx, 0)], np.nan),
+        "pre_bolus": at - jump[:, :, None] * inc[:, None, :],
+        "post_bolus": at + jump[:, :, None] * pend[:, None, :],
+    }
 
 
 def _run_adaptive(
@@ -1003,6 +1049,21 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
         )
     if "trajectory" in res:
         _add_trajectory(setup, coords, data, res["trajectory"])  # already ng/mL
+    if "pre_bolus" in res:
+        data["trajectory_bolus_time"] = (
+            ("patient", "bolus"),
+            res["bolus_time"],
+            {"units": "h", "long_name": "time of a bolus on the trajectory grid (NaN: none)"},
+        )
+        for k, when in (("pre", "before"), ("post", "after")):
+            data[f"trajectory_{k}_bolus"] = (
+                ("patient", "traj_output", "bolus"),
+                res[f"{k}_bolus"],
+                {
+                    "units": "ng/mL",
+                    "long_name": f"stored output just {when} the bolus at trajectory_bolus_time",
+                },
+            )
     if "amount" in res:
         _add_amount(setup, coords, data, res["amount"])
     del n
@@ -1133,6 +1194,12 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "n_failed": int((ds.status.values != 0).sum()),
         }
     )
+    unrecorded = sum(r.get("boluses_without_limits", 0) for r in results)
+    if unrecorded:
+        ds.attrs["trajectory_bolus_limits"] = (
+            f"not recorded: {unrecorded} bolus(es) on the trajectory grid of an [ode] model; "
+            "the stored value there is the one after the bolus"
+        )
     return ds
 
 
