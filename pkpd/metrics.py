@@ -46,12 +46,27 @@ Definitions (``c_i`` at grid times ``t_i``, step ``h_i = t_{i+1} - t_i``)
 * ``s_ketamine_equivalent``: ``cp + f * cp_norketamine`` with a potency factor ``f`` that
   the caller must supply with its source (see the function: no published factor was found).
 
+Boluses on the grid
+-------------------
+A concentration jumps at a bolus; the value stored at a grid time with a bolus is the one
+after it (the true value at that time: ``cmax``, ``conc_at`` use it). The interval that ends
+there needs the value just before it (the left limit), for integrals and crossings.
+:func:`pkpd.simulate` datasets record both on every output (attributes ``bolus_times``,
+``pre_bolus``, ``post_bolus``; :data:`BOLUS_ATTRS`), and so do cohorts of linear models with
+stored trajectories (``trajectory_bolus_time``, ``trajectory_pre_bolus``,
+``trajectory_post_bolus``); the functions here use them. Data without them (a DataArray from
+arithmetic, an ``[ode]`` cohort: a :class:`~pkpd.errors.MetricsWarning` says so) are taken
+as continuous, an O(h) error over the interval before such a bolus.
+
 Kernel metrics of a cohort (``cmax``, ``tmax``, ``auc``, ``time_above`` of
 :func:`pkpd.simulate_cohort`) are computed while the solver steps, on the grid *and* at
-every dose event, with an exact AUC; the functions here see only the stored grid, so they
-agree exactly where every dose event lies on the grid, and the AUC agrees to the trapezoid
-error above (``tests/test_metrics.py`` checks both). Failed patients (NaN trajectories)
-give NaN metrics, as in the kernel.
+every dose event (both sides of a bolus), with an exact AUC; the functions here see only the
+stored grid and the limits at boluses, so they agree exactly where every dose event lies on
+the grid (float32 rounding), and the AUC agrees to the trapezoid error above, O(h^2)
+(``tests/test_metrics.py`` checks both, with a bolus on the grid, on every shipped linear
+model). Failed patients (NaN trajectories) give NaN metrics, as in the kernel. A cohort may
+store outputs that are not concentrations (an ``[ode]`` pain score): select the
+concentrations with ``outputs=``.
 
 References
 ----------
