@@ -929,7 +929,7 @@ def s_ketamine_equivalent(data, potency_factor, source, *, parent="cp", metaboli
         )
     if not isinstance(source, str) or not source.strip():
         raise MetricsError(f"`source`: say where the potency factor comes from, got {source!r}")
-    da = concentrations(data)
+    da, jumps = _concentrations(data)
     names = [str(o) for o in da["output"].values]
     if metabolite is None:
         cands = [o for o in names if o.startswith("cp_nor")]
@@ -952,6 +952,18 @@ def s_ketamine_equivalent(data, potency_factor, source, *, parent="cp", metaboli
         "potency_factor_source": source.strip(),
         "potency_factor_provenance": "user-supplied (no published factor found)",
     }
+    if jumps is not None and set(jumps.dims) == {"output", "bolus"}:
+        # One patient: the limits at boluses combine as the concentrations do.
+        jp, jm = jumps.sel(output=parent), jumps.sel(output=metabolite)
+        if np.array_equal(jp["t"].values, jm["t"].values, equal_nan=True):
+            ok = np.isfinite(jp["t"].values)
+            res.attrs.update(
+                {
+                    "bolus_times": jp["t"].values[ok],
+                    "pre_bolus": (jp["left"] + f * jm["left"]).values[ok],
+                    "post_bolus": (jp["right"] + f * jm["right"]).values[ok],
+                }
+            )
     return res
 
 

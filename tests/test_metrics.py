@@ -567,3 +567,13 @@ def test_ode_single_patient_records_the_left_limit_at_a_bolus():
     exact = float(ds.auc_cp.sel(time=1.0) - ds.auc_cp.sel(time=0.5))
     got = M.auc(ds, {"w": ("0.5 h", "1 h")}, outputs="cp").item()
     assert got == pytest.approx(exact, rel=1e-3)  # before: the value after the bolus, +20 %
+
+
+def test_s_ketamine_equivalent_keeps_the_limits_at_a_bolus():
+    ds = pkpd.simulate("fanta2015_otto2021", BOLUS_REGIMEN, {"weight": 70}, until="2 h")
+    eq = M.s_ketamine_equivalent(ds, 0.25, "my assumption")
+    want = ds.cp.attrs["pre_bolus"] + 0.25 * ds.cp_norketamine.attrs["pre_bolus"]
+    np.testing.assert_allclose(eq.attrs["pre_bolus"], want, rtol=1e-15)
+    w = {"w": ("0.5 h", "1 h")}
+    exact = (ds.auc_cp + 0.25 * ds.auc_cp_norketamine).sel(time=[0.5, 1.0]).diff("time").item()
+    assert M.auc(eq, w, method="linear").item() == pytest.approx(exact, rel=1e-4)
