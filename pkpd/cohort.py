@@ -332,7 +332,7 @@ def run_chunk(
         res["solver_stats"] = solver_stats
     if setup.store_out and _records_bolus_limits(setup):
         res.update(_bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx))
-    elif setup.store_out and not setup.residual:
+    elif setup.store_out:
         from .simulate import bolus_on_grid
 
         # [ode] models: the jump of an output at a bolus is not known here; count the
@@ -359,14 +359,12 @@ def run_chunk(
 
 def _records_bolus_limits(setup: CohortSetup) -> bool:
     """Whether stored trajectories come with their limits at boluses on the grid: linear
-    models (the jump of a bolus is known), without residual error (sampled observations
-    have no left limit), for a regimen with instantaneous boluses."""
+    models (the jump of a bolus is known), for a regimen with instantaneous boluses. With
+    residual error the limits are the model's values (taken before the error is drawn)."""
     from .regimen import Bolus
 
-    return (
-        setup.spec.is_linear
-        and not setup.residual
-        and any(isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses)
+    return setup.spec.is_linear and any(
+        isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses
     )
 
 
@@ -1080,7 +1078,8 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
                 res[f"{k}_bolus"],
                 {
                     "units": "ng/mL",
-                    "long_name": f"stored output just {when} the bolus at trajectory_bolus_time",
+                    "long_name": f"output just {when} the bolus at trajectory_bolus_time "
+                    "(without residual error)",
                 },
             )
     if "amount" in res:
