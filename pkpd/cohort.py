@@ -21,9 +21,15 @@ Percentile bands
 With trajectories kept in memory the bands are exact (``numpy.quantile``, linear
 interpolation). Otherwise they are computed in one pass from per-time-point histograms with
 logarithmic bins of relative width :data:`BAND_BIN_RATIO` - 1 between
-:data:`BAND_MIN_NG_ML` and :data:`BAND_MAX_NG_ML`: a reported quantile is the geometric
-centre of the bin holding it, so its relative error is at most half a bin (0.5 %); values
-below the lowest edge (including zero) are reported as 0.
+:data:`BAND_MIN_NG_ML` and :data:`BAND_MAX_NG_ML`, with the exact bands' definition (linear
+interpolation between the two order statistics around ``q (n - 1)``), each order statistic
+replaced by the geometric centre of the bin holding it (:func:`quantiles_from_counts`). The
+centre is within a factor ``sqrt(BAND_BIN_RATIO)`` of every value in its bin, so a streamed
+band differs from the exact one by at most ``sqrt(1.01) - 1 = 0.499 %`` (relative) where
+both order statistics lie in the bins' range (``tests/test_cohort.py`` checks this bound
+against ``numpy.quantile`` on several models). Values below the lowest edge (including
+zero) count as 0 (an absolute error below :data:`BAND_MIN_NG_ML`), values above the highest
+as :data:`BAND_MAX_NG_ML`.
 """
 
 from __future__ import annotations
@@ -330,6 +336,15 @@ def run_chunk(
     }
     if solver_stats is not None:
         res["solver_stats"] = solver_stats
+    if setup.store_out and _records_bolus_limits(setup):
+        res.update(_bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx))
+    elif setup.store_out:
+        from .simulate import bolus_on_grid
+
+        # [ode] models: the jump of an output at a bolus is not known here; count the
+        # boluses on the trajectory grid after its first point (pkpd.metrics warns).
+        idx = bolus_on_grid(setup.grid[:: setup.store_stride], ev_t, ev_bolus)[0]
+        res["boluses_without_limits"] = int((idx > 0).sum())
     if setup.residual and setup.store_out:
         traj = _apply_residual(setup, traj, store, parts, sl)
     if setup.band_outputs:
@@ -346,6 +361,41 @@ def run_chunk(
     if setup.amounts and not in_place:
         res["amount"] = traj_rows[:, store_idx.size :]
     return res
+
+
+def _records_bolus_limits(setup: CohortSetup) -> bool:
+    """Whether stored trajectories come with their limits at boluses on the grid: linear
+    models (the jump of a bolus is known), for a regimen with instantaneous boluses. With
+    residual error the limits are the model's values (taken before the error is drawn)."""
+    from .regimen import Bolus
+
+    return setup.spec.is_linear and any(
+        isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses
+    )
+
+
+def _bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx) -> dict:
+    """The stored outputs just before and just after each bolus on the trajectory grid.
+
+    The kernels store the value at a grid time after a bolus given then (right-continuous);
+    :mod:`pkpd.metrics` needs the value before it too, to end the interval before the
+    bolus. A bolus adds to the dose compartment only, so the outputs jump by the dose
+    times :func:`pkpd.simulate.bolus_jumps`. One slot per event column (``NaN`` where the
+    event is no bolus on the grid); slots of boluses at one grid time repeat its limits.
+    """
+    from .simulate import bolus_jumps, bolus_on_grid
+
+    tg = setup.grid[:: setup.store_stride]
+    idx, inc, pend = bolus_on_grid(tg, ev_t, ev_bolus)  # (n, K)
+    jump = bolus_jumps(setup.spec, theta)[:, store_idx]  # (n, n_store), ng/mL per mg
+    on = idx >= 0
+    at = np.take_along_axis(traj, np.where(on, idx, 0)[:, None, :], axis=2).astype(float)
+    at[~np.broadcast_to(on[:, None, :], at.shape)] = np.nan
+    return {
+        "bolus_time": np.where(on, tg[np.where(on, idx, 0)], np.nan),
+        "pre_bolus": at - jump[:, :, None] * inc[:, None, :],
+        "post_bolus": at + jump[:, :, None] * pend[:, None, :],
+    }
 
 
 def _run_adaptive(
@@ -446,16 +496,29 @@ def _edges() -> np.ndarray:
 
 
 def quantiles_from_counts(counts: np.ndarray, q) -> np.ndarray:
-    """Quantiles (last axis of `counts` = bins) from log-spaced histograms (see module)."""
+    """Quantiles (last axis of `counts` = bins) from log-spaced histograms (see module).
+
+    The definition of the exact bands (``numpy.quantile``, linear): at the position
+    ``p = q (n - 1)`` between the order statistics ``X_(floor p)`` and ``X_(floor p + 1)``
+    (0-based), ``X_(floor p) + (p - floor p) (X_(floor p + 1) - X_(floor p))``, each order
+    statistic replaced by the geometric centre of the bin that holds it. Each centre is
+    within a factor ``sqrt(BAND_BIN_RATIO)`` of its order statistic, and so is their
+    weighted mean of the exact value.
+    """
     edges = _edges()
     centres = np.concatenate([[0.0], np.sqrt(edges[:-1] * edges[1:]), [edges[-1]]])
     cum = np.cumsum(counts, axis=-1)
-    total = cum[..., -1:]
+    total = cum[..., -1]
     out = np.empty((len(q), *counts.shape[:-1]))
     for i, qq in enumerate(q):
-        target = np.maximum(np.ceil(qq * total), 1)
-        idx = np.argmax(cum >= target, axis=-1)
-        out[i] = centres[idx]
+        pos = qq * (total - 1.0)
+        lo = np.floor(pos)
+        frac = pos - lo
+        hi = np.minimum(lo + 1.0, total - 1.0)
+        # The order statistic of 0-based rank r lies in the first bin with cum > r.
+        c_lo = centres[np.argmax(cum > lo[..., None], axis=-1)]
+        c_hi = centres[np.argmax(cum > hi[..., None], axis=-1)]
+        out[i] = c_lo + frac * (c_hi - c_lo)
     return out
 
 
@@ -1098,6 +1161,22 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
         )
     if "trajectory" in res:
         _add_trajectory(setup, coords, data, res["trajectory"])  # already ng/mL
+    if "pre_bolus" in res:
+        data["trajectory_bolus_time"] = (
+            ("patient", "bolus"),
+            res["bolus_time"],
+            {"units": "h", "long_name": "time of a bolus on the trajectory grid (NaN: none)"},
+        )
+        for k, when in (("pre", "before"), ("post", "after")):
+            data[f"trajectory_{k}_bolus"] = (
+                ("patient", "traj_output", "bolus"),
+                res[f"{k}_bolus"],
+                {
+                    "units": "ng/mL",
+                    "long_name": f"output just {when} the bolus at trajectory_bolus_time "
+                    "(without residual error)",
+                },
+            )
     if "amount" in res:
         _add_amount(setup, coords, data, res["amount"])
     del n
@@ -1187,7 +1266,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             method = (
                 f"streaming log-histogram, bins of {100 * (BAND_BIN_RATIO - 1):g} % "
                 f"from {BAND_MIN_NG_ML:g} to {BAND_MAX_NG_ML:g} ng/mL: relative error "
-                f"<= {50 * (BAND_BIN_RATIO - 1):g} %"
+                f"<= {100 * (math.sqrt(BAND_BIN_RATIO) - 1):.3g} % against the exact bands"
             )
         bt = setup.grid[:: setup.band_stride]
         ds = ds.assign_coords(
@@ -1228,6 +1307,12 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "n_failed": int((ds.status.values != 0).sum()),
         }
     )
+    unrecorded = sum(r.get("boluses_without_limits", 0) for r in results)
+    if unrecorded:
+        ds.attrs["trajectory_bolus_limits"] = (
+            f"not recorded: {unrecorded} bolus(es) on the trajectory grid of an [ode] model; "
+            "the stored value there is the one after the bolus"
+        )
     return ds
 
 

@@ -67,6 +67,10 @@ class ProvenanceWarning(PkpdWarning):
     """A model uses values that are assumed rather than verified in the literature."""
 
 
+class MetricsWarning(PkpdWarning):
+    """A metric from stored trajectories is less accurate than documented (reason given)."""
+
+
 def where(file: object | None, key: str | None) -> str:
     """Format the location prefix ``file: key: `` used in error messages."""
     parts = []

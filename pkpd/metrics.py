@@ -46,12 +46,27 @@ Definitions (``c_i`` at grid times ``t_i``, step ``h_i = t_{i+1} - t_i``)
 * ``s_ketamine_equivalent``: ``cp + f * cp_norketamine`` with a potency factor ``f`` that
   the caller must supply with its source (see the function: no published factor was found).
 
+Boluses on the grid
+-------------------
+A concentration jumps at a bolus; the value stored at a grid time with a bolus is the one
+after it (the true value at that time: ``cmax``, ``conc_at`` use it). The interval that ends
+there needs the value just before it (the left limit), for integrals and crossings.
+:func:`pkpd.simulate` datasets record both on every output (attributes ``bolus_times``,
+``pre_bolus``, ``post_bolus``; :data:`BOLUS_ATTRS`), and so do cohorts of linear models with
+stored trajectories (``trajectory_bolus_time``, ``trajectory_pre_bolus``,
+``trajectory_post_bolus``); the functions here use them. Data without them (a DataArray from
+arithmetic, an ``[ode]`` cohort: a :class:`~pkpd.errors.MetricsWarning` says so) are taken
+as continuous, an O(h) error over the interval before such a bolus.
+
 Kernel metrics of a cohort (``cmax``, ``tmax``, ``auc``, ``time_above`` of
 :func:`pkpd.simulate_cohort`) are computed while the solver steps, on the grid *and* at
-every dose event, with an exact AUC; the functions here see only the stored grid, so they
-agree exactly where every dose event lies on the grid, and the AUC agrees to the trapezoid
-error above (``tests/test_metrics.py`` checks both). Failed patients (NaN trajectories)
-give NaN metrics, as in the kernel.
+every dose event (both sides of a bolus), with an exact AUC; the functions here see only the
+stored grid and the limits at boluses, so they agree exactly where every dose event lies on
+the grid (float32 rounding), and the AUC agrees to the trapezoid error above, O(h^2)
+(``tests/test_metrics.py`` checks both, with a bolus on the grid, on every shipped linear
+model). Failed patients (NaN trajectories) give NaN metrics, as in the kernel. A cohort may
+store outputs that are not concentrations (an ``[ode]`` pain score): select the
+concentrations with ``outputs=``.
 
 References
 ----------
@@ -64,11 +79,12 @@ anesthetic drugs. Anesthesiology 1992;76:334-341, doi:10.1097/00000542-199203000
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import MetricsError, UnitError
+from .errors import MetricsError, MetricsWarning, UnitError
 from .units import parse_quantity
 
 __all__ = [
@@ -109,8 +125,16 @@ def concentrations(data, outputs=None):
     xarray.DataArray
         float64, dimensions the input's non-time dimensions, ``output`` and ``time``.
     """
+    return _concentrations(data, outputs)[0]
+
+
+def _concentrations(data, outputs=None):
+    """:func:`concentrations` and the limits at boluses on the grid (or None): a Dataset
+    with ``time`` (h), ``left`` and ``right`` (ng/mL), dimension ``bolus`` and the
+    concentrations' other dimensions or a subset (see :func:`_bolus_limits`)."""
     import xarray as xr
 
+    units = None  # per-output units of a cohort's trajectory with mixed units
     if isinstance(data, xr.DataArray):
         da = data
         if "time" not in da.dims:
@@ -124,7 +148,12 @@ def concentrations(data, outputs=None):
     elif isinstance(data, xr.Dataset):
         if "trajectory" in data.data_vars:
             da = data["trajectory"].rename(traj_output="output")
-            _check_units(da, "trajectory")
+            if da.attrs.get("units") not in (None, "ng/mL") and "output_units" in data.coords:
+                # An [ode] cohort may store outputs that are not concentrations: only the
+                # selected ones must be (checked below).
+                units = dict(zip(data["output"].values, data["output_units"].values, strict=True))
+            else:
+                _check_units(da, "trajectory")
         else:
             names = [
                 k
@@ -141,6 +170,7 @@ def concentrations(data, outputs=None):
         raise MetricsError(
             f"`data`: expected an xarray Dataset or DataArray, got {type(data).__name__}"
         )
+    jumps = _bolus_limits(data, da)
     if outputs is not None:
         sel = [outputs] if isinstance(outputs, str) else list(outputs)
         have = [str(o) for o in da["output"].values]
@@ -150,6 +180,18 @@ def concentrations(data, outputs=None):
                 f"`outputs`: unknown output {bad[0]!r}; expected one of {', '.join(have)}"
             )
         da = da.sel(output=sel)
+        if jumps is not None and "output" in jumps.dims:
+            jumps = jumps.sel(output=sel)
+    if units is not None:
+        for o in da["output"].values:
+            if units.get(o) != "ng/mL":
+                stored = data["trajectory"]["traj_output"].values
+                conc = [str(k) for k in stored if units.get(k) == "ng/mL"]
+                raise MetricsError(
+                    f"`trajectory`: output {str(o)!r} is in {units.get(o)!r}, not a "
+                    f"concentration in ng/mL; select concentrations with `outputs` "
+                    f"(e.g. outputs={conc!r})"
+                )
     da = da.transpose(..., "output", "time").astype(np.float64)
     t = np.asarray(da["time"].values, dtype=float)
     if t.size < 2 or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
@@ -158,7 +200,78 @@ def concentrations(data, outputs=None):
             f"times (h), got {t.size} value(s)"
         )
     da.attrs = {"units": "ng/mL", "long_name": "concentration"}
-    return da
+    return da, jumps
+
+
+#: Attributes of a :func:`pkpd.simulate` concentration variable with the values just before
+#: (left limit) and just after (right limit) each bolus that lies on its time grid.
+BOLUS_ATTRS = ("bolus_times", "pre_bolus", "post_bolus")
+
+
+def _outside_level() -> int:
+    """The `stacklevel` of the first caller outside this module (for the warnings)."""
+    import sys
+
+    f, level = sys._getframe(1), 1
+    while f is not None and f.f_globals.get("__name__") == __name__:
+        f, level = f.f_back, level + 1
+    return level
+
+
+def _bolus_limits(data, da):
+    """Left and right limits at the boluses on the grid, as recorded by the simulators.
+
+    A stored value at a bolus time is one of the two (the one after the bolus, unless the
+    bolus lies a rounding error after the grid point); the integrals need the left limit
+    at the end of the interval before the bolus and the right limit at the start of the
+    next. Sources: the attributes :data:`BOLUS_ATTRS` of single-patient variables, and the
+    ``trajectory_bolus_time``, ``trajectory_pre_bolus``, ``trajectory_post_bolus``
+    variables of a cohort. None if there are none.
+    """
+    import xarray as xr
+
+    if isinstance(data, xr.Dataset) and "trajectory" in data.data_vars:
+        if "trajectory_pre_bolus" not in data.data_vars:
+            if "trajectory_bolus_limits" in data.attrs:
+                note = data.attrs["trajectory_bolus_limits"]
+                warnings.warn(
+                    f"`data`: the left limits at boluses are {note}: integrals over intervals "
+                    "ending at such a bolus use the value after it "
+                    "(error O(h)); put the boluses off the grid or simulate single patients",
+                    MetricsWarning,
+                    stacklevel=_outside_level(),
+                )
+            return None
+        return xr.Dataset(
+            {
+                "t": data["trajectory_bolus_time"],
+                "left": data["trajectory_pre_bolus"].rename(traj_output="output"),
+                "right": data["trajectory_post_bolus"].rename(traj_output="output"),
+            }
+        )
+    if isinstance(data, xr.Dataset):
+        srcs = {str(o): data[str(o)].attrs for o in da["output"].values}
+    elif "output" in da.dims and da.sizes["output"] == 1:
+        srcs = {str(da["output"].values[0]): data.attrs}
+    else:
+        return None
+    srcs = {k: a for k, a in srcs.items() if all(x in a for x in BOLUS_ATTRS)}
+    if not srcs:
+        return None
+    vals = {
+        k: [np.atleast_1d(np.asarray(a[x], dtype=float)) for x in BOLUS_ATTRS]
+        for k, a in srcs.items()
+    }
+    nb = max(v[0].size for v in vals.values())
+    arr = np.full((3, len(vals), nb), np.nan)
+    for i, v in enumerate(vals.values()):
+        for j in range(3):
+            arr[j, i, : v[j].size] = v[j]
+    dims = ("output", "bolus")
+    return xr.Dataset(
+        {k: (dims, arr[j]) for j, k in enumerate(("t", "left", "right"))},
+        coords={"output": list(vals)},
+    )
 
 
 def _check_units(da, name):
@@ -240,14 +353,49 @@ def _concentration_level(spec, arg: str) -> float:
 
 
 class _Rows:
-    """`da` (..., output, time) as a (rows, n_time) array, and the way back."""
+    """`da` (..., output, time) as a (rows, n_time) array, and the way back; with `jumps`
+    (from :func:`_concentrations`), the left and right limits at boluses on the grid."""
 
-    def __init__(self, da):
+    def __init__(self, da, jumps=None):
         self.da = da
         self.t = np.asarray(da["time"].values, dtype=float)
         self.template = da.isel(time=0, drop=True)
         self.shape = self.template.shape
         self.c = np.ascontiguousarray(da.values.reshape(-1, self.t.size))
+        self.n = self.c.shape[0]
+        self.jump_rows = np.zeros(0, dtype=np.int64)
+        if jumps is not None and jumps.sizes.get("bolus", 0) > 0:
+            dims = (*self.template.dims, "bolus")
+            flat = [
+                np.asarray(
+                    jumps[k].broadcast_like(self.template).transpose(*dims).values, dtype=float
+                ).reshape(self.n, -1)
+                for k in ("t", "left", "right")
+            ]
+            tb, left, right = flat
+            # A bolus "on the grid" is within the grid's own rounding of a grid time.
+            j = np.clip(np.searchsorted(self.t, tb), 1, self.t.size - 1)
+            j = np.where(np.abs(self.t[j - 1] - tb) < np.abs(self.t[j] - tb), j - 1, j)
+            tol = 1e-9 * np.maximum(1.0, np.abs(self.t[j]))
+            ok = np.isfinite(tb) & np.isfinite(left) & np.isfinite(right)
+            with np.errstate(invalid="ignore"):
+                ok &= np.abs(self.t[j] - tb) <= tol
+            r, k = np.nonzero(ok)
+            self.jump_rows, self.jump_cols = r, j[r, k]
+            self.jump_left, self.jump_right = left[r, k], right[r, k]
+
+    def limits(self, s: slice):
+        """``(right, left)`` limits of rows `s` at every grid time: the stored values, but
+        after and before each bolus on the grid (the same arrays where there is none)."""
+        c = self.c[s]
+        m = (self.jump_rows >= s.start) & (self.jump_rows < s.stop)
+        if not m.any():
+            return c, c
+        r, k = self.jump_rows[m] - s.start, self.jump_cols[m]
+        cr, cl = c.copy(), c.copy()
+        cr[r, k] = self.jump_right[m]
+        cl[r, k] = self.jump_left[m]
+        return cr, cl
 
     def bound(self, value, arg: str) -> np.ndarray:
         """A scalar or DataArray time broadcast to one value per row, checked in range."""
@@ -292,7 +440,7 @@ class _Rows:
 
 def _window(rows: _Rows, window, events, arg: str):
     if window is None:
-        return np.full(rows.c.shape[0], rows.t[0]), np.full(rows.c.shape[0], rows.t[-1])
+        return np.full(rows.n, rows.t[0]), np.full(rows.n, rows.t[-1])
     if not isinstance(window, tuple | list) or len(window) != 2:
         raise MetricsError(f"`{arg}`: expected a (start, end) pair of times, got {window!r}")
     a = rows.bound(_time(window[0], f"{arg}[0]", events), f"{arg}[0]")
@@ -308,27 +456,30 @@ def _window(rows: _Rows, window, events, arg: str):
 # ----------------------------------------------------------------------------- numerics
 
 
-def _segment(t, c, x):
-    """Interval index of each x (per row) and its end values."""
+def _segment(t, cr, cl, x):
+    """Interval index of each x (per row) and its end values: the right limit at its start
+    and the left limit at its end (they differ from the stored value at a bolus only)."""
     idx = np.clip(np.searchsorted(t, x, side="right") - 1, 0, t.size - 2)
-    r = np.arange(c.shape[0])
-    return idx, c[r, idx], c[r, idx + 1]
+    r = np.arange(cr.shape[0])
+    return idx, cr[r, idx], cl[r, idx + 1]
 
 
-def _interp(t, c, x):
-    """Linear interpolant of each row of `c` at its own time `x` (rows,)."""
-    idx, c0, c1 = _segment(t, c, x)
+def _interp(t, cr, cl, x):
+    """Linear interpolant of each row at its own time `x` (rows,); at a grid time the value
+    there (the right limit, after a bolus)."""
+    idx, c0, c1 = _segment(t, cr, cl, x)
     w = (x - t[idx]) / (t[idx + 1] - t[idx])
-    return c0 + w * (c1 - c0)
+    return np.where(x >= t[-1], cr[:, -1], c0 + w * (c1 - c0))
 
 
-def _interp_log(t, c, x):
+def _interp_log(t, cr, cl, x):
     """Log-linear interpolant where the concentration falls (both ends > 0), else linear."""
-    idx, c0, c1 = _segment(t, c, x)
+    idx, c0, c1 = _segment(t, cr, cl, x)
     w = (x - t[idx]) / (t[idx + 1] - t[idx])
     with np.errstate(divide="ignore", invalid="ignore"):
         lg = c0 * np.power(c1 / c0, w)
-    return np.where(_log_mask(c0, c1), lg, c0 + w * (c1 - c0))
+    out = np.where(_log_mask(c0, c1), lg, c0 + w * (c1 - c0))
+    return np.where(x >= t[-1], cr[:, -1], out)
 
 
 def _log_mask(c0, c1):
@@ -336,25 +487,25 @@ def _log_mask(c0, c1):
         return (c1 < c0) & (c1 > 0) & (c0 > 0)
 
 
-def _cumulative(t, c, method):
+def _cumulative(t, cr, cl, method):
     """Cumulative integral of the interpolant at the grid times, (rows, n_time)."""
     h = np.diff(t)
-    c0, c1 = c[:, :-1], c[:, 1:]
+    c0, c1 = cr[:, :-1], cl[:, 1:]
     seg = h * (c0 + c1) / 2.0
     if method == "log-down":
         m = _log_mask(c0, c1)
         with np.errstate(divide="ignore", invalid="ignore"):
             logseg = h * (c0 - c1) / np.log(c0 / c1)
         seg = np.where(m, logseg, seg)
-    out = np.zeros_like(c)
+    out = np.zeros_like(cr)
     np.cumsum(seg, axis=1, out=out[:, 1:])
     return out
 
 
-def _integral_to(t, c, cum, x, method):
+def _integral_to(t, cr, cl, cum, x, method):
     """Integral of the interpolant from t[0] to x (rows,)."""
-    idx, c0, c1 = _segment(t, c, x)
-    r = np.arange(c.shape[0])
+    idx, c0, c1 = _segment(t, cr, cl, x)
+    r = np.arange(cr.shape[0])
     h = t[idx + 1] - t[idx]
     dx = x - t[idx]
     w = dx / h
@@ -370,13 +521,13 @@ def _integral_to(t, c, cum, x, method):
     return cum[r, idx] + part
 
 
-def _time_above_rows(t, c, a, b, level):
+def _time_above_rows(t, cr, cl, a, b, level):
     """Time with c >= level in [a, b] per row, linear interpolant (rows,)."""
     t0, t1 = t[:-1], t[1:]
     h = t1 - t0
     u = np.clip(t0[None, :], a[:, None], b[:, None])
     v = np.clip(t1[None, :], a[:, None], b[:, None])
-    c0, c1 = c[:, :-1], c[:, 1:]
+    c0, c1 = cr[:, :-1], cl[:, 1:]
     cu = c0 + (u - t0) / h * (c1 - c0)
     cv = c0 + (v - t0) / h * (c1 - c0)
     dt = v - u
@@ -387,7 +538,7 @@ def _time_above_rows(t, c, a, b, level):
     res = np.where((p >= 0) & (q >= 0), dt, np.where((p > 0) | (q > 0), part, 0.0))
     res = np.where(dt > 0, res, 0.0)
     out = res.sum(axis=1)
-    out[np.isnan(c).any(axis=1)] = np.nan
+    out[np.isnan(cr).any(axis=1)] = np.nan
     return out
 
 
@@ -422,24 +573,26 @@ def tmax(data, window=None, *, outputs=None, events=None):
 
 
 def _peak(data, window, outputs, events):
-    da = concentrations(data, outputs)
-    rows = _Rows(da)
+    da, jumps = _concentrations(data, outputs)
+    rows = _Rows(da, jumps)
     ev = _events(data, events)
     a, b = _window(rows, window, ev, "window")
-    t, c = rows.t, rows.c
-    cm = np.empty(c.shape[0])
-    tm = np.empty(c.shape[0])
+    t = rows.t
+    cm = np.empty(rows.n)
+    tm = np.empty(rows.n)
     for s in rows.chunks():
-        ca, cb = _interp(t, c[s], a[s]), _interp(t, c[s], b[s])
+        cr, cl = rows.limits(s)
+        ca, cb = _interp(t, cr, cl, a[s]), _interp(t, cr, cl, b[s])
         inside = (t[None, :] >= a[s, None]) & (t[None, :] <= b[s, None])
-        vals = np.concatenate([ca[:, None], np.where(inside, c[s], -np.inf), cb[:, None]], 1)
+        # At a bolus on the grid the value at t is the one after it (the right limit).
+        vals = np.concatenate([ca[:, None], np.where(inside, cr, -np.inf), cb[:, None]], 1)
         times = np.concatenate(
             [a[s, None], np.broadcast_to(t, (vals.shape[0], t.size)), b[s, None]], 1
         )
         k = np.argmax(vals, axis=1)  # first occurrence = earliest time (times are sorted)
         r = np.arange(vals.shape[0])
         cm[s], tm[s] = vals[r, k], times[r, k]
-        nan = np.isnan(c[s]).any(axis=1)
+        nan = np.isnan(cr).any(axis=1)
         cm[s][nan] = np.nan
         tm[s][nan] = np.nan
     note = {"window": _window_text(window, t)}
@@ -494,18 +647,19 @@ def auc(data, windows=None, *, method="log-down", outputs=None, events=None):
 
     if method not in AUC_METHODS:
         raise MetricsError(f"`method`: {method!r}; expected one of {', '.join(AUC_METHODS)}")
-    da = concentrations(data, outputs)
-    rows = _Rows(da)
+    da, jumps = _concentrations(data, outputs)
+    rows = _Rows(da, jumps)
     ev = _events(data, events)
     win = _windows(windows, rows.t)
     cols = []
     for name, w in win.items():
         a, b = _window(rows, w, ev, f"windows.{name}")
-        out = np.empty(rows.c.shape[0])
+        out = np.empty(rows.n)
         for s in rows.chunks():
-            cum = _cumulative(rows.t, rows.c[s], method)
-            out[s] = _integral_to(rows.t, rows.c[s], cum, b[s], method) - _integral_to(
-                rows.t, rows.c[s], cum, a[s], method
+            cr, cl = rows.limits(s)
+            cum = _cumulative(rows.t, cr, cl, method)
+            out[s] = _integral_to(rows.t, cr, cl, cum, b[s], method) - _integral_to(
+                rows.t, cr, cl, cum, a[s], method
             )
         cols.append(rows.back(out, "auc", {}))
     res = xr.concat(cols, dim="window").assign_coords(window=list(win))
@@ -568,17 +722,18 @@ def time_below(data, thresholds, window=None, *, outputs=None, events=None):
 def _time_vs(data, thresholds, window, outputs, events, above):
     import xarray as xr
 
-    da = concentrations(data, outputs)
+    da, jumps = _concentrations(data, outputs)
     names = [str(o) for o in da["output"].values]
     thr = _thresholds(thresholds, names)
     ev = _events(data, events)
     cols = []
     for o, level, _ in thr:
-        rows = _Rows(da.sel(output=o))
+        jo = jumps.sel(output=o) if jumps is not None and "output" in jumps.dims else jumps
+        rows = _Rows(da.sel(output=o), jo)
         a, b = _window(rows, window, ev, "window")
-        out = np.empty(rows.c.shape[0])
+        out = np.empty(rows.n)
         for s in rows.chunks():
-            out[s] = _time_above_rows(rows.t, rows.c[s], a[s], b[s], level)
+            out[s] = _time_above_rows(rows.t, *rows.limits(s), a[s], b[s], level)
         if not above:
             out = (b - a) - out
         cols.append(rows.back(out, "t", {}).drop_vars("output", errors="ignore"))
@@ -618,15 +773,15 @@ def conc_at(data, times, *, outputs=None, events=None):
         items = {str(x): x for x in times}
     if not items:
         raise MetricsError("`times`: no time given")
-    da = concentrations(data, outputs)
-    rows = _Rows(da)
+    da, jumps = _concentrations(data, outputs)
+    rows = _Rows(da, jumps)
     ev = _events(data, events)
     cols = []
     for name, x in items.items():
         tx = rows.bound(_time(x, f"times.{name}", ev), f"times.{name}")
-        out = np.empty(rows.c.shape[0])
+        out = np.empty(rows.n)
         for s in rows.chunks():
-            out[s] = _interp(rows.t, rows.c[s], tx[s])
+            out[s] = _interp(rows.t, *rows.limits(s), tx[s])
         cols.append(rows.back(out, "c_at", {}))
     res = xr.concat(cols, dim="at").assign_coords(at=list(items)).transpose(..., "at")
     res.name = "c_at"
@@ -678,27 +833,28 @@ def decrement_time(
         if not 0.0 < float(fraction) < 1.0:
             raise MetricsError(f"`fraction`: must lie in (0, 1), got {fraction!r}")
     level_abs = _concentration_level(below, "below") if below is not None else None
-    da = concentrations(data, outputs)
-    rows = _Rows(da)
+    da, jumps = _concentrations(data, outputs)
+    rows = _Rows(da, jumps)
     ev = _events(data, events)
     s_all = rows.bound(_time(stop, "stop", ev), "stop")
     t = rows.t
-    out = np.empty(rows.c.shape[0])
+    out = np.empty(rows.n)
     for sl in rows.chunks():
-        c, s = rows.c[sl], s_all[sl]
-        cs = (_interp_log if interpolation == "log" else _interp)(t, c, s)
-        level = np.full(c.shape[0], level_abs) if fraction is None else float(fraction) * cs
+        (cr, cl), s = rows.limits(sl), s_all[sl]
+        cs = (_interp_log if interpolation == "log" else _interp)(t, cr, cl, s)
+        level = np.full(cr.shape[0], level_abs) if fraction is None else float(fraction) * cs
         valid = t[None, :] > s[:, None]
+        # A grid point ends the interval before it: its left limit (before a bolus there).
         with np.errstate(invalid="ignore"):
-            under = valid & (c < level[:, None])
+            under = valid & (cl < level[:, None])
         found = under.any(axis=1)
         j = np.argmax(under, axis=1)
-        r = np.arange(c.shape[0])
+        r = np.arange(cr.shape[0])
         jm = np.maximum(j - 1, 0)
         prev_on_grid = (j > 0) & valid[r, jm]
         tp = np.where(prev_on_grid, t[jm], s)
-        cp = np.where(prev_on_grid, c[r, jm], cs)
-        tj, cj = t[j], c[r, j]
+        cp = np.where(prev_on_grid, cr[r, jm], cs)
+        tj, cj = t[j], cl[r, j]
         with np.errstate(divide="ignore", invalid="ignore"):
             if interpolation == "log":
                 ok = cj > 0
@@ -709,7 +865,7 @@ def decrement_time(
         res = np.where(cs < level, 0.0, res)
         if fraction is not None:
             res = np.where(cs > 0, res, np.nan)
-        res[np.isnan(c).any(axis=1)] = np.nan
+        res[np.isnan(cr).any(axis=1)] = np.nan
         out[sl] = res
     how = f"below {level_abs:g} ng/mL" if fraction is None else f"below {fraction:g} x c(stop)"
     return rows.back(
@@ -773,7 +929,7 @@ def s_ketamine_equivalent(data, potency_factor, source, *, parent="cp", metaboli
         )
     if not isinstance(source, str) or not source.strip():
         raise MetricsError(f"`source`: say where the potency factor comes from, got {source!r}")
-    da = concentrations(data)
+    da, jumps = _concentrations(data)
     names = [str(o) for o in da["output"].values]
     if metabolite is None:
         cands = [o for o in names if o.startswith("cp_nor")]
@@ -796,6 +952,18 @@ def s_ketamine_equivalent(data, potency_factor, source, *, parent="cp", metaboli
         "potency_factor_source": source.strip(),
         "potency_factor_provenance": "user-supplied (no published factor found)",
     }
+    if jumps is not None and set(jumps.dims) == {"output", "bolus"}:
+        # One patient: the limits at boluses combine as the concentrations do.
+        jp, jm = jumps.sel(output=parent), jumps.sel(output=metabolite)
+        if np.array_equal(jp["t"].values, jm["t"].values, equal_nan=True):
+            ok = np.isfinite(jp["t"].values)
+            res.attrs.update(
+                {
+                    "bolus_times": jp["t"].values[ok],
+                    "pre_bolus": (jp["left"] + f * jm["left"]).values[ok],
+                    "post_bolus": (jp["right"] + f * jm["right"]).values[ok],
+                }
+            )
     return res
 
 

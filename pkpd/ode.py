@@ -946,4 +946,15 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
         Y[:, ode.n_states],
         {"units": "mg", "long_name": "cumulative amount administered"},
     )
+    from .simulate import _record_bolus_limits
+
+    p = ode.parameter_vector(theta, covariates)
+    bmap = ode.bolus_map()
+    scale = np.array([MG_L_TO_NG_ML if o.concentration else 1.0 for o in ode.outputs])
+
+    def shifted(idx, dose):
+        Ys = Y[idx] + dose[:, None] * bmap[None, :]
+        return ode.evaluate_outputs(t[idx], Ys, p) * scale[None, :]
+
+    _record_bolus_limits(data, [o.name for o in ode.outputs], t, ev, shifted)
     return data, attrs

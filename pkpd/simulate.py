@@ -215,6 +215,14 @@ def simulate(
     if spec.is_linear:
         X, C, solver_attrs = _solve(spec, theta, ev, t, method, rtol, atol)
         data = _linear_variables(spec, X, C)
+        jump = bolus_jumps(spec, theta[None, :])[0]  # ng/mL per mg, (n_out,)
+        names = [o.name for o in spec.outputs]
+        conc = np.stack([data[o][1] for o in names], axis=1)
+
+        def shifted(idx, dose):
+            return conc[idx] + dose[:, None] * jump[None, :]
+
+        _record_bolus_limits(data, names, t, ev, shifted)
     else:
         from .ode import dataset_variables
 
@@ -242,6 +250,80 @@ def simulate(
 
         add_pd_variables(ds, bundle)
     return ds
+
+
+def bolus_on_grid(t, ev_t, ev_bolus):
+    """Where the boluses lie on the output grid `t`, within its rounding.
+
+    Parameters
+    ----------
+    t : (n_t,) float64
+        Sorted output times (h).
+    ev_t, ev_bolus : (..., K) float64
+        Event times (h) and bolus amounts (mg).
+
+    Returns
+    -------
+    idx : (..., K) int64
+        Grid index of each bolus, -1 for events that are no bolus or lie off the grid.
+    included, pending : (..., K) float64
+        For each event on the grid, the total bolus (mg) at that grid point that the stored,
+        right-continuous value includes (boluses at or before the grid time), and the total
+        that it does not include yet (boluses a rounding error after it).
+    """
+    ev_t = np.asarray(ev_t, dtype=float)
+    ev_bolus = np.asarray(ev_bolus, dtype=float)
+    # The nearest grid point of each event.
+    j = np.clip(np.searchsorted(t, ev_t), 0, t.size - 1)
+    jm = np.maximum(j - 1, 0)
+    j = np.where(np.abs(t[jm] - ev_t) < np.abs(t[j] - ev_t), jm, j)
+    tol = 1e-9 * np.maximum(1.0, np.abs(t[j]))
+    with np.errstate(invalid="ignore"):
+        on = (ev_bolus != 0.0) & (np.abs(t[j] - ev_t) <= tol)
+    idx = np.where(on, j, -1)
+    inc = np.where(on & (ev_t <= t[j]), ev_bolus, 0.0)
+    pend = np.where(on & (ev_t > t[j]), ev_bolus, 0.0)
+    same = (idx[..., :, None] == idx[..., None, :]) & on[..., None, :]
+    return idx, (same * inc[..., None, :]).sum(-1), (same * pend[..., None, :]).sum(-1)
+
+
+def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
+    """Jump of each output (ng/mL) per mg of bolus, ``(n, n_out)``, for a linear model.
+
+    A bolus adds to the dose compartment only (:func:`pkpd.solvers.linear_system.fill_system`:
+    ``b[dose] = 1``), so the outputs read from that compartment jump by ``1 / V`` (or 1
+    when the state is itself a concentration) and the others are continuous.
+    """
+    d = spec.dose_index
+    comp = spec.outputs_i[:, 0]
+    is_state = spec.outputs_i[:, 1] == 1
+    theta = np.atleast_2d(np.asarray(theta, dtype=float))
+    v = spec.comps_i[d, 0]
+    per_v = 1.0 / theta[:, v] if v >= 0 else np.full(theta.shape[0], np.nan)
+    per_mg = np.where(is_state[None, :], 1.0, per_v[:, None])
+    return np.where((comp == d)[None, :], per_mg, 0.0) * MG_L_TO_NG_ML
+
+
+def _record_bolus_limits(data, names, t, ev, shifted):
+    """Attributes :data:`pkpd.metrics.BOLUS_ATTRS` on each output of `data`.
+
+    `shifted(idx, dose)` gives the outputs (ng/mL, ``(len(idx), n_out)``) at grid points
+    `idx` after adding `dose` mg of bolus to the stored state (negative: taking it away).
+    The stored value at a bolus time is the right limit (unless the bolus lies a rounding
+    error after the grid point); :mod:`pkpd.metrics` needs the left limit too.
+    """
+    idx, inc, pend = bolus_on_grid(t, ev.t, ev.bolus)
+    idx, first = np.unique(idx, return_index=True)
+    keep = idx >= 0
+    idx, first = idx[keep], first[keep]
+    if idx.size == 0:
+        return
+    left = shifted(idx, -inc[first])
+    right = shifted(idx, pend[first])
+    for i, o in enumerate(names):
+        data[o][2].update(
+            {"bolus_times": t[idx].copy(), "pre_bolus": left[:, i], "post_bolus": right[:, i]}
+        )
 
 
 def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):
