@@ -856,7 +856,7 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     and its counters. `method` ``"auto"`` is Dopri5, or Rodas4 when the file says
     ``stiff = true`` or Dopri5 detects stiffness.
     """
-    from .solvers import STATUS_MESSAGES, STATUS_OK, STATUS_STIFF
+    from .solvers import STATUS_MESSAGES, STATUS_OK, STATUS_OUTPUT_NONFINITE, STATUS_STIFF
     from .solvers import registry as reg
 
     ode = spec.ode
@@ -889,7 +889,16 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
             f"{spec.file or spec.name}: {reg.SOLVERS[chosen].method} failed (status {status}): "
             f"{STATUS_MESSAGES.get(status, 'unknown status')}"
         )
-    return Y, ode.evaluate_outputs(t, Y, p), solver_attrs(chosen, rtol, atol, stats, note)
+    O = ode.evaluate_outputs(t, Y, p)
+    bad = ~np.isfinite(O)
+    if bad.any():
+        r, j = (int(i[0]) for i in np.nonzero(bad))
+        raise SimulationError(
+            f"{spec.file or spec.name}: output `{ode.outputs[j].name}` = "
+            f"{ode.outputs[j].text!r} is {O[r, j]} at t = {t[r]:g} h "
+            f"(status {STATUS_OUTPUT_NONFINITE}): {STATUS_MESSAGES[STATUS_OUTPUT_NONFINITE]}"
+        )
+    return Y, O, solver_attrs(chosen, rtol, atol, stats, note)
 
 
 def solver_attrs(method: str, rtol, atol, stats: dict, note: str = "") -> dict:
