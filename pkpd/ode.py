@@ -34,7 +34,8 @@ The generated module is written atomically (temporary file + :func:`os.replace`)
 text, which includes a hash of the solver sources, and imported from there; its
 functions are ``numba.njit(cache=True)``, so a second process loads machine code from
 numba's cache instead of compiling. An existing file is never rewritten (numba checks the
-source file's time stamp).
+source file's time stamp). The cache is trusted code (:mod:`pkpd.cache`): its folders and
+files must be private to the user, or nothing is loaded from it.
 
 Augmented state: ``y = [states..., dose_given, auc_<output> for each concentration
 output]``, so dose given and exposure are integrated by the same solver.
@@ -57,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cache
 from .errors import ModelError, SimulationError
 
 __all__ = ["FUNCTIONS", "OdeSystem", "cache_dir", "ode_spec_from_dict", "parse_expression"]
@@ -114,9 +116,7 @@ _NODE_WORDS = {
 
 def cache_dir() -> Path:
     """Folder of generated model code: ``$PKPD_CACHE_DIR/ode`` or ``~/.cache/ketamine-pkpd/ode``."""
-    base = os.environ.get("PKPD_CACHE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "ketamine-pkpd"
-    return root / "ode"
+    return cache.cache_root() / "ode"
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -599,15 +599,19 @@ def _import_generated(source: str, digest: str):
     with _LOCK:
         if name in _MODULES:
             return _MODULES[name]
-        folder = cache_dir()
+        # The cache is trusted code (see pkpd.cache): private folders, checked before use;
+        # numba's __pycache__ is created here so that it is private too.
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = cache.private_folder("ode")
+            cache.private_folder("ode", "__pycache__")
         except OSError as exc:
             raise ModelError(
-                f"cannot create the model code cache {folder} ({exc}); set PKPD_CACHE_DIR "
-                "to a writable folder"
+                f"cannot create the model code cache {cache_dir()} ({exc}); set "
+                "PKPD_CACHE_DIR to a writable folder"
             ) from None
         path = folder / f"{name}.py"
+        if os.path.lexists(path):
+            cache.check_private_file(path)
         if not path.exists() or path.read_text() != source:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
             try:
@@ -622,6 +626,7 @@ def _import_generated(source: str, digest: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        cache.check_numba_cache(module, name)
         _MODULES[name] = module
         return module
 

@@ -420,3 +420,125 @@ def test_second_process_loads_generated_code_from_the_cache(tmp_path):
     assert first["misses"] == 1 and first["hits"] == 0
     assert second["hits"] == 1 and second["misses"] == 0
     assert second["cp"] == first["cp"]
+
+
+# ----------------------------------------------------------------------------- cache trust
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache root (not created yet) and no generated module imported in-process."""
+    import pkpd.ode
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("PKPD_CACHE_DIR", str(root))
+    monkeypatch.setattr(pkpd.ode, "_MODULES", {})
+    return root
+
+
+def _module_name(spec):
+    import hashlib
+
+    return "pkpd_ode_" + hashlib.sha256(spec.ode.generate().encode()).hexdigest()[:20]
+
+
+def test_cache_folders_are_created_private_and_load(fresh_cache):
+    """A normal (0700, own) cache works; importing does not compile (no call is made)."""
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    module = spec.ode.module()
+    assert module.__file__ == str(fresh_cache / "ode" / f"{_module_name(spec)}.py")
+    for d in (fresh_cache, fresh_cache / "ode", fresh_cache / "ode" / "__pycache__"):
+        assert (d.stat().st_mode & 0o777) == 0o700, d
+    assert (fresh_cache / "ode" / f"{_module_name(spec)}.py").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("where", "mode"), [("", 0o777), ("", 0o775), ("ode", 0o757)])
+def test_cache_writable_by_others_is_refused(fresh_cache, where, mode):
+    """numba's index files are pickles loaded before any check: a planted one ran
+    os.system. A folder others can write is refused before anything is imported."""
+    from pkpd.errors import CacheError, PkpdError
+
+    folder = fresh_cache / where if where else fresh_cache
+    folder.mkdir(parents=True)
+    folder.chmod(mode)
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    with pytest.raises(CacheError) as ei:
+        spec.ode.module()
+    assert isinstance(ei.value, PkpdError)
+    msg = str(ei.value)
+    assert msg.startswith(f"code cache {folder}: writable by group or others (mode {mode:o})")
+    assert "\n" not in msg
+    assert not (fresh_cache / "ode" / f"{_module_name(spec)}.py").exists()
+
+
+def test_cache_owned_by_another_user_is_refused(fresh_cache, monkeypatch):
+    from pkpd.errors import CacheError
+
+    fresh_cache.mkdir(mode=0o700)
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    with pytest.raises(CacheError, match=rf"code cache {fresh_cache}: owned by user id {uid}, "):
+        _spec(_toml("fanta2015_mm_s_ketamine")).ode.module()
+
+
+def test_planted_numba_index_is_refused_before_it_is_loaded(fresh_cache, monkeypatch, tmp_path):
+    """A pickled index that others could write (or that another user owns) is not read."""
+    import pickle
+
+    from pkpd.errors import CacheError
+
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    pyc = fresh_cache / "ode" / "__pycache__"
+    pyc.mkdir(parents=True)
+    pyc.chmod(0o755)  # enterable by others: a group-writable file in it is writable by them
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    index = pyc / f"{_module_name(spec)}.rhs-1.py311.nbi"
+    index.write_bytes(pickle.dumps(Payload()))
+    index.chmod(0o666)
+    with pytest.raises(CacheError, match=rf"{index}: writable by group or others \(mode 666\)"):
+        spec.ode.module()
+    # Owned by someone else (stat result rewritten: chown needs privileges).
+    index.chmod(0o644)
+    real_lstat = os.lstat
+
+    def lstat(path, *a, **k):
+        st = real_lstat(path, *a, **k)
+        if str(path) == str(index):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink,
+                                   st.st_uid + 1, *st[5:]))  # fmt: skip
+        return st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    import pkpd.ode
+
+    monkeypatch.setattr(pkpd.ode, "_MODULES", {})
+    with pytest.raises(CacheError, match=rf"{index}: owned by user id"):
+        _spec(_toml("fanta2015_mm_s_ketamine")).ode.module()
+    assert not marker.exists()
+
+
+def test_cli_refuses_an_open_cache_in_one_line(fresh_cache):
+    fresh_cache.mkdir()
+    fresh_cache.chmod(0o777)
+    path = models_dir() / "fanta2015_mm_s_ketamine.toml"
+    r = CliRunner().invoke(main, ["simulate", str(path), "20 mg bolus at 0 h", "--until", "1h"])
+    assert r.exit_code == 2
+    assert r.output.startswith(f"pkpd: error: code cache {fresh_cache}: writable by group")
+    assert r.output.count("\n") == 1
+
+
+def test_specialised_cohort_kernels_share_the_cache_rule(fresh_cache, monkeypatch):
+    """The exact cohort kernel's generated copies live in the same cache (``kernels/``)."""
+    import pkpd.kernels
+    from pkpd.errors import CacheError
+
+    monkeypatch.setattr(pkpd.kernels, "_SPECIALISED", {})
+    (fresh_cache / "kernels").mkdir(parents=True)
+    (fresh_cache / "kernels").chmod(0o777)
+    with pytest.raises(CacheError, match=rf"code cache {fresh_cache / 'kernels'}: writable by"):
+        pkpd.kernels.kernel_for(7)
