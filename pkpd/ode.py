@@ -77,7 +77,16 @@ FUNCTIONS: dict[str, tuple[str, int | None]] = {
 TIME = "t"
 RATE = "rate"
 RESERVED = {TIME, RATE, *FUNCTIONS, "e", "pi", "inf", "nan"}
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Dataset variables a simulation generates besides the outputs (see
+#: :func:`dataset_variables`): an output may not take these names or prefixes.
+GENERATED_NAMES = frozenset({"time", "dose_given"})
+GENERATED_PREFIXES = ("auc_", "state_")
+# ASCII only, matched whole (``fullmatch``: ``$`` would accept a trailing newline).
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: Deepest nesting of an equation (a chain ``a + b + c`` nests one level per operator).
+#: The generated source adds at most two parentheses per level, and Python's parser
+#: stops at 200 nested parentheses.
+MAX_DEPTH = 80
 
 _BINOPS = {
     ast.Add: "+",
@@ -169,10 +178,26 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
         return repr(float(text)), set()
     if not text.strip():
         raise err("empty expression")
+    if not text.isascii():
+        # Python's parser NFKC-normalises identifiers ('ℂL' reads as 'CL'): what runs
+        # would not be the text a reviewer reads.
+        i, ch = next((i, c) for i, c in enumerate(text) if not c.isascii())
+        raise err(
+            f"non-ASCII character {ch!r} (U+{ord(ch):04X}) at position {i} of "
+            f"{_short(text)!r}: equations are written in ASCII"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise err(f"cannot parse {text!r}: {exc.msg}") from None
+        raise err(f"cannot parse {_short(text)!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise err(f"{_short(text)!r} is nested too deeply to parse") from None
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise err(
+            f"{_short(text)!r} nests {depth} levels deep (each operator of a chain such as "
+            f"'a + b + c' is one level); at most {MAX_DEPTH}: split it into intermediates"
+        )
     # Names first, so the offending name is reported even inside a forbidden construct
     # (``__import__('os').system`` names ``__import__``).
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
@@ -202,7 +227,16 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
             v = node.value
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise err(f"constant {v!r} is not allowed (only numbers); allowed: {allowed_words}")
-            return repr(float(v))
+            try:
+                f = float(v)
+            except OverflowError:  # an integer literal beyond the float range
+                f = math.inf
+            if not math.isfinite(f):  # 1e999 parses as inf
+                raise err(
+                    f"the number {_short(name_of(node))!r} is not a finite float "
+                    "(at most about 1.8e308)"
+                )
+            return repr(f)
         if isinstance(node, ast.Name):
             nm = node.id
             if nm.startswith("_") or nm not in known:
@@ -264,6 +298,37 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
         raise err(f"{word} is not allowed ({name_of(node)!r}); allowed: {allowed_words}")
 
     return walk(tree.body), used
+
+
+def _is_concentration_unit(unit: str) -> bool:
+    """True when `unit` reads as a mass or molar concentration (``ng/mL``, ``nmol/L``)."""
+    from .errors import UnitError
+    from .units import parse_quantity
+
+    try:
+        parse_quantity(f"1 {unit}", "concentration", molar_mass=1.0)
+    except UnitError:
+        return False
+    return True
+
+
+def _short(text: str, n: int = 60) -> str:
+    """`text` for a one-line message: at most about `n` characters."""
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def _depth(tree) -> int:
+    """Nesting depth of the expressions in `tree`, without recursion (a deep tree would
+    exhaust the interpreter's stack)."""
+    deepest = 0
+    todo = [(tree, 0)]
+    while todo:
+        node, d = todo.pop()
+        if isinstance(node, ast.expr):
+            d += 1
+            deepest = max(deepest, d)
+        todo.extend((c, d) for c in ast.iter_child_nodes(node))
+    return deepest
 
 
 # ----------------------------------------------------------------------------- the system
@@ -650,7 +715,7 @@ def _read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
     taken: dict[str, str] = {}
 
     def claim(name, key):
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ctx.err(key, f"{name!r} is not a valid name (letters, digits, _; a letter first)")
         if name in RESERVED:
             raise ctx.err(key, f"{name!r} is reserved ({', '.join(sorted(RESERVED))})")
@@ -734,12 +799,25 @@ def _read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
     outputs = []
     for o, key, d in ctx.entries(outs_t, "ode.outputs", "expected a table with `expression`"):
         ctx.keys(d, key, {"expression", "concentration", "unit", "long_name"}, {"expression"})
-        if not _NAME_RE.match(o):
+        if not _NAME_RE.fullmatch(o):
             raise ctx.err(key, f"{o!r} is not a valid output name")
+        if o in GENERATED_NAMES or o.startswith(GENERATED_PREFIXES):
+            raise ctx.err(
+                key,
+                f"{o!r} is taken by a variable the dataset generates (`time`, `dose_given`, "
+                "`auc_<output>`, `state_<state>`); choose another output name",
+            )
         conc = d.get("concentration", False)
         if not isinstance(conc, bool):
             raise ctx.err(f"{key}.concentration", f"expected true or false, got {conc!r}")
         unit = ctx.string(d, key, "unit", required=False, default="")
+        if not conc and unit and _is_concentration_unit(unit):
+            raise ctx.err(
+                f"{key}.unit",
+                f"{unit!r} is a concentration unit but `concentration` is false: set "
+                "`concentration = true` (the expression in mg/L, reported in ng/mL with its "
+                "AUC) or give a unit that is not a concentration",
+            )
         if conc and unit and unit not in ("mg/L", "ng/mL"):
             raise ctx.err(
                 f"{key}.unit",
@@ -807,6 +885,7 @@ def ode_spec_from_dict(cls, data: dict, file):
         if k in data:
             raise ctx.err(k, "a model with an [ode] section writes its structure as equations")
     ctx.keys(data, "", top, {"schema_version", "model", "parameters", "ode"})
+    mdl._check_names(ctx, data)
     meta = cls._read_metadata(ctx, data)
     drug = meta["drug"]
     if "analytes" in data:

@@ -123,6 +123,147 @@ def test_model_errors_name_file_key_and_name():
         _spec(data)
 
 
+def _edited(base, path, value=None, rename=None):
+    """A deep copy of `base` with the entry at `path` set to `value`, or its last key
+    renamed to `rename` (keeping the entry)."""
+    data = copy.deepcopy(base)
+    d = data
+    for k in path[:-1]:
+        d = d[k]
+    if rename is not None:  # in place: order matters (intermediates, states)
+        items = [(rename if k == path[-1] else k, v) for k, v in d.items()]
+        d.clear()
+        d.update(items)
+    else:
+        d[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "new_name", "key"),
+    [
+        (("ode", "states", "peripheral1"), "junk\n", "ode.states.junk\n"),
+        (("ode", "outputs", "cp"), "cp\n", "ode.outputs.cp\n"),
+        (("ode", "intermediates", "cp"), "cp\n", "ode.intermediates.cp\n"),
+        (("parameters", "Km"), "Km\n", "parameters.Km\n"),
+        (("parameters", "Km"), "ℂL", "parameters.ℂL"),
+    ],
+)
+def test_ode_names_are_whole_ascii_identifiers(path, new_name, key):
+    """`$` matched before a final newline: 'junk\\n' reached the generated code
+    (IndentationError) and 'cp\\n' the CSV header."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), path, rename=new_name)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `{key}`: ") and "\n" not in msg.replace(key, "")
+    assert repr(new_name) in msg and "not a valid" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "char"),
+    [
+        ("rate - ℂL * cp - Q2 * (cp - peripheral1 / V2) - Q3 * (cp - peripheral2 / V3)", "ℂ"),
+        ("rate * ｅｘｐ(0) - CL * cp - Q2 * (cp - peripheral1 / V2) - Q3 * cp", "ｅ"),
+    ],
+)
+def test_non_ascii_equations_are_refused(text, char):
+    """Python's parser NFKC-normalises identifiers: 'ℂL' ran as 'CL', 'ｅｘｐ' as 'exp'."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), ("ode", "derivatives", "central"), text)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith("m.toml: `ode.derivatives.central`: non-ASCII character")
+    assert repr(char) in msg and f"U+{ord(char):04X}" in msg
+
+
+@pytest.mark.parametrize(
+    ("path", "new_name", "key"),
+    [
+        (("compartments", "central"), "central\n", "compartments.central\n"),
+        (("analytes", "norketamine"), "nor\n", "analytes.nor\n"),
+        (("parameters", "V1"), "V1\n", "parameters.V1\n"),
+        (("parameters", "V1"), "Ｖ1", "parameters.Ｖ1"),
+    ],
+)
+def test_linear_model_names_are_whole_ascii_identifiers(path, new_name, key):
+    data = _edited(_toml("fanta2015_otto2021"), path, rename=new_name)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    assert str(ei.value).startswith(f"m.toml: `{key}`: {new_name!r} is not a valid name")
+
+
+def test_linear_effect_site_output_name_is_an_identifier():
+    data = _edited(_toml("domino_racemic"), ("compartments", "effect", "output"), "ce\n")
+    with pytest.raises(ModelError, match=r"`compartments.effect.output`: 'ce\\n' is not a valid"):
+        _spec(data)
+
+
+@pytest.mark.parametrize("name", ["dose_given", "auc_cp", "state_central", "time", "auc_x"])
+def test_output_names_of_generated_variables_are_refused(name):
+    """An output named like a generated dataset variable was silently replaced by it."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), ("ode", "outputs", "elimination_rate"),
+                   rename=name)  # fmt: skip
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `ode.outputs.{name}`: {name!r} is taken by a variable")
+
+
+@pytest.mark.parametrize("unit", ["ng/mL", "mg/L", "nmol/L", "ug / mL"])
+def test_concentration_unit_on_a_non_concentration_output_is_refused(unit):
+    """Was accepted, then `pkpd simulate` failed with a KeyError ('auc_<output>')."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"),
+                   ("ode", "outputs", "elimination_rate", "unit"), unit)  # fmt: skip
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `ode.outputs.elimination_rate.unit`: {unit!r} is a conc")
+    assert "concentration = true" in msg
+    # Units that are not concentrations stay free text.
+    for ok in ("mg/h", "NRS 0-10", "1"):
+        data["ode"]["outputs"]["elimination_rate"]["unit"] = ok
+        assert _spec(data).ode.outputs[1].unit == ok
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("1" * 400 + " * V1", "is not a finite float"),  # OverflowError
+        ("V1 * 1e999", "'1e309' is not a finite float"),  # numba TypingError after 40 s
+        ("-1e999", "is not a finite float"),
+        ("1" * 5000, "cannot parse"),  # Python's own int-digits limit
+        (" + ".join(["V1"] * 1000), "nests 1000 levels deep"),  # RecursionError
+        ("-" * 1000 + "V1", "nests 1001 levels deep"),  # RecursionError
+        ("exp(" * 150 + "V1" + ")" * 150, "nests 151 levels deep"),
+        ("(" * 1000 + "V1" + ")" * 1000, "cannot parse"),
+    ],
+)
+def test_huge_literals_and_deep_nesting_are_one_line_errors(text, needle):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError) as ei:
+        parse_expression(text, {"V1"}, file="m.toml", key="ode.derivatives.x")
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(ei.value)
+    assert msg.startswith("m.toml: `ode.derivatives.x`: ") and needle in msg
+    assert "\n" not in msg and len(msg) < 400  # the text is shortened, not repeated
+
+
+def test_the_deepest_accepted_equation_compiles_as_python():
+    """Two parentheses per level in the generated source stay below Python's limit of 200."""
+    from pkpd.ode import MAX_DEPTH
+
+    text = "V1"
+    for _ in range(MAX_DEPTH - 1):
+        text = f"({text} < 1)"  # a comparison: two parentheses per level
+    src, _ = parse_expression(text, {"V1"}, file="m.toml", key="k")
+    compile(f"def f(v_V1):\n    return {src}\n", "<generated>", "exec")
+    with pytest.raises(ModelError, match=f"nests {MAX_DEPTH + 1} levels"):
+        parse_expression(f"({text} < 1)", {"V1"}, file="m.toml", key="k")
+
+
 def test_shipped_nonlinear_models_carry_provenance():
     for name in ("fanta2015_mm_s_ketamine", "s_ketamine_pain_turnover"):
         spec = pkpd.load_model(name)
