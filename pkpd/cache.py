@@ -12,7 +12,7 @@ can write into it can run code as you. So, as pip does for its cache and ssh for
 by the current user and not writable by group or others; otherwise nothing is loaded and
 :class:`~pkpd.errors.CacheError` says which path and why. Folders are created with mode
 0700. (With ``NUMBA_CACHE_DIR`` set, numba's files live there: that folder is checked the
-same way.)
+same way.) The checks use POSIX ownership and mode bits; on Windows they are skipped.
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ def _refuse(path, why: str) -> CacheError:
     )
 
 
+#: Ownership and mode bits are POSIX; elsewhere (Windows ACLs) nothing is checked.
+_POSIX = hasattr(os, "getuid")
+
+
 def _check_owner_mode(path, st) -> None:
+    if not _POSIX:
+        return
     if st.st_uid != os.getuid():
         raise _refuse(path, f"owned by user id {st.st_uid}, not by you (user id {os.getuid()})")
     if st.st_mode & 0o022:
@@ -78,6 +84,8 @@ def check_private_file(path: Path) -> None:
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise _refuse(path, "not a regular file")
+    if not _POSIX:
+        return
     if st.st_uid != os.getuid():
         raise _refuse(path, f"owned by user id {st.st_uid}, not by you (user id {os.getuid()})")
     if st.st_mode & 0o022 and os.stat(path.parent).st_mode & 0o011:
@@ -98,8 +106,12 @@ def check_numba_cache(module, stem: str) -> None:
         if getattr(getattr(obj, "py_func", None), "__module__", None) == module.__name__
         and getattr(getattr(obj, "_cache", None), "_cache_path", None)
     }
+    # numba's default (in-tree) folder too, should its private attributes change.
+    in_tree = Path(module.__file__).parent / "__pycache__"
+    if in_tree.exists():
+        paths.add(in_tree)
     for folder in paths:
         check_private_folder(folder)
-        for entry in os.scandir(folder):
-            if entry.name.startswith(stem + "."):
-                check_private_file(Path(entry.path))
+        for entry in sorted(os.listdir(folder)):
+            if entry.startswith(stem + "."):
+                check_private_file(folder / entry)

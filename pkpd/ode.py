@@ -232,9 +232,9 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
             except OverflowError:  # an integer literal beyond the float range
                 f = math.inf
             if not math.isfinite(f):  # 1e999 parses as inf
+                written = ast.get_source_segment(text.strip(), node) or name_of(node)
                 raise err(
-                    f"the number {_short(name_of(node))!r} is not a finite float "
-                    "(at most about 1.8e308)"
+                    f"the number {_short(written)!r} is not a finite float (at most about 1.8e308)"
                 )
             return repr(f)
         if isinstance(node, ast.Name):

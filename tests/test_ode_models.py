@@ -9,6 +9,7 @@ import sys
 import textwrap
 import tomllib
 
+import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -230,7 +231,7 @@ def test_concentration_unit_on_a_non_concentration_output_is_refused(unit):
     ("text", "needle"),
     [
         ("1" * 400 + " * V1", "is not a finite float"),  # OverflowError
-        ("V1 * 1e999", "'1e309' is not a finite float"),  # numba TypingError after 40 s
+        ("V1 * 1e999", "the number '1e999' is not a finite float"),  # numba TypingError
         ("-1e999", "is not a finite float"),
         ("1" * 5000, "cannot parse"),  # Python's own int-digits limit
         (" + ".join(["V1"] * 1000), "nests 1000 levels deep"),  # RecursionError
@@ -673,6 +674,7 @@ def test_cli_refuses_an_open_cache_in_one_line(fresh_cache):
     assert r.output.count("\n") == 1
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no generated kernels without the JIT")
 def test_specialised_cohort_kernels_share_the_cache_rule(fresh_cache, monkeypatch):
     """The exact cohort kernel's generated copies live in the same cache (``kernels/``)."""
     import pkpd.kernels
