@@ -36,6 +36,10 @@ class SimulationError(PkpdError, RuntimeError):
     """A solver reported a failure (see the status code in the message)."""
 
 
+class CacheError(PkpdError, RuntimeError):
+    """The code cache (``$PKPD_CACHE_DIR``) is not private: another user could plant code."""
+
+
 class MetricsError(PkpdError, ValueError):
     """An exposure-metric request is invalid: unknown output, bad window, threshold or factor."""
 

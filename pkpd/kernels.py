@@ -682,11 +682,9 @@ _MARKER = "    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kern
 
 def cache_dir():
     """Folder for generated kernel sources (``$PKPD_CACHE_DIR`` or ``~/.cache/ketamine-pkpd``)."""
-    import os
-    from pathlib import Path
+    from .cache import cache_root
 
-    d = os.environ.get("PKPD_CACHE_DIR") or os.path.join(Path.home(), ".cache", "ketamine-pkpd")
-    return Path(d)
+    return cache_root()
 
 
 def kernel_for(n_states: int):
@@ -716,10 +714,15 @@ def kernel_for(n_states: int):
     src = src.replace(_MARKER, f"    Nr = {int(n_states)}\n")
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
+    from . import cache
+
     try:
-        folder = cache_dir() / "kernels"
-        folder.mkdir(parents=True, exist_ok=True)
+        # Trusted code: private folders and files, checked before use (see pkpd.cache).
+        folder = cache.private_folder("kernels")
+        cache.private_folder("kernels", "__pycache__")
         path = folder / f"{name}.py"
+        if os.path.lexists(path):
+            cache.check_private_file(path)
         if not path.exists():
             fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -729,6 +732,7 @@ def kernel_for(n_states: int):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        cache.check_numba_cache(module, name)
     except OSError:
         return cohort_kernel
     _SPECIALISED[n_states] = module.cohort_kernel

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START, _update
-from pkpd.solvers import N_STATS, STATUS_OK
+from pkpd.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
 from pkpd.solvers import dopri5 as _dopri5
 from pkpd.solvers import rosenbrock as _rodas
 from pkpd.solvers.linear_rhs import linear_jac, linear_rhs
@@ -122,6 +122,29 @@ def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
 
 
 @_jit_inline
+def _all_finite(a):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if not np.isfinite(a[i, j]):
+                return False
+    return True
+
+
+@_jit_inline
+def _failed(p, cmax, tmax, auc, c_at, t_above):
+    """NaN metrics for failed patient `p` (its status says why)."""
+    for o in range(cmax.shape[1]):
+        cmax[p, o] = np.nan
+        tmax[p, o] = np.nan
+        for w in range(auc.shape[2]):
+            auc[p, o, w] = np.nan
+        for a in range(c_at.shape[2]):
+            c_at[p, o, a] = np.nan
+    for j in range(t_above.shape[1]):
+        t_above[p, j] = np.nan
+
+
+@_jit_inline
 def adaptive_patient(
     solve_patient,
     outputs_into,
@@ -172,7 +195,8 @@ def adaptive_patient(
     pre = np.empty((K, N))
     t_end = grid[grid.shape[0] - 1]
     n_fold = n_out if fold_outputs else 0
-    cm = np.zeros(n_fold)
+    # Running maxima start below every value (an output may be negative throughout).
+    cm = np.full(n_fold, -np.inf)
     tm = np.full(n_fold, grid[0])
     lean = fold_outputs and thr_out.shape[0] == 0 and store_out.shape[0] == 0
     # Rows the metrics read in summary mode: the special rows, sorted.
@@ -207,15 +231,7 @@ def adaptive_patient(
     for j in range(thr_out.shape[0]):
         t_above[p, j] = 0.0
     if st != STATUS_OK:
-        for o in range(n_out):
-            cmax[p, o] = np.nan
-            tmax[p, o] = np.nan
-            for w in range(auc.shape[2]):
-                auc[p, o, w] = np.nan
-            for a in range(c_at.shape[2]):
-                c_at[p, o, a] = np.nan
-        for j in range(thr_out.shape[0]):
-            t_above[p, j] = np.nan
+        _failed(p, cmax, tmax, auc, c_at, t_above)
         return
     O = np.empty((m, n_out))
     if not lean:  # in summary mode only the special rows are read (below)
@@ -241,6 +257,13 @@ def adaptive_patient(
     O_pre = np.zeros((n_ev, n_out))
     if not lean:
         outputs_into(t_pre, Y_pre, P[p], O_pre)
+        # A finite state can still give a non-finite output (log or sqrt of a negative
+        # number, 0/0 in an [ode] output): the patient fails rather than report metrics
+        # that skip those values. (Lean rows are linear maps of the checked state.)
+        if not (_all_finite(O) and _all_finite(O_pre)):
+            status[p] = STATUS_OUTPUT_NONFINITE
+            _failed(p, cmax, tmax, auc, c_at, t_above)
+            return
     auc_start = np.zeros((n_out, auc.shape[2]))
     if fold_outputs:
         for o in range(n_out):
@@ -251,7 +274,7 @@ def adaptive_patient(
         # limit before a bolus just before its row (tight loops between the boluses).
         r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
         for o in range(n_out):
-            cmv = cmax[p, o]
+            cmv = -np.inf  # an output may be negative throughout; every value is finite
             tmv = tmax[p, o]
             start = 0
             for e in range(n_ev + 1):

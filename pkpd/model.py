@@ -163,6 +163,36 @@ class _Ctx:
         return float(v)
 
 
+# Names that become dataset variables and CSV columns (``cp_<analyte>``,
+# ``amount_<compartment>``, ``param_<name>``): ASCII, matched whole (``$`` in a pattern
+# would accept a trailing newline).
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _check_names(ctx: _Ctx, data: dict) -> None:
+    """Refuse analyte, covariate, parameter, compartment, effect-site output and chain names
+    that are not ASCII identifiers (letters, digits, _; a letter first)."""
+
+    def check(name, key):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ctx.err(
+                key, f"{name!r} is not a valid name (ASCII letters, digits, _; a letter first)"
+            )
+
+    for section in ("analytes", "covariates", "parameters", "compartments"):
+        tab = data.get(section)
+        if not isinstance(tab, dict):
+            continue  # missing or malformed: the section's reader says so
+        for name, d in tab.items():
+            check(name, f"{section}.{name}")
+            if section == "compartments" and isinstance(d, dict) and "output" in d:
+                check(d["output"], f"compartments.{name}.output")
+    chains = data.get("chains")
+    for i, d in enumerate(chains if isinstance(chains, list) else []):
+        if isinstance(d, dict) and "name" in d:
+            check(d["name"], f"chains[{i}].name")
+
+
 @dataclass(frozen=True)
 class Source:
     """Provenance of one number: citation text, table/page, verification tag."""
@@ -352,6 +382,7 @@ class ModelSpec:
         ctx.keys(
             data, "", top, {"schema_version", "model", "analytes", "parameters", "compartments"}
         )
+        _check_names(ctx, data)
         meta = cls._read_metadata(ctx, data)
         analytes = cls._read_analytes(ctx, ctx.table(data, "analytes"))
         parent = next(a for a, v in analytes.items() if v["role"] == "parent")

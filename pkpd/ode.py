@@ -34,7 +34,8 @@ The generated module is written atomically (temporary file + :func:`os.replace`)
 text, which includes a hash of the solver sources, and imported from there; its
 functions are ``numba.njit(cache=True)``, so a second process loads machine code from
 numba's cache instead of compiling. An existing file is never rewritten (numba checks the
-source file's time stamp).
+source file's time stamp). The cache is trusted code (:mod:`pkpd.cache`): its folders and
+files must be private to the user, or nothing is loaded from it.
 
 Augmented state: ``y = [states..., dose_given, auc_<output> for each concentration
 output]``, so dose given and exposure are integrated by the same solver.
@@ -57,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from . import cache
 from .errors import ModelError, SimulationError
 
 __all__ = ["FUNCTIONS", "OdeSystem", "cache_dir", "ode_spec_from_dict", "parse_expression"]
@@ -75,7 +77,16 @@ FUNCTIONS: dict[str, tuple[str, int | None]] = {
 TIME = "t"
 RATE = "rate"
 RESERVED = {TIME, RATE, *FUNCTIONS, "e", "pi", "inf", "nan"}
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Dataset variables a simulation generates besides the outputs (see
+#: :func:`dataset_variables`): an output may not take these names or prefixes.
+GENERATED_NAMES = frozenset({"time", "dose_given"})
+GENERATED_PREFIXES = ("auc_", "state_")
+# ASCII only, matched whole (``fullmatch``: ``$`` would accept a trailing newline).
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+#: Deepest nesting of an equation (a chain ``a + b + c`` nests one level per operator).
+#: The generated source adds at most two parentheses per level, and Python's parser
+#: stops at 200 nested parentheses.
+MAX_DEPTH = 80
 
 _BINOPS = {
     ast.Add: "+",
@@ -114,9 +125,7 @@ _NODE_WORDS = {
 
 def cache_dir() -> Path:
     """Folder of generated model code: ``$PKPD_CACHE_DIR/ode`` or ``~/.cache/ketamine-pkpd/ode``."""
-    base = os.environ.get("PKPD_CACHE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "ketamine-pkpd"
-    return root / "ode"
+    return cache.cache_root() / "ode"
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -169,10 +178,26 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
         return repr(float(text)), set()
     if not text.strip():
         raise err("empty expression")
+    if not text.isascii():
+        # Python's parser NFKC-normalises identifiers ('ℂL' reads as 'CL'): what runs
+        # would not be the text a reviewer reads.
+        i, ch = next((i, c) for i, c in enumerate(text) if not c.isascii())
+        raise err(
+            f"non-ASCII character {ch!r} (U+{ord(ch):04X}) at position {i} of "
+            f"{_short(text)!r}: equations are written in ASCII"
+        )
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise err(f"cannot parse {text!r}: {exc.msg}") from None
+        raise err(f"cannot parse {_short(text)!r}: {exc.msg}") from None
+    except (RecursionError, MemoryError):
+        raise err(f"{_short(text)!r} is nested too deeply to parse") from None
+    depth = _depth(tree)
+    if depth > MAX_DEPTH:
+        raise err(
+            f"{_short(text)!r} nests {depth} levels deep (each operator of a chain such as "
+            f"'a + b + c' is one level); at most {MAX_DEPTH}: split it into intermediates"
+        )
     # Names first, so the offending name is reported even inside a forbidden construct
     # (``__import__('os').system`` names ``__import__``).
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
@@ -202,7 +227,16 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
             v = node.value
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise err(f"constant {v!r} is not allowed (only numbers); allowed: {allowed_words}")
-            return repr(float(v))
+            try:
+                f = float(v)
+            except OverflowError:  # an integer literal beyond the float range
+                f = math.inf
+            if not math.isfinite(f):  # 1e999 parses as inf
+                written = ast.get_source_segment(text.strip(), node) or name_of(node)
+                raise err(
+                    f"the number {_short(written)!r} is not a finite float (at most about 1.8e308)"
+                )
+            return repr(f)
         if isinstance(node, ast.Name):
             nm = node.id
             if nm.startswith("_") or nm not in known:
@@ -264,6 +298,37 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
         raise err(f"{word} is not allowed ({name_of(node)!r}); allowed: {allowed_words}")
 
     return walk(tree.body), used
+
+
+def _is_concentration_unit(unit: str) -> bool:
+    """True when `unit` reads as a mass or molar concentration (``ng/mL``, ``nmol/L``)."""
+    from .errors import UnitError
+    from .units import parse_quantity
+
+    try:
+        parse_quantity(f"1 {unit}", "concentration", molar_mass=1.0)
+    except UnitError:
+        return False
+    return True
+
+
+def _short(text: str, n: int = 60) -> str:
+    """`text` for a one-line message: at most about `n` characters."""
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def _depth(tree) -> int:
+    """Nesting depth of the expressions in `tree`, without recursion (a deep tree would
+    exhaust the interpreter's stack)."""
+    deepest = 0
+    todo = [(tree, 0)]
+    while todo:
+        node, d = todo.pop()
+        if isinstance(node, ast.expr):
+            d += 1
+            deepest = max(deepest, d)
+        todo.extend((c, d) for c in ast.iter_child_nodes(node))
+    return deepest
 
 
 # ----------------------------------------------------------------------------- the system
@@ -599,15 +664,19 @@ def _import_generated(source: str, digest: str):
     with _LOCK:
         if name in _MODULES:
             return _MODULES[name]
-        folder = cache_dir()
+        # The cache is trusted code (see pkpd.cache): private folders, checked before use;
+        # numba's __pycache__ is created here so that it is private too.
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = cache.private_folder("ode")
+            cache.private_folder("ode", "__pycache__")
         except OSError as exc:
             raise ModelError(
-                f"cannot create the model code cache {folder} ({exc}); set PKPD_CACHE_DIR "
-                "to a writable folder"
+                f"cannot create the model code cache {cache_dir()} ({exc}); set "
+                "PKPD_CACHE_DIR to a writable folder"
             ) from None
         path = folder / f"{name}.py"
+        if os.path.lexists(path):
+            cache.check_private_file(path)
         if not path.exists() or path.read_text() != source:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
             try:
@@ -622,6 +691,7 @@ def _import_generated(source: str, digest: str):
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+        cache.check_numba_cache(module, name)
         _MODULES[name] = module
         return module
 
@@ -645,7 +715,7 @@ def _read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
     taken: dict[str, str] = {}
 
     def claim(name, key):
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ctx.err(key, f"{name!r} is not a valid name (letters, digits, _; a letter first)")
         if name in RESERVED:
             raise ctx.err(key, f"{name!r} is reserved ({', '.join(sorted(RESERVED))})")
@@ -729,12 +799,25 @@ def _read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
     outputs = []
     for o, key, d in ctx.entries(outs_t, "ode.outputs", "expected a table with `expression`"):
         ctx.keys(d, key, {"expression", "concentration", "unit", "long_name"}, {"expression"})
-        if not _NAME_RE.match(o):
+        if not _NAME_RE.fullmatch(o):
             raise ctx.err(key, f"{o!r} is not a valid output name")
+        if o in GENERATED_NAMES or o.startswith(GENERATED_PREFIXES):
+            raise ctx.err(
+                key,
+                f"{o!r} is taken by a variable the dataset generates (`time`, `dose_given`, "
+                "`auc_<output>`, `state_<state>`); choose another output name",
+            )
         conc = d.get("concentration", False)
         if not isinstance(conc, bool):
             raise ctx.err(f"{key}.concentration", f"expected true or false, got {conc!r}")
         unit = ctx.string(d, key, "unit", required=False, default="")
+        if not conc and unit and _is_concentration_unit(unit):
+            raise ctx.err(
+                f"{key}.unit",
+                f"{unit!r} is a concentration unit but `concentration` is false: set "
+                "`concentration = true` (the expression in mg/L, reported in ng/mL with its "
+                "AUC) or give a unit that is not a concentration",
+            )
         if conc and unit and unit not in ("mg/L", "ng/mL"):
             raise ctx.err(
                 f"{key}.unit",
@@ -802,6 +885,7 @@ def ode_spec_from_dict(cls, data: dict, file):
         if k in data:
             raise ctx.err(k, "a model with an [ode] section writes its structure as equations")
     ctx.keys(data, "", top, {"schema_version", "model", "parameters", "ode"})
+    mdl._check_names(ctx, data)
     meta = cls._read_metadata(ctx, data)
     drug = meta["drug"]
     if "analytes" in data:
@@ -856,7 +940,7 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     and its counters. `method` ``"auto"`` is Dopri5, or Rodas4 when the file says
     ``stiff = true`` or Dopri5 detects stiffness.
     """
-    from .solvers import STATUS_MESSAGES, STATUS_OK, STATUS_STIFF
+    from .solvers import STATUS_MESSAGES, STATUS_OK, STATUS_OUTPUT_NONFINITE, STATUS_STIFF
     from .solvers import registry as reg
 
     ode = spec.ode
@@ -889,7 +973,16 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
             f"{spec.file or spec.name}: {reg.SOLVERS[chosen].method} failed (status {status}): "
             f"{STATUS_MESSAGES.get(status, 'unknown status')}"
         )
-    return Y, ode.evaluate_outputs(t, Y, p), solver_attrs(chosen, rtol, atol, stats, note)
+    O = ode.evaluate_outputs(t, Y, p)
+    bad = ~np.isfinite(O)
+    if bad.any():
+        r, j = (int(i[0]) for i in np.nonzero(bad))
+        raise SimulationError(
+            f"{spec.file or spec.name}: output `{ode.outputs[j].name}` = "
+            f"{ode.outputs[j].text!r} is {O[r, j]} at t = {t[r]:g} h "
+            f"(status {STATUS_OUTPUT_NONFINITE}): {STATUS_MESSAGES[STATUS_OUTPUT_NONFINITE]}"
+        )
+    return Y, O, solver_attrs(chosen, rtol, atol, stats, note)
 
 
 def solver_attrs(method: str, rtol, atol, stats: dict, note: str = "") -> dict:

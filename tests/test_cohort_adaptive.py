@@ -206,3 +206,90 @@ def test_ode_cohort_patients_equal_single_patient_simulations(tmp_path, model):
         assert list(ds.output_units.values) == ["ng/mL", "ng/mL", "NRS 0-10"]
         assert np.all(np.isnan(ds.auc.sel(output="pain").values))
         assert ds.cmax.attrs["units"] == "see output_units"
+
+
+# An output that stays negative (its Cmax is negative) and one that turns NaN for a light
+# patient (sqrt of a negative number) while the state stays finite. One-compartment, so
+# the kernels compile quickly; `neg` peaks at the end of the infusion.
+NEG_NAN = """
+schema_version = 1
+[model]
+name = "neg_nan"
+drug = "test"
+citation = "none"
+population = "none"
+sampling_site = "not reported"
+[ode]
+dose_state = "central"
+[ode.states.central]
+initial = 0
+[ode.derivatives]
+central = "rate - k * central"
+[ode.outputs.neg]
+expression = "central / V - 100"
+concentration = true
+[ode.outputs.bad]
+expression = "sqrt(weight - 60 - t)"
+unit = "score"
+[covariates.weight]
+unit = "kg"
+reference = 70
+[parameters.k]
+value = "0.5 1/h"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+[parameters.V]
+value = "10 L"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+"""
+NEG_NAN_REGIMEN = "10 mg/h from 0 h to 2 h"
+
+
+@pytest.fixture(scope="module")
+def neg_nan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("neg_nan")
+    (d / "neg_nan.toml").write_text(NEG_NAN)
+    # weight 80: `bad` finite throughout; 61.5: sqrt(1.5 - t) turns NaN after 1.5 h.
+    (d / "pts.csv").write_text("weight [kg]\n80\n61.5\n")
+    return d / "neg_nan.toml", d / "pts.csv"
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas"])
+def test_ode_cmax_is_the_true_maximum_and_a_nan_output_fails_the_patient(neg_nan, method):
+    """Cmax started at 0: an always-negative output reported Cmax 0 at Tmax 0, and an
+    output that turned NaN kept status 0 (NaN values were skipped by the fold)."""
+    import pkpd
+    from pkpd.solvers import STATUS_MESSAGES, STATUS_OUTPUT_NONFINITE
+
+    model, table = neg_nan
+    kw = dict(seed=0, iiv=False, until="4 h", every="10 min", method=method,
+              trajectories=True, progress=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(str(model), NEG_NAN_REGIMEN, str(table), **kw)
+    assert list(ds.status.values) == [0, STATUS_OUTPUT_NONFINITE]
+    assert "not finite" in STATUS_MESSAGES[STATUS_OUTPUT_NONFINITE]
+    # neg(t) = R/(k V) (1 - exp(-k t)) - 100 mg/L, largest at the end of the infusion.
+    want = (10.0 / (0.5 * 10.0) * (1 - np.exp(-1.0)) - 100.0) * 1e3  # ng/mL
+    got = ds.cmax.sel(patient=0, output="neg").item()
+    assert got == pytest.approx(want, rel=1e-6) and got < -9e4
+    assert ds.tmax.sel(patient=0, output="neg").item() == pytest.approx(2.0)
+    assert ds.cmax.sel(patient=0, output="bad").item() == pytest.approx(np.sqrt(20.0))
+    assert ds.tmax.sel(patient=0, output="bad").item() == 0.0
+    for var in ("cmax", "tmax"):
+        assert np.all(np.isnan(ds[var].sel(patient=1).values)), var
+    assert np.all(np.isfinite(ds.cmax.sel(patient=0).values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(SimulationError, match=r"1 of 2 patients failed .*not finite"):
+            simulate_cohort(str(model), NEG_NAN_REGIMEN, str(table), raise_on_failure=True, **kw)
+    # One patient: the same maximum; a NaN output raises instead of returning NaN.
+    one = pkpd.simulate(model, NEG_NAN_REGIMEN, covariates={"weight": 80}, until="4 h",
+                        method=method)  # fmt: skip
+    assert one.neg.values.max() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(SimulationError, match=r"output `bad` = 'sqrt\(weight - 60 - t\)' is nan"):
+        pkpd.simulate(model, NEG_NAN_REGIMEN, covariates={"weight": 61.5}, until="4 h",
+                      method=method)  # fmt: skip

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import tomllib
 
+import numba
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -121,6 +122,147 @@ def test_model_errors_name_file_key_and_name():
     data["compartments"] = {}
     with pytest.raises(ModelError, match="writes its structure as equations"):
         _spec(data)
+
+
+def _edited(base, path, value=None, rename=None):
+    """A deep copy of `base` with the entry at `path` set to `value`, or its last key
+    renamed to `rename` (keeping the entry)."""
+    data = copy.deepcopy(base)
+    d = data
+    for k in path[:-1]:
+        d = d[k]
+    if rename is not None:  # in place: order matters (intermediates, states)
+        items = [(rename if k == path[-1] else k, v) for k, v in d.items()]
+        d.clear()
+        d.update(items)
+    else:
+        d[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "new_name", "key"),
+    [
+        (("ode", "states", "peripheral1"), "junk\n", "ode.states.junk\n"),
+        (("ode", "outputs", "cp"), "cp\n", "ode.outputs.cp\n"),
+        (("ode", "intermediates", "cp"), "cp\n", "ode.intermediates.cp\n"),
+        (("parameters", "Km"), "Km\n", "parameters.Km\n"),
+        (("parameters", "Km"), "ℂL", "parameters.ℂL"),
+    ],
+)
+def test_ode_names_are_whole_ascii_identifiers(path, new_name, key):
+    """`$` matched before a final newline: 'junk\\n' reached the generated code
+    (IndentationError) and 'cp\\n' the CSV header."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), path, rename=new_name)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `{key}`: ") and "\n" not in msg.replace(key, "")
+    assert repr(new_name) in msg and "not a valid" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "char"),
+    [
+        ("rate - ℂL * cp - Q2 * (cp - peripheral1 / V2) - Q3 * (cp - peripheral2 / V3)", "ℂ"),
+        ("rate * ｅｘｐ(0) - CL * cp - Q2 * (cp - peripheral1 / V2) - Q3 * cp", "ｅ"),
+    ],
+)
+def test_non_ascii_equations_are_refused(text, char):
+    """Python's parser NFKC-normalises identifiers: 'ℂL' ran as 'CL', 'ｅｘｐ' as 'exp'."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), ("ode", "derivatives", "central"), text)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith("m.toml: `ode.derivatives.central`: non-ASCII character")
+    assert repr(char) in msg and f"U+{ord(char):04X}" in msg
+
+
+@pytest.mark.parametrize(
+    ("path", "new_name", "key"),
+    [
+        (("compartments", "central"), "central\n", "compartments.central\n"),
+        (("analytes", "norketamine"), "nor\n", "analytes.nor\n"),
+        (("parameters", "V1"), "V1\n", "parameters.V1\n"),
+        (("parameters", "V1"), "Ｖ1", "parameters.Ｖ1"),
+    ],
+)
+def test_linear_model_names_are_whole_ascii_identifiers(path, new_name, key):
+    data = _edited(_toml("fanta2015_otto2021"), path, rename=new_name)
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    assert str(ei.value).startswith(f"m.toml: `{key}`: {new_name!r} is not a valid name")
+
+
+def test_linear_effect_site_output_name_is_an_identifier():
+    data = _edited(_toml("domino_racemic"), ("compartments", "effect", "output"), "ce\n")
+    with pytest.raises(ModelError, match=r"`compartments.effect.output`: 'ce\\n' is not a valid"):
+        _spec(data)
+
+
+@pytest.mark.parametrize("name", ["dose_given", "auc_cp", "state_central", "time", "auc_x"])
+def test_output_names_of_generated_variables_are_refused(name):
+    """An output named like a generated dataset variable was silently replaced by it."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"), ("ode", "outputs", "elimination_rate"),
+                   rename=name)  # fmt: skip
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `ode.outputs.{name}`: {name!r} is taken by a variable")
+
+
+@pytest.mark.parametrize("unit", ["ng/mL", "mg/L", "nmol/L", "ug / mL"])
+def test_concentration_unit_on_a_non_concentration_output_is_refused(unit):
+    """Was accepted, then `pkpd simulate` failed with a KeyError ('auc_<output>')."""
+    data = _edited(_toml("fanta2015_mm_s_ketamine"),
+                   ("ode", "outputs", "elimination_rate", "unit"), unit)  # fmt: skip
+    with pytest.raises(ModelError) as ei:
+        _spec(data)
+    msg = str(ei.value)
+    assert msg.startswith(f"m.toml: `ode.outputs.elimination_rate.unit`: {unit!r} is a conc")
+    assert "concentration = true" in msg
+    # Units that are not concentrations stay free text.
+    for ok in ("mg/h", "NRS 0-10", "1"):
+        data["ode"]["outputs"]["elimination_rate"]["unit"] = ok
+        assert _spec(data).ode.outputs[1].unit == ok
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("1" * 400 + " * V1", "is not a finite float"),  # OverflowError
+        ("V1 * 1e999", "the number '1e999' is not a finite float"),  # numba TypingError
+        ("-1e999", "is not a finite float"),
+        ("1" * 5000, "cannot parse"),  # Python's own int-digits limit
+        (" + ".join(["V1"] * 1000), "nests 1000 levels deep"),  # RecursionError
+        ("-" * 1000 + "V1", "nests 1001 levels deep"),  # RecursionError
+        ("exp(" * 150 + "V1" + ")" * 150, "nests 151 levels deep"),
+        ("(" * 1000 + "V1" + ")" * 1000, "cannot parse"),
+    ],
+)
+def test_huge_literals_and_deep_nesting_are_one_line_errors(text, needle):
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError) as ei:
+        parse_expression(text, {"V1"}, file="m.toml", key="ode.derivatives.x")
+    assert time.perf_counter() - t0 < 2.0
+    msg = str(ei.value)
+    assert msg.startswith("m.toml: `ode.derivatives.x`: ") and needle in msg
+    assert "\n" not in msg and len(msg) < 400  # the text is shortened, not repeated
+
+
+def test_the_deepest_accepted_equation_compiles_as_python():
+    """Two parentheses per level in the generated source stay below Python's limit of 200."""
+    from pkpd.ode import MAX_DEPTH
+
+    text = "V1"
+    for _ in range(MAX_DEPTH - 1):
+        text = f"({text} < 1)"  # a comparison: two parentheses per level
+    src, _ = parse_expression(text, {"V1"}, file="m.toml", key="k")
+    compile(f"def f(v_V1):\n    return {src}\n", "<generated>", "exec")
+    with pytest.raises(ModelError, match=f"nests {MAX_DEPTH + 1} levels"):
+        parse_expression(f"({text} < 1)", {"V1"}, file="m.toml", key="k")
 
 
 def test_shipped_nonlinear_models_carry_provenance():
@@ -420,3 +562,126 @@ def test_second_process_loads_generated_code_from_the_cache(tmp_path):
     assert first["misses"] == 1 and first["hits"] == 0
     assert second["hits"] == 1 and second["misses"] == 0
     assert second["cp"] == first["cp"]
+
+
+# ----------------------------------------------------------------------------- cache trust
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty cache root (not created yet) and no generated module imported in-process."""
+    import pkpd.ode
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("PKPD_CACHE_DIR", str(root))
+    monkeypatch.setattr(pkpd.ode, "_MODULES", {})
+    return root
+
+
+def _module_name(spec):
+    import hashlib
+
+    return "pkpd_ode_" + hashlib.sha256(spec.ode.generate().encode()).hexdigest()[:20]
+
+
+def test_cache_folders_are_created_private_and_load(fresh_cache):
+    """A normal (0700, own) cache works; importing does not compile (no call is made)."""
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    module = spec.ode.module()
+    assert module.__file__ == str(fresh_cache / "ode" / f"{_module_name(spec)}.py")
+    for d in (fresh_cache, fresh_cache / "ode", fresh_cache / "ode" / "__pycache__"):
+        assert (d.stat().st_mode & 0o777) == 0o700, d
+    assert (fresh_cache / "ode" / f"{_module_name(spec)}.py").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(("where", "mode"), [("", 0o777), ("", 0o775), ("ode", 0o757)])
+def test_cache_writable_by_others_is_refused(fresh_cache, where, mode):
+    """numba's index files are pickles loaded before any check: a planted one ran
+    os.system. A folder others can write is refused before anything is imported."""
+    from pkpd.errors import CacheError, PkpdError
+
+    folder = fresh_cache / where if where else fresh_cache
+    folder.mkdir(parents=True)
+    folder.chmod(mode)
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    with pytest.raises(CacheError) as ei:
+        spec.ode.module()
+    assert isinstance(ei.value, PkpdError)
+    msg = str(ei.value)
+    assert msg.startswith(f"code cache {folder}: writable by group or others (mode {mode:o})")
+    assert "\n" not in msg
+    assert not (fresh_cache / "ode" / f"{_module_name(spec)}.py").exists()
+
+
+def test_cache_owned_by_another_user_is_refused(fresh_cache, monkeypatch):
+    from pkpd.errors import CacheError
+
+    fresh_cache.mkdir(mode=0o700)
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)
+    with pytest.raises(CacheError, match=rf"code cache {fresh_cache}: owned by user id {uid}, "):
+        _spec(_toml("fanta2015_mm_s_ketamine")).ode.module()
+
+
+def test_planted_numba_index_is_refused_before_it_is_loaded(fresh_cache, monkeypatch, tmp_path):
+    """A pickled index that others could write (or that another user owns) is not read."""
+    import pickle
+
+    from pkpd.errors import CacheError
+
+    spec = _spec(_toml("fanta2015_mm_s_ketamine"))
+    pyc = fresh_cache / "ode" / "__pycache__"
+    pyc.mkdir(parents=True)
+    pyc.chmod(0o755)  # enterable by others: a group-writable file in it is writable by them
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    index = pyc / f"{_module_name(spec)}.rhs-1.py311.nbi"
+    index.write_bytes(pickle.dumps(Payload()))
+    index.chmod(0o666)
+    with pytest.raises(CacheError, match=rf"{index}: writable by group or others \(mode 666\)"):
+        spec.ode.module()
+    # Owned by someone else (stat result rewritten: chown needs privileges).
+    index.chmod(0o644)
+    real_lstat = os.lstat
+
+    def lstat(path, *a, **k):
+        st = real_lstat(path, *a, **k)
+        if str(path) == str(index):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink,
+                                   st.st_uid + 1, *st[5:]))  # fmt: skip
+        return st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    import pkpd.ode
+
+    monkeypatch.setattr(pkpd.ode, "_MODULES", {})
+    with pytest.raises(CacheError, match=rf"{index}: owned by user id"):
+        _spec(_toml("fanta2015_mm_s_ketamine")).ode.module()
+    assert not marker.exists()
+
+
+def test_cli_refuses_an_open_cache_in_one_line(fresh_cache):
+    fresh_cache.mkdir()
+    fresh_cache.chmod(0o777)
+    path = models_dir() / "fanta2015_mm_s_ketamine.toml"
+    r = CliRunner().invoke(main, ["simulate", str(path), "20 mg bolus at 0 h", "--until", "1h"])
+    assert r.exit_code == 2
+    assert r.output.startswith(f"pkpd: error: code cache {fresh_cache}: writable by group")
+    assert r.output.count("\n") == 1
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no generated kernels without the JIT")
+def test_specialised_cohort_kernels_share_the_cache_rule(fresh_cache, monkeypatch):
+    """The exact cohort kernel's generated copies live in the same cache (``kernels/``)."""
+    import pkpd.kernels
+    from pkpd.errors import CacheError
+
+    monkeypatch.setattr(pkpd.kernels, "_SPECIALISED", {})
+    (fresh_cache / "kernels").mkdir(parents=True)
+    (fresh_cache / "kernels").chmod(0o777)
+    with pytest.raises(CacheError, match=rf"code cache {fresh_cache / 'kernels'}: writable by"):
+        pkpd.kernels.kernel_for(7)

@@ -11,6 +11,7 @@ STATUS_BAD_TIMES = 2
 STATUS_MAX_STEPS = 3
 STATUS_STEP_UNDERFLOW = 4
 STATUS_STIFF = 5
+STATUS_OUTPUT_NONFINITE = 6
 
 #: One message table for every solver status code (see STYLE.md, "Status codes").
 STATUS_MESSAGES = {
@@ -23,6 +24,8 @@ STATUS_MESSAGES = {
     "of the current time (the solution is probably singular or blows up)",
     STATUS_STIFF: "stiffness detected (Hairer's test: the step size is limited by "
     "stability, not accuracy); use method='rodas' or method='auto'",
+    STATUS_OUTPUT_NONFINITE: "an output is not finite (NaN or inf) although the state is: "
+    "an output equation is undefined there (e.g. log or sqrt of a negative number, 0/0)",
 }
 
 # Layout of the ``stats`` counter array of the adaptive solvers (int64, length N_STATS).
