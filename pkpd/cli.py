@@ -629,6 +629,7 @@ def _simulate_cohort(
         threads=threads,
         out=out,
         dask=dask,
+        raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
     )
     n = int(ds.sizes["patient"])

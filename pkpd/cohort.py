@@ -66,6 +66,8 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: they never need a float64 copy of all the trajectories.
 BAND_SLAB_BYTES = 8 * 1024**2
 _MAX_BAND_POINTS = 600
+#: Default step of the streaming bands (h): the smallest multiple of the grid step >= this.
+_BAND_EVERY_H = 10 / 60
 
 
 class CohortError(PkpdError, ValueError):
@@ -520,7 +522,7 @@ def simulate_cohort(
     trajectories: list[str] | bool | None = None,
     trajectory_every=None,
     bands: bool = True,
-    band_every="10 min",
+    band_every=None,
     iiv: bool = True,
     residual: bool = False,
     chunk_size: int = 8 * BLOCK,
@@ -528,7 +530,7 @@ def simulate_cohort(
     out=None,
     dask=None,
     progress: bool | None = None,
-    raise_on_failure: bool = False,
+    raise_on_failure: bool | str = False,
     memory_limit: int | None = None,
     method: str = "auto",
     rtol=None,
@@ -577,6 +579,9 @@ def simulate_cohort(
         Percentile bands (5, 25, 50, 75, 95 %) over time of every concentration output:
         exact when trajectories are kept in memory, streaming otherwise (on a
         `band_every` grid; see the module docstring for accuracy).
+    band_every : optional
+        Step of the streaming bands, a whole multiple of `every`. Default: the smallest
+        multiple of `every` that is at least 10 minutes (`every` itself when it is longer).
     iiv : bool
         Draw inter-individual variability (the model's omega); False gives typical
         parameters for every patient's covariates.
@@ -592,9 +597,10 @@ def simulate_cohort(
         a scheduler address.
     progress : bool, optional
         Progress bar on stderr (default: when stderr is a terminal).
-    raise_on_failure : bool
+    raise_on_failure : bool or "all"
         Raise :class:`SimulationError` if any patient failed (otherwise they are flagged in
-        ``status`` and counted in ``attrs["n_failed"]``).
+        ``status`` and counted in ``attrs["n_failed"]``); ``"all"``: only when every patient
+        failed (nothing to summarise; the command line does this). Nothing is written then.
     memory_limit : int, optional
         Bytes allowed (default: 80 % of the available memory).
     method : {"auto", "exact", "dopri5", "rodas"}
@@ -653,6 +659,8 @@ def simulate_cohort(
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
         band_stride = _stride(band_every, step, "band_every") if bands else 1
+        if bands and band_every is None:
+            band_stride = max(1, math.ceil(_BAND_EVERY_H / step - 1e-9))
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
     itemsize = np.dtype(trajectory_dtype).itemsize
     n_amounts = spec.n_comp if amounts else 0
@@ -743,7 +751,7 @@ def simulate_cohort(
         if show:
             sys.stderr.write("\n")
         n_failed = int((ds.status.values != 0).sum())
-        if n_failed and raise_on_failure:
+        if n_failed and raise_on_failure and (raise_on_failure != "all" or n_failed == n):
             first = int(np.nonzero(ds.status.values)[0][0])
             raise SimulationError(
                 f"{n_failed} of {n} patients failed (first: patient {first}, "

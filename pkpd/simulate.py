@@ -6,14 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelError, RegimenError, SimulationError
+from .errors import ModelError, PkpdError, RegimenError, SimulationError
 from .model import ModelSpec, load_model
 from .regimen import Regimen, load_regimen
 from .solvers import STATUS_MESSAGES
 from .solvers.exact import propagate
 from .units import parse_quantity
 
-__all__ = ["DISCLAIMER", "Summary", "simulate", "summarize", "time_grid"]
+__all__ = [
+    "DISCLAIMER",
+    "MAX_GRID_POINTS",
+    "GridError",
+    "Summary",
+    "simulate",
+    "summarize",
+    "time_grid",
+]
 
 DISCLAIMER = (
     "Research software for pharmacology and protocol design; not a clinical dosing "
@@ -21,6 +29,13 @@ DISCLAIMER = (
 )
 
 MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
+#: Most points an output grid may have (10 million: 115 days at 1 s). Checked before the
+#: grid is allocated, so a tiny `every` or a huge `until` is refused, not a MemoryError.
+MAX_GRID_POINTS = 10_000_000
+
+
+class GridError(PkpdError, ValueError):
+    """The output time grid (`until`, `every`) is invalid or too large."""
 
 
 def _hours(value, name: str) -> float:
@@ -39,9 +54,18 @@ def time_grid(start: float, until, every) -> np.ndarray:
     until_h = _hours(until, "until")
     every_h = _hours(every, "every")
     if not every_h > 0:
-        raise ValueError(f"`every` must be positive, got {every!r}")
+        raise GridError(f"`every` must be positive, got {every!r}")
     if not until_h > start:
-        raise ValueError(f"`until` ({until!r}) must be after the start ({start:g} h)")
+        raise GridError(f"`until` ({until!r}) must be after the start ({start:g} h)")
+    # Counted before anything is allocated; inf (e.g. until = 1e306 day) is refused too.
+    points = (until_h - start) / every_h + 1.0
+    if not points <= MAX_GRID_POINTS:
+        raise GridError(
+            f"the output grid (`every` = {every!r}, from {start:g} h to `until` = "
+            f"{until_h:g} h) would have {points:.4g} points, more than the limit of "
+            f"{MAX_GRID_POINTS:,}: "
+            "choose a larger `every` or an earlier `until`"
+        )
     n = int(np.floor((until_h - start) / every_h + 1e-9))
     t = start + np.arange(n + 1) * every_h
     if until_h - t[-1] > 1e-9 * max(1.0, abs(until_h)):
