@@ -328,14 +328,14 @@ def run_chunk(
         res["solver_stats"] = solver_stats
     if setup.residual and setup.store_out:
         traj = _apply_residual(setup, traj, store, parts, sl)
-    if setup.band_outputs:
+    if setup.band_outputs and not setup.keep_in_memory:
+        # Streaming bands only: kept trajectories give exact bands at the end (no counts).
         bidx = [store.index(o) for o in setup.band_outputs]
         bstep = setup.band_stride // stride
         n_band_t = len(range(0, n_store_t, bstep))
         counts = np.zeros((len(bidx), n_band_t, _edges().size + 1), dtype=np.int64)
-        if not setup.keep_in_memory:
-            btraj = np.ascontiguousarray(traj[:, bidx, ::bstep])  # ng/mL
-            histogram_update(btraj, np.log(_edges()), counts)
+        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep])  # ng/mL
+        histogram_update(btraj, np.log(_edges()), counts)
         res["band_counts"] = counts
     if setup.store_out and not in_place:
         res["trajectory"] = traj
@@ -469,30 +469,123 @@ def estimate_memory(
     exact_bands: bool = False,
     itemsize: int = 4,
     n_amounts: int = 0,
+    *,
+    covariate_bytes: int = 64,
+    text_bytes: int = 0,
+    n_scaled: int | None = None,
+    n_band: int = 0,
+    n_band_t: int = 0,
+    streaming_bands: bool = False,
+    chunk_trajectories: bool = False,
+    residual: bool = False,
+    adaptive: bool = False,
+    n_grid: int = 0,
 ) -> dict[str, int]:
-    """Bytes needed: per-patient results, stored trajectories, and the fixed working sets.
+    """Bytes a cohort adds to the process at its peak, term by term (see README, Memory).
 
-    Kept trajectories (and `n_amounts` compartment amounts, `itemsize` bytes per value)
-    are held once: each chunk's block is copied into one preallocated
-    ``(patient, output, time)`` array as it arrives (see `simulate_cohort`).
-    The working sets do not grow with `n`: the chunk's own arrays (``chunk``) and, for
-    exact bands, one slab of at most :data:`BAND_SLAB_BYTES` of float64 values with its
-    float32 gather and ``numpy.quantile``'s partitioned copy (``bands``).
+    Each term models where the memory really goes; ``tests/test_resources.py`` compares the
+    total with the peak resident memory of fresh processes over sizes and modes.
+
+    * ``results``: per patient, the chunk's raw arrays (covariates and event times,
+      `covariate_bytes`; `n_metrics` float64 metrics and individual parameters; the status;
+      the solver counters if `adaptive`), alive until the end, plus at the peak of the
+      assembly (``xarray.concat``) the final Dataset and the chunk Datasets' copies (the
+      `n_scaled` unit-scaled metrics, the `text_bytes` of text covariates, status, index).
+    * ``trajectories``: kept trajectories and `n_amounts` amounts, `itemsize` bytes per value,
+      held once (the exact kernel writes into the final array).
+    * ``chunk``: the working set of one chunk of ``min(chunk, n)`` patients (a cohort
+      smaller than a chunk does not pay for a whole one): random draws of whole blocks,
+      event tables, the chunk's own stored points when the kernel does not write in place
+      (`chunk_trajectories`: adaptive solvers, residual error, Zarr output), the band
+      points of streaming bands and their contiguous copy.
+    * ``bands``: streaming bands hold per-time-point histograms (accumulated, the chunk's
+      own, and the cumulative sums of the quantile search); exact bands one slab of
+      float64 values of at most :data:`BAND_SLAB_BYTES` (or one band time of every
+      patient) with its float32 gather and ``numpy.quantile``'s partitioned copy.
+    * ``grid``: the time grid and its copies; ``base``: Python objects and xarray indexes.
     """
-    per_patient = 8 * (n_metrics + 16)
+    from .solvers import N_STATS
+
+    n_scaled = n_out if n_scaled is None else n_scaled
+    raw = covariate_bytes + 8 * n_metrics + 8 + (8 * N_STATS if adaptive else 0)
+    final = covariate_bytes + 8 * n_metrics + 1 + 8
+    copies = 8 * n_scaled + text_bytes + 1 + 8
+    per_patient = raw + final + copies
     rows = n_store + n_amounts
     traj = itemsize * n * rows * n_store_t if keep_trajectories else 0
-    work = chunk * (itemsize * max(rows, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
-    # A slab is at least one band time of every patient (8 * n * n_store bytes).
-    slab = max(BAND_SLAB_BYTES, 8 * n * n_store)
-    bands = int(2.5 * slab) if keep_trajectories and exact_bands else 0
+    c = min(chunk, n)
+    blocks = -(-c // BLOCK) + (1 if c < n else 0)  # a chunk may straddle one more block
+    work = 2 * blocks * BLOCK * (covariate_bytes + 8 * n_metrics) + c * _CHUNK_OTHER_BYTES
+    if chunk_trajectories and rows:
+        work += c * rows * n_store_t * itemsize
+        if residual:  # standard normal draws of whole blocks, a float64 copy, two temporaries
+            work += 8 * n_store_t * (blocks * BLOCK * n_store + c * n_store + 2 * c)
+    held = bands = 0
+    if streaming_bands and n_band:
+        # The kernel's band points (when it stores only those) and their contiguous copy.
+        work += c * n_band * n_band_t * 4 * (1 if chunk_trajectories and rows else 2)
+        counts = 8 * n_band * n_band_t * (_edges().size + 1)
+        held = counts * (2 if n > chunk else 1)  # accumulated, and the next chunk's own
+        bands = 2 * counts  # at the end: the counts and their cumulative sums
+    elif exact_bands and keep_trajectories and n_band:
+        slab = max(min(BAND_SLAB_BYTES, 8 * n * n_band * n_band_t), 8 * n * n_band)
+        bands = int(2.5 * slab)
+    grid = 4 * 8 * n_grid
+    # Two peaks: while the chunks run (raw results, kept trajectories, one chunk's working
+    # set), and while the Dataset is assembled (the chunk working set is gone by then).
+    running = n * raw + traj + work + held
+    assembling = n * per_patient + traj + bands
+    total = max(running, assembling) + grid + _BASE_BYTES
     return {
         "results": n * per_patient,
         "trajectories": traj,
-        "chunk": work,
+        "chunk": work + held,
         "bands": bands,
-        "total": n * per_patient + traj + work + bands,
+        "grid": grid,
+        "base": _BASE_BYTES,
+        "total": total,
     }
+
+
+#: Per patient of a chunk, arrays not counted elsewhere: event tables (time, rate, bolus per
+#: breakpoint), special times, the adaptive solvers' parameters and initial states.
+_CHUNK_OTHER_BYTES = 512
+#: Python objects, xarray indexes and attributes of a result (measured: 0.1-0.3 MB for 3
+#: patients); a margin, not a term that grows.
+_BASE_BYTES = 1024**2
+
+
+def largest_fitting(estimate, limit: int, n: int) -> int:
+    """The largest cohort size ``k <= n`` with ``estimate(k)["total"] <= limit`` (0: none).
+
+    `estimate` is non-decreasing in `k`, so a bisection finds the size that the same check
+    accepts: the advice of a refusal is consistent with the check itself.
+    """
+    if estimate(1)["total"] > limit:
+        return 0
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate(mid)["total"] <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _covariate_bytes(pop) -> tuple[int, int]:
+    """Bytes per patient of the drawn (or tabled) covariates, and of those that are text."""
+    if hasattr(pop, "sample"):
+        cov = pop.sample(np.random.default_rng(0), 8)
+    else:
+        cov = {k: np.asarray(v) for k, v in pop.covariates.items()}
+    total = text = 0
+    for v in cov.values():
+        size = np.asarray(v).dtype.itemsize
+        total += size
+        if np.asarray(v).dtype.kind in "OU":
+            text += size
+    return total, text
 
 
 def _available_memory() -> int:
@@ -664,14 +757,25 @@ def simulate_cohort(
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
     itemsize = np.dtype(trajectory_dtype).itemsize
     n_amounts = spec.n_comp if amounts else 0
-    mem = estimate_memory(
-        n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
-        itemsize=itemsize, n_amounts=n_amounts,
-    )  # fmt: skip
+    cov_bytes, text_bytes = _covariate_bytes(pop)
+    in_place = keep and method == "exact" and not residual
+
+    def estimate(k: int) -> dict[str, int]:
+        return estimate_memory(
+            k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
+            itemsize=itemsize, n_amounts=n_amounts,
+            covariate_bytes=cov_bytes + 8 * len(reg.anchor_names), text_bytes=text_bytes,
+            n_scaled=len(outs) * (1 + len(win) + len(at_)), n_band=len(band_outputs),
+            n_band_t=len(range(0, grid.size, band_stride)) if band_outputs else 0,
+            streaming_bands=bool(band_outputs) and not keep,
+            chunk_trajectories=bool(store_out) and not in_place, residual=residual,
+            adaptive=method != "exact", n_grid=grid.size,
+        )  # fmt: skip
+
+    mem = estimate(n)
     limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
     if mem["total"] > limit:
-        fixed = mem["chunk"] + mem["bands"]
-        fit = max(0, int((limit - fixed) / max(1, mem["total"] - fixed) * n))
+        fit = largest_fitting(estimate, limit, n)
         raise CohortError(
             f"the request needs about {mem['total'] / 1e9:.2f} GB "
             f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
@@ -725,7 +829,10 @@ def simulate_cohort(
     try:
         for res in _run(setup, bounds, threads, dask, kept):
             if "band_counts" in res:
-                counts = res["band_counts"] if counts is None else counts + res["band_counts"]
+                if counts is None:
+                    counts = res["band_counts"]
+                else:
+                    counts += res["band_counts"]  # in place: one array of counts is held
                 del res["band_counts"]
             if writer is not None:
                 writer.append(_chunk_dataset(setup, res))

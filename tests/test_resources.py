@@ -107,3 +107,129 @@ def test_any_grid_step_gets_streaming_bands_from_the_cli(tmp_path, every, band_m
         bt = ds.band_time.values
         assert np.allclose(np.diff(bt)[:-1], band_min / 60)
         assert np.isfinite(ds.band.values).all()
+
+
+# ----------------------------------------------------------------------------- memory
+
+# Run in a fresh interpreter: import, run the same request for 3 patients (kernels compiled
+# or loaded, caches filled), reset the peak resident set (Linux: /proc/self/clear_refs),
+# then run the request and report the peak increment and the estimate the guard used.
+_MEASURE = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import pkpd.cohort
+from pkpd.cohort import simulate_cohort
+kw = json.loads(sys.argv[1])
+seen = []
+original = pkpd.cohort.estimate_memory
+def spy(*args, **kwargs):
+    seen.append(original(*args, **kwargs))
+    return seen[-1]
+pkpd.cohort.estimate_memory = spy
+simulate_cohort(**dict(kw, n=3))
+import gc
+gc.collect()
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith(key))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = status("VmRSS:")
+simulate_cohort(**kw)
+print(json.dumps({"increment": status("VmHWM:") - base, "estimate": seen[-1]}))
+"""
+
+
+def _measure(**kw) -> tuple[int, dict]:
+    import json
+
+    kw = {"model": MODEL, "regimen": REGIMEN, "population": POP, "until": "24 h", **kw}
+    r = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps(kw)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return out["increment"], out["estimate"]
+
+
+def _can_measure() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+#: The estimate lies within these factors of the measured peak increment, give or take
+#: SLACK bytes (for tiny cohorts, whose increment is below a megabyte of Python objects).
+LOW, HIGH, SLACK = 0.67, 1.5, 4 * 1024**2
+
+
+@pytest.mark.skipif(not _can_measure(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n=3),  # summary, streaming bands
+        dict(n=20_000),  # summary, streaming bands, three chunks
+        dict(n=40_000, bands=False),  # summary only
+        dict(n=30_000, chunk_size=1024, thresholds={"cp": ["50 ng/mL", "100 ng/mL"]}),
+        dict(n=3, trajectories=True),  # was refused as 300 MB (chunk sized for 8,192)
+        # Three weeks of minutes (41,881 points): was refused as needing 24.7 GB.
+        dict(n=3, trajectories=True, regimen="fibromyalgia_esketamine_high", until=None),
+        dict(n=5000, trajectories=True),  # kept trajectories, exact bands
+        dict(n=5000, trajectories=["cp"], bands=False),
+        dict(n=3000, trajectories=True, method="dopri5"),  # the chunk holds its own points
+        dict(n=2000, trajectories=True, residual=True),
+        dict(n=10_000, model="fanta2015_mm_s_ketamine"),  # [ode] model, Dopri5
+        dict(n=1000, until="48 h", amounts=True, trajectory_dtype="float64", bands=False),
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_memory_estimate_follows_the_measured_peak(kw):
+    increment, est = _measure(**kw)
+    total = est["total"]
+    assert LOW * increment - SLACK <= total <= HIGH * increment + SLACK, (
+        f"estimate {total / 1e6:.1f} MB, measured {increment / 1e6:.1f} MB",
+        est,
+    )
+
+
+def test_a_small_cohort_is_not_refused_for_a_whole_chunk():
+    """3 patients with three weeks of trajectories need megabytes, not 24.7 GB."""
+    import warnings
+
+    from pkpd.cohort import simulate_cohort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(
+            MODEL, "fibromyalgia_esketamine_high", POP, n=3, trajectories=True,
+            memory_limit=50 * 1024**2,
+        )  # fmt: skip
+    assert ds.trajectory.shape[0] == 3 and ds.trajectory.shape[2] > 40_000
+
+
+def test_the_advice_is_the_largest_cohort_the_check_accepts(monkeypatch):
+    import re
+
+    import pkpd.cohort
+    from pkpd.cohort import CohortError, simulate_cohort
+
+    calls = []
+    original = pkpd.cohort.estimate_memory
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pkpd.cohort, "estimate_memory", spy)
+    limit = 400 * 1024**2
+    with pytest.raises(CohortError) as exc:  # summary mode: about 0.5 kB per patient
+        simulate_cohort(MODEL, REGIMEN, POP, n=10**7, memory_limit=limit)
+    fit = int(re.search(r"at most about ([\d,]+) patients", str(exc.value))[1].replace(",", ""))
+    args, kwargs = calls[0]
+    assert original(fit, *args[1:], **kwargs)["total"] <= limit
+    assert original(fit + 1, *args[1:], **kwargs)["total"] > limit
+    assert 300_000 < fit < 1_000_000
