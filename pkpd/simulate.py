@@ -18,6 +18,7 @@ __all__ = [
     "MAX_GRID_POINTS",
     "GridError",
     "Summary",
+    "estimate_single_memory",
     "simulate",
     "summarize",
     "time_grid",
@@ -156,6 +157,7 @@ def simulate(
     pd=None,
     pd_parameters: dict | None = None,
     racemic: bool = False,
+    memory_limit: int | None = None,
 ):
     """Simulate one patient with the piecewise-exact solver.
 
@@ -197,6 +199,9 @@ def simulate(
     racemic : bool
         The regimen is in racemic ketamine amounts: an S-ketamine model is driven with its
         S half (x 0.5, :func:`pkpd.stereo.racemic_to_s_ketamine`); caveats in the attrs.
+    memory_limit : int, optional
+        Bytes allowed (default: 80 % of the available memory); a longer or finer grid than
+        fits (:func:`estimate_single_memory`) is refused before solving.
 
     Returns
     -------
@@ -228,6 +233,7 @@ def simulate(
         t = np.asarray(times, dtype=float).ravel()
         if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
             raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    _check_single_memory(spec, t.size, memory_limit)
     if spec.is_linear:
         X, C, solver_attrs = _solve(spec, theta, ev, t, method, rtol, atol)
         data = _linear_variables(spec, X, C)
@@ -258,6 +264,36 @@ def simulate(
 
         add_pd_variables(ds, bundle)
     return ds
+
+
+def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
+    """Bytes one patient's simulation adds at its peak, for `n_points` output times.
+
+    The Dataset holds one float64 value per time point for each variable (outputs, AUCs,
+    amounts or states, dose given, eliminated amounts) besides the solver's state array
+    (views of it are kept, the scaled outputs are copies); solver temporaries add about a
+    half (measured: 1.2-1.4 times the Dataset, see ``tests/test_resources.py``).
+    """
+    if spec.is_linear:
+        n_vars = spec.n_states + len(spec.outputs)  # augmented state + scaled outputs
+    else:
+        ode = spec.ode
+        n_vars = ode.n_aug + 2 * len(ode.outputs)  # augmented state, outputs and copies
+    return int(n_points * 8 * (n_vars + 1) * 1.5)
+
+
+def _check_single_memory(spec: ModelSpec, n_points: int, memory_limit: int | None) -> None:
+    if memory_limit is None:
+        from .cohort import _available_memory
+
+        memory_limit = int(0.8 * _available_memory())
+    need = estimate_single_memory(spec, n_points)
+    if need > memory_limit:
+        raise GridError(
+            f"one patient on {n_points:,} output times needs about {need / 1e9:.2f} GB but "
+            f"{memory_limit / 1e9:.2f} GB are available: choose a larger `every` or an "
+            "earlier `until`"
+        )
 
 
 def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):

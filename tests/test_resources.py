@@ -233,3 +233,57 @@ def test_the_advice_is_the_largest_cohort_the_check_accepts(monkeypatch):
     assert original(fit, *args[1:], **kwargs)["total"] <= limit
     assert original(fit + 1, *args[1:], **kwargs)["total"] > limit
     assert 300_000 < fit < 1_000_000
+
+
+_MEASURE_ONE = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from pkpd import simulate
+from pkpd.model import load_model
+from pkpd.simulate import estimate_single_memory
+model, until, every = sys.argv[1:4]
+simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until="2 h")
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith(key))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = status("VmRSS:")
+ds = simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until=until,
+              every=every)
+inc = status("VmHWM:") - base
+print(json.dumps([inc, estimate_single_memory(load_model(model), ds.sizes["time"])]))
+"""
+
+
+@pytest.mark.skipif(not _can_measure(), reason="needs Linux /proc/self/clear_refs")
+@pytest.mark.parametrize("model", [MODEL, "domino_racemic", "fanta2015_mm_s_ketamine"])
+def test_single_patient_memory_estimate_follows_the_measured_peak(model):
+    import json
+
+    r = subprocess.run(
+        [sys.executable, "-c", _MEASURE_ONE, model, "50 h", "1 s"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    increment, estimate = json.loads(r.stdout.strip().splitlines()[-1])
+    assert LOW * increment - SLACK <= estimate <= HIGH * increment + SLACK, (estimate, increment)
+
+
+def test_single_patient_is_guarded_in_the_api_and_the_cli(monkeypatch):
+    from click.testing import CliRunner
+
+    import pkpd.cohort
+    from pkpd import simulate
+    from pkpd.cli import main
+    from pkpd.simulate import GridError
+
+    with pytest.raises(GridError, match="360,001 output times needs about"):
+        simulate(MODEL, REGIMEN, {"weight": 70}, until="100 h", every="1 s", memory_limit=10**7)
+    monkeypatch.setattr(pkpd.cohort, "_available_memory", lambda: 100 * 1024**2)
+    args = ["simulate", MODEL, REGIMEN, "--weight", "70", "--until", "100h", "--every", "1s"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    err = r.output.strip()
+    assert err.startswith("pkpd: error: one patient on 360,001 output times") and "\n" not in err
+    assert "`every`" in err
