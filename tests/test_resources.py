@@ -287,3 +287,91 @@ def test_single_patient_is_guarded_in_the_api_and_the_cli(monkeypatch):
     err = r.output.strip()
     assert err.startswith("pkpd: error: one patient on 360,001 output times") and "\n" not in err
     assert "`every`" in err
+
+
+# ----------------------------------------------------------------------------- compare
+
+COMPARE = dict(
+    model=MODEL,
+    regimens=[REGIMEN, "lumbar_fusion_esketamine_high", "0.5 mg/kg bolus at 0 h"],
+    population=POP,
+    anchors=REGIMEN,
+)
+
+_MEASURE_COMPARE = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import pkpd.design
+kw = json.loads(sys.argv[1])
+seen = []
+original = pkpd.design.compare_memory
+def spy(*args, **kwargs):
+    seen.append(original(*args, **kwargs))
+    return seen[-1]
+pkpd.design.compare_memory = spy
+pkpd.design.compare(**dict(kw, n=3))
+import gc
+gc.collect()
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith(key))
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+base = status("VmRSS:")
+pkpd.design.compare(**kw)
+print(json.dumps({"increment": status("VmHWM:") - base, "estimate": seen[-1]}))
+"""
+
+
+@pytest.mark.skipif(not _can_measure(), reason="needs Linux /proc/self/clear_refs")
+def test_compare_memory_estimate_follows_the_measured_peak():
+    import json
+
+    r = subprocess.run(
+        [sys.executable, "-c", _MEASURE_COMPARE, json.dumps(dict(COMPARE, n=20_000))],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    increment, total = out["increment"], out["estimate"]["total"]
+    assert LOW * increment - SLACK <= total <= HIGH * increment + SLACK, (total, increment)
+
+
+def test_compare_adds_up_what_it_holds_for_every_regimen(monkeypatch):
+    """Each cohort run fits, the comparison does not: refused before any run, in one line."""
+    from click.testing import CliRunner
+
+    import pkpd.cohort
+    import pkpd.design
+    from pkpd.cli import main
+    from pkpd.design import DesignError
+
+    seen = []
+    original = pkpd.design.compare_memory
+
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the comparison should have been refused before running")
+
+    monkeypatch.setattr(pkpd.design, "compare_memory", spy)
+    monkeypatch.setattr(pkpd.design, "_run", must_not_run)
+    n = 60_000
+    with pytest.raises(DesignError):
+        pkpd.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": 1})
+    mem = seen[0]
+    assert mem["held"] > 0 and mem["total"] == mem["largest_run"] + mem["held"]
+    limit = (mem["largest_run"] + mem["total"]) // 2  # every run fits, the sum does not
+    with pytest.raises(DesignError, match=r"comparing 3 regimens on 60,000 patients") as exc:
+        pkpd.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": limit})
+    assert "at most about" in str(exc.value)
+    monkeypatch.setattr(pkpd.cohort, "_available_memory", lambda: int(limit / 0.8))
+    r = CliRunner().invoke(
+        main, ["compare", MODEL, *COMPARE["regimens"], "--population", POP, "--patients",
+               str(n), "--anchors-from", REGIMEN],
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    err = r.output.strip()
+    assert err.startswith("pkpd: error: comparing 3 regimens") and "\n" not in err, err
