@@ -334,7 +334,9 @@ def run_chunk(
         bstep = setup.band_stride // stride
         n_band_t = len(range(0, n_store_t, bstep))
         counts = np.zeros((len(bidx), n_band_t, _edges().size + 1), dtype=np.int64)
-        btraj = np.ascontiguousarray(traj[:, bidx, ::bstep])  # ng/mL
+        # ng/mL; in summary mode the kernel stored just the band points: no copy of them.
+        src = traj if bidx == list(range(traj.shape[1])) else traj[:, bidx]
+        btraj = np.ascontiguousarray(src[:, :, ::bstep])
         histogram_update(btraj, np.log(_edges()), counts)
         res["band_counts"] = counts
     if setup.store_out and not in_place:
@@ -480,6 +482,7 @@ def estimate_memory(
     residual: bool = False,
     adaptive: bool = False,
     n_grid: int = 0,
+    chunk_patient_bytes: int = 0,
 ) -> dict[str, int]:
     """Bytes a cohort adds to the process at its peak, term by term (see README, Memory).
 
@@ -495,9 +498,10 @@ def estimate_memory(
       held once (the exact kernel writes into the final array).
     * ``chunk``: the working set of one chunk of ``min(chunk, n)`` patients (a cohort
       smaller than a chunk does not pay for a whole one): random draws of whole blocks,
-      event tables, the chunk's own stored points when the kernel does not write in place
-      (`chunk_trajectories`: adaptive solvers, residual error, Zarr output), the band
-      points of streaming bands and their contiguous copy.
+      event tables, `chunk_patient_bytes` per patient (the per-patient systems of a linear
+      model run by an adaptive solver), the chunk's own stored points when the kernel
+      does not write in place (`chunk_trajectories`: adaptive solvers, residual error,
+      Zarr output), the band points of streaming bands.
     * ``bands``: streaming bands hold per-time-point histograms (accumulated, the chunk's
       own, and the cumulative sums of the quantile search); exact bands one slab of
       float64 values of at most :data:`BAND_SLAB_BYTES` (or one band time of every
@@ -515,18 +519,17 @@ def estimate_memory(
     traj = itemsize * n * rows * n_store_t if keep_trajectories else 0
     c = min(chunk, n)
     blocks = -(-c // BLOCK) + (1 if c < n else 0)  # a chunk may straddle one more block
-    work = 2 * blocks * BLOCK * (covariate_bytes + 8 * n_metrics) + c * _CHUNK_OTHER_BYTES
+    work = 2 * blocks * BLOCK * (covariate_bytes + 8 * n_metrics)
+    work += c * (_CHUNK_OTHER_BYTES + chunk_patient_bytes)
     if chunk_trajectories and rows:
         work += c * rows * n_store_t * itemsize
         if residual:  # standard normal draws of whole blocks, a float64 copy, two temporaries
             work += 8 * n_store_t * (blocks * BLOCK * n_store + c * n_store + 2 * c)
     held = bands = 0
     if streaming_bands and n_band:
-        # The kernel's band points (when it stores only those) and their contiguous copy;
-        # with several chunks, malloc keeps one such buffer of the previous chunk in its heap
-        # (measured: a 32 MB buffer per chunk raised the peak by 32 MB from the second chunk).
-        copies = (1 if chunk_trajectories and rows else 2) + (1 if n > chunk else 0)
-        work += c * n_band * n_band_t * 4 * copies
+        # The band points: the kernel's own (summary mode) or a copy from the chunk's stored
+        # trajectories.
+        work += c * n_band * n_band_t * 4
         counts = 8 * n_band * n_band_t * (_edges().size + 1)
         held = counts * (2 if n > chunk else 1)  # accumulated, and the next chunk's own
         bands = 2 * counts  # at the end: the counts and their cumulative sums
@@ -553,7 +556,7 @@ def estimate_memory(
 
 #: Per patient of a chunk, arrays not counted elsewhere: event tables (time, rate, bolus per
 #: breakpoint), special times, the adaptive solvers' parameters and initial states.
-_CHUNK_OTHER_BYTES = 512
+_CHUNK_OTHER_BYTES = 256
 #: Python objects, xarray indexes and attributes of a result (measured: 0.1-0.3 MB for 3
 #: patients); a margin, not a term that grows.
 _BASE_BYTES = 1024**2
@@ -767,6 +770,10 @@ def simulate_cohort(
     n_amounts = spec.n_comp if amounts else 0
     cov_bytes, text_bytes = _covariate_bytes(pop)
     in_place = keep and method == "exact" and not residual
+    # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
+    # copy and the packed parameters: about two N x N float64 matrices at the peak).
+    N = spec.n_states
+    systems = 8 * (2 * N * N + 2 * N) if method != "exact" and spec.is_linear else 0
 
     def estimate(k: int) -> dict[str, int]:
         return estimate_memory(
@@ -777,7 +784,7 @@ def simulate_cohort(
             n_band_t=len(range(0, grid.size, band_stride)) if band_outputs else 0,
             streaming_bands=bool(band_outputs) and not keep,
             chunk_trajectories=bool(store_out) and not in_place, residual=residual,
-            adaptive=method != "exact", n_grid=grid.size,
+            adaptive=method != "exact", n_grid=grid.size, chunk_patient_bytes=systems,
         )  # fmt: skip
 
     mem = estimate(n)
