@@ -599,6 +599,11 @@ def simulate(
     cov = _covariates(weight, age, sex, extra)
     extra_run = _pd_run_options(pd_names, pd_items, racemic)
     extra_run.update(_method_options(method, rtol, atol))
+    # The command holds two simulations (the output grid, and that grid merged with the dose
+    # events) and copies for its files: each may use a quarter of the available memory.
+    from .cohort import _available_memory
+
+    extra_run["memory_limit"] = int(0.8 * _available_memory()) // _SINGLE_COPIES
     ds = run(spec, reg, covariates=cov, until=until, every=every, **extra_run)
     # Summary on the output grid merged with every dose event, so peaks at a bolus or at
     # the end of an infusion are evaluated exactly.
@@ -648,6 +653,10 @@ def simulate(
     for _kind, path in targets:
         _echo(f"wrote {path}")
     _echo(DISCLAIMER)
+
+
+#: Simulations of one patient (and output copies of them) the command holds at once.
+_SINGLE_COPIES = 4
 
 
 def _pairs(items, option, sep="="):
@@ -731,6 +740,7 @@ def _simulate_cohort(
         threads=threads,
         out=out,
         dask=dask,
+        raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
     )
     n = int(ds.sizes["patient"])

@@ -78,6 +78,8 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 #: they never need a float64 copy of all the trajectories.
 BAND_SLAB_BYTES = 8 * 1024**2
 _MAX_BAND_POINTS = 600
+#: Default step of the streaming bands (h): the smallest multiple of the grid step >= this.
+_BAND_EVERY_H = 10 / 60
 
 
 class CohortError(PkpdError, ValueError):
@@ -347,14 +349,16 @@ def run_chunk(
         res["boluses_without_limits"] = int((idx > 0).sum())
     if setup.residual and setup.store_out:
         traj = _apply_residual(setup, traj, store, parts, sl)
-    if setup.band_outputs:
+    if setup.band_outputs and not setup.keep_in_memory:
+        # Streaming bands only: kept trajectories give exact bands at the end (no counts).
         bidx = [store.index(o) for o in setup.band_outputs]
         bstep = setup.band_stride // stride
         n_band_t = len(range(0, n_store_t, bstep))
         counts = np.zeros((len(bidx), n_band_t, _edges().size + 1), dtype=np.int64)
-        if not setup.keep_in_memory:
-            btraj = np.ascontiguousarray(traj[:, bidx, ::bstep])  # ng/mL
-            histogram_update(btraj, np.log(_edges()), counts)
+        # ng/mL; in summary mode the kernel stored just the band points: no copy of them.
+        src = traj if bidx == list(range(traj.shape[1])) else traj[:, bidx]
+        btraj = np.ascontiguousarray(src[:, :, ::bstep])
+        histogram_update(btraj, np.log(_edges()), counts)
         res["band_counts"] = counts
     if setup.store_out and not in_place:
         res["trajectory"] = traj
@@ -536,30 +540,128 @@ def estimate_memory(
     exact_bands: bool = False,
     itemsize: int = 4,
     n_amounts: int = 0,
+    *,
+    covariate_bytes: int = 64,
+    text_bytes: int = 0,
+    n_scaled: int | None = None,
+    n_band: int = 0,
+    n_band_t: int = 0,
+    streaming_bands: bool = False,
+    chunk_trajectories: bool = False,
+    residual: bool = False,
+    adaptive: bool = False,
+    n_grid: int = 0,
+    chunk_patient_bytes: int = 0,
 ) -> dict[str, int]:
-    """Bytes needed: per-patient results, stored trajectories, and the fixed working sets.
+    """Bytes a cohort adds to the process at its peak, term by term (see README, Memory).
 
-    Kept trajectories (and `n_amounts` compartment amounts, `itemsize` bytes per value)
-    are held once: each chunk's block is copied into one preallocated
-    ``(patient, output, time)`` array as it arrives (see `simulate_cohort`).
-    The working sets do not grow with `n`: the chunk's own arrays (``chunk``) and, for
-    exact bands, one slab of at most :data:`BAND_SLAB_BYTES` of float64 values with its
-    float32 gather and ``numpy.quantile``'s partitioned copy (``bands``).
+    Each term models where the memory really goes; ``tests/test_resources.py`` compares the
+    total with the peak resident memory of fresh processes over sizes and modes.
+
+    * ``results``: per patient, the chunk's raw arrays (covariates and event times,
+      `covariate_bytes`; `n_metrics` float64 metrics and individual parameters; the status;
+      the solver counters if `adaptive`), alive until the end, plus at the peak of the
+      assembly (``xarray.concat``) the final Dataset and the chunk Datasets' copies (the
+      `n_scaled` unit-scaled metrics, the `text_bytes` of text covariates, status, index).
+    * ``trajectories``: kept trajectories and `n_amounts` amounts, `itemsize` bytes per value,
+      held once (the exact kernel writes into the final array).
+    * ``chunk``: the working set of one chunk of ``min(chunk, n)`` patients (a cohort
+      smaller than a chunk does not pay for a whole one): random draws of whole blocks,
+      event tables, `chunk_patient_bytes` per patient (the per-patient systems of a linear
+      model run by an adaptive solver), the chunk's own stored points when the kernel
+      does not write in place (`chunk_trajectories`: adaptive solvers, residual error,
+      Zarr output), the band points of streaming bands.
+    * ``bands``: streaming bands hold per-time-point histograms (accumulated, the chunk's
+      own, and the cumulative sums of the quantile search); exact bands one slab of
+      float64 values of at most :data:`BAND_SLAB_BYTES` (or one band time of every
+      patient) with its float32 gather and ``numpy.quantile``'s partitioned copy.
+    * ``grid``: the time grid and its copies; ``base``: Python objects and xarray indexes.
     """
-    per_patient = 8 * (n_metrics + 16)
+    from .solvers import N_STATS
+
+    n_scaled = n_out if n_scaled is None else n_scaled
+    raw = covariate_bytes + 8 * n_metrics + 8 + (8 * N_STATS if adaptive else 0)
+    final = covariate_bytes + 8 * n_metrics + 1 + 8
+    copies = 8 * n_scaled + text_bytes + 1 + 8
+    per_patient = raw + final + copies
     rows = n_store + n_amounts
     traj = itemsize * n * rows * n_store_t if keep_trajectories else 0
-    work = chunk * (itemsize * max(rows, n_out) * n_store_t + 8 * (n_metrics + 64)) * 3
-    # A slab is at least one band time of every patient (8 * n * n_store bytes).
-    slab = max(BAND_SLAB_BYTES, 8 * n * n_store)
-    bands = int(2.5 * slab) if keep_trajectories and exact_bands else 0
+    c = min(chunk, n)
+    blocks = -(-c // BLOCK) + (1 if c < n else 0)  # a chunk may straddle one more block
+    work = 2 * blocks * BLOCK * (covariate_bytes + 8 * n_metrics)
+    work += c * (_CHUNK_OTHER_BYTES + chunk_patient_bytes)
+    if chunk_trajectories and rows:
+        work += c * rows * n_store_t * itemsize
+        if residual:  # standard normal draws of whole blocks, a float64 copy, two temporaries
+            work += 8 * n_store_t * (blocks * BLOCK * n_store + c * n_store + 2 * c)
+    held = bands = 0
+    if streaming_bands and n_band:
+        # The band points: the kernel's own (summary mode) or a copy from the chunk's stored
+        # trajectories.
+        work += c * n_band * n_band_t * 4
+        counts = 8 * n_band * n_band_t * (_edges().size + 1)
+        held = counts * (2 if n > chunk else 1)  # accumulated, and the next chunk's own
+        bands = 2 * counts  # at the end: the counts and their cumulative sums
+    elif exact_bands and keep_trajectories and n_band:
+        slab = max(min(BAND_SLAB_BYTES, 8 * n * n_band * n_band_t), 8 * n * n_band)
+        bands = int(2.5 * slab)
+    grid = 4 * 8 * n_grid
+    # Two peaks: while the chunks run (raw results, kept trajectories, one chunk's working
+    # set), and while the Dataset is assembled (the chunk working set is gone by then).
+    running = n * raw + traj + work + held
+    assembling = n * per_patient + traj + bands
+    total = max(running, assembling) + grid + _BASE_BYTES
     return {
         "results": n * per_patient,
+        "dataset": n * final + traj,  # what the returned Dataset itself holds
         "trajectories": traj,
-        "chunk": work,
+        "chunk": work + held,
         "bands": bands,
-        "total": n * per_patient + traj + work + bands,
+        "grid": grid,
+        "base": _BASE_BYTES,
+        "total": total,
     }
+
+
+#: Per patient of a chunk, arrays not counted elsewhere: event tables (time, rate, bolus per
+#: breakpoint), special times, the adaptive solvers' parameters and initial states.
+_CHUNK_OTHER_BYTES = 256
+#: Python objects, xarray indexes and attributes of a result (measured: 0.1-0.3 MB for 3
+#: patients); a margin, not a term that grows.
+_BASE_BYTES = 1024**2
+
+
+def largest_fitting(estimate, limit: int, n: int) -> int:
+    """The largest cohort size ``k <= n`` with ``estimate(k)["total"] <= limit`` (0: none).
+
+    `estimate` is non-decreasing in `k`, so a bisection finds the size that the same check
+    accepts: the advice of a refusal is consistent with the check itself.
+    """
+    if estimate(1)["total"] > limit:
+        return 0
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate(mid)["total"] <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _covariate_bytes(pop) -> tuple[int, int]:
+    """Bytes per patient of the drawn (or tabled) covariates, and of those that are text."""
+    if hasattr(pop, "sample"):
+        cov = pop.sample(np.random.default_rng(0), 8)
+    else:
+        cov = {k: np.asarray(v) for k, v in pop.covariates.items()}
+    total = text = 0
+    for v in cov.values():
+        size = np.asarray(v).dtype.itemsize
+        total += size
+        if np.asarray(v).dtype.kind in "OU":
+            text += size
+    return total, text
 
 
 def _available_memory() -> int:
@@ -589,7 +691,7 @@ def simulate_cohort(
     trajectories: list[str] | bool | None = None,
     trajectory_every=None,
     bands: bool = True,
-    band_every="10 min",
+    band_every=None,
     iiv: bool = True,
     residual: bool = False,
     chunk_size: int = 8 * BLOCK,
@@ -597,7 +699,7 @@ def simulate_cohort(
     out=None,
     dask=None,
     progress: bool | None = None,
-    raise_on_failure: bool = False,
+    raise_on_failure: bool | str = False,
     memory_limit: int | None = None,
     method: str = "auto",
     rtol=None,
@@ -605,6 +707,7 @@ def simulate_cohort(
     amounts: bool = False,
     trajectory_dtype: str = "float32",
     extra_columns: str = "error",
+    estimate_only: bool = False,
 ):
     """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
 
@@ -652,6 +755,9 @@ def simulate_cohort(
         Percentile bands (5, 25, 50, 75, 95 %) over time of every concentration output:
         exact when trajectories are kept in memory, streaming otherwise (on a
         `band_every` grid; see the module docstring for accuracy).
+    band_every : optional
+        Step of the streaming bands, a whole multiple of `every`. Default: the smallest
+        multiple of `every` that is at least 10 minutes (`every` itself when it is longer).
     iiv : bool
         Draw inter-individual variability (the model's omega); False gives typical
         parameters for every patient's covariates.
@@ -667,11 +773,15 @@ def simulate_cohort(
         a scheduler address.
     progress : bool, optional
         Progress bar on stderr (default: when stderr is a terminal).
-    raise_on_failure : bool
+    raise_on_failure : bool or "all"
         Raise :class:`SimulationError` if any patient failed (otherwise they are flagged in
-        ``status`` and counted in ``attrs["n_failed"]``).
+        ``status`` and counted in ``attrs["n_failed"]``); ``"all"``: only when every patient
+        failed (nothing to summarise; the command line does this). Nothing is written then.
     memory_limit : int, optional
         Bytes allowed (default: 80 % of the available memory).
+    estimate_only : bool
+        Validate the request and return its memory estimate (a dict of bytes, see
+        :func:`estimate_memory`) instead of simulating; nothing is refused or written.
     method : {"auto", "exact", "dopri5", "rodas"}
         Solver, as for :func:`pkpd.simulate`: ``"auto"`` is the exact kernel for linear
         models and Dopri5 for ``[ode]`` models (Rodas4 when the model file says
@@ -738,17 +848,36 @@ def simulate_cohort(
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
         band_stride = _stride(band_every, step, "band_every") if bands else 1
+        if bands and band_every is None:
+            band_stride = max(1, math.ceil(_BAND_EVERY_H / step - 1e-9))
     n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
     itemsize = np.dtype(trajectory_dtype).itemsize
     n_amounts = spec.n_comp if amounts else 0
-    mem = estimate_memory(
-        n, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
-        itemsize=itemsize, n_amounts=n_amounts,
-    )  # fmt: skip
+    cov_bytes, text_bytes = _covariate_bytes(pop)
+    in_place = keep and method == "exact" and not residual
+    # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
+    # copy and the packed parameters: about two N x N float64 matrices at the peak).
+    N = spec.n_states
+    systems = 8 * (2 * N * N + 2 * N) if method != "exact" and spec.is_linear else 0
+
+    def estimate(k: int) -> dict[str, int]:
+        return estimate_memory(
+            k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
+            itemsize=itemsize, n_amounts=n_amounts,
+            covariate_bytes=cov_bytes + 8 * len(reg.anchor_names), text_bytes=text_bytes,
+            n_scaled=len(outs) * (1 + len(win) + len(at_)), n_band=len(band_outputs),
+            n_band_t=len(range(0, grid.size, band_stride)) if band_outputs else 0,
+            streaming_bands=bool(band_outputs) and not keep,
+            chunk_trajectories=bool(store_out) and not in_place, residual=residual,
+            adaptive=method != "exact", n_grid=grid.size, chunk_patient_bytes=systems,
+        )  # fmt: skip
+
+    mem = estimate(n)
+    if estimate_only:
+        return mem
     limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
     if mem["total"] > limit:
-        fixed = mem["chunk"] + mem["bands"]
-        fit = max(0, int((limit - fixed) / max(1, mem["total"] - fixed) * n))
+        fit = largest_fitting(estimate, limit, n)
         raise CohortError(
             f"the request needs about {mem['total'] / 1e9:.2f} GB "
             f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
@@ -802,7 +931,10 @@ def simulate_cohort(
     try:
         for res in _run(setup, bounds, threads, dask, kept):
             if "band_counts" in res:
-                counts = res["band_counts"] if counts is None else counts + res["band_counts"]
+                if counts is None:
+                    counts = res["band_counts"]
+                else:
+                    counts += res["band_counts"]  # in place: one array of counts is held
                 del res["band_counts"]
             if writer is not None:
                 writer.append(_chunk_dataset(setup, res))
@@ -831,7 +963,7 @@ def simulate_cohort(
         if show:
             sys.stderr.write("\n")
         n_failed = int((ds.status.values != 0).sum())
-        if n_failed and raise_on_failure:
+        if n_failed and raise_on_failure and (raise_on_failure != "all" or n_failed == n):
             first = int(np.nonzero(ds.status.values)[0][0])
             raise SimulationError(
                 f"{n_failed} of {n} patients failed (first: patient {first}, "

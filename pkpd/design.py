@@ -428,6 +428,7 @@ def compare(
         every=every,
         extra=dict(cohort_kwargs or {}, bands=bands),
     )
+    _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
     parts = []
     first = None
     events: dict[str, dict[str, np.ndarray]] = {}
@@ -474,6 +475,47 @@ def compare(
     for name, rm in risk_models.items():
         out.attrs.update(_risk_attrs(name, rm))
     return out
+
+
+def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, int]:
+    """Bytes a comparison needs at its peak: its largest cohort run, plus what it holds.
+
+    The regimens run one after another, so their cohort runs do not add up; what does is
+    kept for every regimen: the per-patient float64 values of its summary (metrics, doses,
+    target attainment, risks) and the event times, twice at the end (the parts and their
+    concatenation), and the first cohort's Dataset (the common covariates).
+    """
+    from .cohort import simulate_cohort
+
+    runs = [simulate_cohort(spec, r, population, n, seed, estimate_only=True, **kw) for r in regs]
+    n_out = len(spec.output_names)
+    thr = kw.get("thresholds") or {}
+    n_thr = sum(1 if isinstance(v, str | int | float) else len(v) for v in thr.values())
+    n_win = len(kw.get("windows") or {"total": None})
+    n_values = n_out * (2 + n_win + len(kw.get("at") or {})) + n_thr + 3 + n_risks
+    n_events = sum(len(r.anchor_names) for r in regs)
+    held = runs[0]["dataset"] + n * 8 * (2 * len(regs) * n_values + n_events)
+    largest = max(r["total"] for r in runs)
+    return {"largest_run": largest, "held": held, "total": largest + held}
+
+
+def _check_compare_memory(spec, regs, population, n, seed, kw, n_risks) -> None:
+    from .cohort import _available_memory, largest_fitting
+
+    limit = kw.get("memory_limit") or int(0.8 * _available_memory())
+    mem = compare_memory(spec, regs, population, n, seed, kw, n_risks)
+    if mem["total"] <= limit:
+        return
+    fit = largest_fitting(
+        lambda k: compare_memory(spec, regs, population, k, seed, kw, n_risks), limit, n
+    )
+    raise DesignError(
+        f"comparing {len(regs)} regimens on {n:,} patients needs about "
+        f"{mem['total'] / 1e9:.2f} GB (the largest cohort run {mem['largest_run'] / 1e9:.2f} "
+        f"GB, results held for every regimen {mem['held'] / 1e9:.2f} GB) but "
+        f"{limit / 1e9:.2f} GB are available: compare at most about {fit:,} patients, or "
+        "fewer regimens at a time"
+    )
 
 
 def _check_crn(first, ds, label) -> None:
