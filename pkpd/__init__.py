@@ -21,6 +21,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 from .cohort import simulate_cohort
 from .errors import (
+    CacheError,
     CovariateDefaultWarning,
     CovariateError,
     CovariateRangeWarning,
@@ -42,6 +43,7 @@ from .stereo import racemic_to_s_ketamine
 __all__ = [
     "DISCLAIMER",
     "Bolus",
+    "CacheError",
     "CovariateDefaultWarning",
     "CovariateError",
     "CovariateRangeWarning",

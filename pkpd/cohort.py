@@ -1060,9 +1060,13 @@ def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) ->
     table = isinstance(pop, CovariateTable)
     names = list(pop.covariates)
     if table:
-        file = pop.file or "covariate table"
-        where, source = f"{file}: ", f"the covariate table {file}"
-        hint = " (pass extra_columns='ignore', or --extra-columns ignore, to keep other columns)"
+        file = pop.file or ""
+        where = f"{file}: " if file else ""
+        source = f"the covariate table {file}" if file else "the covariate table"
+        hint = (
+            " (pass extra_columns='ignore', or --extra-columns ignore to `pkpd simulate`, "
+            "to keep other columns)"
+        )
         unknown = spec.check_covariate_names(
             names, where=where, what="column", also=("id",), hint=hint
         )

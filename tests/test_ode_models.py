@@ -668,7 +668,9 @@ def test_cli_refuses_an_open_cache_in_one_line(fresh_cache):
     fresh_cache.mkdir()
     fresh_cache.chmod(0o777)
     path = models_dir() / "fanta2015_mm_s_ketamine.toml"
-    r = CliRunner().invoke(main, ["simulate", str(path), "20 mg bolus at 0 h", "--until", "1h"])
+    r = CliRunner().invoke(
+        main, ["simulate", str(path), "20 mg bolus at 0 h", "--weight", "70", "--until", "1h"]
+    )
     assert r.exit_code == 2
     assert r.output.startswith(f"pkpd: error: code cache {fresh_cache}: writable by group")
     assert r.output.count("\n") == 1
