@@ -23,7 +23,7 @@ OUT=${OUT:-${TMPDIR:-/tmp}/pkpd-mutation-results}
 
 # module name | file | test files
 MODULES=(
-  "kernels|pkpd/kernels.py|tests/test_kernel_tmax.py"
+  "kernels|pkpd/kernels.py|tests/test_kernel_tmax.py tests/test_metrics.py"
   "exact|pkpd/solvers/exact.py|tests/test_exact.py tests/test_solver_accuracy.py"
   "expm|pkpd/solvers/expm.py|tests/test_expm.py"
   "linear_system|pkpd/solvers/linear_system.py|tests/test_exact.py tests/test_solver_accuracy.py"

@@ -1,14 +1,15 @@
 """Helpers of tools/mutation.sh for cosmic-ray sessions (sampling and the score table).
 
-    python tools/mutation_tool.py sample SESSION.sqlite N SEED
-        Keep a random sample of N pending mutants (numpy Generator seeded with SEED) and
-        mark every other pending one as skipped, so a run fits a time budget.
-    python tools/mutation_tool.py summary SESSION.sqlite [...]
-        One line per session: module, sampled, killed, survived, timeout, incompetent,
-        and the score killed / (killed + survived + timeout) in percent (a timeout counts
-        as killed by cosmic-ray; it is shown apart here).
-    python tools/mutation_tool.py survivors SESSION.sqlite
-        The diff of every surviving mutant.
+python tools/mutation_tool.py sample SESSION.sqlite N SEED
+    Keep a random sample of N pending mutants (numpy Generator seeded with SEED) and
+    mark every other pending one as skipped, so a run fits a time budget.
+python tools/mutation_tool.py summary SESSION.sqlite [...]
+    One line per session: module, sampled, killed, survived, timeout, incompetent,
+    and the score (killed + timeout) / (killed + survived + timeout) in percent (cosmic-ray
+    counts a timeout as killed; it is shown apart here; incompetent mutants, which do
+    not run at all, are left out of the score).
+python tools/mutation_tool.py survivors SESSION.sqlite
+    The diff of every surviving mutant.
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 def sample(path: str, n: int, seed: int) -> None:
     with use_db(path, WorkDB.Mode.open) as db:
-        pending = sorted(item.job_id for item in db.pending_work_items)
+        # Job ids are random UUIDs: order by what the mutation is, so that a seed draws
+        # the same mutants of the same source in every run.
+        items = sorted(
+            db.pending_work_items,
+            key=lambda it: [
+                (str(m.module_path), m.start_pos, m.end_pos, m.operator_name, m.occurrence)
+                for m in it.mutations
+            ],
+        )
+        pending = [item.job_id for item in items]
         rng = np.random.default_rng(seed)
-        keep = set(rng.choice(pending, size=min(n, len(pending)), replace=False).tolist())
+        chosen = rng.choice(len(pending), size=min(n, len(pending)), replace=False)
+        keep = {pending[i] for i in chosen}
         drop = [j for j in pending if j not in keep]
         if drop:
             db.set_multiple_results(
@@ -56,7 +67,7 @@ def summary(paths: list[str]) -> None:
             count = Counter(_outcome(r) for _, r in db.results)
             pending = db.num_work_items - db.num_results
             module = str(next(iter(items.values())).mutations[0].module_path) if items else "?"
-        sampled = db_total = len(items)
+        db_total = len(items)
         sampled = db_total - count["skipped"]
         run = sampled - pending
         scored = count["killed"] + count["survived"] + count["timeout"]
