@@ -24,8 +24,8 @@ OUT=${OUT:-${TMPDIR:-/tmp}/pkpd-mutation-results}
 # module name | file | test files
 MODULES=(
   "kernels|pkpd/kernels.py|tests/test_kernel_tmax.py tests/test_metrics.py"
-  "exact|pkpd/solvers/exact.py|tests/test_exact.py tests/test_solver_accuracy.py"
-  "expm|pkpd/solvers/expm.py|tests/test_expm.py"
+  "exact|pkpd/solvers/exact.py|tests/test_exact.py tests/test_solver_internals.py tests/test_solver_accuracy.py"
+  "expm|pkpd/solvers/expm.py|tests/test_expm.py tests/test_solver_internals.py"
   "linear_system|pkpd/solvers/linear_system.py|tests/test_exact.py tests/test_solver_accuracy.py"
   "dopri5|pkpd/solvers/dopri5.py|tests/test_dopri5.py tests/test_solver_accuracy.py tests/test_adaptive_solvers.py"
   "rosenbrock|pkpd/solvers/rosenbrock.py|tests/test_rosenbrock.py tests/test_solver_accuracy.py tests/test_adaptive_solvers.py"
