@@ -23,7 +23,7 @@ from pkpd.model import ModelSpec, models_dir
 from pkpd.solvers import exact
 from pkpd.solvers.dopri5 import dopri5_solve
 from pkpd.solvers.expm import EXPM_BAD_SHAPE, _lu_solve_inplace, expm_into, expm_work
-from pkpd.solvers.registry import SOLVERS, run
+from pkpd.solvers.registry import SOLVERS, run, tolerance
 from pkpd.solvers.rosenbrock import rodas_solve
 
 M = np.array([[-1.3, 0.4, 0.0], [0.9, -0.4, 0.0], [1.0, 0.0, 0.0]])
@@ -191,3 +191,20 @@ def test_convergence_order_with_explicit_time_dependence(method):
         errs.append(abs(X[-1, 0] - exact_T))
     slope = np.polyfit(np.log(hs), np.log(errs), 1)[0]
     assert abs(slope - SOLVERS[method].order) < 0.5, (slope, errs)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-6, [1e-6, 0.0, 1e-6], np.inf, [1e-6, 1e-6]])
+def test_a_tolerance_must_be_positive_and_finite_for_every_state(value):
+    with pytest.raises(ValueError, match=r"`rtol` must be a positive number or 3 positive"):
+        tolerance(value, 3, "rtol")
+
+
+def test_registry_says_which_solver_is_for_stiff_problems():
+    """Dopri5 is explicit (its stability region is bounded: not for stiff problems), Rodas4
+    is L-stable; the orders are those of the methods (5(4) and 4(3))."""
+    assert not SOLVERS["dopri5"].stiff and SOLVERS["rodas"].stiff
+    assert (SOLVERS["dopri5"].order, SOLVERS["dopri5"].error_order) == (5, 4)
+    assert (SOLVERS["rodas"].order, SOLVERS["rodas"].error_order) == (4, 3)
