@@ -30,8 +30,8 @@ MODULES=(
   "dopri5|pkpd/solvers/dopri5.py|tests/test_dopri5.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
   "rosenbrock|pkpd/solvers/rosenbrock.py|tests/test_rosenbrock.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
   "registry|pkpd/solvers/registry.py|tests/test_solver_internals.py tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py"
-  "regimen|pkpd/regimen.py|tests/test_regimen_library.py tests/test_validation.py"
-  "population|pkpd/population.py|tests/test_population.py"
+  "regimen|pkpd/regimen.py|tests/test_regimen_library.py tests/test_validation.py tests/test_sampling_internals.py"
+  "population|pkpd/population.py|tests/test_population.py tests/test_sampling_internals.py"
   "metrics|pkpd/metrics.py|tests/test_metrics.py"
 )
 
