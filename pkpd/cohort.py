@@ -1152,12 +1152,42 @@ def _thresholds(thresholds, spec) -> list[tuple[str, float, str]]:
                 f"threshold for unknown output {o!r}; expected one of "
                 f"{', '.join(spec.output_names)}"
             )
+        ode_out = (
+            next((x for x in spec.ode.outputs if x.name == o), None) if spec.ode else None
+        )
+        if ode_out is not None and not ode_out.concentration:
+            out.extend(_plain_thresholds(o, vals, ode_out.unit))
+            continue
         an = next(x.analyte for x in spec.outputs if x.name == o)
         for v in [vals] if isinstance(vals, str | int | float) else vals:
             mg_l = parse_quantity(
                 v, "concentration", molar_mass=spec.molar_mass(an), key=f"thresholds.{o}"
             ).value
             out.append((o, mg_l, f"{o} > {mg_l * MG_L_TO_NG_ML:g} ng/mL"))
+    return out
+
+
+def _plain_thresholds(o, vals, unit) -> list[tuple[str, float, str]]:
+    """Thresholds of an output that is not a concentration (a score): in its own unit.
+
+    A number, or a number followed by the output's unit; any other unit is an error, since
+    nothing converts a concentration into, say, a pain score.
+    """
+    out = []
+    for v in [vals] if isinstance(vals, str | int | float) else vals:
+        text = str(v).strip()
+        if unit and text.endswith(unit):
+            text = text[: -len(unit)].strip()
+        try:
+            x = float(text)
+        except ValueError:
+            raise CohortError(
+                f"`thresholds.{o}` = {v!r}: output {o!r} is not a concentration; expected a "
+                f"number in its unit ({unit or 'dimensionless'}), e.g. '{o}=5'"
+            ) from None
+        if not np.isfinite(x):
+            raise CohortError(f"`thresholds.{o}` = {v!r}: expected a finite number")
+        out.append((o, x, f"{o} > {x:g} {unit}".rstrip()))
     return out
 
 

@@ -208,6 +208,33 @@ def test_ode_cohort_patients_equal_single_patient_simulations(tmp_path, model):
         assert ds.cmax.attrs["units"] == "see output_units"
 
 
+def test_threshold_on_a_score_is_in_the_scores_own_unit():
+    """`--threshold pain=5` on a pain score is 5 on its NRS scale, labelled so; a
+    concentration unit on it is refused (it was read as 5 mg/L and labelled 'pain >
+    5000 ng/mL'). Time above agrees with the stored trajectory's linear crossings."""
+    kw = dict(
+        n=4, seed=1, until="12 h", every="5 min", trajectories=["pain"], bands=False,
+        progress=False,
+    )  # fmt: skip
+    regimen = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h"
+    model, pop = "s_ketamine_pain_turnover", "healthy_volunteers"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = simulate_cohort(model, regimen, pop, thresholds={"pain": ["5", "5.5 NRS 0-10"]}, **kw)
+        with pytest.raises(CohortError, match=r"`thresholds.pain` = '5mg/L'.*NRS 0-10"):
+            simulate_cohort(model, regimen, pop, thresholds={"pain": "5mg/L"}, **kw)
+    assert list(ds.threshold.values) == ["pain > 5 NRS 0-10", "pain > 5.5 NRS 0-10"]
+    pain = ds.trajectory.sel(traj_output="pain").values.astype(float)
+    t = np.linspace(0.0, 12.0, pain.shape[-1])
+    fine = np.linspace(0.0, 12.0, 100_001)
+    for j, level in enumerate([5.0, 5.5]):
+        for i in range(pain.shape[0]):
+            above = np.interp(fine, t, pain[i]) > level
+            want = above.mean() * 12.0
+            got = ds.time_above.values[i, j]
+            assert 0.5 < got < 12.0 and abs(got - want) < 0.05, (i, level, got, want)
+
+
 # An output that stays negative (its Cmax is negative) and one that turns NaN for a light
 # patient (sqrt of a negative number) while the state stays finite. One-compartment, so
 # the kernels compile quickly; `neg` peaks at the end of the infusion.
