@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -111,22 +112,23 @@ def test_any_grid_step_gets_streaming_bands_from_the_cli(tmp_path, every, band_m
 
 # ----------------------------------------------------------------------------- memory
 
-# Run in a fresh interpreter: import, run the same request for 3 patients (kernels compiled
-# or loaded, caches filled), reset the peak resident set (Linux: /proc/self/clear_refs),
-# then run the request and report the peak increment and the estimate the guard used.
-_MEASURE = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import pkpd.cohort
-from pkpd.cohort import simulate_cohort
-kw = json.loads(sys.argv[1])
-seen = []
-original = pkpd.cohort.estimate_memory
-def spy(*args, **kwargs):
-    seen.append(original(*args, **kwargs))
-    return seen[-1]
-pkpd.cohort.estimate_memory = spy
-simulate_cohort(**dict(kw, n=3))
+
+def _peak_script(setup: str, run: str, report: str) -> str:
+    """Python source run in a fresh interpreter: `setup` (imports, and a warm-up run that
+    compiles or loads the kernels and fills caches), then the peak resident set is reset
+    (Linux: /proc/self/clear_refs), `run` executes and `report` prints, as JSON, what the
+    test compares with the increment of the peak over the resident set before `run`."""
+    return (
+        "import json, sys, warnings\nwarnings.simplefilter('ignore')\n"
+        + textwrap.dedent(setup)
+        + _PEAK
+        + textwrap.dedent(run)
+        + "inc = status('VmHWM:') - base\n"
+        + textwrap.dedent(report)
+    )
+
+
+_PEAK = """
 import ctypes, gc
 gc.collect()
 try:  # give freed heap memory back, so the run cannot hide in what the warm-up left free
@@ -139,9 +141,26 @@ def status(key):
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")
 base = status("VmRSS:")
-simulate_cohort(**kw)
-print(json.dumps({"increment": status("VmHWM:") - base, "estimate": seen[-1]}))
 """
+
+# A cohort request (JSON in argv[1]), warmed up with 3 patients; reports the estimate the
+# guard used.
+_MEASURE = _peak_script(
+    """
+    import pkpd.cohort
+    from pkpd.cohort import simulate_cohort
+    kw = json.loads(sys.argv[1])
+    seen = []
+    original = pkpd.cohort.estimate_memory
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+    pkpd.cohort.estimate_memory = spy
+    simulate_cohort(**dict(kw, n=3))
+    """,
+    "simulate_cohort(**kw)\n",
+    'print(json.dumps({"increment": inc, "estimate": seen[-1]}))\n',
+)
 
 
 def _measure(**kw) -> tuple[int, dict]:
@@ -239,31 +258,20 @@ def test_the_advice_is_the_largest_cohort_the_check_accepts(monkeypatch):
     assert 300_000 < fit < 1_000_000
 
 
-_MEASURE_ONE = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-from pkpd import simulate
-from pkpd.model import load_model
-from pkpd.simulate import estimate_single_memory
-model, until, every = sys.argv[1:4]
-simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until="2 h")
-import ctypes, gc
-gc.collect()
-try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-except (OSError, AttributeError):
-    pass
-def status(key):
-    with open("/proc/self/status") as fh:
-        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith(key))
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")
-base = status("VmRSS:")
-ds = simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until=until,
-              every=every)
-inc = status("VmHWM:") - base
-print(json.dumps([inc, estimate_single_memory(load_model(model), ds.sizes["time"])]))
-"""
+_MEASURE_ONE = _peak_script(
+    """
+    from pkpd import simulate
+    from pkpd.model import load_model
+    from pkpd.simulate import estimate_single_memory
+    model, until, every = sys.argv[1:4]
+    simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until="2 h")
+    """,
+    """
+    ds = simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until=until,
+                  every=every)
+    """,
+    'print(json.dumps([inc, estimate_single_memory(load_model(model), ds.sizes["time"])]))\n',
+)
 
 
 @pytest.mark.skipif(not _can_measure(), reason="needs Linux /proc/self/clear_refs")
@@ -308,33 +316,21 @@ COMPARE = dict(
     anchors=REGIMEN,
 )
 
-_MEASURE_COMPARE = """
-import json, sys, warnings
-warnings.simplefilter("ignore")
-import pkpd.design
-kw = json.loads(sys.argv[1])
-seen = []
-original = pkpd.design.compare_memory
-def spy(*args, **kwargs):
-    seen.append(original(*args, **kwargs))
-    return seen[-1]
-pkpd.design.compare_memory = spy
-pkpd.design.compare(**dict(kw, n=3))
-import ctypes, gc
-gc.collect()
-try:  # give freed heap memory back, so the run cannot hide in what the warm-up left free
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-except (OSError, AttributeError):
-    pass
-def status(key):
-    with open("/proc/self/status") as fh:
-        return next(int(x.split()[1]) * 1024 for x in fh if x.startswith(key))
-with open("/proc/self/clear_refs", "w") as fh:
-    fh.write("5")
-base = status("VmRSS:")
-pkpd.design.compare(**kw)
-print(json.dumps({"increment": status("VmHWM:") - base, "estimate": seen[-1]}))
-"""
+_MEASURE_COMPARE = _peak_script(
+    """
+    import pkpd.design
+    kw = json.loads(sys.argv[1])
+    seen = []
+    original = pkpd.design.compare_memory
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+    pkpd.design.compare_memory = spy
+    pkpd.design.compare(**dict(kw, n=3))
+    """,
+    "pkpd.design.compare(**kw)\n",
+    'print(json.dumps({"increment": inc, "estimate": seen[-1]}))\n',
+)
 
 
 @pytest.mark.skipif(not _can_measure(), reason="needs Linux /proc/self/clear_refs")
