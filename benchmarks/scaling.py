@@ -18,7 +18,7 @@ import sys
 CODE = r"""
 import json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
-from pkpd.cohort import simulate_cohort
+from pkpd.running.cohort import simulate_cohort
 reg = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
 kw = dict(until="48 h", every="1 min", progress=False, bands=sys.argv[2] == "bands")
 simulate_cohort("fanta2015_otto2021", reg, "healthy_volunteers", 2048, seed=1, **kw)

@@ -23,11 +23,11 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import pkpd
-from pkpd.solvers import N_STATS
-from pkpd.solvers import dopri5 as d5
-from pkpd.solvers import rosenbrock as ro
-from pkpd.solvers.exact import propagate_into, reset_cache, workspace
-from pkpd.solvers.linear_rhs import pack
+from pkpd.engine.solvers import N_STATS
+from pkpd.engine.solvers import dopri5 as d5
+from pkpd.engine.solvers import rosenbrock as ro
+from pkpd.engine.solvers.exact import propagate_into, reset_cache, workspace
+from pkpd.engine.solvers.linear_rhs import pack
 
 REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
 T = np.arange(48 * 6 + 1) / 6.0
@@ -168,7 +168,7 @@ def test_compile_time(benchmark, tmp_path):
     """Cold compile of the linear Dopri5 and Rodas4 wrappers (empty cache), then load."""
     code = textwrap.dedent("""
         import time, numpy as np
-        from pkpd.solvers.registry import run_linear
+        from pkpd.engine.solvers.registry import run_linear
         M = -np.eye(2); b = np.array([1.0, 0.0]); e = np.array([0.0])
         out = []
         for m in ("dopri5", "rodas"):

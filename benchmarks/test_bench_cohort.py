@@ -39,9 +39,9 @@ import scipy.linalg
 from scipy.integrate import solve_ivp
 
 import pkpd
-import pkpd.kernels
-from pkpd.cohort import simulate_cohort
-from pkpd.model import ModelSpec, models_dir
+import pkpd.engine.kernels
+from pkpd.inputs.model import ModelSpec, models_dir
+from pkpd.running.cohort import simulate_cohort
 
 REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
 GRID = {"until": "48 h", "every": "1 min"}
@@ -100,14 +100,14 @@ def test_kernel(benchmark, model, mode):
 
 @pytest.mark.benchmark(group="cohort")
 def test_kernel_all_states_float64(benchmark, model, monkeypatch):
-    """Target (1): the project's exact cohort kernel (`pkpd.kernels.kernel_for`, the one
+    """Target (1): the project's exact cohort kernel (`pkpd.engine.kernels.kernel_for`, the one
     `simulate_cohort` calls) storing every compartment's amount every minute in float64
     into a preallocated array, as the ceiling loop below does, with the per-patient
     metrics computed as well. Inputs are those of a real `simulate_cohort` call."""
-    import pkpd.cohort
+    import pkpd.running.cohort
 
     captured = {}
-    real = pkpd.cohort.kernel_for
+    real = pkpd.running.cohort.kernel_for
 
     def capture(nr):
         def call(*args):
@@ -119,7 +119,7 @@ def test_kernel_all_states_float64(benchmark, model, monkeypatch):
     monkeypatch.setattr(pkpd.cohort, "kernel_for", capture)
     _cohort(model, N, bands=False, chunk_size=N)
     kernel, args = captured["kernel"], captured["args"]
-    names = list(inspect.signature(pkpd.kernels.cohort_kernel.py_func).parameters)
+    names = list(inspect.signature(pkpd.engine.kernels.cohort_kernel.py_func).parameters)
     arg = {k: i for i, k in enumerate(names)}
     n_out, nc = len(model.output_names), model.n_comp
     # Store rows: the extra rows after the outputs, one per compartment (unscaled mg).

@@ -1,4 +1,4 @@
-"""Benchmarks of the numba matrix exponential ``pkpd.solvers.expm``.
+"""Benchmarks of the numba matrix exponential ``pkpd.engine.solvers.expm``.
 
 Run with ``python -m pytest benchmarks/test_bench_expm.py --benchmark-only``.
 Kernel timings exclude compilation (a warm-up call precedes each benchmark); the cold
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pkpd.solvers import expm as expm_mod
-from pkpd.solvers.expm import _pade_degree, _scaling_exponent, expm_into, expm_work
+from pkpd.engine.solvers import expm as expm_mod
+from pkpd.engine.solvers.expm import _pade_degree, _scaling_exponent, expm_into, expm_work
 
 pytestmark = pytest.mark.benchmark(group="expm")
 
@@ -67,7 +67,7 @@ def test_scipy_expm_6x6(benchmark):
 
 
 def _fresh_module(name: str):
-    """Import a new, independent copy of pkpd/solvers/expm.py (new dispatchers)."""
+    """Import a new, independent copy of pkpd/engine/solvers/expm.py (new dispatchers)."""
     spec = importlib.util.spec_from_file_location(name, expm_mod.__file__)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

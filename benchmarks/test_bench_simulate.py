@@ -26,8 +26,8 @@ import pytest
 import scipy.linalg
 
 import pkpd
-from pkpd.solvers import linear_system as ls
-from pkpd.solvers.exact import propagate_into, reset_cache, workspace
+from pkpd.engine.solvers import linear_system as ls
+from pkpd.engine.solvers.exact import propagate_into, reset_cache, workspace
 
 REGIMEN = "lumbar_fusion_esketamine"
 T = np.arange(48 * 60 + 1) / 60.0
@@ -133,7 +133,7 @@ def test_compile_time(benchmark, tmp_path):
     with an empty cache folder; then the load time from that cache in a second one."""
     code = textwrap.dedent("""
         import time, numpy as np, pkpd
-        from pkpd.solvers.exact import propagate
+        from pkpd.engine.solvers.exact import propagate
         spec = pkpd.load_model("fanta2015_otto2021")
         t0 = time.perf_counter()
         M, b, C = spec.system(spec.typical_theta())

@@ -12,14 +12,9 @@ Quick start
 'ng/mL'
 """
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
 
-try:
-    __version__ = version("ketamine-pkpd")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0+unknown"
-
-from .cohort import simulate_cohort
+from ._version import __version__
 from .errors import (
     CacheError,
     CovariateDefaultWarning,
@@ -33,12 +28,13 @@ from .errors import (
     SimulationError,
     UnitError,
 )
-from .model import ModelSpec, available_models, load_model
-from .pd import available_pd, load_pd
-from .population import CovariateTable, Population, load_population
-from .regimen import Bolus, Infusion, Regimen, load_regimen
-from .simulate import DISCLAIMER, simulate, summarize
-from .stereo import racemic_to_s_ketamine
+from .inputs.model import ModelSpec, available_models, load_model
+from .inputs.pd import available_pd, load_pd
+from .inputs.population import CovariateTable, Population, load_population
+from .inputs.regimen import Bolus, Infusion, Regimen, load_regimen
+from .inputs.stereo import racemic_to_s_ketamine
+from .running.cohort import simulate_cohort
+from .running.simulate import DISCLAIMER, simulate, summarize
 
 __all__ = [
     "DISCLAIMER",
@@ -71,3 +67,29 @@ __all__ = [
     "simulate_cohort",
     "summarize",
 ]
+
+# The analysis and output modules, reachable from the face as ``pkpd.metrics``,
+# ``pkpd.risk``, ``pkpd.design``, ``pkpd.plot``, ``pkpd.cohort`` and ``pkpd.solvers``
+# (their homes are the layer folders). Imported on first use (PEP 562), so that
+# ``import pkpd`` does not load matplotlib or the design machinery.
+_LAZY_MODULES = {
+    "metrics": "pkpd.analysis.metrics",
+    "risk": "pkpd.analysis.risk",
+    "design": "pkpd.analysis.design",
+    "plot": "pkpd.output.plot",
+    "report": "pkpd.output.report",
+    "cohort": "pkpd.running.cohort",
+    "solvers": "pkpd.engine.solvers",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(_LAZY_MODULES[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'pkpd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_MODULES))

@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import CacheError
+from pkpd.errors import CacheError
 
 __all__ = ["cache_root", "check_numba_cache", "check_private_file", "private_folder"]
 

@@ -17,9 +17,9 @@ from typing import NoReturn
 import click
 import numpy as np
 
-from . import __version__
-from .errors import PkpdError, PkpdWarning
-from .simulate import DISCLAIMER
+from pkpd._version import __version__
+from pkpd.errors import PkpdError, PkpdWarning
+from pkpd.running.simulate import DISCLAIMER
 
 _DEBUG = False
 
@@ -152,7 +152,7 @@ def main(debug: bool) -> None:
 def models(ctx) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from .model import available_models, load_model
+    from pkpd.inputs.model import available_models, load_model
 
     rows = []
     pops = {}
@@ -174,7 +174,7 @@ def models(ctx) -> None:
 
 def _echo_pd_table() -> None:
     """PD endpoints (models/pd) under the PK table of `pkpd models`."""
-    from .pd import list_rows
+    from pkpd.inputs.pd import list_rows
 
     rows = list_rows()
     if not rows:
@@ -189,8 +189,8 @@ def _echo_pd_table() -> None:
 @models.command("show", help="Parameters of one model with units, sources and tags.")
 @click.argument("name")
 def models_show(name: str) -> None:
-    from .model import TAGS, load_model
-    from .pd import available_pd, describe
+    from pkpd.inputs.model import TAGS, load_model
+    from pkpd.inputs.pd import available_pd, describe
 
     if name in available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
         for line in describe(name):
@@ -266,7 +266,7 @@ def models_show(name: str) -> None:
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
             _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
-    from .ode import output_scales
+    from pkpd.inputs.ode import output_scales
 
     units = output_scales(m)[1]
     _echo(
@@ -279,7 +279,7 @@ def models_show(name: str) -> None:
 def populations(ctx) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from .population import available_populations, load_population
+    from pkpd.inputs.population import available_populations, load_population
 
     for name in available_populations():
         pop = load_population(name)
@@ -290,7 +290,7 @@ def populations(ctx) -> None:
 @populations.command("show", help="Distributions of one population with their sources.")
 @click.argument("name")
 def populations_show(name: str) -> None:
-    from .population import load_population
+    from pkpd.inputs.population import load_population
 
     _echo(load_population(name).describe())
 
@@ -299,8 +299,8 @@ def populations_show(name: str) -> None:
 
 
 def _covariates(weight, age, sex, extra) -> dict:
-    from .population import implausible
-    from .units import parse_quantity
+    from pkpd.inputs.population import implausible
+    from pkpd.inputs.units import parse_quantity
 
     cov: dict = {}
     if weight is not None:
@@ -565,7 +565,9 @@ def simulate(
             "amounts are kept for cohorts (--patients); a single patient's states are in "
             "its simulation result", param_hint="--amounts",
         )  # fmt: skip
-    from .io import (
+    from pkpd.inputs.model import load_model
+    from pkpd.inputs.regimen import load_regimen
+    from pkpd.output.io import (
         atomic_outputs,
         check_target,
         csv_metadata_path,
@@ -573,10 +575,8 @@ def simulate(
         write_csv_metadata,
         write_netcdf,
     )
-    from .model import load_model
-    from .regimen import load_regimen
-    from .simulate import simulate as run
-    from .simulate import summarize
+    from pkpd.running.simulate import simulate as run
+    from pkpd.running.simulate import summarize
 
     targets = []
     if out_nc:
@@ -601,7 +601,7 @@ def simulate(
     extra_run.update(_method_options(method, rtol, atol))
     # The command holds two simulations (the output grid, and that grid merged with the dose
     # events) and copies for its files: each may use a quarter of the available memory.
-    from .cohort import _available_memory
+    from pkpd.running.cohort import _available_memory
 
     extra_run["memory_limit"] = int(0.8 * _available_memory()) // _SINGLE_COPIES
     ds = run(spec, reg, covariates=cov, until=until, every=every, **extra_run)
@@ -642,7 +642,7 @@ def simulate(
             elif kind == "csv_meta":
                 stage(path, lambda tmp: write_csv_metadata(ds, tmp))
             else:
-                from .plot import plot_concentrations
+                from pkpd.output.plot import plot_concentrations
 
                 stage(
                     path,
@@ -690,10 +690,10 @@ def _simulate_cohort(
     out_png,
     method_options,
 ):
-    from .cohort import simulate_cohort
-    from .io import check_target
-    from .model import load_model
-    from .population import CovariateTable
+    from pkpd.inputs.model import load_model
+    from pkpd.inputs.population import CovariateTable
+    from pkpd.output.io import check_target
+    from pkpd.running.cohort import simulate_cohort
 
     if population is None:
         raise click.BadParameter(
@@ -788,8 +788,8 @@ def _simulate_cohort(
     if n_failed:
         _echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
     if out_png and "band" in ds:
-        from .io import atomic_outputs
-        from .plot import plot_bands
+        from pkpd.output.io import atomic_outputs
+        from pkpd.output.plot import plot_bands
 
         with atomic_outputs() as stage:
             stage(
@@ -827,7 +827,7 @@ def _no_cohort_pd(pd_names, pd_items, racemic) -> None:
     if pd_names or pd_items or racemic:
         raise click.BadParameter(
             "--pd, --pd-param and --racemic are for one patient in this version; for a "
-            "cohort in racemic mg pass pkpd.stereo.racemic_to_s_ketamine(regimen) to "
+            "cohort in racemic mg pass pkpd.inputs.stereo.racemic_to_s_ketamine(regimen) to "
             "pkpd.simulate_cohort",
             param_hint="--pd/--racemic",
         )
@@ -900,9 +900,7 @@ def _echo_pd_summary(ds, extra_run) -> None:
         for v in ds.data_vars:
             if ds[v].attrs.get("pd_endpoint") == name and not v.startswith(("ce_", "auc_")):
                 y = ds[v].values
-                _echo(
-                    f"  {v}: min {y.min():.4g}, max {y.max():.4g} {ds[v].attrs.get('units', '')}"
-                )
+                _echo(f"  {v}: min {y.min():.4g}, max {y.max():.4g} {ds[v].attrs.get('units', '')}")
 
 
 # ------------------------------------------------------------------ compare, design, report
@@ -999,8 +997,8 @@ def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
     anchors, until, every, out, out_png,
 ) -> None:  # fmt: skip
-    from .design import compare as run_compare
-    from .io import atomic_outputs, check_target, write_netcdf
+    from pkpd.analysis.design import compare as run_compare
+    from pkpd.output.io import atomic_outputs, check_target, write_netcdf
 
     targets = []
     if out:
@@ -1030,7 +1028,7 @@ def compare(
             if kind == "nc":
                 stage(path, lambda tmp: write_netcdf(cds, tmp))
             else:
-                from .plot import plot_compare
+                from pkpd.output.plot import plot_compare
 
                 stage(path, lambda tmp, p=path: plot_compare(cds, tmp, fmt=p.suffix))
     for _kind, path in targets:
@@ -1086,8 +1084,8 @@ def design(
     model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
     max_risk, windows, until, every, out, out_png,
 ) -> None:  # fmt: skip
-    from .design import design as run_design
-    from .io import atomic_outputs, check_target, write_netcdf
+    from pkpd.analysis.design import design as run_design
+    from pkpd.output.io import atomic_outputs, check_target, write_netcdf
 
     targets = []
     if out:
@@ -1139,7 +1137,7 @@ def design(
             if kind == "nc":
                 stage(path, lambda tmp: write_netcdf(gds, tmp))
             else:
-                from .plot import plot_design
+                from pkpd.output.plot import plot_design
 
                 stage(path, lambda tmp, p=path: plot_design(gds, tmp, fmt=p.suffix))
     for _kind, path in targets:
@@ -1151,8 +1149,8 @@ def design(
 @click.argument("result", type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
 def report(result, out) -> None:
-    from .io import atomic_outputs, check_target
-    from .report import write_report
+    from pkpd.output.io import atomic_outputs, check_target
+    from pkpd.output.report import write_report
 
     target = check_target(out, (".html", ".htm"), "--out")
     with atomic_outputs() as stage:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pkpd.model import ModelSpec
+from pkpd.inputs.model import ModelSpec
 
 SRC = {"source": "test fixture", "tag": "assumed"}
 

@@ -20,8 +20,8 @@ import math
 
 import numba
 
-from pkpd.solvers.dopri5 import dopri5_solve
-from pkpd.solvers.rosenbrock import no_jac, rodas_solve
+from pkpd.engine.solvers.dopri5 import dopri5_solve
+from pkpd.engine.solvers.rosenbrock import no_jac, rodas_solve
 
 ROBERTSON = 0.0
 BLOWUP = 1.0

@@ -1,4 +1,4 @@
-"""Checks every adaptive solver of the registry gets (pkpd.solvers.registry.SOLVERS).
+"""Checks every adaptive solver of the registry gets (pkpd.engine.solvers.registry.SOLVERS).
 
 Against mathematics: the convergence order of fixed steps against the matrix exponential,
 agreement with the exact solver on every shipped linear model, events and boluses, and
@@ -13,15 +13,15 @@ import scipy.linalg
 from ode_zoo import BLOWUP, KERNELS, LOG
 
 import pkpd
-from pkpd.solvers import (
+from pkpd.engine.solvers import (
     STATUS_BAD_TIMES,
     STATUS_MESSAGES,
     STATUS_NONFINITE,
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
-from pkpd.solvers.exact import propagate
-from pkpd.solvers.registry import SOLVERS, run, run_linear
+from pkpd.engine.solvers.exact import propagate
+from pkpd.engine.solvers.registry import SOLVERS, run, run_linear
 
 METHODS = list(SOLVERS)
 
@@ -126,7 +126,7 @@ def test_simulate_reports_dopri5_stiffness_on_a_fast_effect_site(monkeypatch):
         "domino_racemic", regimen, covariates={"weight": 70}, until="30 h", method="dopri5"
     )
     assert d5.attrs["solver_nsteps"] > 500  # stability-limited (Rodas4: < 400 below)
-    monkeypatch.setattr(pkpd.solvers.registry, "DEFAULT_NSTIFF", 1)
+    monkeypatch.setattr(pkpd.engine.solvers.registry, "DEFAULT_NSTIFF", 1)
     with pytest.raises(pkpd.SimulationError, match=r"Dopri5 failed \(status 5\): stiffness"):
         pkpd.simulate(
             "domino_racemic", regimen, covariates={"weight": 70}, until="30 h", method="dopri5"

@@ -203,13 +203,13 @@ def test_covariate_outside_studied_range_warns_on_stderr():
 
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     """A writer that fails midway: the target never appears, the temporary file is gone."""
-    import pkpd.io
+    import pkpd.output.io
 
     def broken(ds, tmp):
         Path(tmp).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pkpd.io, "write_netcdf", broken)
+    monkeypatch.setattr(pkpd.output.io, "write_netcdf", broken)
     r = CliRunner().invoke(
         main,
         [
@@ -261,7 +261,7 @@ def test_csv_output_is_header_plus_numbers_with_a_metadata_sidecar(tmp_path):
 
 
 def test_models_show_escapes_terminal_control_characters(tmp_path):
-    from pkpd.model import models_dir
+    from pkpd.inputs.model import models_dir
 
     text = (models_dir() / "domino_racemic.toml").read_text(encoding="utf-8")
     text = text.replace(
@@ -330,9 +330,9 @@ def test_unwritable_destination_is_refused_before_any_work(tmp_path, monkeypatch
         raise AssertionError("the work ran before the destination was checked")
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    for mod, name in (("simulate", "simulate"), ("cohort", "simulate_cohort"),
-                      ("design", "compare"), ("design", "design"),
-                      ("report", "write_report")):  # fmt: skip
+    for mod, name in (("running.simulate", "simulate"), ("running.cohort", "simulate_cohort"),
+                      ("analysis.design", "compare"), ("analysis.design", "design"),
+                      ("output.report", "write_report")):  # fmt: skip
         monkeypatch.setattr(importlib.import_module(f"pkpd.{mod}"), name, computed)
     cohort = ["--patients", "10", "--population", "healthy_volunteers"]
     one = ["simulate", "domino_racemic", "5 mg bolus at 0 h"]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pkpd.cohort import CohortError, simulate_cohort
 from pkpd.errors import CovariateDefaultWarning, CovariateError, CovariateRangeWarning, PkpdWarning
-from pkpd.model import available_models, load_model
-from pkpd.population import available_populations, load_population, populations_dir
+from pkpd.inputs.model import available_models, load_model
+from pkpd.inputs.population import available_populations, load_population, populations_dir
+from pkpd.running.cohort import CohortError, simulate_cohort
 
 BIN = Path(sys.executable).parent / "pkpd"
 MODEL = "fanta2015_otto2021"
@@ -203,6 +203,7 @@ def test_seed_beyond_64_bits_is_written_to_netcdf(tmp_path):
     assert r.returncode == 0, r.stderr
     with xr.open_dataset(tmp_path / "c.nc") as back:
         assert back.attrs["seed"] == seed
+
 
 # ----------------------------------------------------------------------------- covariates
 # (issue 12: a shipped model runs with a shipped population; nothing is defaulted silently)

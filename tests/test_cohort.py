@@ -1,4 +1,4 @@
-"""Monte Carlo cohorts (pkpd.cohort.simulate_cohort) against mathematics and invariants.
+"""Monte Carlo cohorts (pkpd.running.cohort.simulate_cohort) against mathematics and invariants.
 
 Nothing here is compared with numbers copied from the program's output. Each patient of a
 cohort is rebuilt independently with the single-patient solver ``pkpd.simulate`` (from the
@@ -34,11 +34,11 @@ import xarray as xr
 from scipy import stats
 
 import pkpd
-import pkpd.cohort
-from pkpd.cohort import QUANTILES, CohortError, simulate_cohort
+import pkpd.running.cohort
 from pkpd.errors import CovariateRangeWarning, PkpdError, SimulationError
-from pkpd.population import CovariateTable
-from pkpd.simulate import time_grid
+from pkpd.inputs.population import CovariateTable
+from pkpd.running.cohort import QUANTILES, CohortError, simulate_cohort
+from pkpd.running.simulate import time_grid
 
 MODEL = "fanta2015_otto2021"
 REGIMEN = "lumbar_fusion_esketamine"
@@ -461,7 +461,7 @@ def test_exact_bands_slab_by_slab_equal_one_quantile_call(monkeypatch, slab):
     traj = rng.lognormal(3.0, 0.5, size=(500, 3, 40)).astype(np.float32)
     monkeypatch.setattr(pkpd.cohort, "BAND_SLAB_BYTES", slab)
     for idx, step in (([0, 2], 1), ([1], 3), ([0, 1, 2], 7)):
-        got = pkpd.cohort._exact_bands(traj, idx, step)
+        got = pkpd.running.cohort._exact_bands(traj, idx, step)
         want = np.quantile(traj[:, idx, ::step].astype(np.float64), QUANTILES, axis=0)
         np.testing.assert_array_equal(got, want)
 
@@ -537,11 +537,11 @@ def test_streamed_bands_within_the_documented_bound_of_exact_order_statistics(
         # Both order statistics inside the binned range: the relative bound. Values below
         # its lowest edge are reported as 0 (see pkpd.cohort): an absolute error below it.
         lower = np.quantile(x, QUANTILES, axis=0, method="lower")
-        inside = lower >= pkpd.cohort.BAND_MIN_NG_ML
+        inside = lower >= pkpd.running.cohort.BAND_MIN_NG_ML
         assert inside.mean() > 0.9
         rel = np.abs(got[inside] / exact[inside] - 1)
         assert rel.max() <= STREAM_BOUND * (1 + 1e-6), (o, rel.max())
-        bound = STREAM_BOUND * (1 + 1e-6) * exact + pkpd.cohort.BAND_MIN_NG_ML
+        bound = STREAM_BOUND * (1 + 1e-6) * exact + pkpd.running.cohort.BAND_MIN_NG_ML
         assert np.all(np.abs(got - exact) <= bound), o
 
 
@@ -559,7 +559,7 @@ def test_tiny_memory_limit_is_refused_with_options():
 def test_memory_refusal_names_a_cohort_size_that_fits(monkeypatch):
     """The number of patients the message proposes passes the same check; a few more don't."""
     calls = []
-    original = pkpd.cohort.estimate_memory
+    original = pkpd.running.cohort.estimate_memory
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
@@ -592,7 +592,7 @@ def test_memory_estimate_bounds_the_peak_allocation(monkeypatch):
     import tracemalloc
 
     seen = []
-    original = pkpd.cohort.estimate_memory
+    original = pkpd.running.cohort.estimate_memory
 
     def spy(*args, **kwargs):
         seen.append(original(*args, **kwargs))
@@ -711,7 +711,7 @@ def test_zarr_output_replaces_an_existing_store(tmp_path):
 
 @pytest.mark.parametrize("name", ["c.nc", "c.zarr"])
 def test_failed_run_leaves_nothing_behind(tmp_path, monkeypatch, name):
-    original = pkpd.cohort.run_chunk
+    original = pkpd.running.cohort.run_chunk
     calls = []
 
     def failing(*args, **kwargs):
@@ -731,7 +731,7 @@ def test_failed_run_leaves_nothing_behind(tmp_path, monkeypatch, name):
 def test_failed_run_keeps_the_previous_output(tmp_path, monkeypatch, name):
     target = tmp_path / name
     cohort(out=target, **FILE_KW)
-    original = pkpd.cohort.run_chunk
+    original = pkpd.running.cohort.run_chunk
     calls = []
 
     def failing(*args, **kwargs):
@@ -891,7 +891,7 @@ def test_amounts_need_the_exact_solver_and_a_valid_dtype():
 
 
 def test_amounts_are_counted_by_the_memory_check_and_written_to_zarr(tmp_path):
-    from pkpd.cohort import estimate_memory
+    from pkpd.running.cohort import estimate_memory
 
     # Kept values: 1000 patients x (2 outputs + 5 compartments) x 2881 points x 8 bytes.
     est = estimate_memory(1000, 2, 2, 2881, 20, 1024, True, itemsize=8, n_amounts=5)

@@ -12,10 +12,10 @@ import warnings
 import numpy as np
 import pytest
 
-import pkpd.solvers.registry
-from pkpd.cohort import CohortError, simulate_cohort
+import pkpd.engine.solvers.registry
+from pkpd.engine.solvers import STATUS_MAX_STEPS, STATUS_STIFF
 from pkpd.errors import SimulationError
-from pkpd.solvers import STATUS_MAX_STEPS, STATUS_STIFF
+from pkpd.running.cohort import CohortError, simulate_cohort
 
 MODEL = "fanta2015_otto2021"
 KW = dict(
@@ -130,7 +130,7 @@ def test_stiffness_detected_by_dopri5_is_a_per_patient_status(monkeypatch, exact
     the fast distribution eigenvalues: with the test at every step (not Hairer's default
     of every 1000th, which these short solutions never reach), it flags those patients
     (and only those) with STATUS_STIFF; the others are unaffected."""
-    monkeypatch.setattr(pkpd.solvers.registry, "DEFAULT_NSTIFF", 1)
+    monkeypatch.setattr(pkpd.engine.solvers.registry, "DEFAULT_NSTIFF", 1)
     ds = cohort(method="dopri5", rtol=1e-5, atol=1e-8)
     stiff = ds.status.values == STATUS_STIFF
     assert 0 < stiff.sum() < stiff.size
@@ -142,7 +142,7 @@ def test_stiffness_detected_by_dopri5_is_a_per_patient_status(monkeypatch, exact
 
 
 def test_a_patient_out_of_steps_is_flagged_not_raised(monkeypatch, exact):
-    monkeypatch.setattr(pkpd.solvers.registry, "DEFAULT_MAX_STEPS", 5)
+    monkeypatch.setattr(pkpd.engine.solvers.registry, "DEFAULT_MAX_STEPS", 5)
     ds = cohort(method="dopri5")
     assert np.all(ds.status.values == STATUS_MAX_STEPS)
     assert int(ds.attrs["n_failed"]) == 64
@@ -289,7 +289,7 @@ def test_ode_cmax_is_the_true_maximum_and_a_nan_output_fails_the_patient(neg_nan
     """Cmax started at 0: an always-negative output reported Cmax 0 at Tmax 0, and an
     output that turned NaN kept status 0 (NaN values were skipped by the fold)."""
     import pkpd
-    from pkpd.solvers import STATUS_MESSAGES, STATUS_OUTPUT_NONFINITE
+    from pkpd.engine.solvers import STATUS_MESSAGES, STATUS_OUTPUT_NONFINITE
 
     model, table = neg_nan
     kw = dict(seed=0, iiv=False, until="4 h", every="10 min", method=method,

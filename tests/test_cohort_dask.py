@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pkpd.cohort import simulate_cohort
 from pkpd.errors import CovariateRangeWarning
+from pkpd.running.cohort import simulate_cohort
 
 pytest.importorskip("distributed")
 

@@ -1,5 +1,5 @@
 """Regimen comparison and design: common random numbers, independent re-simulation,
-Pareto front and the best-under-limit rule (pkpd/design.py)."""
+Pareto front and the best-under-limit rule (pkpd/analysis/design.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pkpd.cohort import simulate_cohort
-from pkpd.design import compare, design, pareto_front, parse_target, risk_available, select_best
-from pkpd.regimen import load_regimen
+from pkpd.analysis.design import (
+    compare,
+    design,
+    pareto_front,
+    parse_target,
+    risk_available,
+    select_best,
+)
+from pkpd.inputs.regimen import load_regimen
+from pkpd.running.cohort import simulate_cohort
 
 pytestmark = pytest.mark.filterwarnings("ignore::pkpd.errors.CovariateRangeWarning")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from ode_zoo import KERNELS, ROBERTSON, VAN_DER_POL
 
-from pkpd.solvers import STATUS_MAX_STEPS, STATUS_MESSAGES, STATUS_OK, STATUS_STIFF
-from pkpd.solvers import dopri5 as d5
-from pkpd.solvers.registry import run
+from pkpd.engine.solvers import STATUS_MAX_STEPS, STATUS_MESSAGES, STATUS_OK, STATUS_STIFF
+from pkpd.engine.solvers import dopri5 as d5
+from pkpd.engine.solvers.registry import run
 
 E0 = np.zeros(0)
 
@@ -169,8 +169,8 @@ def test_skipped_rows_leave_the_running_maxima_exact():
     run that writes every row, bit for bit; the rows of steps that cannot raise a maximum
     are left unwritten except those asked for. One compartment with an AUC state, a
     bolus, then an infusion that makes a second, lower rise."""
-    from pkpd.kernels_adaptive import linear_dopri5_patient
-    from pkpd.solvers import N_STATS
+    from pkpd.engine.kernels_adaptive import linear_dopri5_patient
+    from pkpd.engine.solvers import N_STATS
 
     k, V = 0.4, 20.0
     M = np.array([[-k, 0.0], [1.0 / V, 0.0]])

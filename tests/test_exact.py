@@ -22,7 +22,7 @@ from closed_form import (
 from helpers import mammillary
 
 import pkpd
-from pkpd.solvers.exact import STATUS_BAD_TIMES, STATUS_NONFINITE, propagate
+from pkpd.engine.solvers.exact import STATUS_BAD_TIMES, STATUS_NONFINITE, propagate
 
 # Rate constants of Domino racemic ketamine (1/min in the reference, here 1/h), a realistic
 # stiff-ish 3-compartment system, plus 1- and 2-compartment cut-downs.
@@ -277,4 +277,4 @@ def test_status_codes():
     M[0, 1] = np.nan
     _, status = propagate(M, b, *ev, np.array([0.0, 1.0]))
     assert status == STATUS_NONFINITE
-    assert set(pkpd.solvers.STATUS_MESSAGES) >= {0, STATUS_NONFINITE, STATUS_BAD_TIMES}
+    assert set(pkpd.engine.solvers.STATUS_MESSAGES) >= {0, STATUS_NONFINITE, STATUS_BAD_TIMES}

@@ -1,4 +1,4 @@
-"""Tests of the numba matrix exponential ``pkpd.solvers.expm`` (Higham 2005).
+"""Tests of the numba matrix exponential ``pkpd.engine.solvers.expm`` (Higham 2005).
 
 Checked against closed forms, against identities of the exponential, and against
 ``scipy.linalg.expm`` on pharmacokinetic compartment matrices in every Padé branch.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from pkpd.solvers import expm as expm_mod
-from pkpd.solvers.expm import (
+from pkpd.engine.solvers import expm as expm_mod
+from pkpd.engine.solvers.expm import (
     EXPM_BAD_SHAPE,
     EXPM_NONFINITE_INPUT,
     EXPM_NONFINITE_OUTPUT,

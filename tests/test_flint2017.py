@@ -31,7 +31,7 @@ from scipy.integrate import solve_ivp
 import pkpd
 from pkpd.cli import main
 from pkpd.errors import CovariateRangeWarning
-from pkpd.model import ModelSpec, models_dir
+from pkpd.inputs.model import ModelSpec, models_dir
 
 NAME = "flint2017_s_ketamine_children"
 REF = {  # nlmixr2lib ini(), 70 kg, L and L/h

@@ -1,4 +1,4 @@
-"""Output files and library look-up (pkpd/io.py): CSV, sidecars, names, Zarr replacement."""
+"""Output files and library look-up (pkpd/output/io.py): CSV, sidecars, names, Zarr replacement."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pkpd.analysis.risk import available_risks, load_risk, risk_dir
 from pkpd.errors import ModelError
-from pkpd.io import write_csv
-from pkpd.model import load_model, models_dir
-from pkpd.pd import available_pd, load_pd, pd_dir
-from pkpd.population import available_populations, load_population, populations_dir
-from pkpd.regimen import load_regimen
-from pkpd.risk import available_risks, load_risk, risk_dir
+from pkpd.inputs.model import load_model, models_dir
+from pkpd.inputs.pd import available_pd, load_pd, pd_dir
+from pkpd.inputs.population import available_populations, load_population, populations_dir
+from pkpd.inputs.regimen import load_regimen
+from pkpd.output.io import write_csv
 
 # ----------------------------------------------------------------------------- CSV
 
@@ -70,7 +70,7 @@ def test_csv_text_cells_starting_with_formula_characters_get_a_quote(tmp_path):
 
 
 def test_csv_metadata_sidecar_keeps_the_provenance(tmp_path):
-    from pkpd.io import csv_metadata_path, write_csv_metadata
+    from pkpd.output.io import csv_metadata_path, write_csv_metadata
 
     ds = _hostile_dataset()
     side = csv_metadata_path(tmp_path / "r.csv")
@@ -162,7 +162,7 @@ def _cohort_like(n=4, start=0, seed=1):
 
 
 def _write_store(target, seed=1):
-    from pkpd.io import ZarrWriter
+    from pkpd.output.io import ZarrWriter
 
     w = ZarrWriter(target)
     ds = _cohort_like(seed=seed)
@@ -180,7 +180,7 @@ def test_stale_temporaries_of_dead_runs_are_removed_and_no_others(tmp_path):
     """Only temporaries of this target whose process is gone (on this host) are removed."""
     import os
 
-    from pkpd.io import check_target
+    from pkpd.output.io import check_target
 
     dead, host = _dead_pid(), _host()
     planted = {
@@ -214,7 +214,7 @@ def test_a_run_killed_while_replacing_a_store_loses_nothing_and_blocks_nothing(t
     dead, host = _dead_pid(), _host()
     os.rename(target, tmp_path / f".c.zarr.0badc0de.{dead}@{host}.old")
     (tmp_path / f".c.zarr.feedf00d.{dead}@{host}.tmp").mkdir()  # the dead run's new store
-    from pkpd.io import ZarrWriter
+    from pkpd.output.io import ZarrWriter
 
     w = ZarrWriter(target)  # checks the target: recovers before any work is done
     assert _seed(target) == 1
@@ -253,7 +253,7 @@ def test_a_full_disk_while_writing_a_store_removes_it_and_names_the_path(tmp_pat
     existing result stays, and the error is one OutputError naming the target."""
     import errno
 
-    from pkpd.io import OutputError, ZarrWriter
+    from pkpd.output.io import OutputError, ZarrWriter
 
     target = tmp_path / "c.zarr"
     _write_store(target, seed=1)
@@ -276,7 +276,7 @@ def test_a_full_disk_while_writing_a_store_removes_it_and_names_the_path(tmp_pat
 
 
 def test_netcdf_stores_attributes_beyond_64_bit_integers(tmp_path):
-    from pkpd.io import write_netcdf
+    from pkpd.output.io import write_netcdf
 
     ds = _cohort_like(seed=2**70)
     ds.attrs.update(flag=True, nothing=None)
@@ -297,7 +297,7 @@ def test_a_full_disk_inside_zarrs_concurrent_writes_leaves_nothing_behind(tmp_pa
 
     from zarr.storage import LocalStore
 
-    from pkpd.io import OutputError, ZarrWriter
+    from pkpd.output.io import OutputError, ZarrWriter
 
     real_set = LocalStore.set
     calls = []

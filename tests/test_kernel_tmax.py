@@ -1,7 +1,7 @@
 """Cmax and Tmax of the exact cohort kernel's fast paths against single-patient simulations.
 
 In summary mode (no thresholds, no AUC windows inside the grid, no anchored times, no
-stored trajectories) on a uniform grid, the exact kernel (pkpd/kernels.py) advances
+stored trajectories) on a uniform grid, the exact kernel (pkpd/engine/kernels.py) advances
 ``BLK`` grid steps at a time and evaluates the outputs at the inner points of a block
 from precomputed rows of the propagator, or skips a block whose bound stays below the
 running Cmax. Peaks of metabolites and effect sites lie between dose events, so they are
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import pkpd
-from pkpd.cohort import simulate_cohort
 from pkpd.errors import PkpdWarning
-from pkpd.population import CovariateTable
-from pkpd.simulate import time_grid
+from pkpd.inputs.population import CovariateTable
+from pkpd.running.cohort import simulate_cohort
+from pkpd.running.simulate import time_grid
 
 #: Linear models with metabolites or effect sites (peaks away from dose events).
 MODELS = [

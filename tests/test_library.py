@@ -30,7 +30,7 @@ from closed_form import central_bolus, central_infusion, effect_site_bolus, effe
 import pkpd
 from pkpd.cli import main
 from pkpd.errors import CovariateRangeWarning
-from pkpd.model import TAGS
+from pkpd.inputs.model import TAGS
 
 NEW_MODELS = [
     "simons2022_s_ketamine",

@@ -422,7 +422,7 @@ BOLUS_WINDOWS = {
     "total": ("0 h", "1.5 h"),
     "from_bolus": ("1 h", "1.5 h"),
 }
-LINEAR_MODELS = [m for m in pkpd.model.available_models() if pkpd.load_model(m).is_linear]
+LINEAR_MODELS = [m for m in pkpd.inputs.model.available_models() if pkpd.load_model(m).is_linear]
 
 
 def _mid_covariates(spec, n):
@@ -434,7 +434,7 @@ def _mid_covariates(spec, n):
             continue
         lo, hi = c.range if c.range else (55.0, 90.0)
         cov[k] = np.linspace(lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo), n)
-    return pkpd.population.CovariateTable(covariates=cov, n=n)
+    return pkpd.inputs.population.CovariateTable(covariates=cov, n=n)
 
 
 def _one_patient(spec):

@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 
 import pkpd
-from pkpd.model import ModelSpec
+from pkpd.inputs.model import ModelSpec
 
 S = {"source": "test fixture", "tag": "assumed"}
 

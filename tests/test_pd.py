@@ -19,8 +19,8 @@ from click.testing import CliRunner
 import pkpd
 from pkpd.cli import main
 from pkpd.errors import ModelError, PkpdWarning, SamplingSiteWarning
-from pkpd.pd import augment_model, available_pd, load_pd, pd_dir, pd_from_dict
-from pkpd.stereo import RACEMIC_CAVEATS, racemic_to_s_ketamine
+from pkpd.inputs.pd import augment_model, available_pd, load_pd, pd_dir, pd_from_dict
+from pkpd.inputs.stereo import RACEMIC_CAVEATS, racemic_to_s_ketamine
 
 MW_K, MW_NK = 237.73, 223.70
 LN2 = math.log(2)

@@ -21,7 +21,7 @@ import pytest
 from scipy import stats
 
 from pkpd.errors import PkpdError
-from pkpd.population import (
+from pkpd.inputs.population import (
     TAGS,
     CovariateTable,
     LogNormal,
@@ -636,7 +636,7 @@ def test_population_error_is_a_pkpd_error_and_a_value_error():
 def test_closed_form_truncated_normal_moments_equal_scipy(a, b):
     from scipy import stats
 
-    from pkpd.population import _truncnorm_moments
+    from pkpd.inputs.population import _truncnorm_moments
 
     m, s = _truncnorm_moments(a, b, 3.0, 2.0)
     d = stats.truncnorm(a, b, loc=3.0, scale=2.0)
@@ -652,7 +652,7 @@ def test_closed_form_truncated_normal_moments_equal_scipy(a, b):
 def test_fast_truncnorm_ppf_agrees_with_scipy_and_respects_the_window(a, b):
     """The closed-form inverse CDF (both sides of the mean, narrow windows through scipy's
     log-space path) against scipy.stats.truncnorm.ppf, to 1e-12 on the standard scale."""
-    from pkpd.population import _truncnorm_ppf
+    from pkpd.inputs.population import _truncnorm_ppf
 
     u = np.random.default_rng(3).random(100_000)
     u = np.concatenate([u, [0.0, 1.0 - 2.0**-53, 1e-12, 0.5]])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import pkpd
 from pkpd.cli import main
-from pkpd.regimen import Bolus, Infusion, available_regimens, regimens_dir
+from pkpd.inputs.regimen import Bolus, Infusion, available_regimens, regimens_dir
 
 W = 70.0  # kg
 

@@ -64,7 +64,7 @@ def test_compare_cli(results):
 
 def test_design_cli(results):
     d, _, g = results
-    if g.returncode != 0 and "pkpd.risk" in g.stderr:
+    if g.returncode != 0 and "pkpd.analysis.risk" in g.stderr:
         pytest.skip("pkpd.risk is not in this installation")
     assert g.returncode == 0, g.stderr
     assert "bolus (2) x rate (2) x duration (1)" in g.stdout

@@ -1,6 +1,6 @@
 """Resources and inputs that used to crash: grid size, all-failed cohorts, band step, memory.
 
-The memory estimate (:func:`pkpd.cohort.estimate_memory`) is compared with the peak resident
+The memory estimate (:func:`pkpd.running.cohort.estimate_memory`) is compared with the peak resident
 memory of fresh subprocesses (see :func:`_measure`), not with numbers of our own making.
 """
 
@@ -55,7 +55,7 @@ def test_a_grid_too_large_is_refused_before_allocation_in_one_line(tmp_path, gri
 
 
 def test_the_grid_limit_is_checked_before_allocating():
-    from pkpd.simulate import MAX_GRID_POINTS, GridError, time_grid
+    from pkpd.running.simulate import MAX_GRID_POINTS, GridError, time_grid
 
     with pytest.raises(GridError, match=r"7\.6e\+10 points"):
         time_grid(0.0, "76 h", "1e-9 h")
@@ -78,9 +78,9 @@ def test_a_cohort_where_every_patient_fails_is_one_line_and_writes_nothing(tmp_p
 def test_the_api_returns_an_all_failed_cohort_with_its_statuses():
     import warnings
 
-    from pkpd.cohort import simulate_cohort
+    from pkpd.engine.solvers import STATUS_MAX_STEPS
     from pkpd.errors import SimulationError
-    from pkpd.solvers import STATUS_MAX_STEPS
+    from pkpd.running.cohort import simulate_cohort
 
     kw = dict(n=4, until="2 h", method="dopri5", rtol=1e-30, atol=1e-30)
     with warnings.catch_warnings():
@@ -147,15 +147,15 @@ base = status("VmRSS:")
 # guard used.
 _MEASURE = _peak_script(
     """
-    import pkpd.cohort
-    from pkpd.cohort import simulate_cohort
+    import pkpd.running.cohort
+    from pkpd.running.cohort import simulate_cohort
     kw = json.loads(sys.argv[1])
     seen = []
-    original = pkpd.cohort.estimate_memory
+    original = pkpd.running.cohort.estimate_memory
     def spy(*args, **kwargs):
         seen.append(original(*args, **kwargs))
         return seen[-1]
-    pkpd.cohort.estimate_memory = spy
+    pkpd.running.cohort.estimate_memory = spy
     simulate_cohort(**dict(kw, n=3))
     """,
     "simulate_cohort(**kw)\n",
@@ -223,7 +223,7 @@ def test_a_small_cohort_is_not_refused_for_a_whole_chunk():
     """3 patients with three weeks of trajectories need megabytes, not 24.7 GB."""
     import warnings
 
-    from pkpd.cohort import simulate_cohort
+    from pkpd.running.cohort import simulate_cohort
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -237,11 +237,11 @@ def test_a_small_cohort_is_not_refused_for_a_whole_chunk():
 def test_the_advice_is_the_largest_cohort_the_check_accepts(monkeypatch):
     import re
 
-    import pkpd.cohort
-    from pkpd.cohort import CohortError, simulate_cohort
+    import pkpd.running.cohort
+    from pkpd.running.cohort import CohortError, simulate_cohort
 
     calls = []
-    original = pkpd.cohort.estimate_memory
+    original = pkpd.running.cohort.estimate_memory
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
@@ -261,8 +261,8 @@ def test_the_advice_is_the_largest_cohort_the_check_accepts(monkeypatch):
 _MEASURE_ONE = _peak_script(
     """
     from pkpd import simulate
-    from pkpd.model import load_model
-    from pkpd.simulate import estimate_single_memory
+    from pkpd.inputs.model import load_model
+    from pkpd.running.simulate import estimate_single_memory
     model, until, every = sys.argv[1:4]
     simulate(model, "lumbar_fusion_esketamine", covariates={"weight": 70}, until="2 h")
     """,
@@ -291,10 +291,10 @@ def test_single_patient_memory_estimate_follows_the_measured_peak(model):
 def test_single_patient_is_guarded_in_the_api_and_the_cli(monkeypatch):
     from click.testing import CliRunner
 
-    import pkpd.cohort
+    import pkpd.running.cohort
     from pkpd import simulate
     from pkpd.cli import main
-    from pkpd.simulate import GridError
+    from pkpd.running.simulate import GridError
 
     with pytest.raises(GridError, match="360,001 output times needs about"):
         simulate(MODEL, REGIMEN, {"weight": 70}, until="100 h", every="1 s", memory_limit=10**7)
@@ -318,17 +318,17 @@ COMPARE = dict(
 
 _MEASURE_COMPARE = _peak_script(
     """
-    import pkpd.design
+    import pkpd.analysis.design
     kw = json.loads(sys.argv[1])
     seen = []
-    original = pkpd.design.compare_memory
+    original = pkpd.analysis.design.compare_memory
     def spy(*args, **kwargs):
         seen.append(original(*args, **kwargs))
         return seen[-1]
-    pkpd.design.compare_memory = spy
-    pkpd.design.compare(**dict(kw, n=3))
+    pkpd.analysis.design.compare_memory = spy
+    pkpd.analysis.design.compare(**dict(kw, n=3))
     """,
-    "pkpd.design.compare(**kw)\n",
+    "pkpd.analysis.design.compare(**kw)\n",
     'print(json.dumps({"increment": inc, "estimate": seen[-1]}))\n',
 )
 
@@ -351,13 +351,13 @@ def test_compare_adds_up_what_it_holds_for_every_regimen(monkeypatch):
     """Each cohort run fits, the comparison does not: refused before any run, in one line."""
     from click.testing import CliRunner
 
-    import pkpd.cohort
-    import pkpd.design
+    import pkpd.analysis.design
+    import pkpd.running.cohort
+    from pkpd.analysis.design import DesignError
     from pkpd.cli import main
-    from pkpd.design import DesignError
 
     seen = []
-    original = pkpd.design.compare_memory
+    original = pkpd.analysis.design.compare_memory
 
     def spy(*args, **kwargs):
         seen.append(original(*args, **kwargs))
@@ -370,12 +370,12 @@ def test_compare_adds_up_what_it_holds_for_every_regimen(monkeypatch):
     monkeypatch.setattr(pkpd.design, "_run", must_not_run)
     n = 60_000
     with pytest.raises(DesignError):
-        pkpd.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": 1})
+        pkpd.analysis.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": 1})
     mem = seen[0]
     assert mem["held"] > 0 and mem["total"] == mem["largest_run"] + mem["held"]
     limit = (mem["largest_run"] + mem["total"]) // 2  # every run fits, the sum does not
     with pytest.raises(DesignError, match=r"comparing 3 regimens on 60,000 patients") as exc:
-        pkpd.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": limit})
+        pkpd.analysis.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": limit})
     assert "at most about" in str(exc.value)
     monkeypatch.setattr(pkpd.cohort, "_available_memory", lambda: int(limit / 0.8))
     r = CliRunner().invoke(

@@ -8,10 +8,10 @@ from helpers import mammillary
 from ode_zoo import KERNELS, ROBERTSON, VAN_DER_POL
 from scipy.integrate import solve_ivp
 
-from pkpd.solvers import STATUS_OK
-from pkpd.solvers import rosenbrock as ro
-from pkpd.solvers.exact import propagate
-from pkpd.solvers.registry import DEFAULT_NSTIFF, run, run_linear
+from pkpd.engine.solvers import STATUS_OK
+from pkpd.engine.solvers import rosenbrock as ro
+from pkpd.engine.solvers.exact import propagate
+from pkpd.engine.solvers.registry import DEFAULT_NSTIFF, run, run_linear
 
 E0 = np.zeros(0)
 

@@ -13,8 +13,8 @@ import pytest
 from scipy import integrate, stats
 
 from pkpd.errors import RegimenError
-from pkpd.population import _mass
-from pkpd.regimen import _read_anchor
+from pkpd.inputs.population import _mass
+from pkpd.inputs.regimen import _read_anchor
 
 N = 2000
 

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 
 import pkpd
-from pkpd.solvers import dopri5 as d5
-from pkpd.solvers import rosenbrock as ro
-from pkpd.solvers.exact import propagate
-from pkpd.solvers.registry import run_linear
+from pkpd.engine.solvers import dopri5 as d5
+from pkpd.engine.solvers import rosenbrock as ro
+from pkpd.engine.solvers.exact import propagate
+from pkpd.engine.solvers.registry import run_linear
 
 MODELS = ["fanta2015_otto2021", "perezruixo2021_esketamine", "simons2022_s_ketamine"]
 REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 24 h"

@@ -1,9 +1,9 @@
 """Solver internals that the results tested elsewhere do not reveal.
 
 Found by mutation testing (tests/README.md), mutants that passed every test run for
-their module: the exponential cache of :func:`pkpd.solvers.exact._step` (a uniform grid
+their module: the exponential cache of :func:`pkpd.engine.solvers.exact._step` (a uniform grid
 costs one matrix exponential, not one per step), the row pivoting of the Padé solve in
-:mod:`pkpd.solvers.expm` and its check of the output's shape, and the stage times
+:mod:`pkpd.engine.solvers.expm` and its check of the output's shape, and the stage times
 ``t + c_i h`` of Dopri5 and Rodas4, which no linear model (autonomous between events) and
 no problem of tests/ode_zoo.py (autonomous) ever uses.
 """
@@ -19,12 +19,12 @@ import pytest
 import scipy.linalg
 
 import pkpd
-from pkpd.model import ModelSpec, models_dir
-from pkpd.solvers import exact
-from pkpd.solvers.dopri5 import dopri5_solve
-from pkpd.solvers.expm import EXPM_BAD_SHAPE, _lu_solve_inplace, expm_into, expm_work
-from pkpd.solvers.registry import SOLVERS, run, tolerance
-from pkpd.solvers.rosenbrock import rodas_solve
+from pkpd.engine.solvers import exact
+from pkpd.engine.solvers.dopri5 import dopri5_solve
+from pkpd.engine.solvers.expm import EXPM_BAD_SHAPE, _lu_solve_inplace, expm_into, expm_work
+from pkpd.engine.solvers.registry import SOLVERS, run, tolerance
+from pkpd.engine.solvers.rosenbrock import rodas_solve
+from pkpd.inputs.model import ModelSpec, models_dir
 
 M = np.array([[-1.3, 0.4, 0.0], [0.9, -0.4, 0.0], [1.0, 0.0, 0.0]])
 B = np.array([1.0, 0.0, 0.0])

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from pkpd.errors import PkpdError, UnitError
-from pkpd.units import KINDS, Parsed, format_quantity, parse_quantity, to_internal
+from pkpd.inputs.units import KINDS, Parsed, format_quantity, parse_quantity, to_internal
 
 KETAMINE_MM = 237.73  # g/mol
 

@@ -26,8 +26,8 @@ from pkpd.errors import (
     PkpdError,
     RegimenError,
 )
-from pkpd.model import ModelSpec, available_models, load_model, models_dir
-from pkpd.regimen import Bolus, Infusion, Regimen, load_regimen
+from pkpd.inputs.model import ModelSpec, available_models, load_model, models_dir
+from pkpd.inputs.regimen import Bolus, Infusion, Regimen, load_regimen
 
 FILE = "test-model.toml"
 
@@ -484,7 +484,7 @@ def test_warn_false_silences_range_warning(fanta):
 
 
 def test_simulate_outside_range_warns():
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     with pytest.warns(CovariateRangeWarning, match=r"`weight` = 120"):
         simulate("fanta2015_otto2021", "20 mg over 30 min from 0 h",
@@ -492,7 +492,7 @@ def test_simulate_outside_range_warns():
 
 
 def test_simulate_inside_range_does_not_warn():
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -529,7 +529,7 @@ def test_range_warning_for_patients_counts_them(fanta):
 def test_unknown_covariate_names_are_errors(fanta, cov, pattern):
     with pytest.raises(CovariateError, match=pattern):
         fanta.individual_parameters(cov)
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     with pytest.raises(CovariateError, match=pattern):
         simulate(fanta, "20 mg bolus at 0 h", covariates=cov, until="1 h")
@@ -544,7 +544,7 @@ def test_race_in_the_wrong_case_is_an_error_that_suggests_race():
 
 
 def test_a_covariate_the_model_uses_defaults_loudly(fanta):
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     with pytest.warns(CovariateDefaultWarning, match=r"`weight` not given: using the model "
                                                      r"default 70 kg") as rec:  # fmt: skip
@@ -561,7 +561,7 @@ def test_a_covariate_the_model_uses_defaults_loudly(fanta):
 
 
 def test_a_per_kg_dose_without_weight_says_which_weight():
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     with pytest.warns(CovariateDefaultWarning, match=r"default 70 kg .*and its per-kg doses"):
         ds = simulate("domino_racemic", "1 mg/kg bolus at 0 h", until="1 h")
@@ -573,7 +573,7 @@ def test_a_per_kg_dose_without_weight_says_which_weight():
 
 @pytest.mark.parametrize("name", ["herd2007_racemic_children", "flint2017_s_ketamine_children"])
 def test_children_models_refuse_a_default_adult_weight(name):
-    from pkpd.simulate import simulate
+    from pkpd.running.simulate import simulate
 
     m = load_model(name)
     assert m.paediatric

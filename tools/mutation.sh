@@ -23,16 +23,16 @@ OUT=${OUT:-${TMPDIR:-/tmp}/pkpd-mutation-results}
 
 # module name | file | test files
 MODULES=(
-  "kernels|pkpd/kernels.py|tests/test_kernel_tmax.py tests/test_metrics.py"
-  "exact|pkpd/solvers/exact.py|tests/test_exact.py tests/test_solver_internals.py tests/test_solver_accuracy.py"
-  "expm|pkpd/solvers/expm.py|tests/test_expm.py tests/test_solver_internals.py"
-  "linear_system|pkpd/solvers/linear_system.py|tests/test_exact.py tests/test_solver_accuracy.py"
-  "dopri5|pkpd/solvers/dopri5.py|tests/test_dopri5.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
-  "rosenbrock|pkpd/solvers/rosenbrock.py|tests/test_rosenbrock.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
-  "registry|pkpd/solvers/registry.py|tests/test_solver_internals.py tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py"
-  "regimen|pkpd/regimen.py|tests/test_regimen_library.py tests/test_validation.py tests/test_sampling_internals.py"
-  "population|pkpd/population.py|tests/test_population.py tests/test_sampling_internals.py"
-  "metrics|pkpd/metrics.py|tests/test_metrics.py"
+  "kernels|pkpd/engine/kernels.py|tests/test_kernel_tmax.py tests/test_metrics.py"
+  "exact|pkpd/engine/solvers/exact.py|tests/test_exact.py tests/test_solver_internals.py tests/test_solver_accuracy.py"
+  "expm|pkpd/engine/solvers/expm.py|tests/test_expm.py tests/test_solver_internals.py"
+  "linear_system|pkpd/engine/solvers/linear_system.py|tests/test_exact.py tests/test_solver_accuracy.py"
+  "dopri5|pkpd/engine/solvers/dopri5.py|tests/test_dopri5.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
+  "rosenbrock|pkpd/engine/solvers/rosenbrock.py|tests/test_rosenbrock.py tests/test_solver_accuracy.py tests/test_solver_internals.py tests/test_adaptive_solvers.py"
+  "registry|pkpd/engine/solvers/registry.py|tests/test_solver_internals.py tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py"
+  "regimen|pkpd/inputs/regimen.py|tests/test_regimen_library.py tests/test_validation.py tests/test_sampling_internals.py"
+  "population|pkpd/inputs/population.py|tests/test_population.py tests/test_sampling_internals.py"
+  "metrics|pkpd/analysis/metrics.py|tests/test_metrics.py"
 )
 
 want=("$@")

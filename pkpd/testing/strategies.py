@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from ..model import ModelSpec
+from pkpd.inputs.model import ModelSpec
 
 __all__ = ["doses", "mammillary_models", "regimen_texts"]
 

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pkpd.cli import main
-from pkpd.model import models_dir
+from pkpd.inputs.model import models_dir
 
 N = int(os.environ.get("PKPD_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .errors import ModelError
-from .regimen import Bolus, Infusion, Regimen, load_regimen
+from pkpd.errors import ModelError
+from pkpd.inputs.regimen import Bolus, Infusion, Regimen, load_regimen
 
 __all__ = [
     "RACEMIC_CAVEATS",

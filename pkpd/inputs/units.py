@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .errors import UnitError, where
+from pkpd.errors import UnitError, where
 
 __all__ = ["KINDS", "Parsed", "format_quantity", "parse_quantity", "to_internal"]
 

@@ -23,7 +23,7 @@ by less than a few units in the last place of the current time, i.e. by less tha
 rounding error already present in the time values themselves.
 
 Kernels take only arrays and scalars, never raise, and report an integer status
-(see :data:`pkpd.solvers.STATUS_MESSAGES`).
+(see :data:`pkpd.engine.solvers.STATUS_MESSAGES`).
 """
 
 from __future__ import annotations

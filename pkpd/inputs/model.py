@@ -7,7 +7,7 @@ A model is data: one TOML file per published model (schema in ``models/README.md
 * computes individual parameters from covariates and random effects
   (:meth:`ModelSpec.individual_parameters`, vectorised over patients),
 * holds the model structure as small integer/float tables that the numba kernel
-  :func:`pkpd.solvers.linear_system.fill_system` turns into the system matrix, input map
+  :func:`pkpd.engine.solvers.linear_system.fill_system` turns into the system matrix, input map
   and output map, with no Python object in the loop.
 
 Every error names the file, the key, the offending value and what was expected.
@@ -25,15 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
+from pkpd.engine.solvers import linear_system as ls
+from pkpd.errors import (
     CovariateDefaultWarning,
     CovariateError,
     CovariateRangeWarning,
     ModelError,
     UnitError,
 )
-from .solvers import linear_system as ls
-from .units import parse_quantity
+from pkpd.inputs.units import parse_quantity
 
 __all__ = ["ModelSpec", "available_models", "load_model", "models_dir"]
 
@@ -57,7 +57,7 @@ ROLES = ("parent", "metabolite")
 COVARIATE_TYPES = ("power", "linear", "exponential", "categorical")
 # Parameter kinds accepted in each structural slot (see units.KINDS).
 _PARAM_KINDS = ("volume", "clearance", "rate_constant", "time", "dimensionless")
-# Nonlinear [ode] models (pkpd/ode.py) also take amounts (mg), amount rates such as a
+# Nonlinear [ode] models (pkpd/inputs/ode.py) also take amounts (mg), amount rates such as a
 # Vmax (mg/h) and concentrations such as a Km or an EC50 (mg/L).
 _ODE_PARAM_KINDS = (*_PARAM_KINDS, "concentration", "rate", "amount")
 
@@ -95,7 +95,7 @@ def load_model(name_or_path: str | Path) -> ModelSpec:
     """
     if isinstance(name_or_path, ModelSpec):
         return name_or_path
-    from .io import read_library_file
+    from pkpd.inputs.files import read_library_file
 
     path, data = read_library_file(
         name_or_path, models_dir(), available_models, "model", ModelError
@@ -317,7 +317,7 @@ class ModelSpec:
     """A validated model: metadata, parameters, structure and compiled tables.
 
     Build with :func:`load_model`. The compiled tables (``comps_i``, ``flows_i``, ...)
-    feed :func:`pkpd.solvers.linear_system.fill_system`.
+    feed :func:`pkpd.engine.solvers.linear_system.fill_system`.
     """
 
     file: Path | None
@@ -363,7 +363,7 @@ class ModelSpec:
     @classmethod
     def _from_dict(cls, data: dict, file: Path | str | None) -> ModelSpec:
         if isinstance(data, dict) and "ode" in data:
-            from .ode import ode_spec_from_dict  # nonlinear models: equations, not flows
+            from pkpd.inputs.ode import ode_spec_from_dict  # nonlinear models: equations, not flows
 
             return ode_spec_from_dict(cls, data, file)
         ctx = _Ctx(file if file is not None else "<model>")
@@ -1222,7 +1222,7 @@ class ModelSpec:
         """System matrix ``M`` (N, N), input map ``b`` (N,), output map ``C`` (n_out, n_comp).
 
         Concentrations ``C @ x[:n_comp]`` are in mg/L. See
-        :mod:`pkpd.solvers.linear_system` for the augmented state layout.
+        :mod:`pkpd.engine.solvers.linear_system` for the augmented state layout.
         """
         if self.ode is not None:
             raise ModelError(
@@ -1371,7 +1371,7 @@ class ModelSpec:
         model's `default` with a :class:`CovariateDefaultWarning` naming it (see
         :meth:`report_default`: an error for continuous covariates of a paediatric
         model, and where there is no default). Physiologically impossible values of age,
-        weight, height and BMI (:data:`pkpd.population.PLAUSIBLE`) and unknown levels
+        weight, height and BMI (:data:`pkpd.inputs.population.PLAUSIBLE`) and unknown levels
         are errors; values outside the studied `range` issue a
         :class:`CovariateRangeWarning` (for arrays, one message counting the patients).
 
@@ -1380,7 +1380,7 @@ class ModelSpec:
         (:meth:`typical_theta`): no warnings and no default errors; names and values are
         still checked.
         """
-        from .population import implausible
+        from pkpd.inputs.population import implausible
 
         given = dict(covariates or {})
         self._unknown_covariates(given)

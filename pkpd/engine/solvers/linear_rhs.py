@@ -1,6 +1,6 @@
 """Right-hand side and Jacobian of a linear model ``dy/dt = M y + b u`` for the ODE solvers.
 
-Linear models (:meth:`pkpd.model.ModelSpec.system`) can run through Dopri5 and Rodas4 as
+Linear models (:meth:`pkpd.inputs.model.ModelSpec.system`) can run through Dopri5 and Rodas4 as
 well as through the exact solver: the solvers take a right-hand side
 ``rhs(t, y, u, p, dy)`` with a flat parameter vector ``p``, here the system matrix and
 the input map packed by :func:`pack` (``M`` row-major, then ``b``).

@@ -1,7 +1,7 @@
 """The parallel cohort kernel: exact propagation of every patient with streaming metrics.
 
 One call simulates a chunk of patients with ``numba.prange``. Each patient gets the exact
-piecewise solution of :mod:`pkpd.solvers.exact` (same step function and exponential
+piecewise solution of :mod:`pkpd.engine.solvers.exact` (same step function and exponential
 cache), evaluated on a common grid, at its own dose events and at its own "special" times
 (bounds of AUC windows and anchored concentration times, which may depend on per-patient
 events such as the end of surgery). Per-patient metrics are reduced while stepping, so
@@ -19,7 +19,7 @@ Metrics (concentrations in mg/L here; the Python layer reports ng/mL)
   between consecutive evaluated points (error O(h^2) per crossing for grid step h).
 * ``c_at``: concentration at anchored times, exact.
 
-Status codes per patient follow :data:`pkpd.solvers.STATUS_MESSAGES`; a failed patient
+Status codes per patient follow :data:`pkpd.engine.solvers.STATUS_MESSAGES`; a failed patient
 gets NaN metrics and never stops the others.
 """
 
@@ -30,9 +30,9 @@ import numpy as np
 
 # Absolute imports: this file is also compiled as a copy specialised to one state size
 # (see `kernel_for`).
-from pkpd.solvers.exact import STATUS_OK, _step
-from pkpd.solvers.expm import N_WORK, expm_into
-from pkpd.solvers.linear_system import fill_system
+from pkpd.engine.solvers.exact import STATUS_OK, _step
+from pkpd.engine.solvers.expm import N_WORK, expm_into
+from pkpd.engine.solvers.linear_system import fill_system
 
 # Kinds of special times (spec_kind[:, s]).
 SPECIAL_WINDOW_START = 0
@@ -112,7 +112,7 @@ def cohort_kernel(
     theta : (n, n_par) float64
         Individual parameters (internal units).
     comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes
-        Model tables, as for :func:`pkpd.solvers.linear_system.fill_system`.
+        Model tables, as for :func:`pkpd.engine.solvers.linear_system.fill_system`.
     keep : (Nr,) int64
         Indices of the augmented state kept in the reduced system: the compartments, then
         the cumulative AUC state of each output (dose and elimination accumulators are not
@@ -682,7 +682,7 @@ _MARKER = "    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kern
 
 def cache_dir():
     """Folder for generated kernel sources (``$PKPD_CACHE_DIR`` or ``~/.cache/ketamine-pkpd``)."""
-    from .cache import cache_root
+    from pkpd.cache import cache_root
 
     return cache_root()
 
@@ -714,7 +714,7 @@ def kernel_for(n_states: int):
     src = src.replace(_MARKER, f"    Nr = {int(n_states)}\n")
     digest = hashlib.sha256(src.encode()).hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
-    from . import cache
+    from pkpd import cache
 
     try:
         # Trusted code: private folders and files, checked before use (see pkpd.cache).

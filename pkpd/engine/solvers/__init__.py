@@ -2,7 +2,7 @@
 
 Status codes are shared by every solver (exact, Dopri5, Rodas4) and have one message
 table, :data:`STATUS_MESSAGES`; counters of the adaptive solvers live in one ``int64``
-array laid out as ``STAT_*`` below. The solver registry is :mod:`pkpd.solvers.registry`.
+array laid out as ``STAT_*`` below. The solver registry is :mod:`pkpd.engine.solvers.registry`.
 """
 
 STATUS_OK = 0

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RegimenError, UnitError
-from .units import Parsed, parse_quantity
+from pkpd.errors import RegimenError, UnitError
+from pkpd.inputs.units import Parsed, parse_quantity
 
 __all__ = ["AnchorSpec", "Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
 
@@ -670,10 +670,10 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 def _is_file(text: str) -> bool:
     """True if `text` names an existing file (a one-line regimen can be too long a name).
 
-    Only a path counts (a separator in it, see :func:`pkpd.io.is_path`): a file in the
+    Only a path counts (a separator in it, see :func:`pkpd.output.io.is_path`): a file in the
     working directory named like a one-line regimen does not replace it.
     """
-    from .io import is_path
+    from pkpd.inputs.files import is_path
 
     if "\n" in text or ";" in text or not is_path(text):
         return False

@@ -15,7 +15,7 @@ recovered in :func:`rosenbrock_coefficients`, on which the tests check the order
 conditions. Hairer prints them as 16-digit decimals (they come from solving the order
 conditions numerically), so they are given here as printed, not as fractions.
 
-Problem form and event conventions are those of :mod:`pkpd.solvers.dopri5`. The
+Problem form and event conventions are those of :mod:`pkpd.engine.solvers.dopri5`. The
 Jacobian ``df/dy`` is either exact, ``jac(t, y, u, p, J)`` (``jac_mode = 0``; the system
 matrix for linear models), or by forward differences (``jac_mode = 1``, Hairer's
 increments ``sqrt(eps * max(1e-5, |y_j|))``). It is evaluated once per accepted step and
@@ -23,7 +23,7 @@ reused when a step is rejected. ``df/dt`` is by a forward difference unless the
 right-hand side is autonomous (``autonomous = 1``; it then is zero).
 
 Kernels allocate nothing in the step loop (workspace from :func:`workspace`), never
-raise, and return a status of :data:`pkpd.solvers.STATUS_MESSAGES`.
+raise, and return a status of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def rodas_solve_mapped(
 ):
     """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
 
-    Arguments as :func:`pkpd.solvers.dopri5.dopri5_solve_mapped` (`R` the recording
+    Arguments as :func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped` (`R` the recording
     map, `pre` the pre-event records, `fold` the running maxima; no row is ever skipped
     here: ``skip`` and ``need`` are ignored), plus
 
@@ -367,7 +367,7 @@ def rodas_solve_mapped(
     Returns
     -------
     status : int
-        A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
+        A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
     """
     cm, tm, _lo, hi, _skip, _need = fold
     n_fold = cm.shape[0]
@@ -616,7 +616,7 @@ def solve_linear_rodas_into(
 ):
     """:func:`rodas_solve` for a linear model ``dy/dt = M y + b u``, exact Jacobian ``M``.
 
-    ``p`` is :func:`pkpd.solvers.linear_rhs.pack` ``(M, b)``. Cached on disk.
+    ``p`` is :func:`pkpd.engine.solvers.linear_rhs.pack` ``(M, b)``. Cached on disk.
     """
     return rodas_solve(
         linear_rhs,

@@ -17,7 +17,7 @@ A model file with an ``[ode]`` section writes its right-hand side as equations (
     concentration = true
 
 Parameters, covariates, variability, residual error and provenance are those of any
-model file and are read by the shared :class:`pkpd.model.ModelSpec` machinery.
+model file and are read by the shared :class:`pkpd.inputs.model.ModelSpec` machinery.
 
 From text to machine code, without ``eval``
 -------------------------------------------
@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from . import cache
-from .errors import ModelError, SimulationError
+from pkpd import cache
+from pkpd.errors import ModelError, SimulationError
 
 __all__ = ["FUNCTIONS", "OdeSystem", "cache_dir", "ode_spec_from_dict", "parse_expression"]
 
@@ -302,8 +302,8 @@ def parse_expression(text, known: set[str], *, file, key: str) -> tuple[str, set
 
 def _is_concentration_unit(unit: str) -> bool:
     """True when `unit` reads as a mass or molar concentration (``ng/mL``, ``nmol/L``)."""
-    from .errors import UnitError
-    from .units import parse_quantity
+    from pkpd.errors import UnitError
+    from pkpd.inputs.units import parse_quantity
 
     try:
         parse_quantity(f"1 {unit}", "concentration", molar_mass=1.0)
@@ -418,8 +418,8 @@ class OdeSystem:
             "",
             "import numba",
             "",
-            "from pkpd.solvers.dopri5 import dopri5_solve",
-            "from pkpd.solvers.rosenbrock import no_jac, rodas_solve",
+            "from pkpd.engine.solvers.dopri5 import dopri5_solve",
+            "from pkpd.engine.solvers.rosenbrock import no_jac, rodas_solve",
             "",
             '_jit = numba.njit(cache=True, nogil=True, error_model="numpy")',
             "",
@@ -495,7 +495,7 @@ class OdeSystem:
 
     def kernels(self):
         """``(solve_dopri5_into, solve_rodas_into)`` of the kernel protocol
-        (:mod:`pkpd.solvers.registry`)."""
+        (:mod:`pkpd.engine.solvers.registry`)."""
         m = self.module()
         return m.solve_dopri5_into, m.solve_rodas_into
 
@@ -521,12 +521,12 @@ _COHORT_WRAPPERS = """
 
 import numpy as _np
 
-from pkpd.kernels_adaptive import adaptive_patient as _adaptive_patient
-from pkpd.solvers.dopri5 import N_WORK as _N_WORK_DOPRI5
-from pkpd.solvers.dopri5 import dopri5_solve_mapped as _dopri5_solve_mapped
-from pkpd.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
-from pkpd.solvers.rosenbrock import no_jac as _no_jac
-from pkpd.solvers.rosenbrock import rodas_solve_mapped as _rodas_solve_mapped
+from pkpd.engine.kernels_adaptive import adaptive_patient as _adaptive_patient
+from pkpd.engine.solvers.dopri5 import N_WORK as _N_WORK_DOPRI5
+from pkpd.engine.solvers.dopri5 import dopri5_solve_mapped as _dopri5_solve_mapped
+from pkpd.engine.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
+from pkpd.engine.solvers.rosenbrock import no_jac as _no_jac
+from pkpd.engine.solvers.rosenbrock import rodas_solve_mapped as _rodas_solve_mapped
 
 
 @_jit
@@ -651,11 +651,11 @@ def _solver_hash() -> str:
     text (and so into its file name) makes a solver change produce a new module.
     """
     h = hashlib.sha256()
-    here = Path(__file__).parent / "solvers"
+    engine = Path(__file__).parent.parent / "engine"
     for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
-        h.update((here / name).read_bytes())
+        h.update((engine / "solvers" / name).read_bytes())
     for name in ("kernels_adaptive.py", "kernels.py"):  # the cohort wrappers' reduction
-        h.update((here.parent / name).read_bytes())
+        h.update((engine / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -863,12 +863,12 @@ def _read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
 
 
 def ode_spec_from_dict(cls, data: dict, file):
-    """Validate a model file with an ``[ode]`` section into a :class:`~pkpd.model.ModelSpec`.
+    """Validate a model file with an ``[ode]`` section into a :class:`~pkpd.inputs.model.ModelSpec`.
 
     Metadata, covariates, parameters, variability and residual error are read by the
     same functions as for linear models; the structure is the ``[ode]`` section.
     """
-    from . import model as mdl
+    from pkpd.inputs import model as mdl
 
     ctx = mdl._Ctx(file if file is not None else "<model>")
     top = {
@@ -940,8 +940,13 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     and its counters. `method` ``"auto"`` is Dopri5, or Rodas4 when the file says
     ``stiff = true`` or Dopri5 detects stiffness.
     """
-    from .solvers import STATUS_MESSAGES, STATUS_OK, STATUS_OUTPUT_NONFINITE, STATUS_STIFF
-    from .solvers import registry as reg
+    from pkpd.engine.solvers import (
+        STATUS_MESSAGES,
+        STATUS_OK,
+        STATUS_OUTPUT_NONFINITE,
+        STATUS_STIFF,
+    )
+    from pkpd.engine.solvers import registry as reg
 
     ode = spec.ode
     p = ode.parameter_vector(theta, covariates)
@@ -987,7 +992,7 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
 
 def solver_attrs(method: str, rtol, atol, stats: dict, note: str = "") -> dict:
     """Dataset attributes of an adaptive solve: solver, tolerances and counters."""
-    from .solvers.registry import SOLVERS
+    from pkpd.engine.solvers.registry import SOLVERS
 
     info = SOLVERS[method]
     attrs = {
@@ -1014,7 +1019,7 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
             f"`method` 'exact' is for linear compartment models; {spec.name!r} is a "
             "nonlinear [ode] model: use 'auto', 'dopri5' or 'rodas'"
         )
-    from .simulate import MG_L_TO_NG_ML
+    from pkpd.running.simulate import MG_L_TO_NG_ML
 
     ode = spec.ode
     Y, O, attrs = solve(spec, theta, covariates, ev, t, method, rtol, atol)
@@ -1039,7 +1044,7 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
         Y[:, ode.n_states],
         {"units": "mg", "long_name": "cumulative amount administered"},
     )
-    from .simulate import _record_bolus_limits
+    from pkpd.running.simulate import _record_bolus_limits
 
     p = ode.parameter_vector(theta, covariates)
     bmap = ode.bolus_map()

@@ -122,8 +122,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .errors import PkpdError, UnitError
-from .units import parse_quantity
+from pkpd.errors import PkpdError, UnitError
+from pkpd.inputs.units import parse_quantity
 
 __all__ = [
     "CovariateTable",
@@ -231,7 +231,7 @@ def load_population(name_or_path: str | Path | Population) -> Population:
     """
     if isinstance(name_or_path, Population):
         return name_or_path
-    from .io import read_library_file
+    from pkpd.inputs.files import read_library_file
 
     path, data = read_library_file(
         name_or_path, populations_dir(), available_populations, "population", PopulationError

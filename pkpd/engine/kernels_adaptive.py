@@ -1,7 +1,7 @@
 """The cohort kernel for the adaptive solvers (Dopri5, Rodas4): nonlinear ``[ode]`` models,
 and linear models when an adaptive method is asked for.
 
-Same per-patient metrics and the same semantics as :func:`pkpd.kernels.cohort_kernel`
+Same per-patient metrics and the same semantics as :func:`pkpd.engine.kernels.cohort_kernel`
 (the exact path): Cmax/Tmax and time above thresholds over every evaluated point of the
 grid's span (grid points, dose events before and after their bolus, special times), AUC
 over windows from the solver's own AUC states (integrated to tolerance, not by
@@ -24,7 +24,7 @@ state for ``[ode]`` models, and for linear models only the linear functionals th
 need (the concentrations, then the AUC states), through the solvers' recording map;
 ``pre`` what is recorded just before each event (the left limit at a bolus) and ``fold``
 the running Cmax/Tmax the solver keeps itself (see
-:func:`pkpd.solvers.dopri5.dopri5_solve_mapped`). For linear models the solver folds
+:func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped`). For linear models the solver folds
 Cmax/Tmax as it goes and, in summary mode, Dopri5 skips the evaluation of every grid row
 of a step whose continuous extension provably stays below the running maxima.
 
@@ -37,12 +37,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from pkpd.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START, _update
-from pkpd.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
-from pkpd.solvers import dopri5 as _dopri5
-from pkpd.solvers import rosenbrock as _rodas
-from pkpd.solvers.linear_rhs import linear_jac, linear_rhs
-from pkpd.solvers.linear_system import fill_system
+from pkpd.engine.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START, _update
+from pkpd.engine.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
+from pkpd.engine.solvers import dopri5 as _dopri5
+from pkpd.engine.solvers import rosenbrock as _rodas
+from pkpd.engine.solvers.linear_rhs import linear_jac, linear_rhs
+from pkpd.engine.solvers.linear_system import fill_system
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 _jit_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -115,7 +115,7 @@ def merge_rows(grid, ev_t, spec_t):
 @_jit_inline
 def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
     """One evaluated point into Cmax/Tmax and time above thresholds (the exact kernel's
-    :func:`pkpd.kernels._update`), then ``c_prev = c``."""
+    :func:`pkpd.engine.kernels._update`), then ``c_prev = c``."""
     _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
     for o in range(c.shape[0]):
         c_prev[o] = c[o]
@@ -169,7 +169,7 @@ def adaptive_patient(
 ):
     """Solve patient `p` and reduce its metrics.
 
-    Arguments as :func:`pkpd.kernels.cohort_kernel`, grouped (CPython turns a call with
+    Arguments as :func:`pkpd.engine.kernels.cohort_kernel`, grouped (CPython turns a call with
     more than 30 arguments into a star-call, which numba cannot inline):
     ``ev = (ev_t, ev_rate, ev_bolus)``, ``specials = (spec_t, spec_kind, spec_slot)``,
     ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``,
@@ -467,7 +467,7 @@ LINEAR_COHORT_KERNELS = {"dopri5": linear_dopri5_cohort, "rodas": linear_rodas_c
 
 
 def stats_array(n: int) -> np.ndarray:
-    """Per-patient solver counters ``(n, N_STATS)`` (layout ``pkpd.solvers.STAT_*``)."""
+    """Per-patient solver counters ``(n, N_STATS)`` (layout ``pkpd.engine.solvers.STAT_*``)."""
     return np.zeros((n, N_STATS), dtype=np.int64)
 
 

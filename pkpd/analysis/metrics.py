@@ -84,8 +84,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import MetricsError, MetricsWarning, UnitError
-from .units import parse_quantity
+from pkpd.errors import MetricsError, MetricsWarning, UnitError
+from pkpd.inputs.units import parse_quantity
 
 __all__ = [
     "auc",
@@ -298,7 +298,7 @@ def _time(spec, arg: str, events: dict):
     """A time (h) as a float or a DataArray: a number, '4 h', 'end_of_surgery + 1 h'."""
     import xarray as xr
 
-    from .regimen import _time_ref
+    from pkpd.inputs.regimen import _time_ref
 
     if isinstance(spec, bool) or spec is None:
         raise MetricsError(f"`{arg}`: expected a time such as '4 h' or 2.5 (h), got {spec!r}")

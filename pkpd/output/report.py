@@ -3,7 +3,7 @@
 The page needs no network: figures are embedded as base64 PNG (``data:`` URIs), styles are
 inline, and no script or external resource is referenced. It holds the tables, the model
 provenance from the dataset attributes, the assumed values, and the not-a-clinical-device
-notice (:data:`pkpd.simulate.DISCLAIMER`).
+notice (:data:`pkpd.running.simulate.DISCLAIMER`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PkpdError
-from .simulate import DISCLAIMER
+from pkpd.errors import PkpdError
+from pkpd.running.simulate import DISCLAIMER
 
 __all__ = ["ReportError", "render_report", "write_report"]
 
@@ -98,8 +98,8 @@ def _assumptions(ds) -> str:
 
 
 def _compare_section(ds) -> list[str]:
-    from .cli import _compare_rows
-    from .plot import plot_compare_bands, plot_metric_distributions, plot_risk_vs_dose
+    from pkpd.cli import _compare_rows
+    from pkpd.output.plot import plot_compare_bands, plot_metric_distributions, plot_risk_vs_dose
 
     rows = _compare_rows(ds)
     parts = ["<h2>Regimens</h2>"]
@@ -124,7 +124,7 @@ def _compare_section(ds) -> list[str]:
 
 
 def _design_section(ds) -> list[str]:
-    from .plot import plot_design, plot_risk_vs_dose
+    from pkpd.output.plot import plot_design, plot_risk_vs_dose
 
     dims = list(ds.regimen.dims)
     e = html.escape
@@ -165,7 +165,7 @@ def _design_section(ds) -> list[str]:
 
 
 def _cohort_section(ds) -> list[str]:
-    from .plot import plot_bands
+    from pkpd.output.plot import plot_bands
 
     parts = ["<h2>Cohort</h2>"]
     ok = ds.status.values == 0

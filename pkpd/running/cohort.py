@@ -43,25 +43,25 @@ from typing import Any
 
 import numpy as np
 
-from .errors import (
-    CovariateError,
-    CovariateRangeWarning,
-    PkpdError,
-    RegimenError,
-    SimulationError,
-)
-from .kernels import (
+from pkpd.engine.kernels import (
     SPECIAL_ANCHOR,
     SPECIAL_WINDOW_END,
     SPECIAL_WINDOW_START,
     histogram_update,
     kernel_for,
 )
-from .model import ModelSpec, load_model
-from .regimen import Regimen, _time_ref, load_regimen
-from .simulate import DISCLAIMER, MG_L_TO_NG_ML, time_grid
-from .solvers import STATUS_MESSAGES
-from .units import parse_quantity
+from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd.errors import (
+    CovariateError,
+    CovariateRangeWarning,
+    PkpdError,
+    RegimenError,
+    SimulationError,
+)
+from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.inputs.regimen import Regimen, _time_ref, load_regimen
+from pkpd.inputs.units import parse_quantity
+from pkpd.running.simulate import DISCLAIMER, MG_L_TO_NG_ML, time_grid
 
 __all__ = ["BLOCK", "CohortError", "estimate_memory", "simulate_cohort"]
 
@@ -341,7 +341,7 @@ def run_chunk(
     if setup.store_out and _records_bolus_limits(setup):
         res.update(_bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx))
     elif setup.store_out:
-        from .simulate import bolus_on_grid
+        from pkpd.running.simulate import bolus_on_grid
 
         # [ode] models: the jump of an output at a bolus is not known here; count the
         # boluses on the trajectory grid after its first point (pkpd.metrics warns).
@@ -371,7 +371,7 @@ def _records_bolus_limits(setup: CohortSetup) -> bool:
     """Whether stored trajectories come with their limits at boluses on the grid: linear
     models (the jump of a bolus is known), for a regimen with instantaneous boluses. With
     residual error the limits are the model's values (taken before the error is drawn)."""
-    from .regimen import Bolus
+    from pkpd.inputs.regimen import Bolus
 
     return setup.spec.is_linear and any(
         isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses
@@ -384,10 +384,10 @@ def _bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx) -> dict:
     The kernels store the value at a grid time after a bolus given then (right-continuous);
     :mod:`pkpd.metrics` needs the value before it too, to end the interval before the
     bolus. A bolus adds to the dose compartment only, so the outputs jump by the dose
-    times :func:`pkpd.simulate.bolus_jumps`. One slot per event column (``NaN`` where the
+    times :func:`pkpd.running.simulate.bolus_jumps`. One slot per event column (``NaN`` where the
     event is no bolus on the grid); slots of boluses at one grid time repeat its limits.
     """
-    from .simulate import bolus_jumps, bolus_on_grid
+    from pkpd.running.simulate import bolus_jumps, bolus_on_grid
 
     tg = setup.grid[:: setup.store_stride]
     idx, inc, pend = bolus_on_grid(tg, ev_t, ev_bolus)  # (n, K)
@@ -412,9 +412,9 @@ def _run_adaptive(
     ``[ode]`` models their generated right-hand side. With ``auto_stiff``, patients for
     whom Dopri5 reports stiffness are solved again with Rodas4.
     """
-    from .kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
-    from .solvers import STATUS_STIFF
-    from .solvers.registry import DEFAULT_MAX_STEPS, DEFAULT_NSTIFF, tolerance
+    from pkpd.engine.kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
+    from pkpd.engine.solvers import STATUS_STIFF
+    from pkpd.engine.solvers.registry import DEFAULT_MAX_STEPS, DEFAULT_NSTIFF, tolerance
 
     spec = setup.spec
     n = theta.shape[0]
@@ -429,7 +429,7 @@ def _run_adaptive(
         Y0 = np.zeros((n, N))
         kernels = LINEAR_COHORT_KERNELS
     else:
-        from .ode import cohort_inputs
+        from pkpd.inputs.ode import cohort_inputs
 
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
         N = Y0.shape[1]
@@ -577,7 +577,7 @@ def estimate_memory(
       patient) with its float32 gather and ``numpy.quantile``'s partitioned copy.
     * ``grid``: the time grid and its copies; ``base``: Python objects and xarray indexes.
     """
-    from .solvers import N_STATS
+    from pkpd.engine.solvers import N_STATS
 
     n_scaled = n_out if n_scaled is None else n_scaled
     raw = covariate_bytes + 8 * n_metrics + 8 + (8 * N_STATS if adaptive else 0)
@@ -833,7 +833,7 @@ def simulate_cohort(
     n_store_t = (grid.size - 1) // store_stride + 1 if store_out else 0
     zarr_out = out is not None and str(out).lower().endswith(".zarr")
     if out is not None and not zarr_out:
-        from .io import check_target
+        from pkpd.output.io import check_target
 
         check_target(out, (".nc", ".zarr"), "out")  # before the work, not after
     # Trajectories come back to this process (and into the returned Dataset) unless they
@@ -916,7 +916,7 @@ def simulate_cohort(
     _warn_missing_omega(spec, iiv)
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     show = progress if progress is not None else sys.stderr.isatty()
-    from .io import ZarrWriter
+    from pkpd.output.io import ZarrWriter
 
     writer = ZarrWriter(out) if zarr_out else None
     # Kept trajectories go straight into the final array (ng/mL), so they are held once.
@@ -973,7 +973,7 @@ def simulate_cohort(
             writer.finish(ds)
             return writer.open()
         if out is not None:
-            from .io import atomic_outputs, check_target, write_netcdf
+            from pkpd.output.io import atomic_outputs, check_target, write_netcdf
 
             target = check_target(out, (".nc",), "out")
             with atomic_outputs() as stage:
@@ -987,7 +987,7 @@ def simulate_cohort(
 
 def _resolve_method(spec: ModelSpec, method, rtol, atol):
     """``(method, auto_stiff, rtol, atol)`` for the chunks (validated as in simulate)."""
-    from .simulate import _check_method
+    from pkpd.running.simulate import _check_method
 
     rtol, atol = _check_method(method, rtol, atol)
     if method == "exact" and not spec.is_linear:
@@ -1016,7 +1016,7 @@ def _end(reg: Regimen) -> float:
 
 
 def _population(population, n):
-    from .population import CovariateTable, load_population
+    from pkpd.inputs.population import CovariateTable, load_population
 
     if population is None:
         raise CohortError(
@@ -1053,7 +1053,7 @@ def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) ->
     defaults used for covariates the population does not supply, each reported once
     (:meth:`ModelSpec.report_default`: a warning, or an error where a default will not do).
     """
-    from .population import CovariateTable
+    from pkpd.inputs.population import CovariateTable
 
     if extra_columns not in ("error", "ignore"):
         raise CohortError(f"`extra_columns` must be 'error' or 'ignore', got {extra_columns!r}")
@@ -1152,9 +1152,7 @@ def _thresholds(thresholds, spec) -> list[tuple[str, float, str]]:
                 f"threshold for unknown output {o!r}; expected one of "
                 f"{', '.join(spec.output_names)}"
             )
-        ode_out = (
-            next((x for x in spec.ode.outputs if x.name == o), None) if spec.ode else None
-        )
+        ode_out = next((x for x in spec.ode.outputs if x.name == o), None) if spec.ode else None
         if ode_out is not None and not ode_out.concentration:
             out.extend(_plain_thresholds(o, vals, ode_out.unit))
             continue
@@ -1242,7 +1240,7 @@ def _progress(done, n, elapsed):
 
 def _output_scales(spec: ModelSpec) -> tuple[np.ndarray, list[str]]:
     """Factor from internal units and unit of each output (ng/mL for concentrations)."""
-    from .ode import output_scales
+    from pkpd.inputs.ode import output_scales
 
     return output_scales(spec)
 
@@ -1402,7 +1400,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
     """
     import xarray as xr
 
-    from . import __version__
+    from pkpd._version import __version__
 
     outs = setup.spec.output_names
     ds = xr.concat(
@@ -1490,8 +1488,8 @@ def _solver_attrs(setup, results) -> dict:
             "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
             "time_above by linear interpolation between evaluated points",
         }
-    from .solvers import STAT_NAMES
-    from .solvers.registry import SOLVERS
+    from pkpd.engine.solvers import STAT_NAMES
+    from pkpd.engine.solvers.registry import SOLVERS
 
     stats = np.concatenate([r["solver_stats"] for r in results])
     info = SOLVERS[setup.method]

@@ -28,7 +28,7 @@ from the regimen named by `anchors`.
   same (PTA, risk) do not dominate each other, so ties are all on the front; points with a
   NaN value are not on it.
 * **Best schedule under the risk limit**: among the feasible points (risk within the limit
-  as decided by :func:`pkpd.risk.meets_limit`: the 95 % upper bound of the predicted
+  as decided by :func:`pkpd.analysis.risk.meets_limit`: the 95 % upper bound of the predicted
   incidence at most `max_risk`), the largest PTA; ties by the lower mean total
   dose (mg/kg over the cohort), then by grid order. With no feasible point there is no best
   schedule and ``attrs["best_message"]`` says why.
@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PkpdError
-from .regimen import Regimen, load_regimen
-from .simulate import DISCLAIMER
+from pkpd.errors import PkpdError
+from pkpd.inputs.regimen import Regimen, load_regimen
+from pkpd.running.simulate import DISCLAIMER
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -82,9 +82,9 @@ class DesignError(PkpdError, ValueError):
 def _risk_module():
     """`pkpd.risk`, or a clear error if this installation does not have it."""
     try:
-        from . import risk
+        from pkpd.analysis import risk
     except ImportError as exc:
-        if exc.name not in ("pkpd.risk", "risk"):
+        if exc.name not in ("pkpd.analysis.risk", "risk"):
             raise
         raise DesignError(
             "targets (PTA) and risk models need the module pkpd.risk, which is not part of "
@@ -112,7 +112,7 @@ _TARGET = re.compile(
 
 
 def parse_target(text) -> dict:
-    """A target dict for :func:`pkpd.risk.pta` from its one-line form.
+    """A target dict for :func:`pkpd.analysis.risk.pta` from its one-line form.
 
     ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, e.g.
     ``"cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h"``. A dict is
@@ -231,7 +231,7 @@ def _with_anchors(reg: Regimen, source) -> Regimen:
 
 
 def _until(regs: Sequence[Regimen]) -> float:
-    from .cohort import _end
+    from pkpd.running.cohort import _end
 
     return max(_end(r) for r in regs) + _TAIL_H
 
@@ -300,7 +300,7 @@ def _pct(values: np.ndarray, axis=0) -> np.ndarray:
 
 
 def _run(model, reg, population, n, seed, kw):
-    from .cohort import simulate_cohort
+    from pkpd.running.cohort import simulate_cohort
 
     return simulate_cohort(model, reg, population, n, seed, **kw)
 
@@ -356,9 +356,9 @@ def compare(
         As for :func:`pkpd.simulate_cohort`; the same `seed` is used for every regimen
         (common random numbers, see the module docstring).
     target : str or dict, optional
-        Probability of target attainment (:func:`parse_target`, :func:`pkpd.risk.pta`).
+        Probability of target attainment (:func:`parse_target`, :func:`pkpd.analysis.risk.pta`).
     risks : sequence of str
-        Risk models (:func:`pkpd.risk.load_risk`); incidence with its interval per regimen.
+        Risk models (:func:`pkpd.analysis.risk.load_risk`); incidence with its interval per regimen.
     windows : dict, optional
         AUC windows ``name -> (start, end)``. Default ``{"0-24 h": ("0 h", "24 h")}`` and,
         when every regimen has the event ``end_of_surgery``, ``postop24`` from it to 24 h
@@ -393,7 +393,7 @@ def compare(
     """
     import xarray as xr
 
-    from .model import load_model
+    from pkpd.inputs.model import load_model
 
     if isinstance(regimens, str | Regimen) or not len(regimens):
         raise DesignError("`regimens`: give a list of at least one regimen")
@@ -485,7 +485,7 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
     target attainment, risks) and the event times, twice at the end (the parts and their
     concatenation), and the first cohort's Dataset (the common covariates).
     """
-    from .cohort import simulate_cohort
+    from pkpd.running.cohort import simulate_cohort
 
     runs = [simulate_cohort(spec, r, population, n, seed, estimate_only=True, **kw) for r in regs]
     n_out = len(spec.output_names)
@@ -500,7 +500,7 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
 
 
 def _check_compare_memory(spec, regs, population, n, seed, kw, n_risks) -> None:
-    from .cohort import _available_memory, largest_fitting
+    from pkpd.running.cohort import _available_memory, largest_fitting
 
     limit = kw.get("memory_limit") or int(0.8 * _available_memory())
     mem = compare_memory(spec, regs, population, n, seed, kw, n_risks)
@@ -755,7 +755,7 @@ def design(
     target : str or dict, optional
         Target for the probability of target attainment (:func:`parse_target`).
     risk : str, optional
-        Risk model (:func:`pkpd.risk.load_risk`).
+        Risk model (:func:`pkpd.analysis.risk.load_risk`).
     max_risk : float, optional
         Limit on the risk incidence (fraction) for the best schedule.
     windows, until, every, n_draws, cohort_kwargs
@@ -777,7 +777,7 @@ def design(
 
     import xarray as xr
 
-    from .model import load_model
+    from pkpd.inputs.model import load_model
 
     grid_vals = {
         k: _values(k, v) for k, v in (("bolus", bolus), ("rate", rate), ("duration", duration))
@@ -950,7 +950,7 @@ def design(
                 res_arr["feasible"],
                 {
                     "long_name": f"{rname} incidence within the limit {max_risk:g} "
-                    "(pkpd.risk.meets_limit)"
+                    "(pkpd.analysis.risk.meets_limit)"
                 },
             )
     if tgt is not None and rname:
@@ -1053,7 +1053,7 @@ def select_best(gds, max_risk: float | None = None) -> dict:
             )
         limit = f"{rname} incidence <= {float(max_risk):g}" if max_risk is not None else "the limit"
         if "feasible" in gds:
-            limit += " (as decided by pkpd.risk.meets_limit: its 95 % upper bound)"
+            limit += " (as decided by pkpd.analysis.risk.meets_limit: its 95 % upper bound)"
         return {
             "best_regimen": "",
             "best_message": f"no schedule on the grid satisfies {limit}{lowest}",

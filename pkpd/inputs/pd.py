@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, SamplingSiteWarning, UnitError
-from .model import SAMPLING_SITES, TAGS, ModelSpec, load_model
-from .units import parse_quantity
+from pkpd.errors import ModelError, SamplingSiteWarning, UnitError
+from pkpd.inputs.model import SAMPLING_SITES, TAGS, ModelSpec, load_model
+from pkpd.inputs.units import parse_quantity
 
 __all__ = [
     "EFFECT_TYPES",
@@ -211,7 +211,7 @@ def load_pd(name_or_path) -> PDEndpoint:
     """Load and validate a PD endpoint by shipped name or path to a ``.toml`` file."""
     if isinstance(name_or_path, PDEndpoint):
         return name_or_path
-    from .io import read_library_file
+    from pkpd.inputs.files import read_library_file
 
     path, data = read_library_file(name_or_path, pd_dir(), available_pd, "PD endpoint", ModelError)
     return pd_from_dict(data, file=path)

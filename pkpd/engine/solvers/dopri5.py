@@ -14,13 +14,13 @@ the total infusion rate (mg/h), piecewise constant between events, and ``p`` a f
 parameter vector. At each event time ``ev_t[k]`` the integration stops exactly (the input
 is discontinuous there), the bolus ``ev_bolus[k] * b`` is added to the state, the rate
 becomes ``ev_rate[k]``, and the integrator restarts (a new initial step). These are the
-conventions of :mod:`pkpd.solvers.exact`: the rate before the first event is zero and an
+conventions of :mod:`pkpd.engine.solvers.exact`: the rate before the first event is zero and an
 event at an output time is applied before that output is recorded.
 
 Kernels take only arrays, scalars and a numba-compiled ``rhs``; they allocate nothing in
 the step loop (the workspace comes from :func:`workspace`) and never raise: they return a
-status code of :data:`pkpd.solvers.STATUS_MESSAGES` and fill the counters ``stats``
-(layout ``pkpd.solvers.STAT_*``).
+status code of :data:`pkpd.engine.solvers.STATUS_MESSAGES` and fill the counters ``stats``
+(layout ``pkpd.engine.solvers.STAT_*``).
 
 A function that receives a dispatcher as an argument is compiled per dispatcher and
 cannot be loaded from numba's on-disk cache in another process. Callers that must be
@@ -286,7 +286,7 @@ def no_fold():
 def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u):
     """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
     bolus``, new rate), then record every output due (events first: the convention of
-    :mod:`pkpd.solvers.exact`).
+    :mod:`pkpd.engine.solvers.exact`).
 
     Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
     end of the next smooth segment (the next event or the last output time) and
@@ -413,7 +413,7 @@ def dopri5_solve_mapped(
     t0 : float
         Start time (h); the infusion rate is zero until the first event.
     ev_t, ev_rate, ev_bolus : (n_ev,) float64
-        Event table (:class:`pkpd.regimen.EventTable`): sorted times (h), total rate
+        Event table (:class:`pkpd.inputs.regimen.EventTable`): sorted times (h), total rate
         (mg/h) from each event on, bolus (mg) at each event.
     t_out : (n_out,) float64
         Non-decreasing output times (h), all ``>= t0``.
@@ -455,12 +455,12 @@ def dopri5_solve_mapped(
     work : (N_WORK, N) float64
         Workspace from :func:`workspace`.
     stats : (N_STATS,) int64
-        Counters, incremented (``pkpd.solvers.STAT_*``).
+        Counters, incremented (``pkpd.engine.solvers.STAT_*``).
 
     Returns
     -------
     status : int
-        A key of :data:`pkpd.solvers.STATUS_MESSAGES`.
+        A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
     """
     cm, tm, _lo, hi, may_skip, need = fold
     n_fold = cm.shape[0]
@@ -712,7 +712,7 @@ def solve_linear_dopri5_into(
 ):
     """:func:`dopri5_solve` for a linear model ``dy/dt = M y + b u``.
 
-    ``p`` is :func:`pkpd.solvers.linear_rhs.pack` ``(M, b)``; the other arguments are
+    ``p`` is :func:`pkpd.engine.solvers.linear_rhs.pack` ``(M, b)``; the other arguments are
     those of :func:`dopri5_solve`. Cached on disk (the right-hand side is a global).
     """
     return dopri5_solve(

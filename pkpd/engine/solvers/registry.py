@@ -14,8 +14,8 @@ call them per patient with a workspace per thread. :func:`run` allocates the wor
 and calls one; :data:`SOLVERS` lists the solvers (tests are parametrized over it).
 
 Any other numba right-hand side ``rhs(t, y, u, p, dy)`` gets its pair by a two-line
-``njit(cache=True)`` wrapper that calls :func:`pkpd.solvers.dopri5.dopri5_solve` /
-:func:`pkpd.solvers.rosenbrock.rodas_solve` with ``rhs`` as a global (``tests/ode_zoo.py``
+``njit(cache=True)`` wrapper that calls :func:`pkpd.engine.solvers.dopri5.dopri5_solve` /
+:func:`pkpd.engine.solvers.rosenbrock.rodas_solve` with ``rhs`` as a global (``tests/ode_zoo.py``
 is an example): a function that receives a dispatcher as an argument is compiled per
 process and never loaded from numba's disk cache.
 """
@@ -138,7 +138,7 @@ def run(
     kernels : (dopri5_into, rodas_into)
         Compiled entry points of the kernel protocol (module docstring).
     p, b, y0, ev_t, ev_rate, ev_bolus, t_out
-        As in :func:`pkpd.solvers.dopri5.dopri5_solve`.
+        As in :func:`pkpd.engine.solvers.dopri5.dopri5_solve`.
     rtol, atol : float or (N,) array
     h_fixed : float
         ``> 0`` for fixed steps (convergence studies); 0 adaptive.
@@ -188,7 +188,7 @@ LINEAR_KERNELS = (_dopri5.solve_linear_dopri5_into, _rodas.solve_linear_rodas_in
 def run_linear(method: str, M, b, ev_t, ev_rate, ev_bolus, t_out, x0=None, **kwargs):
     """Solve ``dy/dt = M y + b u`` with an adaptive solver (exact Jacobian for Rodas4).
 
-    Same event and output conventions as :func:`pkpd.solvers.exact.propagate`; keyword
+    Same event and output conventions as :func:`pkpd.engine.solvers.exact.propagate`; keyword
     arguments as :func:`run`. Returns ``(X, status, stats)``.
     """
     M = np.asarray(M, dtype=np.float64)

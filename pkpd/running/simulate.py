@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ModelError, PkpdError, RegimenError, SimulationError
-from .model import ModelSpec, load_model
-from .regimen import Regimen, load_regimen
-from .solvers import STATUS_MESSAGES
-from .solvers.exact import propagate
-from .units import parse_quantity
+from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd.engine.solvers.exact import propagate
+from pkpd.errors import ModelError, PkpdError, RegimenError, SimulationError
+from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.inputs.regimen import Regimen, load_regimen
+from pkpd.inputs.units import parse_quantity
 
 __all__ = [
     "DISCLAIMER",
@@ -105,7 +105,7 @@ METHODS = ("exact", "dopri5", "rodas", "auto")
 
 def _check_method(method, rtol, atol):
     """Validate `method` and fill the default tolerances of the adaptive solvers."""
-    from .solvers.registry import DEFAULT_ATOL, DEFAULT_RTOL
+    from pkpd.engine.solvers.registry import DEFAULT_ATOL, DEFAULT_RTOL
 
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
@@ -131,8 +131,8 @@ def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
             "solver_method": "exact",
         }
         return X, C, attrs
-    from .ode import solver_attrs
-    from .solvers.registry import SOLVERS, run_linear
+    from pkpd.engine.solvers.registry import SOLVERS, run_linear
+    from pkpd.inputs.ode import solver_attrs
 
     X, status, stats = run_linear(
         method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
@@ -170,7 +170,7 @@ def simulate(
     model : str, Path or ModelSpec
         Shipped model name, model file path, or a loaded model.
     regimen : str, Path or Regimen
-        One-line regimen, TOML path, or a :class:`~pkpd.regimen.Regimen`.
+        One-line regimen, TOML path, or a :class:`~pkpd.inputs.regimen.Regimen`.
     covariates : dict, optional
         E.g. ``{"weight": 70, "age": 45, "sex": "female"}``: the model's covariates and
         weight, age, sex, height, bmi (other names are errors). A covariate the model or a
@@ -206,7 +206,7 @@ def simulate(
         (e.g. a sigmoid gamma); recorded as user-supplied in the attrs.
     racemic : bool
         The regimen is in racemic ketamine amounts: an S-ketamine model is driven with its
-        S half (x 0.5, :func:`pkpd.stereo.racemic_to_s_ketamine`); caveats in the attrs.
+        S half (x 0.5, :func:`pkpd.inputs.stereo.racemic_to_s_ketamine`); caveats in the attrs.
     memory_limit : int, optional
         Bytes allowed (default: 80 % of the available memory); a longer or finer grid than
         fits (:func:`estimate_single_memory`) is refused before solving.
@@ -229,7 +229,7 @@ def simulate(
     """
     import xarray as xr
 
-    from . import __version__
+    from pkpd._version import __version__
 
     rtol, atol = _check_method(method, rtol, atol)
     model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
@@ -254,7 +254,7 @@ def simulate(
 
         _record_bolus_limits(data, names, t, ev, shifted)
     else:
-        from .ode import dataset_variables
+        from pkpd.inputs.ode import dataset_variables
 
         data, solver_attrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
     ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
@@ -272,11 +272,11 @@ def simulate(
     if eta is not None:
         ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
     if racemic:
-        from .stereo import racemic_attrs
+        from pkpd.inputs.stereo import racemic_attrs
 
         ds.attrs.update(racemic_attrs())
     if bundle is not None:
-        from .pd import add_pd_variables
+        from pkpd.inputs.pd import add_pd_variables
 
         add_pd_variables(ds, bundle)
     return ds
@@ -320,9 +320,10 @@ def bolus_on_grid(t, ev_t, ev_bolus):
 def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
     """Jump of each output (ng/mL) per mg of bolus, ``(n, n_out)``, for a linear model.
 
-    A bolus adds to the dose compartment only (:func:`pkpd.solvers.linear_system.fill_system`:
-    ``b[dose] = 1``), so the outputs read from that compartment jump by ``1 / V`` (or 1
-    when the state is itself a concentration) and the others are continuous.
+    A bolus adds to the dose compartment only
+    (:func:`pkpd.engine.solvers.linear_system.fill_system`: ``b[dose] = 1``), so the outputs
+    read from that compartment jump by ``1 / V`` (or 1 when the state is itself a
+    concentration) and the others are continuous.
     """
     d = spec.dose_index
     comp = spec.outputs_i[:, 0]
@@ -335,7 +336,7 @@ def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
 
 
 def _record_bolus_limits(data, names, t, ev, shifted):
-    """Attributes :data:`pkpd.metrics.BOLUS_ATTRS` on each output of `data`.
+    """Attributes :data:`pkpd.analysis.metrics.BOLUS_ATTRS` on each output of `data`.
 
     `shifted(idx, dose)` gives the outputs (ng/mL, ``(len(idx), n_out)``) at grid points
     `idx` after adding `dose` mg of bolus to the stored state (negative: taking it away).
@@ -374,7 +375,7 @@ def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
 
 def _check_single_memory(spec: ModelSpec, n_points: int, memory_limit: int | None) -> None:
     if memory_limit is None:
-        from .cohort import _available_memory
+        from pkpd.running.cohort import _available_memory
 
         memory_limit = int(0.8 * _available_memory())
     need = estimate_single_memory(spec, n_points)
@@ -394,13 +395,13 @@ def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):
     """
     bundle = None
     if racemic:
-        from .stereo import check_s_ketamine_model, racemic_to_s_ketamine
+        from pkpd.inputs.stereo import check_s_ketamine_model, racemic_to_s_ketamine
 
         model = load_model(model)
         check_s_ketamine_model(model)
         regimen = racemic_to_s_ketamine(regimen)
     if pd:
-        from .pd import augment_model
+        from pkpd.inputs.pd import augment_model
 
         names = [pd] if isinstance(pd, str) else list(pd)
         # stacklevel: warn -> augment_model -> _pd_and_stereo -> simulate -> caller

@@ -1,0 +1,1 @@
+"""Analysis: exposure metrics, PTA, side-effect risk, regimen comparison and design."""

@@ -1,0 +1,1 @@
+"""Output: NetCDF/Zarr/CSV writing, figures and reports."""
