@@ -153,7 +153,7 @@ class RiskModel:
         if self.fit is None:
             raise RiskError(
                 f"risk model {self.name!r} has no [fit] section: run "
-                f"`python -m pkpd.analysis.risk refit {self.name}` (or pkpd.analysis.risk.refit) first"
+                f"`python -m pkpd.analysis.risk refit {self.name}` (or pkpd.risk.refit) first"
             )
         post = self.fit["posterior"]
         return np.column_stack([np.asarray(post["alpha"], float), np.asarray(post["gamma"])])
