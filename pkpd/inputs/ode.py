@@ -654,7 +654,8 @@ def _solver_hash() -> str:
     engine = Path(__file__).parent.parent / "engine"
     for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
         h.update((engine / "solvers" / name).read_bytes())
-    for name in ("kernels_adaptive.py", "kernels.py"):  # the cohort wrappers' reduction
+    # The cohort wrappers' reduction (the recorder included).
+    for name in ("kernels_adaptive.py", "kernels.py", "record.py"):
         h.update((engine / name).read_bytes())
     return h.hexdigest()[:16]
 
