@@ -199,7 +199,7 @@ def _system(p, theta, model, keep, extra_state):
     n_comp = comps_i.shape[0]
     n_out = outputs_i.shape[0]
     N = n_comp + 1 + n_analytes + n_out
-    Nr = keep.shape[0]
+    Nr = _nr(keep)
     M = np.zeros((N, N))
     b = np.zeros(N)
     C = np.zeros((n_out, n_comp))
@@ -230,7 +230,7 @@ def _grid_propagator(Mr, br, h, work, phi, gg):
     """The exponential of one grid step `h` into ``phi, gg`` and the first slot of the
     step cache of `work` (whole grid steps taken by `_step` reuse it); a status."""
     Maug, Eaug, cache_h, cache_phi, cache_g, _xtmp, ework, epiv, counter = work
-    Nr = Mr.shape[0]
+    Nr = _nr(Mr)
     st = STATUS_OK
     for i in range(Nr):
         for j in range(Nr):
@@ -264,7 +264,7 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
     """
     RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, _cblk = blk
     Maug, xtmp = tmp
-    Nr = phi.shape[0]
+    Nr = _nr(phi)
     n_rows = out_state.shape[0]
     R_k = np.zeros((BLK - 1, n_rows, Nr))
     S_k = np.zeros((BLK - 1, n_rows))
