@@ -70,7 +70,7 @@ def _nr(x):
     return x.shape[0] if _NR == 0 else _NR
 
 
-@_jit
+@_jit_inline
 def _eval_outputs(x, out_state, out_scale, c):
     for o in range(c.shape[0]):
         c[o] = x[out_state[o]] * out_scale[o]
@@ -174,6 +174,11 @@ def cohort_kernel(
         Output: 0 success, else a solver status code.
     """
     model = (comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes)
+    # The cumulative AUC state of each output follows the compartments (the same for
+    # every patient: allocated once per chunk, not per patient).
+    auc_index = np.empty(outputs_i.shape[0], dtype=np.int64)
+    for o in range(outputs_i.shape[0]):
+        auc_index[o] = comps_i.shape[0] + o
     for p in numba.prange(theta.shape[0]):
         _patient(
             p,
@@ -188,10 +193,11 @@ def cohort_kernel(
             extra_state,
             uniform,
             (cmax, tmax, auc, t_above, c_at, traj, status),
+            auc_index,
         )
 
 
-@_jit
+@_jit_inline
 def _system(p, theta, model, keep, extra_state):
     """Patient `p`'s reduced system ``(Mr, br)`` (``dx/dt = Mr x + br u``) and the map of
     the evaluated rows ``(out_state, out_scale)``: the outputs, then the extra states."""
@@ -225,7 +231,7 @@ def _system(p, theta, model, keep, extra_state):
     return Mr, br, out_state, out_scale
 
 
-@_jit
+@_jit_inline
 def _grid_propagator(Mr, br, h, work, phi, gg):
     """The exponential of one grid step `h` into ``phi, gg`` and the first slot of the
     step cache of `work` (whole grid steps taken by `_step` reuse it); a status."""
@@ -251,7 +257,7 @@ def _grid_propagator(Mr, br, h, work, phi, gg):
     return st
 
 
-@_jit
+@_jit_inline
 def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
     """Fill the block tables ``blk = (RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk)``.
 
@@ -330,7 +336,7 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
         sq //= 2
 
 
-@_jit
+@_jit_inline
 def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets):
     """Whole blocks of BLK grid steps before `lim` (see `_block_tables`); returns
     ``(g, t, t_prev, next_store)``."""
@@ -387,9 +393,9 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 gi = next_store // store_stride
                 kk = next_store - g
                 if kk < BLK - 1:
-                    record.store(traj, p, gi, cblk[kk * n_rows :], store_out, store_scale)
+                    record.store(traj, p, gi, cblk, kk * n_rows, store_out, store_scale)
                 else:
-                    record.store(traj, p, gi, c, store_out, store_scale)
+                    record.store(traj, p, gi, c, 0, store_out, store_scale)
                 next_store += store_stride
             t_prev = t
             g = g_last + 1
@@ -407,13 +413,13 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 c_prev[o] = c[o]
             t_prev = t
             if n_store > 0 and g == next_store:
-                record.store(traj, p, g // store_stride, c, store_out, store_scale)
+                record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
                 next_store += store_stride
             g += 1
     return g, t, t_prev, next_store
 
 
-@_jit
+@_jit_inline
 def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets):
     """Single grid steps before `lim`; returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
@@ -437,13 +443,13 @@ def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, x
                 c_prev[o] = c[o]
         t_prev = t
         if n_store > 0 and g == next_store:
-            record.store(traj, p, g // store_stride, c, store_out, store_scale)
+            record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
             next_store += store_stride
         g += 1
     return g, t, t_prev, next_store
 
 
-@_jit
+@_jit_inline
 def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets):
     """The stepper's fast path: whole grid steps of a uniform grid up to (not including)
     `lim`, the next decision or special time; most of a cohort's work happens here. The
@@ -478,7 +484,7 @@ def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, r
     return g, t, t_prev, st
 
 
-@_jit
+@_jit_inline
 def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk, uniform, rec,
                 mets, auc_index, auc_start, dose):  # fmt: skip
     """The per-patient event loop: advance to the next point (a decision time of the
@@ -555,7 +561,7 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
             s += 1
         if g < n_t and grid[g] == t:
             if store_out.shape[0] > 0 and g % store_stride == 0:
-                record.store(traj, p, g // store_stride, c, store_out, store_scale)
+                record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
             g += 1
         for i in range(x.shape[0]):
             if not np.isfinite(x[i]):
@@ -564,12 +570,12 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
 
 
 @_jit
-def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, uniform, mets):
+def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, uniform, mets,
+             auc_index):  # fmt: skip
     """Simulate patient `p` (the body of :func:`cohort_kernel`'s parallel loop): set up
     its system and work arrays (allocated once per patient, never per step), run the
     event loop, set its status (NaN metrics on failure)."""
     cmax, tmax, auc, t_above, c_at, _traj, status = mets
-    n_comp = model[0].shape[0]
     n_out = cmax.shape[1]
     n_t = grid.shape[0]
     Mr, br, out_state, out_scale = _system(p, theta, model, keep, extra_state)
@@ -593,13 +599,12 @@ def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, un
     if uniform and n_t > 2 * BLK and st == STATUS_OK:
         _block_tables(phi, gg, out_state, out_scale, n_out, blk, (Maug, xtmp))
     cur = (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_out), np.zeros(n_out))
-    auc_index = np.empty(n_out, dtype=np.int64)
-    for o in range(n_out):
-        auc_index[o] = n_comp + o  # the cumulative AUC states follow the compartments
+    # The dosing source's decision (bolus, rate; one input): one allocation for both.
+    dose = np.zeros((2, 1))
     if st == STATUS_OK:
         st = _event_loop(p, np.zeros(Nr), t0, grid, ev, specials, cur, (out_state, out_scale),
                          (Mr, br), work, (phi, gg), blk, uniform, rec, mets, auc_index,
-                         np.zeros((n_out, auc.shape[2])), (np.zeros(1), np.zeros(1)))  # fmt: skip
+                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]))  # fmt: skip
     status[p] = st
     if st != STATUS_OK:
         record.fail(p, cmax, tmax, auc, c_at, t_above)

@@ -214,7 +214,7 @@ def _specials_and_store(p, rows, Y, conc, O, specials, auc_index, store, auc, c_
             if kinds[r] == _ROW_GRID:
                 g = index[r]
                 if g % store_stride == 0:
-                    record.store(traj, p, g // store_stride, O[r], store_out, unscaled)
+                    record.store(traj, p, g // store_stride, O[r], 0, store_out, unscaled)
 
 
 @_jit_inline

@@ -135,10 +135,12 @@ def special(kind, slot, p, row, auc_index, conc, auc_start, auc, c_at):
 
 
 @_jit_inline
-def store(traj, p, gi, row, store_out, store_scale):
-    """Stored grid point `gi` of patient `p`: ``row[store_out[j]] * store_scale[j]``."""
+def store(traj, p, gi, row, first, store_out, store_scale):
+    """Stored grid point `gi` of patient `p`: ``row[first + store_out[j]] * store_scale[j]``
+    (`first` locates the point in a buffer of several points without taking a slice,
+    which would cost a reference count per stored point)."""
     for j in range(store_out.shape[0]):
-        traj[p, j, gi] = row[store_out[j]] * store_scale[j]
+        traj[p, j, gi] = row[first + store_out[j]] * store_scale[j]
 
 
 @_jit
