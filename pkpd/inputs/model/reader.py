@@ -89,8 +89,20 @@ def _read_linear_model(data: dict, file) -> dict:
     variability = read_variability(ctx, data.get("variability", []), parameters)
     residual = read_residual(ctx, ctx.table(data, "residual", required=False), outputs, analytes)
     structure = linear.compile_structure(compartments, flows, parameters, analytes, outputs, dose)
-    return _fields(file, meta, analytes, parameters, covariates, variability, residual,
-                   outputs, dose, parent, data, structure)  # fmt: skip
+    return _spec_fields(
+        file,
+        data,
+        meta,
+        analytes=analytes,
+        parameters=parameters,
+        covariates=covariates,
+        variability=variability,
+        residual=residual,
+        outputs=outputs,
+        dose_compartment=dose,
+        parent=parent,
+        structure=structure,
+    )
 
 
 def _read_ode_model(data: dict, file) -> dict:
@@ -118,26 +130,26 @@ def _read_ode_model(data: dict, file) -> dict:
     outputs = [Output(o.name, ode.dose_state, parent, o.long_name, False) for o in ode.outputs]
     variability = read_variability(ctx, data.get("variability", []), parameters)
     residual = read_residual(ctx, ctx.table(data, "residual", required=False), outputs, analytes)
-    return _fields(file, meta, analytes, parameters, covariates, variability, residual,
-                   outputs, ode.dose_state, parent, data, ode)  # fmt: skip
+    return _spec_fields(
+        file,
+        data,
+        meta,
+        analytes=analytes,
+        parameters=parameters,
+        covariates=covariates,
+        variability=variability,
+        residual=residual,
+        outputs=outputs,
+        dose_compartment=ode.dose_state,
+        parent=parent,
+        structure=ode,
+    )
 
 
-def _fields(file, meta, analytes, parameters, covariates, variability, residual, outputs,
-            dose, parent, data, structure) -> dict:  # fmt: skip
-    return {
-        "file": Path(file) if file is not None else None,
-        **meta,
-        "analytes": analytes,
-        "parameters": parameters,
-        "covariates": covariates,
-        "variability": variability,
-        "residual": residual,
-        "outputs": outputs,
-        "dose_compartment": dose,
-        "parent": parent,
-        "raw": data,
-        "structure": structure,
-    }
+def _spec_fields(file, data: dict, meta: dict, **parts) -> dict:
+    """The keyword arguments of a ``ModelSpec``: file, metadata, the validated parts and
+    the parsed file as read (``raw``)."""
+    return {"file": Path(file) if file is not None else None, **meta, **parts, "raw": data}
 
 
 # ----------------------------------------------------------------------------- helpers
