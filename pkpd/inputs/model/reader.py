@@ -487,6 +487,12 @@ def _read_weight_exponent(ctx, d: dict, key: str, parsed, covariates) -> float:
             f"{key}.weight_exponent",
             "needs a `covariates.weight` table with a `reference` weight",
         )
+    ref = covariates["weight"].reference
+    if ref <= 0:  # (weight / reference) ** exponent
+        raise ctx.err(
+            "covariates.weight.reference",
+            f"{ref:g} must be > 0: it is the reference weight of `{key}.weight_exponent`",
+        )
     return wexp
 
 
