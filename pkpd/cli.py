@@ -266,7 +266,7 @@ def models_show(name: str) -> None:
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
             _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
-    from pkpd.inputs.ode import output_scales
+    from pkpd.inputs.model import output_scales
 
     units = output_scales(m)[1]
     _echo(

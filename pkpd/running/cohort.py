@@ -429,7 +429,7 @@ def _run_adaptive(
         Y0 = np.zeros((n, N))
         kernels = LINEAR_COHORT_KERNELS
     else:
-        from pkpd.inputs.ode import cohort_inputs
+        from pkpd.inputs.model import cohort_inputs
 
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
         N = Y0.shape[1]
@@ -1240,7 +1240,7 @@ def _progress(done, n, elapsed):
 
 def _output_scales(spec: ModelSpec) -> tuple[np.ndarray, list[str]]:
     """Factor from internal units and unit of each output (ng/mL for concentrations)."""
-    from pkpd.inputs.ode import output_scales
+    from pkpd.inputs.model import output_scales
 
     return output_scales(spec)
 

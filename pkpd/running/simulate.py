@@ -9,9 +9,11 @@ import numpy as np
 from pkpd.engine.solvers import STATUS_MESSAGES
 from pkpd.engine.solvers.exact import propagate
 from pkpd.errors import ModelError, PkpdError, RegimenError, SimulationError
-from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.inputs.model import ModelSpec, dataset_variables, load_model, solver_attrs
+from pkpd.inputs.model import bolus_on_grid as bolus_on_grid  # re-exported (cohort)
+from pkpd.inputs.model import record_bolus_limits as _record_bolus_limits
 from pkpd.inputs.regimen import Regimen, load_regimen
-from pkpd.inputs.units import parse_quantity
+from pkpd.inputs.units import MG_L_TO_NG_ML, parse_quantity
 
 __all__ = [
     "DISCLAIMER",
@@ -29,7 +31,6 @@ DISCLAIMER = (
     "device. Do not use it to dose patients."
 )
 
-MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
 #: Most points an output grid may have (10 million: 115 days at 1 s). Checked before the
 #: grid is allocated, so a tiny `every` or a huge `until` is refused, not a MemoryError.
 MAX_GRID_POINTS = 10_000_000
@@ -132,7 +133,6 @@ def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
         }
         return X, C, attrs
     from pkpd.engine.solvers.registry import SOLVERS, run_linear
-    from pkpd.inputs.ode import solver_attrs
 
     X, status, stats = run_linear(
         method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
@@ -254,8 +254,6 @@ def simulate(
 
         _record_bolus_limits(data, names, t, ev, shifted)
     else:
-        from pkpd.inputs.ode import dataset_variables
-
         data, solver_attrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
     ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
     ds.attrs.update(spec.provenance_attrs())
@@ -282,41 +280,6 @@ def simulate(
     return ds
 
 
-def bolus_on_grid(t, ev_t, ev_bolus):
-    """Where the boluses lie on the output grid `t`, within its rounding.
-
-    Parameters
-    ----------
-    t : (n_t,) float64
-        Sorted output times (h).
-    ev_t, ev_bolus : (..., K) float64
-        Event times (h) and bolus amounts (mg).
-
-    Returns
-    -------
-    idx : (..., K) int64
-        Grid index of each bolus, -1 for events that are no bolus or lie off the grid.
-    included, pending : (..., K) float64
-        For each event on the grid, the total bolus (mg) at that grid point that the stored,
-        right-continuous value includes (boluses at or before the grid time), and the total
-        that it does not include yet (boluses a rounding error after it).
-    """
-    ev_t = np.asarray(ev_t, dtype=float)
-    ev_bolus = np.asarray(ev_bolus, dtype=float)
-    # The nearest grid point of each event.
-    j = np.clip(np.searchsorted(t, ev_t), 0, t.size - 1)
-    jm = np.maximum(j - 1, 0)
-    j = np.where(np.abs(t[jm] - ev_t) < np.abs(t[j] - ev_t), jm, j)
-    tol = 1e-9 * np.maximum(1.0, np.abs(t[j]))
-    with np.errstate(invalid="ignore"):
-        on = (ev_bolus != 0.0) & (np.abs(t[j] - ev_t) <= tol)
-    idx = np.where(on, j, -1)
-    inc = np.where(on & (ev_t <= t[j]), ev_bolus, 0.0)
-    pend = np.where(on & (ev_t > t[j]), ev_bolus, 0.0)
-    same = (idx[..., :, None] == idx[..., None, :]) & on[..., None, :]
-    return idx, (same * inc[..., None, :]).sum(-1), (same * pend[..., None, :]).sum(-1)
-
-
 def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
     """Jump of each output (ng/mL) per mg of bolus, ``(n, n_out)``, for a linear model.
 
@@ -333,28 +296,6 @@ def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
     per_v = 1.0 / theta[:, v] if v >= 0 else np.full(theta.shape[0], np.nan)
     per_mg = np.where(is_state[None, :], 1.0, per_v[:, None])
     return np.where((comp == d)[None, :], per_mg, 0.0) * MG_L_TO_NG_ML
-
-
-def _record_bolus_limits(data, names, t, ev, shifted):
-    """Attributes :data:`pkpd.analysis.metrics.BOLUS_ATTRS` on each output of `data`.
-
-    `shifted(idx, dose)` gives the outputs (ng/mL, ``(len(idx), n_out)``) at grid points
-    `idx` after adding `dose` mg of bolus to the stored state (negative: taking it away).
-    The stored value at a bolus time is the right limit (unless the bolus lies a rounding
-    error after the grid point); :mod:`pkpd.metrics` needs the left limit too.
-    """
-    idx, inc, pend = bolus_on_grid(t, ev.t, ev.bolus)
-    idx, first = np.unique(idx, return_index=True)
-    keep = idx >= 0
-    idx, first = idx[keep], first[keep]
-    if idx.size == 0:
-        return
-    left = shifted(idx, -inc[first])
-    right = shifted(idx, pend[first])
-    for i, o in enumerate(names):
-        data[o][2].update(
-            {"bolus_times": t[idx].copy(), "pre_bolus": left[:, i], "post_bolus": right[:, i]}
-        )
 
 
 def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
