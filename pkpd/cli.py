@@ -19,8 +19,8 @@ import numpy as np
 
 # The library modules the commands call are imported as modules (``cohorts.simulate_cohort``,
 # ``result_io.write_netcdf``): the name is looked up at each call, as it was when these
-# imports lived inside the commands. Heavy optional libraries (xarray, matplotlib, dask,
-# zarr) stay lazy inside those modules, so `pkpd --help` does not load them.
+# imports lived inside the commands. The heavy libraries (xarray, matplotlib, dask, zarr)
+# stay lazy inside those modules, so that `pkpd --help` does not wait for them.
 from pkpd._version import __version__
 from pkpd.analysis import design as designs
 from pkpd.analysis import risk as risk_analysis
