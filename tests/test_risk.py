@@ -347,3 +347,40 @@ def test_registry_and_required_kwargs(shipped):
     fit = [a for a in shipped.arms if a.use == "fit"]
     assert [(a.n, a.events) for a in fit] == [(30, 2), (30, 6)]
     assert all(a.note for a in shipped.arms if a.use == "excluded")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_pkpd_risk_refit_rewrites_the_generated_section_only(tmp_path, shipped):
+    """`pkpd risk refit` (formerly `python -m pkpd.analysis.risk refit`): the hand-written
+    head is kept, one [fit] section follows the new marker, the file loads again; a file
+    fitted under the old marker is refit the same way."""
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    head = shipped.file.read_text().split(R.GENERATED_MARKER)[0]
+    old = tmp_path / "old" / "psychotomimetic.toml"
+    old.parent.mkdir()
+    old.write_text(shipped.file.read_text().replace(R.GENERATED_MARKER, R._OLD_MARKERS[0]))
+    out = tmp_path / "psychotomimetic.toml"
+    r = CliRunner().invoke(
+        main, ["risk", "refit", str(old), "--n-virtual", "200", "--seed", "3", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("MLE alpha ") and "ESS" in r.output
+    for arm in shipped.arms:
+        if arm.use != "excluded":
+            assert f"{arm.trial} {arm.arm} [{arm.use}]: observed {arm.events}/{arm.n}" in r.output
+    text = out.read_text()
+    assert text.startswith(head.rstrip()) and text.count("\n[fit]\n") == 1
+    assert f"{R.GENERATED_MARKER} psychotomimetic` on " in text
+    assert R._OLD_MARKERS[0] not in text
+    again = R.load_risk(out)
+    assert again.fit["seed"] == 3 and again.fit["n_virtual"] == 200
+    # a destination that cannot be written is refused before the virtual trials, in one line
+    r = CliRunner().invoke(main, ["risk", "refit", "psychotomimetic", "--out", "x.txt"])
+    assert r.exit_code == 2 and r.output.startswith("pkpd: error: --out 'x.txt': expected")
+    r = CliRunner().invoke(main, ["risk", "refit", "no_such_risk"])
+    assert r.exit_code == 2 and r.output.startswith("pkpd: error:") and "no_such_risk" in r.output

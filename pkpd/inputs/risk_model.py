@@ -104,7 +104,7 @@ class RiskModel:
         if self.fit is None:
             raise RiskError(
                 f"risk model {self.name!r} has no [fit] section: run "
-                f"`python -m pkpd.analysis.risk refit {self.name}` (or pkpd.risk.refit) first"
+                f"`pkpd risk refit {self.name}` (or pkpd.risk.refit) first"
             )
         post = self.fit["posterior"]
         return np.column_stack([np.asarray(post["alpha"], float), np.asarray(post["gamma"])])

@@ -24,15 +24,13 @@ import numpy as np
 
 from pkpd.errors import ModelError, SimulationError
 from pkpd.inputs.model import codegen
+from pkpd.inputs.reader import LITERATURE_TAGS
+from pkpd.inputs.reader import SAMPLING_SITES as SAMPLING_SITES  # re-exported
+from pkpd.inputs.reader import TAGS as _ALL_TAGS
 
-SAMPLING_SITES = ("arterial", "venous", "plasma (site not stated)", "not reported")
-TAGS = {
-    "paper": "verified in paper",
-    "code": "verified in cited code",
-    "code-unconfirmed": "read in public code that does not cite the paper's table",
-    "derived": "derived from verified values",
-    "assumed": "assumed (not a literature value)",
-}
+# One vocabulary for every library file (pkpd.inputs.reader); model files take the
+# literature subset (no 'illustrative' placeholders).
+TAGS = {t: _ALL_TAGS[t] for t in LITERATURE_TAGS}
 ROLES = ("parent", "metabolite")
 COVARIATE_TYPES = ("power", "linear", "exponential", "categorical")
 # Parameter kinds accepted in each structural slot (see units.KINDS).
