@@ -601,7 +601,7 @@ def simulate(
     extra_run.update(_method_options(method, rtol, atol))
     # The command holds two simulations (the output grid, and that grid merged with the dose
     # events) and copies for its files: each may use a quarter of the available memory.
-    from pkpd.running.cohort import _available_memory
+    from pkpd.running.resources import available_memory as _available_memory
 
     extra_run["memory_limit"] = int(0.8 * _available_memory()) // _SINGLE_COPIES
     ds = run(spec, reg, covariates=cov, until=until, every=every, **extra_run)

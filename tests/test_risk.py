@@ -241,9 +241,18 @@ def _constructed():
             "traj_output": ["cp"],
             "time": t,
             "threshold": ["cp > 50 ng/mL"],
+            "threshold_output": ("threshold", ["cp"]),
+            "threshold_level": ("threshold", [50.0], {"units": "ng/mL"}),
+            "threshold_units": ("threshold", ["ng/mL"]),
             "eos": ("patient", np.array([0.0, 0.0, 0.0, 0.0, 5.0]), {"units": "h"}),
         },
-        attrs={"grid": "0 to 10 h, 101 points"},
+        attrs={
+            "grid": "0 to 10 h, 101 points",
+            "grid_start_h": 0.0,
+            "grid_end_h": 10.0,
+            "grid_step_h": 0.1,
+            "grid_points": 101,
+        },
     )
 
 

@@ -500,7 +500,8 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
 
 
 def _check_compare_memory(spec, regs, population, n, seed, kw, n_risks) -> None:
-    from pkpd.running.cohort import _available_memory, largest_fitting
+    from pkpd.running.cohort import largest_fitting
+    from pkpd.running.resources import available_memory as _available_memory
 
     limit = kw.get("memory_limit") or int(0.8 * _available_memory())
     mem = compare_memory(spec, regs, population, n, seed, kw, n_risks)

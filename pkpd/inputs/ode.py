@@ -1019,7 +1019,7 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
             f"`method` 'exact' is for linear compartment models; {spec.name!r} is a "
             "nonlinear [ode] model: use 'auto', 'dopri5' or 'rodas'"
         )
-    from pkpd.running.simulate import MG_L_TO_NG_ML
+    from pkpd.running.grid import MG_L_TO_NG_ML
 
     ode = spec.ode
     Y, O, attrs = solve(spec, theta, covariates, ev, t, method, rtol, atol)
@@ -1044,7 +1044,7 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
         Y[:, ode.n_states],
         {"units": "mg", "long_name": "cumulative amount administered"},
     )
-    from pkpd.running.simulate import _record_bolus_limits
+    from pkpd.running.grid import record_bolus_limits as _record_bolus_limits
 
     p = ode.parameter_vector(theta, covariates)
     bmap = ode.bolus_map()
