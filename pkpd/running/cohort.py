@@ -57,13 +57,8 @@ from pkpd.engine.kernels import (
     kernel_for,
 )
 from pkpd.engine.kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
-from pkpd.engine.solvers import N_STATS, STAT_NAMES, STATUS_MESSAGES, STATUS_STIFF
-from pkpd.engine.solvers.registry import (
-    DEFAULT_MAX_STEPS,
-    DEFAULT_NSTIFF,
-    SOLVERS,
-    tolerance,
-)
+from pkpd.engine.solvers import N_STATS, STAT_NAMES, STATUS_MESSAGES, STATUS_STIFF, registry
+from pkpd.engine.solvers.registry import SOLVERS, tolerance
 from pkpd.errors import (
     CovariateError,
     CovariateRangeWarning,
@@ -76,7 +71,7 @@ from pkpd.inputs.ode import cohort_inputs, output_scales
 from pkpd.inputs.population import CovariateTable, load_population
 from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.units import parse_quantity
-from pkpd.output.io import ZarrWriter, atomic_outputs, check_target, write_netcdf
+from pkpd.output import io as output_io
 from pkpd.running import resources
 from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
 from pkpd.running.request import BLOCK, ChunkResult, CohortRequest, CohortSetup, Threshold
@@ -413,8 +408,8 @@ def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, t
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
             pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
-            *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
-            DEFAULT_NSTIFF,
+            *[pick(a) for a in specials], rtol, atol, np.inf, registry.DEFAULT_MAX_STEPS,
+            registry.DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,
             stride, *out,
         )  # fmt: skip
@@ -787,7 +782,7 @@ def _run_cohort(req: CohortRequest):
             f"amounts are kept by the exact solver only (linear models); method={setup.method!r}"
         )
     _warn_missing_omega(setup.spec, setup.iiv)
-    writer = ZarrWriter(req.out) if plan.zarr_out else None
+    writer = output_io.ZarrWriter(req.out) if plan.zarr_out else None
     try:
         results, counts, traj_all, amount_all = _collect(req, plan, writer, t_start)
         ds = _assemble(setup, results, counts, traj_all, amount_all)
@@ -799,9 +794,9 @@ def _run_cohort(req: CohortRequest):
             writer.finish(ds)
             return writer.open()
         if req.out is not None:
-            target = check_target(req.out, (".nc",), "out")
-            with atomic_outputs() as stage:
-                stage(target, lambda tmp: write_netcdf(ds, tmp))
+            target = output_io.check_target(req.out, (".nc",), "out")
+            with output_io.atomic_outputs() as stage:
+                stage(target, lambda tmp: output_io.write_netcdf(ds, tmp))
         return ds
     except BaseException:
         if writer is not None:
@@ -853,7 +848,7 @@ def _plan(req: CohortRequest) -> _Plan:
     chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
     zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
     if req.out is not None and not zarr_out:
-        check_target(req.out, (".nc", ".zarr"), "out")  # before the work, not after
+        output_io.check_target(req.out, (".nc", ".zarr"), "out")  # before the work, not after
     # Trajectories come back to this process (and into the returned Dataset) unless they
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out
