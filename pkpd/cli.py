@@ -24,6 +24,7 @@ import numpy as np
 from pkpd._version import __version__
 from pkpd.analysis import design as designs
 from pkpd.analysis import risk as risk_analysis
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError, PkpdWarning
 from pkpd.inputs.model import TAGS, available_models, load_model, output_scales
 from pkpd.inputs.pd import available_pd, describe, list_rows
@@ -46,8 +47,8 @@ from pkpd.output.tables import (
     text_table,
 )
 from pkpd.running import cohort as cohorts
+from pkpd.running import resources
 from pkpd.running import simulate as single
-from pkpd.running.simulate import DISCLAIMER
 
 _DEBUG = False
 
@@ -542,7 +543,7 @@ def simulate(
     extra_run.update(_method_options(method, rtol, atol))
     # The command holds two simulations (the output grid, and that grid merged with the dose
     # events) and copies for its files: each may use a quarter of the available memory.
-    extra_run["memory_limit"] = int(0.8 * cohorts._available_memory()) // _SINGLE_COPIES
+    extra_run["memory_limit"] = int(0.8 * resources.available_memory()) // _SINGLE_COPIES
     ds = single.simulate(spec, reg, covariates=cov, until=until, every=every, **extra_run)
     fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
     summ = single.summarize(fine, reg)

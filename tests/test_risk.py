@@ -241,9 +241,18 @@ def _constructed():
             "traj_output": ["cp"],
             "time": t,
             "threshold": ["cp > 50 ng/mL"],
+            "threshold_output": ("threshold", ["cp"]),
+            "threshold_level": ("threshold", [50.0], {"units": "ng/mL"}),
+            "threshold_units": ("threshold", ["ng/mL"]),
             "eos": ("patient", np.array([0.0, 0.0, 0.0, 0.0, 5.0]), {"units": "h"}),
         },
-        attrs={"grid": "0 to 10 h, 101 points"},
+        attrs={
+            "grid": "0 to 10 h, 101 points",
+            "grid_start_h": 0.0,
+            "grid_end_h": 10.0,
+            "grid_step_h": 0.1,
+            "grid_points": 101,
+        },
     )
 
 
@@ -279,6 +288,23 @@ def test_pta_known_answer_whole_grid_window_and_events():
     ds2["status"] = ("patient", np.array([0, 0, 0, 0, 3], np.int8))
     res = R.pta(ds2, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
     assert float(res["pta"]) == pytest.approx(0.5) and res.pta.attrs["n_patients"] == 4
+
+
+def test_pta_reads_the_threshold_level_and_grid_span_as_numbers():
+    """The kernel's time_above is found by the numeric threshold coordinates and the window
+    is the numeric grid span: neither the labels nor the `grid` text is read."""
+    ds = _constructed().assign_coords(threshold=["a label nobody parses"])
+    ds.attrs["grid"] = "not a grid description"
+    res = R.pta(ds, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert res.attrs["source"].startswith("cohort kernel")
+    assert res["attained"].values.tolist() == [False, False, True, True, True]
+    np.testing.assert_array_equal(res["window_length"].values, 10.0)
+    # another level, or the level of another unit, is not the kernel's threshold
+    other = R.pta(ds, {"output": "cp", "at_least": "60 ng/mL", "for_fraction": 0.5})
+    assert other.attrs["source"].startswith("stored trajectories")
+    score = ds.assign_coords(threshold_units=("threshold", ["NRS"]))
+    res = R.pta(score, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert res.attrs["source"].startswith("stored trajectories")
 
 
 # ----------------------------------------------------------------------------- errors

@@ -49,11 +49,12 @@ from typing import Any
 import numpy as np
 
 from pkpd.analysis import risk as risk_analysis
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.inputs.model import load_model
 from pkpd.inputs.regimen import Regimen, load_regimen
 from pkpd.running import cohort as cohorts
-from pkpd.running.simulate import DISCLAIMER
+from pkpd.running import resources
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -475,7 +476,7 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
 
 
 def _check_compare_memory(spec, regs, population, n, seed, kw, n_risks) -> None:
-    limit = kw.get("memory_limit") or int(0.8 * cohorts._available_memory())
+    limit = kw.get("memory_limit") or int(0.8 * resources.available_memory())
     mem = compare_memory(spec, regs, population, n, seed, kw, n_risks)
     if mem["total"] <= limit:
         return

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.output.plot import (
     plot_bands,
@@ -26,7 +27,6 @@ from pkpd.output.plot import (
     plot_risk_vs_dose,
 )
 from pkpd.output.tables import compare_rows
-from pkpd.running.simulate import DISCLAIMER
 
 __all__ = ["ReportError", "render_report", "write_report"]
 

@@ -5,15 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 
+from pkpd._version import __version__
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.engine.solvers import STATUS_MESSAGES
 from pkpd.engine.solvers.exact import propagate
-from pkpd.errors import ModelError, PkpdError, RegimenError, SimulationError
+from pkpd.engine.solvers.registry import SOLVERS, run_linear
+from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import ModelSpec, dataset_variables, load_model, solver_attrs
-from pkpd.inputs.model import bolus_on_grid as bolus_on_grid  # re-exported (cohort)
-from pkpd.inputs.model import record_bolus_limits as _record_bolus_limits
+from pkpd.inputs.pd import add_pd_variables, augment_model
 from pkpd.inputs.regimen import Regimen, load_regimen
-from pkpd.inputs.units import MG_L_TO_NG_ML, parse_quantity
+from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
+from pkpd.running import resources
+from pkpd.running.grid import (
+    MAX_GRID_POINTS,
+    MG_L_TO_NG_ML,
+    GridError,
+    bolus_jumps,
+    record_bolus_limits,
+    time_grid,
+)
+from pkpd.running.variables import variable, variable_attrs
 
 __all__ = [
     "DISCLAIMER",
@@ -25,56 +38,6 @@ __all__ = [
     "summarize",
     "time_grid",
 ]
-
-DISCLAIMER = (
-    "Research software for pharmacology and protocol design; not a clinical dosing "
-    "device. Do not use it to dose patients."
-)
-
-#: Most points an output grid may have (10 million: 115 days at 1 s). Checked before the
-#: grid is allocated, so a tiny `every` or a huge `until` is refused, not a MemoryError.
-MAX_GRID_POINTS = 10_000_000
-
-
-class GridError(PkpdError, ValueError):
-    """The output time grid (`until`, `every`) is invalid or too large."""
-
-
-def _hours(value, name: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return parse_quantity(value, "time", key=name).value
-
-
-def time_grid(start: float, until, every) -> np.ndarray:
-    """Output grid ``start, start+every, ...`` up to and including `until` (hours).
-
-    `until` and `every` are hours or strings with units (``"48 h"``, ``"1 min"``). Points
-    are computed as ``start + i*every`` (no accumulated rounding); `until` is appended if
-    it is not on the grid.
-    """
-    until_h = _hours(until, "until")
-    every_h = _hours(every, "every")
-    if not every_h > 0:
-        raise GridError(f"`every` must be positive, got {every!r}")
-    if not until_h > start:
-        raise GridError(f"`until` ({until!r}) must be after the start ({start:g} h)")
-    # Counted before anything is allocated; inf (e.g. until = 1e306 day) is refused too.
-    points = (until_h - start) / every_h + 1.0
-    if not points <= MAX_GRID_POINTS:
-        raise GridError(
-            f"the output grid (`every` = {every!r}, from {start:g} h to `until` = "
-            f"{until_h:g} h) would have {points:.4g} points, more than the limit of "
-            f"{MAX_GRID_POINTS:,}: "
-            "choose a larger `every` or an earlier `until`"
-        )
-    n = int(np.floor((until_h - start) / every_h + 1e-9))
-    t = start + np.arange(n + 1) * every_h
-    if until_h - t[-1] > 1e-9 * max(1.0, abs(until_h)):
-        t = np.append(t, until_h)
-    else:
-        t[-1] = until_h
-    return t
 
 
 def _prepare(model, regimen, covariates, eta, anchors=None):
@@ -132,8 +95,6 @@ def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
             "solver_method": "exact",
         }
         return X, C, attrs
-    from pkpd.engine.solvers.registry import SOLVERS, run_linear
-
     X, status, stats = run_linear(
         method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
     )
@@ -227,35 +188,16 @@ def simulate(
     >>> float(ds.dose_given[-1])
     20.0
     """
-    import xarray as xr
-
-    from pkpd._version import __version__
-
     rtol, atol = _check_method(method, rtol, atol)
     model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
     spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
-    if times is None:
-        start = min(0.0, reg.start_time)
-        t = time_grid(start, until if until is not None else reg.end_time + 24.0, every)
-    else:
-        t = np.asarray(times, dtype=float).ravel()
-        if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
-            raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    t = _output_times(reg, times, until, every)
     _check_single_memory(spec, t.size, memory_limit)
     if spec.is_linear:
-        X, C, solver_attrs = _solve(spec, theta, ev, t, method, rtol, atol)
-        data = _linear_variables(spec, X, C)
-        jump = bolus_jumps(spec, theta[None, :])[0]  # ng/mL per mg, (n_out,)
-        names = [o.name for o in spec.outputs]
-        conc = np.stack([data[o][1] for o in names], axis=1)
-
-        def shifted(idx, dose):
-            return conc[idx] + dose[:, None] * jump[None, :]
-
-        _record_bolus_limits(data, names, t, ev, shifted)
+        data, sattrs = _linear_data(spec, theta, ev, t, method, rtol, atol)
     else:
-        data, solver_attrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
-    ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
+        data, sattrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
+    ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
     ds.attrs.update(spec.provenance_attrs())
     ds.attrs.update(
         {
@@ -266,36 +208,40 @@ def simulate(
             "disclaimer": DISCLAIMER,
         }
     )
-    ds.attrs.update(solver_attrs)
+    ds.attrs.update(sattrs)
     if eta is not None:
         ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
     if racemic:
-        from pkpd.inputs.stereo import racemic_attrs
-
         ds.attrs.update(racemic_attrs())
     if bundle is not None:
-        from pkpd.inputs.pd import add_pd_variables
-
         add_pd_variables(ds, bundle)
     return ds
 
 
-def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
-    """Jump of each output (ng/mL) per mg of bolus, ``(n, n_out)``, for a linear model.
+def _output_times(reg: Regimen, times, until, every) -> np.ndarray:
+    """The output times: `times` as given (checked), or the grid to `until` every `every`."""
+    if times is None:
+        start = min(0.0, reg.start_time)
+        return time_grid(start, until if until is not None else reg.end_time + 24.0, every)
+    t = np.asarray(times, dtype=float).ravel()
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+        raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    return t
 
-    A bolus adds to the dose compartment only
-    (:func:`pkpd.engine.solvers.linear_system.fill_system`: ``b[dose] = 1``), so the outputs
-    read from that compartment jump by ``1 / V`` (or 1 when the state is itself a
-    concentration) and the others are continuous.
-    """
-    d = spec.dose_index
-    comp = spec.outputs_i[:, 0]
-    is_state = spec.outputs_i[:, 1] == 1
-    theta = np.atleast_2d(np.asarray(theta, dtype=float))
-    v = spec.comps_i[d, 0]
-    per_v = 1.0 / theta[:, v] if v >= 0 else np.full(theta.shape[0], np.nan)
-    per_mg = np.where(is_state[None, :], 1.0, per_v[:, None])
-    return np.where((comp == d)[None, :], per_mg, 0.0) * MG_L_TO_NG_ML
+
+def _linear_data(spec: ModelSpec, theta, ev, t, method, rtol, atol) -> tuple[dict, dict]:
+    """Dataset variables (with their limits at boluses) and solver attrs of a linear model."""
+    X, C, sattrs = _solve(spec, theta, ev, t, method, rtol, atol)
+    data = _linear_variables(spec, X, C)
+    jump = bolus_jumps(spec, theta[None, :])[0]  # ng/mL per mg, (n_out,)
+    names = [o.name for o in spec.outputs]
+    conc = np.stack([data[o][1] for o in names], axis=1)
+
+    def shifted(idx, dose):
+        return conc[idx] + dose[:, None] * jump[None, :]
+
+    record_bolus_limits(data, names, t, ev, shifted)
+    return data, sattrs
 
 
 def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
@@ -316,9 +262,7 @@ def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
 
 def _check_single_memory(spec: ModelSpec, n_points: int, memory_limit: int | None) -> None:
     if memory_limit is None:
-        from pkpd.running.cohort import _available_memory
-
-        memory_limit = int(0.8 * _available_memory())
+        memory_limit = int(0.8 * resources.available_memory())
     need = estimate_single_memory(spec, n_points)
     if need > memory_limit:
         raise GridError(
@@ -336,14 +280,10 @@ def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):
     """
     bundle = None
     if racemic:
-        from pkpd.inputs.stereo import check_s_ketamine_model, racemic_to_s_ketamine
-
         model = load_model(model)
         check_s_ketamine_model(model)
         regimen = racemic_to_s_ketamine(regimen)
     if pd:
-        from pkpd.inputs.pd import augment_model
-
         names = [pd] if isinstance(pd, str) else list(pd)
         # stacklevel: warn -> augment_model -> _pd_and_stereo -> simulate -> caller
         bundle = augment_model(model, names, pd_parameters, stacklevel=3)
@@ -407,47 +347,24 @@ def _linear_variables(spec: ModelSpec, X, C) -> dict:
     conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
     data = {}
     for i, o in enumerate(spec.outputs):
-        data[o.name] = (
-            "time",
-            conc[:, i],
-            {
-                "units": "ng/mL",
-                "long_name": o.long_name,
-                "compartment": o.compartment,
-                **(
-                    {"note": "in parent-drug mass equivalents"}
-                    if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
-                    and o.analyte != spec.parent
-                    else {}
-                ),
-            },
+        note = (
+            {"note": "in parent-drug mass equivalents"}
+            if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
+            and o.analyte != spec.parent
+            else {}
         )
+        extra = {"compartment": o.compartment, **note}
+        data[o.name] = variable("{output}", conc[:, i], extra, long_name=o.long_name)
     for i, o in enumerate(spec.outputs):
-        data[f"auc_{o.name}"] = (
-            "time",
-            X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML,
-            {"units": "ng*h/mL", "long_name": f"cumulative AUC of {o.name} from the start"},
-        )
+        auc = X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML
+        data[f"auc_{o.name}"] = variable("auc_{output}", auc, output=o.name)
     for j, c in enumerate(spec.compartments.values()):
         if c.type == "effect":
             continue
-        data[f"amount_{c.name}"] = (
-            "time",
-            X[:, j],
-            {"units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"},
+        data[f"amount_{c.name}"] = variable(
+            "amount_{compartment}", X[:, j], compartment=c.name, analyte=c.analyte
         )
-    data["dose_given"] = (
-        "time",
-        X[:, n],
-        {"units": "mg", "long_name": "cumulative amount administered"},
-    )
+    data["dose_given"] = variable("dose_given", X[:, n])
     for a_i, a in enumerate(spec.analyte_names):
-        data[f"eliminated_{a}"] = (
-            "time",
-            X[:, n + 1 + a_i],
-            {
-                "units": "mg",
-                "long_name": f"cumulative amount of {a} eliminated or converted to a metabolite",
-            },
-        )
+        data[f"eliminated_{a}"] = variable("eliminated_{analyte}", X[:, n + 1 + a_i], analyte=a)
     return data
