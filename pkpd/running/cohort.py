@@ -50,7 +50,8 @@ from pkpd.engine.kernels import (
     histogram_update,
     kernel_for,
 )
-from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd.engine.kernels_adaptive import linear_parameters, stats_array
+from pkpd.engine.solvers import N_STATS, Status, registry
 from pkpd.errors import (
     CovariateError,
     CovariateRangeWarning,
@@ -116,8 +117,9 @@ class CohortSetup:
     band_outputs: list[str]
     band_stride: int
     omega_blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    #: "exact" (matrix exponential, linear models), "dopri5" or "rodas"; `auto_stiff`:
-    #: rerun the patients for whom Dopri5 detects stiffness with Rodas4 (method="auto").
+    #: A solver of :data:`pkpd.engine.solvers.registry.SOLVERS` ("exact": linear models);
+    #: `auto_stiff`: rerun the patients for whom Dopri5 detects stiffness with Rodas4
+    #: (method="auto", :func:`pkpd.engine.solvers.registry.resolve`).
     method: str = "exact"
     rtol: float = 1e-6
     atol: float = 1e-9
@@ -130,6 +132,11 @@ class CohortSetup:
     @property
     def output_names(self) -> list[str]:
         return self.spec.output_names
+
+    @property
+    def adaptive(self) -> bool:
+        """The solver is adaptive (not the exact kernel)."""
+        return registry.SOLVERS[self.method].adaptive
 
 
 def _omega_blocks(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -258,7 +265,7 @@ def run_chunk(
     c_at = np.full((n, n_out, len(setup.at)), np.nan)
     # Stored outputs are in reporting units (ng/mL for concentrations), amounts in mg: the
     # exact kernel scales as it stores (one rounding to the storage dtype).
-    in_place = dest is not None and setup.method == "exact" and not setup.residual
+    in_place = dest is not None and not setup.adaptive and not setup.residual
     store_scale = np.ones(rows.size)
     store_scale[: store_idx.size] = _output_scales(spec)[0][store_idx]
     if in_place:
@@ -272,7 +279,7 @@ def run_chunk(
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     solver_stats = None
     try:
-        if setup.method != "exact":
+        if setup.adaptive:
             ev = (np.ascontiguousarray(ev_t), np.ascontiguousarray(ev_rate))
             ev = (*ev, np.ascontiguousarray(ev_bolus))
             specials = (spec_t, spec_kind, spec_slot)
@@ -412,10 +419,6 @@ def _run_adaptive(
     ``[ode]`` models their generated right-hand side. With ``auto_stiff``, patients for
     whom Dopri5 reports stiffness are solved again with Rodas4.
     """
-    from pkpd.engine.kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
-    from pkpd.engine.solvers import STATUS_STIFF
-    from pkpd.engine.solvers.registry import DEFAULT_MAX_STEPS, DEFAULT_NSTIFF, tolerance
-
     spec = setup.spec
     n = theta.shape[0]
     if spec.is_linear:
@@ -427,14 +430,14 @@ def _run_adaptive(
             ) from None
         N = B.size
         Y0 = np.zeros((n, N))
-        kernels = LINEAR_COHORT_KERNELS
+        kernels = registry.LINEAR_COHORT_KERNELS
     else:
         from pkpd.inputs.ode import cohort_inputs
 
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
         N = Y0.shape[1]
-    rtol = tolerance(setup.rtol, N, "rtol")
-    atol = tolerance(setup.atol, N, "atol")
+    rtol = registry.tolerance(setup.rtol, N, "rtol")
+    atol = registry.tolerance(setup.atol, N, "atol")
     stats = stats_array(n)
     grid = setup.grid
     cmax, tmax, auc, t_above, c_at, traj, status = metrics
@@ -446,8 +449,8 @@ def _run_adaptive(
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
             pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
-            *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
-            DEFAULT_NSTIFF,
+            *[pick(a) for a in specials], rtol, atol, np.inf, registry.DEFAULT_MAX_STEPS,
+            registry.DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,
             stride, *out,
         )  # fmt: skip
@@ -458,10 +461,10 @@ def _run_adaptive(
                 dst[rows] = src
 
     call(setup.method, None)
-    if setup.auto_stiff and setup.method == "dopri5":
-        stiff = np.nonzero(status == STATUS_STIFF)[0]
+    if setup.auto_stiff:
+        stiff = np.nonzero(status == Status.STIFF)[0]
         if stiff.size:
-            call("rodas", stiff)
+            call(registry.STIFF_FALLBACK, stiff)
     return stats
 
 
@@ -577,8 +580,6 @@ def estimate_memory(
       patient) with its float32 gather and ``numpy.quantile``'s partitioned copy.
     * ``grid``: the time grid and its copies; ``base``: Python objects and xarray indexes.
     """
-    from pkpd.engine.solvers import N_STATS
-
     n_scaled = n_out if n_scaled is None else n_scaled
     raw = covariate_bytes + 8 * n_metrics + 8 + (8 * N_STATS if adaptive else 0)
     final = covariate_bytes + 8 * n_metrics + 1 + 8
@@ -854,11 +855,12 @@ def simulate_cohort(
     itemsize = np.dtype(trajectory_dtype).itemsize
     n_amounts = spec.n_comp if amounts else 0
     cov_bytes, text_bytes = _covariate_bytes(pop)
-    in_place = keep and method == "exact" and not residual
+    adaptive = registry.SOLVERS[method].adaptive
+    in_place = keep and not adaptive and not residual
     # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
     # copy and the packed parameters: about two N x N float64 matrices at the peak).
     N = spec.n_states
-    systems = 8 * (2 * N * N + 2 * N) if method != "exact" and spec.is_linear else 0
+    systems = 8 * (2 * N * N + 2 * N) if adaptive and spec.is_linear else 0
 
     def estimate(k: int) -> dict[str, int]:
         return estimate_memory(
@@ -869,7 +871,7 @@ def simulate_cohort(
             n_band_t=len(range(0, grid.size, band_stride)) if band_outputs else 0,
             streaming_bands=bool(band_outputs) and not keep,
             chunk_trajectories=bool(store_out) and not in_place, residual=residual,
-            adaptive=method != "exact", n_grid=grid.size, chunk_patient_bytes=systems,
+            adaptive=adaptive, n_grid=grid.size, chunk_patient_bytes=systems,
         )  # fmt: skip
 
     mem = estimate(n)
@@ -909,7 +911,7 @@ def simulate_cohort(
         bool(amounts),
         trajectory_dtype,
     )
-    if amounts and method != "exact":
+    if amounts and adaptive:
         raise CohortError(
             f"amounts are kept by the exact solver only (linear models); method={method!r}"
         )
@@ -967,7 +969,7 @@ def simulate_cohort(
             first = int(np.nonzero(ds.status.values)[0][0])
             raise SimulationError(
                 f"{n_failed} of {n} patients failed (first: patient {first}, "
-                f"{STATUS_MESSAGES.get(int(ds.status.values[first]), 'unknown')})"
+                f"{Status.describe(ds.status.values[first], 'unknown')})"
             )
         if writer is not None:
             writer.finish(ds)
@@ -987,21 +989,12 @@ def simulate_cohort(
 
 def _resolve_method(spec: ModelSpec, method, rtol, atol):
     """``(method, auto_stiff, rtol, atol)`` for the chunks (validated as in simulate)."""
-    from pkpd.running.simulate import _check_method
-
-    rtol, atol = _check_method(method, rtol, atol)
-    if method == "exact" and not spec.is_linear:
-        raise CohortError(
-            f"model {spec.name!r} is a nonlinear [ode] model: method='exact' applies to "
-            "linear compartment models only (use 'auto', 'dopri5' or 'rodas')"
-        )
-    if method == "auto":
-        if spec.is_linear:
-            return "exact", False, rtol, atol
-        if spec.ode.stiff:
-            return "rodas", False, rtol, atol
-        return "dopri5", True, rtol, atol
-    return method, False, rtol, atol
+    rtol, atol = registry.check(method, rtol, atol)
+    try:
+        method, auto_stiff, _ = registry.resolve(method, spec)
+    except ValueError as e:
+        raise CohortError(str(e)) from None
+    return method, auto_stiff, rtol, atol
 
 
 def _end(reg: Regimen) -> float:
@@ -1297,7 +1290,7 @@ def _chunk_dataset(setup: CohortSetup, res: dict):
             res["status"].astype(np.int8),
             {
                 "long_name": "solver status (0 = success)",
-                "flag_meanings": "; ".join(f"{k}: {v}" for k, v in STATUS_MESSAGES.items()),
+                "flag_meanings": "; ".join(f"{s:d}: {s.message}" for s in Status),
             },
         ),
     }
@@ -1482,31 +1475,8 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
 
 def _solver_attrs(setup, results) -> dict:
     """The solver and metric-accuracy attributes (with the adaptive counters)."""
-    if setup.method == "exact":
-        return {
-            "solver": "exact: piecewise matrix exponential (cohort kernel)",
-            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
-            "time_above by linear interpolation between evaluated points",
-        }
-    from pkpd.engine.solvers import STAT_NAMES
-    from pkpd.engine.solvers.registry import SOLVERS
-
-    stats = np.concatenate([r["solver_stats"] for r in results])
-    info = SOLVERS[setup.method]
-    out = {
-        "solver": f"{info.method} (cohort kernel): {info.description}"
-        + ("; patients with detected stiffness re-solved with Rodas4" if setup.auto_stiff else ""),
-        "solver_method": setup.method,
-        "solver_rtol": float(np.max(setup.rtol)),
-        "solver_atol": float(np.max(setup.atol)),
-        "metrics_accuracy": f"solution to rtol {np.max(setup.rtol):g} / atol "
-        f"{np.max(setup.atol):g} (mg, mg/L); auc integrated by the solver; cmax/tmax over "
-        "grid + dose events; time_above by linear interpolation between evaluated points",
-    }
-    for i, name in enumerate(STAT_NAMES):
-        out[f"solver_{name}_mean"] = float(stats[:, i].mean()) if stats.size else 0.0
-        out[f"solver_{name}_max"] = int(stats[:, i].max()) if stats.size else 0
-    return out
+    stats = np.concatenate([r["solver_stats"] for r in results]) if setup.adaptive else None
+    return registry.cohort_attrs(setup.method, setup.rtol, setup.atol, stats, setup.auto_stiff)
 
 
 def check_ranges(spec: ModelSpec, ds) -> list[str]:
