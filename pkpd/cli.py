@@ -25,6 +25,7 @@ from pkpd._version import __version__
 from pkpd.analysis import design as designs
 from pkpd.analysis import risk as risk_analysis
 from pkpd.disclaimer import DISCLAIMER
+from pkpd.engine.solvers import registry as solvers
 from pkpd.errors import PkpdError, PkpdWarning
 from pkpd.inputs.model import TAGS, available_models, load_model, output_scales
 from pkpd.inputs.pd import available_pd, describe, list_rows
@@ -461,7 +462,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 )
 @click.option(
     "--method",
-    type=click.Choice(["auto", "exact", "dopri5", "rodas"]),
+    type=click.Choice(["auto", *solvers.SOLVERS]),
     default="auto",
     show_default=True,
     help="Solver: exact (linear models), dopri5, rodas (stiff), or auto (exact for linear "
@@ -691,7 +692,7 @@ def _simulate_cohort(
     )
     _echo(f"regimen: {ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
-    if ds.attrs.get("solver_method", "exact") != "exact":
+    if solvers.SOLVERS[ds.attrs.get("solver_method", "exact")].adaptive:
         _echo(
             f"solver: {ds.attrs['solver_method']} (rtol {ds.attrs['solver_rtol']:g}, atol "
             f"{ds.attrs['solver_atol']:g}): {ds.attrs['solver_nsteps_mean']:.0f} steps and "
@@ -748,8 +749,9 @@ def _no_cohort_pd(pd_names, pd_items, racemic) -> None:
 def _solver_line(ds) -> str:
     """One line naming the solver, and its work counters for the adaptive ones."""
     a = ds.attrs
-    if a.get("solver_method", "exact") == "exact":
-        return "solver: exact (piecewise matrix exponential)"
+    info = solvers.SOLVERS[a.get("solver_method", "exact")]
+    if not info.adaptive:
+        return f"solver: {info.name} ({info.summary})"
     line = (
         f"solver: {a['solver_method']} (rtol {a['solver_rtol']}, atol {a['solver_atol']}): "
         f"{a['solver_nsteps']} steps, {a['solver_nrejected']} rejected, "
@@ -768,9 +770,11 @@ def _method_options(method, rtol, atol) -> dict:
     for name, v in (("rtol", rtol), ("atol", atol)):
         if v is None:
             continue
-        if method == "exact":
+        if method in solvers.SOLVERS and not solvers.SOLVERS[method].adaptive:
+            usable = [*solvers.ADAPTIVE, "auto"]
             raise click.BadParameter(
-                "only for --method dopri5, rodas or auto", param_hint=f"--{name}"
+                f"only for --method {', '.join(usable[:-1])} or {usable[-1]}",
+                param_hint=f"--{name}",
             )
         if not (v > 0 and np.isfinite(v)):
             raise click.BadParameter(f"{v!r}: must be a positive number", param_hint=f"--{name}")

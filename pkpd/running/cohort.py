@@ -56,9 +56,8 @@ from pkpd.engine.kernels import (
     histogram_update,
     kernel_for,
 )
-from pkpd.engine.kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
-from pkpd.engine.solvers import N_STATS, STAT_NAMES, STATUS_MESSAGES, STATUS_STIFF, registry
-from pkpd.engine.solvers.registry import SOLVERS, tolerance
+from pkpd.engine.kernels_adaptive import linear_parameters, stats_array
+from pkpd.engine.solvers import N_STATS, Status, registry
 from pkpd.errors import (
     CovariateError,
     CovariateRangeWarning,
@@ -74,7 +73,6 @@ from pkpd.output import io as output_io
 from pkpd.running import resources
 from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
 from pkpd.running.request import BLOCK, ChunkResult, CohortRequest, CohortSetup, Threshold
-from pkpd.running.simulate import _check_method
 from pkpd.running.variables import variable
 
 __all__ = [
@@ -206,7 +204,7 @@ def run_chunk(
     )
     # Stored outputs are in reporting units (ng/mL for concentrations), amounts in mg: the
     # exact kernel scales as it stores (one rounding to the storage dtype).
-    in_place = dest is not None and setup.method == "exact" and not setup.residual
+    in_place = dest is not None and not setup.adaptive and not setup.residual
     if in_place:
         traj_rows = dest[start:stop]
     else:
@@ -216,7 +214,7 @@ def run_chunk(
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        if setup.method != "exact":
+        if setup.adaptive:
             res.solver_stats = _run_adaptive(setup, theta, cov, t0, ev, specials, lay, res, traj)
             traj *= lay.scale[: lay.store_idx.size, None].astype(traj.dtype)  # mg/L -> ng/mL
         else:
@@ -387,12 +385,12 @@ def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, t
             ) from None
         N = B.size
         Y0 = np.zeros((n, N))
-        kernels = LINEAR_COHORT_KERNELS
+        kernels = registry.LINEAR_COHORT_KERNELS
     else:
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
         N = Y0.shape[1]
-    rtol = tolerance(setup.rtol, N, "rtol")
-    atol = tolerance(setup.atol, N, "atol")
+    rtol = registry.tolerance(setup.rtol, N, "rtol")
+    atol = registry.tolerance(setup.atol, N, "atol")
     stats = stats_array(n)
     grid = setup.grid
     cmax, tmax, auc, t_above, c_at, status = (
@@ -419,10 +417,10 @@ def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, t
                 dst[rows] = src
 
     call(setup.method, None)
-    if setup.auto_stiff and setup.method == "dopri5":
-        stiff = np.nonzero(status == STATUS_STIFF)[0]
+    if setup.auto_stiff:
+        stiff = np.nonzero(status == Status.STIFF)[0]
         if stiff.size:
-            call("rodas", stiff)
+            call(registry.STIFF_FALLBACK, stiff)
     return stats
 
 
@@ -776,7 +774,7 @@ def _run_cohort(req: CohortRequest):
             f"a coarser trajectory_every, or simulate at most about {fit:,} patients"
         )
     setup = plan.setup
-    if setup.amounts and setup.method != "exact":
+    if setup.amounts and setup.adaptive:
         raise CohortError(
             f"amounts are kept by the exact solver only (linear models); method={setup.method!r}"
         )
@@ -900,11 +898,11 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     n_metrics = len(outs) * (2 + n_win + n_at) + len(setup.thresholds) + len(spec.param_names)
     cov_bytes, text_bytes = cov
     keep = setup.keep_in_memory
-    in_place = keep and setup.method == "exact" and not setup.residual
+    in_place = keep and not setup.adaptive and not setup.residual
     # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
     # copy and the packed parameters: about two N x N float64 matrices at the peak).
     N = spec.n_states
-    systems = 8 * (2 * N * N + 2 * N) if setup.method != "exact" and spec.is_linear else 0
+    systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
     band_outputs = setup.band_outputs
     return estimate_memory(
         k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep,
@@ -916,7 +914,7 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
         n_band_t=len(range(0, grid.size, setup.band_stride)) if band_outputs else 0,
         streaming_bands=bool(band_outputs) and not keep,
         chunk_trajectories=bool(store_out) and not in_place, residual=setup.residual,
-        adaptive=setup.method != "exact", n_grid=grid.size, chunk_patient_bytes=systems,
+        adaptive=setup.adaptive, n_grid=grid.size, chunk_patient_bytes=systems,
     )  # fmt: skip
 
 
@@ -984,25 +982,18 @@ def _check_failures(ds, raise_on_failure) -> None:
         first = int(np.nonzero(ds.status.values)[0][0])
         raise SimulationError(
             f"{n_failed} of {n} patients failed (first: patient {first}, "
-            f"{STATUS_MESSAGES.get(int(ds.status.values[first]), 'unknown')})"
+            f"{Status.describe(ds.status.values[first], 'unknown')})"
         )
 
 
 def _resolve_method(spec: ModelSpec, method, rtol, atol):
     """``(method, auto_stiff, rtol, atol)`` for the chunks (validated as in simulate)."""
-    rtol, atol = _check_method(method, rtol, atol)
-    if method == "exact" and not spec.is_linear:
-        raise CohortError(
-            f"model {spec.name!r} is a nonlinear [ode] model: method='exact' applies to "
-            "linear compartment models only (use 'auto', 'dopri5' or 'rodas')"
-        )
-    if method == "auto":
-        if spec.is_linear:
-            return "exact", False, rtol, atol
-        if spec.ode.stiff:
-            return "rodas", False, rtol, atol
-        return "dopri5", True, rtol, atol
-    return method, False, rtol, atol
+    rtol, atol = registry.check(method, rtol, atol)
+    try:
+        method, auto_stiff, _ = registry.resolve(method, spec)
+    except ValueError as e:
+        raise CohortError(str(e)) from None
+    return method, auto_stiff, rtol, atol
 
 
 def _end(reg: Regimen) -> float:
@@ -1268,7 +1259,7 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
         coords[k] = variable("{covariate}", arr, covariate=k)
     for k, v in res.anchors.items():
         coords[k] = variable("{event}", v, event=k)
-    flags = {"flag_meanings": "; ".join(f"{k}: {v}" for k, v in STATUS_MESSAGES.items())}
+    flags = {"flag_meanings": "; ".join(f"{s:d}: {s.message}" for s in Status)}
     data = {
         "cmax": variable("cmax", res.cmax * scale, units=u),
         "tmax": variable("tmax", res.tmax),
@@ -1432,28 +1423,8 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
 
 def _solver_attrs(setup, results) -> dict:
     """The solver and metric-accuracy attributes (with the adaptive counters)."""
-    if setup.method == "exact":
-        return {
-            "solver": "exact: piecewise matrix exponential (cohort kernel)",
-            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
-            "time_above by linear interpolation between evaluated points",
-        }
-    stats = np.concatenate([r.solver_stats for r in results])
-    info = SOLVERS[setup.method]
-    out = {
-        "solver": f"{info.method} (cohort kernel): {info.description}"
-        + ("; patients with detected stiffness re-solved with Rodas4" if setup.auto_stiff else ""),
-        "solver_method": setup.method,
-        "solver_rtol": float(np.max(setup.rtol)),
-        "solver_atol": float(np.max(setup.atol)),
-        "metrics_accuracy": f"solution to rtol {np.max(setup.rtol):g} / atol "
-        f"{np.max(setup.atol):g} (mg, mg/L); auc integrated by the solver; cmax/tmax over "
-        "grid + dose events; time_above by linear interpolation between evaluated points",
-    }
-    for i, name in enumerate(STAT_NAMES):
-        out[f"solver_{name}_mean"] = float(stats[:, i].mean()) if stats.size else 0.0
-        out[f"solver_{name}_max"] = int(stats[:, i].max()) if stats.size else 0
-    return out
+    stats = np.concatenate([r.solver_stats for r in results]) if setup.adaptive else None
+    return registry.cohort_attrs(setup.method, setup.rtol, setup.atol, stats, setup.auto_stiff)
 
 
 def check_ranges(spec: ModelSpec, ds) -> list[str]:

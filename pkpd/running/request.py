@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from pkpd.engine.solvers import registry
 from pkpd.inputs.model import ModelSpec
 from pkpd.inputs.regimen import Regimen
 
@@ -122,8 +123,9 @@ class CohortSetup:
     band_outputs: list[str]
     band_stride: int
     omega_blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    #: "exact" (matrix exponential, linear models), "dopri5" or "rodas"; `auto_stiff`:
-    #: rerun the patients for whom Dopri5 detects stiffness with Rodas4 (method="auto").
+    #: A solver of :data:`pkpd.engine.solvers.registry.SOLVERS` ("exact": linear models);
+    #: `auto_stiff`: rerun the patients for whom Dopri5 detects stiffness with Rodas4
+    #: (method="auto", :func:`pkpd.engine.solvers.registry.resolve`).
     method: str = "exact"
     rtol: float = 1e-6
     atol: float = 1e-9
@@ -136,6 +138,11 @@ class CohortSetup:
     @property
     def output_names(self) -> list[str]:
         return self.spec.output_names
+
+    @property
+    def adaptive(self) -> bool:
+        """The solver is adaptive (not the exact kernel)."""
+        return registry.SOLVERS[self.method].adaptive
 
 
 @dataclass

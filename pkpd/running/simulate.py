@@ -9,11 +9,10 @@ import xarray as xr
 
 from pkpd._version import __version__
 from pkpd.disclaimer import DISCLAIMER
-from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd.engine.solvers import registry
 from pkpd.engine.solvers.exact import propagate
-from pkpd.engine.solvers.registry import SOLVERS, run_linear
 from pkpd.errors import ModelError, RegimenError, SimulationError
-from pkpd.inputs.model import ModelSpec, dataset_variables, load_model, solver_attrs
+from pkpd.inputs.model import ModelSpec, dataset_variables, load_model
 from pkpd.inputs.pd import add_pd_variables, augment_model
 from pkpd.inputs.regimen import Regimen, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
@@ -64,46 +63,30 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
     return spec, reg, full, theta, ev
 
 
-METHODS = ("exact", "dopri5", "rodas", "auto")
+METHODS = registry.METHODS
 
 
 def _check_method(method, rtol, atol):
     """Validate `method` and fill the default tolerances of the adaptive solvers."""
-    from pkpd.engine.solvers.registry import DEFAULT_ATOL, DEFAULT_RTOL
-
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if method == "exact" and (rtol is not None or atol is not None):
-        raise ValueError("`rtol`/`atol` apply to the adaptive methods; method='exact' is exact")
-    return (DEFAULT_RTOL if rtol is None else rtol), (DEFAULT_ATOL if atol is None else atol)
+    return registry.check(method, rtol, atol)
 
 
 def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
     """Solve a linear model; returns ``(X, C, solver_attrs)``."""
     M, b, C = spec.system(theta)
     t0 = min(0.0, float(ev.t[0]), float(t[0]))
-    if method in ("exact", "auto"):
+    method = registry.resolve(method, spec).method
+    if not registry.SOLVERS[method].adaptive:
         X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
         if status != 0:
-            raise SimulationError(
-                f"exact solver failed (status {status}): "
-                f"{STATUS_MESSAGES.get(status, 'unknown status')}"
-            )
-        attrs = {
-            "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
-            "(Pade 13, scaling and squaring, Higham 2005)",
-            "solver_method": "exact",
-        }
-        return X, C, attrs
-    X, status, stats = run_linear(
+            raise SimulationError(registry.failure(method, status))
+        return X, C, registry.attrs(method)
+    X, status, stats = registry.run_linear(
         method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
     )
     if status != 0:
-        raise SimulationError(
-            f"{SOLVERS[method].method} failed (status {status}): "
-            f"{STATUS_MESSAGES.get(status, 'unknown status')}"
-        )
-    return X, C, solver_attrs(method, rtol, atol, stats)
+        raise SimulationError(registry.failure(method, status))
+    return X, C, registry.attrs(method, rtol, atol, stats)
 
 
 def simulate(

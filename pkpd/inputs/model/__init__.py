@@ -53,7 +53,6 @@ from pkpd.inputs.model.solve import (
     output_scales,
     record_bolus_limits,
     solve,
-    solver_attrs,
 )
 from pkpd.inputs.model.spec import ModelSpec, available_models, load_model, models_dir
 
@@ -91,5 +90,4 @@ __all__ = [
     "parse_expression",
     "record_bolus_limits",
     "solve",
-    "solver_attrs",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pkpd.engine.solvers.registry import ADAPTIVE
 from pkpd.errors import ModelError, SimulationError
 from pkpd.inputs.model import codegen
 from pkpd.inputs.reader import LITERATURE_TAGS
@@ -271,10 +272,10 @@ class OdeSystem:
         return self._module
 
     def kernels(self):
-        """``(solve_dopri5_into, solve_rodas_into)`` of the kernel protocol
-        (:mod:`pkpd.engine.solvers.registry`)."""
+        """``(solve_dopri5_into, solve_rodas_into)`` of the kernel protocol, one per
+        adaptive solver of :mod:`pkpd.engine.solvers.registry`."""
         m = self.module()
-        return m.solve_dopri5_into, m.solve_rodas_into
+        return tuple(getattr(m, info.ode_kernel) for info in ADAPTIVE.values())
 
     def initial_state(self, p: np.ndarray) -> np.ndarray:
         y0 = np.zeros(self.n_aug)

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pkpd.engine.solvers import (
-    STATUS_MESSAGES,
-    STATUS_OK,
-    STATUS_OUTPUT_NONFINITE,
-    STATUS_STIFF,
-)
+from pkpd.engine.solvers import Status
 from pkpd.engine.solvers import registry as reg
 from pkpd.errors import ModelError, SimulationError
 from pkpd.inputs.units import MG_L_TO_NG_ML
@@ -24,7 +19,6 @@ __all__ = [
     "output_scales",
     "record_bolus_limits",
     "solve",
-    "solver_attrs",
 ]
 
 
@@ -36,6 +30,7 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     and its counters. `method` ``"auto"`` is Dopri5, or Rodas4 when the file says
     ``stiff = true`` or Dopri5 detects stiffness.
     """
+    chosen, auto_stiff, note = reg.resolve(method, spec)
     ode = spec.ode
     p = ode.parameter_vector(theta, covariates)
     y0 = ode.initial_state(p)
@@ -44,28 +39,19 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     kw = {"t0": t0, "rtol": rtol, "atol": atol}
     if max_steps is not None:
         kw["max_steps"] = max_steps
-    note = ""
-    if method == "auto":
-        chosen = "rodas" if ode.stiff else "dopri5"
-        note = "auto: the model file says stiff = true" if ode.stiff else "auto: nonlinear model"
-    else:
-        chosen = method
     Y, status, stats = reg.run(chosen, ode.kernels(), p, b, y0, ev.t, ev.rate, ev.bolus, t, **kw)
-    if status == STATUS_STIFF and method == "auto":
+    if status == Status.STIFF and auto_stiff:
         first = stats
+        chosen = reg.STIFF_FALLBACK
         Y, status, stats = reg.run(
-            "rodas", ode.kernels(), p, b, y0, ev.t, ev.rate, ev.bolus, t, **kw
+            chosen, ode.kernels(), p, b, y0, ev.t, ev.rate, ev.bolus, t, **kw
         )
         note = (
             f"auto: Dopri5 detected stiffness after {first['nsteps']} steps "
-            f"({first['nfev']} evaluations); solved again with Rodas4"
+            f"({first['nfev']} evaluations); solved again with {reg.SOLVERS[chosen].method}"
         )
-        chosen = "rodas"
-    if status != STATUS_OK:
-        raise SimulationError(
-            f"{spec.file or spec.name}: {reg.SOLVERS[chosen].method} failed (status {status}): "
-            f"{STATUS_MESSAGES.get(status, 'unknown status')}"
-        )
+    if status != Status.OK:
+        raise SimulationError(f"{spec.file or spec.name}: {reg.failure(chosen, status)}")
     O = ode.evaluate_outputs(t, Y, p)
     bad = ~np.isfinite(O)
     if bad.any():
@@ -73,24 +59,9 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
         raise SimulationError(
             f"{spec.file or spec.name}: output `{ode.outputs[j].name}` = "
             f"{ode.outputs[j].text!r} is {O[r, j]} at t = {t[r]:g} h "
-            f"(status {STATUS_OUTPUT_NONFINITE}): {STATUS_MESSAGES[STATUS_OUTPUT_NONFINITE]}"
+            f"(status {Status.OUTPUT_NONFINITE:d}): {Status.OUTPUT_NONFINITE.message}"
         )
-    return Y, O, solver_attrs(chosen, rtol, atol, stats, note)
-
-
-def solver_attrs(method: str, rtol, atol, stats: dict, note: str = "") -> dict:
-    """Dataset attributes of an adaptive solve: solver, tolerances and counters."""
-    info = reg.SOLVERS[method]
-    attrs = {
-        "solver": f"{info.description} ({info.reference})",
-        "solver_method": method,
-        "solver_rtol": str(rtol),
-        "solver_atol": str(atol),
-    }
-    attrs.update({f"solver_{k}": v for k, v in stats.items()})
-    if note:
-        attrs["solver_note"] = note
-    return attrs
+    return Y, O, reg.attrs(chosen, rtol, atol, stats, note)
 
 
 def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
@@ -100,11 +71,6 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
     each concentration output in ng*h/mL, every state as ``state_<name>`` and
     ``dose_given`` in mg.
     """
-    if method == "exact":
-        raise ValueError(
-            f"`method` 'exact' is for linear compartment models; {spec.name!r} is a "
-            "nonlinear [ode] model: use 'auto', 'dopri5' or 'rodas'"
-        )
     ode = spec.ode
     Y, O, attrs = solve(spec, theta, covariates, ev, t, method, rtol, atol)
     data = {}
@@ -171,7 +137,8 @@ def cohort_inputs(spec, theta: np.ndarray, covariates: dict):
         if o.concentration:
             auc_index[k] = ode.n_states + 1 + j
             j += 1
-    return P, ode.bolus_map(), Y0, auc_index, {"dopri5": m.dopri5_cohort, "rodas": m.rodas_cohort}
+    kernels = {name: getattr(m, info.ode_cohort) for name, info in reg.ADAPTIVE.items()}
+    return P, ode.bolus_map(), Y0, auc_index, kernels
 
 
 def output_scales(spec) -> tuple[np.ndarray, list[str]]:
