@@ -17,11 +17,6 @@ becomes ``ev_rate[k]``, and the integrator restarts (a new initial step). These 
 conventions of :mod:`pkpd.engine.solvers.exact`: the rate before the first event is zero and an
 event at an output time is applied before that output is recorded.
 
-The loop over events, steps and outputs is the shared driver of
-:mod:`pkpd.engine.solvers.adaptive`; this module gives it the Dopri5 stepper (stages,
-error estimate, stiffness test, dense output) and the PI controller of
-:mod:`pkpd.engine.solvers.controller`.
-
 Kernels take only arrays, scalars and a numba-compiled ``rhs``; they allocate nothing in
 the step loop (the workspace comes from :func:`workspace`) and never raise: they return a
 status code of :data:`pkpd.engine.solvers.STATUS_MESSAGES` and fill the counters ``stats``
@@ -41,27 +36,16 @@ import math
 import numba
 import numpy as np
 
-from . import STAT_NFEV, STAT_NSTEPS, STATUS_OK, STATUS_STIFF
-from .adaptive import (  # noqa: F401 (map_rows, record: re-exported)
-    adaptive_solve,
-    event_boundary,
-    fold_max,
-    initial_step,
-    map_rows,
-    no_fold,
-    no_jac,
-    record,
-)
-from .controller import (  # noqa: F401 (pi_factor, PI_*: re-exported)
-    PI_ALPHA,
-    PI_BETA,
-    PI_ERR_OLD_MIN,
-    PI_MAX_FACTOR,
-    PI_MIN_FACTOR,
-    PI_SAFETY,
-    pi_accept,
-    pi_factor,
-    pi_reject,
+from . import (
+    STAT_NFEV,
+    STAT_NREJECTED,
+    STAT_NSTEPS,
+    STATUS_BAD_TIMES,
+    STATUS_MAX_STEPS,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    STATUS_STEP_UNDERFLOW,
+    STATUS_STIFF,
 )
 from .linear_rhs import linear_rhs
 
@@ -118,12 +102,19 @@ _E = tuple(float(v) for v in E)
 _D = tuple(float(v) for v in D)
 
 # ------------------------------------------------------------------ step-size control
-# The PI controller of dopri5.f lives in pkpd.engine.solvers.controller (the names below
-# are kept for the tests and callers that read them here).
-SAFETY = PI_SAFETY
-MIN_FACTOR = PI_MIN_FACTOR
-MAX_FACTOR = PI_MAX_FACTOR
-ERR_OLD_MIN = PI_ERR_OLD_MIN
+# PI controller of dopri5.f (Hairer-Wanner II, Sec. IV.2, and Gustafsson 1991):
+#   factor = SAFETY * err_n^(-PI_ALPHA) * err_{n-1}^(PI_BETA)
+# with PI_ALPHA = 1/5 - 0.75 * PI_BETA. PI_BETA = 0.04 is Hairer's default: a small
+# integral-of-the-past term that damps step-size oscillation without slowing growth.
+SAFETY = 0.9
+#: Smallest step-size factor per step (Hairer's FAC1): a rejection shrinks h at most 5x.
+MIN_FACTOR = 0.2
+#: Largest step-size factor per step (Hairer's FAC2).
+MAX_FACTOR = 10.0
+PI_BETA = 0.04
+PI_ALPHA = 0.2 - 0.75 * PI_BETA
+#: Floor of the previous error in the PI term (dopri5.f: FACOLD = MAX(ERR, 1e-4)).
+ERR_OLD_MIN = 1e-4
 #: Stiffness test (dopri5.f): h * |lambda| estimate above this is stiff-like (the
 #: boundary of Dopri5's stability region on the negative real axis is about -3.3).
 STIFF_HLAMBDA = 3.25
@@ -145,6 +136,65 @@ def workspace(n: int) -> np.ndarray:
     return np.zeros((N_WORK, n))
 
 
+@_jit
+def pi_factor(err, err_old, rejected):
+    """Step-size factor ``h_new / h`` of the PI controller (dopri5.f), from error norms.
+
+    `err` is the current scaled error norm (the step is accepted when ``err <= 1``),
+    `err_old` the last accepted one (floored at ``ERR_OLD_MIN``), `rejected` whether the
+    previous attempt was rejected (then the step may not grow).
+    """
+    if err > 1.0:
+        # Rejection: the I part alone, never below MIN_FACTOR.
+        return max(MIN_FACTOR, SAFETY * err ** (-PI_ALPHA))
+    if err == 0.0:
+        fac = MAX_FACTOR
+    else:
+        fac = SAFETY * err ** (-PI_ALPHA) * err_old**PI_BETA
+    fac = max(MIN_FACTOR, min(MAX_FACTOR, fac))
+    if rejected:
+        fac = min(fac, 1.0)
+    return fac
+
+
+@_jit_inline
+def initial_step(rhs, t, y, f0, u, p, rtol, atol, order, hmax, y1, f1, stats):
+    """Hairer's ``HINIT``: a first step from the sizes of ``y``, ``f`` and ``f'``.
+
+    `f0` must hold ``rhs(t, y)``; `y1` and `f1` are scratch rows. One extra evaluation.
+    """
+    n = y.shape[0]
+    dnf = 0.0
+    dny = 0.0
+    for i in range(n):
+        sk = atol[i] + rtol[i] * abs(y[i])
+        dnf += (f0[i] / sk) ** 2
+        dny += (y[i] / sk) ** 2
+    if dnf <= 1e-10 or dny <= 1e-10:
+        h = 1e-6
+    else:
+        h = math.sqrt(dny / dnf) * 0.01
+    h = min(h, hmax)
+    for i in range(n):
+        y1[i] = y[i] + h * f0[i]
+    rhs(t + h, y1, u, p, f1)
+    stats[STAT_NFEV] += 1
+    der2 = 0.0
+    for i in range(n):
+        sk = atol[i] + rtol[i] * abs(y[i])
+        der2 += ((f1[i] - f0[i]) / sk) ** 2
+    der2 = math.sqrt(der2) / h
+    der12 = max(abs(der2), math.sqrt(dnf))
+    if der12 <= 1e-15:
+        h1 = max(1e-6, abs(h) * 1e-3)
+    else:
+        h1 = (0.01 / der12) ** (1.0 / order)
+    h = min(100.0 * h, h1, hmax)
+    if not (h > 0.0):  # NaN from a non-finite derivative
+        h = 1e-6
+    return h
+
+
 @_jit_inline
 def _dense(mapped, theta, out, i):
     """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into ``out[i]``,
@@ -156,6 +206,34 @@ def _dense(mapped, theta, out, i):
         out[i, j] = mapped[0, j] + theta * (
             mapped[1, j] + th1 * (mapped[2, j] + theta * (mapped[3, j] + th1 * mapped[4, j]))
         )
+
+
+@_jit
+def map_rows(R, work, first, n_rows, mapped):
+    """``mapped[k] = R @ work[first + k]`` for ``k < n_rows``: coefficient rows of a
+    continuous extension carried to the recorded quantities (the extension is linear in
+    them, so mapping once per step replaces mapping at every output time)."""
+    n = work.shape[1]
+    for k in range(n_rows):
+        for r in range(R.shape[0]):
+            acc = 0.0
+            for j in range(n):
+                acc += R[r, j] * work[first + k, j]
+            mapped[k, r] = acc
+
+
+@_jit
+def record(R, y, out_row):
+    """``out_row = y`` when `R` is empty (record the state), else ``R @ y``."""
+    if R.shape[0] == 0:
+        for j in range(y.shape[0]):
+            out_row[j] = y[j]
+    else:
+        for r in range(R.shape[0]):
+            acc = 0.0
+            for j in range(y.shape[0]):
+                acc += R[r, j] * y[j]
+            out_row[r] = acc
 
 
 @_jit
@@ -173,6 +251,78 @@ def _prepare_dense(work, h):
         for i in range(7):
             s += _D[i] * work[_K1 + i, j]
         work[_R1 + 4, j] = h * s
+
+
+@_jit
+def _check_times(t_out, t0):
+    n = t_out.shape[0]
+    for i in range(n):
+        v = t_out[i]
+        if not (v >= t0) or (i > 0 and v < t_out[i - 1]) or not math.isfinite(v):
+            return False
+    return True
+
+
+@_jit_inline
+def fold_max(t, rows, i, cm, tm):
+    """Running maxima of the first ``cm.shape[0]`` recorded columns of ``rows[i]``:
+    ``cm[o] = rows[i, o]`` and ``tm[o] = t`` where ``rows[i, o] > cm[o]`` (strict: a tie
+    keeps the earlier time)."""
+    for o in range(cm.shape[0]):
+        v = rows[i, o]
+        if v > cm[o]:
+            cm[o] = v
+            tm[o] = t
+
+
+@_jit
+def no_fold():
+    """The `fold` argument that folds no column and skips no row (what the
+    state-recording solvers pass)."""
+    return np.zeros(0), np.zeros(0), 0.0, 0.0, False, np.zeros(0, dtype=np.int64)
+
+
+@_jit_inline
+def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u):
+    """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
+    bolus``, new rate), then record every output due (events first: the convention of
+    :mod:`pkpd.engine.solvers.exact`).
+
+    Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
+    end of the next smooth segment (the next event or the last output time) and
+    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. What is
+    recorded is the state, or ``R @ y`` for a non-empty recording map `R` (see
+    :func:`dopri5_solve_mapped`); with a non-empty `pre`, ``pre[k]`` receives what is
+    recorded just before event `k` is applied (the left limit at a bolus), and the
+    running maxima of `fold` take the pre-bolus values of boluses in ``[lo, hi]`` and
+    the recorded rows up to ``hi``. Shared by Dopri5 and Rodas4.
+    """
+    cm, tm, lo, hi, _skip, _need = fold
+    n = y.shape[0]
+    n_ev = ev_t.shape[0]
+    n_out = t_out.shape[0]
+    while k < n_ev and ev_t[k] <= t:
+        if pre.shape[0] > 0:
+            record(R, y, pre[k])
+            if ev_bolus[k] != 0.0 and lo <= ev_t[k] <= hi:
+                fold_max(ev_t[k], pre, k, cm, tm)
+        if ev_bolus[k] != 0.0:
+            for j in range(n):
+                y[j] += b[j] * ev_bolus[k]
+        u = ev_rate[k]
+        k += 1
+    while i < n_out and t_out[i] <= t:
+        for j in range(n):
+            if not math.isfinite(y[j]):
+                return k, i, u, t, STATUS_NONFINITE
+        record(R, y, out[i])
+        if t_out[i] <= hi:
+            fold_max(t_out[i], out, i, cm, tm)
+        i += 1
+    t_end = t_out[n_out - 1]
+    if k < n_ev and ev_t[k] < t_end:
+        t_end = ev_t[k]
+    return k, i, u, t_end, STATUS_OK
 
 
 #: Rounding margin of :func:`_dense_bound`, in units of the coefficients' absolute sum
@@ -194,173 +344,6 @@ def _dense_bound(mapped, o):
     ub = m0 + max(m1, 0.0) + 0.25 * max(m2, 0.0) + (4.0 / 27.0) * max(m3, 0.0)
     ub += 0.0625 * max(m4, 0.0)
     return ub + _BOUND_ULPS * (abs(m0) + abs(m1) + abs(m2) + abs(m3) + abs(m4))
-
-
-# ------------------------------------------------------------------------------- stepper
-# The Dopri5 stepper of pkpd.engine.solvers.adaptive: workspace ``ws = (work, mapped)``
-# (`work` from :func:`workspace`, `mapped` the (5, n_rec) dense-output coefficients of
-# the recorded values), options ``opts = nstiff``, counters ``aux = (iasti, nonsti)`` of
-# the stiffness test.
-
-
-@_jit_inline
-def _begin(rhs, jac, ws, t, u, p, tol, hmax, adaptive, opts, stats):
-    """``k1 = f(t, y)`` at the start of a segment and, when `adaptive`, the first step."""
-    work = ws[0]
-    y = work[_Y]
-    k1 = work[_K1]
-    rhs(t, y, u, p, k1)
-    stats[STAT_NFEV] += 1
-    for j in range(y.shape[0]):
-        if not math.isfinite(k1[j]) or not math.isfinite(y[j]):
-            return False, 0.0
-    h = 0.0
-    if adaptive:
-        rtol, atol = tol
-        h = initial_step(
-            rhs, t, y, k1, u, p, rtol, atol, ORDER, hmax, work[_YSTAGE], work[_K1 + 1], stats
-        )
-    return True, h
-
-
-@_jit_inline
-def _attempt(rhs, jac, ws, t, h, t_new, u, p, tol, fresh, opts, stats):
-    """Stages 2..7 (k1 holds f(t, y): first same as last), the 5th-order solution in
-    ``ynew`` and the scaled RMS error of the embedded pair."""
-    work = ws[0]
-    rtol, atol = tol
-    n = work.shape[1]
-    y = work[_Y]
-    ynew = work[_YNEW]
-    ystage = work[_YSTAGE]
-    k1 = work[_K1]
-    k2 = work[_K1 + 1]
-    k3 = work[_K1 + 2]
-    k4 = work[_K1 + 3]
-    k5 = work[_K1 + 4]
-    k6 = work[_K1 + 5]
-    k7 = work[_K1 + 6]
-    for j in range(n):
-        ystage[j] = y[j] + h * (_A[1][0] * k1[j])
-    rhs(t + _C[1] * h, ystage, u, p, k2)
-    for j in range(n):
-        ystage[j] = y[j] + h * (_A[2][0] * k1[j] + _A[2][1] * k2[j])
-    rhs(t + _C[2] * h, ystage, u, p, k3)
-    for j in range(n):
-        ystage[j] = y[j] + h * (_A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j])
-    rhs(t + _C[3] * h, ystage, u, p, k4)
-    for j in range(n):
-        ystage[j] = y[j] + h * (
-            _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
-        )
-    rhs(t + _C[4] * h, ystage, u, p, k5)
-    for j in range(n):
-        ystage[j] = y[j] + h * (
-            _A[5][0] * k1[j]
-            + _A[5][1] * k2[j]
-            + _A[5][2] * k3[j]
-            + _A[5][3] * k4[j]
-            + _A[5][4] * k5[j]
-        )
-    rhs(t_new, ystage, u, p, k6)
-    for j in range(n):
-        ynew[j] = y[j] + h * (
-            _A[6][0] * k1[j]
-            + _A[6][2] * k3[j]
-            + _A[6][3] * k4[j]
-            + _A[6][4] * k5[j]
-            + _A[6][5] * k6[j]
-        )
-    rhs(t_new, ynew, u, p, k7)
-    stats[STAT_NFEV] += 6
-    # Scaled RMS error of the embedded pair.
-    err = 0.0
-    finite = True
-    for j in range(n):
-        e = h * (
-            _E[0] * k1[j]
-            + _E[2] * k3[j]
-            + _E[3] * k4[j]
-            + _E[4] * k5[j]
-            + _E[5] * k6[j]
-            + _E[6] * k7[j]
-        )
-        sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
-        err += (e / sk) ** 2
-        if not math.isfinite(ynew[j]) or not math.isfinite(k7[j]):
-            finite = False
-    err = math.sqrt(err / n)
-    if not finite:
-        err = math.inf
-    return err, finite, 0.0
-
-
-@_jit
-def _accepted(ws, h, opts, aux, stats):
-    """Hairer's stiffness test on the last two stages (same abscissa t + h), every
-    ``nstiff = opts`` accepted steps and at every step while it is positive."""
-    nstiff = opts
-    iasti, nonsti = aux
-    if nstiff > 0 and (stats[STAT_NSTEPS] % nstiff == 0 or iasti > 0):
-        work = ws[0]
-        stnum = 0.0
-        stden = 0.0
-        for j in range(work.shape[1]):
-            stnum += (work[_K1 + 6, j] - work[_K1 + 5, j]) ** 2
-            stden += (work[_YNEW, j] - work[_YSTAGE, j]) ** 2
-        if stden > 0.0 and h * math.sqrt(stnum / stden) > STIFF_HLAMBDA:
-            nonsti = 0
-            iasti += 1
-            if iasti == STIFF_COUNT:
-                return STATUS_STIFF, (iasti, nonsti)
-        else:
-            nonsti += 1
-            if nonsti == STIFF_RESET:
-                iasti = 0
-    return STATUS_OK, (iasti, nonsti)
-
-
-@_jit_inline
-def _advance(rhs, ws, t, u, p, last, stats):
-    """``y = ynew`` and ``k1 = k7`` (first same as last)."""
-    work = ws[0]
-    for j in range(work.shape[1]):
-        work[_Y, j] = work[_YNEW, j]
-        work[_K1, j] = work[_K1 + 6, j]
-
-
-@_jit
-def _dense_prepare(ws, h, R, cm, may_skip):
-    """The continuous extension's coefficients carried to the recorded quantities
-    (copied when `R` is empty); finite coefficients give finite values for theta in
-    [0, 1] (a check per step instead of one per recorded value). The step may be skipped
-    when the bound of :func:`_dense_bound` stays below every running maximum ``cm``."""
-    work, mapped = ws
-    _prepare_dense(work, h)
-    if R.shape[0] > 0:
-        map_rows(R, work, _R1, 5, mapped)
-    else:
-        for q in range(5):
-            for j in range(work.shape[1]):
-                mapped[q, j] = work[_R1 + q, j]
-    for q in range(5):
-        for j in range(mapped.shape[1]):
-            if not math.isfinite(mapped[q, j]):
-                return False, False
-    if may_skip:
-        for o in range(cm.shape[0]):
-            if not (_dense_bound(mapped, o) < cm[o]):
-                return True, False
-        return True, True
-    return True, False
-
-
-@_jit_inline
-def _dense_eval(ws, t_r, t, h, inv_h, out, r):
-    """The continuous extension at ``t_r`` into ``out[r]`` (finite: see
-    :func:`_dense_prepare`)."""
-    _dense(ws[1], min((t_r - t) * inv_h, 1.0), out, r)
-    return True
 
 
 @_jit_inline
@@ -479,13 +462,232 @@ def dopri5_solve_mapped(
     status : int
         A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
     """
+    cm, tm, _lo, hi, may_skip, need = fold
+    n_fold = cm.shape[0]
+    may_skip = may_skip and n_fold > 0
+    n_need = need.shape[0]
+    nx = 0  # the next row of `need` not yet passed
+    n = y0.shape[0]
+    n_out = t_out.shape[0]
+    if not _check_times(t_out, t0):
+        return STATUS_BAD_TIMES
+    y = work[_Y]
+    ynew = work[_YNEW]
+    ystage = work[_YSTAGE]
+    k1 = work[_K1]
+    k2 = work[_K1 + 1]
+    k3 = work[_K1 + 2]
+    k4 = work[_K1 + 3]
+    k5 = work[_K1 + 4]
+    k6 = work[_K1 + 5]
+    k7 = work[_K1 + 6]
+    for j in range(n):
+        y[j] = y0[j]
+    t = t0
+    u = 0.0
+    k = 0
+    i = 0
+    nsteps_total = 0
+    iasti = 0
+    nonsti = 0
     n_rec = out.shape[1]
-    ws = (work, np.zeros((5, n_rec)))  # dense-output coefficients of the recorded values
-    return adaptive_solve(
-        _begin, _attempt, _accepted, _advance, _dense_prepare, _dense_eval, pi_accept,
-        pi_reject, rhs, no_jac, p, b, y0, t0, (ev_t, ev_rate, ev_bolus), t_out, (rtol, atol),
-        (h_fixed, hmax, max_steps), nstiff, R, out, pre, fold, ws, stats,
-    )  # fmt: skip
+    # Dense-output coefficients of the recorded quantities (copied when `R` is empty).
+    mapped = np.zeros((5, n_rec))
+    inv_h = 0.0
+    while i < n_out:
+        # Events due now (bolus jump, new rate), then the outputs at the current time.
+        k, i, u, t_end, st = event_boundary(
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
+        )
+        if st != STATUS_OK:
+            return st
+        if i == n_out:
+            break
+        # ---- integrate the smooth segment [t, t_end] ------------------------------
+        rhs(t, y, u, p, k1)
+        stats[STAT_NFEV] += 1
+        for j in range(n):
+            if not math.isfinite(k1[j]) or not math.isfinite(y[j]):
+                return STATUS_NONFINITE
+        span = t_end - t
+        if h_fixed > 0.0:
+            n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+            h = span / n_fixed
+        else:
+            n_fixed = 0
+            h = initial_step(
+                rhs, t, y, k1, u, p, rtol, atol, ORDER, min(hmax, span), ystage, k2, stats
+            )
+        t_start = t
+        j_fixed = 0
+        err_old = ERR_OLD_MIN
+        rejected = False
+        while t < t_end:
+            if nsteps_total >= max_steps:
+                return STATUS_MAX_STEPS
+            last = False
+            if n_fixed > 0:
+                last = j_fixed == n_fixed - 1
+            elif t + 1.01 * h >= t_end:
+                h = t_end - t
+                last = True
+            if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+                return STATUS_STEP_UNDERFLOW
+            nsteps_total += 1
+            # Stages 2..7 (k1 holds f(t, y): first same as last).
+            for j in range(n):
+                ystage[j] = y[j] + h * (_A[1][0] * k1[j])
+            rhs(t + _C[1] * h, ystage, u, p, k2)
+            for j in range(n):
+                ystage[j] = y[j] + h * (_A[2][0] * k1[j] + _A[2][1] * k2[j])
+            rhs(t + _C[2] * h, ystage, u, p, k3)
+            for j in range(n):
+                ystage[j] = y[j] + h * (_A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j])
+            rhs(t + _C[3] * h, ystage, u, p, k4)
+            for j in range(n):
+                ystage[j] = y[j] + h * (
+                    _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
+                )
+            rhs(t + _C[4] * h, ystage, u, p, k5)
+            for j in range(n):
+                ystage[j] = y[j] + h * (
+                    _A[5][0] * k1[j]
+                    + _A[5][1] * k2[j]
+                    + _A[5][2] * k3[j]
+                    + _A[5][3] * k4[j]
+                    + _A[5][4] * k5[j]
+                )
+            t_new = t_end if last else t + h
+            rhs(t_new, ystage, u, p, k6)
+            for j in range(n):
+                ynew[j] = y[j] + h * (
+                    _A[6][0] * k1[j]
+                    + _A[6][2] * k3[j]
+                    + _A[6][3] * k4[j]
+                    + _A[6][4] * k5[j]
+                    + _A[6][5] * k6[j]
+                )
+            rhs(t_new, ynew, u, p, k7)
+            stats[STAT_NFEV] += 6
+            # Scaled RMS error of the embedded pair.
+            err = 0.0
+            finite = True
+            for j in range(n):
+                e = h * (
+                    _E[0] * k1[j]
+                    + _E[2] * k3[j]
+                    + _E[3] * k4[j]
+                    + _E[4] * k5[j]
+                    + _E[5] * k6[j]
+                    + _E[6] * k7[j]
+                )
+                sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
+                err += (e / sk) ** 2
+                if not math.isfinite(ynew[j]) or not math.isfinite(k7[j]):
+                    finite = False
+            err = math.sqrt(err / n)
+            if not finite:
+                err = math.inf
+            if n_fixed > 0:
+                if not finite:
+                    return STATUS_NONFINITE
+                accept = True
+            else:
+                accept = err <= 1.0
+            if accept:
+                stats[STAT_NSTEPS] += 1
+                # Hairer's stiffness test on the last two stages (same abscissa t + h).
+                if nstiff > 0 and (stats[STAT_NSTEPS] % nstiff == 0 or iasti > 0):
+                    stnum = 0.0
+                    stden = 0.0
+                    for j in range(n):
+                        stnum += (k7[j] - k6[j]) ** 2
+                        stden += (ynew[j] - ystage[j]) ** 2
+                    if stden > 0.0 and h * math.sqrt(stnum / stden) > STIFF_HLAMBDA:
+                        nonsti = 0
+                        iasti += 1
+                        if iasti == STIFF_COUNT:
+                            return STATUS_STIFF
+                    else:
+                        nonsti += 1
+                        if nonsti == STIFF_RESET:
+                            iasti = 0
+                # Dense output for the outputs strictly inside (t, t_new) that come
+                # before the segment end (an output at t_end is written after any event
+                # there, by the outer loop).
+                dense_ready = False
+                skip = False
+                while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
+                    if not dense_ready:
+                        _prepare_dense(work, h)
+                        if R.shape[0] > 0:
+                            map_rows(R, work, _R1, 5, mapped)
+                        else:
+                            for q in range(5):
+                                for j in range(n):
+                                    mapped[q, j] = work[_R1 + q, j]
+                        # Finite coefficients give finite values for theta in [0, 1] (a
+                        # check per step instead of one per recorded value).
+                        for q in range(5):
+                            for j in range(n_rec):
+                                if not math.isfinite(mapped[q, j]):
+                                    return STATUS_NONFINITE
+                        dense_ready = True
+                        inv_h = 1.0 / h
+                        if may_skip:
+                            skip = True
+                            for o in range(n_fold):
+                                if not (_dense_bound(mapped, o) < cm[o]):
+                                    skip = False
+                                    break
+                    if skip:
+                        # No value of this step reaches a running maximum: find the
+                        # step's last row by bisection and write only the rows asked for.
+                        a = i  # in the step
+                        z = n_out  # past the step (or the end)
+                        while z - a > 1:
+                            mid = (a + z) // 2
+                            if t_out[mid] <= t_new and t_out[mid] < t_end:
+                                a = mid
+                            else:
+                                z = mid
+                        while nx < n_need and need[nx] < i:
+                            nx += 1
+                        while nx < n_need and need[nx] < z:
+                            r = need[nx]
+                            _dense(mapped, min((t_out[r] - t) * inv_h, 1.0), out, r)
+                            nx += 1
+                        i = z
+                    else:
+                        _dense(mapped, min((t_out[i] - t) * inv_h, 1.0), out, i)
+                        if n_fold > 0 and t_out[i] <= hi:
+                            fold_max(t_out[i], out, i, cm, tm)
+                        i += 1
+                if n_fixed == 0:
+                    fac = pi_factor(err, err_old, rejected)
+                    err_old = max(err, ERR_OLD_MIN)
+                    rejected = False
+                for j in range(n):
+                    y[j] = ynew[j]
+                    k1[j] = k7[j]
+                if last:
+                    t = t_end
+                else:
+                    if n_fixed > 0:
+                        j_fixed += 1
+                        t = t_start + j_fixed * h
+                    else:
+                        t = t_new
+                        h = min(h * fac, hmax)
+            else:
+                stats[STAT_NREJECTED] += 1
+                if not finite:
+                    fac = MIN_FACTOR
+                else:
+                    fac = pi_factor(err, err_old, True)
+                rejected = True
+                h = h * fac
+    return STATUS_OK
 
 
 @_jit
@@ -533,3 +735,19 @@ def solve_linear_dopri5_into(
         work,
         stats,
     )
+
+
+@_jit_inline
+def dopri5_state_patient(
+    rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff,
+    out, pre, fold, stats,
+):  # fmt: skip
+    """Adaptive Dopri5 recording the whole state, with its workspace: the per-patient
+    solver protocol of :func:`pkpd.engine.kernels_adaptive.adaptive_patient` once `rhs` is
+    bound (by the one-line wrapper of a generated ``[ode]`` module, which must refer to
+    its right-hand side as a global to be cached on disk)."""
+    work = np.zeros((N_WORK, y0.shape[0]))
+    return dopri5_solve_mapped(
+        rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps,
+        nstiff, np.zeros((0, 0)), out, pre, fold, work, stats,
+    )  # fmt: skip

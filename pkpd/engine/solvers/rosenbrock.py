@@ -33,17 +33,19 @@ import math
 import numba
 import numpy as np
 
-from . import STAT_NFEV, STAT_NJEV, STAT_NLU, STATUS_OK
-from .adaptive import adaptive_solve, initial_step, map_rows, no_fold, no_jac  # noqa: F401
-from .controller import (
-    PRED_ERR_OLD_MIN,
-    PRED_MAX_FACTOR,
-    PRED_MIN_FACTOR,
-    PRED_SAFETY,
-    predictive_accept,
-    predictive_factor,
-    predictive_reject,
+from . import (
+    STAT_NFEV,
+    STAT_NJEV,
+    STAT_NLU,
+    STAT_NREJECTED,
+    STAT_NSTEPS,
+    STATUS_BAD_TIMES,
+    STATUS_MAX_STEPS,
+    STATUS_NONFINITE,
+    STATUS_OK,
+    STATUS_STEP_UNDERFLOW,
 )
+from .dopri5 import _check_times, event_boundary, fold_max, initial_step, map_rows, no_fold
 from .linear_rhs import linear_jac, linear_rhs
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -118,13 +120,15 @@ _D = tuple(float(v) for v in D)
 _H = tuple(tuple(float(v) for v in row) for row in H_DENSE)
 
 # ------------------------------------------------------------------ step-size control
-# Hairer's predictive controller of rodas.f lives in pkpd.engine.solvers.controller (the
-# names below are kept for the tests and callers that read them here).
-rodas_factor = predictive_factor
-SAFETY = PRED_SAFETY
-MIN_FACTOR = PRED_MIN_FACTOR
-MAX_FACTOR = PRED_MAX_FACTOR
-ERR_OLD_MIN = PRED_ERR_OLD_MIN
+# Hairer's predictive controller for RODAS (Gustafsson 1994, Hairer-Wanner II (IV.8.21)):
+#   factor = SAFETY * err^(-1/4), and after the first step also
+#   factor_pred = (h / h_old) * SAFETY * (err_old / err^2)^(1/4),
+# the smaller of the two. It anticipates the error trend, which avoids the repeated
+# rejections the plain controller shows on stiff problems.
+SAFETY = 0.9
+MIN_FACTOR = 0.2  # rodas.f FAC1 = 5: shrink at most 5x per step
+MAX_FACTOR = 6.0  # rodas.f FAC2 = 1/6: grow at most 6x per step
+ERR_OLD_MIN = 1e-2  # floor of the previous error in the predictive term
 #: Step reduction when the iteration matrix is singular.
 SINGULAR_FACTOR = 0.25
 
@@ -158,6 +162,27 @@ def rosenbrock_coefficients():
 def workspace(n: int):
     """Work arrays of :func:`rodas_solve`: ``(work (N_WORK, n), mats (2, n, n), ipiv (n,))``."""
     return np.zeros((N_WORK, n)), np.zeros((2, n, n)), np.zeros(n, dtype=np.int64)
+
+
+@_jit
+def rodas_factor(err, err_old, h, h_old, first, rejected):
+    """Step-size factor ``h_new / h`` of the predictive controller."""
+    if err == 0.0:
+        fac = MAX_FACTOR
+    else:
+        fac = SAFETY * err ** (-1.0 / ORDER)
+    fac = max(MIN_FACTOR, min(MAX_FACTOR, fac))
+    if err <= 1.0:
+        if not first:
+            if err == 0.0:
+                pred = MAX_FACTOR
+            else:
+                pred = (h / h_old) * SAFETY * (err_old / (err * err)) ** (1.0 / ORDER)
+            pred = max(MIN_FACTOR, min(MAX_FACTOR, pred))
+            fac = min(fac, pred)
+        if rejected:
+            fac = min(fac, 1.0)
+    return fac
 
 
 @_jit
@@ -263,200 +288,6 @@ def _prepare_dense(work):
 
 
 @_jit_inline
-def _stages(rhs, work, W, ipiv, t, h, t_new, u, p):
-    """The six stages of Rodas4 with the factorised ``W``: ``k1..k6``; the embedded
-    solution ends in ``ytmp`` (after stage 6: ``ytmp + k5``), ``k6`` is the error."""
-    y = work[_Y]
-    ytmp = work[_YTMP]
-    fnew = work[_FNEW]
-    fx = work[_FX]
-    f0 = work[_F0]
-    k1 = work[_K1]
-    k2 = work[_K1 + 1]
-    k3 = work[_K1 + 2]
-    k4 = work[_K1 + 3]
-    k5 = work[_K1 + 4]
-    k6 = work[_K1 + 5]
-    n = work.shape[1]
-    # Stage 1.
-    for j in range(n):
-        k1[j] = f0[j] + h * _D[0] * fx[j]
-    lu_solve(W, ipiv, k1)
-    # Stage 2.
-    for j in range(n):
-        ytmp[j] = y[j] + _A[1][0] * k1[j]
-    rhs(t + _C[1] * h, ytmp, u, p, fnew)
-    for j in range(n):
-        k2[j] = fnew[j] + h * _D[1] * fx[j] + _CC[1][0] * k1[j] / h
-    lu_solve(W, ipiv, k2)
-    # Stage 3.
-    for j in range(n):
-        ytmp[j] = y[j] + _A[2][0] * k1[j] + _A[2][1] * k2[j]
-    rhs(t + _C[2] * h, ytmp, u, p, fnew)
-    for j in range(n):
-        k3[j] = fnew[j] + h * _D[2] * fx[j] + (_CC[2][0] * k1[j] + _CC[2][1] * k2[j]) / h
-    lu_solve(W, ipiv, k3)
-    # Stage 4.
-    for j in range(n):
-        ytmp[j] = y[j] + _A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j]
-    rhs(t + _C[3] * h, ytmp, u, p, fnew)
-    for j in range(n):
-        k4[j] = (
-            fnew[j]
-            + h * _D[3] * fx[j]
-            + (_CC[3][0] * k1[j] + _CC[3][1] * k2[j] + _CC[3][2] * k3[j]) / h
-        )
-    lu_solve(W, ipiv, k4)
-    # Stage 5 (at t + h).
-    for j in range(n):
-        ytmp[j] = y[j] + _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
-    rhs(t_new, ytmp, u, p, fnew)
-    for j in range(n):
-        k5[j] = (
-            fnew[j]
-            + (_CC[4][0] * k1[j] + _CC[4][1] * k2[j] + _CC[4][2] * k3[j] + _CC[4][3] * k4[j]) / h
-        )
-    lu_solve(W, ipiv, k5)
-    # Stage 6 (at t + h): the embedded solution is ytmp + k5, the error k6.
-    for j in range(n):
-        ytmp[j] += k5[j]
-    rhs(t_new, ytmp, u, p, fnew)
-    for j in range(n):
-        k6[j] = (
-            fnew[j]
-            + (
-                _CC[5][0] * k1[j]
-                + _CC[5][1] * k2[j]
-                + _CC[5][2] * k3[j]
-                + _CC[5][3] * k4[j]
-                + _CC[5][4] * k5[j]
-            )
-            / h
-        )
-    lu_solve(W, ipiv, k6)
-
-
-# ------------------------------------------------------------------------------- stepper
-# The Rodas4 stepper of pkpd.engine.solvers.adaptive: workspace ``ws = (work, mats, ipiv,
-# mapped)`` (the first three from :func:`workspace`, `mapped` the (4, n_rec) rows y_old,
-# y_new, cont3, cont4 carried through the recording map), options ``opts = (jac_mode,
-# autonomous)``; no counters (``aux`` passes through).
-
-
-@_jit_inline
-def _begin(rhs, jac, ws, t, u, p, tol, hmax, adaptive, opts, stats):
-    """``f0 = f(t, y)`` at the start of a segment and, when `adaptive`, the first step."""
-    work = ws[0]
-    y = work[_Y]
-    f0 = work[_F0]
-    rhs(t, y, u, p, f0)
-    stats[STAT_NFEV] += 1
-    for j in range(y.shape[0]):
-        if not math.isfinite(f0[j]) or not math.isfinite(y[j]):
-            return False, 0.0
-    h = 0.0
-    if adaptive:
-        rtol, atol = tol
-        h = initial_step(
-            rhs, t, y, f0, u, p, rtol, atol, ORDER, hmax, work[_YTMP], work[_TMP], stats
-        )
-    return True, h
-
-
-@_jit_inline
-def _attempt(rhs, jac, ws, t, h, t_new, u, p, tol, fresh, opts, stats):
-    """One Rodas4 step: the Jacobian on the first attempt from (t, y) (reused when a
-    step is rejected), ``W = I / (gamma h) - J`` factorised once for the six stages (a
-    singular W: retry with ``h * SINGULAR_FACTOR``), ``ynew`` and the scaled error."""
-    work, mats, ipiv, _mapped = ws
-    jac_mode, autonomous = opts
-    n = work.shape[1]
-    J = mats[0]
-    W = mats[1]
-    if fresh:
-        _jacobian(
-            rhs, jac, t, work[_Y], u, p, work[_F0], jac_mode, autonomous, J, work[_FX],
-            work[_TMP], stats,
-        )  # fmt: skip
-    fac_w = 1.0 / (GAMMA * h)
-    for r in range(n):
-        for c in range(n):
-            W[r, c] = -J[r, c]
-        W[r, r] += fac_w
-    stats[STAT_NLU] += 1
-    if not lu_factor(W, ipiv):
-        return 0.0, True, SINGULAR_FACTOR
-    _stages(rhs, work, W, ipiv, t, h, t_new, u, p)
-    stats[STAT_NFEV] += 5
-    rtol, atol = tol
-    y = work[_Y]
-    ynew = work[_YNEW]
-    k6 = work[_K1 + 5]
-    err = 0.0
-    finite = True
-    for j in range(n):
-        ynew[j] = work[_YTMP, j] + k6[j]
-        sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
-        err += (k6[j] / sk) ** 2
-        if not math.isfinite(ynew[j]):
-            finite = False
-    err = math.sqrt(err / n)
-    if not finite:
-        err = math.inf
-    return err, finite, 0.0
-
-
-@_jit
-def _accepted(ws, h, opts, aux, stats):
-    """Nothing to do after acceptance (no stiffness test for a stiff solver)."""
-    return STATUS_OK, aux
-
-
-@_jit_inline
-def _advance(rhs, ws, t, u, p, last, stats):
-    """``y = ynew`` and, unless the segment ends here, ``f0 = f(t, y)``."""
-    work = ws[0]
-    y = work[_Y]
-    for j in range(work.shape[1]):
-        y[j] = work[_YNEW, j]
-    if not last:
-        rhs(t, y, u, p, work[_F0])
-        stats[STAT_NFEV] += 1
-
-
-@_jit
-def _dense_prepare(ws, h, R, cm, may_skip):
-    """The rows y_old, y_new, cont3, cont4 carried to the recorded quantities (copied
-    when `R` is empty). No bound is known here: no step is ever skipped."""
-    work, _mats, _ipiv, mapped = ws
-    _prepare_dense(work)
-    if R.shape[0] > 0:
-        map_rows(R, work, _Y, 1, mapped[0:1])
-        map_rows(R, work, _YNEW, 1, mapped[1:2])
-        map_rows(R, work, _CONT3, 1, mapped[2:3])
-        map_rows(R, work, _CONT4, 1, mapped[3:4])
-    else:
-        for j in range(work.shape[1]):
-            mapped[0, j] = work[_Y, j]
-            mapped[1, j] = work[_YNEW, j]
-            mapped[2, j] = work[_CONT3, j]
-            mapped[3, j] = work[_CONT4, j]
-    return True, False
-
-
-@_jit_inline
-def _dense_eval(ws, t_r, t, h, inv_h, out, r):
-    """The continuous extension at ``t_r`` into ``out[r]``; False if a value is not
-    finite."""
-    mapped = ws[3]
-    _dense(mapped, 0, 1, 2, 3, (t_r - t) / h, out[r])
-    for j in range(out.shape[1]):
-        if not math.isfinite(out[r, j]):
-            return False
-    return True
-
-
-@_jit_inline
 def rodas_solve(
     rhs,
     jac,
@@ -538,13 +369,228 @@ def rodas_solve_mapped(
     status : int
         A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
     """
-    ws = (work, mats, ipiv, np.zeros((4, out.shape[1])))
-    return adaptive_solve(
-        _begin, _attempt, _accepted, _advance, _dense_prepare, _dense_eval,
-        predictive_accept, predictive_reject, rhs, jac, p, b, y0, t0,
-        (ev_t, ev_rate, ev_bolus), t_out, (rtol, atol), (h_fixed, hmax, max_steps),
-        (jac_mode, autonomous), R, out, pre, fold, ws, stats,
-    )  # fmt: skip
+    cm, tm, _lo, hi, _skip, _need = fold
+    n_fold = cm.shape[0]
+    n = y0.shape[0]
+    n_out = t_out.shape[0]
+    if not _check_times(t_out, t0):
+        return STATUS_BAD_TIMES
+    y = work[_Y]
+    ynew = work[_YNEW]
+    ytmp = work[_YTMP]
+    f0 = work[_F0]
+    fnew = work[_FNEW]
+    fx = work[_FX]
+    k1 = work[_K1]
+    k2 = work[_K1 + 1]
+    k3 = work[_K1 + 2]
+    k4 = work[_K1 + 3]
+    k5 = work[_K1 + 4]
+    k6 = work[_K1 + 5]
+    tmp = work[_TMP]
+    J = mats[0]
+    W = mats[1]
+    for j in range(n):
+        y[j] = y0[j]
+    t = t0
+    u = 0.0
+    k = 0
+    i = 0
+    nsteps_total = 0
+    n_rec = out.shape[1]
+    # Rows y_old, y_new, cont3, cont4 carried through the recording map (once per step).
+    mapped = np.zeros((4, R.shape[0]))
+    while i < n_out:
+        k, i, u, t_end, st = event_boundary(
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
+        )
+        if st != STATUS_OK:
+            return st
+        if i == n_out:
+            break
+        # ---- integrate the smooth segment [t, t_end] ------------------------------
+        rhs(t, y, u, p, f0)
+        stats[STAT_NFEV] += 1
+        for j in range(n):
+            if not math.isfinite(f0[j]) or not math.isfinite(y[j]):
+                return STATUS_NONFINITE
+        span = t_end - t
+        if h_fixed > 0.0:
+            n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+            h = span / n_fixed
+        else:
+            n_fixed = 0
+            h = initial_step(
+                rhs, t, y, f0, u, p, rtol, atol, ORDER, min(hmax, span), ytmp, tmp, stats
+            )
+        t_start = t
+        j_fixed = 0
+        err_old = ERR_OLD_MIN
+        h_old = h
+        first = True
+        rejected = False
+        need_jac = True
+        while t < t_end:
+            if nsteps_total >= max_steps:
+                return STATUS_MAX_STEPS
+            last = False
+            if n_fixed > 0:
+                last = j_fixed == n_fixed - 1
+            elif t + 1.01 * h >= t_end:
+                h = t_end - t
+                last = True
+            if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+                return STATUS_STEP_UNDERFLOW
+            nsteps_total += 1
+            if need_jac:
+                _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
+                need_jac = False
+            # W = I / (gamma h) - J, factorised once for the six stages.
+            fac_w = 1.0 / (GAMMA * h)
+            for r in range(n):
+                for c in range(n):
+                    W[r, c] = -J[r, c]
+                W[r, r] += fac_w
+            stats[STAT_NLU] += 1
+            if not lu_factor(W, ipiv):
+                stats[STAT_NREJECTED] += 1
+                rejected = True
+                h *= SINGULAR_FACTOR
+                continue
+            t_new = t_end if last else t + h
+            # Stage 1.
+            for j in range(n):
+                k1[j] = f0[j] + h * _D[0] * fx[j]
+            lu_solve(W, ipiv, k1)
+            # Stage 2.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[1][0] * k1[j]
+            rhs(t + _C[1] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k2[j] = fnew[j] + h * _D[1] * fx[j] + _CC[1][0] * k1[j] / h
+            lu_solve(W, ipiv, k2)
+            # Stage 3.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[2][0] * k1[j] + _A[2][1] * k2[j]
+            rhs(t + _C[2] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k3[j] = fnew[j] + h * _D[2] * fx[j] + (_CC[2][0] * k1[j] + _CC[2][1] * k2[j]) / h
+            lu_solve(W, ipiv, k3)
+            # Stage 4.
+            for j in range(n):
+                ytmp[j] = y[j] + _A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j]
+            rhs(t + _C[3] * h, ytmp, u, p, fnew)
+            for j in range(n):
+                k4[j] = (
+                    fnew[j]
+                    + h * _D[3] * fx[j]
+                    + (_CC[3][0] * k1[j] + _CC[3][1] * k2[j] + _CC[3][2] * k3[j]) / h
+                )
+            lu_solve(W, ipiv, k4)
+            # Stage 5 (at t + h).
+            for j in range(n):
+                ytmp[j] = (
+                    y[j] + _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
+                )
+            rhs(t_new, ytmp, u, p, fnew)
+            for j in range(n):
+                k5[j] = (
+                    fnew[j]
+                    + (
+                        _CC[4][0] * k1[j]
+                        + _CC[4][1] * k2[j]
+                        + _CC[4][2] * k3[j]
+                        + _CC[4][3] * k4[j]
+                    )
+                    / h
+                )
+            lu_solve(W, ipiv, k5)
+            # Stage 6 (at t + h): the embedded solution is ytmp + k5, the error k6.
+            for j in range(n):
+                ytmp[j] += k5[j]
+            rhs(t_new, ytmp, u, p, fnew)
+            for j in range(n):
+                k6[j] = (
+                    fnew[j]
+                    + (
+                        _CC[5][0] * k1[j]
+                        + _CC[5][1] * k2[j]
+                        + _CC[5][2] * k3[j]
+                        + _CC[5][3] * k4[j]
+                        + _CC[5][4] * k5[j]
+                    )
+                    / h
+                )
+            lu_solve(W, ipiv, k6)
+            stats[STAT_NFEV] += 5
+            err = 0.0
+            finite = True
+            for j in range(n):
+                ynew[j] = ytmp[j] + k6[j]
+                sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
+                err += (k6[j] / sk) ** 2
+                if not math.isfinite(ynew[j]):
+                    finite = False
+            err = math.sqrt(err / n)
+            if not finite:
+                err = math.inf
+            if n_fixed > 0:
+                if not finite:
+                    return STATUS_NONFINITE
+                accept = True
+            else:
+                accept = err <= 1.0
+            if accept:
+                stats[STAT_NSTEPS] += 1
+                dense_ready = False
+                while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
+                    if not dense_ready:
+                        _prepare_dense(work)
+                        if R.shape[0] > 0:
+                            map_rows(R, work, _Y, 1, mapped[0:1])
+                            map_rows(R, work, _YNEW, 1, mapped[1:2])
+                            map_rows(R, work, _CONT3, 1, mapped[2:3])
+                            map_rows(R, work, _CONT4, 1, mapped[3:4])
+                        dense_ready = True
+                    s_out = (t_out[i] - t) / h
+                    if R.shape[0] > 0:
+                        _dense(mapped, 0, 1, 2, 3, s_out, out[i])
+                    else:
+                        _dense(work, _Y, _YNEW, _CONT3, _CONT4, s_out, out[i])
+                    for j in range(n_rec):
+                        if not math.isfinite(out[i, j]):
+                            return STATUS_NONFINITE
+                    if n_fold > 0 and t_out[i] <= hi:
+                        fold_max(t_out[i], out, i, cm, tm)
+                    i += 1
+                if n_fixed == 0:
+                    fac = rodas_factor(err, err_old, h, h_old, first, rejected)
+                    first = False
+                    rejected = False
+                    err_old = max(err, ERR_OLD_MIN)
+                    h_old = h
+                for j in range(n):
+                    y[j] = ynew[j]
+                if last:
+                    t = t_end
+                else:
+                    if n_fixed > 0:
+                        j_fixed += 1
+                        t = t_start + j_fixed * h
+                    else:
+                        t = t_new
+                        h = min(h * fac, hmax)
+                    rhs(t, y, u, p, f0)
+                    stats[STAT_NFEV] += 1
+                    need_jac = True
+            else:
+                stats[STAT_NREJECTED] += 1
+                rejected = True
+                if finite:
+                    h *= rodas_factor(err, err_old, h, h_old, first, True)
+                else:
+                    h *= MIN_FACTOR
+    return STATUS_OK
 
 
 @_jit
@@ -596,3 +642,27 @@ def solve_linear_rodas_into(
         ipiv,
         stats,
     )
+
+
+@_jit
+def no_jac(t, y, u, p, J):
+    """Placeholder Jacobian for ``jac_mode = 1`` (finite differences): never called."""
+    J[0, 0] = math.nan
+
+
+@_jit_inline
+def rodas_state_patient(
+    rhs, autonomous, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
+    max_steps, nstiff, out, pre, fold, stats,
+):  # fmt: skip
+    """Adaptive Rodas4 with a finite-difference Jacobian, recording the whole state, with
+    its workspace: :func:`pkpd.engine.solvers.dopri5.dopri5_state_patient` for Rodas4
+    (`nstiff` is ignored; `autonomous` as in :func:`rodas_solve_mapped`)."""
+    n = y0.shape[0]
+    work = np.zeros((N_WORK, n))
+    mats = np.zeros((2, n, n))
+    ipiv = np.zeros(n, dtype=np.int64)
+    return rodas_solve_mapped(
+        rhs, no_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
+        max_steps, 1, autonomous, np.zeros((0, 0)), out, pre, fold, work, mats, ipiv, stats,
+    )  # fmt: skip
