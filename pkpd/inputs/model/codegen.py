@@ -115,42 +115,35 @@ def generate(ode) -> str:
     return "\n".join(lines + body)
 
 
-# The cohort kernels of a generated model (:mod:`pkpd.kernels_adaptive`): per-patient
-# solver calls with their workspace, the shared metric reduction inlined outside the
-# parallel loop, and the prange loop, all referring to this module's functions as globals
-# so that numba caches them with the module.
+# The cohort kernels of a generated model (:mod:`pkpd.engine.kernels_adaptive`): the
+# per-patient solvers bound to this module's right-hand side, the shared metric reduction
+# inlined outside the parallel loop, and the prange loop. The solver logic (workspaces,
+# argument lists) is in the generic ``*_state_patient`` functions, which take the
+# right-hand side as an argument and are inlined here; only these bindings are generated,
+# because a cached numba function cannot take the right-hand side as an argument itself
+# (its type names a dispatcher object of one process: every new process misses numba's
+# disk cache and adds a copy to it), nor can an argument be inlined into a parallel
+# loop's body.
 _COHORT_WRAPPERS = """
 
-import numpy as _np
-
 from pkpd.engine.kernels_adaptive import adaptive_patient as _adaptive_patient
-from pkpd.engine.solvers.dopri5 import N_WORK as _N_WORK_DOPRI5
-from pkpd.engine.solvers.dopri5 import dopri5_solve_mapped as _dopri5_solve_mapped
-from pkpd.engine.solvers.rosenbrock import N_WORK as _N_WORK_RODAS
-from pkpd.engine.solvers.rosenbrock import no_jac as _no_jac
-from pkpd.engine.solvers.rosenbrock import rodas_solve_mapped as _rodas_solve_mapped
+from pkpd.engine.solvers.dopri5 import dopri5_state_patient as _dopri5_state_patient
+from pkpd.engine.solvers.rosenbrock import rodas_state_patient as _rodas_state_patient
 
 
 @_jit
 def _dopri5_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
                     max_steps, nstiff, out, pre, fold, stats):
-    work = _np.zeros((_N_WORK_DOPRI5, y0.shape[0]))
-    return _dopri5_solve_mapped(rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol,
-                                atol, 0.0, hmax, max_steps, nstiff, _np.zeros((0, 0)), out,
-                                pre, fold, work, stats)
+    return _dopri5_state_patient(rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol,
+                                 atol, hmax, max_steps, nstiff, out, pre, fold, stats)
 
 
 @_jit
 def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
                    max_steps, nstiff, out, pre, fold, stats):
-    n = y0.shape[0]
-    work = _np.zeros((_N_WORK_RODAS, n))
-    mats = _np.zeros((2, n, n))
-    ipiv = _np.zeros(n, dtype=_np.int64)
-    return _rodas_solve_mapped(rhs, _no_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out,
-                               rtol, atol, 0.0, hmax, max_steps, 1, _AUTONOMOUS,
-                               _np.zeros((0, 0)),
-                               out, pre, fold, work, mats, ipiv, stats)
+    return _rodas_state_patient(rhs, _AUTONOMOUS, pp, b, y0, t0, ev_t, ev_rate, ev_bolus,
+                                t_out, rtol, atol, hmax, max_steps, nstiff, out, pre, fold,
+                                stats)
 
 
 @_jit
