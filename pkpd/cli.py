@@ -17,9 +17,39 @@ from typing import NoReturn
 import click
 import numpy as np
 
+# The library modules the commands call are imported as modules (``cohorts.simulate_cohort``,
+# ``result_io.write_netcdf``): the name is looked up at each call, as it was when these
+# imports lived inside the commands. The heavy libraries (xarray, matplotlib, dask, zarr)
+# stay lazy inside those modules, so that `pkpd --help` does not wait for them.
 from pkpd._version import __version__
+from pkpd.analysis import design as designs
+from pkpd.analysis import risk as risk_analysis
+from pkpd.disclaimer import DISCLAIMER
+from pkpd.engine.solvers import registry as solvers
 from pkpd.errors import PkpdError, PkpdWarning
-from pkpd.running.simulate import DISCLAIMER
+from pkpd.inputs.model import TAGS, available_models, load_model, output_scales
+from pkpd.inputs.pd import available_pd, describe, list_rows
+from pkpd.inputs.population import (
+    CovariateTable,
+    available_populations,
+    implausible,
+    load_population,
+)
+from pkpd.inputs.regimen import load_regimen
+from pkpd.inputs.units import parse_quantity
+from pkpd.output import io as result_io
+from pkpd.output import plot as plots
+from pkpd.output import report as reports
+from pkpd.output.tables import (
+    cohort_summary_lines,
+    compare_rows,
+    design_pareto_rows,
+    design_pta_rows,
+    text_table,
+)
+from pkpd.running import cohort as cohorts
+from pkpd.running import resources
+from pkpd.running import simulate as single
 
 _DEBUG = False
 
@@ -152,8 +182,6 @@ def main(debug: bool) -> None:
 def models(ctx) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from pkpd.inputs.model import available_models, load_model
-
     rows = []
     pops = {}
     for name in available_models():
@@ -174,8 +202,6 @@ def models(ctx) -> None:
 
 def _echo_pd_table() -> None:
     """PD endpoints (models/pd) under the PK table of `pkpd models`."""
-    from pkpd.inputs.pd import list_rows
-
     rows = list_rows()
     if not rows:
         return
@@ -189,9 +215,6 @@ def _echo_pd_table() -> None:
 @models.command("show", help="Parameters of one model with units, sources and tags.")
 @click.argument("name")
 def models_show(name: str) -> None:
-    from pkpd.inputs.model import TAGS, load_model
-    from pkpd.inputs.pd import available_pd, describe
-
     if name in available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
         for line in describe(name):
             _echo(line)
@@ -266,8 +289,6 @@ def models_show(name: str) -> None:
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
             _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
-    from pkpd.inputs.ode import output_scales
-
     units = output_scales(m)[1]
     _echo(
         "\noutputs: " + ", ".join(f"{o} ({u})" for o, u in zip(m.output_names, units, strict=True))
@@ -279,8 +300,6 @@ def models_show(name: str) -> None:
 def populations(ctx) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from pkpd.inputs.population import available_populations, load_population
-
     for name in available_populations():
         pop = load_population(name)
         _echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
@@ -290,8 +309,6 @@ def populations(ctx) -> None:
 @populations.command("show", help="Distributions of one population with their sources.")
 @click.argument("name")
 def populations_show(name: str) -> None:
-    from pkpd.inputs.population import load_population
-
     _echo(load_population(name).describe())
 
 
@@ -299,9 +316,6 @@ def populations_show(name: str) -> None:
 
 
 def _covariates(weight, age, sex, extra) -> dict:
-    from pkpd.inputs.population import implausible
-    from pkpd.inputs.units import parse_quantity
-
     cov: dict = {}
     if weight is not None:
         cov["weight"] = parse_quantity(weight, "weight", default_unit="kg", key="--weight").value
@@ -448,7 +462,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 )
 @click.option(
     "--method",
-    type=click.Choice(["auto", "exact", "dopri5", "rodas"]),
+    type=click.Choice(["auto", *solvers.SOLVERS]),
     default="auto",
     show_default=True,
     help="Solver: exact (linear models), dopri5, rodas (stiff), or auto (exact for linear "
@@ -480,40 +494,12 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "(x 0.5; R-ketamine and its interactions are not modelled).",
 )
 def simulate(
-    model,
-    regimen,
-    weight,
-    age,
-    sex,
-    extra,
-    anchor_items,
-    until,
-    every,
-    out_nc,
-    out_csv,
-    patients,
-    population,
-    seed,
-    trajectories,
-    windows,
-    thresholds,
-    at_items,
-    no_iiv,
-    no_bands,
-    chunk_size,
-    threads,
-    dask,
-    out_png,
-    method="auto",
-    rtol=None,
-    atol=None,
-    pd_names=(),
-    pd_items=(),
-    racemic=False,
-    amounts=False,
-    trajectory_dtype="float32",
+    model, regimen, weight, age, sex, extra, anchor_items, until, every, out_nc, out_csv,
+    patients, population, seed, trajectories, windows, thresholds, at_items, no_iiv, no_bands,
+    chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
+    pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error",
-) -> None:
+) -> None:  # fmt: skip
     if patients is not None or population is not None:
         _no_cohort_pd(pd_names, pd_items, racemic)
         if out_csv:
@@ -529,31 +515,15 @@ def simulate(
                 param_hint="--population",
             )
         _simulate_cohort(
-            model,
-            regimen,
-            patients,
-            population,
-            seed,
-            until,
-            every,
-            out_nc,
-            trajectories,
-            windows,
-            thresholds,
-            at_items,
-            no_iiv,
-            no_bands,
-            chunk_size,
-            threads,
-            dask,
-            out_png,
+            model, regimen, patients, population, seed, until, every, out_nc, trajectories,
+            windows, thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png,
             {
                 **_method_options(method, rtol, atol),
                 "amounts": amounts,
                 "trajectory_dtype": trajectory_dtype,
                 "extra_columns": extra_columns,
             },
-        )
+        )  # fmt: skip
         return
     if extra_columns != "error":
         raise click.BadParameter(
@@ -565,50 +535,74 @@ def simulate(
             "amounts are kept for cohorts (--patients); a single patient's states are in "
             "its simulation result", param_hint="--amounts",
         )  # fmt: skip
-    from pkpd.inputs.model import load_model
-    from pkpd.inputs.regimen import load_regimen
-    from pkpd.output.io import (
-        atomic_outputs,
-        check_target,
-        csv_metadata_path,
-        write_csv,
-        write_csv_metadata,
-        write_netcdf,
-    )
-    from pkpd.running.simulate import simulate as run
-    from pkpd.running.simulate import summarize
-
-    targets = []
-    if out_nc:
-        targets.append(("nc", check_target(out_nc, (".nc",), "--out")))
-    if out_csv:
-        targets.append(("csv", check_target(out_csv, (".csv",), "--csv")))
-        # Provenance beside the CSV, so that the CSV itself is one header row + numbers.
-        meta = csv_metadata_path(targets[-1][1])
-        targets.append(("csv_meta", check_target(meta, (".json",), "--csv sidecar")))
-    if out_png:
-        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
+    targets = _single_targets(out_nc, out_csv, out_png)
     spec = load_model(model)
-    anchors = {}
-    for item in anchor_items:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r}: expected EVENT=TIME", param_hint="--anchor")
-        k, v = item.split("=", 1)
-        anchors[k.strip()] = v.strip()
+    anchors = _anchors_option(anchor_items)
     reg = load_regimen(regimen).resolve(anchors)
     cov = _covariates(weight, age, sex, extra)
     extra_run = _pd_run_options(pd_names, pd_items, racemic)
     extra_run.update(_method_options(method, rtol, atol))
     # The command holds two simulations (the output grid, and that grid merged with the dose
     # events) and copies for its files: each may use a quarter of the available memory.
-    from pkpd.running.cohort import _available_memory
+    extra_run["memory_limit"] = int(0.8 * resources.available_memory()) // _SINGLE_COPIES
+    ds = single.simulate(spec, reg, covariates=cov, until=until, every=every, **extra_run)
+    fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
+    summ = single.summarize(fine, reg)
+    _echo(
+        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
+        f"{spec.verification_summary()})"
+    )
+    _echo(f"regimen: {reg.text}")
+    _echo(f"covariates: {ds.attrs['covariates']}")
+    _echo(_solver_line(ds))
+    if spec.assumed_parameters:
+        _echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
+    for line in summ.lines():
+        _echo(line)
+    _echo_pd_summary(fine, extra_run)
+    _write_single(targets, ds, reg)
+    for _kind, path in targets:
+        _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
 
-    extra_run["memory_limit"] = int(0.8 * _available_memory()) // _SINGLE_COPIES
-    ds = run(spec, reg, covariates=cov, until=until, every=every, **extra_run)
-    # Summary on the output grid merged with every dose event, so peaks at a bolus or at
-    # the end of an infusion are evaluated exactly.
+
+#: Simulations of one patient (and output copies of them) the command holds at once.
+_SINGLE_COPIES = 4
+
+
+def _single_targets(out_nc, out_csv, out_png) -> list[tuple[str, object]]:
+    """(kind, path) of the files of one patient, checked before any work."""
+    targets = []
+    if out_nc:
+        targets.append(("nc", result_io.check_target(out_nc, (".nc",), "--out")))
+    if out_csv:
+        targets.append(("csv", result_io.check_target(out_csv, (".csv",), "--csv")))
+        # Provenance beside the CSV, so that the CSV itself is one header row + numbers.
+        meta = result_io.csv_metadata_path(targets[-1][1])
+        targets.append(("csv_meta", result_io.check_target(meta, (".json",), "--csv sidecar")))
+    if out_png:
+        targets.append(("png", result_io.check_target(out_png, _FIGURES, "--plot")))
+    return targets
+
+
+#: Figure formats of --plot.
+_FIGURES = (".png", ".svg", ".pdf")
+
+
+def _anchors_option(anchor_items) -> dict:
+    anchors = {}
+    for item in anchor_items:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r}: expected EVENT=TIME", param_hint="--anchor")
+        k, v = item.split("=", 1)
+        anchors[k.strip()] = v.strip()
+    return anchors
+
+
+def _simulate_at_doses(ds, spec, reg, cov, extra_run):
+    """The patient again on the output grid merged with every dose event, so that peaks at
+    a bolus or at the end of an infusion are evaluated exactly (for the summary)."""
     grid = ds.time.values
-    w = ds.attrs["covariates"]
     ev_t = reg.event_table(
         cov.get(
             "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
@@ -619,44 +613,26 @@ def simulate(
     fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
-        fine = run(spec, reg, covariates=cov, times=fine_t, **extra_run)
-    summ = summarize(fine, reg)
-    _echo(
-        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
-        f"{spec.verification_summary()})"
-    )
-    _echo(f"regimen: {reg.text}")
-    _echo(f"covariates: {w}")
-    _echo(_solver_line(ds))
-    if spec.assumed_parameters:
-        _echo(f"assumed (not literature) values: {', '.join(spec.assumed_parameters)}")
-    for line in summ.lines():
-        _echo(line)
-    _echo_pd_summary(fine, extra_run)
-    with atomic_outputs() as stage:
+        return single.simulate(spec, reg, covariates=cov, times=fine_t, **extra_run)
+
+
+def _write_single(targets, ds, reg) -> None:
+    """Write the files of one patient, all or none."""
+    with result_io.atomic_outputs() as stage:
         for kind, path in targets:
             if kind == "nc":
-                stage(path, lambda tmp: write_netcdf(ds, tmp))
+                stage(path, lambda tmp: result_io.write_netcdf(ds, tmp))
             elif kind == "csv":
-                stage(path, lambda tmp: write_csv(ds, tmp))
+                stage(path, lambda tmp: result_io.write_csv(ds, tmp))
             elif kind == "csv_meta":
-                stage(path, lambda tmp: write_csv_metadata(ds, tmp))
+                stage(path, lambda tmp: result_io.write_csv_metadata(ds, tmp))
             else:
-                from pkpd.output.plot import plot_concentrations
-
                 stage(
                     path,
-                    lambda tmp, path=path: plot_concentrations(
+                    lambda tmp, path=path: plots.plot_concentrations(
                         ds, tmp, events=reg.infusion_ends(), fmt=path.suffix
                     ),
                 )
-    for _kind, path in targets:
-        _echo(f"wrote {path}")
-    _echo(DISCLAIMER)
-
-
-#: Simulations of one patient (and output copies of them) the command holds at once.
-_SINGLE_COPIES = 4
 
 
 def _pairs(items, option, sep="="):
@@ -669,80 +645,46 @@ def _pairs(items, option, sep="="):
     return out
 
 
-def _simulate_cohort(
-    model,
-    regimen,
-    patients,
-    population,
-    seed,
-    until,
-    every,
-    out,
-    trajectories,
-    windows,
-    thresholds,
-    at_items,
-    no_iiv,
-    no_bands,
-    chunk_size,
-    threads,
-    dask,
-    out_png,
-    method_options,
-):
-    from pkpd.inputs.model import load_model
-    from pkpd.inputs.population import CovariateTable
-    from pkpd.output.io import check_target
-    from pkpd.running.cohort import simulate_cohort
+def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
+    """--threshold OUTPUT=CONC items of a cohort, grouped by output."""
+    thr: dict[str, list[str]] = {}
+    for o, v in (([*i.split("=", 1), ""])[:2] for i in thresholds):
+        if not v:
+            raise click.BadParameter(f"{o!r}: expected OUTPUT=CONC", param_hint="--threshold")
+        thr.setdefault(o.strip(), []).append(v.strip())
+    return thr
 
+
+def _simulate_cohort(
+    model, regimen, patients, population, seed, until, every, out, trajectories, windows,
+    thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
+):  # fmt: skip
     if population is None:
         raise click.BadParameter(
             "a cohort needs --population (e.g. healthy_volunteers, or a covariate table .csv)",
             param_hint="--population",
         )
     if out:
-        check_target(out, (".nc", ".zarr"), "--out")
+        result_io.check_target(out, (".nc", ".zarr"), "--out")
     if out_png:
-        check_target(out_png, (".png", ".svg", ".pdf"), "--plot")
+        result_io.check_target(out_png, _FIGURES, "--plot")
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
     if patients is None and not isinstance(pop, CovariateTable):
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
-    win = {}
-    for name, span in _pairs(windows, "--window").items():
-        if ".." not in span:
-            raise click.BadParameter(f"{span!r}: expected START..END", param_hint="--window")
-        a, b = span.split("..", 1)
-        win[name] = (a.strip(), b.strip())
-    thr: dict[str, list[str]] = {}
-    for o, v in (([*i.split("=", 1), ""])[:2] for i in thresholds):
-        if not v:
-            raise click.BadParameter(f"{o!r}: expected OUTPUT=CONC", param_hint="--threshold")
-        thr.setdefault(o.strip(), []).append(v.strip())
+    win = _windows_option(windows)
+    thr = _cohort_thresholds(thresholds)
     spec = load_model(model)
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
-    ds = simulate_cohort(
-        spec,
-        regimen,
-        pop,
-        patients,
-        seed,
-        until=until,
-        every=every,
-        windows=win or None,
-        at=_pairs(at_items, "--at") or None,
-        thresholds=thr or None,
-        trajectories=traj,
-        bands=not no_bands,
-        iiv=not no_iiv,
-        chunk_size=chunk_size,
-        threads=threads,
-        out=out,
+    ds = cohorts.simulate_cohort(
+        spec, regimen, pop, patients, seed, until=until, every=every, windows=win,
+        at=_pairs(at_items, "--at") or None, thresholds=thr or None, trajectories=traj,
+        bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads, out=out,
         dask=dask,
         raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
-    )
+    )  # fmt: skip
     n = int(ds.sizes["patient"])
     _echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
@@ -750,51 +692,22 @@ def _simulate_cohort(
     )
     _echo(f"regimen: {ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
-    if ds.attrs.get("solver_method", "exact") != "exact":
+    if solvers.SOLVERS[ds.attrs.get("solver_method", "exact")].adaptive:
         _echo(
             f"solver: {ds.attrs['solver_method']} (rtol {ds.attrs['solver_rtol']:g}, atol "
             f"{ds.attrs['solver_atol']:g}): {ds.attrs['solver_nsteps_mean']:.0f} steps and "
             f"{ds.attrs['solver_nfev_mean']:.0f} RHS evaluations per patient on average"
         )
-    ok = ds.status.values == 0
-    for o in ds.output.values:
-        cm = ds.cmax.sel(output=o).values[ok]
-        unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
-        _echo(
-            f"{o:>16}: Cmax median {np.median(cm):.4g} {unit} "
-            f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
-        )
-        for w in ds.window.values if unit == "ng/mL" else ():
-            a = ds.auc.sel(output=o, window=w).values[ok]
-            _echo(
-                f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
-                f"(5-95%: {np.percentile(a, 5):.5g}-{np.percentile(a, 95):.5g})"
-            )
-        if "c_at" in ds:
-            for a_name in ds["at"].values:
-                v = ds.c_at.sel(output=o, at=a_name).values[ok]
-                _echo(
-                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} {unit} "
-                    f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
-                )
-    if "time_above" in ds:
-        for lab in ds.threshold.values:
-            v = ds.time_above.sel(threshold=lab).values[ok]
-            _echo(
-                f"time {lab}: median {np.median(v):.3g} h "
-                f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
-            )
+    for line in cohort_summary_lines(ds):
+        _echo(line)
     n_failed = int(ds.attrs["n_failed"])
     if n_failed:
         _echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
     if out_png and "band" in ds:
-        from pkpd.output.io import atomic_outputs
-        from pkpd.output.plot import plot_bands
-
-        with atomic_outputs() as stage:
+        with result_io.atomic_outputs() as stage:
             stage(
-                check_target(out_png, (".png", ".svg", ".pdf"), "--plot"),
-                lambda tmp: plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
+                result_io.check_target(out_png, _FIGURES, "--plot"),
+                lambda tmp: plots.plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
             )
         _echo(f"wrote {out_png}")
     if out:
@@ -836,8 +749,9 @@ def _no_cohort_pd(pd_names, pd_items, racemic) -> None:
 def _solver_line(ds) -> str:
     """One line naming the solver, and its work counters for the adaptive ones."""
     a = ds.attrs
-    if a.get("solver_method", "exact") == "exact":
-        return "solver: exact (piecewise matrix exponential)"
+    info = solvers.SOLVERS[a.get("solver_method", "exact")]
+    if not info.adaptive:
+        return f"solver: {info.name} ({info.summary})"
     line = (
         f"solver: {a['solver_method']} (rtol {a['solver_rtol']}, atol {a['solver_atol']}): "
         f"{a['solver_nsteps']} steps, {a['solver_nrejected']} rejected, "
@@ -856,9 +770,11 @@ def _method_options(method, rtol, atol) -> dict:
     for name, v in (("rtol", rtol), ("atol", atol)):
         if v is None:
             continue
-        if method == "exact":
+        if method in solvers.SOLVERS and not solvers.SOLVERS[method].adaptive:
+            usable = [*solvers.ADAPTIVE, "auto"]
             raise click.BadParameter(
-                "only for --method dopri5, rodas or auto", param_hint=f"--{name}"
+                f"only for --method {', '.join(usable[:-1])} or {usable[-1]}",
+                param_hint=f"--{name}",
             )
         if not (v > 0 and np.isfinite(v)):
             raise click.BadParameter(f"{v!r}: must be a positive number", param_hint=f"--{name}")
@@ -916,64 +832,6 @@ def _windows_option(windows) -> dict | None:
     return win or None
 
 
-def _fmt_range(v) -> str:
-    """'median (p5-p95)' of a (percentile,) array."""
-    lo, med, hi = (float(x) for x in v)
-    if not np.isfinite(med):
-        return "-"
-    return f"{med:.4g} ({lo:.4g}-{hi:.4g})"
-
-
-def _compare_rows(cds) -> list[tuple[str, list[str]]]:
-    """Rows (label, one cell per regimen) of the comparison table."""
-    rows = []
-    regs = list(cds.regimen.values)
-
-    def cells(da):
-        return [_fmt_range(da.sel(regimen=r).values) for r in regs]
-
-    for o in cds.output.values:
-        rows.append((f"Cmax {o} (ng/mL)", cells(cds.cmax.sel(output=o))))
-        for w in cds.window.values:
-            rows.append((f"AUC {o} {w} (ng*h/mL)", cells(cds.auc.sel(output=o, window=w))))
-        if "c_at" in cds:
-            for a in cds["at"].values:
-                rows.append((f"{o} at {a} (ng/mL)", cells(cds.c_at.sel(output=o, at=a))))
-    if "time_above" in cds:
-        for t in cds.threshold.values:
-            rows.append((f"time {t} (h)", cells(cds.time_above.sel(threshold=t))))
-    rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
-    rows.append(("total dose (mg)", cells(cds.dose)))
-
-    def interval(name):
-        out = []
-        for r in regs:
-            v = float(cds[name].sel(regimen=r))
-            lo = float(cds[f"{name}_lo"].sel(regimen=r)) if f"{name}_lo" in cds else np.nan
-            hi = float(cds[f"{name}_hi"].sel(regimen=r)) if f"{name}_hi" in cds else np.nan
-            out.append(f"{100 * v:.3g}% ({100 * lo:.3g}-{100 * hi:.3g})")
-        return out
-
-    if "pta" in cds:
-        rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
-    for name in [r for r in str(cds.attrs.get("risks", "")).split(", ") if r]:
-        rows.append((f"{name} incidence [95% interval]", interval(f"incidence_{name}")))
-    rows.append(("failed patients", [str(int(cds.n_failed.sel(regimen=r))) for r in regs]))
-    return rows
-
-
-def _table(head: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
-    w0 = max(len(head[0]), *(len(r[0]) for r in rows))
-    ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(head[1:])]
-    cols = (h.rjust(w) for h, w in zip(head[1:], ws, strict=True))
-    lines = ["  ".join([head[0].ljust(w0), *cols])]
-    for lab, cells in rows:
-        lines.append(
-            "  ".join([lab.ljust(w0), *(c.rjust(w) for c, w in zip(cells, ws, strict=True))])
-        )
-    return lines
-
-
 @main.command(help="Compare regimens on the same virtual patients (common random numbers).")
 @click.argument("model")
 @click.argument("regimens", nargs=-1, required=True)
@@ -997,18 +855,11 @@ def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
     anchors, until, every, out, out_png,
 ) -> None:  # fmt: skip
-    from pkpd.analysis.design import compare as run_compare
-    from pkpd.output.io import atomic_outputs, check_target, write_netcdf
-
-    targets = []
-    if out:
-        targets.append(("nc", check_target(out, (".nc",), "--out")))
-    if out_png:
-        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
+    targets = _grid_targets(out, out_png)
     thr: dict[str, list[str]] = {}
     for o, v in _pairs(thresholds, "--threshold").items():
         thr.setdefault(o, []).append(v)
-    cds = run_compare(
+    cds = designs.compare(
         model, list(regimens), population, patients, seed, target=target, risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
         at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
@@ -1021,19 +872,32 @@ def compare(
     for r, t in zip(cds.regimen.values, cds.regimen_text.values, strict=True):
         _echo(f"  {r}: {t}")
     _echo("median (5-95%) over patients:")
-    for line in _table(["metric", *map(str, cds.regimen.values)], _compare_rows(cds)):
+    for line in text_table(["metric", *map(str, cds.regimen.values)], compare_rows(cds)):
         _echo(line)
-    with atomic_outputs() as stage:
+    _write_grid(targets, cds, plots.plot_compare)
+    _echo(DISCLAIMER)
+
+
+def _grid_targets(out, out_png) -> list[tuple[str, object]]:
+    """(kind, path) of the files of `pkpd compare` and `pkpd design`, checked before any work."""
+    targets = []
+    if out:
+        targets.append(("nc", result_io.check_target(out, (".nc",), "--out")))
+    if out_png:
+        targets.append(("png", result_io.check_target(out_png, _FIGURES, "--plot")))
+    return targets
+
+
+def _write_grid(targets, ds, plot) -> None:
+    """Write the dataset and the figure (drawn by `plot`) of compare/design, all or none."""
+    with result_io.atomic_outputs() as stage:
         for kind, path in targets:
             if kind == "nc":
-                stage(path, lambda tmp: write_netcdf(cds, tmp))
+                stage(path, lambda tmp: result_io.write_netcdf(ds, tmp))
             else:
-                from pkpd.output.plot import plot_compare
-
-                stage(path, lambda tmp, p=path: plot_compare(cds, tmp, fmt=p.suffix))
+                stage(path, lambda tmp, p=path: plot(ds, tmp, fmt=p.suffix))
     for _kind, path in targets:
         _echo(f"wrote {path}")
-    _echo(DISCLAIMER)
 
 
 def _list_option(text, option, numeric=True) -> list | None:
@@ -1084,15 +948,8 @@ def design(
     model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
     max_risk, windows, until, every, out, out_png,
 ) -> None:  # fmt: skip
-    from pkpd.analysis.design import design as run_design
-    from pkpd.output.io import atomic_outputs, check_target, write_netcdf
-
-    targets = []
-    if out:
-        targets.append(("nc", check_target(out, (".nc",), "--out")))
-    if out_png:
-        targets.append(("png", check_target(out_png, (".png", ".svg", ".pdf"), "--plot")))
-    gds = run_design(
+    targets = _grid_targets(out, out_png)
+    gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
         template=template, anchors=anchors, target=target, risk=risk, max_risk=max_risk,
@@ -1107,41 +964,16 @@ def design(
     _echo(f"grid: {shape} = {gds.regimen.size} regimens")
     if gds.attrs.get("target"):
         _echo(f"target: {gds.attrs['target']}")
-    rname = gds.attrs.get("risk") or ""
     if "pareto" in gds:
         _echo("Pareto front (max PTA, min risk):")
-        rows = []
-        for idx in zip(*np.nonzero(gds.pareto.values), strict=True):
-            pt = gds.isel(dict(zip(dims, idx, strict=True)))
-            rows.append(
-                (str(pt.regimen.values), [f"{100 * float(pt.pta):.3g}%",
-                 f"{100 * float(pt[f'incidence_{rname}']):.3g}%",
-                 f"{100 * float(pt[f'incidence_{rname}_hi']):.3g}%",
-                 f"{float(pt.total_dose):.3g}"])
-            )  # fmt: skip
-        rows.sort(key=lambda r: float(r[1][1].rstrip("%")))
-        for line in _table(["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg"], rows):
+        for line in text_table(*design_pareto_rows(gds)):
             _echo("  " + line)
     elif "pta" in gds:
         _echo("PTA over the grid:")
-        rows = [
-            (str(gds.regimen.values[i]), [f"{100 * float(gds.pta.values[i]):.3g}%",
-             f"{float(gds.total_dose.values[i]):.3g}"])
-            for i in np.ndindex(gds.pta.shape)
-        ]  # fmt: skip
-        for line in _table(["regimen", "PTA", "mg/kg"], rows):
+        for line in text_table(*design_pta_rows(gds)):
             _echo("  " + line)
     _echo(gds.attrs["best_message"])
-    with atomic_outputs() as stage:
-        for kind, path in targets:
-            if kind == "nc":
-                stage(path, lambda tmp: write_netcdf(gds, tmp))
-            else:
-                from pkpd.output.plot import plot_design
-
-                stage(path, lambda tmp, p=path: plot_design(gds, tmp, fmt=p.suffix))
-    for _kind, path in targets:
-        _echo(f"wrote {path}")
+    _write_grid(targets, gds, plots.plot_design)
     _echo(DISCLAIMER)
 
 
@@ -1149,14 +981,61 @@ def design(
 @click.argument("result", type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True, help="HTML file.")
 def report(result, out) -> None:
-    from pkpd.output.io import atomic_outputs, check_target
-    from pkpd.output.report import write_report
-
-    target = check_target(out, (".html", ".htm"), "--out")
-    with atomic_outputs() as stage:
-        stage(target, lambda tmp: write_report(result, tmp))
+    target = result_io.check_target(out, (".html", ".htm"), "--out")
+    with result_io.atomic_outputs() as stage:
+        stage(target, lambda tmp: reports.write_report(result, tmp))
     _echo(f"wrote {target}")
     _echo(DISCLAIMER)
+
+
+# ----------------------------------------------------------------------------- risk
+
+
+@main.group("risk", help="Side-effect risk models (models/risk).")
+def risk_group() -> None:
+    pass
+
+
+@risk_group.command(
+    "refit",
+    help="""Recalibrate a risk model by virtual trials and rewrite the generated [fit]
+section of its file (the hand-written part above it is kept).
+
+\b
+NAME  a shipped risk model name (e.g. psychotomimetic) or a risk model .toml file
+""",
+)
+@click.argument("name")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Write the refitted file here (default: over the model's own file).",
+)
+@click.option(
+    "--n-virtual", type=int, help="Virtual patients per arm (default: the file's [simulation])."
+)
+@click.option("--seed", type=int, help="Cohort seed (default: the file's [simulation]).")
+def risk_refit(name, out, n_virtual, seed) -> None:
+    if out:
+        result_io.check_target(out, (".toml",), "--out")  # before the virtual trials
+    res = risk_analysis.refit(name, out=out, n_virtual=n_virtual, seed=seed)
+    for line in _refit_lines(res):
+        _echo(line)
+
+
+def _refit_lines(res) -> list[str]:
+    """The fit, the posterior summary and every arm, predicted against observed."""
+    lines = [f"MLE alpha {res.mle[0]:.4g}, gamma {res.mle[1]:.4g}; ESS {res.ess:.0f}"]
+    for k, q in res.summary().items():
+        mom = f"mean {q['mean']:.4g} sd {q['sd']:.4g} " if "mean" in q else ""
+        lines.append(f"{k}: {mom}median {q['q500']:.4g} 95% [{q['q025']:.4g}, {q['q975']:.4g}]")
+    for a in res.arms:
+        lines.append(
+            f"{a['trial']} {a['arm']} [{a['use']}]: observed {a['events']}/{a['n']} "
+            f"({100 * a['observed']:.1f}%), predicted {100 * a['predicted_mean']:.1f}% "
+            f"[{100 * a['predicted_lo']:.1f}, {100 * a['predicted_hi']:.1f}]"
+        )
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Checks every adaptive solver of the registry gets (pkpd.engine.solvers.registry.SOLVERS).
+"""Checks every adaptive solver of the registry gets (pkpd.engine.solvers.registry.ADAPTIVE).
 
 Against mathematics: the convergence order of fixed steps against the matrix exponential,
 agreement with the exact solver on every shipped linear model, events and boluses, and
@@ -21,9 +21,9 @@ from pkpd.engine.solvers import (
     STATUS_STEP_UNDERFLOW,
 )
 from pkpd.engine.solvers.exact import propagate
-from pkpd.engine.solvers.registry import SOLVERS, run, run_linear
+from pkpd.engine.solvers.registry import ADAPTIVE, run, run_linear
 
-METHODS = list(SOLVERS)
+METHODS = list(ADAPTIVE)
 
 # Two-compartment system with an AUC-like accumulator (singular M), per hour.
 M2 = np.array([[-1.3, 0.4, 0.0], [0.9, -0.4, 0.0], [1.0, 0.0, 0.0]])
@@ -37,7 +37,7 @@ def tol_units(y, ref, rtol, atol):
 @pytest.mark.parametrize("method", METHODS)
 def test_convergence_order_on_fixed_steps(method):
     """Log-log slope of the end-point error against expm over a ladder of fixed steps."""
-    info = SOLVERS[method]
+    info = ADAPTIVE[method]
     T = 4.0
     x0 = np.array([1.0, 0.0, 0.0])
     exact = scipy.linalg.expm(M2 * T) @ x0

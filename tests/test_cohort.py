@@ -355,6 +355,13 @@ def test_time_above_threshold_against_a_fine_reference(spec):
     assert len(labels) == 3 and all(
         f"{v:g} ng/mL" in lab for lab, (_, v) in zip(labels, thr, strict=True)
     )
+    # the same thresholds as numbers, and the grid span as numbers
+    assert list(ds.threshold_output.values) == [o for o, _ in thr]
+    np.testing.assert_allclose(ds.threshold_level.values, [v for _, v in thr], rtol=1e-12)
+    assert list(ds.threshold_units.values) == ["ng/mL"] * 3
+    assert ds.threshold_level.attrs["units"] == "ng/mL"
+    assert (ds.attrs["grid_start_h"], ds.attrs["grid_end_h"]) == (0.0, 12.0)
+    assert ds.attrs["grid_points"] == 145
     grid = time_grid(0.0, "12 h", "5 min")  # the cohort's grid (no trajectories kept)
     m = 60  # 5 min / 60 = 5 s
     crossed = 0

@@ -224,6 +224,8 @@ def test_threshold_on_a_score_is_in_the_scores_own_unit():
         with pytest.raises(CohortError, match=r"`thresholds.pain` = '5mg/L'.*NRS 0-10"):
             simulate_cohort(model, regimen, pop, thresholds={"pain": "5mg/L"}, **kw)
     assert list(ds.threshold.values) == ["pain > 5 NRS 0-10", "pain > 5.5 NRS 0-10"]
+    np.testing.assert_array_equal(ds.threshold_level.values, [5.0, 5.5])
+    assert list(ds.threshold_units.values) == ["NRS 0-10"] * 2
     pain = ds.trajectory.sel(traj_output="pain").values.astype(float)
     t = np.linspace(0.0, 12.0, pain.shape[-1])
     fine = np.linspace(0.0, 12.0, 100_001)

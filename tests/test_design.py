@@ -14,7 +14,6 @@ from pkpd.analysis.design import (
     design,
     pareto_front,
     parse_target,
-    risk_available,
     select_best,
 )
 from pkpd.inputs.regimen import load_regimen
@@ -203,7 +202,6 @@ def test_parse_target():
         parse_target("cp > 50")
 
 
-@pytest.mark.skipif(not risk_available(), reason="pkpd.risk is not in this installation")
 def test_pta_over_grid_matches_risk_pta():
     from pkpd import risk
 

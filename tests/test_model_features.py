@@ -213,3 +213,16 @@ def test_categorical_covariate_rejects_unknown_level():
     m = ModelSpec.from_dict(base())
     with pytest.raises(pkpd.ModelError, match="`sex`"):
         m.individual_parameters({"weight": 70, "age": 40, "sex": "x"})
+
+
+def test_a_zero_reference_weight_is_refused_where_it_divides():
+    """``(weight / reference) ** exponent``: a reference of 0 was accepted and the individual
+    parameters divided by zero (found by tests/properties/test_cli_fuzz.py)."""
+    data = base()
+    data["covariates"]["weight"]["reference"] = 0
+    with pytest.raises(pkpd.ModelError) as ei:
+        ModelSpec.from_dict(data, file="m.toml")
+    assert str(ei.value) == (
+        "m.toml: `covariates.weight.reference`: 0 must be > 0: it is the reference weight of "
+        "`parameters.V.weight_exponent`"
+    )

@@ -18,8 +18,7 @@ from scipy.integrate import solve_ivp
 import pkpd
 from pkpd.cli import main
 from pkpd.errors import ModelError
-from pkpd.inputs.model import ModelSpec, models_dir
-from pkpd.inputs.ode import parse_expression
+from pkpd.inputs.model import ModelSpec, models_dir, parse_expression
 
 REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 12 h"
 SRC = {"source": "test fixture", "tag": "assumed"}
@@ -254,7 +253,7 @@ def test_huge_literals_and_deep_nesting_are_one_line_errors(text, needle):
 
 def test_the_deepest_accepted_equation_compiles_as_python():
     """Two parentheses per level in the generated source stay below Python's limit of 200."""
-    from pkpd.inputs.ode import MAX_DEPTH
+    from pkpd.inputs.model import MAX_DEPTH
 
     text = "V1"
     for _ in range(MAX_DEPTH - 1):
@@ -570,11 +569,11 @@ def test_second_process_loads_generated_code_from_the_cache(tmp_path):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty cache root (not created yet) and no generated module imported in-process."""
-    import pkpd.inputs.ode
+    import pkpd.inputs.model.codegen
 
     root = tmp_path / "cache"
     monkeypatch.setenv("PKPD_CACHE_DIR", str(root))
-    monkeypatch.setattr(pkpd.inputs.ode, "_MODULES", {})
+    monkeypatch.setattr(pkpd.inputs.model.codegen, "_MODULES", {})
     return root
 
 
@@ -656,9 +655,9 @@ def test_planted_numba_index_is_refused_before_it_is_loaded(fresh_cache, monkeyp
         return st
 
     monkeypatch.setattr(os, "lstat", lstat)
-    import pkpd.inputs.ode
+    import pkpd.inputs.model.codegen
 
-    monkeypatch.setattr(pkpd.inputs.ode, "_MODULES", {})
+    monkeypatch.setattr(pkpd.inputs.model.codegen, "_MODULES", {})
     with pytest.raises(CacheError, match=rf"{index}: owned by user id"):
         _spec(_toml("fanta2015_mm_s_ketamine")).ode.module()
     assert not marker.exists()

@@ -292,13 +292,14 @@ def test_single_patient_is_guarded_in_the_api_and_the_cli(monkeypatch):
     from click.testing import CliRunner
 
     import pkpd.running.cohort
+    import pkpd.running.resources
     from pkpd import simulate
     from pkpd.cli import main
     from pkpd.running.simulate import GridError
 
     with pytest.raises(GridError, match="360,001 output times needs about"):
         simulate(MODEL, REGIMEN, {"weight": 70}, until="100 h", every="1 s", memory_limit=10**7)
-    monkeypatch.setattr(pkpd.cohort, "_available_memory", lambda: 100 * 1024**2)
+    monkeypatch.setattr(pkpd.running.resources, "available_memory", lambda: 100 * 1024**2)
     args = ["simulate", MODEL, REGIMEN, "--weight", "70", "--until", "100h", "--every", "1s"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 2, r.output
@@ -353,6 +354,7 @@ def test_compare_adds_up_what_it_holds_for_every_regimen(monkeypatch):
 
     import pkpd.analysis.design
     import pkpd.running.cohort
+    import pkpd.running.resources
     from pkpd.analysis.design import DesignError
     from pkpd.cli import main
 
@@ -377,7 +379,7 @@ def test_compare_adds_up_what_it_holds_for_every_regimen(monkeypatch):
     with pytest.raises(DesignError, match=r"comparing 3 regimens on 60,000 patients") as exc:
         pkpd.analysis.design.compare(**COMPARE, n=n, cohort_kwargs={"memory_limit": limit})
     assert "at most about" in str(exc.value)
-    monkeypatch.setattr(pkpd.cohort, "_available_memory", lambda: int(limit / 0.8))
+    monkeypatch.setattr(pkpd.running.resources, "available_memory", lambda: int(limit / 0.8))
     r = CliRunner().invoke(
         main, ["compare", MODEL, *COMPARE["regimens"], "--population", POP, "--patients",
                str(n), "--anchors-from", REGIMEN],

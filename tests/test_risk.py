@@ -241,9 +241,18 @@ def _constructed():
             "traj_output": ["cp"],
             "time": t,
             "threshold": ["cp > 50 ng/mL"],
+            "threshold_output": ("threshold", ["cp"]),
+            "threshold_level": ("threshold", [50.0], {"units": "ng/mL"}),
+            "threshold_units": ("threshold", ["ng/mL"]),
             "eos": ("patient", np.array([0.0, 0.0, 0.0, 0.0, 5.0]), {"units": "h"}),
         },
-        attrs={"grid": "0 to 10 h, 101 points"},
+        attrs={
+            "grid": "0 to 10 h, 101 points",
+            "grid_start_h": 0.0,
+            "grid_end_h": 10.0,
+            "grid_step_h": 0.1,
+            "grid_points": 101,
+        },
     )
 
 
@@ -279,6 +288,23 @@ def test_pta_known_answer_whole_grid_window_and_events():
     ds2["status"] = ("patient", np.array([0, 0, 0, 0, 3], np.int8))
     res = R.pta(ds2, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
     assert float(res["pta"]) == pytest.approx(0.5) and res.pta.attrs["n_patients"] == 4
+
+
+def test_pta_reads_the_threshold_level_and_grid_span_as_numbers():
+    """The kernel's time_above is found by the numeric threshold coordinates and the window
+    is the numeric grid span: neither the labels nor the `grid` text is read."""
+    ds = _constructed().assign_coords(threshold=["a label nobody parses"])
+    ds.attrs["grid"] = "not a grid description"
+    res = R.pta(ds, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert res.attrs["source"].startswith("cohort kernel")
+    assert res["attained"].values.tolist() == [False, False, True, True, True]
+    np.testing.assert_array_equal(res["window_length"].values, 10.0)
+    # another level, or the level of another unit, is not the kernel's threshold
+    other = R.pta(ds, {"output": "cp", "at_least": "60 ng/mL", "for_fraction": 0.5})
+    assert other.attrs["source"].startswith("stored trajectories")
+    score = ds.assign_coords(threshold_units=("threshold", ["NRS"]))
+    res = R.pta(score, {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5})
+    assert res.attrs["source"].startswith("stored trajectories")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -347,3 +373,40 @@ def test_registry_and_required_kwargs(shipped):
     fit = [a for a in shipped.arms if a.use == "fit"]
     assert [(a.n, a.events) for a in fit] == [(30, 2), (30, 6)]
     assert all(a.note for a in shipped.arms if a.use == "excluded")
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_pkpd_risk_refit_rewrites_the_generated_section_only(tmp_path, shipped):
+    """`pkpd risk refit` (formerly `python -m pkpd.analysis.risk refit`): the hand-written
+    head is kept, one [fit] section follows the new marker, the file loads again; a file
+    fitted under the old marker is refit the same way."""
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    head = shipped.file.read_text().split(R.GENERATED_MARKER)[0]
+    old = tmp_path / "old" / "psychotomimetic.toml"
+    old.parent.mkdir()
+    old.write_text(shipped.file.read_text().replace(R.GENERATED_MARKER, R._OLD_MARKERS[0]))
+    out = tmp_path / "psychotomimetic.toml"
+    r = CliRunner().invoke(
+        main, ["risk", "refit", str(old), "--n-virtual", "200", "--seed", "3", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("MLE alpha ") and "ESS" in r.output
+    for arm in shipped.arms:
+        if arm.use != "excluded":
+            assert f"{arm.trial} {arm.arm} [{arm.use}]: observed {arm.events}/{arm.n}" in r.output
+    text = out.read_text()
+    assert text.startswith(head.rstrip()) and text.count("\n[fit]\n") == 1
+    assert f"{R.GENERATED_MARKER} psychotomimetic` on " in text
+    assert R._OLD_MARKERS[0] not in text
+    again = R.load_risk(out)
+    assert again.fit["seed"] == 3 and again.fit["n_virtual"] == 200
+    # a destination that cannot be written is refused before the virtual trials, in one line
+    r = CliRunner().invoke(main, ["risk", "refit", "psychotomimetic", "--out", "x.txt"])
+    assert r.exit_code == 2 and r.output.startswith("pkpd: error: --out 'x.txt': expected")
+    r = CliRunner().invoke(main, ["risk", "refit", "no_such_risk"])
+    assert r.exit_code == 2 and r.output.startswith("pkpd: error:") and "no_such_risk" in r.output

@@ -22,7 +22,7 @@ import pkpd
 from pkpd.engine.solvers import exact
 from pkpd.engine.solvers.dopri5 import dopri5_solve
 from pkpd.engine.solvers.expm import EXPM_BAD_SHAPE, _lu_solve_inplace, expm_into, expm_work
-from pkpd.engine.solvers.registry import SOLVERS, run, tolerance
+from pkpd.engine.solvers.registry import ADAPTIVE, SOLVERS, run, tolerance
 from pkpd.engine.solvers.rosenbrock import rodas_solve
 from pkpd.inputs.model import ModelSpec, models_dir
 
@@ -172,7 +172,7 @@ def _tv_rodas_into(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("method", list(SOLVERS))
+@pytest.mark.parametrize("method", list(ADAPTIVE))
 def test_convergence_order_with_explicit_time_dependence(method):
     """Fixed steps on ``y' = -k (1 + 0.5 exp(-t)) y``: the log-log slope of the end-point
     error against the closed form is the method's order (a wrong stage time ``t + c_i h``

@@ -41,15 +41,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from pkpd.analysis import risk as risk_analysis
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
+from pkpd.inputs.model import load_model
 from pkpd.inputs.regimen import Regimen, load_regimen
-from pkpd.running.simulate import DISCLAIMER
+from pkpd.running import cohort as cohorts
+from pkpd.running import resources
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -74,32 +79,6 @@ _TAIL_H = 24.0
 
 class DesignError(PkpdError, ValueError):
     """A comparison or design request is invalid."""
-
-
-# ----------------------------------------------------------------------------- risk module
-
-
-def _risk_module():
-    """`pkpd.risk`, or a clear error if this installation does not have it."""
-    try:
-        from pkpd.analysis import risk
-    except ImportError as exc:
-        if exc.name not in ("pkpd.analysis.risk", "risk"):
-            raise
-        raise DesignError(
-            "targets (PTA) and risk models need the module pkpd.risk, which is not part of "
-            "this installation; run without `target`/`risk` (CLI: --target/--risk)"
-        ) from None
-    return risk
-
-
-def risk_available() -> bool:
-    """True if :mod:`pkpd.risk` (risk models and probability of target attainment) exists."""
-    try:
-        _risk_module()
-    except DesignError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- targets
@@ -231,9 +210,7 @@ def _with_anchors(reg: Regimen, source) -> Regimen:
 
 
 def _until(regs: Sequence[Regimen]) -> float:
-    from pkpd.running.cohort import _end
-
-    return max(_end(r) for r in regs) + _TAIL_H
+    return max(cohorts._end(r) for r in regs) + _TAIL_H
 
 
 def _cohort_kwargs(
@@ -252,13 +229,11 @@ def _cohort_kwargs(
         kw["at"] = {a: a for a in sorted(common)}
     kw = _merge(kw, extra or {}, "the caller")
     if target is not None:
-        risk = _risk_module()
-        need = risk.required_cohort_kwargs(target)
+        need = risk_analysis.required_cohort_kwargs(target)
         kw = _merge(kw, need, f"the target {_target_text(target)}")
     if risk_models:
-        risk = _risk_module()
         for name, rm in risk_models.items():
-            kw = _merge(kw, risk.required_cohort_kwargs(rm), f"the risk model {name!r}")
+            kw = _merge(kw, risk_analysis.required_cohort_kwargs(rm), f"the risk model {name!r}")
     if "trajectory_every" not in kw and kw.get("trajectories"):
         kw["trajectory_every"] = every
     return kw
@@ -269,10 +244,9 @@ def _load_risks(risks) -> dict:
         return {}
     if isinstance(risks, str):
         risks = [risks]
-    risk = _risk_module()
     out = {}
     for r in risks:
-        rm = risk.load_risk(r)
+        rm = risk_analysis.load_risk(r)
         name = str(getattr(rm, "name", None) or r)
         out[name] = rm
     return out
@@ -300,20 +274,16 @@ def _pct(values: np.ndarray, axis=0) -> np.ndarray:
 
 
 def _run(model, reg, population, n, seed, kw):
-    from pkpd.running.cohort import simulate_cohort
-
-    return simulate_cohort(model, reg, population, n, seed, **kw)
+    return cohorts.simulate_cohort(model, reg, population, n, seed, **kw)
 
 
 def _evaluate(ds, target, risk_models, seed, n_draws) -> dict:
     """PTA and risk results of one cohort: {name: Dataset}."""
     out = {}
-    if target is not None or risk_models:
-        risk = _risk_module()
     if target is not None:
-        out["pta"] = risk.pta(ds, target)
+        out["pta"] = risk_analysis.pta(ds, target)
     for name, rm in risk_models.items():
-        out[name] = risk.apply_risk(ds, rm, n_draws=n_draws, seed=seed)
+        out[name] = risk_analysis.apply_risk(ds, rm, n_draws=n_draws, seed=seed)
     return out
 
 
@@ -391,79 +361,41 @@ def compare(
         ``incidence_<risk>`` with ``_lo``/``_hi`` when asked, ``band`` (regimen, quantile,
         band_output, band_time) and the provenance in ``attrs``.
     """
-    import xarray as xr
-
-    from pkpd.inputs.model import load_model
-
     if isinstance(regimens, str | Regimen) or not len(regimens):
         raise DesignError("`regimens`: give a list of at least one regimen")
     spec = load_model(model)
     regs = [_with_anchors(load_regimen(r), anchors) for r in regimens]
-    labels = list(names) if names is not None else [r.name or r.text for r in regs]
-    if len(labels) != len(regs):
-        raise DesignError(f"`names` has {len(labels)} entries for {len(regs)} regimens")
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(labels):
-        if lab in seen:
-            seen[lab] += 1
-            labels[i] = f"{lab} #{seen[lab]}"
-        else:
-            seen[lab] = 1
+    labels = _labels(regs, names)
     tgt = parse_target(target) if target is not None else None
     risk_models = _load_risks(risks)
     if windows is None:
         windows = {"0-24 h": ("0 h", "24 h")}
         if all("end_of_surgery" in r.anchor_names for r in regs):
             windows["postop24"] = ("end_of_surgery", "end_of_surgery + 24 h")
-    if until is None:
-        until = _until(regs)
     kw = _cohort_kwargs(
-        regs,
-        target=tgt,
-        risk_models=risk_models,
-        windows=windows,
-        thresholds=thresholds,
-        at=at,
-        until=until,
-        every=every,
+        regs, target=tgt, risk_models=risk_models, windows=windows, thresholds=thresholds,
+        at=at, until=_until(regs) if until is None else until, every=every,
         extra=dict(cohort_kwargs or {}, bands=bands),
-    )
+    )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
     parts = []
     first = None
-    events: dict[str, dict[str, np.ndarray]] = {}
+    events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
     for lab, reg in zip(labels, regs, strict=True):
         ds = _run(spec, reg, population, n, seed, kw)
         _check_crn(first, ds, lab)
-        if first is None:
-            first = ds
-        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
-        parts.append(_summary(ds, reg, res, risk_models))
+        first = ds if first is None else first
+        parts.append(_summary(ds, reg, _evaluate(ds, tgt, risk_models, seed, n_draws), risk_models))
         for a in reg.anchor_names:
             events.setdefault(a, {})[lab] = ds[a].values
         del ds
-    out = xr.concat(parts, dim="regimen", join="outer", coords="minimal", compat="override")
-    out = out.assign_coords(regimen=("regimen", labels))
-    out["regimen_text"] = ("regimen", [r.text for r in regs])
     assert first is not None
-    covs = [c for c in first.coords if first[c].dims == ("patient",) and c != "patient"]
-    covs = [c for c in covs if not c.startswith("event_") and c not in events]
-    out = out.assign_coords({c: ("patient", first[c].values, first[c].attrs) for c in covs})
-    for a, per in events.items():
-        arr = np.full((len(labels), n), np.nan)
-        for i, lab in enumerate(labels):
-            if lab in per:
-                arr[i] = per[lab]
-        out[f"event_{a}"] = (
-            ("regimen", "patient"),
-            arr,
-            {"units": "h", "long_name": f"time of event {a} (NaN: the regimen has none)"},
-        )
+    out = _comparison(parts, labels, regs, first, events, n)
     out.attrs = _attrs(first, spec, kind="compare")
     out.attrs.update(
         {
             "regimens": " | ".join(f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)),
-            "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in kw.get("windows", {}).items()),
+            "windows": _windows_text(kw),
             "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
             "patients excluded",
             "common_random_numbers": _crn_text(regs, labels, seed),
@@ -477,6 +409,49 @@ def compare(
     return out
 
 
+def _windows_text(kw) -> str:
+    return "; ".join(f"{k}: {a} to {b}" for k, (a, b) in kw.get("windows", {}).items())
+
+
+def _labels(regs, names) -> list[str]:
+    """Regimen labels: `names`, else each regimen's name or text; repeats numbered ``#2``..."""
+    labels = list(names) if names is not None else [r.name or r.text for r in regs]
+    if len(labels) != len(regs):
+        raise DesignError(f"`names` has {len(labels)} entries for {len(regs)} regimens")
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(labels):
+        if lab in seen:
+            seen[lab] += 1
+            labels[i] = f"{lab} #{seen[lab]}"
+        else:
+            seen[lab] = 1
+    return labels
+
+
+def _comparison(parts, labels, regs, first, events, n):
+    """The per-regimen summaries along ``regimen``, with the common covariates of `first`
+    and the per-patient event times of every regimen (NaN where a regimen has none)."""
+    import xarray as xr  # lazy: xarray takes ~0.3 s to import, `pkpd --help` need not wait
+
+    out = xr.concat(parts, dim="regimen", join="outer", coords="minimal", compat="override")
+    out = out.assign_coords(regimen=("regimen", labels))
+    out["regimen_text"] = ("regimen", [r.text for r in regs])
+    covs = [c for c in first.coords if first[c].dims == ("patient",) and c != "patient"]
+    covs = [c for c in covs if not c.startswith("event_") and c not in events]
+    out = out.assign_coords({c: ("patient", first[c].values, first[c].attrs) for c in covs})
+    for a, per in events.items():
+        arr = np.full((len(labels), n), np.nan)
+        for i, lab in enumerate(labels):
+            if lab in per:
+                arr[i] = per[lab]
+        out[f"event_{a}"] = (
+            ("regimen", "patient"),
+            arr,
+            {"units": "h", "long_name": f"time of event {a} (NaN: the regimen has none)"},
+        )
+    return out
+
+
 def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, int]:
     """Bytes a comparison needs at its peak: its largest cohort run, plus what it holds.
 
@@ -485,9 +460,10 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
     target attainment, risks) and the event times, twice at the end (the parts and their
     concatenation), and the first cohort's Dataset (the common covariates).
     """
-    from pkpd.running.cohort import simulate_cohort
-
-    runs = [simulate_cohort(spec, r, population, n, seed, estimate_only=True, **kw) for r in regs]
+    runs = [
+        cohorts.simulate_cohort(spec, r, population, n, seed, estimate_only=True, **kw)
+        for r in regs
+    ]
     n_out = len(spec.output_names)
     thr = kw.get("thresholds") or {}
     n_thr = sum(1 if isinstance(v, str | int | float) else len(v) for v in thr.values())
@@ -500,13 +476,11 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
 
 
 def _check_compare_memory(spec, regs, population, n, seed, kw, n_risks) -> None:
-    from pkpd.running.cohort import _available_memory, largest_fitting
-
-    limit = kw.get("memory_limit") or int(0.8 * _available_memory())
+    limit = kw.get("memory_limit") or int(0.8 * resources.available_memory())
     mem = compare_memory(spec, regs, population, n, seed, kw, n_risks)
     if mem["total"] <= limit:
         return
-    fit = largest_fitting(
+    fit = cohorts.largest_fitting(
         lambda k: compare_memory(spec, regs, population, k, seed, kw, n_risks), limit, n
     )
     raise DesignError(
@@ -556,7 +530,7 @@ def _crn_text(regs, labels, seed) -> str:
 
 def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
     """The per-regimen part of the comparison dataset (no regimen dimension yet)."""
-    import xarray as xr
+    import xarray as xr  # lazy: xarray takes ~0.3 s to import, `pkpd --help` need not wait
 
     ok = ds.status.values == 0
     data: dict[str, Any] = {}
@@ -773,16 +747,96 @@ def design(
         (with both), and the best schedule in ``attrs`` (``best_regimen``, ``best_message``,
         ...).
     """
-    import sys
+    tpl = template or DEFAULT_TEMPLATE
+    dims, grid_vals, texts = _design_variables(tpl, bolus, rate, duration, anchors)
+    spec = load_model(model)
+    shape = tuple(len(grid_vals[k]) for k in dims)
+    points = list(itertools.product(*(range(s) for s in shape)))
+    regs = _grid_regimens(tpl, dims, texts, points, anchors)
+    tgt = parse_target(target) if target is not None else None
+    risk_models = _load_risks([risk] if risk else [])
+    rname = next(iter(risk_models), None)
+    _check_max_risk(max_risk, rname)
+    if windows is None:
+        windows = {"0-24 h": ("0 h", "24 h")}
+    if until is None:
+        until = _until(list(regs.values()))
+    kw = _cohort_kwargs(
+        list(regs.values()),
+        target=tgt,
+        risk_models=risk_models,
+        windows=windows,
+        thresholds=None,
+        at=None,
+        until=until,
+        every=every,
+        extra=dict(cohort_kwargs or {}, bands=False),
+    )
+    show = progress if progress is not None else sys.stderr.isatty()
+    first = None
+    res_arr: dict[str, np.ndarray] = {}
+    for k_pt, idx in enumerate(points):
+        reg = regs[idx]
+        ds = _run(spec, reg, population, n, seed, kw)
+        _check_crn(first, ds, reg.text)
+        if first is None:
+            first = ds
+            res_arr = _grid_arrays(ds, shape, rname)
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
+        _record_point(res_arr, idx, ds, reg, res, rname)
+        if rname and max_risk is not None:
+            res_arr["feasible"][idx] = bool(
+                risk_analysis.meets_limit(res[rname], risk_models[rname], float(max_risk))
+            )
+        if show:
+            sys.stderr.write(f"\rgrid point {k_pt + 1}/{len(points)}")
+            sys.stderr.flush()
+        del ds
+    if show:
+        sys.stderr.write("\n")
+    assert first is not None
+    gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
+    _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
+    gds.attrs = _attrs(first, spec, kind="design")
+    gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
+    gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
+    if rname:
+        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
+    gds.attrs.update(select_best(gds, max_risk=max_risk))
+    return gds
 
-    import xarray as xr
 
-    from pkpd.inputs.model import load_model
+def _design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk) -> dict:
+    """What a design grid was asked for, as attributes."""
+    return {
+        "template": tpl,
+        "design_variables": ", ".join(f"{k} [{_UNITS[k]}]" for k in dims),
+        "anchors": str(getattr(load_regimen(anchors), "name", "") or anchors)
+        if anchors is not None
+        else "",
+        "windows": _windows_text(kw),
+        "common_random_numbers": f"seed {seed} at every grid point: identical covariates, "
+        "individual parameters and event times (checked after the runs)",
+        "target": _target_text(tgt) if tgt else "",
+        "risk": rname or "",
+        "max_risk": float(max_risk) if max_risk is not None else "",
+    }
 
+
+def _check_max_risk(max_risk, rname) -> None:
+    if max_risk is not None:
+        if rname is None:
+            raise DesignError("`max_risk` needs a `risk` model")
+        if not (0.0 <= float(max_risk) <= 1.0):
+            raise DesignError(f"`max_risk` must be a fraction in [0, 1], got {max_risk!r}")
+
+
+def _design_variables(tpl, bolus, rate, duration, anchors):
+    """The design variables the template uses (the grid's dimensions), their values and
+    the texts that fill the template's placeholders."""
     grid_vals = {
         k: _values(k, v) for k, v in (("bolus", bolus), ("rate", rate), ("duration", duration))
     }
-    tpl = template or DEFAULT_TEMPLATE
     used = [k for k in _VARIABLES if "{" + k + "}" in tpl]
     for k in _VARIABLES:
         if grid_vals[k] and k not in used:
@@ -807,9 +861,11 @@ def design(
     }
     if "duration" in dims and len(set(texts["duration"])) != len(texts["duration"]):
         raise DesignError(f"`duration`: repeated values in {texts['duration']}")
-    spec = load_model(model)
-    shape = tuple(len(grid_vals[k]) for k in dims)
-    points = list(itertools.product(*(range(s) for s in shape)))
+    return dims, grid_vals, texts
+
+
+def _grid_regimens(tpl, dims, texts, points, anchors) -> dict:
+    """The regimen of every grid point (index tuple -> Regimen), events from `anchors`."""
     regs = {}
     for idx in points:
         text = tpl.format(**{k: texts[k][i] for k, i in zip(dims, idx, strict=True)})
@@ -818,79 +874,51 @@ def design(
         except PkpdError as exc:
             raise DesignError(f"grid point {text!r}: {exc}") from None
         regs[idx] = _with_anchors(reg, anchors)
-    tgt = parse_target(target) if target is not None else None
-    risk_models = _load_risks([risk] if risk else [])
-    rname = next(iter(risk_models), None)
-    if max_risk is not None:
-        if rname is None:
-            raise DesignError("`max_risk` needs a `risk` model")
-        if not (0.0 <= float(max_risk) <= 1.0):
-            raise DesignError(f"`max_risk` must be a fraction in [0, 1], got {max_risk!r}")
-    if windows is None:
-        windows = {"0-24 h": ("0 h", "24 h")}
-    if until is None:
-        until = _until(list(regs.values()))
-    kw = _cohort_kwargs(
-        list(regs.values()),
-        target=tgt,
-        risk_models=risk_models,
-        windows=windows,
-        thresholds=None,
-        at=None,
-        until=until,
-        every=every,
-        extra=dict(cohort_kwargs or {}, bands=False),
-    )
-    show = progress if progress is not None else sys.stderr.isatty()
-    first = None
-    outs = None
-    nwin = None
-    res_arr: dict[str, np.ndarray] = {}
-    for k_pt, idx in enumerate(points):
-        reg = regs[idx]
-        ds = _run(spec, reg, population, n, seed, kw)
-        _check_crn(first, ds, reg.text)
-        if first is None:
-            first = ds
-            outs = list(ds.output.values)
-            nwin = list(ds.window.values)
-            res_arr["cmax_median"] = np.full((*shape, len(outs)), np.nan)
-            res_arr["auc_median"] = np.full((*shape, len(outs), len(nwin)), np.nan)
-            for name in ("total_dose", "n_failed", "pta", "pta_lo", "pta_hi"):
-                res_arr[name] = np.full(shape, np.nan)
-            for suf in ("", "_lo", "_hi"):
-                if rname:
-                    res_arr[f"incidence_{rname}{suf}"] = np.full(shape, np.nan)
-            res_arr["feasible"] = np.zeros(shape, dtype=bool)
-        ok = ds.status.values == 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res_arr["cmax_median"][idx] = np.nanmedian(
-                np.where(ok[:, None], ds.cmax.values, np.nan), axis=0
-            )
-            res_arr["auc_median"][idx] = np.nanmedian(
-                np.where(ok[:, None, None], ds.auc.values, np.nan), axis=0
-            )
-            res_arr["total_dose"][idx] = float(np.nanmean(_dose(reg, ds)[1]))
-        res_arr["n_failed"][idx] = int((~ok).sum())
-        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
-        if "pta" in res:
-            for k in ("pta", "pta_lo", "pta_hi"):
-                res_arr[k][idx] = _scalar(res["pta"], k)
+    return regs
+
+
+def _grid_arrays(ds, shape, rname) -> dict[str, np.ndarray]:
+    """The result arrays of a grid (NaN until filled), shaped from the first cohort `ds`."""
+    outs, nwin = len(ds.output.values), len(ds.window.values)
+    arr = {
+        "cmax_median": np.full((*shape, outs), np.nan),
+        "auc_median": np.full((*shape, outs, nwin), np.nan),
+    }
+    for name in ("total_dose", "n_failed", "pta", "pta_lo", "pta_hi"):
+        arr[name] = np.full(shape, np.nan)
+    for suf in ("", "_lo", "_hi"):
         if rname:
-            r = res[rname]
-            for suf in ("", "_lo", "_hi"):
-                res_arr[f"incidence_{rname}{suf}"][idx] = _scalar(r, f"incidence_{rname}{suf}")
-            if max_risk is not None:
-                res_arr["feasible"][idx] = bool(
-                    _risk_module().meets_limit(r, risk_models[rname], float(max_risk))
-                )
-        if show:
-            sys.stderr.write(f"\rgrid point {k_pt + 1}/{len(points)}")
-            sys.stderr.flush()
-        del ds
-    if show:
-        sys.stderr.write("\n")
+            arr[f"incidence_{rname}{suf}"] = np.full(shape, np.nan)
+    arr["feasible"] = np.zeros(shape, dtype=bool)
+    return arr
+
+
+def _record_point(res_arr, idx, ds, reg, res, rname) -> None:
+    """Medians, mean dose, failures, PTA and risk of the cohort `ds` at grid point `idx`."""
+    ok = ds.status.values == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res_arr["cmax_median"][idx] = np.nanmedian(
+            np.where(ok[:, None], ds.cmax.values, np.nan), axis=0
+        )
+        res_arr["auc_median"][idx] = np.nanmedian(
+            np.where(ok[:, None, None], ds.auc.values, np.nan), axis=0
+        )
+        res_arr["total_dose"][idx] = float(np.nanmean(_dose(reg, ds)[1]))
+    res_arr["n_failed"][idx] = int((~ok).sum())
+    if "pta" in res:
+        for k in ("pta", "pta_lo", "pta_hi"):
+            res_arr[k][idx] = _scalar(res["pta"], k)
+    if rname:
+        for suf in ("", "_lo", "_hi"):
+            res_arr[f"incidence_{rname}{suf}"][idx] = _scalar(res[rname], f"incidence_{rname}{suf}")
+
+
+def _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr):
+    """The design grid's Dataset: coordinates, regimens, doses and exposure medians."""
+    import xarray as xr  # lazy: xarray takes ~0.3 s to import, `pkpd --help` need not wait
+
+    shape = res_arr["total_dose"].shape
     coords: dict[str, Any] = {}
     for k in dims:
         if k == "duration":
@@ -906,8 +934,8 @@ def design(
             )
         else:
             coords[k] = (k, grid_vals[k], {"units": _UNITS[k]})
-    coords["output"] = ("output", outs)
-    coords["window"] = ("window", nwin)
+    coords["output"] = ("output", list(first.output.values))
+    coords["window"] = ("window", list(first.window.values))
     gds = xr.Dataset(coords=coords)
     gds["regimen"] = (
         tuple(dims),
@@ -933,6 +961,11 @@ def design(
         res_arr["auc_median"],
         {"units": "ng*h/mL", "long_name": "median AUC"},
     )
+    return gds
+
+
+def _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk) -> None:
+    """PTA, risk incidence, feasibility and the Pareto front, as far as they were asked."""
     if tgt is not None:
         for k in ("pta", "pta_lo", "pta_hi"):
             gds[k] = (tuple(dims), res_arr[k], {"units": "1", "long_name": _LONG[k]})
@@ -959,28 +992,6 @@ def design(
             pareto_front(res_arr["pta"], res_arr[f"incidence_{rname}"]),
             {"long_name": "on the Pareto front (maximize PTA, minimize risk incidence)"},
         )
-    assert first is not None
-    gds.attrs = _attrs(first, spec, kind="design")
-    gds.attrs.update(
-        {
-            "template": tpl,
-            "design_variables": ", ".join(f"{k} [{_UNITS[k]}]" for k in dims),
-            "anchors": str(getattr(load_regimen(anchors), "name", "") or anchors)
-            if anchors is not None
-            else "",
-            "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in kw.get("windows", {}).items()),
-            "common_random_numbers": f"seed {seed} at every grid point: identical covariates, "
-            "individual parameters and event times (checked after the runs)",
-            "target": _target_text(tgt) if tgt else "",
-            "risk": rname or "",
-            "max_risk": float(max_risk) if max_risk is not None else "",
-            "assumptions": _assumptions(first, list(regs.values())[:1]),
-        }
-    )
-    if rname:
-        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
-    gds.attrs.update(select_best(gds, max_risk=max_risk))
-    return gds
 
 
 # ----------------------------------------------------------------------------- optimisation

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from pkpd.errors import ModelError, SamplingSiteWarning, UnitError
-from pkpd.inputs.model import SAMPLING_SITES, TAGS, ModelSpec, load_model
+from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.inputs.reader import SAMPLING_SITES, TAGS, Reader
 from pkpd.inputs.units import parse_quantity
 
 __all__ = [
@@ -217,258 +218,53 @@ def load_pd(name_or_path) -> PDEndpoint:
     return pd_from_dict(data, file=path)
 
 
-class _Ctx:
-    def __init__(self, file):
-        self.file = file if file is not None else "<pd>"
-
-    def err(self, key, msg):
-        return ModelError(f"{self.file}: `{key}`: {msg}")
-
-    def keys(self, d, key, allowed, required=()):
-        if not isinstance(d, dict):
-            raise self.err(key, f"expected a table, got {type(d).__name__} {d!r}")
-        for k in d:
-            if k not in allowed:
-                raise self.err(
-                    f"{key}.{k}" if key else k,
-                    f"unknown key; expected one of {', '.join(sorted(allowed))}",
-                )
-        for k in required:
-            if k not in d:
-                raise self.err(f"{key}.{k}" if key else k, "missing (required)")
-
-    def string(self, d, key, k, required=True, default=""):
-        v = d.get(k)
-        if v is None:
-            if required:
-                raise self.err(f"{key}.{k}", "missing (expected a string)")
-            return default
-        if not isinstance(v, str) or (required and not v.strip()):
-            raise self.err(f"{key}.{k}", f"expected a non-empty string, got {v!r}")
-        return v
-
-    def source(self, d, key):
-        src = self.string(d, key, "source")
-        tag = self.string(d, key, "tag")
-        if tag not in TAGS:
-            raise self.err(
-                f"{key}.tag",
-                f"{tag!r} is not a verification tag; expected one of {', '.join(TAGS)}",
-            )
-        note = self.string(d, key, "note", required=False)
-        if tag == "assumed" and not note:
-            raise self.err(f"{key}.note", "missing: an assumed value must say why it is there")
-        return src, tag, note
-
-    def quantity(self, text, kind, key, molar_mass=None):
-        try:
-            return parse_quantity(text, kind, molar_mass=molar_mass, file=self.file, key=key).value
-        except UnitError as exc:
-            raise ModelError(str(exc)) from None
+_TOP_KEYS = {"schema_version", "endpoint", "effect_site", "inputs", "parameters", "validity"}
+_META_KEYS = {
+    "name", "title", "drug", "citation", "doi", "population", "sampling_site", "pk_model",
+    "library_pk_model", "effect", "effect_unit", "effect_long_name", "notes",
+}  # fmt: skip
+_META_REQUIRED = ("name", "drug", "citation", "population", "sampling_site", "pk_model", "effect")
+_INPUT_KEYS = {"analyte", "molar_mass", "slope", "source", "tag", "note"}
+_PARAM_KEYS = {"value", "range", "missing", "unit", "description", "source", "tag", "note"}
 
 
 def pd_from_dict(data: dict, file=None) -> PDEndpoint:
     """Validate a parsed PD endpoint file (schema in ``models/README.md``)."""
-    ctx = _Ctx(file)
-    ctx.keys(
-        data,
-        "",
-        {"schema_version", "endpoint", "effect_site", "inputs", "parameters", "validity"},
-        ("schema_version", "endpoint", "inputs", "parameters"),
-    )
-    sv = data["schema_version"]
-    if isinstance(sv, bool) or sv != 1:
-        raise ctx.err("schema_version", f"{sv!r} unsupported; expected 1")
+    r = Reader(file if file is not None else "<pd>", ModelError)
+    r.keys(data, "", _TOP_KEYS, ("schema_version", "endpoint", "inputs", "parameters"))
+    r.schema_version(data)
     meta = data["endpoint"]
-    ctx.keys(
-        meta,
-        "endpoint",
-        {
-            "name", "title", "drug", "citation", "doi", "population", "sampling_site",
-            "pk_model", "library_pk_model", "effect", "effect_unit", "effect_long_name",
-            "notes",
-        },
-        ("name", "drug", "citation", "population", "sampling_site", "pk_model", "effect"),
-    )  # fmt: skip
-    site = ctx.string(meta, "endpoint", "sampling_site")
-    if site not in SAMPLING_SITES:
-        raise ctx.err(
-            "endpoint.sampling_site", f"{site!r}; expected one of {', '.join(SAMPLING_SITES)}"
-        )
-    effect = ctx.string(meta, "endpoint", "effect")
-    if effect not in EFFECT_TYPES:
-        raise ctx.err("endpoint.effect", f"{effect!r}; expected one of {', '.join(EFFECT_TYPES)}")
-    drug = ctx.string(meta, "endpoint", "drug")
+    r.keys(meta, "endpoint", _META_KEYS, _META_REQUIRED)
+    site = r.choice(meta, "endpoint", "sampling_site", SAMPLING_SITES)
+    effect = r.choice(meta, "endpoint", "effect", EFFECT_TYPES)
+    drug = r.string(meta, "endpoint", "drug")
     if _drug_class(drug) is None:
-        raise ctx.err(
+        raise r.err(
             "endpoint.drug", f"{drug!r}; expected a text naming 'S-ketamine' or 'racemic ketamine'"
         )
-    notes = meta.get("notes", [])
-    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
-        raise ctx.err("endpoint.notes", f"expected a list of strings, got {notes!r}")
-
-    # ---- inputs
-    tab = data["inputs"]
-    if not isinstance(tab, dict) or not tab:
-        raise ctx.err("inputs", "expected at least one [inputs.NAME] table")
-    inputs = []
-    for iname, d in tab.items():
-        key = f"inputs.{iname}"
-        ctx.keys(d, key, {"analyte", "molar_mass", "slope", "source", "tag", "note"},
-                 ("analyte", "molar_mass"))  # fmt: skip
-        an = ctx.string(d, key, "analyte")
-        if an != "parent" and an not in ANALYTE_ALIASES:
-            raise ctx.err(
-                f"{key}.analyte",
-                f"{an!r}; expected 'parent' or one of {', '.join(ANALYTE_ALIASES)}",
-            )
-        mm = ctx.quantity(d["molar_mass"], "molar_mass", f"{key}.molar_mass")
-        if not mm > 0:
-            raise ctx.err(f"{key}.molar_mass", f"{d['molar_mass']!r} must be > 0")
-        ctx.source(d, key)
-        slope = d.get("slope")
-        if effect == "linear":
-            if not isinstance(slope, str):
-                raise ctx.err(
-                    f"{key}.slope",
-                    f"{slope!r}: a linear endpoint needs the name of a slope parameter",
-                )
-        elif slope is not None:
-            raise ctx.err(f"{key}.slope", "only linear endpoints take a slope")
-        inputs.append(PDInput(iname, an, mm, slope))
-    if effect == "sigmoid_emax" and len(inputs) != 1:
-        raise ctx.err(
-            "inputs", f"a sigmoid_emax endpoint takes exactly one input, got {len(inputs)}"
-        )
-
-    # ---- parameters
-    ptab = data["parameters"]
-    if not isinstance(ptab, dict):
-        raise ctx.err("parameters", "expected a table of [parameters.NAME]")
-    params = {}
-    mm0 = inputs[0].molar_mass
-    for pname, d in ptab.items():
-        key = f"parameters.{pname}"
-        ctx.keys(
-            d, key, {"value", "range", "missing", "unit", "description", "source", "tag", "note"}
-        )
-        src, tag, note = ctx.source(d, key)
-        forms = [k for k in ("value", "range", "missing") if k in d]
-        if len(forms) != 1:
-            raise ctx.err(
-                key,
-                f"give exactly one of `value`, `range`, `missing = true` (found {forms or 'none'})",
-            )
-        is_conc = pname == "c50"
-        unit = "ng/mL" if is_conc else ctx.string(d, key, "unit", required=False, default="")
-        if "missing" in d:
-            if d["missing"] is not True:
-                raise ctx.err(f"{key}.missing", f"{d['missing']!r}; expected true")
-            params[pname] = PDParameter(pname, None, "missing", unit, src, tag, note)
-            continue
-        if "range" in d:
-            rng = d["range"]
-            if not isinstance(rng, list) or len(rng) != 2:
-                raise ctx.err(f"{key}.range", f"expected [low, high], got {rng!r}")
-            lo, hi = (
-                ctx.quantity(r, "concentration", f"{key}.range", molar_mass=mm0)
-                if is_conc
-                else _number(ctx, r, f"{key}.range")
-                for r in rng
-            )
-            if not 0 < lo < hi:
-                raise ctx.err(f"{key}.range", f"{rng!r}: expected 0 < low < high")
-            params[pname] = PDParameter(
-                pname, None, f"{rng[0]} to {rng[1]}", unit, src, tag, note, low=lo, high=hi
-            )
-            continue
-        v = d["value"]
-        if is_conc:
-            val = ctx.quantity(v, "concentration", f"{key}.value", molar_mass=mm0)
-            if not val > 0:
-                raise ctx.err(f"{key}.value", f"{v!r} must be > 0")
-        else:
-            val = _number(ctx, v, f"{key}.value")
-        params[pname] = PDParameter(pname, val, str(v), unit, src, tag, note)
-
-    used = {i.slope for i in inputs if i.slope}
-    if effect == "linear":
-        for i in inputs:
-            if i.slope not in params:
-                raise ctx.err(
-                    f"inputs.{i.name}.slope", f"{i.slope!r} is not defined under `parameters`"
-                )
-            if params[i.slope].low is not None:
-                raise ctx.err(
-                    f"parameters.{i.slope}", "a slope needs a `value` (or missing = true)"
-                )
-    else:
-        for req in ("c50", "gamma", "emax"):
-            if req not in params:
-                raise ctx.err(
-                    f"parameters.{req}",
-                    "missing: a sigmoid_emax endpoint declares c50, gamma and emax "
-                    "(mark unpublished ones `missing = true`)",
-                )
-        if params["c50"].missing:
-            raise ctx.err("parameters.c50", "a sigmoid_emax endpoint needs a published C50")
-        g = params["gamma"]
-        if g.low is not None or (g.value is not None and not g.value > 0):
-            raise ctx.err("parameters.gamma", f"{g.text!r}: expected a positive `value`")
-        if params["emax"].low is not None:
-            raise ctx.err("parameters.emax", "expected a `value` or missing = true")
-        used |= {"c50", "gamma", "emax", "e0"}
-    unused = sorted(set(params) - used)
-    if unused:
-        raise ctx.err(f"parameters.{unused[0]}", "defined but not used by the endpoint (a typo?)")
-
-    # ---- effect site
-    esite, ekind = None, ""
-    if "effect_site" in data:
-        d = data["effect_site"]
-        ctx.keys(d, "effect_site", {"t_half_ke0", "ke0", "description", "source", "tag", "note"})
-        forms = [k for k in ("t_half_ke0", "ke0") if k in d]
-        if len(forms) != 1:
-            raise ctx.err("effect_site", "give exactly one of `t_half_ke0` (a time) or `ke0`")
-        k = forms[0]
-        ekind = "time" if k == "t_half_ke0" else "rate_constant"
-        v = ctx.quantity(d[k], ekind, f"effect_site.{k}")
-        if not v > 0:
-            raise ctx.err(f"effect_site.{k}", f"{d[k]!r} must be > 0")
-        src, tag, note = ctx.source(d, "effect_site")
-        esite = PDParameter(k, v, str(d[k]), "h" if ekind == "time" else "1/h", src, tag, note)
-
-    # ---- validity range of the concentration-effect relation
-    vr, vr_src = None, ""
-    if "validity" in data:
-        d = data["validity"]
-        ctx.keys(d, "validity", {"range", "source", "tag", "note"}, ("range",))
-        rng = d["range"]
-        if not isinstance(rng, list) or len(rng) != 2:
-            raise ctx.err("validity.range", f"expected [low, high] concentrations, got {rng!r}")
-        lo, hi = (ctx.quantity(r, "concentration", "validity.range", molar_mass=mm0) for r in rng)
-        if not 0 <= lo < hi:
-            raise ctx.err("validity.range", f"{rng!r}: expected 0 <= low < high")
-        src, tag, _ = ctx.source(d, "validity")
-        vr, vr_src = (lo, hi), f"{src} [{TAGS[tag]}]"
-
-    name = ctx.string(meta, "endpoint", "name")
-    if file is not None and Path(file).stem != name:
-        raise ctx.err("endpoint.name", f"{name!r} differs from the file name {Path(file).stem!r}")
+    notes = r.strings(meta, "endpoint", "notes")
+    inputs = _read_inputs(r, data["inputs"], effect)
+    params = _read_parameters(r, data["parameters"], inputs[0].molar_mass)
+    _check_parameter_use(r, effect, inputs, params)
+    esite, ekind = _read_effect_site(r, data)
+    vr, vr_src = _read_validity(r, data, inputs[0].molar_mass)
+    name = r.string(meta, "endpoint", "name")
+    if file is not None:
+        r.name_of_file(name, "endpoint.name")
     return PDEndpoint(
         file=Path(file) if file is not None else None,
         name=name,
-        title=ctx.string(meta, "endpoint", "title", required=False),
+        title=r.string(meta, "endpoint", "title", required=False),
         drug=drug,
-        citation=ctx.string(meta, "endpoint", "citation"),
-        doi=ctx.string(meta, "endpoint", "doi", required=False),
-        population=ctx.string(meta, "endpoint", "population"),
+        citation=r.string(meta, "endpoint", "citation"),
+        doi=r.string(meta, "endpoint", "doi", required=False),
+        population=r.string(meta, "endpoint", "population"),
         sampling_site=site,
-        pk_model=ctx.string(meta, "endpoint", "pk_model"),
-        library_pk_model=ctx.string(meta, "endpoint", "library_pk_model", required=False),
+        pk_model=r.string(meta, "endpoint", "pk_model"),
+        library_pk_model=r.string(meta, "endpoint", "library_pk_model", required=False),
         effect=effect,
-        effect_unit=ctx.string(meta, "endpoint", "effect_unit", required=False, default="1"),
-        effect_long_name=ctx.string(
+        effect_unit=r.string(meta, "endpoint", "effect_unit", required=False, default="1"),
+        effect_long_name=r.string(
             meta, "endpoint", "effect_long_name", required=False, default=name
         ),
         notes=tuple(notes),
@@ -481,10 +277,135 @@ def pd_from_dict(data: dict, file=None) -> PDEndpoint:
     )
 
 
-def _number(ctx, v, key):
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ctx.err(key, f"expected a finite number, got {v!r}")
-    return float(v)
+def _read_inputs(r: Reader, tab, effect: str) -> list[PDInput]:
+    """The ``[inputs.NAME]`` tables: analyte, molar mass, slope (linear endpoints)."""
+    if not isinstance(tab, dict) or not tab:
+        raise r.err("inputs", "expected at least one [inputs.NAME] table")
+    inputs = []
+    for iname, d in tab.items():
+        key = f"inputs.{iname}"
+        r.keys(d, key, _INPUT_KEYS, ("analyte", "molar_mass"))
+        an = r.string(d, key, "analyte")
+        if an != "parent" and an not in ANALYTE_ALIASES:
+            raise r.err(
+                f"{key}.analyte",
+                f"{an!r}; expected 'parent' or one of {', '.join(ANALYTE_ALIASES)}",
+            )
+        mm = r.quantity(d["molar_mass"], "molar_mass", f"{key}.molar_mass", positive=True)
+        r.provenance(d, key)
+        slope = d.get("slope")
+        if effect == "linear":
+            if not isinstance(slope, str):
+                raise r.err(
+                    f"{key}.slope",
+                    f"{slope!r}: a linear endpoint needs the name of a slope parameter",
+                )
+        elif slope is not None:
+            raise r.err(f"{key}.slope", "only linear endpoints take a slope")
+        inputs.append(PDInput(iname, an, mm, slope))
+    if effect == "sigmoid_emax" and len(inputs) != 1:
+        raise r.err("inputs", f"a sigmoid_emax endpoint takes exactly one input, got {len(inputs)}")
+    return inputs
+
+
+def _read_parameters(r: Reader, ptab, mm0: float) -> dict[str, PDParameter]:
+    """The ``[parameters.NAME]`` tables (`mm0`: molar mass of the concentrations)."""
+    if not isinstance(ptab, dict):
+        raise r.err("parameters", "expected a table of [parameters.NAME]")
+    return {pname: _read_parameter(r, pname, d, mm0) for pname, d in ptab.items()}
+
+
+def _read_parameter(r: Reader, pname: str, d, mm0: float) -> PDParameter:
+    """One parameter: a `value`, a published `range` or ``missing = true``."""
+    key = f"parameters.{pname}"
+    r.keys(d, key, _PARAM_KEYS)
+    src, tag, note = r.provenance(d, key)
+    form = r.exactly_one(
+        d, key, ("value", "range", "missing"), "`value`, `range`, `missing = true`"
+    )
+    is_conc = pname == "c50"
+    unit = "ng/mL" if is_conc else r.string(d, key, "unit", required=False, default="")
+    if form == "missing":
+        if d["missing"] is not True:
+            raise r.err(f"{key}.missing", f"{d['missing']!r}; expected true")
+        return PDParameter(pname, None, "missing", unit, src, tag, note)
+
+    def number(v, k):
+        if is_conc:
+            return r.quantity(v, "concentration", k, positive=form == "value", molar_mass=mm0)
+        return r.real(v, k)
+
+    if form == "range":
+        rng = d["range"]
+        lo, hi = (number(x, f"{key}.range") for x in r.pair(rng, f"{key}.range"))
+        if not 0 < lo < hi:
+            raise r.err(f"{key}.range", f"{rng!r}: expected 0 < low < high")
+        return PDParameter(
+            pname, None, f"{rng[0]} to {rng[1]}", unit, src, tag, note, low=lo, high=hi
+        )
+    v = d["value"]
+    return PDParameter(pname, number(v, f"{key}.value"), str(v), unit, src, tag, note)
+
+
+def _check_parameter_use(r: Reader, effect: str, inputs, params) -> None:
+    """Every slope defined, the sigmoid_emax parameters declared, no parameter unused."""
+    used = {i.slope for i in inputs if i.slope}
+    if effect == "linear":
+        for i in inputs:
+            if i.slope not in params:
+                raise r.err(
+                    f"inputs.{i.name}.slope", f"{i.slope!r} is not defined under `parameters`"
+                )
+            if params[i.slope].low is not None:
+                raise r.err(f"parameters.{i.slope}", "a slope needs a `value` (or missing = true)")
+    else:
+        for req in ("c50", "gamma", "emax"):
+            if req not in params:
+                raise r.err(
+                    f"parameters.{req}",
+                    "missing: a sigmoid_emax endpoint declares c50, gamma and emax "
+                    "(mark unpublished ones `missing = true`)",
+                )
+        if params["c50"].missing:
+            raise r.err("parameters.c50", "a sigmoid_emax endpoint needs a published C50")
+        g = params["gamma"]
+        if g.low is not None or (g.value is not None and not g.value > 0):
+            raise r.err("parameters.gamma", f"{g.text!r}: expected a positive `value`")
+        if params["emax"].low is not None:
+            raise r.err("parameters.emax", "expected a `value` or missing = true")
+        used |= {"c50", "gamma", "emax", "e0"}
+    unused = sorted(set(params) - used)
+    if unused:
+        raise r.err(f"parameters.{unused[0]}", "defined but not used by the endpoint (a typo?)")
+
+
+def _read_effect_site(r: Reader, data: dict) -> tuple[PDParameter | None, str]:
+    """The optional ``[effect_site]``: a t1/2ke0 (time) or a ke0 (rate constant)."""
+    if "effect_site" not in data:
+        return None, ""
+    d = data["effect_site"]
+    r.keys(d, "effect_site", {"t_half_ke0", "ke0", "description", "source", "tag", "note"})
+    k = r.exactly_one(d, "effect_site", ("t_half_ke0", "ke0"), "`t_half_ke0` (a time) or `ke0`")
+    ekind = "time" if k == "t_half_ke0" else "rate_constant"
+    v = r.quantity(d[k], ekind, f"effect_site.{k}", positive=True)
+    src, tag, note = r.provenance(d, "effect_site")
+    unit = "h" if ekind == "time" else "1/h"
+    return PDParameter(k, v, str(d[k]), unit, src, tag, note), ekind
+
+
+def _read_validity(r: Reader, data: dict, mm0: float) -> tuple[tuple[float, float] | None, str]:
+    """The optional ``[validity]`` range of the concentration-effect relation (mg/L)."""
+    if "validity" not in data:
+        return None, ""
+    d = data["validity"]
+    r.keys(d, "validity", {"range", "source", "tag", "note"}, ("range",))
+    rng = d["range"]
+    pair = r.pair(rng, "validity.range", "[low, high] concentrations")
+    lo, hi = (r.quantity(x, "concentration", "validity.range", molar_mass=mm0) for x in pair)
+    if not 0 <= lo < hi:
+        raise r.err("validity.range", f"{rng!r}: expected 0 <= low < high")
+    src, tag, _ = r.provenance(d, "validity")
+    return (lo, hi), f"{src} [{TAGS[tag]}]"
 
 
 def _drug_class(drug: str) -> str | None:

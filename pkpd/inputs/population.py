@@ -123,6 +123,8 @@ import numpy as np
 from scipy import stats
 
 from pkpd.errors import PkpdError, UnitError
+from pkpd.inputs.reader import POPULATION_TAGS, Reader
+from pkpd.inputs.reader import TAGS as _ALL_TAGS
 from pkpd.inputs.units import parse_quantity
 
 __all__ = [
@@ -135,13 +137,9 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-TAGS = {
-    "paper": "read in the cited paper or official report",
-    "code": "read in public code that cites the paper",
-    "derived": "computed from tagged numbers (see source)",
-    "assumed": "not a literature value (see note)",
-    "illustrative": "illustrative placeholder, no published value found (see note)",
-}
+#: The verification tags a population file accepts, described as in the one vocabulary
+#: :data:`pkpd.inputs.reader.TAGS`.
+TAGS = {t: _ALL_TAGS[t] for t in POPULATION_TAGS}
 SEXES = ("female", "male")
 RESERVED = ("sex", "age", "height", "bmi", "weight", "id")
 UNITS = {"age": "year", "height": "cm", "bmi": "kg/m^2", "weight": "kg"}
@@ -611,75 +609,20 @@ class Population:
 # ----------------------------------------------------------------------------- validation
 
 
-class _Reader:
-    """Location-aware validation of one population file."""
+class _Reader(Reader):
+    """Location-aware validation of one population file (the shared :class:`Reader` plus
+    the population sections)."""
 
     def __init__(self, file):
-        self.file = None if file is None else str(file)
+        super().__init__(
+            file,
+            PopulationError,
+            tags=POPULATION_TAGS,
+            note_tags=("assumed", "illustrative"),
+            blank_optional=False,
+        )
 
-    def err(self, key: str, msg: str) -> PopulationError:
-        loc = f"{self.file}: " if self.file else ""
-        return PopulationError(f"{loc}`{key}`: {msg}")
-
-    def table(self, d: dict, key: str, k: str, required: bool = True) -> dict | None:
-        v = d.get(k)
-        if v is None:
-            if required:
-                raise self.err(f"{key}.{k}" if key else k, "missing (expected a table)")
-            return None
-        if not isinstance(v, dict):
-            raise self.err(
-                f"{key}.{k}" if key else k, f"expected a table, got {type(v).__name__} {v!r}"
-            )
-        return v
-
-    def keys(self, d: dict, key: str, allowed: set[str], required: set[str] = frozenset()):
-        for k in d:
-            if k not in allowed:
-                raise self.err(
-                    f"{key}.{k}" if key else k,
-                    f"unknown key; expected one of {', '.join(sorted(allowed))}",
-                )
-        for k in sorted(required):
-            if k not in d:
-                raise self.err(f"{key}.{k}" if key else k, "missing (required)")
-
-    def string(self, d: dict, key: str, k: str, required: bool = True) -> str:
-        v = d.get(k)
-        if v is None:
-            if required:
-                raise self.err(f"{key}.{k}", "missing (expected a string)")
-            return ""
-        if not isinstance(v, str) or not v.strip():
-            raise self.err(f"{key}.{k}", f"expected a non-empty string, got {v!r}")
-        return v
-
-    def provenance(self, d: dict, key: str, inherited=None) -> tuple[str, str, str]:
-        """(source, tag, note) of table `d`; `inherited` supplies defaults for inline values."""
-        if inherited is not None and "source" not in d and "tag" not in d:
-            return inherited
-        if "source" not in d:
-            raise self.err(f"{key}.source", "missing: every number must cite its source")
-        source = self.string(d, key, "source")
-        tag = self.string(d, key, "tag")
-        if tag not in TAGS:
-            raise self.err(
-                f"{key}.tag",
-                f"{tag!r} is not a verification tag; expected one of {', '.join(TAGS)}",
-            )
-        note = self.string(d, key, "note", required=False)
-        if tag in ("assumed", "illustrative") and not note:
-            raise self.err(
-                f"{key}.note", f"missing: a number tagged {tag!r} must say why in `note`"
-            )
-        return source, tag, note
-
-    def real(self, v: Any, key: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise self.err(key, f"expected a finite number, got {v!r}")
-        return float(v)
-
-    def number(self, d: dict, key: str, k: str, prov, required: bool = True) -> Number | None:
+    def cited(self, d: dict, key: str, k: str, prov, required: bool = True) -> Number | None:
         """A bare number (table provenance) or ``{value, source, tag, note}`` (its own)."""
         v = d.get(k)
         full = f"{key}.{k}"
@@ -706,9 +649,7 @@ class _Reader:
             {"schema_version", "population", "sex", "age", "height", "bmi", "categorical", "fixed"},
             {"schema_version", "population", "sex", "age", "height", "bmi"},
         )
-        version = data["schema_version"]
-        if version != SCHEMA_VERSION or isinstance(version, bool):
-            raise self.err("schema_version", f"expected {SCHEMA_VERSION}, got {version!r}")
+        self.schema_version(data, SCHEMA_VERSION)
         meta = self.table(data, "", "population")
         self.keys(
             meta, "population", {"name", "description", "source", "notes"}, {"name", "description"}
@@ -718,13 +659,11 @@ class _Reader:
             raise self.err("population.name", f"expected an identifier, got {name!r}")
         description = self.string(meta, "population", "description")
         source = self.string(meta, "population", "source")
-        notes = meta.get("notes", [])
-        if not isinstance(notes, list) or not all(isinstance(s, str) for s in notes):
-            raise self.err("population.notes", f"expected a list of strings, got {notes!r}")
+        notes = self.strings(meta, "population", "notes")
 
         sex = self.table(data, "", "sex")
         self.keys(sex, "sex", {"female_fraction", "source", "tag", "note"}, {"female_fraction"})
-        ff = self.number(sex, "sex", "female_fraction", self.provenance_or_none(sex, "sex"))
+        ff = self.cited(sex, "sex", "female_fraction", self.provenance(sex, "sex", required=False))
         if not 0.0 <= ff.value <= 1.0:
             raise self.err("sex.female_fraction", f"must lie in [0, 1], got {ff.value!r}")
 
@@ -732,30 +671,7 @@ class _Reader:
         height = self.by_sex(data, "height", self.normal)
         bmi = self.by_sex(data, "bmi", self.lognormal)
 
-        taken = set(RESERVED)
-        categorical: dict[str, Categorical] = {}
-        for cname, d in (self.table(data, "", "categorical", required=False) or {}).items():
-            key = f"categorical.{cname}"
-            self.check_name(cname, key, taken)
-            if not isinstance(d, dict):
-                raise self.err(key, f"expected a table, got {type(d).__name__} {d!r}")
-            self.keys(d, key, {"probabilities", "source", "tag", "note"}, {"probabilities"})
-            categorical[cname] = self.categorical(d, key)
-        fixed: dict[str, Fixed] = {}
-        for fname, d in (self.table(data, "", "fixed", required=False) or {}).items():
-            key = f"fixed.{fname}"
-            self.check_name(fname, key, taken)
-            if not isinstance(d, dict):
-                raise self.err(key, f"expected a table, got {type(d).__name__} {d!r}")
-            self.keys(d, key, {"value", "source", "tag", "note"}, {"value"})
-            value = d["value"]
-            if isinstance(value, str):
-                if not value.strip():
-                    raise self.err(f"{key}.value", f"expected a non-empty value, got {value!r}")
-            else:
-                value = self.real(value, f"{key}.value")
-            fixed[fname] = Fixed(value, *self.provenance(d, key))
-
+        categorical, fixed = self.extras(data)
         covariates = ("sex", "age", "height", "bmi", "weight", *categorical, *fixed)
         return Population(
             name=name,
@@ -772,11 +688,28 @@ class _Reader:
             notes=tuple(notes),
         )
 
-    def provenance_or_none(self, d: dict, key: str):
-        """Table provenance if the table has a source or tag, else None (inline values)."""
-        if "source" in d or "tag" in d:
-            return self.provenance(d, key)
-        return None
+    def extras(self, data: dict) -> tuple[dict[str, Categorical], dict[str, Fixed]]:
+        """The optional ``[categorical.NAME]`` and ``[fixed.NAME]`` covariates."""
+        taken = set(RESERVED)
+        categorical: dict[str, Categorical] = {}
+        for cname, d in (self.table(data, "", "categorical", required=False) or {}).items():
+            key = f"categorical.{cname}"
+            self.check_name(cname, key, taken)
+            self.keys(d, key, {"probabilities", "source", "tag", "note"}, {"probabilities"})
+            categorical[cname] = self.categorical(d, key)
+        fixed: dict[str, Fixed] = {}
+        for fname, d in (self.table(data, "", "fixed", required=False) or {}).items():
+            key = f"fixed.{fname}"
+            self.check_name(fname, key, taken)
+            self.keys(d, key, {"value", "source", "tag", "note"}, {"value"})
+            value = d["value"]
+            if isinstance(value, str):
+                if not value.strip():
+                    raise self.err(f"{key}.value", f"expected a non-empty value, got {value!r}")
+            else:
+                value = self.real(value, f"{key}.value")
+            fixed[fname] = Fixed(value, *self.provenance(d, key))
+        return categorical, fixed
 
     def check_name(self, name: str, key: str, taken: set[str]) -> None:
         if not re.fullmatch(r"[A-Za-z_]\w*", name):
@@ -802,8 +735,8 @@ class _Reader:
         return {"female": dist, "male": dist}
 
     def _window(self, d: dict, key: str, prov):
-        low = self.number(d, key, "low", prov, required=False)
-        high = self.number(d, key, "high", prov, required=False)
+        low = self.cited(d, key, "low", prov, required=False)
+        high = self.cited(d, key, "high", prov, required=False)
         if low is not None and high is not None and not low.value < high.value:
             raise self.err(
                 f"{key}.low",
@@ -829,9 +762,9 @@ class _Reader:
                 f"expected 'parent' (mean and sd before truncation) or 'truncated' (mean and "
                 f"sd of the truncated distribution), got {moments_of!r}",
             )
-        prov = self.provenance_or_none(d, key)
-        mean = self.number(d, key, "mean", prov)
-        sd = self.number(d, key, "sd", prov)
+        prov = self.provenance(d, key, required=False)  # None: inline values cite their own
+        mean = self.cited(d, key, "mean", prov)
+        sd = self.cited(d, key, "sd", prov)
         if not sd.value > 0:
             raise self.err(f"{key}.sd", f"must be positive, got {sd.value!r}")
         lo, hi = PLAUSIBLE[var]
@@ -970,35 +903,7 @@ class CovariateTable:
             required = (required,)
         path = Path(path)
         where = str(path)
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                text = fh.read()
-            if "\x00" in text:
-                raise UnicodeError("NUL characters (UTF-16 or UTF-32 text?)")
-            delimiter = _delimiter(text)
-            with io.StringIO(text, newline="") as fh:
-                reader = csv.reader(fh, delimiter=delimiter)
-                header = next(reader, None)
-                while header is not None and not any(c.strip() for c in header):
-                    header = next(reader, None)  # leading blank lines
-                if header is None:
-                    raise PopulationError(f"{where}: empty file (expected a header row)")
-                header_line = reader.line_num
-                rows: list[tuple[int, list[str]]] = []
-                for cells in reader:
-                    if not any(c.strip() for c in cells):
-                        continue  # blank line
-                    rows.append((reader.line_num, cells))
-        except OSError as exc:
-            raise PopulationError(f"{where}: cannot read the file: {exc}") from exc
-        except UnicodeError as exc:
-            raise PopulationError(
-                f"{where}: not UTF-8 text ({_encoding_hint(path, exc)}); expected a CSV file "
-                "encoded as UTF-8: save it again as 'CSV UTF-8'"
-            ) from exc
-        except csv.Error as exc:
-            raise PopulationError(f"{where}: not a valid CSV file: {exc}") from exc
-
+        header, header_line, rows = _read_csv(path)
         columns = cls._columns(where, header, header_line)
         if not rows:
             raise PopulationError(f"{where}: no data rows after the header (line {header_line})")
@@ -1009,7 +914,6 @@ class CovariateTable:
                     f"{where}: row {r} (line {line}): expected {ncol} cells as in the "
                     f"header, got {len(cells)}: {cells!r}"
                 )
-
         covariates: dict[str, np.ndarray] = {}
         units: dict[str, str] = {}
         for j, (name, unit, label) in enumerate(columns):
@@ -1019,61 +923,11 @@ class CovariateTable:
                     raise PopulationError(
                         f"{where}: row {r} (line {line}): column `{label}`: empty cell"
                     )
-            if name == "sex":
-                if unit:
-                    raise PopulationError(f"{where}: column `{label}`: sex takes no unit")
-                covariates[name] = cls._sex(where, label, cells)
-            elif name == "id":
-                if unit:
-                    raise PopulationError(f"{where}: column `{label}`: id takes no unit")
-                ids = np.array([v for _, _, v in cells])
-                seen: dict[str, int] = {}
-                for r, line, v in cells:
-                    if v in seen:
-                        raise PopulationError(
-                            f"{where}: row {r} (line {line}): column `{label}`: duplicate id "
-                            f"{v!r} (first in row {seen[v]})"
-                        )
-                    seen[v] = r
-                covariates[name] = ids
-            elif name in PLAUSIBLE:
-                factor, internal = cls._factor(where, name, unit, label)
-                values = cls._numbers(where, label, cells) * factor
-                cls._check_range(where, name, label, values, cells)
-                covariates[name] = values
-                units[name] = internal
-            else:
-                try:
-                    covariates[name] = np.array([float(v) for _, _, v in cells])
-                    if not np.all(np.isfinite(covariates[name])):
-                        raise ValueError
-                    units[name] = unit or ""
-                except ValueError:
-                    if unit:
-                        # A unit says the column is numeric: name the bad cell.
-                        cls._numbers(where, label, cells)
-                    covariates[name] = np.array([v for _, _, v in cells])
-
-        have = set(covariates)
+            covariates[name], column_unit = cls._column(where, name, unit, label, cells)
+            if column_unit is not None:
+                units[name] = column_unit
         lines = [(r, line, "") for r, (line, _) in enumerate(rows, start=1)]
-        if "height" in have:
-            h = covariates["height"] / 100.0
-            if "bmi" not in have and "weight" in have:
-                covariates["bmi"] = covariates["weight"] / h**2
-                units["bmi"] = UNITS["bmi"]
-                cls._check_range(
-                    where, "bmi", "bmi (computed from weight and height)", covariates["bmi"], lines
-                )
-            elif "weight" not in have and "bmi" in have:
-                covariates["weight"] = covariates["bmi"] * h**2
-                units["weight"] = UNITS["weight"]
-                cls._check_range(
-                    where,
-                    "weight",
-                    "weight (computed from bmi and height)",
-                    covariates["weight"],
-                    lines,
-                )
+        cls._derive(where, covariates, units, lines)
         for name in required:
             if name not in covariates:
                 raise PopulationError(
@@ -1081,6 +935,60 @@ class CovariateTable:
                     f"{', '.join(label for _, _, label in columns)})"
                 )
         return cls(covariates=covariates, n=len(rows), file=where, units=units)
+
+    @classmethod
+    def _column(cls, where: str, name: str, unit: str, label: str, cells):
+        """``(values, unit)`` of one column (unit None for sex and id, which have none)."""
+        if name == "sex":
+            if unit:
+                raise PopulationError(f"{where}: column `{label}`: sex takes no unit")
+            return cls._sex(where, label, cells), None
+        if name == "id":
+            if unit:
+                raise PopulationError(f"{where}: column `{label}`: id takes no unit")
+            seen: dict[str, int] = {}
+            for r, line, v in cells:
+                if v in seen:
+                    raise PopulationError(
+                        f"{where}: row {r} (line {line}): column `{label}`: duplicate id "
+                        f"{v!r} (first in row {seen[v]})"
+                    )
+                seen[v] = r
+            return np.array([v for _, _, v in cells]), None
+        if name in PLAUSIBLE:
+            factor, internal = cls._factor(where, name, unit, label)
+            values = cls._numbers(where, label, cells) * factor
+            cls._check_range(where, name, label, values, cells)
+            return values, internal
+        try:
+            values = np.array([float(v) for _, _, v in cells])
+            if not np.all(np.isfinite(values)):
+                raise ValueError
+            return values, unit or ""
+        except ValueError:
+            if unit:
+                # A unit says the column is numeric: name the bad cell.
+                cls._numbers(where, label, cells)
+            return np.array([v for _, _, v in cells]), None
+
+    @classmethod
+    def _derive(cls, where: str, covariates: dict, units: dict, lines) -> None:
+        """Add a missing ``bmi`` (from weight and height) or ``weight`` (from bmi and height)."""
+        have = set(covariates)
+        if "height" not in have:
+            return
+        h = covariates["height"] / 100.0
+        if "bmi" not in have and "weight" in have:
+            covariates["bmi"] = covariates["weight"] / h**2
+            units["bmi"] = UNITS["bmi"]
+            cls._check_range(
+                where, "bmi", "bmi (computed from weight and height)", covariates["bmi"], lines
+            )
+        elif "weight" not in have and "bmi" in have:
+            covariates["weight"] = covariates["bmi"] * h**2
+            units["weight"] = UNITS["weight"]
+            label = "weight (computed from bmi and height)"
+            cls._check_range(where, "weight", label, covariates["weight"], lines)
 
     @staticmethod
     def _columns(where: str, header: list[str], line: int) -> list[tuple[str, str, str]]:
@@ -1163,6 +1071,39 @@ class CovariateTable:
                 )
             out.append(s)
         return np.array(out, dtype="<U6")
+
+
+def _read_csv(path: Path) -> tuple[list[str], int, list[tuple[int, list[str]]]]:
+    """``(header, header line, [(line, cells), ...])`` of a UTF-8 CSV file, blank lines
+    skipped; a file that cannot be read, is not UTF-8 or is not CSV is an error."""
+    where = str(path)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            text = fh.read()
+        if "\x00" in text:
+            raise UnicodeError("NUL characters (UTF-16 or UTF-32 text?)")
+        with io.StringIO(text, newline="") as fh:
+            reader = csv.reader(fh, delimiter=_delimiter(text))
+            header = next(reader, None)
+            while header is not None and not any(c.strip() for c in header):
+                header = next(reader, None)  # leading blank lines
+            if header is None:
+                raise PopulationError(f"{where}: empty file (expected a header row)")
+            header_line = reader.line_num
+            rows: list[tuple[int, list[str]]] = []
+            for cells in reader:
+                if any(c.strip() for c in cells):  # else a blank line
+                    rows.append((reader.line_num, cells))
+    except OSError as exc:
+        raise PopulationError(f"{where}: cannot read the file: {exc}") from exc
+    except UnicodeError as exc:
+        raise PopulationError(
+            f"{where}: not UTF-8 text ({_encoding_hint(path, exc)}); expected a CSV file "
+            "encoded as UTF-8: save it again as 'CSV UTF-8'"
+        ) from exc
+    except csv.Error as exc:
+        raise PopulationError(f"{where}: not a valid CSV file: {exc}") from exc
+    return header, header_line, rows
 
 
 def _delimiter(text: str) -> str:

@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pkpd.errors import RegimenError, UnitError
+from pkpd.errors import RegimenError, UnitError, where
+from pkpd.inputs.reader import Reader
 from pkpd.inputs.units import Parsed, parse_quantity
 
 __all__ = ["AnchorSpec", "Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
@@ -170,71 +171,52 @@ class AnchorSpec:
         return np.exp(x) if self.distribution == "lognormal" else x
 
 
+_ANCHOR_KEYS = {"default", "distribution", "mean", "sd", "median", "gsd", "range", "source", "tag",
+                "note"}  # fmt: skip
+
+
 def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
-    loc = f"{file}: " if file else ""
+    r = Reader(file, RegimenError)
     key = f"anchors.{name}"
-
-    def err(k, msg):
-        return RegimenError(f"{loc}`{key}{'.' + k if k else ''}`: {msg}")
-
-    if not isinstance(d, dict):
-        raise err("", "expected a table")
-    allowed = {
-        "default",
-        "distribution",
-        "mean",
-        "sd",
-        "median",
-        "gsd",
-        "range",
-        "source",
-        "tag",
-        "note",
-    }
-    for k in d:
-        if k not in allowed:
-            raise err(k, f"unknown key; expected one of {', '.join(sorted(allowed))}")
+    r.keys(d, key, _ANCHOR_KEYS)
 
     def t(k, v=None):
-        try:
-            return parse_quantity(
-                d[k] if v is None else v, "time", file=file, key=f"{key}.{k}"
-            ).value
-        except UnitError as exc:
-            raise RegimenError(str(exc)) from None
+        return r.quantity(d[k] if v is None else v, "time", f"{key}.{k}")
 
     dist = d.get("distribution", "fixed")
     default = t("default") if "default" in d else None
     lo, hi = -np.inf, np.inf
     if "range" in d:
-        r = d["range"]
-        if not isinstance(r, list) or len(r) != 2:
-            raise err("range", f"expected [low, high] times, got {r!r}")
-        lo, hi = t("range", r[0]), t("range", r[1])
+        rng = d["range"]
+        lo, hi = (t("range", v) for v in r.pair(rng, f"{key}.range", "[low, high] times"))
         if not lo < hi:
-            raise err("range", f"low must be below high, got {r!r}")
+            raise r.err(f"{key}.range", f"low must be below high, got {rng!r}")
     params: tuple[float, ...] = ()
     if dist == "fixed":
         if default is None:
-            raise err("default", "missing (a fixed anchor needs its time)")
+            raise r.err(f"{key}.default", "missing (a fixed anchor needs its time)")
     elif dist == "normal":
         params = (t("mean"), t("sd"))
         if not params[1] > 0:
-            raise err("sd", f"must be > 0, got {d['sd']!r}")
+            raise r.err(f"{key}.sd", f"must be > 0, got {d['sd']!r}")
     elif dist == "lognormal":
         gsd = d.get("gsd")
         if isinstance(gsd, bool) or not isinstance(gsd, int | float) or not gsd > 1:
-            raise err("gsd", f"expected a geometric SD > 1 (a plain number), got {gsd!r}")
+            raise r.err(f"{key}.gsd", f"expected a geometric SD > 1 (a plain number), got {gsd!r}")
         params = (t("median"), float(gsd))
         if not params[0] > 0:
-            raise err("median", f"must be > 0, got {d['median']!r}")
+            raise r.err(f"{key}.median", f"must be > 0, got {d['median']!r}")
     elif dist == "uniform":
         if not np.isfinite(lo) or not np.isfinite(hi):
-            raise err("range", "a uniform distribution needs a finite `range`")
+            raise r.err(f"{key}.range", "a uniform distribution needs a finite `range`")
     else:
-        raise err("distribution", f"{dist!r}; expected fixed, normal, lognormal or uniform")
+        raise r.err(
+            f"{key}.distribution", f"{dist!r}; expected fixed, normal, lognormal or uniform"
+        )
     if dist != "fixed" and "source" not in d:
-        raise err("source", "missing: say where the distribution comes from (or 'illustrative')")
+        raise r.err(
+            f"{key}.source", "missing: say where the distribution comes from (or 'illustrative')"
+        )
     if default is None and dist != "fixed":
         # A single patient without an explicit value gets the distribution's centre.
         default = params[0] if params else (lo + hi) / 2
@@ -290,107 +272,26 @@ class Regimen:
     @classmethod
     def from_dict(cls, data: dict, file: str | None = None) -> Regimen:
         """Build from a parsed TOML document (see ``models/README.md``)."""
-        loc = f"{file}: " if file else ""
-
-        def err(key, msg):
-            return RegimenError(f"{loc}`{key}`: {msg}")
-
-        for k in data:
-            if k not in ("regimen", "bolus", "infusion", "anchors"):
-                raise err(k, "unknown key; expected regimen, bolus, infusion, anchors")
+        r = Reader(file, RegimenError)
+        r.keys(data, "", {"regimen", "bolus", "infusion", "anchors"})
         anchors_tab = data.get("anchors", {})
         if not isinstance(anchors_tab, dict):
-            raise err("anchors", "expected a table of [anchors.<name>] tables")
+            raise r.err("anchors", "expected a table of [anchors.<name>] tables")
         anchor_specs = tuple(_read_anchor(n, v, file) for n, v in anchors_tab.items())
-        meta = data.get("regimen", {})
-        if not isinstance(meta, dict):
-            raise err("regimen", "expected a table")
-        for k in meta:
-            if k not in ("name", "description", "source", "notes"):
-                raise err(f"regimen.{k}", "unknown key; expected name, description, source, notes")
-
-        def q(d, key, k, kind):
-            try:
-                return parse_quantity(
-                    d[k], kind, allow_per_kg=kind != "time", file=file, key=f"{key}.{k}"
-                )
-            except UnitError as exc:
-                raise RegimenError(str(exc)) from None
-
-        def time(d, key, k):
-            return q(d, key, k, "time").value
-
-        def tref(d, key, k):
-            try:
-                anchor, off = _time_ref(d[k], file=file, key=f"{key}.{k}")
-            except UnitError as exc:
-                raise RegimenError(str(exc)) from None
-            if anchor is not None and anchor not in anchors_tab:
-                raise err(
-                    f"{key}.{k}",
-                    f"{d[k]!r} is neither a time such as '4 h' nor an event declared under "
-                    f"[anchors] ({', '.join(anchors_tab) or 'none declared'})",
-                )
-            return anchor, off
-
-        doses: list[Bolus | Infusion] = []
+        meta = r.table(data, "", "regimen", required=False) or {}
+        r.keys(meta, "regimen", {"name", "description", "source", "notes"})
         boluses = data.get("bolus", [])
         infusions = data.get("infusion", [])
         if not isinstance(boluses, list) or not isinstance(infusions, list):
-            raise err("bolus", "use arrays of tables: [[bolus]] and [[infusion]]")
-        for i, d in enumerate(boluses):
-            key = f"bolus[{i}]"
-            if not isinstance(d, dict):
-                raise err(key, "expected a table")
-            for k in d:
-                if k not in ("amount", "at", "duration", "note"):
-                    raise err(f"{key}.{k}", "unknown key; expected amount, at, duration")
-            for k in ("amount", "at"):
-                if k not in d:
-                    raise err(f"{key}.{k}", "missing")
-            dur = time(d, key, "duration") if "duration" in d else 0.0
-            at_anchor, at = tref(d, key, "at")
-            bolus = Bolus(q(d, key, "amount", "amount"), at, dur, at_anchor=at_anchor)
-            doses.append(_checked(bolus, f"{loc}{key}: "))
-        for i, d in enumerate(infusions):
-            key = f"infusion[{i}]"
-            if not isinstance(d, dict):
-                raise err(key, "expected a table")
-            for k in d:
-                if k not in ("rate", "total", "start", "stop", "duration", "note"):
-                    raise err(
-                        f"{key}.{k}", "unknown key; expected rate or total, start, stop or duration"
-                    )
-            if ("rate" in d) == ("total" in d):
-                raise err(key, "give exactly one of `rate` and `total`")
-            if "start" not in d:
-                raise err(f"{key}.start", "missing")
-            if ("stop" in d) == ("duration" in d):
-                raise err(key, "give exactly one of `stop` and `duration`")
-            sa, start = tref(d, key, "start")
-            if "stop" in d:
-                ea, stop = tref(d, key, "stop")
-            else:
-                ea, stop = sa, start + time(d, key, "duration")
-            anchors_kw = {"start_anchor": sa, "stop_anchor": ea}
-            if "rate" in d:
-                try:
-                    rate = q(d, key, "rate", "rate")
-                except RegimenError as exc:
-                    try:
-                        q(d, key, "rate", "amount")
-                    except RegimenError:
-                        raise exc from None
-                    raise err(
-                        f"{key}.rate",
-                        f"{d['rate']!r} is an amount, not a rate; for a total dose use `total`",
-                    ) from None
-                inf = Infusion(start, stop, rate=rate, **anchors_kw)
-            else:
-                inf = Infusion(start, stop, total=q(d, key, "total", "amount"), **anchors_kw)
-            doses.append(_checked(inf, f"{loc}{key}: "))
+            raise r.err("bolus", "use arrays of tables: [[bolus]] and [[infusion]]")
+        doses: list[Bolus | Infusion] = [
+            _read_bolus(r, d, f"bolus[{i}]", anchors_tab) for i, d in enumerate(boluses)
+        ]
+        doses += [
+            _read_infusion(r, d, f"infusion[{i}]", anchors_tab) for i, d in enumerate(infusions)
+        ]
         if not doses:
-            raise RegimenError(f"{loc}no [[bolus]] or [[infusion]] tables")
+            raise RegimenError(f"{where(file, None)}no [[bolus]] or [[infusion]] tables")
         return cls(
             tuple(doses),
             name=str(meta.get("name", "")),
@@ -769,6 +670,64 @@ def _parse_piece(piece: str) -> Bolus | Infusion:
             Infusion(start, stop, rate=rate, start_anchor=sa, stop_anchor=ea), f"in {piece!r}: "
         )
     raise RegimenError(f"cannot parse {piece!r}: expected {_FORMS}")
+
+
+def _dose_quantity(r: Reader, d: dict, key: str, k: str, kind: str) -> Parsed:
+    return r.parsed(d[k], kind, f"{key}.{k}", allow_per_kg=kind != "time")
+
+
+def _time_of(r: Reader, d: dict, key: str, k: str, anchors: dict) -> tuple[str | None, float]:
+    """A dose time: ``(None, h)`` or ``(anchor, offset h)`` for an event under [anchors]."""
+    try:
+        anchor, off = _time_ref(d[k], file=r.file, key=f"{key}.{k}")
+    except UnitError as exc:
+        raise RegimenError(str(exc)) from None
+    if anchor is not None and anchor not in anchors:
+        raise r.err(
+            f"{key}.{k}",
+            f"{d[k]!r} is neither a time such as '4 h' nor an event declared under "
+            f"[anchors] ({', '.join(anchors) or 'none declared'})",
+        )
+    return anchor, off
+
+
+def _read_bolus(r: Reader, d, key: str, anchors: dict) -> Bolus:
+    """One ``[[bolus]]`` table."""
+    r.keys(d, key, {"amount", "at", "duration", "note"}, ("amount", "at"))
+    dur = _dose_quantity(r, d, key, "duration", "time").value if "duration" in d else 0.0
+    at_anchor, at = _time_of(r, d, key, "at", anchors)
+    bolus = Bolus(_dose_quantity(r, d, key, "amount", "amount"), at, dur, at_anchor=at_anchor)
+    return _checked(bolus, where(r.file, key))
+
+
+def _read_infusion(r: Reader, d, key: str, anchors: dict) -> Infusion:
+    """One ``[[infusion]]``: a `rate` or a `total`, from `start` to `stop` or for `duration`."""
+    r.keys(d, key, {"rate", "total", "start", "stop", "duration", "note"})
+    form = r.exactly_one(d, key, ("rate", "total"))
+    if "start" not in d:
+        raise r.err(f"{key}.start", "missing (required)")
+    r.exactly_one(d, key, ("stop", "duration"))
+    sa, start = _time_of(r, d, key, "start", anchors)
+    if "stop" in d:
+        ea, stop = _time_of(r, d, key, "stop", anchors)
+    else:
+        ea, stop = sa, start + _dose_quantity(r, d, key, "duration", "time").value
+    if form == "total":
+        total = _dose_quantity(r, d, key, "total", "amount")
+        return _checked(Infusion(start, stop, total=total, start_anchor=sa, stop_anchor=ea),
+                        where(r.file, key))  # fmt: skip
+    try:
+        rate = _dose_quantity(r, d, key, "rate", "rate")
+    except RegimenError as exc:
+        try:
+            _dose_quantity(r, d, key, "rate", "amount")
+        except RegimenError:
+            raise exc from None
+        raise r.err(
+            f"{key}.rate", f"{d['rate']!r} is an amount, not a rate; for a total dose use `total`"
+        ) from None
+    inf = Infusion(start, stop, rate=rate, start_anchor=sa, stop_anchor=ea)
+    return _checked(inf, where(r.file, key))
 
 
 def _check_dose(d, loc: str) -> None:

@@ -34,7 +34,16 @@ from dataclasses import dataclass
 
 from pkpd.errors import UnitError, where
 
-__all__ = ["KINDS", "Parsed", "format_quantity", "parse_quantity", "to_internal"]
+__all__ = [
+    "KINDS",
+    "MG_L_TO_NG_ML",
+    "Parsed",
+    "format_quantity",
+    "parse_quantity",
+    "to_internal",
+]
+
+MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL: internal concentrations as reported
 
 # kind -> (internal unit, human description with examples for error messages)
 KINDS: dict[str, tuple[str, str]] = {

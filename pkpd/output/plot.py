@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 __all__ = [
     "plot_bands",
     "plot_compare",
@@ -34,11 +36,7 @@ def plot_concentrations(
     fmt : str, optional
         Image format (``"png"``, ``"svg"``, ``"pdf"``); default from the suffix of `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for v in outs:
@@ -61,6 +59,11 @@ def plot_concentrations(
 
 
 def _plt():
+    """matplotlib.pyplot on the non-interactive Agg backend.
+
+    Imported on first use, not with this module: matplotlib takes ~0.15 s to import and
+    only the commands that draw need it (`pkpd --help` and `import pkpd` stay fast).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +108,6 @@ def _event_times(ds) -> dict[str, object]:
 
 def _mark_events(ax, times, color="0.35") -> None:
     """Median (dashed line) and 5-95 % range (shaded) of each event's per-patient times."""
-    import numpy as np
-
     for k, (name, v) in enumerate(times.items()):
         x = np.asarray(v, dtype=float).ravel()
         x = x[np.isfinite(x)]
@@ -175,8 +176,6 @@ def plot_bands(
 
 def _compare_bands_axes(ax, cds, output, thresholds=None) -> None:
     """One output's bands (5-95 % light, 25-75 % darker, median line) for every regimen."""
-    import numpy as np
-
     t = cds.band_time.values
     colors = _plt().rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(cds.regimen.values):
@@ -229,8 +228,6 @@ def _short(label: str, n: int = 28) -> str:
 
 def _distribution_axes(ax, cds, var, sel, ylabel) -> None:
     """Box plots (5-95 % whiskers) of a per-patient metric, one box per regimen."""
-    import numpy as np
-
     data = []
     for r in cds.regimen.values:
         v = cds[f"{var}_patient"].sel(regimen=r, **sel).values.astype(float)
@@ -276,8 +273,6 @@ def _risk_names(ds) -> list[str]:
 
 def _risk_dose_axes(ax, ds) -> bool:
     """Risk incidence (with interval) against total dose (mg/kg); False if no risk."""
-    import numpy as np
-
     names = _risk_names(ds)
     if not names:
         return False
@@ -321,8 +316,6 @@ def plot_risk_vs_dose(ds, path: Path, fmt: str | None = None) -> None:
 
 def plot_compare(cds, path: Path, fmt: str | None = None) -> None:
     """The comparison figure: bands of each output, Cmax distributions, and PTA / risk."""
-    import numpy as np
-
     plt = _plt()
     outs = list(cds.band_output.values) if "band" in cds else []
     has_pta = "pta" in cds
@@ -380,8 +373,6 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
     """Heatmaps of PTA and risk over the first two design variables (one row per value of
     the others), with the Pareto front (white circles) and the best point (star); plus the
     front itself in the PTA-risk plane when both are present."""
-    import numpy as np
-
     plt = _plt()
     dims = [d for d in gds.regimen.dims]
     rname = str(gds.attrs.get("risk") or "")

@@ -11,12 +11,22 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
-from pkpd.running.simulate import DISCLAIMER
+from pkpd.output.plot import (
+    plot_bands,
+    plot_compare_bands,
+    plot_design,
+    plot_metric_distributions,
+    plot_risk_vs_dose,
+)
+from pkpd.output.tables import compare_rows
 
 __all__ = ["ReportError", "render_report", "write_report"]
 
@@ -38,7 +48,7 @@ img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 
 
 def _open(path):
-    import xarray as xr
+    import xarray as xr  # lazy: xarray takes ~0.3 s to import, `pkpd --help` need not wait
 
     p = Path(path)
     if p.suffix.lower() == ".zarr":
@@ -98,10 +108,7 @@ def _assumptions(ds) -> str:
 
 
 def _compare_section(ds) -> list[str]:
-    from pkpd.cli import _compare_rows
-    from pkpd.output.plot import plot_compare_bands, plot_metric_distributions, plot_risk_vs_dose
-
-    rows = _compare_rows(ds)
+    rows = compare_rows(ds)
     parts = ["<h2>Regimens</h2>"]
     parts.append(
         _table(
@@ -124,8 +131,6 @@ def _compare_section(ds) -> list[str]:
 
 
 def _design_section(ds) -> list[str]:
-    from pkpd.output.plot import plot_design, plot_risk_vs_dose
-
     dims = list(ds.regimen.dims)
     e = html.escape
     parts = ["<h2>Design grid</h2>"]
@@ -165,8 +170,6 @@ def _design_section(ds) -> list[str]:
 
 
 def _cohort_section(ds) -> list[str]:
-    from pkpd.output.plot import plot_bands
-
     parts = ["<h2>Cohort</h2>"]
     ok = ds.status.values == 0
     rows = []
@@ -185,11 +188,28 @@ def _cohort_section(ds) -> list[str]:
     return parts
 
 
+#: The kinds of result a report is written for: ``attrs["kind"]`` -> (title, section).
+_KINDS: dict[str, tuple[str, Callable[[Any], list[str]]]] = {
+    "compare": ("Regimen comparison", _compare_section),
+    "design": ("Regimen design", _design_section),
+    "cohort": ("Cohort", _cohort_section),
+}
+
+
+def _kind(ds) -> str:
+    """``attrs["kind"]`` of a comparison or design grid; ``"cohort"`` for a cohort result."""
+    kind = str(ds.attrs.get("kind", ""))
+    if kind in ("compare", "design"):
+        return kind
+    if "patient" in ds.dims and "cmax" in ds:
+        return "cohort"
+    raise ReportError("the result is neither a comparison, a design grid nor a cohort")
+
+
 def render_report(ds) -> str:
     """The HTML text of the report of a result dataset (see the module docstring)."""
-    kind = str(ds.attrs.get("kind", "cohort" if "patient" in ds.dims else ""))
+    title, section = _KINDS[_kind(ds)]
     e = html.escape
-    title = {"compare": "Regimen comparison", "design": "Regimen design"}.get(kind, "Cohort")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -201,14 +221,7 @@ def render_report(ds) -> str:
         f"{e(str(ds.attrs.get('n_patients', '')))} virtual patients, seed "
         f"{e(str(ds.attrs.get('seed', '')))}; {e(str(ds.attrs.get('package', '')))}.</p>",
     ]
-    if kind == "compare":
-        parts += _compare_section(ds)
-    elif kind == "design":
-        parts += _design_section(ds)
-    elif "patient" in ds.dims and "cmax" in ds:
-        parts += _cohort_section(ds)
-    else:
-        raise ReportError("the result is neither a comparison, a design grid nor a cohort")
+    parts += section(ds)
     parts.append("<h2>Model provenance</h2>")
     parts.append(_attrs_table(ds, [k for k in ds.attrs if k.startswith("model")]))
     parts.append("<h2>Assumed and illustrative values</h2>")

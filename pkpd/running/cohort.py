@@ -34,15 +34,21 @@ as :data:`BAND_MAX_NG_ML`.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
+import xarray as xr
 
+from pkpd._version import __version__
+from pkpd.disclaimer import DISCLAIMER
 from pkpd.engine.kernels import (
     SPECIAL_ANCHOR,
     SPECIAL_WINDOW_END,
@@ -50,7 +56,8 @@ from pkpd.engine.kernels import (
     histogram_update,
     kernel_for,
 )
-from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd.engine.kernels_adaptive import linear_parameters, stats_array
+from pkpd.engine.solvers import N_STATS, Status, registry
 from pkpd.errors import (
     CovariateError,
     CovariateRangeWarning,
@@ -58,15 +65,25 @@ from pkpd.errors import (
     RegimenError,
     SimulationError,
 )
-from pkpd.inputs.model import ModelSpec, load_model
-from pkpd.inputs.regimen import Regimen, _time_ref, load_regimen
+from pkpd.inputs.model import ModelSpec, cohort_inputs, load_model, output_scales
+from pkpd.inputs.population import CovariateTable, load_population
+from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.units import parse_quantity
-from pkpd.running.simulate import DISCLAIMER, MG_L_TO_NG_ML, time_grid
+from pkpd.output import io as output_io
+from pkpd.running import resources
+from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
+from pkpd.running.request import BLOCK, ChunkResult, CohortRequest, CohortSetup, Threshold
+from pkpd.running.variables import variable
 
-__all__ = ["BLOCK", "CohortError", "estimate_memory", "simulate_cohort"]
+__all__ = [
+    "BLOCK",
+    "ChunkResult",
+    "CohortError",
+    "CohortRequest",
+    "estimate_memory",
+    "simulate_cohort",
+]
 
-#: Patients per random-number block (the unit of reproducibility).
-BLOCK = 1024
 _PURPOSE = {"covariates": 0, "eta": 1, "anchors": 2, "residual": 3}
 
 BAND_MIN_NG_ML = 1e-4
@@ -93,43 +110,6 @@ def block_rng(seed: int, block: int, purpose: str) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------- set-up
-
-
-@dataclass
-class CohortSetup:
-    """Everything a chunk needs; picklable, so chunks can run as Dask tasks."""
-
-    spec: ModelSpec
-    regimen: Regimen
-    population: Any  # Population or CovariateTable
-    seed: int
-    n: int
-    grid: np.ndarray
-    windows: dict[str, tuple[str, str]]
-    at: dict[str, str]
-    thresholds: list[tuple[str, float, str]]  # (output, mg/L, label)
-    store_out: list[str]
-    store_stride: int
-    iiv: bool
-    residual: bool
-    keep_in_memory: bool
-    band_outputs: list[str]
-    band_stride: int
-    omega_blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    #: "exact" (matrix exponential, linear models), "dopri5" or "rodas"; `auto_stiff`:
-    #: rerun the patients for whom Dopri5 detects stiffness with Rodas4 (method="auto").
-    method: str = "exact"
-    rtol: float = 1e-6
-    atol: float = 1e-9
-    auto_stiff: bool = False
-    #: Keep the amount in every compartment (mg) next to the trajectories (exact path).
-    amounts: bool = False
-    #: dtype of kept trajectories and amounts: "float32" (default) or "float64".
-    traj_dtype: str = "float32"
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.spec.output_names
 
 
 def _omega_blocks(spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -187,21 +167,14 @@ def _times(text: str, anchors: dict[str, np.ndarray], n: int, what: str) -> np.n
 
 def run_chunk(
     setup: CohortSetup, start: int, stop: int, threads: int | None = None, dest=None
-) -> dict:
+) -> ChunkResult:
     """Simulate patients ``start..stop-1``; return plain numpy arrays (picklable).
 
     `dest`, in this process only: the cohort's ``(patient, output + compartment, time)``
     array of kept trajectories (in reporting units, ng/mL) and amounts (mg); the exact
     kernel then writes its stored points there directly, with no chunk copy.
     """
-    import numba
-
-    b0, b1 = start // BLOCK, (stop - 1) // BLOCK + 1
-    parts = [_draw_block(setup, b) for b in range(b0, b1)]
-    sl = slice(start - b0 * BLOCK, stop - b0 * BLOCK)
-    cov = {k: np.concatenate([p[0][k] for p in parts])[sl] for k in parts[0][0]}
-    eta = np.concatenate([p[1] for p in parts])[sl]
-    anchors = {k: np.concatenate([p[2][k] for p in parts])[sl] for k in parts[0][2]}
+    parts, sl, cov, eta, anchors = _chunk_draws(setup, start, stop)
     n = stop - start
     spec = setup.spec
     model_cov = {k: v for k, v in cov.items() if k in spec.covariates}
@@ -209,9 +182,73 @@ def run_chunk(
     if theta.ndim == 1:
         theta = np.broadcast_to(theta, (n, theta.size)).copy()
     weight = np.asarray(cov.get("weight", np.full(n, np.nan)), dtype=float)
-    ev_t, ev_rate, ev_bolus = setup.regimen.event_arrays(weight, anchors)
+    ev = tuple(np.ascontiguousarray(a) for a in setup.regimen.event_arrays(weight, anchors))
+    specials = _special_times(setup, anchors, n)
+    grid = setup.grid
+    ev_t = ev[0]
+    t0 = float(min(grid[0], ev_t.min() if ev_t.size else grid[0], specials[0].min(initial=grid[0])))
+    lay = _StoreLayout(setup)
+    n_out = len(spec.output_names)
+    res = ChunkResult(
+        start=start,
+        stop=stop,
+        covariates=cov,
+        anchors=anchors,
+        theta=theta,
+        cmax=np.empty((n, n_out)),
+        tmax=np.empty((n, n_out)),
+        auc=np.full((n, n_out, len(setup.windows)), np.nan),
+        t_above=np.empty((n, len(setup.thresholds))),
+        c_at=np.full((n, n_out, len(setup.at)), np.nan),
+        status=np.zeros(n, dtype=np.int64),
+    )
+    # Stored outputs are in reporting units (ng/mL for concentrations), amounts in mg: the
+    # exact kernel scales as it stores (one rounding to the storage dtype).
+    in_place = dest is not None and not setup.adaptive and not setup.residual
+    if in_place:
+        traj_rows = dest[start:stop]
+    else:
+        traj_rows = np.zeros((n, lay.rows.size, lay.n_store_t), dtype=setup.traj_dtype)
+    traj = traj_rows[:, : lay.store_idx.size]
+    old = numba.get_num_threads()
+    if threads:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        if setup.adaptive:
+            res.solver_stats = _run_adaptive(setup, theta, cov, t0, ev, specials, lay, res, traj)
+            traj *= lay.scale[: lay.store_idx.size, None].astype(traj.dtype)  # mg/L -> ng/mL
+        else:
+            _run_exact(setup, theta, t0, ev, specials, lay, res, traj_rows)
+    finally:
+        numba.set_num_threads(old)
+    _chunk_extras(setup, res, ev, traj, lay, parts, sl)
+    if setup.store_out and not in_place:
+        res.trajectory = traj if res.trajectory is None else res.trajectory
+    if setup.amounts and not in_place:
+        res.amount = traj_rows[:, lay.store_idx.size :]
+    return res
 
-    # Special times: window bounds and anchored concentrations, sorted per patient.
+
+def _chunk_draws(setup: CohortSetup, start: int, stop: int):
+    """The random draws of patients ``start..stop-1``, from their whole blocks.
+
+    Returns the blocks' draws, the chunk's slice of them, and the chunk's covariates, etas
+    and anchor times.
+    """
+    b0, b1 = start // BLOCK, (stop - 1) // BLOCK + 1
+    parts = [_draw_block(setup, b) for b in range(b0, b1)]
+    sl = slice(start - b0 * BLOCK, stop - b0 * BLOCK)
+    cov = {k: np.concatenate([p[0][k] for p in parts])[sl] for k in parts[0][0]}
+    eta = np.concatenate([p[1] for p in parts])[sl]
+    anchors = {k: np.concatenate([p[2][k] for p in parts])[sl] for k in parts[0][2]}
+    return parts, sl, cov, eta, anchors
+
+
+def _special_times(setup: CohortSetup, anchors: dict, n: int):
+    """Window bounds and anchored concentration times, sorted per patient.
+
+    Returns ``(times, kinds, slots)``, each ``(n, n_special)``.
+    """
     cols, kinds, slots = [], [], []
     for w, (a, b) in enumerate(setup.windows.values()):
         ta = _times(a, anchors, n, "window start")
@@ -227,184 +264,109 @@ def run_chunk(
         cols.append(_times(text, anchors, n, "at"))
         kinds.append(SPECIAL_ANCHOR)
         slots.append(j)
-    if cols:
-        spec_t = np.stack(cols, axis=1)
-        order = np.argsort(spec_t, axis=1, kind="stable")
-        spec_t = np.take_along_axis(spec_t, order, axis=1)
-        spec_kind = np.asarray(kinds, dtype=np.int64)[order]
-        spec_slot = np.asarray(slots, dtype=np.int64)[order]
-    else:
-        spec_t = np.zeros((n, 0))
-        spec_kind = spec_slot = np.zeros((n, 0), dtype=np.int64)
-    grid = setup.grid
-    t0 = float(min(grid[0], ev_t.min() if ev_t.size else grid[0], spec_t.min(initial=grid[0])))
+    if not cols:
+        return np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), np.int64)
+    spec_t = np.stack(cols, axis=1)
+    order = np.argsort(spec_t, axis=1, kind="stable")
+    spec_t = np.take_along_axis(spec_t, order, axis=1)
+    spec_kind = np.asarray(kinds, dtype=np.int64)[order]
+    spec_slot = np.asarray(slots, dtype=np.int64)[order]
+    return spec_t, spec_kind, spec_slot
 
-    outs = spec.output_names
-    n_out = len(outs)
-    store = setup.store_out if setup.store_out else setup.band_outputs
-    stride = setup.store_stride if setup.store_out else setup.band_stride
-    store_idx = np.array([outs.index(o) for o in store], dtype=np.int64)
-    n_store_t = (grid.size - 1) // stride + 1 if store_idx.size else 0
-    # Amounts: every compartment, stored as the kernel's extra rows after the outputs.
-    extra = np.arange(spec.n_comp if setup.amounts else 0, dtype=np.int64)
-    rows = np.concatenate([store_idx, n_out + extra])
-    thr_out = np.array([outs.index(o) for o, _, _ in setup.thresholds], dtype=np.int64)
-    thr_val = np.array([v for _, v, _ in setup.thresholds], dtype=float)
 
-    cmax = np.empty((n, n_out))
-    tmax = np.empty((n, n_out))
-    auc = np.full((n, n_out, len(setup.windows)), np.nan)
-    t_above = np.empty((n, thr_out.size))
-    c_at = np.full((n, n_out, len(setup.at)), np.nan)
-    # Stored outputs are in reporting units (ng/mL for concentrations), amounts in mg: the
-    # exact kernel scales as it stores (one rounding to the storage dtype).
-    in_place = dest is not None and setup.method == "exact" and not setup.residual
-    store_scale = np.ones(rows.size)
-    store_scale[: store_idx.size] = _output_scales(spec)[0][store_idx]
-    if in_place:
-        traj_rows = dest[start:stop]
-    else:
-        traj_rows = np.zeros((n, rows.size, n_store_t), dtype=setup.traj_dtype)
-    traj = traj_rows[:, : store_idx.size]
-    status = np.zeros(n, dtype=np.int64)
-    old = numba.get_num_threads()
-    if threads:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    solver_stats = None
-    try:
-        if setup.method != "exact":
-            ev = (np.ascontiguousarray(ev_t), np.ascontiguousarray(ev_rate))
-            ev = (*ev, np.ascontiguousarray(ev_bolus))
-            specials = (spec_t, spec_kind, spec_slot)
-            metrics = (cmax, tmax, auc, t_above, c_at, traj, status)
-            solver_stats = _run_adaptive(
-                setup, theta, cov, t0, ev, specials, thr_out, thr_val, store_idx, stride, metrics
-            )
-            traj *= store_scale[: store_idx.size, None].astype(traj.dtype)  # mg/L -> ng/mL
-        else:
-            keep = np.concatenate(
-                [
-                    np.arange(spec.n_comp),
-                    spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out),
-                ]
-            )
-            kernel_for(keep.size)(
-                theta,
-                spec.comps_i,
-                spec.flows_i,
-                spec.flows_f,
-                spec.effects_i,
-                spec.outputs_i,
-                spec.dose_index,
-                len(spec.analyte_names),
-                keep,
-                np.ascontiguousarray(ev_t),
-                np.ascontiguousarray(ev_rate),
-                np.ascontiguousarray(ev_bolus),
-                t0,
-                grid,
-                spec_t,
-                spec_kind,
-                spec_slot,
-                thr_out,
-                thr_val,
-                rows,
-                stride,
-                extra,
-                store_scale,
-                _uniform(grid),
-                cmax,
-                tmax,
-                auc,
-                t_above,
-                c_at,
-                traj_rows,
-                status,
-            )
-    finally:
-        numba.set_num_threads(old)
-    res = {
-        "start": start,
-        "stop": stop,
-        "covariates": cov,
-        "anchors": anchors,
-        "theta": theta,
-        "cmax": cmax,
-        "tmax": tmax,
-        "auc": auc,
-        "t_above": t_above,
-        "c_at": c_at,
-        "status": status,
-    }
-    if solver_stats is not None:
-        res["solver_stats"] = solver_stats
+class _StoreLayout:
+    """Which rows a chunk stores, at which stride: the stored outputs (kept trajectories,
+    or the band outputs in summary mode), then the amounts of every compartment."""
+
+    def __init__(self, setup: CohortSetup) -> None:
+        spec = setup.spec
+        outs = spec.output_names
+        self.store = setup.store_out if setup.store_out else setup.band_outputs
+        self.stride = setup.store_stride if setup.store_out else setup.band_stride
+        self.store_idx = np.array([outs.index(o) for o in self.store], dtype=np.int64)
+        grid = setup.grid
+        self.n_store_t = (grid.size - 1) // self.stride + 1 if self.store_idx.size else 0
+        # Amounts: every compartment, stored as the kernel's extra rows after the outputs.
+        self.extra = np.arange(spec.n_comp if setup.amounts else 0, dtype=np.int64)
+        self.rows = np.concatenate([self.store_idx, len(outs) + self.extra])
+        self.thr_out = np.array([outs.index(t.output) for t in setup.thresholds], dtype=np.int64)
+        self.thr_val = np.array([t.value for t in setup.thresholds], dtype=float)
+        self.scale = np.ones(self.rows.size)
+        self.scale[: self.store_idx.size] = _output_scales(spec)[0][self.store_idx]
+
+
+def _run_exact(setup, theta, t0, ev, specials, lay: _StoreLayout, res: ChunkResult, traj_rows):
+    """Fill the chunk's metrics and stored rows with the exact (matrix exponential) kernel."""
+    spec = setup.spec
+    n_out = len(spec.output_names)
+    keep = np.concatenate(
+        [np.arange(spec.n_comp), spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)]
+    )
+    kernel_for(keep.size)(
+        theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
+        spec.dose_index, len(spec.analyte_names), keep, *ev, t0, setup.grid, *specials,
+        lay.thr_out, lay.thr_val, lay.rows, lay.stride, lay.extra, lay.scale,
+        _uniform(setup.grid), res.cmax, res.tmax, res.auc, res.t_above, res.c_at, traj_rows,
+        res.status,
+    )  # fmt: skip
+
+
+def _chunk_extras(setup, res: ChunkResult, ev, traj, lay: _StoreLayout, parts, sl) -> None:
+    """Limits at boluses, residual error and streaming-band counts of a solved chunk."""
+    ev_t, _, ev_bolus = ev
     if setup.store_out and _records_bolus_limits(setup):
-        res.update(_bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx))
+        _bolus_limits(setup, res, ev_t, ev_bolus, traj, lay.store_idx)
     elif setup.store_out:
-        from pkpd.running.simulate import bolus_on_grid
-
         # [ode] models: the jump of an output at a bolus is not known here; count the
         # boluses on the trajectory grid after its first point (pkpd.metrics warns).
         idx = bolus_on_grid(setup.grid[:: setup.store_stride], ev_t, ev_bolus)[0]
-        res["boluses_without_limits"] = int((idx > 0).sum())
+        res.boluses_without_limits = int((idx > 0).sum())
     if setup.residual and setup.store_out:
-        traj = _apply_residual(setup, traj, store, parts, sl)
+        res.trajectory = _apply_residual(setup, traj, lay.store, parts, sl)
+        traj = res.trajectory
     if setup.band_outputs and not setup.keep_in_memory:
         # Streaming bands only: kept trajectories give exact bands at the end (no counts).
-        bidx = [store.index(o) for o in setup.band_outputs]
-        bstep = setup.band_stride // stride
-        n_band_t = len(range(0, n_store_t, bstep))
+        bidx = [lay.store.index(o) for o in setup.band_outputs]
+        bstep = setup.band_stride // lay.stride
+        n_band_t = len(range(0, lay.n_store_t, bstep))
         counts = np.zeros((len(bidx), n_band_t, _edges().size + 1), dtype=np.int64)
         # ng/mL; in summary mode the kernel stored just the band points: no copy of them.
         src = traj if bidx == list(range(traj.shape[1])) else traj[:, bidx]
         btraj = np.ascontiguousarray(src[:, :, ::bstep])
         histogram_update(btraj, np.log(_edges()), counts)
-        res["band_counts"] = counts
-    if setup.store_out and not in_place:
-        res["trajectory"] = traj
-    if setup.amounts and not in_place:
-        res["amount"] = traj_rows[:, store_idx.size :]
-    return res
+        res.band_counts = counts
 
 
 def _records_bolus_limits(setup: CohortSetup) -> bool:
     """Whether stored trajectories come with their limits at boluses on the grid: linear
     models (the jump of a bolus is known), for a regimen with instantaneous boluses. With
     residual error the limits are the model's values (taken before the error is drawn)."""
-    from pkpd.inputs.regimen import Bolus
-
     return setup.spec.is_linear and any(
         isinstance(d, Bolus) and d.duration == 0 for d in setup.regimen.doses
     )
 
 
-def _bolus_limits(setup, theta, ev_t, ev_bolus, traj, store_idx) -> dict:
+def _bolus_limits(setup, res: ChunkResult, ev_t, ev_bolus, traj, store_idx) -> None:
     """The stored outputs just before and just after each bolus on the trajectory grid.
 
     The kernels store the value at a grid time after a bolus given then (right-continuous);
     :mod:`pkpd.metrics` needs the value before it too, to end the interval before the
     bolus. A bolus adds to the dose compartment only, so the outputs jump by the dose
-    times :func:`pkpd.running.simulate.bolus_jumps`. One slot per event column (``NaN`` where the
+    times :func:`pkpd.running.grid.bolus_jumps`. One slot per event column (``NaN`` where the
     event is no bolus on the grid); slots of boluses at one grid time repeat its limits.
     """
-    from pkpd.running.simulate import bolus_jumps, bolus_on_grid
-
     tg = setup.grid[:: setup.store_stride]
     idx, inc, pend = bolus_on_grid(tg, ev_t, ev_bolus)  # (n, K)
-    jump = bolus_jumps(setup.spec, theta)[:, store_idx]  # (n, n_store), ng/mL per mg
+    jump = bolus_jumps(setup.spec, res.theta)[:, store_idx]  # (n, n_store), ng/mL per mg
     on = idx >= 0
     at = np.take_along_axis(traj, np.where(on, idx, 0)[:, None, :], axis=2).astype(float)
     at[~np.broadcast_to(on[:, None, :], at.shape)] = np.nan
-    return {
-        "bolus_time": np.where(on, tg[np.where(on, idx, 0)], np.nan),
-        "pre_bolus": at - jump[:, :, None] * inc[:, None, :],
-        "post_bolus": at + jump[:, :, None] * pend[:, None, :],
-    }
+    res.bolus_time = np.where(on, tg[np.where(on, idx, 0)], np.nan)
+    res.pre_bolus = at - jump[:, :, None] * inc[:, None, :]
+    res.post_bolus = at + jump[:, :, None] * pend[:, None, :]
 
 
-def _run_adaptive(
-    setup, theta, cov, t0, ev, specials, thr_out, thr_val, store_idx, stride, metrics
-):
+def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, traj):
     """Fill the chunk's metrics with an adaptive solver; returns per-patient counters.
 
     Linear models run their reduced system ``dy/dt = M y + b u`` (compartments and AUC
@@ -412,10 +374,6 @@ def _run_adaptive(
     ``[ode]`` models their generated right-hand side. With ``auto_stiff``, patients for
     whom Dopri5 reports stiffness are solved again with Rodas4.
     """
-    from pkpd.engine.kernels_adaptive import LINEAR_COHORT_KERNELS, linear_parameters, stats_array
-    from pkpd.engine.solvers import STATUS_STIFF
-    from pkpd.engine.solvers.registry import DEFAULT_MAX_STEPS, DEFAULT_NSTIFF, tolerance
-
     spec = setup.spec
     n = theta.shape[0]
     if spec.is_linear:
@@ -427,17 +385,18 @@ def _run_adaptive(
             ) from None
         N = B.size
         Y0 = np.zeros((n, N))
-        kernels = LINEAR_COHORT_KERNELS
+        kernels = registry.LINEAR_COHORT_KERNELS
     else:
-        from pkpd.inputs.ode import cohort_inputs
-
         P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
         N = Y0.shape[1]
-    rtol = tolerance(setup.rtol, N, "rtol")
-    atol = tolerance(setup.atol, N, "atol")
+    rtol = registry.tolerance(setup.rtol, N, "rtol")
+    atol = registry.tolerance(setup.atol, N, "atol")
     stats = stats_array(n)
     grid = setup.grid
-    cmax, tmax, auc, t_above, c_at, traj, status = metrics
+    cmax, tmax, auc, t_above, c_at, status = (
+        res.cmax, res.tmax, res.auc, res.t_above, res.c_at, res.status
+    )  # fmt: skip
+    thr_out, thr_val, store_idx, stride = lay.thr_out, lay.thr_val, lay.store_idx, lay.stride
 
     def call(method, rows):
         def pick(a):
@@ -446,8 +405,8 @@ def _run_adaptive(
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
             pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
-            *[pick(a) for a in specials], rtol, atol, np.inf, DEFAULT_MAX_STEPS,
-            DEFAULT_NSTIFF,
+            *[pick(a) for a in specials], rtol, atol, np.inf, registry.DEFAULT_MAX_STEPS,
+            registry.DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,
             stride, *out,
         )  # fmt: skip
@@ -458,10 +417,10 @@ def _run_adaptive(
                 dst[rows] = src
 
     call(setup.method, None)
-    if setup.auto_stiff and setup.method == "dopri5":
-        stiff = np.nonzero(status == STATUS_STIFF)[0]
+    if setup.auto_stiff:
+        stiff = np.nonzero(status == Status.STIFF)[0]
         if stiff.size:
-            call("rodas", stiff)
+            call(registry.STIFF_FALLBACK, stiff)
     return stats
 
 
@@ -577,8 +536,6 @@ def estimate_memory(
       patient) with its float32 gather and ``numpy.quantile``'s partitioned copy.
     * ``grid``: the time grid and its copies; ``base``: Python objects and xarray indexes.
     """
-    from pkpd.engine.solvers import N_STATS
-
     n_scaled = n_out if n_scaled is None else n_scaled
     raw = covariate_bytes + 8 * n_metrics + 8 + (8 * N_STATS if adaptive else 0)
     final = covariate_bytes + 8 * n_metrics + 1 + 8
@@ -664,15 +621,6 @@ def _covariate_bytes(pop) -> tuple[int, int]:
     return total, text
 
 
-def _available_memory() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # pragma: no cover - psutil is a dependency; stay safe anyway
-        return 8 * 1024**3
-
-
 # ----------------------------------------------------------------------------- API
 
 
@@ -724,10 +672,8 @@ def simulate_cohort(
         :class:`~pkpd.errors.CovariateDefaultWarning` (recorded in
         ``attrs["covariate_defaults"]``; an error for the weight of a paediatric model, or
         for per-kg doses). Levels of categorical covariates must be the model's.
-    n : int
-        Number of patients.
-    seed : int
-        Seed of the cohort (see the module docstring for what it guarantees).
+    n, seed : int
+        Number of patients; seed of the cohort (the module docstring says what it fixes).
     until, every
         Evaluation grid (default: to 24 h after the last dose event, every minute). Cmax,
         Tmax and times above thresholds are evaluated on it (plus every dose event).
@@ -759,29 +705,11 @@ def simulate_cohort(
         Step of the streaming bands, a whole multiple of `every`. Default: the smallest
         multiple of `every` that is at least 10 minutes (`every` itself when it is longer).
     iiv : bool
-        Draw inter-individual variability (the model's omega); False gives typical
-        parameters for every patient's covariates.
+        Draw inter-individual variability (the model's omega); False: typical parameters.
     residual : bool
         Apply the model's residual error to the stored trajectories (sampled observations).
-    chunk_size, threads
-        Patients per kernel call (rounded up to a multiple of :data:`BLOCK`) and numba threads.
-    out : str or Path, optional
-        Write the result: ``.nc`` (NetCDF, written at the end) or ``.zarr`` (written chunk by
-        chunk, so trajectories larger than memory stream to disk). Always atomic.
-    dask : None, "local" or str
-        Run the chunks as tasks on ``dask.distributed``: a local cluster (``"local"``) or
-        a scheduler address.
-    progress : bool, optional
-        Progress bar on stderr (default: when stderr is a terminal).
-    raise_on_failure : bool or "all"
-        Raise :class:`SimulationError` if any patient failed (otherwise they are flagged in
-        ``status`` and counted in ``attrs["n_failed"]``); ``"all"``: only when every patient
-        failed (nothing to summarise; the command line does this). Nothing is written then.
-    memory_limit : int, optional
-        Bytes allowed (default: 80 % of the available memory).
-    estimate_only : bool
-        Validate the request and return its memory estimate (a dict of bytes, see
-        :func:`estimate_memory`) instead of simulating; nothing is refused or written.
+    chunk_size, threads, out, dask, progress, raise_on_failure, memory_limit, estimate_only
+        How and where the cohort runs and is written: see :class:`CohortRequest`.
     method : {"auto", "exact", "dopri5", "rodas"}
         Solver, as for :func:`pkpd.simulate`: ``"auto"`` is the exact kernel for linear
         models and Dopri5 for ``[ode]`` models (Rodas4 when the model file says
@@ -802,182 +730,70 @@ def simulate_cohort(
         Dimension ``patient`` with covariates and drawn event times as coordinates; metrics
         ``cmax``, ``tmax``, ``auc``, ``time_above``, ``c_at``; individual parameters
         ``param_<name>``; ``status``; optional ``trajectory`` (patient, output, time) and
-        ``band`` (quantile, output, band_time). Units in ``attrs``.
+        ``band`` (quantile, output, band_time). Units in ``attrs``; numbers are stored as
+        numbers (``threshold_level`` coordinate, ``grid_start_h``/``grid_end_h`` attrs).
     """
+    request = CohortRequest(
+        model=model, regimen=regimen, population=population, n=n, seed=seed, until=until,
+        every=every, windows=windows, at=at, thresholds=thresholds, trajectories=trajectories,
+        trajectory_every=trajectory_every, bands=bands, band_every=band_every, iiv=iiv,
+        residual=residual, chunk_size=chunk_size, threads=threads, out=out, dask=dask,
+        progress=progress, raise_on_failure=raise_on_failure, memory_limit=memory_limit,
+        method=method, rtol=rtol, atol=atol, amounts=amounts,
+        trajectory_dtype=trajectory_dtype, extra_columns=extra_columns,
+        estimate_only=estimate_only,
+    )  # fmt: skip
+    return _run_cohort(request)
+
+
+# Warnings raised while a request runs point at the caller of `simulate_cohort`: their
+# stacklevel is the frames below `_run_cohort` (the warning's own, ...) plus these three:
+# `_run_cohort`, `simulate_cohort` and its caller.
+_CALLER_FRAMES = 3
+
+
+def _run_cohort(req: CohortRequest):
+    """Validate `req`, check its memory, run its chunks and return the cohort (see
+    :func:`simulate_cohort`, the only caller: warnings count its frame)."""
     t_start = time.perf_counter()
-    spec = load_model(model)
-    method, auto_stiff, rtol, atol = _resolve_method(spec, method, rtol, atol)
-    reg = load_regimen(regimen)
-    pop, n = _population(population, n)
-    defaults = _check_covariates(spec, reg, pop, extra_columns)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
-        raise CohortError(f"`seed` must be a non-negative integer, got {seed!r}")
-    start = min(0.0, reg.start_time)
-    grid = time_grid(start, until if until is not None else _end(reg) + 24.0, every)
-    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
-    outs = spec.output_names
-    if trajectory_dtype not in ("float32", "float64"):
-        raise CohortError(
-            f"`trajectory_dtype` must be 'float32' or 'float64', got {trajectory_dtype!r}"
-        )
-    if amounts and not trajectories:
-        trajectories = True
-    store_out = _store_outputs(trajectories, outs)
-    store_stride = _stride(trajectory_every, step, "trajectory_every") if store_out else 1
-    win = (
-        dict(windows) if windows else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
-    )
-    at_ = dict(at) if at is not None else {a: a for a in sorted(reg.anchor_names)}
-    thr = _thresholds(thresholds, spec)
-    chunk = max(BLOCK, math.ceil(chunk_size / BLOCK) * BLOCK)
-    n_store_t = (grid.size - 1) // store_stride + 1 if store_out else 0
-    zarr_out = out is not None and str(out).lower().endswith(".zarr")
-    if out is not None and not zarr_out:
-        from pkpd.output.io import check_target
-
-        check_target(out, (".nc", ".zarr"), "out")  # before the work, not after
-    # Trajectories come back to this process (and into the returned Dataset) unless they
-    # stream to a Zarr store, with or without Dask.
-    keep = bool(store_out) and not zarr_out
-    # Streaming bands use logarithmic bins of concentrations (ng/mL): outputs of [ode]
-    # models that are not concentrations get exact bands only (keep their trajectories).
-    conc = _output_scales(spec)[0] == MG_L_TO_NG_ML
-    band_outputs = [o for o, is_c in zip(outs, conc, strict=True) if is_c] if bands else []
-    if bands and store_out:
-        band_outputs = list(store_out)
-        band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
-    else:
-        band_stride = _stride(band_every, step, "band_every") if bands else 1
-        if bands and band_every is None:
-            band_stride = max(1, math.ceil(_BAND_EVERY_H / step - 1e-9))
-    n_metrics = len(outs) * (2 + len(win) + len(at_)) + len(thr) + len(spec.param_names)
-    itemsize = np.dtype(trajectory_dtype).itemsize
-    n_amounts = spec.n_comp if amounts else 0
-    cov_bytes, text_bytes = _covariate_bytes(pop)
-    in_place = keep and method == "exact" and not residual
-    # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
-    # copy and the packed parameters: about two N x N float64 matrices at the peak).
-    N = spec.n_states
-    systems = 8 * (2 * N * N + 2 * N) if method != "exact" and spec.is_linear else 0
-
-    def estimate(k: int) -> dict[str, int]:
-        return estimate_memory(
-            k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep, exact_bands=bands,
-            itemsize=itemsize, n_amounts=n_amounts,
-            covariate_bytes=cov_bytes + 8 * len(reg.anchor_names), text_bytes=text_bytes,
-            n_scaled=len(outs) * (1 + len(win) + len(at_)), n_band=len(band_outputs),
-            n_band_t=len(range(0, grid.size, band_stride)) if band_outputs else 0,
-            streaming_bands=bool(band_outputs) and not keep,
-            chunk_trajectories=bool(store_out) and not in_place, residual=residual,
-            adaptive=method != "exact", n_grid=grid.size, chunk_patient_bytes=systems,
-        )  # fmt: skip
-
-    mem = estimate(n)
-    if estimate_only:
+    plan = _plan(req)
+    mem = plan.estimate(plan.setup.n)
+    if req.estimate_only:
         return mem
-    limit = memory_limit if memory_limit is not None else int(0.8 * _available_memory())
+    limit = (
+        req.memory_limit
+        if req.memory_limit is not None
+        else int(0.8 * resources.available_memory())
+    )
     if mem["total"] > limit:
-        fit = largest_fitting(estimate, limit, n)
+        fit = largest_fitting(plan.estimate, limit, plan.setup.n)
         raise CohortError(
             f"the request needs about {mem['total'] / 1e9:.2f} GB "
             f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
             f"available: write to a .zarr file (streams to disk), keep fewer trajectories or "
             f"a coarser trajectory_every, or simulate at most about {fit:,} patients"
         )
-    setup = CohortSetup(
-        spec,
-        reg,
-        pop,
-        int(seed),
-        n,
-        grid,
-        win,
-        at_,
-        thr,
-        store_out,
-        store_stride,
-        iiv,
-        residual,
-        keep,
-        band_outputs,
-        band_stride,
-        _omega_blocks(spec) if iiv else [],
-        method,
-        rtol,
-        atol,
-        auto_stiff,
-        bool(amounts),
-        trajectory_dtype,
-    )
-    if amounts and method != "exact":
+    setup = plan.setup
+    if setup.amounts and setup.adaptive:
         raise CohortError(
-            f"amounts are kept by the exact solver only (linear models); method={method!r}"
+            f"amounts are kept by the exact solver only (linear models); method={setup.method!r}"
         )
-    _warn_missing_omega(spec, iiv)
-    bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    show = progress if progress is not None else sys.stderr.isatty()
-    from pkpd.output.io import ZarrWriter
-
-    writer = ZarrWriter(out) if zarr_out else None
-    # Kept trajectories go straight into the final array (ng/mL), so they are held once.
-    # Kept trajectories (ng/mL) and amounts (mg) go straight into one final array, so they
-    # are held once; the exact kernel writes there itself (see `run_chunk`).
-    kept = np.zeros((n, len(store_out) + n_amounts, n_store_t), trajectory_dtype) if keep else None
-    traj_all = kept[:, : len(store_out)] if keep else None
-    amount_all = kept[:, len(store_out) :] if keep and amounts else None
-    results: list[dict] = []
-    counts = None
-    done = 0
+    _warn_missing_omega(setup.spec, setup.iiv)
+    writer = output_io.ZarrWriter(req.out) if plan.zarr_out else None
     try:
-        for res in _run(setup, bounds, threads, dask, kept):
-            if "band_counts" in res:
-                if counts is None:
-                    counts = res["band_counts"]
-                else:
-                    counts += res["band_counts"]  # in place: one array of counts is held
-                del res["band_counts"]
-            if writer is not None:
-                writer.append(_chunk_dataset(setup, res))
-                res.pop("trajectory", None)
-            elif traj_all is not None and "trajectory" in res:
-                traj_all[res["start"] : res["stop"]] = res.pop("trajectory")
-                if amount_all is not None:
-                    amount_all[res["start"] : res["stop"]] = res.pop("amount")
-            results.append(res)
-            done += res["stop"] - res["start"]
-            if show:
-                _progress(done, n, time.perf_counter() - t_start)
+        results, counts, traj_all, amount_all = _collect(req, plan, writer, t_start)
         ds = _assemble(setup, results, counts, traj_all, amount_all)
-        ds.attrs["covariate_defaults"] = (
-            "; ".join(f"{k}={v}" for k, v in defaults.items()) or "none"
-        )
-        for msg in check_ranges(spec, ds):
-            warnings.warn(
-                msg + "; predictions for them are extrapolations",
-                CovariateRangeWarning,
-                stacklevel=2,
-            )
-        elapsed = time.perf_counter() - t_start
-        ds.attrs["elapsed_s"] = elapsed
-        ds.attrs["patients_per_second"] = n / elapsed if elapsed > 0 else float("inf")
-        if show:
+        _finish_attrs(ds, plan, t_start)
+        if plan.show:
             sys.stderr.write("\n")
-        n_failed = int((ds.status.values != 0).sum())
-        if n_failed and raise_on_failure and (raise_on_failure != "all" or n_failed == n):
-            first = int(np.nonzero(ds.status.values)[0][0])
-            raise SimulationError(
-                f"{n_failed} of {n} patients failed (first: patient {first}, "
-                f"{STATUS_MESSAGES.get(int(ds.status.values[first]), 'unknown')})"
-            )
+        _check_failures(ds, req.raise_on_failure)
         if writer is not None:
             writer.finish(ds)
             return writer.open()
-        if out is not None:
-            from pkpd.output.io import atomic_outputs, check_target, write_netcdf
-
-            target = check_target(out, (".nc",), "out")
-            with atomic_outputs() as stage:
-                stage(target, lambda tmp: write_netcdf(ds, tmp))
+        if req.out is not None:
+            target = output_io.check_target(req.out, (".nc",), "out")
+            with output_io.atomic_outputs() as stage:
+                stage(target, lambda tmp: output_io.write_netcdf(ds, tmp))
         return ds
     except BaseException:
         if writer is not None:
@@ -985,23 +801,199 @@ def simulate_cohort(
         raise
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A validated request: the chunks' set-up, the chunk bounds, where the results go, the
+    model defaults used for missing covariates, and the memory estimate by cohort size."""
+
+    setup: CohortSetup
+    bounds: list[tuple[int, int]]
+    zarr_out: bool
+    show: bool
+    defaults: dict
+    estimate: Callable[[int], dict[str, int]]
+
+
+def _plan(req: CohortRequest) -> _Plan:
+    """Validate `req` (in the order the errors are documented) into a :class:`_Plan`."""
+    spec = load_model(req.model)
+    method, auto_stiff, rtol, atol = _resolve_method(spec, req.method, req.rtol, req.atol)
+    reg = load_regimen(req.regimen)
+    pop, n = _population(req.population, req.n)
+    defaults = _check_covariates(spec, reg, pop, req.extra_columns)
+    seed = req.seed
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise CohortError(f"`seed` must be a non-negative integer, got {seed!r}")
+    start = min(0.0, reg.start_time)
+    until = req.until if req.until is not None else _end(reg) + 24.0
+    grid = time_grid(start, until, req.every)
+    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
+    if req.trajectory_dtype not in ("float32", "float64"):
+        raise CohortError(
+            f"`trajectory_dtype` must be 'float32' or 'float64', got {req.trajectory_dtype!r}"
+        )
+    trajectories = True if req.amounts and not req.trajectories else req.trajectories
+    store_out = _store_outputs(trajectories, spec.output_names)
+    store_stride = _stride(req.trajectory_every, step, "trajectory_every") if store_out else 1
+    win = (
+        dict(req.windows)
+        if req.windows
+        else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
+    )
+    at_ = dict(req.at) if req.at is not None else {a: a for a in sorted(reg.anchor_names)}
+    thr = _thresholds(req.thresholds, spec)
+    chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
+    zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
+    if req.out is not None and not zarr_out:
+        output_io.check_target(req.out, (".nc", ".zarr"), "out")  # before the work, not after
+    # Trajectories come back to this process (and into the returned Dataset) unless they
+    # stream to a Zarr store, with or without Dask.
+    keep = bool(store_out) and not zarr_out
+    band_outputs, band_stride = _bands(req, spec, store_out, store_stride, grid, step)
+    setup = CohortSetup(
+        spec=spec, regimen=reg, population=pop, seed=int(seed), n=n, grid=grid, windows=win,
+        at=at_, thresholds=thr, store_out=store_out, store_stride=store_stride,
+        iiv=req.iiv, residual=req.residual, keep_in_memory=keep, band_outputs=band_outputs,
+        band_stride=band_stride, omega_blocks=_omega_blocks(spec) if req.iiv else [],
+        method=method, rtol=rtol, atol=atol, auto_stiff=auto_stiff,
+        amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype,
+    )  # fmt: skip
+    show = req.progress if req.progress is not None else sys.stderr.isatty()
+    return _Plan(
+        setup=setup,
+        bounds=[(s, min(s + chunk, n)) for s in range(0, n, chunk)],
+        zarr_out=zarr_out,
+        show=show,
+        defaults=defaults,
+        estimate=functools.partial(_estimate, setup, chunk, _covariate_bytes(pop)),
+    )
+
+
+def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step):
+    """The outputs of the percentile bands and the stride of their times on the grid."""
+    outs = spec.output_names
+    # Streaming bands use logarithmic bins of concentrations (ng/mL): outputs of [ode]
+    # models that are not concentrations get exact bands only (keep their trajectories).
+    conc = _output_scales(spec)[0] == MG_L_TO_NG_ML
+    bands = req.bands
+    band_outputs = [o for o, is_c in zip(outs, conc, strict=True) if is_c] if bands else []
+    if bands and store_out:
+        n_store_t = (grid.size - 1) // store_stride + 1
+        band_outputs = list(store_out)
+        band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
+    else:
+        band_stride = _stride(req.band_every, step, "band_every") if bands else 1
+        if bands and req.band_every is None:
+            band_stride = max(1, math.ceil(_BAND_EVERY_H / step - 1e-9))
+    return band_outputs, band_stride
+
+
+def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> dict[str, int]:
+    """:func:`estimate_memory` of the request `setup` for a cohort of `k` patients (`cov`:
+    bytes per patient of the covariates and of those that are text)."""
+    spec, grid = setup.spec, setup.grid
+    outs, store_out = spec.output_names, setup.store_out
+    n_store_t = (grid.size - 1) // setup.store_stride + 1 if store_out else 0
+    n_win, n_at = len(setup.windows), len(setup.at)
+    n_metrics = len(outs) * (2 + n_win + n_at) + len(setup.thresholds) + len(spec.param_names)
+    cov_bytes, text_bytes = cov
+    keep = setup.keep_in_memory
+    in_place = keep and not setup.adaptive and not setup.residual
+    # A linear model on an adaptive solver builds every patient's system (N x N, a reduced
+    # copy and the packed parameters: about two N x N float64 matrices at the peak).
+    N = spec.n_states
+    systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
+    band_outputs = setup.band_outputs
+    return estimate_memory(
+        k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep,
+        exact_bands=bool(band_outputs),
+        itemsize=np.dtype(setup.traj_dtype).itemsize,
+        n_amounts=spec.n_comp if setup.amounts else 0,
+        covariate_bytes=cov_bytes + 8 * len(setup.regimen.anchor_names), text_bytes=text_bytes,
+        n_scaled=len(outs) * (1 + n_win + n_at), n_band=len(band_outputs),
+        n_band_t=len(range(0, grid.size, setup.band_stride)) if band_outputs else 0,
+        streaming_bands=bool(band_outputs) and not keep,
+        chunk_trajectories=bool(store_out) and not in_place, residual=setup.residual,
+        adaptive=setup.adaptive, n_grid=grid.size, chunk_patient_bytes=systems,
+    )  # fmt: skip
+
+
+def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
+    """Run the chunks; returns their results (without the large arrays), the summed
+    band counts, and the kept trajectories and amounts (in one preallocated array)."""
+    setup = plan.setup
+    n, n_store = setup.n, len(setup.store_out)
+    n_amounts = setup.spec.n_comp if setup.amounts else 0
+    keep = setup.keep_in_memory
+    n_store_t = (setup.grid.size - 1) // setup.store_stride + 1 if setup.store_out else 0
+    # Kept trajectories (ng/mL) and amounts (mg) go straight into one final array, so they
+    # are held once; the exact kernel writes there itself (see `run_chunk`).
+    kept = np.zeros((n, n_store + n_amounts, n_store_t), setup.traj_dtype) if keep else None
+    traj_all = kept[:, :n_store] if keep else None
+    amount_all = kept[:, n_store:] if keep and setup.amounts else None
+    results: list[ChunkResult] = []
+    counts = None
+    done = 0
+    for res in _run(setup, plan.bounds, req.threads, req.dask, kept):
+        if res.band_counts is not None:
+            if counts is None:
+                counts = res.band_counts
+            else:
+                counts += res.band_counts  # in place: one array of counts is held
+            res.band_counts = None
+        if writer is not None:
+            writer.append(_chunk_dataset(setup, res))
+            res.trajectory = None
+        elif traj_all is not None and res.trajectory is not None:
+            traj_all[res.start : res.stop] = res.trajectory
+            res.trajectory = None
+            if amount_all is not None:
+                amount_all[res.start : res.stop] = res.amount
+                res.amount = None
+        results.append(res)
+        done += res.stop - res.start
+        if plan.show:
+            _progress(done, n, time.perf_counter() - t_start)
+    return results, counts, traj_all, amount_all
+
+
+def _finish_attrs(ds, plan: _Plan, t_start: float) -> None:
+    """Covariate defaults, range warnings and timing of the assembled cohort."""
+    ds.attrs["covariate_defaults"] = (
+        "; ".join(f"{k}={v}" for k, v in plan.defaults.items()) or "none"
+    )
+    for msg in check_ranges(plan.setup.spec, ds):
+        warnings.warn(
+            msg + "; predictions for them are extrapolations",
+            CovariateRangeWarning,
+            stacklevel=1 + _CALLER_FRAMES,
+        )
+    elapsed = time.perf_counter() - t_start
+    ds.attrs["elapsed_s"] = elapsed
+    n = plan.setup.n
+    ds.attrs["patients_per_second"] = n / elapsed if elapsed > 0 else float("inf")
+
+
+def _check_failures(ds, raise_on_failure) -> None:
+    """Raise :class:`SimulationError` for failed patients if `raise_on_failure` says so."""
+    n = ds.sizes["patient"]
+    n_failed = int((ds.status.values != 0).sum())
+    if n_failed and raise_on_failure and (raise_on_failure != "all" or n_failed == n):
+        first = int(np.nonzero(ds.status.values)[0][0])
+        raise SimulationError(
+            f"{n_failed} of {n} patients failed (first: patient {first}, "
+            f"{Status.describe(ds.status.values[first], 'unknown')})"
+        )
+
+
 def _resolve_method(spec: ModelSpec, method, rtol, atol):
     """``(method, auto_stiff, rtol, atol)`` for the chunks (validated as in simulate)."""
-    from pkpd.running.simulate import _check_method
-
-    rtol, atol = _check_method(method, rtol, atol)
-    if method == "exact" and not spec.is_linear:
-        raise CohortError(
-            f"model {spec.name!r} is a nonlinear [ode] model: method='exact' applies to "
-            "linear compartment models only (use 'auto', 'dopri5' or 'rodas')"
-        )
-    if method == "auto":
-        if spec.is_linear:
-            return "exact", False, rtol, atol
-        if spec.ode.stiff:
-            return "rodas", False, rtol, atol
-        return "dopri5", True, rtol, atol
-    return method, False, rtol, atol
+    rtol, atol = registry.check(method, rtol, atol)
+    try:
+        method, auto_stiff, _ = registry.resolve(method, spec)
+    except ValueError as e:
+        raise CohortError(str(e)) from None
+    return method, auto_stiff, rtol, atol
 
 
 def _end(reg: Regimen) -> float:
@@ -1016,8 +1008,6 @@ def _end(reg: Regimen) -> float:
 
 
 def _population(population, n):
-    from pkpd.inputs.population import CovariateTable, load_population
-
     if population is None:
         raise CohortError(
             "a cohort needs a `population` (a shipped name such as "
@@ -1053,8 +1043,6 @@ def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) ->
     defaults used for covariates the population does not supply, each reported once
     (:meth:`ModelSpec.report_default`: a warning, or an error where a default will not do).
     """
-    from pkpd.inputs.population import CovariateTable
-
     if extra_columns not in ("error", "ignore"):
         raise CohortError(f"`extra_columns` must be 'error' or 'ignore', got {extra_columns!r}")
     table = isinstance(pop, CovariateTable)
@@ -1113,8 +1101,10 @@ def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) ->
     defaults = {}
     for name in spec.covariates:
         if name in spec.used_covariates and name not in names:
-            # stacklevel 4: report_default, here, simulate_cohort, its caller
-            defaults[name] = spec.report_default(name, need=need, source=source, stacklevel=4)
+            # report_default, here, _plan, then the caller frames
+            defaults[name] = spec.report_default(
+                name, need=need, source=source, stacklevel=3 + _CALLER_FRAMES
+            )
     return defaults
 
 
@@ -1144,7 +1134,7 @@ def _stride(value, step, name) -> int:
     return max(1, round(k))
 
 
-def _thresholds(thresholds, spec) -> list[tuple[str, float, str]]:
+def _thresholds(thresholds, spec) -> list[Threshold]:
     out = []
     for o, vals in (thresholds or {}).items():
         if o not in spec.output_names:
@@ -1161,11 +1151,12 @@ def _thresholds(thresholds, spec) -> list[tuple[str, float, str]]:
             mg_l = parse_quantity(
                 v, "concentration", molar_mass=spec.molar_mass(an), key=f"thresholds.{o}"
             ).value
-            out.append((o, mg_l, f"{o} > {mg_l * MG_L_TO_NG_ML:g} ng/mL"))
+            ng_ml = mg_l * MG_L_TO_NG_ML
+            out.append(Threshold(o, mg_l, ng_ml, "ng/mL", f"{o} > {ng_ml:g} ng/mL"))
     return out
 
 
-def _plain_thresholds(o, vals, unit) -> list[tuple[str, float, str]]:
+def _plain_thresholds(o, vals, unit) -> list[Threshold]:
     """Thresholds of an output that is not a concentration (a score): in its own unit.
 
     A number, or a number followed by the output's unit; any other unit is an error, since
@@ -1185,7 +1176,7 @@ def _plain_thresholds(o, vals, unit) -> list[tuple[str, float, str]]:
             ) from None
         if not np.isfinite(x):
             raise CohortError(f"`thresholds.{o}` = {v!r}: expected a finite number")
-        out.append((o, x, f"{o} > {x:g} {unit}".rstrip()))
+        out.append(Threshold(o, x, x, unit, f"{o} > {x:g} {unit}".rstrip()))
     return out
 
 
@@ -1197,7 +1188,7 @@ def _warn_missing_omega(spec, iiv):
             "declared in the source but its value is missing; those parameters vary only "
             "with covariates",
             CovariateRangeWarning,
-            stacklevel=3,
+            stacklevel=1 + _CALLER_FRAMES,
         )
 
 
@@ -1206,6 +1197,7 @@ def _run(setup, bounds, threads, dask, dest=None):
         for s, e in bounds:
             yield run_chunk(setup, s, e, threads, dest)
         return
+    # distributed is imported only when chunks run on Dask (it is slow to import).
     from distributed import Client, LocalCluster
 
     cluster = None
@@ -1240,8 +1232,6 @@ def _progress(done, n, elapsed):
 
 def _output_scales(spec: ModelSpec) -> tuple[np.ndarray, list[str]]:
     """Factor from internal units and unit of each output (ng/mL for concentrations)."""
-    from pkpd.inputs.ode import output_scales
-
     return output_scales(spec)
 
 
@@ -1249,129 +1239,88 @@ def _units_attr(units: list[str]) -> str:
     return units[0] if len(set(units)) == 1 else "see output_units"
 
 
-def _chunk_dataset(setup: CohortSetup, res: dict):
+def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     """The xarray form of one chunk (used for Zarr appends and for the final result)."""
-    import xarray as xr
-
     spec = setup.spec
     outs = spec.output_names
-    n = res["stop"] - res["start"]
-    patient = np.arange(res["start"], res["stop"])
+    patient = np.arange(res.start, res.stop)
     coords: dict[str, Any] = {
-        "patient": ("patient", patient, {"long_name": "patient index"}),
+        "patient": variable("patient", patient),
         "output": ("output", outs),
     }
     scale, units = _output_scales(spec)
     u = _units_attr(units)
     if u != "ng/mL":
-        coords["output_units"] = ("output", units, {"long_name": "unit of each output"})
-    for k, v in res["covariates"].items():
+        coords["output_units"] = variable("output_units", units)
+    for k, v in res.covariates.items():
         arr = np.asarray(v)
         if arr.dtype.kind in "OU":
             arr = arr.astype(str)
-        coords[k] = ("patient", arr, {"long_name": f"covariate {k}"})
-    for k, v in res["anchors"].items():
-        coords[k] = ("patient", v, {"units": "h", "long_name": f"time of event {k}"})
+        coords[k] = variable("{covariate}", arr, covariate=k)
+    for k, v in res.anchors.items():
+        coords[k] = variable("{event}", v, event=k)
+    flags = {"flag_meanings": "; ".join(f"{s:d}: {s.message}" for s in Status)}
     data = {
-        "cmax": (
-            ("patient", "output"),
-            res["cmax"] * scale,
-            {"units": u, "long_name": "maximum concentration"},
-        ),
-        "tmax": (
-            ("patient", "output"),
-            res["tmax"],
-            {"units": "h", "long_name": "time of maximum concentration"},
-        ),
-        "auc": (
-            ("patient", "output", "window"),
-            res["auc"] * scale[:, None],
-            {
-                "units": "ng*h/mL",
-                "long_name": "area under the concentration curve (NaN for outputs that are "
-                "not concentrations)",
-            },
-        ),
-        "status": (
-            "patient",
-            res["status"].astype(np.int8),
-            {
-                "long_name": "solver status (0 = success)",
-                "flag_meanings": "; ".join(f"{k}: {v}" for k, v in STATUS_MESSAGES.items()),
-            },
-        ),
+        "cmax": variable("cmax", res.cmax * scale, units=u),
+        "tmax": variable("tmax", res.tmax),
+        "auc": variable("auc", res.auc * scale[:, None]),
+        "status": variable("status", res.status.astype(np.int8), flags),
     }
     coords["window"] = ("window", list(setup.windows))
     if setup.at:
         coords["at"] = ("at", list(setup.at))
-        data["c_at"] = (
-            ("patient", "output", "at"),
-            res["c_at"] * scale[:, None],
-            {"units": u, "long_name": "concentration at named times"},
-        )
+        data["c_at"] = variable("c_at", res.c_at * scale[:, None], units=u)
     if setup.thresholds:
-        coords["threshold"] = ("threshold", [lab for _, _, lab in setup.thresholds])
-        data["time_above"] = (
-            ("patient", "threshold"),
-            res["t_above"],
-            {"units": "h", "long_name": "time above threshold"},
-        )
-    units = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
+        _add_thresholds(setup, coords, data, res.t_above)
+    kinds = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
     for i, p in enumerate(spec.param_names):
-        data[f"param_{p}"] = (
-            "patient",
-            res["theta"][:, i],
-            {"units": units.get(spec.parameters[p].kind, "1"), "long_name": f"individual {p}"},
-        )
-    if "trajectory" in res:
-        _add_trajectory(setup, coords, data, res["trajectory"])  # already ng/mL
-    if "pre_bolus" in res:
-        data["trajectory_bolus_time"] = (
-            ("patient", "bolus"),
-            res["bolus_time"],
-            {"units": "h", "long_name": "time of a bolus on the trajectory grid (NaN: none)"},
-        )
-        for k, when in (("pre", "before"), ("post", "after")):
-            data[f"trajectory_{k}_bolus"] = (
-                ("patient", "traj_output", "bolus"),
-                res[f"{k}_bolus"],
-                {
-                    "units": "ng/mL",
-                    "long_name": f"output just {when} the bolus at trajectory_bolus_time "
-                    "(without residual error)",
-                },
-            )
-    if "amount" in res:
-        _add_amount(setup, coords, data, res["amount"])
-    del n
+        unit = kinds.get(spec.parameters[p].kind, "1")
+        data[f"param_{p}"] = variable("param_{parameter}", res.theta[:, i], units=unit, parameter=p)
+    if res.trajectory is not None:
+        _add_trajectory(setup, coords, data, res.trajectory)  # already ng/mL
+    if res.pre_bolus is not None:
+        data["trajectory_bolus_time"] = variable("trajectory_bolus_time", res.bolus_time)
+        sides = (("pre", "before", res.pre_bolus), ("post", "after", res.post_bolus))
+        for side, when, vals in sides:
+            data[f"trajectory_{side}_bolus"] = variable("trajectory_{side}_bolus", vals, when=when)
+    if res.amount is not None:
+        _add_amount(setup, coords, data, res.amount)
     return xr.Dataset(data, coords=coords)
+
+
+def _add_thresholds(setup: CohortSetup, coords: dict, data: dict, t_above) -> None:
+    """``time_above`` (patient, threshold) and the thresholds as coordinates: the labels
+    (text for people) and each one's output, level and unit (for programs)."""
+    thr = setup.thresholds
+    coords["threshold"] = ("threshold", [t.label for t in thr])
+    coords["threshold_output"] = variable("threshold_output", [t.output for t in thr])
+    levels = np.array([t.level for t in thr], dtype=float)
+    units = [t.units for t in thr]
+    level_units = units[0] if len(set(units)) == 1 else "see threshold_units"
+    coords["threshold_level"] = variable("threshold_level", levels, units=level_units)
+    coords["threshold_units"] = variable("threshold_units", units)
+    data["time_above"] = variable("time_above", t_above)
 
 
 def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) -> None:
     """The ``trajectory`` variable (patient, traj_output, time) in ng/mL, and its coords."""
     t = setup.grid[:: setup.store_stride]
-    coords["time"] = ("time", t, {"units": "h", "long_name": "time"})
+    coords["time"] = variable("time", t)
     coords["traj_output"] = ("traj_output", setup.store_out)
     outs = setup.spec.output_names
     units = _output_scales(setup.spec)[1]
-    data["trajectory"] = (
-        ("patient", "traj_output", "time"),
+    data["trajectory"] = variable(
+        "trajectory",
         traj_ng_ml,
-        {
-            "units": _units_attr([units[outs.index(o)] for o in setup.store_out]),
-            "long_name": "concentration" + (" (with residual error)" if setup.residual else ""),
-        },
+        units=_units_attr([units[outs.index(o)] for o in setup.store_out]),
+        note=" (with residual error)" if setup.residual else "",
     )
 
 
 def _add_amount(setup: CohortSetup, coords: dict, data: dict, amount) -> None:
     """The ``amount`` variable (patient, compartment, time) in mg (trajectory times)."""
     coords["compartment"] = ("compartment", setup.spec.comp_names)
-    data["amount"] = (
-        ("patient", "compartment", "time"),
-        amount,
-        {"units": "mg", "long_name": "amount of drug in each compartment"},
-    )
+    data["amount"] = variable("amount", amount)
 
 
 def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
@@ -1398,10 +1347,6 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
     `traj_all` is the preallocated ``(patient, traj_output, time)`` float32 array in ng/mL
     (or None when trajectories were not kept in memory); it is wrapped, not copied.
     """
-    import xarray as xr
-
-    from pkpd._version import __version__
-
     outs = setup.spec.output_names
     ds = xr.concat(
         [_chunk_dataset(setup, r) for r in results],
@@ -1436,18 +1381,14 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
         ds = ds.assign_coords(
             quantile=("quantile", list(QUANTILES)),
             band_output=("band_output", setup.band_outputs),
-            band_time=("band_time", bt, {"units": "h"}),
+            band_time=variable("band_time", bt),
         )
-        ds["band"] = (
-            ("quantile", "band_output", "band_time"),
+        units = _output_scales(setup.spec)[1]
+        ds["band"] = variable(
+            "band",
             vals,
-            {
-                "units": _units_attr(
-                    [_output_scales(setup.spec)[1][outs.index(o)] for o in setup.band_outputs]
-                ),
-                "long_name": "percentiles over patients",
-                "method": method,
-            },
+            {"method": method},
+            units=_units_attr([units[outs.index(o)] for o in setup.band_outputs]),
         )
     ds.attrs.update(setup.spec.provenance_attrs())
     pop = setup.population
@@ -1464,14 +1405,14 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "iiv": str(setup.iiv),
             "windows": "; ".join(f"{k}: {a} to {b}" for k, (a, b) in setup.windows.items()),
             "at_times": "; ".join(f"{k}: {v}" for k, v in setup.at.items()),
-            "grid": f"{setup.grid[0]:g} to {setup.grid[-1]:g} h, {setup.grid.size} points",
+            **grid_attrs(setup.grid),
             **_solver_attrs(setup, results),
             "package": f"ketamine-pkpd {__version__}",
             "disclaimer": DISCLAIMER,
             "n_failed": int((ds.status.values != 0).sum()),
         }
     )
-    unrecorded = sum(r.get("boluses_without_limits", 0) for r in results)
+    unrecorded = sum(r.boluses_without_limits for r in results)
     if unrecorded:
         ds.attrs["trajectory_bolus_limits"] = (
             f"not recorded: {unrecorded} bolus(es) on the trajectory grid of an [ode] model; "
@@ -1482,31 +1423,8 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
 
 def _solver_attrs(setup, results) -> dict:
     """The solver and metric-accuracy attributes (with the adaptive counters)."""
-    if setup.method == "exact":
-        return {
-            "solver": "exact: piecewise matrix exponential (cohort kernel)",
-            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
-            "time_above by linear interpolation between evaluated points",
-        }
-    from pkpd.engine.solvers import STAT_NAMES
-    from pkpd.engine.solvers.registry import SOLVERS
-
-    stats = np.concatenate([r["solver_stats"] for r in results])
-    info = SOLVERS[setup.method]
-    out = {
-        "solver": f"{info.method} (cohort kernel): {info.description}"
-        + ("; patients with detected stiffness re-solved with Rodas4" if setup.auto_stiff else ""),
-        "solver_method": setup.method,
-        "solver_rtol": float(np.max(setup.rtol)),
-        "solver_atol": float(np.max(setup.atol)),
-        "metrics_accuracy": f"solution to rtol {np.max(setup.rtol):g} / atol "
-        f"{np.max(setup.atol):g} (mg, mg/L); auc integrated by the solver; cmax/tmax over "
-        "grid + dose events; time_above by linear interpolation between evaluated points",
-    }
-    for i, name in enumerate(STAT_NAMES):
-        out[f"solver_{name}_mean"] = float(stats[:, i].mean()) if stats.size else 0.0
-        out[f"solver_{name}_max"] = int(stats[:, i].max()) if stats.size else 0
-    return out
+    stats = np.concatenate([r.solver_stats for r in results]) if setup.adaptive else None
+    return registry.cohort_attrs(setup.method, setup.rtol, setup.atol, stats, setup.auto_stiff)
 
 
 def check_ranges(spec: ModelSpec, ds) -> list[str]:

@@ -5,13 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 
-from pkpd.engine.solvers import STATUS_MESSAGES
+from pkpd._version import __version__
+from pkpd.disclaimer import DISCLAIMER
+from pkpd.engine.solvers import registry
 from pkpd.engine.solvers.exact import propagate
-from pkpd.errors import ModelError, PkpdError, RegimenError, SimulationError
-from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.errors import ModelError, RegimenError, SimulationError
+from pkpd.inputs.model import ModelSpec, dataset_variables, load_model
+from pkpd.inputs.pd import add_pd_variables, augment_model
 from pkpd.inputs.regimen import Regimen, load_regimen
-from pkpd.inputs.units import parse_quantity
+from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
+from pkpd.running import resources
+from pkpd.running.grid import (
+    MAX_GRID_POINTS,
+    MG_L_TO_NG_ML,
+    GridError,
+    bolus_jumps,
+    record_bolus_limits,
+    time_grid,
+)
+from pkpd.running.variables import variable, variable_attrs
 
 __all__ = [
     "DISCLAIMER",
@@ -23,57 +37,6 @@ __all__ = [
     "summarize",
     "time_grid",
 ]
-
-DISCLAIMER = (
-    "Research software for pharmacology and protocol design; not a clinical dosing "
-    "device. Do not use it to dose patients."
-)
-
-MG_L_TO_NG_ML = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
-#: Most points an output grid may have (10 million: 115 days at 1 s). Checked before the
-#: grid is allocated, so a tiny `every` or a huge `until` is refused, not a MemoryError.
-MAX_GRID_POINTS = 10_000_000
-
-
-class GridError(PkpdError, ValueError):
-    """The output time grid (`until`, `every`) is invalid or too large."""
-
-
-def _hours(value, name: str) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return parse_quantity(value, "time", key=name).value
-
-
-def time_grid(start: float, until, every) -> np.ndarray:
-    """Output grid ``start, start+every, ...`` up to and including `until` (hours).
-
-    `until` and `every` are hours or strings with units (``"48 h"``, ``"1 min"``). Points
-    are computed as ``start + i*every`` (no accumulated rounding); `until` is appended if
-    it is not on the grid.
-    """
-    until_h = _hours(until, "until")
-    every_h = _hours(every, "every")
-    if not every_h > 0:
-        raise GridError(f"`every` must be positive, got {every!r}")
-    if not until_h > start:
-        raise GridError(f"`until` ({until!r}) must be after the start ({start:g} h)")
-    # Counted before anything is allocated; inf (e.g. until = 1e306 day) is refused too.
-    points = (until_h - start) / every_h + 1.0
-    if not points <= MAX_GRID_POINTS:
-        raise GridError(
-            f"the output grid (`every` = {every!r}, from {start:g} h to `until` = "
-            f"{until_h:g} h) would have {points:.4g} points, more than the limit of "
-            f"{MAX_GRID_POINTS:,}: "
-            "choose a larger `every` or an earlier `until`"
-        )
-    n = int(np.floor((until_h - start) / every_h + 1e-9))
-    t = start + np.arange(n + 1) * every_h
-    if until_h - t[-1] > 1e-9 * max(1.0, abs(until_h)):
-        t = np.append(t, until_h)
-    else:
-        t[-1] = until_h
-    return t
 
 
 def _prepare(model, regimen, covariates, eta, anchors=None):
@@ -100,49 +63,30 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
     return spec, reg, full, theta, ev
 
 
-METHODS = ("exact", "dopri5", "rodas", "auto")
+METHODS = registry.METHODS
 
 
 def _check_method(method, rtol, atol):
     """Validate `method` and fill the default tolerances of the adaptive solvers."""
-    from pkpd.engine.solvers.registry import DEFAULT_ATOL, DEFAULT_RTOL
-
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if method == "exact" and (rtol is not None or atol is not None):
-        raise ValueError("`rtol`/`atol` apply to the adaptive methods; method='exact' is exact")
-    return (DEFAULT_RTOL if rtol is None else rtol), (DEFAULT_ATOL if atol is None else atol)
+    return registry.check(method, rtol, atol)
 
 
 def _solve(spec: ModelSpec, theta, ev, t, method="exact", rtol=None, atol=None):
     """Solve a linear model; returns ``(X, C, solver_attrs)``."""
     M, b, C = spec.system(theta)
     t0 = min(0.0, float(ev.t[0]), float(t[0]))
-    if method in ("exact", "auto"):
+    method = registry.resolve(method, spec).method
+    if not registry.SOLVERS[method].adaptive:
         X, status = propagate(M, b, ev.t, ev.rate, ev.bolus, t, t0=t0)
         if status != 0:
-            raise SimulationError(
-                f"exact solver failed (status {status}): "
-                f"{STATUS_MESSAGES.get(status, 'unknown status')}"
-            )
-        attrs = {
-            "solver": "exact: piecewise matrix exponential of the Van Loan augmented system "
-            "(Pade 13, scaling and squaring, Higham 2005)",
-            "solver_method": "exact",
-        }
-        return X, C, attrs
-    from pkpd.engine.solvers.registry import SOLVERS, run_linear
-    from pkpd.inputs.ode import solver_attrs
-
-    X, status, stats = run_linear(
+            raise SimulationError(registry.failure(method, status))
+        return X, C, registry.attrs(method)
+    X, status, stats = registry.run_linear(
         method, M, b, ev.t, ev.rate, ev.bolus, t, t0=t0, rtol=rtol, atol=atol
     )
     if status != 0:
-        raise SimulationError(
-            f"{SOLVERS[method].method} failed (status {status}): "
-            f"{STATUS_MESSAGES.get(status, 'unknown status')}"
-        )
-    return X, C, solver_attrs(method, rtol, atol, stats)
+        raise SimulationError(registry.failure(method, status))
+    return X, C, registry.attrs(method, rtol, atol, stats)
 
 
 def simulate(
@@ -227,37 +171,16 @@ def simulate(
     >>> float(ds.dose_given[-1])
     20.0
     """
-    import xarray as xr
-
-    from pkpd._version import __version__
-
     rtol, atol = _check_method(method, rtol, atol)
     model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
     spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
-    if times is None:
-        start = min(0.0, reg.start_time)
-        t = time_grid(start, until if until is not None else reg.end_time + 24.0, every)
-    else:
-        t = np.asarray(times, dtype=float).ravel()
-        if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
-            raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    t = _output_times(reg, times, until, every)
     _check_single_memory(spec, t.size, memory_limit)
     if spec.is_linear:
-        X, C, solver_attrs = _solve(spec, theta, ev, t, method, rtol, atol)
-        data = _linear_variables(spec, X, C)
-        jump = bolus_jumps(spec, theta[None, :])[0]  # ng/mL per mg, (n_out,)
-        names = [o.name for o in spec.outputs]
-        conc = np.stack([data[o][1] for o in names], axis=1)
-
-        def shifted(idx, dose):
-            return conc[idx] + dose[:, None] * jump[None, :]
-
-        _record_bolus_limits(data, names, t, ev, shifted)
+        data, sattrs = _linear_data(spec, theta, ev, t, method, rtol, atol)
     else:
-        from pkpd.inputs.ode import dataset_variables
-
-        data, solver_attrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
-    ds = xr.Dataset(data, coords={"time": ("time", t, {"units": "h", "long_name": "time"})})
+        data, sattrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
+    ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
     ds.attrs.update(spec.provenance_attrs())
     ds.attrs.update(
         {
@@ -268,93 +191,40 @@ def simulate(
             "disclaimer": DISCLAIMER,
         }
     )
-    ds.attrs.update(solver_attrs)
+    ds.attrs.update(sattrs)
     if eta is not None:
         ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
     if racemic:
-        from pkpd.inputs.stereo import racemic_attrs
-
         ds.attrs.update(racemic_attrs())
     if bundle is not None:
-        from pkpd.inputs.pd import add_pd_variables
-
         add_pd_variables(ds, bundle)
     return ds
 
 
-def bolus_on_grid(t, ev_t, ev_bolus):
-    """Where the boluses lie on the output grid `t`, within its rounding.
-
-    Parameters
-    ----------
-    t : (n_t,) float64
-        Sorted output times (h).
-    ev_t, ev_bolus : (..., K) float64
-        Event times (h) and bolus amounts (mg).
-
-    Returns
-    -------
-    idx : (..., K) int64
-        Grid index of each bolus, -1 for events that are no bolus or lie off the grid.
-    included, pending : (..., K) float64
-        For each event on the grid, the total bolus (mg) at that grid point that the stored,
-        right-continuous value includes (boluses at or before the grid time), and the total
-        that it does not include yet (boluses a rounding error after it).
-    """
-    ev_t = np.asarray(ev_t, dtype=float)
-    ev_bolus = np.asarray(ev_bolus, dtype=float)
-    # The nearest grid point of each event.
-    j = np.clip(np.searchsorted(t, ev_t), 0, t.size - 1)
-    jm = np.maximum(j - 1, 0)
-    j = np.where(np.abs(t[jm] - ev_t) < np.abs(t[j] - ev_t), jm, j)
-    tol = 1e-9 * np.maximum(1.0, np.abs(t[j]))
-    with np.errstate(invalid="ignore"):
-        on = (ev_bolus != 0.0) & (np.abs(t[j] - ev_t) <= tol)
-    idx = np.where(on, j, -1)
-    inc = np.where(on & (ev_t <= t[j]), ev_bolus, 0.0)
-    pend = np.where(on & (ev_t > t[j]), ev_bolus, 0.0)
-    same = (idx[..., :, None] == idx[..., None, :]) & on[..., None, :]
-    return idx, (same * inc[..., None, :]).sum(-1), (same * pend[..., None, :]).sum(-1)
+def _output_times(reg: Regimen, times, until, every) -> np.ndarray:
+    """The output times: `times` as given (checked), or the grid to `until` every `every`."""
+    if times is None:
+        start = min(0.0, reg.start_time)
+        return time_grid(start, until if until is not None else reg.end_time + 24.0, every)
+    t = np.asarray(times, dtype=float).ravel()
+    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(np.diff(t) < 0):
+        raise ValueError("`times` must be a non-empty sorted array of finite hours")
+    return t
 
 
-def bolus_jumps(spec: ModelSpec, theta: np.ndarray) -> np.ndarray:
-    """Jump of each output (ng/mL) per mg of bolus, ``(n, n_out)``, for a linear model.
+def _linear_data(spec: ModelSpec, theta, ev, t, method, rtol, atol) -> tuple[dict, dict]:
+    """Dataset variables (with their limits at boluses) and solver attrs of a linear model."""
+    X, C, sattrs = _solve(spec, theta, ev, t, method, rtol, atol)
+    data = _linear_variables(spec, X, C)
+    jump = bolus_jumps(spec, theta[None, :])[0]  # ng/mL per mg, (n_out,)
+    names = [o.name for o in spec.outputs]
+    conc = np.stack([data[o][1] for o in names], axis=1)
 
-    A bolus adds to the dose compartment only
-    (:func:`pkpd.engine.solvers.linear_system.fill_system`: ``b[dose] = 1``), so the outputs
-    read from that compartment jump by ``1 / V`` (or 1 when the state is itself a
-    concentration) and the others are continuous.
-    """
-    d = spec.dose_index
-    comp = spec.outputs_i[:, 0]
-    is_state = spec.outputs_i[:, 1] == 1
-    theta = np.atleast_2d(np.asarray(theta, dtype=float))
-    v = spec.comps_i[d, 0]
-    per_v = 1.0 / theta[:, v] if v >= 0 else np.full(theta.shape[0], np.nan)
-    per_mg = np.where(is_state[None, :], 1.0, per_v[:, None])
-    return np.where((comp == d)[None, :], per_mg, 0.0) * MG_L_TO_NG_ML
+    def shifted(idx, dose):
+        return conc[idx] + dose[:, None] * jump[None, :]
 
-
-def _record_bolus_limits(data, names, t, ev, shifted):
-    """Attributes :data:`pkpd.analysis.metrics.BOLUS_ATTRS` on each output of `data`.
-
-    `shifted(idx, dose)` gives the outputs (ng/mL, ``(len(idx), n_out)``) at grid points
-    `idx` after adding `dose` mg of bolus to the stored state (negative: taking it away).
-    The stored value at a bolus time is the right limit (unless the bolus lies a rounding
-    error after the grid point); :mod:`pkpd.metrics` needs the left limit too.
-    """
-    idx, inc, pend = bolus_on_grid(t, ev.t, ev.bolus)
-    idx, first = np.unique(idx, return_index=True)
-    keep = idx >= 0
-    idx, first = idx[keep], first[keep]
-    if idx.size == 0:
-        return
-    left = shifted(idx, -inc[first])
-    right = shifted(idx, pend[first])
-    for i, o in enumerate(names):
-        data[o][2].update(
-            {"bolus_times": t[idx].copy(), "pre_bolus": left[:, i], "post_bolus": right[:, i]}
-        )
+    record_bolus_limits(data, names, t, ev, shifted)
+    return data, sattrs
 
 
 def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
@@ -375,9 +245,7 @@ def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
 
 def _check_single_memory(spec: ModelSpec, n_points: int, memory_limit: int | None) -> None:
     if memory_limit is None:
-        from pkpd.running.cohort import _available_memory
-
-        memory_limit = int(0.8 * _available_memory())
+        memory_limit = int(0.8 * resources.available_memory())
     need = estimate_single_memory(spec, n_points)
     if need > memory_limit:
         raise GridError(
@@ -395,14 +263,10 @@ def _pd_and_stereo(model, regimen, pd, pd_parameters, racemic):
     """
     bundle = None
     if racemic:
-        from pkpd.inputs.stereo import check_s_ketamine_model, racemic_to_s_ketamine
-
         model = load_model(model)
         check_s_ketamine_model(model)
         regimen = racemic_to_s_ketamine(regimen)
     if pd:
-        from pkpd.inputs.pd import augment_model
-
         names = [pd] if isinstance(pd, str) else list(pd)
         # stacklevel: warn -> augment_model -> _pd_and_stereo -> simulate -> caller
         bundle = augment_model(model, names, pd_parameters, stacklevel=3)
@@ -466,47 +330,24 @@ def _linear_variables(spec: ModelSpec, X, C) -> dict:
     conc = X[:, :n] @ C.T * MG_L_TO_NG_ML
     data = {}
     for i, o in enumerate(spec.outputs):
-        data[o.name] = (
-            "time",
-            conc[:, i],
-            {
-                "units": "ng/mL",
-                "long_name": o.long_name,
-                "compartment": o.compartment,
-                **(
-                    {"note": "in parent-drug mass equivalents"}
-                    if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
-                    and o.analyte != spec.parent
-                    else {}
-                ),
-            },
+        note = (
+            {"note": "in parent-drug mass equivalents"}
+            if spec.analytes[o.analyte]["molar_mass"] == spec.molar_mass()
+            and o.analyte != spec.parent
+            else {}
         )
+        extra = {"compartment": o.compartment, **note}
+        data[o.name] = variable("{output}", conc[:, i], extra, long_name=o.long_name)
     for i, o in enumerate(spec.outputs):
-        data[f"auc_{o.name}"] = (
-            "time",
-            X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML,
-            {"units": "ng*h/mL", "long_name": f"cumulative AUC of {o.name} from the start"},
-        )
+        auc = X[:, n + 1 + len(spec.analyte_names) + i] * MG_L_TO_NG_ML
+        data[f"auc_{o.name}"] = variable("auc_{output}", auc, output=o.name)
     for j, c in enumerate(spec.compartments.values()):
         if c.type == "effect":
             continue
-        data[f"amount_{c.name}"] = (
-            "time",
-            X[:, j],
-            {"units": "mg", "long_name": f"amount of {c.analyte} in {c.name}"},
+        data[f"amount_{c.name}"] = variable(
+            "amount_{compartment}", X[:, j], compartment=c.name, analyte=c.analyte
         )
-    data["dose_given"] = (
-        "time",
-        X[:, n],
-        {"units": "mg", "long_name": "cumulative amount administered"},
-    )
+    data["dose_given"] = variable("dose_given", X[:, n])
     for a_i, a in enumerate(spec.analyte_names):
-        data[f"eliminated_{a}"] = (
-            "time",
-            X[:, n + 1 + a_i],
-            {
-                "units": "mg",
-                "long_name": f"cumulative amount of {a} eliminated or converted to a metabolite",
-            },
-        )
+        data[f"eliminated_{a}"] = variable("eliminated_{analyte}", X[:, n + 1 + a_i], analyte=a)
     return data

@@ -735,3 +735,19 @@ def solve_linear_dopri5_into(
         work,
         stats,
     )
+
+
+@_jit_inline
+def dopri5_state_patient(
+    rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff,
+    out, pre, fold, stats,
+):  # fmt: skip
+    """Adaptive Dopri5 recording the whole state, with its workspace: the per-patient
+    solver protocol of :func:`pkpd.engine.kernels_adaptive.adaptive_patient` once `rhs` is
+    bound (by the one-line wrapper of a generated ``[ode]`` module, which must refer to
+    its right-hand side as a global to be cached on disk)."""
+    work = np.zeros((N_WORK, y0.shape[0]))
+    return dopri5_solve_mapped(
+        rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps,
+        nstiff, np.zeros((0, 0)), out, pre, fold, work, stats,
+    )  # fmt: skip

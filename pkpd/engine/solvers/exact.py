@@ -31,11 +31,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import STATUS_BAD_TIMES, STATUS_NONFINITE, STATUS_OK
 from .expm import expm_into, expm_work
-
-STATUS_OK = 0
-STATUS_NONFINITE = 1
-STATUS_BAD_TIMES = 2
 
 # Number of cached step lengths: a uniform grid broken by events needs the grid step plus
 # the two partial steps on either side of each event.

@@ -127,6 +127,9 @@ _B13 = np.array(
 _NORM_SHIFT = 64
 
 _jit = numba.njit(cache=True, fastmath=False, nogil=True)
+# The steps of expm_into are inlined into it (numba IR): one function to compile, as fast
+# to compile as when it was written in one piece.
+_jit_inline = numba.njit(cache=True, fastmath=False, nogil=True, inline="always")
 
 
 def expm_work(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +303,166 @@ def _lu_solve_inplace(q, x, piv):
     return True
 
 
+@_jit_inline
+def _shapes_ok(A, out, work, piv):
+    """Whether ``A``, ``out``, ``work`` and ``piv`` fit together (see :func:`expm_into`)."""
+    n = A.shape[0]
+    return not (
+        A.shape[1] != n
+        or out.shape[0] != n
+        or out.shape[1] != n
+        or work.shape[0] < N_WORK
+        or work.shape[1] != n
+        or work.shape[2] != n
+        or piv.shape[0] < n
+    )
+
+
+@_jit_inline
+def _all_finite(A):
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if not math.isfinite(A[i, j]):
+                return False
+    return True
+
+
+@_jit_inline
+def _degree_and_scaling(A):
+    """Padé degree ``m`` and number of squarings ``s`` for a finite ``A`` (Higham 2005),
+    from its 1-norm. A finite matrix can still have a column sum that overflows; then
+    measure ``2^-64 A`` and add the 64 back in log2."""
+    norm1 = _norm1(A, 1.0)
+    if math.isfinite(norm1):
+        m = _pade_degree(norm1)
+        s = _scaling_exponent(norm1) if m == 13 else 0
+    else:
+        m = 13
+        shift = float(_NORM_SHIFT)
+        scaled = _norm1(A, math.ldexp(1.0, -_NORM_SHIFT))
+        s = math.ceil(math.log2(scaled) + shift - math.log2(THETA_13))
+    return m, s
+
+
+@_jit_inline
+def _pade13(work):
+    """U and V of the [13/13] Padé numerator of ``a = work[0]`` with the paper's even/odd
+    split (only A^2, A^4, A^6 are formed: six products with the two below). Returns the
+    views ``(u, v)`` of `work` that hold them."""
+    n = work.shape[1]
+    a = work[0]
+    a2 = work[1]
+    a4 = work[2]
+    a6 = work[3]
+    a8 = work[4]
+    w5 = work[5]
+    w6 = work[6]
+    _matmul(a, a, a2)
+    _matmul(a2, a2, a4)
+    _matmul(a2, a4, a6)
+    b = _B13
+    # U = A [A6 (b13 A6 + b11 A4 + b9 A2) + b7 A6 + b5 A4 + b3 A2 + b1 I]
+    tmp = a8
+    for i in range(n):
+        for j in range(n):
+            tmp[i, j] = b[13] * a6[i, j] + b[11] * a4[i, j] + b[9] * a2[i, j]
+    _matmul(a6, tmp, w5)
+    for i in range(n):
+        for j in range(n):
+            w5[i, j] += b[7] * a6[i, j] + b[5] * a4[i, j] + b[3] * a2[i, j]
+        w5[i, i] += b[1]
+    u = a8
+    _matmul(a, w5, u)
+    # V = A6 (b12 A6 + b10 A4 + b8 A2) + b6 A6 + b4 A4 + b2 A2 + b0 I
+    for i in range(n):
+        for j in range(n):
+            w5[i, j] = b[12] * a6[i, j] + b[10] * a4[i, j] + b[8] * a2[i, j]
+    v = w6
+    _matmul(a6, w5, v)
+    for i in range(n):
+        for j in range(n):
+            v[i, j] += b[6] * a6[i, j] + b[4] * a4[i, j] + b[2] * a2[i, j]
+        v[i, i] += b[0]
+    return u, v
+
+
+@_jit_inline
+def _pade_low(m, work):
+    """U and V of the [m/m] Padé numerator of ``a = work[0]`` for m in (3, 5, 7, 9):
+    ``U = A (b_1 I + b_3 A^2 + ... + b_m A^(m-1))``, ``V = b_0 I + b_2 A^2 + ... +
+    b_(m-1) A^(m-1)``, the even powers A^(2p) in ``work[p]``. Returns the views ``(u, v)``
+    of `work` that hold them."""
+    n = work.shape[1]
+    a = work[0]
+    if m == 3:
+        b = _B3
+    elif m == 5:
+        b = _B5
+    elif m == 7:
+        b = _B7
+    else:
+        b = _B9
+    half = (m - 1) // 2
+    _matmul(a, a, work[1])
+    if half >= 2:
+        _matmul(work[1], work[1], work[2])
+    if half >= 3:
+        _matmul(work[1], work[2], work[3])
+    if half >= 4:
+        _matmul(work[2], work[2], work[4])
+    upre = work[5]
+    for i in range(n):
+        for j in range(n):
+            upre[i, j] = 0.0
+        upre[i, i] = b[1]
+    for p in range(1, half + 1):
+        wp = work[p]
+        c = b[2 * p + 1]
+        for i in range(n):
+            for j in range(n):
+                upre[i, j] += c * wp[i, j]
+    u = work[6]
+    _matmul(a, upre, u)
+    v = work[5]  # upre is no longer needed
+    for i in range(n):
+        for j in range(n):
+            v[i, j] = 0.0
+        v[i, i] = b[0]
+    for p in range(1, half + 1):
+        wp = work[p]
+        c = b[2 * p]
+        for i in range(n):
+            for j in range(n):
+                v[i, j] += c * wp[i, j]
+    return u, v
+
+
+@_jit_inline
+def _solve_pade(u, v, out, piv):
+    """``out = (V - U)^-1 (V + U)``: Q = V - U overwrites V (each element is read before
+    it is written), the right-hand side V + U goes straight into out and becomes X.
+    False on a zero pivot."""
+    n = out.shape[0]
+    for i in range(n):
+        for j in range(n):
+            vij = v[i, j]
+            uij = u[i, j]
+            out[i, j] = vij + uij
+            v[i, j] = vij - uij
+    return _lu_solve_inplace(v, out, piv)
+
+
+@_jit_inline
+def _square(out, sq, s):
+    """``out = out^(2^s)`` by `s` squarings through the buffer `sq`."""
+    n = out.shape[0]
+    for _ in range(s):
+        _matmul(out, out, sq)
+        for i in range(n):
+            for j in range(n):
+                out[i, j] = sq[i, j]
+
+
 @_jit
 def expm_into(A, out, work, piv):
     """Write the matrix exponential of ``A`` into ``out`` without allocating.
@@ -348,149 +511,33 @@ def expm_into(A, out, work, piv):
     with n right-hand sides. Deterministic: the same inputs give bit-identical outputs.
     """
     n = A.shape[0]
-    if (
-        A.shape[1] != n
-        or out.shape[0] != n
-        or out.shape[1] != n
-        or work.shape[0] < N_WORK
-        or work.shape[1] != n
-        or work.shape[2] != n
-        or piv.shape[0] < n
-    ):
+    if not _shapes_ok(A, out, work, piv):
         _fill_nan(out)
         return EXPM_BAD_SHAPE
-
-    for i in range(n):
-        for j in range(n):
-            if not math.isfinite(A[i, j]):
-                _fill_nan(out)
-                return EXPM_NONFINITE_INPUT
-
-    # Degree and scaling from the 1-norm (Higham 2005). A finite matrix can still have a
-    # column sum that overflows; then measure 2^-64 A and add the 64 back in log2.
-    norm1 = _norm1(A, 1.0)
-    if math.isfinite(norm1):
-        m = _pade_degree(norm1)
-        s = _scaling_exponent(norm1) if m == 13 else 0
-    else:
-        m = 13
-        shift = float(_NORM_SHIFT)
-        scaled = _norm1(A, math.ldexp(1.0, -_NORM_SHIFT))
-        s = math.ceil(math.log2(scaled) + shift - math.log2(THETA_13))
-
+    if not _all_finite(A):
+        _fill_nan(out)
+        return EXPM_NONFINITE_INPUT
+    m, s = _degree_and_scaling(A)
     # Scratch layout. W0: 2^-s A. W1..W4: A^2, A^4, A^6, A^8 (as far as needed; for
     # m = 13 W4 is a temporary). W5, W6: partial sums, U and V. After the solve W0 is
-    # the squaring buffer.
+    # the squaring buffer. Multiplying by a power of two is exact (barring underflow of
+    # tiny entries).
     a = work[0]
-    a2 = work[1]
-    a4 = work[2]
-    a6 = work[3]
-    a8 = work[4]
-    w5 = work[5]
-    w6 = work[6]
-
-    # Multiplying by a power of two is exact (barring underflow of tiny entries).
     scale = math.ldexp(1.0, -s)
     for i in range(n):
         for j in range(n):
             a[i, j] = A[i, j] * scale
-
     if m == 13:
-        _matmul(a, a, a2)
-        _matmul(a2, a2, a4)
-        _matmul(a2, a4, a6)
-        b = _B13
-        # U = A [A6 (b13 A6 + b11 A4 + b9 A2) + b7 A6 + b5 A4 + b3 A2 + b1 I]
-        tmp = a8
-        for i in range(n):
-            for j in range(n):
-                tmp[i, j] = b[13] * a6[i, j] + b[11] * a4[i, j] + b[9] * a2[i, j]
-        _matmul(a6, tmp, w5)
-        for i in range(n):
-            for j in range(n):
-                w5[i, j] += b[7] * a6[i, j] + b[5] * a4[i, j] + b[3] * a2[i, j]
-            w5[i, i] += b[1]
-        u = a8
-        _matmul(a, w5, u)
-        # V = A6 (b12 A6 + b10 A4 + b8 A2) + b6 A6 + b4 A4 + b2 A2 + b0 I
-        for i in range(n):
-            for j in range(n):
-                w5[i, j] = b[12] * a6[i, j] + b[10] * a4[i, j] + b[8] * a2[i, j]
-        v = w6
-        _matmul(a6, w5, v)
-        for i in range(n):
-            for j in range(n):
-                v[i, j] += b[6] * a6[i, j] + b[4] * a4[i, j] + b[2] * a2[i, j]
-            v[i, i] += b[0]
+        u, v = _pade13(work)
     else:
-        if m == 3:
-            b = _B3
-        elif m == 5:
-            b = _B5
-        elif m == 7:
-            b = _B7
-        else:
-            b = _B9
-        # Even powers A^(2p) in work[p], p = 1..(m-1)/2 (m = 9 needs up to A^8).
-        half = (m - 1) // 2
-        _matmul(a, a, a2)
-        if half >= 2:
-            _matmul(a2, a2, a4)
-        if half >= 3:
-            _matmul(a2, a4, a6)
-        if half >= 4:
-            _matmul(a4, a4, a8)
-        # U = A (b_1 I + b_3 A^2 + ... + b_m A^(m-1)),  V = b_0 I + b_2 A^2 + ...
-        #     + b_(m-1) A^(m-1).
-        upre = w5
-        for i in range(n):
-            for j in range(n):
-                upre[i, j] = 0.0
-            upre[i, i] = b[1]
-        for p in range(1, half + 1):
-            wp = work[p]
-            c = b[2 * p + 1]
-            for i in range(n):
-                for j in range(n):
-                    upre[i, j] += c * wp[i, j]
-        u = w6
-        _matmul(a, upre, u)
-        v = w5  # upre is no longer needed
-        for i in range(n):
-            for j in range(n):
-                v[i, j] = 0.0
-            v[i, i] = b[0]
-        for p in range(1, half + 1):
-            wp = work[p]
-            c = b[2 * p]
-            for i in range(n):
-                for j in range(n):
-                    v[i, j] += c * wp[i, j]
-
-    # (V - U) X = (V + U): Q = V - U overwrites V (each element is read before it is
-    # written), the right-hand side V + U goes straight into out and becomes X.
-    for i in range(n):
-        for j in range(n):
-            vij = v[i, j]
-            uij = u[i, j]
-            out[i, j] = vij + uij
-            v[i, j] = vij - uij
-    if not _lu_solve_inplace(v, out, piv):
+        u, v = _pade_low(m, work)
+    if not _solve_pade(u, v, out, piv):
         _fill_nan(out)
         return EXPM_SINGULAR
-
     # Undo the scaling: exp(A) = r_13(2^-s A)^(2^s).
-    sq = work[0]
-    for _ in range(s):
-        _matmul(out, out, sq)
-        for i in range(n):
-            for j in range(n):
-                out[i, j] = sq[i, j]
-
-    for i in range(n):
-        for j in range(n):
-            if not math.isfinite(out[i, j]):
-                return EXPM_NONFINITE_OUTPUT
+    _square(out, work[0], s)
+    if not _all_finite(out):
+        return EXPM_NONFINITE_OUTPUT
     return EXPM_OK
 
 

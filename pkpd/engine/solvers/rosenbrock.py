@@ -648,3 +648,21 @@ def solve_linear_rodas_into(
 def no_jac(t, y, u, p, J):
     """Placeholder Jacobian for ``jac_mode = 1`` (finite differences): never called."""
     J[0, 0] = math.nan
+
+
+@_jit_inline
+def rodas_state_patient(
+    rhs, autonomous, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
+    max_steps, nstiff, out, pre, fold, stats,
+):  # fmt: skip
+    """Adaptive Rodas4 with a finite-difference Jacobian, recording the whole state, with
+    its workspace: :func:`pkpd.engine.solvers.dopri5.dopri5_state_patient` for Rodas4
+    (`nstiff` is ignored; `autonomous` as in :func:`rodas_solve_mapped`)."""
+    n = y0.shape[0]
+    work = np.zeros((N_WORK, n))
+    mats = np.zeros((2, n, n))
+    ipiv = np.zeros(n, dtype=np.int64)
+    return rodas_solve_mapped(
+        rhs, no_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
+        max_steps, 1, autonomous, np.zeros((0, 0)), out, pre, fold, work, mats, ipiv, stats,
+    )  # fmt: skip

@@ -1,0 +1,140 @@
+"""Text tables of results: the rows the ``pkpd`` command prints and the HTML report shows.
+
+Each builder returns rows ``(label, [one cell per column])`` of formatted strings; the
+command lays them out with :func:`text_table`, :mod:`pkpd.output.report` as HTML.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "cohort_summary_lines",
+    "compare_rows",
+    "design_pareto_rows",
+    "design_pta_rows",
+    "fmt_range",
+    "text_table",
+]
+
+Rows = list[tuple[str, list[str]]]
+
+
+def fmt_range(v) -> str:
+    """'median (p5-p95)' of a (percentile,) array."""
+    lo, med, hi = (float(x) for x in v)
+    if not np.isfinite(med):
+        return "-"
+    return f"{med:.4g} ({lo:.4g}-{hi:.4g})"
+
+
+def compare_rows(cds) -> Rows:
+    """Rows (label, one cell per regimen) of the comparison table."""
+    rows = []
+    regs = list(cds.regimen.values)
+
+    def cells(da):
+        return [fmt_range(da.sel(regimen=r).values) for r in regs]
+
+    for o in cds.output.values:
+        rows.append((f"Cmax {o} (ng/mL)", cells(cds.cmax.sel(output=o))))
+        for w in cds.window.values:
+            rows.append((f"AUC {o} {w} (ng*h/mL)", cells(cds.auc.sel(output=o, window=w))))
+        if "c_at" in cds:
+            for a in cds["at"].values:
+                rows.append((f"{o} at {a} (ng/mL)", cells(cds.c_at.sel(output=o, at=a))))
+    if "time_above" in cds:
+        for t in cds.threshold.values:
+            rows.append((f"time {t} (h)", cells(cds.time_above.sel(threshold=t))))
+    rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
+    rows.append(("total dose (mg)", cells(cds.dose)))
+
+    def interval(name):
+        out = []
+        for r in regs:
+            v = float(cds[name].sel(regimen=r))
+            lo = float(cds[f"{name}_lo"].sel(regimen=r)) if f"{name}_lo" in cds else np.nan
+            hi = float(cds[f"{name}_hi"].sel(regimen=r)) if f"{name}_hi" in cds else np.nan
+            out.append(f"{100 * v:.3g}% ({100 * lo:.3g}-{100 * hi:.3g})")
+        return out
+
+    if "pta" in cds:
+        rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
+    for name in [r for r in str(cds.attrs.get("risks", "")).split(", ") if r]:
+        rows.append((f"{name} incidence [95% interval]", interval(f"incidence_{name}")))
+    rows.append(("failed patients", [str(int(cds.n_failed.sel(regimen=r))) for r in regs]))
+    return rows
+
+
+def design_pareto_rows(gds) -> tuple[list[str], Rows]:
+    """Header and rows of the Pareto front of a design grid, by increasing risk."""
+    dims = list(gds.regimen.dims)
+    rname = gds.attrs.get("risk") or ""
+    rows = []
+    for idx in zip(*np.nonzero(gds.pareto.values), strict=True):
+        pt = gds.isel(dict(zip(dims, idx, strict=True)))
+        rows.append(
+            (str(pt.regimen.values), [f"{100 * float(pt.pta):.3g}%",
+             f"{100 * float(pt[f'incidence_{rname}']):.3g}%",
+             f"{100 * float(pt[f'incidence_{rname}_hi']):.3g}%",
+             f"{float(pt.total_dose):.3g}"])
+        )  # fmt: skip
+    rows.sort(key=lambda r: float(r[1][1].rstrip("%")))
+    return ["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg"], rows
+
+
+def design_pta_rows(gds) -> tuple[list[str], Rows]:
+    """Header and rows of the PTA at every point of a design grid (grid order)."""
+    rows = [
+        (str(gds.regimen.values[i]), [f"{100 * float(gds.pta.values[i]):.3g}%",
+         f"{float(gds.total_dose.values[i]):.3g}"])
+        for i in np.ndindex(gds.pta.shape)
+    ]  # fmt: skip
+    return ["regimen", "PTA", "mg/kg"], rows
+
+
+def cohort_summary_lines(ds) -> list[str]:
+    """Median and 5-95 % range over the successful patients of a cohort, one metric a line."""
+    lines = []
+    ok = ds.status.values == 0
+    for o in ds.output.values:
+        cm = ds.cmax.sel(output=o).values[ok]
+        unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
+        lines.append(
+            f"{o:>16}: Cmax median {np.median(cm):.4g} {unit} "
+            f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
+        )
+        for w in ds.window.values if unit == "ng/mL" else ():
+            a = ds.auc.sel(output=o, window=w).values[ok]
+            lines.append(
+                f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
+                f"(5-95%: {np.percentile(a, 5):.5g}-{np.percentile(a, 95):.5g})"
+            )
+        if "c_at" in ds:
+            for a_name in ds["at"].values:
+                v = ds.c_at.sel(output=o, at=a_name).values[ok]
+                lines.append(
+                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} {unit} "
+                    f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
+                )
+    if "time_above" in ds:
+        for lab in ds.threshold.values:
+            v = ds.time_above.sel(threshold=lab).values[ok]
+            lines.append(
+                f"time {lab}: median {np.median(v):.3g} h "
+                f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
+            )
+    return lines
+
+
+def text_table(head: list[str], rows: Rows) -> list[str]:
+    """Lines of a plain-text table: the first column left-aligned, the others right."""
+    w0 = max(len(head[0]), *(len(r[0]) for r in rows))
+    ws = [max(len(h), *(len(r[1][i]) for r in rows)) for i, h in enumerate(head[1:])]
+    cols = (h.rjust(w) for h, w in zip(head[1:], ws, strict=True))
+    lines = ["  ".join([head[0].ljust(w0), *cols])]
+    for lab, cells in rows:
+        lines.append(
+            "  ".join([lab.ljust(w0), *(c.rjust(w) for c, w in zip(cells, ws, strict=True))])
+        )
+    return lines

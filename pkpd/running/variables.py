@@ -1,0 +1,100 @@
+"""The dataset variables of results: one table of name, dimensions, unit and long name.
+
+Every module that builds a result :class:`xarray.Dataset` (one patient, cohort chunks and
+their assembly) takes a variable's dimensions and attributes from :data:`VARIABLES`, so a
+name means the same thing, with the same unit, wherever it appears. A name in braces
+(``auc_{output}``) is a family of variables; the caller fills the braces of the name, the
+unit and the long name (``variable("auc_{output}", values, output="cp")``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["VARIABLES", "Variable", "variable", "variable_attrs"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """Dimensions and attributes of a dataset variable (or of a family of them).
+
+    `units` None: the variable has no unit attribute (an index, a label, a status);
+    ``"{units}"``: the unit of the outputs it holds, given by the caller. `long_name`
+    None: no long name.
+    """
+
+    dims: tuple[str, ...]
+    units: str | None
+    long_name: str | None
+
+    def attrs(self, **fields) -> dict:
+        """The ``units`` and ``long_name`` attributes, braces filled from `fields`."""
+        out = {}
+        if self.units is not None:
+            out["units"] = self.units.format(**fields)
+        if self.long_name is not None:
+            out["long_name"] = self.long_name.format(**fields)
+        return out
+
+
+_TIME = ("time",)
+_PO = ("patient", "output")
+
+VARIABLES: dict[str, Variable] = {
+    # ---- one patient (pkpd.simulate), dimension time
+    "time": Variable(_TIME, "h", "time"),
+    "{output}": Variable(_TIME, "ng/mL", "{long_name}"),
+    "auc_{output}": Variable(_TIME, "ng*h/mL", "cumulative AUC of {output} from the start"),
+    "amount_{compartment}": Variable(_TIME, "mg", "amount of {analyte} in {compartment}"),
+    "dose_given": Variable(_TIME, "mg", "cumulative amount administered"),
+    "eliminated_{analyte}": Variable(
+        _TIME, "mg", "cumulative amount of {analyte} eliminated or converted to a metabolite"
+    ),
+    # ---- cohorts (pkpd.simulate_cohort), dimension patient
+    "patient": Variable(("patient",), None, "patient index"),
+    "output_units": Variable(("output",), None, "unit of each output"),
+    "{covariate}": Variable(("patient",), None, "covariate {covariate}"),
+    "{event}": Variable(("patient",), "h", "time of event {event}"),
+    "cmax": Variable(_PO, "{units}", "maximum concentration"),
+    "tmax": Variable(_PO, "h", "time of maximum concentration"),
+    "auc": Variable(
+        (*_PO, "window"),
+        "ng*h/mL",
+        "area under the concentration curve (NaN for outputs that are not concentrations)",
+    ),
+    "status": Variable(("patient",), None, "solver status (0 = success)"),
+    "c_at": Variable((*_PO, "at"), "{units}", "concentration at named times"),
+    "time_above": Variable(("patient", "threshold"), "h", "time above threshold"),
+    "threshold_output": Variable(("threshold",), None, "output of each threshold"),
+    "threshold_level": Variable(
+        ("threshold",), "{units}", "threshold level (ng/mL for concentrations)"
+    ),
+    "threshold_units": Variable(("threshold",), None, "unit of each threshold level"),
+    "param_{parameter}": Variable(("patient",), "{units}", "individual {parameter}"),
+    "trajectory": Variable(("patient", "traj_output", "time"), "{units}", "concentration{note}"),
+    "trajectory_bolus_time": Variable(
+        ("patient", "bolus"), "h", "time of a bolus on the trajectory grid (NaN: none)"
+    ),
+    "trajectory_{side}_bolus": Variable(
+        ("patient", "traj_output", "bolus"),
+        "ng/mL",
+        "output just {when} the bolus at trajectory_bolus_time (without residual error)",
+    ),
+    "amount": Variable(
+        ("patient", "compartment", "time"), "mg", "amount of drug in each compartment"
+    ),
+    "band": Variable(
+        ("quantile", "band_output", "band_time"), "{units}", "percentiles over patients"
+    ),
+    "band_time": Variable(("band_time",), "h", None),
+}
+
+
+def variable_attrs(key: str, extra: dict | None = None, **fields) -> dict:
+    """The attributes of variable `key` of :data:`VARIABLES` (then `extra`)."""
+    return {**VARIABLES[key].attrs(**fields), **(extra or {})}
+
+
+def variable(key: str, values, extra: dict | None = None, **fields) -> tuple:
+    """``(dims, values, attrs)`` of variable `key` of :data:`VARIABLES`, for a Dataset."""
+    return (VARIABLES[key].dims, values, variable_attrs(key, extra, **fields))
