@@ -392,10 +392,8 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
             while n_store > 0 and next_store <= g_last:
                 gi = next_store // store_stride
                 kk = next_store - g
-                if kk < BLK - 1:
-                    record.store(traj, p, gi, cblk, kk * n_rows, store_out, store_scale)
-                else:
-                    record.store(traj, p, gi, c, 0, store_out, store_scale)
+                record.store_block(traj, p, gi, cblk, c, kk, BLK - 1, n_rows, store_out,
+                                   store_scale)  # fmt: skip
                 next_store += store_stride
             t_prev = t
             g = g_last + 1

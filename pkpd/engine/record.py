@@ -143,6 +143,21 @@ def store(traj, p, gi, row, first, store_out, store_scale):
         traj[p, j, gi] = row[first + store_out[j]] * store_scale[j]
 
 
+@_jit_inline
+def store_block(traj, p, gi, cblk, c, kk, n_inner, n_rows, store_out, store_scale):
+    """:func:`store` of point `kk` of a block: inner point ``kk < n_inner`` from the
+    block buffer ``cblk`` (``n_rows`` values per point), else the block's last point
+    ``c``. The choice is made per value: choosing the buffer once per point and calling
+    :func:`store` with it made storing every state of every point (the float64 kernel
+    benchmark) 1.9 times slower (780 vs 420 ms)."""
+    for j in range(store_out.shape[0]):
+        if kk < n_inner:
+            v = cblk[kk * n_rows + store_out[j]]
+        else:
+            v = c[store_out[j]]
+        traj[p, j, gi] = v * store_scale[j]
+
+
 @_jit
 def fail(p, cmax, tmax, auc, c_at, t_above):
     """NaN metrics for failed patient `p` (its status says why)."""
