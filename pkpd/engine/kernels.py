@@ -7,8 +7,12 @@ cache), evaluated on a common grid, at its own dose events and at its own "speci
 events such as the end of surgery). Per-patient metrics are reduced while stepping, so
 nothing of size ``n_time`` is kept unless trajectories are requested.
 
-Metrics (concentrations in mg/L here; the Python layer reports ng/mL)
----------------------------------------------------------------------
+The per-patient core is one event loop (:func:`_event_loop`): advance to the next point
+(the stepper: whole grid steps by one precomputed propagator in :func:`_grid_run`, any
+other interval by :func:`pkpd.engine.solvers.exact._step`), ask the dosing source
+(:mod:`pkpd.engine.dosing`) at its decision times, and hand every evaluated point to the
+recorder (:mod:`pkpd.engine.record`), which owns the metric definitions:
+
 * ``cmax``, ``tmax``: maximum over every evaluated point (grid, dose events just before
   and just after a bolus, special times). Between grid points the maximum is not searched:
   its accuracy is that of the grid (a peak at a bolus or at the end of an infusion is
@@ -21,6 +25,9 @@ Metrics (concentrations in mg/L here; the Python layer reports ng/mL)
 
 Status codes per patient follow :data:`pkpd.engine.solvers.STATUS_MESSAGES`; a failed patient
 gets NaN metrics and never stops the others.
+
+Everything below the parallel loop works on plain arrays and scalars allocated once per
+patient (:func:`_patient`), never inside the loop.
 """
 
 from __future__ import annotations
@@ -30,45 +37,55 @@ import numpy as np
 
 # Absolute imports: this file is also compiled as a copy specialised to one state size
 # (see `kernel_for`).
+from pkpd.engine import dosing, record
+from pkpd.engine.record import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
 from pkpd.engine.solvers.exact import STATUS_OK, _step
 from pkpd.engine.solvers.expm import N_WORK, expm_into
 from pkpd.engine.solvers.linear_system import fill_system
 
-# Kinds of special times (spec_kind[:, s]).
-SPECIAL_WINDOW_START = 0
-SPECIAL_WINDOW_END = 1
-SPECIAL_ANCHOR = 2
+__all__ = [
+    "BLK",
+    "SPECIAL_ANCHOR",
+    "SPECIAL_WINDOW_END",
+    "SPECIAL_WINDOW_START",
+    "cohort_kernel",
+    "histogram_update",
+    "kernel_for",
+]
 
 _CACHE = 4
-#: Grid steps per block in the fast path (see `_patient`).
+#: Grid steps per block in the fast path (see `_blocks`).
 BLK = 32  # a power of two (the block propagator is computed by squaring)
+#: The reduced state size, 0 for any: `kernel_for` copies set it (a compile-time literal).
+_NR = 0  # @specialise: replaced by a literal in `kernel_for` copies
+
+_jit = numba.njit(cache=True, nogil=True)
+_jit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 
-@numba.njit(cache=True, nogil=True)
+@_jit_inline
+def _nr(x):
+    """The reduced state size of state `x`: the literal `_NR` in a specialised copy, so
+    that LLVM unrolls the small mat-vecs over it."""
+    return x.shape[0] if _NR == 0 else _NR
+
+
+@_jit_inline
 def _eval_outputs(x, out_state, out_scale, c):
     for o in range(c.shape[0]):
         c[o] = x[out_state[o]] * out_scale[o]
 
 
-@numba.njit(cache=True, nogil=True)
-def _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
-    """Fold one evaluated point into the running metrics of patient `p` (`c` may hold
-    stored state rows after the outputs: Cmax covers the outputs only)."""
-    for o in range(cmax.shape[1]):
-        if c[o] > cmax[p, o]:
-            cmax[p, o] = c[o]
-            tmax[p, o] = t
-    dt = t - t_prev
-    if dt > 0.0:
-        for j in range(thr_out.shape[0]):
-            o = thr_out[j]
-            a = c_prev[o] - thr_val[j]
-            b = c[o] - thr_val[j]
-            if a >= 0.0 and b >= 0.0:
-                t_above[p, j] += dt
-            elif a > 0.0 or b > 0.0:
-                # One end above: the linear interpolant crosses once.
-                t_above[p, j] += dt * (a if a > 0.0 else b) / abs(b - a)
+@_jit_inline
+def _propagate(A, a, rate, x, xtmp, Nr):
+    """``x = A x + a rate`` in place (`Nr` states)."""
+    for i in range(Nr):
+        acc = a[i] * rate
+        for j in range(Nr):
+            acc += A[i, j] * x[j]
+        xtmp[i] = acc
+    for i in range(Nr):
+        x[i] = xtmp[i]
 
 
 @numba.njit(cache=True, parallel=True)
@@ -118,7 +135,8 @@ def cohort_kernel(
         the cumulative AUC state of each output (dose and elimination accumulators are not
         needed for metrics and are dropped for speed).
     ev_t, ev_rate, ev_bolus : (n, K) float64
-        Per-patient event tables (see ``Regimen.event_arrays``).
+        Per-patient event tables (see ``Regimen.event_arrays``): the dosing source
+        (:mod:`pkpd.engine.dosing`).
     t0 : float
         Start time (h), common to all patients; no event precedes it.
     grid : (n_t,) float64
@@ -155,97 +173,39 @@ def cohort_kernel(
     status : (n,) int64
         Output: 0 success, else a solver status code.
     """
-    n = theta.shape[0]
-    n_comp = comps_i.shape[0]
-    n_out = outputs_i.shape[0]
-    n_comp + 1 + n_analytes + n_out
-    keep.shape[0]
-    grid.shape[0]
-    spec_t.shape[1]
-    ev_t.shape[1]
-    auc.shape[2]
-    for p in numba.prange(n):
+    model = (comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes)
+    # The cumulative AUC state of each output follows the compartments (the same for
+    # every patient: allocated once per chunk, not per patient).
+    auc_index = np.empty(outputs_i.shape[0], dtype=np.int64)
+    for o in range(outputs_i.shape[0]):
+        auc_index[o] = comps_i.shape[0] + o
+    for p in numba.prange(theta.shape[0]):
         _patient(
             p,
             theta,
-            comps_i,
-            flows_i,
-            flows_f,
-            effects_i,
-            outputs_i,
-            dose_comp,
-            n_analytes,
+            model,
             keep,
-            ev_t,
-            ev_rate,
-            ev_bolus,
+            (ev_t, ev_rate, ev_bolus),
             t0,
             grid,
-            spec_t,
-            spec_kind,
-            spec_slot,
-            thr_out,
-            thr_val,
-            store_out,
-            store_stride,
+            (spec_t, spec_kind, spec_slot),
+            (thr_out, thr_val, store_out, store_stride, store_scale),
             extra_state,
-            store_scale,
             uniform,
-            cmax,
-            tmax,
-            auc,
-            t_above,
-            c_at,
-            traj,
-            status,
+            (cmax, tmax, auc, t_above, c_at, traj, status),
+            auc_index,
         )
 
 
-@numba.njit(cache=True, nogil=True)
-def _patient(
-    p,
-    theta,
-    comps_i,
-    flows_i,
-    flows_f,
-    effects_i,
-    outputs_i,
-    dose_comp,
-    n_analytes,
-    keep,
-    ev_t,
-    ev_rate,
-    ev_bolus,
-    t0,
-    grid,
-    spec_t,
-    spec_kind,
-    spec_slot,
-    thr_out,
-    thr_val,
-    store_out,
-    store_stride,
-    extra_state,
-    store_scale,
-    uniform,
-    cmax,
-    tmax,
-    auc,
-    t_above,
-    c_at,
-    traj,
-    status,
-):
-    """Simulate patient `p` (the body of :func:`cohort_kernel`'s parallel loop)."""
+@_jit_inline
+def _system(p, theta, model, keep, extra_state):
+    """Patient `p`'s reduced system ``(Mr, br)`` (``dx/dt = Mr x + br u``) and the map of
+    the evaluated rows ``(out_state, out_scale)``: the outputs, then the extra states."""
+    comps_i, flows_i, flows_f, effects_i, outputs_i, dose_comp, n_analytes = model
     n_comp = comps_i.shape[0]
     n_out = outputs_i.shape[0]
     N = n_comp + 1 + n_analytes + n_out
-    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kernel_for` copies
-    n_t = grid.shape[0]
-    S = spec_t.shape[1]
-    K = ev_t.shape[1]
-    n_w = auc.shape[2]
-    # Per-patient work arrays: allocated once per patient, never per step.
+    Nr = _nr(keep)
     M = np.zeros((N, N))
     b = np.zeros(N)
     C = np.zeros((n_out, n_comp))
@@ -258,7 +218,6 @@ def _patient(
         br[i] = b[keep[i]]
         for j in range(Nr):
             Mr[i, j] = M[keep[i], keep[j]]
-    # Rows evaluated at each point: the outputs, then the stored extra states.
     n_rows = n_out + extra_state.shape[0]
     out_state = np.empty(n_rows, dtype=np.int64)
     out_scale = np.empty(n_rows)
@@ -269,281 +228,292 @@ def _patient(
     for r in range(extra_state.shape[0]):
         out_state[n_out + r] = extra_state[r]
         out_scale[n_out + r] = 1.0
-    Maug = np.zeros((Nr + 1, Nr + 1))
-    Eaug = np.zeros((Nr + 1, Nr + 1))
-    cache_h = np.full(_CACHE, -1.0)
-    cache_phi = np.zeros((_CACHE, Nr, Nr))
-    cache_g = np.zeros((_CACHE, Nr))
-    xtmp = np.zeros(Nr)
-    ework = np.zeros((N_WORK, Nr + 1, Nr + 1))
-    epiv = np.zeros(Nr + 1, dtype=np.int64)
-    counter = np.zeros(1, dtype=np.int64)
-    x = np.zeros(Nr)
-    c = np.zeros(n_rows)
-    c_prev = np.zeros(n_rows)
-    cm = np.zeros(n_out)
-    tm = np.zeros(n_out)
-    auc_start = np.zeros((n_out, n_w))
+    return Mr, br, out_state, out_scale
+
+
+@_jit_inline
+def _grid_propagator(Mr, br, h, work, phi, gg):
+    """The exponential of one grid step `h` into ``phi, gg`` and the first slot of the
+    step cache of `work` (whole grid steps taken by `_step` reuse it); a status."""
+    Maug, Eaug, cache_h, cache_phi, cache_g, _xtmp, ework, epiv, counter = work
+    Nr = _nr(Mr)
+    st = STATUS_OK
+    for i in range(Nr):
+        for j in range(Nr):
+            Maug[i, j] = Mr[i, j] * h
+        Maug[i, Nr] = br[i] * h
+    for j in range(Nr + 1):
+        Maug[Nr, j] = 0.0
+    if expm_into(Maug, Eaug, ework, epiv) != 0:
+        st = 1
+    for i in range(Nr):
+        for j in range(Nr):
+            phi[i, j] = Eaug[i, j]
+            cache_phi[0, i, j] = Eaug[i, j]
+        gg[i] = Eaug[i, Nr]
+        cache_g[0, i] = Eaug[i, Nr]
+    cache_h[0] = h
+    counter[0] = 1
+    return st
+
+
+@_jit_inline
+def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
+    """Fill the block tables ``blk = (RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk)``.
+
+    Block stepping: the full state advances BLK grid steps at a time (``phi_c, gg_c``, the
+    propagator of BLK*h), and the outputs at the BLK-1 points in between come from
+    precomputed output rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k,
+    S_k = sum_{i<k} Co phi^i g, stored as ``RT[j, kk * n_rows + o] = R_k[kk, o, j]`` and
+    ``Sf``. Exact (the same grid values), with n_out*Nr instead of Nr*Nr work per inner
+    point. ``Ub, Lb, Smx, Smn`` bound the inner points' outputs (see `_blocks`).
+    """
+    RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, _cblk = blk
+    Maug, xtmp = tmp
+    Nr = _nr(phi)
+    n_rows = out_state.shape[0]
+    R_k = np.zeros((BLK - 1, n_rows, Nr))
+    S_k = np.zeros((BLK - 1, n_rows))
+    Rcur = np.zeros((n_rows, Nr))
+    Scur = np.zeros(n_rows)
+    for o in range(n_rows):
+        Rcur[o, out_state[o]] = out_scale[o]
+    for kk in range(BLK - 1):
+        for o in range(n_rows):
+            acc = Scur[o]
+            for j in range(Nr):
+                acc += Rcur[o, j] * gg[j]
+            S_k[kk, o] = acc
+            for j in range(Nr):
+                a2 = 0.0
+                for i in range(Nr):
+                    a2 += Rcur[o, i] * phi[i, j]
+                R_k[kk, o, j] = a2
+        for o in range(n_rows):
+            Scur[o] = S_k[kk, o]
+            Sf[kk * n_rows + o] = S_k[kk, o]
+            for j in range(Nr):
+                Rcur[o, j] = R_k[kk, o, j]
+                RT[j, kk * n_rows + o] = R_k[kk, o, j]
+    # Bounds of the inner points' outputs: c_k = sum_j R_k[o, j] x_j + S_k[o] rate is at
+    # most sum_j (x_j >= 0 ? max_k R_k[o, j] : min_k R_k[o, j]) x_j + (the same for the
+    # rate), whatever the signs.
     for o in range(n_out):
-        cmax[p, o] = 0.0
-        tmax[p, o] = grid[0] if n_t > 0 else t0
-    for j in range(thr_out.shape[0]):
-        t_above[p, j] = 0.0
+        for j in range(Nr):
+            Ub[o, j] = R_k[0, o, j]
+            Lb[o, j] = R_k[0, o, j]
+        Smx[o] = S_k[0, o]
+        Smn[o] = S_k[0, o]
+        for kk in range(1, BLK - 1):
+            for j in range(Nr):
+                Ub[o, j] = max(Ub[o, j], R_k[kk, o, j])
+                Lb[o, j] = min(Lb[o, j], R_k[kk, o, j])
+            Smx[o] = max(Smx[o], S_k[kk, o])
+            Smn[o] = min(Smn[o], S_k[kk, o])
+    # The propagator of BLK steps by repeated squaring of the one-step propagator
+    # [[phi, g], [0, 1]] (BLK is a power of two): log2(BLK) small matrix products
+    # instead of a second exponential. [[A, a], [0, 1]]^2 = [[A A, A a + a], [0, 1]].
+    for i in range(Nr):
+        for j in range(Nr):
+            phi_c[i, j] = phi[i, j]
+        gg_c[i] = gg[i]
+    sq = BLK
+    while sq > 1:
+        for i in range(Nr):
+            acc = gg_c[i]
+            for j in range(Nr):
+                acc += phi_c[i, j] * gg_c[j]
+            xtmp[i] = acc
+            for j in range(Nr):
+                a2 = 0.0
+                for m in range(Nr):
+                    a2 += phi_c[i, m] * phi_c[m, j]
+                Maug[i, j] = a2
+        for i in range(Nr):
+            gg_c[i] = xtmp[i]
+            for j in range(Nr):
+                phi_c[i, j] = Maug[i, j]
+        sq //= 2
+
+
+@_jit_inline
+def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets):
+    """Whole blocks of BLK grid steps before `lim` (see `_block_tables`); returns
+    ``(g, t, t_prev, next_store)``."""
+    c, c_prev, cm, tm = cur
+    out_state, out_scale = rows
+    RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk = blk
+    thr_out, thr_val, store_out, store_stride, store_scale = rec
+    cmax, tmax, _auc, t_above, _c_at, traj, _status = mets
+    Nr = _nr(x)
+    n_t = grid.shape[0]
+    n_out = cm.shape[0]
+    n_rows = out_state.shape[0]
+    n_thr = thr_out.shape[0]
+    n_store = store_out.shape[0]
+    Q = (BLK - 1) * n_rows
+    while g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
+        # Summary mode: a block whose bound stays below every running maximum cannot
+        # change Cmax or Tmax, so its inner points need not be evaluated.
+        skip = not record.rows_needed(n_thr, n_store, next_store, g + BLK - 2)
+        if skip:
+            for o in range(n_out):
+                bnd = 0.0
+                babs = 0.0
+                for j in range(Nr):
+                    xj = x[j]
+                    term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
+                    bnd += term
+                    babs += abs(term)
+                term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
+                bnd += term
+                babs += abs(term)
+                if not record.below_max(bnd, babs, cm[o]):
+                    skip = False
+                    break
+        # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
+        # runs over (point, output) pairs, contiguous in RT, so it vectorises.
+        if not skip:
+            for q in range(Q):
+                acc = Sf[q] * rate
+                for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
+                    acc += RT[j, q] * x[j]
+                cblk[q] = acc
+        _propagate(phi_c, gg_c, rate, x, xtmp, Nr)
+        if n_thr == 0:
+            # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
+            # the stored points of the block, if any.
+            for o in range(n_out if not skip else 0):
+                cm[o], tm[o] = record.fold_run(cblk, o, n_rows, BLK - 1, grid, g, cm[o], tm[o])
+            g_last = g + BLK - 1
+            t = grid[g_last]
+            _eval_outputs(x, out_state, out_scale, c)
+            record.fold_max(t, c, cm, tm)
+            while n_store > 0 and next_store <= g_last:
+                gi = next_store // store_stride
+                kk = next_store - g
+                record.store_block(traj, p, gi, cblk, c, kk, BLK - 1, n_rows, store_out,
+                                   store_scale)  # fmt: skip
+                next_store += store_stride
+            t_prev = t
+            g = g_last + 1
+            continue
+        for kk in range(BLK):
+            t = grid[g]
+            if kk < BLK - 1:
+                for o in range(n_rows):
+                    c[o] = cblk[kk * n_rows + o]
+            else:
+                _eval_outputs(x, out_state, out_scale, c)
+            record.fold_max(t, c, cm, tm)
+            record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            for o in range(n_out):
+                c_prev[o] = c[o]
+            t_prev = t
+            if n_store > 0 and g == next_store:
+                record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
+                next_store += store_stride
+            g += 1
+    return g, t, t_prev, next_store
+
+
+@_jit_inline
+def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets):
+    """Single grid steps before `lim`; returns ``(g, t, t_prev, next_store)``."""
+    c, c_prev, cm, tm = cur
+    out_state, out_scale = rows
+    phi, gg = prop
+    thr_out, thr_val, store_out, store_stride, store_scale = rec
+    cmax, tmax, _auc, t_above, _c_at, traj, _status = mets
+    Nr = _nr(x)
+    n_t = grid.shape[0]
+    n_out = cm.shape[0]
+    n_thr = thr_out.shape[0]
+    n_store = store_out.shape[0]
+    while g < n_t and grid[g] < lim:
+        _propagate(phi, gg, rate, x, xtmp, Nr)
+        t = grid[g]
+        _eval_outputs(x, out_state, out_scale, c)
+        record.fold_max(t, c, cm, tm)
+        if n_thr > 0:
+            record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            for o in range(n_out):
+                c_prev[o] = c[o]
+        t_prev = t
+        if n_store > 0 and g == next_store:
+            record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
+            next_store += store_stride
+        g += 1
+    return g, t, t_prev, next_store
+
+
+@_jit_inline
+def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets):
+    """The stepper's fast path: whole grid steps of a uniform grid up to (not including)
+    `lim`, the next decision or special time; most of a cohort's work happens here. The
+    running maxima stay in ``cm, tm`` and are folded into Cmax once. Returns
+    ``(g, t, t_prev, status)``."""
+    c, c_prev, cm, tm = cur
+    store_stride = rec[3]
+    cmax, tmax = mets[0], mets[1]
+    n_out = cm.shape[0]
+    use_blocks = grid.shape[0] > 2 * BLK
+    # Next grid index to store (a multiple of store_stride), without a modulo per step.
+    next_store = ((g + store_stride - 1) // store_stride) * store_stride
+    for o in range(n_out):
+        cm[o] = cmax[p, o]
+        tm[o] = tmax[p, o]
+    if use_blocks:
+        g, t, t_prev, next_store = _blocks(
+            p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets
+        )
+    g, t, t_prev, next_store = _singles(
+        p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets
+    )
+    for o in range(n_out):
+        c_prev[o] = c[o]
+        if cm[o] > cmax[p, o]:
+            cmax[p, o] = cm[o]
+            tmax[p, o] = tm[o]
+    st = STATUS_OK
+    for i in range(x.shape[0]):  # once per segment: a NaN or inf stays one
+        if not abs(x[i]) < np.inf:
+            st = 1
+    return g, t, t_prev, st
+
+
+@_jit_inline
+def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk, uniform, rec,
+                mets, auc_index, auc_start, dose):  # fmt: skip
+    """The per-patient event loop: advance to the next point (a decision time of the
+    dosing source `ev`, a special time or a grid point; the stepper), apply the dosing
+    decision, hand the points to the recorder. Returns a status."""
+    c, c_prev, cm, _tm = cur
+    out_state, out_scale = rows
+    Mr, br = system
+    Maug, Eaug, cache_h, cache_phi, cache_g, xtmp, ework, epiv, counter = work
+    spec_t, spec_kind, spec_slot = specials
+    thr_out, thr_val, store_out, store_stride, store_scale = rec
+    cmax, tmax, auc, t_above, c_at, traj, _status = mets
+    bolus, rates = dose
+    n_t = grid.shape[0]
+    S = spec_t.shape[1]
+    n_out = cm.shape[0]
     t = t0
     t_prev = t0
     rate = 0.0
-    k = 0
+    k = 0  # the dosing source's cursor
     g = 0
     s = 0
     st = STATUS_OK
-    # The exponential of the grid step, for the fast path below (uniform grids only).
-    phi = np.zeros((Nr, Nr))
-    gg = np.zeros(Nr)
-    if uniform and n_t > 1:
-        h = grid[1] - grid[0]
-        for i in range(Nr):
-            for j in range(Nr):
-                Maug[i, j] = Mr[i, j] * h
-            Maug[i, Nr] = br[i] * h
-        for j in range(Nr + 1):
-            Maug[Nr, j] = 0.0
-        if expm_into(Maug, Eaug, ework, epiv) != 0:
-            st = 1
-        for i in range(Nr):
-            for j in range(Nr):
-                phi[i, j] = Eaug[i, j]
-                cache_phi[0, i, j] = Eaug[i, j]
-            gg[i] = Eaug[i, Nr]
-            cache_g[0, i] = Eaug[i, Nr]
-        # Whole grid steps taken by `_step` (outside the fast path) reuse this exponential.
-        cache_h[0] = h
-        counter[0] = 1
-    # Block stepping: the full state advances BLK grid steps at a time (one exponential of
-    # BLK*h), and the outputs at the BLK-1 points in between come from precomputed output
-    # rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k, S_k = sum_{i<k} Co phi^i g.
-    # Exact (the same grid values), with n_out*Nr instead of Nr*Nr work per inner point.
-    use_blocks = uniform and n_t > 2 * BLK
-    R_k = np.zeros((BLK - 1, n_rows, Nr))
-    S_k = np.zeros((BLK - 1, n_rows))
-    Q = (BLK - 1) * n_rows
-    RT = np.zeros((Nr, Q))  # RT[j, kk * n_rows + o] = R_k[kk, o, j]
-    Sf = np.zeros(Q)
-    cblk = np.zeros(Q)
-    phi_c = np.zeros((Nr, Nr))
-    gg_c = np.zeros(Nr)
-    Ub = np.zeros((n_out, Nr))
-    Lb = np.zeros((n_out, Nr))
-    Smx = np.zeros(n_out)
-    Smn = np.zeros(n_out)
-    if use_blocks and st == STATUS_OK:
-        Rcur = np.zeros((n_rows, Nr))
-        Scur = np.zeros(n_rows)
-        for o in range(n_rows):
-            Rcur[o, out_state[o]] = out_scale[o]
-        for kk in range(BLK - 1):
-            for o in range(n_rows):
-                acc = Scur[o]
-                for j in range(Nr):
-                    acc += Rcur[o, j] * gg[j]
-                S_k[kk, o] = acc
-                for j in range(Nr):
-                    a2 = 0.0
-                    for i in range(Nr):
-                        a2 += Rcur[o, i] * phi[i, j]
-                    R_k[kk, o, j] = a2
-            for o in range(n_rows):
-                Scur[o] = S_k[kk, o]
-                Sf[kk * n_rows + o] = S_k[kk, o]
-                for j in range(Nr):
-                    Rcur[o, j] = R_k[kk, o, j]
-                    RT[j, kk * n_rows + o] = R_k[kk, o, j]
-        # Bounds of the inner points' outputs: c_k = sum_j R_k[o, j] x_j + S_k[o] rate is at
-        # most sum_j (x_j >= 0 ? max_k R_k[o, j] : min_k R_k[o, j]) x_j + (the same for the
-        # rate), whatever the signs. A block whose bound stays below the running Cmax cannot
-        # change Cmax or Tmax, so its inner points need not be evaluated (see below).
-        for o in range(n_out):
-            for j in range(Nr):
-                Ub[o, j] = R_k[0, o, j]
-                Lb[o, j] = R_k[0, o, j]
-            Smx[o] = S_k[0, o]
-            Smn[o] = S_k[0, o]
-            for kk in range(1, BLK - 1):
-                for j in range(Nr):
-                    Ub[o, j] = max(Ub[o, j], R_k[kk, o, j])
-                    Lb[o, j] = min(Lb[o, j], R_k[kk, o, j])
-                Smx[o] = max(Smx[o], S_k[kk, o])
-                Smn[o] = min(Smn[o], S_k[kk, o])
-        # The propagator of BLK steps by repeated squaring of the one-step propagator
-        # [[phi, g], [0, 1]] (BLK is a power of two): log2(BLK) small matrix products
-        # instead of a second exponential. [[A, a], [0, 1]]^2 = [[A A, A a + a], [0, 1]].
-        for i in range(Nr):
-            for j in range(Nr):
-                phi_c[i, j] = phi[i, j]
-            gg_c[i] = gg[i]
-        sq = BLK
-        while sq > 1:
-            for i in range(Nr):
-                acc = gg_c[i]
-                for j in range(Nr):
-                    acc += phi_c[i, j] * gg_c[j]
-                xtmp[i] = acc
-                for j in range(Nr):
-                    a2 = 0.0
-                    for m in range(Nr):
-                        a2 += phi_c[i, m] * phi_c[m, j]
-                    Maug[i, j] = a2
-            for i in range(Nr):
-                gg_c[i] = xtmp[i]
-                for j in range(Nr):
-                    phi_c[i, j] = Maug[i, j]
-            sq //= 2
     while st == STATUS_OK and (g < n_t or s < S):
-        # Fast path: whole grid steps until the next event or special time. Most of
-        # the work of a cohort happens here: one small mat-vec and the metric updates.
         if uniform and 0 < g < n_t and grid[g - 1] == t:
-            lim = np.inf
-            if k < K:
-                lim = ev_t[p, k]
+            lim = dosing.next_decision_time(ev, p, k)
             if s < S and spec_t[p, s] < lim:
                 lim = spec_t[p, s]
-            n_thr = thr_out.shape[0]
-            n_store = store_out.shape[0]
-            # Next grid index to store (a multiple of store_stride), without a modulo per step.
-            next_store = ((g + store_stride - 1) // store_stride) * store_stride
-            for o in range(n_out):
-                cm[o] = cmax[p, o]
-                tm[o] = tmax[p, o]
-            while use_blocks and g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
-                # Skip the inner points when nothing needs them: no threshold, no stored
-                # inner point, and every output's bound below its running maximum (with a
-                # margin for rounding far above that of the evaluated sums).
-                skip = n_thr == 0 and (n_store == 0 or next_store > g + BLK - 2)
-                if skip:
-                    for o in range(n_out):
-                        bnd = 0.0
-                        babs = 0.0
-                        for j in range(Nr):
-                            xj = x[j]
-                            term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
-                            bnd += term
-                            babs += abs(term)
-                        term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
-                        bnd += term
-                        babs += abs(term)
-                        if not (bnd + 1e-12 * babs < cm[o]):
-                            skip = False
-                            break
-                # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
-                # runs over (point, output) pairs, contiguous in RT, so it vectorises.
-                if not skip:
-                    for q in range(Q):
-                        acc = Sf[q] * rate
-                        for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
-                            acc += RT[j, q] * x[j]
-                        cblk[q] = acc
-                for i in range(Nr):
-                    acc = gg_c[i] * rate
-                    for j in range(Nr):
-                        acc += phi_c[i, j] * x[j]
-                    xtmp[i] = acc
-                for i in range(Nr):
-                    x[i] = xtmp[i]
-                if n_thr == 0:
-                    # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
-                    # the stored points of the block, if any.
-                    for o in range(n_out if not skip else 0):
-                        # Running max in registers (arrays could alias: reloaded each time).
-                        m = cm[o]
-                        tmo = tm[o]
-                        for kk in range(BLK - 1):
-                            v = cblk[kk * n_rows + o]
-                            if v > m:
-                                m = v
-                                tmo = grid[g + kk]
-                        cm[o] = m
-                        tm[o] = tmo
-                    g_last = g + BLK - 1
-                    t = grid[g_last]
-                    for o in range(n_out):
-                        v = x[out_state[o]] * out_scale[o]
-                        c[o] = v
-                        if v > cm[o]:
-                            cm[o] = v
-                            tm[o] = t
-                    for o in range(n_out, n_rows):
-                        c[o] = x[out_state[o]]
-                    while n_store > 0 and next_store <= g_last:
-                        gi = next_store // store_stride
-                        kk = next_store - g
-                        for j in range(n_store):
-                            if kk < BLK - 1:
-                                v = cblk[kk * n_rows + store_out[j]]
-                            else:
-                                v = c[store_out[j]]
-                            traj[p, j, gi] = v * store_scale[j]
-                        next_store += store_stride
-                    t_prev = t
-                    g = g_last + 1
-                    continue
-                for kk in range(BLK):
-                    t = grid[g]
-                    if kk < BLK - 1:
-                        for o in range(n_rows):
-                            c[o] = cblk[kk * n_rows + o]
-                    else:
-                        for o in range(n_rows):
-                            c[o] = x[out_state[o]] * out_scale[o]
-                    for o in range(n_out):
-                        if c[o] > cm[o]:
-                            cm[o] = c[o]
-                            tm[o] = t
-                    if n_thr > 0:
-                        _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-                        for o in range(n_out):
-                            c_prev[o] = c[o]
-                    t_prev = t
-                    if n_store > 0 and g == next_store:
-                        gi = g // store_stride
-                        for j in range(n_store):
-                            traj[p, j, gi] = c[store_out[j]] * store_scale[j]
-                        next_store += store_stride
-                    g += 1
-            while g < n_t and grid[g] < lim:
-                for i in range(Nr):
-                    acc = gg[i] * rate
-                    for j in range(Nr):
-                        acc += phi[i, j] * x[j]
-                    xtmp[i] = acc
-                for i in range(Nr):
-                    x[i] = xtmp[i]
-                t = grid[g]
-                for o in range(n_out):
-                    v = x[out_state[o]] * out_scale[o]
-                    c[o] = v
-                    if v > cm[o]:
-                        cm[o] = v
-                        tm[o] = t
-                for o in range(n_out, n_rows):
-                    c[o] = x[out_state[o]]
-                if n_thr > 0:
-                    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-                    for o in range(n_out):
-                        c_prev[o] = c[o]
-                t_prev = t
-                if n_store > 0 and g == next_store:
-                    gi = g // store_stride
-                    for j in range(n_store):
-                        traj[p, j, gi] = c[store_out[j]] * store_scale[j]
-                    next_store += store_stride
-                g += 1
-            for o in range(n_out):
-                c_prev[o] = c[o]
-                if cm[o] > cmax[p, o]:
-                    cmax[p, o] = cm[o]
-                    tmax[p, o] = tm[o]
-            for i in range(Nr):  # once per segment: a NaN or inf stays one
-                if not abs(x[i]) < np.inf:
-                    st = 1
+            g, t, t_prev, st = _grid_run(
+                p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets
+            )
             if st != STATUS_OK or not (g < n_t or s < S):
                 break
         next_out = np.inf
@@ -551,26 +521,12 @@ def _patient(
             next_out = grid[g]
         if s < S and spec_t[p, s] < next_out:
             next_out = spec_t[p, s]
-        is_event = k < K and ev_t[p, k] <= next_out
-        target = ev_t[p, k] if is_event else next_out
+        t_dec = dosing.next_decision_time(ev, p, k)
+        is_event = t_dec <= next_out and t_dec < np.inf
+        target = t_dec if is_event else next_out
         if target > t:
-            st = _step(
-                x,
-                target - t,
-                rate,
-                Mr,
-                br,
-                abs(target),
-                Maug,
-                Eaug,
-                cache_h,
-                cache_phi,
-                cache_g,
-                xtmp,
-                ework,
-                epiv,
-                counter,
-            )
+            st = _step(x, target - t, rate, Mr, br, abs(target), Maug, Eaug, cache_h, cache_phi,
+                       cache_g, xtmp, ework, epiv, counter)  # fmt: skip
             if st != STATUS_OK:
                 break
             t = target
@@ -579,58 +535,77 @@ def _patient(
         # its end (a late special time) must not change them.
         in_span = n_t > 0 and t <= grid[n_t - 1]
         if in_span:
-            _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
         for o in range(n_out):
             c_prev[o] = c[o]
         t_prev = t
         if is_event:
-            if ev_bolus[p, k] != 0.0:
-                for i in range(Nr):
-                    x[i] += br[i] * ev_bolus[p, k]
+            k = dosing.apply(ev, p, k, t, x, bolus, rates)
+            if bolus[0] != 0.0:
+                for i in range(x.shape[0]):
+                    x[i] += br[i] * bolus[0]
                 _eval_outputs(x, out_state, out_scale, c)
                 if in_span:
-                    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+                    record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val,
+                                      t_above, p)  # fmt: skip
                 for o in range(n_out):
                     c_prev[o] = c[o]
-            rate = ev_rate[p, k]
-            k += 1
+            rate = rates[0]
             continue
         # An output point: specials first (they may coincide with a grid point).
         while s < S and spec_t[p, s] == t:
-            kind = spec_kind[p, s]
-            slot = spec_slot[p, s]
-            if kind == SPECIAL_WINDOW_START:
-                for o in range(n_out):
-                    auc_start[o, slot] = x[n_comp + o]
-            elif kind == SPECIAL_WINDOW_END:
-                for o in range(n_out):
-                    auc[p, o, slot] = x[n_comp + o] - auc_start[o, slot]
-            else:
-                for o in range(n_out):
-                    c_at[p, o, slot] = c[o]
+            record.special(spec_kind[p, s], spec_slot[p, s], p, x, auc_index, c, auc_start, auc,
+                           c_at)  # fmt: skip
             s += 1
         if g < n_t and grid[g] == t:
             if store_out.shape[0] > 0 and g % store_stride == 0:
-                gi = g // store_stride
-                for j in range(store_out.shape[0]):
-                    traj[p, j, gi] = c[store_out[j]] * store_scale[j]
+                record.store(traj, p, g // store_stride, c, 0, store_out, store_scale)
             g += 1
-        for i in range(Nr):
+        for i in range(x.shape[0]):
             if not np.isfinite(x[i]):
                 st = 1
-        if st != STATUS_OK:
-            break
+    return st
+
+
+@_jit
+def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, uniform, mets,
+             auc_index):  # fmt: skip
+    """Simulate patient `p` (the body of :func:`cohort_kernel`'s parallel loop): set up
+    its system and work arrays (allocated once per patient, never per step), run the
+    event loop, set its status (NaN metrics on failure)."""
+    cmax, tmax, auc, t_above, c_at, _traj, status = mets
+    n_out = cmax.shape[1]
+    n_t = grid.shape[0]
+    Mr, br, out_state, out_scale = _system(p, theta, model, keep, extra_state)
+    Nr = _nr(br)
+    n_rows = out_state.shape[0]
+    xtmp = np.zeros(Nr)
+    Maug = np.zeros((Nr + 1, Nr + 1))
+    work = (Maug, np.zeros((Nr + 1, Nr + 1)), np.full(_CACHE, -1.0), np.zeros((_CACHE, Nr, Nr)),
+            np.zeros((_CACHE, Nr)), xtmp, np.zeros((N_WORK, Nr + 1, Nr + 1)),
+            np.zeros(Nr + 1, dtype=np.int64), np.zeros(1, dtype=np.int64))  # fmt: skip
+    record.start(p, grid[0] if n_t > 0 else t0, cmax, tmax, t_above)
+    st = STATUS_OK
+    # The exponential of the grid step, for the fast path (uniform grids only).
+    phi = np.zeros((Nr, Nr))
+    gg = np.zeros(Nr)
+    if uniform and n_t > 1:
+        st = _grid_propagator(Mr, br, grid[1] - grid[0], work, phi, gg)
+    Q = (BLK - 1) * n_rows
+    bounds = (np.zeros((n_out, Nr)), np.zeros((n_out, Nr)), np.zeros(n_out), np.zeros(n_out))
+    blk = (np.zeros((Nr, Q)), np.zeros(Q), *bounds, np.zeros((Nr, Nr)), np.zeros(Nr), np.zeros(Q))
+    if uniform and n_t > 2 * BLK and st == STATUS_OK:
+        _block_tables(phi, gg, out_state, out_scale, n_out, blk, (Maug, xtmp))
+    cur = (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_out), np.zeros(n_out))
+    # The dosing source's decision (bolus, rate; one input): one allocation for both.
+    dose = np.zeros((2, 1))
+    if st == STATUS_OK:
+        st = _event_loop(p, np.zeros(Nr), t0, grid, ev, specials, cur, (out_state, out_scale),
+                         (Mr, br), work, (phi, gg), blk, uniform, rec, mets, auc_index,
+                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]))  # fmt: skip
     status[p] = st
     if st != STATUS_OK:
-        for o in range(n_out):
-            cmax[p, o] = np.nan
-            tmax[p, o] = np.nan
-            for w in range(n_w):
-                auc[p, o, w] = np.nan
-            for a in range(c_at.shape[2]):
-                c_at[p, o, a] = np.nan
-        for j in range(thr_out.shape[0]):
-            t_above[p, j] = np.nan
+        record.fail(p, cmax, tmax, auc, c_at, t_above)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -677,7 +652,7 @@ def histogram_update(traj, edges_log, counts):
 
 
 _SPECIALISED: dict[int, object] = {}
-_MARKER = "    Nr = keep.shape[0]  # @specialise: replaced by a literal in `kernel_for` copies\n"
+_MARKER = "_NR = 0  # @specialise: replaced by a literal in `kernel_for` copies\n"
 
 
 def cache_dir():
@@ -690,8 +665,9 @@ def cache_dir():
 def kernel_for(n_states: int):
     """`cohort_kernel` compiled for one reduced state size.
 
-    With the size a compile-time literal, LLVM unrolls the small mat-vecs of the inner loop
-    (about a third faster). The copy is this module's own source with one line changed,
+    With the size a compile-time literal (`_NR`, read through `_nr` by every function with
+    a hot mat-vec), LLVM unrolls the small mat-vecs of the inner loop (about a third
+    faster). The copy is this module's own source with one line changed,
     written once to :func:`cache_dir` under a name that includes a hash of the source, so
     numba's ``cache=True`` keeps the compiled code across runs; any change of this file gives
     a new name. Falls back to the generic kernel if the folder cannot be written or numba's
@@ -711,8 +687,13 @@ def kernel_for(n_states: int):
     src = Path(__file__).read_text(encoding="utf-8")
     if src.count(_MARKER) != 1 or "pkpd_kernels_nr" in __name__:
         return cohort_kernel
-    src = src.replace(_MARKER, f"    Nr = {int(n_states)}\n")
-    digest = hashlib.sha256(src.encode()).hexdigest()[:16]
+    src = src.replace(_MARKER, f"_NR = {int(n_states)}\n")
+    # numba's cache of the copy is invalidated by the copy's own file only: the name also
+    # hashes the engine modules it calls into (the recorder, the dosing source).
+    h = hashlib.sha256(src.encode())
+    for dep in ("record.py", "dosing.py"):
+        h.update((Path(__file__).parent / dep).read_bytes())
+    digest = h.hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
     from pkpd import cache
 

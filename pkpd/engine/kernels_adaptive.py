@@ -37,7 +37,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from pkpd.engine.kernels import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START, _update
+from pkpd.engine import record
 from pkpd.engine.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
 from pkpd.engine.solvers import dopri5 as _dopri5
 from pkpd.engine.solvers import rosenbrock as _rodas
@@ -113,15 +113,6 @@ def merge_rows(grid, ev_t, spec_t):
 
 
 @_jit_inline
-def _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p):
-    """One evaluated point into Cmax/Tmax and time above thresholds (the exact kernel's
-    :func:`pkpd.engine.kernels._update`), then ``c_prev = c``."""
-    _update(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-    for o in range(c.shape[0]):
-        c_prev[o] = c[o]
-
-
-@_jit_inline
 def _all_finite(a):
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
@@ -130,18 +121,100 @@ def _all_finite(a):
     return True
 
 
-@_jit_inline
-def _failed(p, cmax, tmax, auc, c_at, t_above):
-    """NaN metrics for failed patient `p` (its status says why)."""
+@_jit
+def _left_limits(ev_row, bolus, times, pre):
+    """The left limits before the boluses of the grid's span, from the solver's records
+    just before each event: ``(t_pre, Y_pre, pre_row)``."""
+    K = ev_row.shape[0]
+    N = pre.shape[1]
+    n_ev = 0
+    for k in range(K):
+        if ev_row[k] >= 0 and bolus[k] != 0.0:
+            n_ev += 1
+    t_pre = np.empty(n_ev)
+    Y_pre = np.empty((n_ev, N))
+    pre_row = np.empty(n_ev, dtype=np.int64)
+    e = 0
+    for k in range(K):
+        r = ev_row[k]
+        if r >= 0 and bolus[k] != 0.0:
+            t_pre[e] = times[r]
+            pre_row[e] = r
+            for i in range(N):
+                Y_pre[e, i] = pre[k, i]
+            e += 1
+    return t_pre, Y_pre, pre_row
+
+
+@_jit
+def _cmax_rows(p, times, O, t_pre, O_pre, pre_row, r_end, cmax, tmax):
+    """Cmax/Tmax: every evaluated point of the grid's span (rows before `r_end`) in time
+    order, the left limit before a bolus just before its row (tight runs in between)."""
+    n_ev = pre_row.shape[0]
     for o in range(cmax.shape[1]):
-        cmax[p, o] = np.nan
-        tmax[p, o] = np.nan
-        for w in range(auc.shape[2]):
-            auc[p, o, w] = np.nan
-        for a in range(c_at.shape[2]):
-            c_at[p, o, a] = np.nan
-    for j in range(t_above.shape[1]):
-        t_above[p, j] = np.nan
+        cmv = -np.inf  # an output may be negative throughout; every value is finite
+        tmv = tmax[p, o]
+        start = 0
+        for e in range(n_ev + 1):
+            stop = pre_row[e] if e < n_ev else r_end
+            cmv, tmv = record.fold_run(O[:, o], start, 1, stop - start, times, start, cmv, tmv)
+            if e < n_ev:
+                cmv, tmv = record.fold_run(O_pre[:, o], e, 1, 1, t_pre, e, cmv, tmv)
+            start = stop
+        cmax[p, o] = cmv
+        tmax[p, o] = tmv
+
+
+@_jit
+def _above_rows(p, times, kinds, index, bolus, O, O_pre, t0, t_end, rec, cmax, tmax, t_above):
+    """Time above thresholds over the points of `_cmax_rows` (Cmax is folded again,
+    unchanged)."""
+    thr_out, thr_val = rec
+    n_out = O.shape[1]
+    c = np.zeros(n_out)
+    c_prev = np.zeros(n_out)
+    t_prev = t0
+    e = 0
+    for r in range(times.shape[0]):
+        t = times[r]
+        if t > t_end:
+            break
+        if kinds[r] == _ROW_EVENT and bolus[index[r]] != 0.0:
+            for o in range(n_out):
+                c[o] = O_pre[e, o]
+            e += 1
+            record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+            for o in range(n_out):
+                c_prev[o] = c[o]
+            t_prev = t
+        for o in range(n_out):
+            c[o] = O[r, o]
+        record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
+        for o in range(n_out):
+            c_prev[o] = c[o]
+        t_prev = t
+
+
+@_jit
+def _specials_and_store(p, rows, Y, conc, O, specials, auc_index, store, auc, c_at, traj):
+    """AUC windows and anchored values at the special rows (``conc`` the rows holding the
+    outputs), then the stored grid rows of the outputs ``O``."""
+    times, kinds, index, sp_row = rows
+    spec_kind, spec_slot = specials
+    store_out, store_stride = store
+    auc_start = np.zeros((auc.shape[1], auc.shape[2]))
+    for s in range(sp_row.shape[0]):
+        r = sp_row[s]
+        record.special(spec_kind[p, s], spec_slot[p, s], p, Y[r], auc_index, conc[r],
+                       auc_start, auc, c_at)  # fmt: skip
+    n_store = store_out.shape[0]
+    if n_store > 0:
+        unscaled = np.ones(n_store)
+        for r in range(times.shape[0]):
+            if kinds[r] == _ROW_GRID:
+                g = index[r]
+                if g % store_stride == 0:
+                    record.store(traj, p, g // store_stride, O[r], 0, store_out, unscaled)
 
 
 @_jit_inline
@@ -167,7 +240,7 @@ def adaptive_patient(
     store_stride,
     metrics,
 ):
-    """Solve patient `p` and reduce its metrics.
+    """Solve patient `p` and reduce its metrics (through :mod:`pkpd.engine.record`).
 
     Arguments as :func:`pkpd.engine.kernels.cohort_kernel`, grouped (CPython turns a call with
     more than 30 arguments into a star-call, which numba cannot inline):
@@ -191,70 +264,34 @@ def adaptive_patient(
     fold_outputs = n_rec > 0
     N = n_rec if fold_outputs else Y0.shape[1]  # recorded columns
     Y = np.empty((m, N))
-    K = ev_row.shape[0]
-    pre = np.empty((K, N))
+    pre = np.empty((ev_row.shape[0], N))
     t_end = grid[grid.shape[0] - 1]
     n_fold = n_out if fold_outputs else 0
     # Running maxima start below every value (an output may be negative throughout).
     cm = np.full(n_fold, -np.inf)
     tm = np.full(n_fold, grid[0])
-    lean = fold_outputs and thr_out.shape[0] == 0 and store_out.shape[0] == 0
+    lean = fold_outputs and not record.rows_needed(thr_out.shape[0], store_out.shape[0], 0, m)
     # Rows the metrics read in summary mode: the special rows, sorted.
     need = np.sort(sp_row) if lean else np.zeros(0, dtype=np.int64)
     st = solve_patient(
-        P[p],
-        b,
-        Y0[p],
-        t0,
-        ev_t[p],
-        ev_rate[p],
-        ev_bolus[p],
-        times,
-        rtol,
-        atol,
-        hmax,
-        max_steps,
-        nstiff,
-        Y,
-        pre,
-        (cm, tm, grid[0], t_end, lean, need),
-        stats[p],
-    )
+        P[p], b, Y0[p], t0, ev_t[p], ev_rate[p], ev_bolus[p], times, rtol, atol, hmax,
+        max_steps, nstiff, Y, pre, (cm, tm, grid[0], t_end, lean, need), stats[p],
+    )  # fmt: skip
     status[p] = st
+    record.start(p, grid[0], cmax, tmax, t_above)
     for o in range(n_out):
-        cmax[p, o] = 0.0
-        tmax[p, o] = grid[0]
         for w in range(auc.shape[2]):
             auc[p, o, w] = 0.0
         for a in range(c_at.shape[2]):
             c_at[p, o, a] = 0.0
-    for j in range(thr_out.shape[0]):
-        t_above[p, j] = 0.0
     if st != STATUS_OK:
-        _failed(p, cmax, tmax, auc, c_at, t_above)
+        record.fail(p, cmax, tmax, auc, c_at, t_above)
         return
     O = np.empty((m, n_out))
     if not lean:  # in summary mode only the special rows are read (below)
         outputs_into(times, Y, P[p], O)
-    # The left limits before the boluses of the grid's span, from the solver's records
-    # just before each event.
-    n_ev = 0
-    for k in range(K):
-        if ev_row[k] >= 0 and ev_bolus[p, k] != 0.0:
-            n_ev += 1
-    t_pre = np.empty(n_ev)
-    Y_pre = np.empty((n_ev, N))
-    pre_row = np.empty(n_ev, dtype=np.int64)
-    e = 0
-    for k in range(K):
-        r = ev_row[k]
-        if r >= 0 and ev_bolus[p, k] != 0.0:
-            t_pre[e] = times[r]
-            pre_row[e] = r
-            for i in range(N):
-                Y_pre[e, i] = pre[k, i]
-            e += 1
-    O_pre = np.zeros((n_ev, n_out))
+    t_pre, Y_pre, pre_row = _left_limits(ev_row, ev_bolus[p], times, pre)
+    O_pre = np.zeros((t_pre.shape[0], n_out))
     if not lean:
         outputs_into(t_pre, Y_pre, P[p], O_pre)
         # A finite state can still give a non-finite output (log or sqrt of a negative
@@ -262,79 +299,22 @@ def adaptive_patient(
         # that skip those values. (Lean rows are linear maps of the checked state.)
         if not (_all_finite(O) and _all_finite(O_pre)):
             status[p] = STATUS_OUTPUT_NONFINITE
-            _failed(p, cmax, tmax, auc, c_at, t_above)
+            record.fail(p, cmax, tmax, auc, c_at, t_above)
             return
-    auc_start = np.zeros((n_out, auc.shape[2]))
     if fold_outputs:
         for o in range(n_out):
             cmax[p, o] = cm[o]
             tmax[p, o] = tm[o]
     else:
-        # Cmax/Tmax: every evaluated point of the grid's span in time order, the left
-        # limit before a bolus just before its row (tight loops between the boluses).
         r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
-        for o in range(n_out):
-            cmv = -np.inf  # an output may be negative throughout; every value is finite
-            tmv = tmax[p, o]
-            start = 0
-            for e in range(n_ev + 1):
-                stop = pre_row[e] if e < n_ev else r_end
-                for r in range(start, stop):
-                    v = O[r, o]
-                    if v > cmv:
-                        cmv = v
-                        tmv = times[r]
-                if e < n_ev:
-                    v = O_pre[e, o]
-                    if v > cmv:
-                        cmv = v
-                        tmv = t_pre[e]
-                start = stop
-            cmax[p, o] = cmv
-            tmax[p, o] = tmv
+        _cmax_rows(p, times, O, t_pre, O_pre, pre_row, r_end, cmax, tmax)
     if thr_out.shape[0] > 0:
-        # Time above thresholds over the same points (Cmax is folded again, unchanged).
-        c = np.zeros(n_out)
-        c_prev = np.zeros(n_out)
-        t_prev = t0
-        e = 0
-        for r in range(m):
-            t = times[r]
-            if t > t_end:
-                break
-            if kinds[r] == _ROW_EVENT and ev_bolus[p, index[r]] != 0.0:
-                for o in range(n_out):
-                    c[o] = O_pre[e, o]
-                e += 1
-                _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-                t_prev = t
-            for o in range(n_out):
-                c[o] = O[r, o]
-            _fold(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
-            t_prev = t
-    for s in range(sp_row.shape[0]):
-        r = sp_row[s]
-        slot = spec_slot[p, s]
-        sk = spec_kind[p, s]
-        for o in range(n_out):
-            ai = auc_index[o]
-            v = Y[r, ai] if ai >= 0 else np.nan
-            if sk == SPECIAL_WINDOW_START:
-                auc_start[o, slot] = v
-            elif sk == SPECIAL_WINDOW_END:
-                auc[p, o, slot] = v - auc_start[o, slot]
-            elif sk == SPECIAL_ANCHOR:
-                # Linear models record the outputs first (in summary mode O is not filled).
-                c_at[p, o, slot] = Y[r, o] if fold_outputs else O[r, o]
-    n_store = store_out.shape[0]
-    if n_store > 0:
-        for r in range(m):
-            if kinds[r] == _ROW_GRID:
-                g = index[r]
-                if g % store_stride == 0:
-                    gi = g // store_stride
-                    for j in range(n_store):
-                        traj[p, j, gi] = O[r, store_out[j]]
+        _above_rows(p, times, kinds, index, ev_bolus[p], O, O_pre, t0, t_end,
+                    (thr_out, thr_val), cmax, tmax, t_above)  # fmt: skip
+    # Linear models record the outputs first (in summary mode O is not filled).
+    conc = Y if fold_outputs else O
+    _specials_and_store(p, (times, kinds, index, sp_row), Y, conc, O, (spec_kind, spec_slot),
+                        auc_index, (store_out, store_stride), auc, c_at, traj)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- linear models

@@ -10,7 +10,7 @@ next to this file.
 
 Every adaptive solver has two compiled entry points with fixed argument lists (the
 *kernel protocol*), one for linear models (``dy/dt = M y + b u``, module-level and cached)
-and one per generated nonlinear model (:mod:`pkpd.inputs.ode`)::
+and one per generated nonlinear model (:mod:`pkpd.inputs.model.codegen`)::
 
     dopri5_into(p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol,
                 h_fixed, hmax, max_steps, nstiff, out, work, stats) -> status
@@ -96,7 +96,7 @@ class SolverInfo:
     common arguments of the kernel protocol and the solver's own (workspace, ``nstiff``)
     to an entry point, `linear` is its entry point for linear models, `linear_cohort`
     its cohort kernel for linear models, and `ode_kernel` / `ode_cohort` name those of
-    a generated ``[ode]`` module (:mod:`pkpd.inputs.ode`).
+    a generated ``[ode]`` module (:mod:`pkpd.inputs.model.codegen`).
     """
 
     name: str

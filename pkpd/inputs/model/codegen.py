@@ -202,7 +202,8 @@ def _solver_hash() -> str:
     engine = Path(__file__).parents[2] / "engine"
     for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
         h.update((engine / "solvers" / name).read_bytes())
-    for name in ("kernels_adaptive.py", "kernels.py"):  # the cohort wrappers' reduction
+    # The cohort wrappers' reduction (the recorder and the dosing source included).
+    for name in ("kernels_adaptive.py", "kernels.py", "record.py", "dosing.py"):
         h.update((engine / name).read_bytes())
     return h.hexdigest()[:16]
 
