@@ -45,7 +45,15 @@ from pkpd.errors import RegimenError, UnitError, where
 from pkpd.inputs.reader import Reader
 from pkpd.inputs.units import Parsed, parse_quantity
 
-__all__ = ["AnchorSpec", "Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
+__all__ = [
+    "AnchorSpec",
+    "Bolus",
+    "EventTable",
+    "Infusion",
+    "Regimen",
+    "anchor_from_dict",
+    "load_regimen",
+]
 
 
 def _fmt_time(h: float, anchor: str | None = None) -> str:
@@ -223,6 +231,12 @@ def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
     return AnchorSpec(
         name, default, dist, params, lo, hi, str(d.get("source", "")), str(d.get("tag", ""))
     )
+
+
+def anchor_from_dict(name: str, d: dict, file: str | None = None) -> AnchorSpec:
+    """An :class:`AnchorSpec` from a table in the ``[anchors.<name>]`` schema (also used by
+    the calibration arms of risk models for their time of emergence)."""
+    return _read_anchor(name, d, file)
 
 
 @dataclass(frozen=True)
