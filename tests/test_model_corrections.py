@@ -25,7 +25,7 @@ import pytest
 from scipy.linalg import expm
 
 import pkpd
-from pkpd.errors import CovariateRangeWarning, SamplingSiteWarning
+from pkpd.errors import CovariateRangeWarning, ModelError, SamplingSiteWarning
 from pkpd.running.cohort import simulate_cohort
 
 MW_SNK = 223.70  # norketamine C12H14ClNO, g/mol
@@ -108,3 +108,156 @@ def test_fanta_otto_nmol_per_ml_uses_the_norketamine_molar_mass():
         )
     assert list(ds.threshold_output.values) == ["cp", "cp_norketamine"]
     np.testing.assert_allclose(ds.threshold_level.values, [0.1 * MW_SK, 0.1 * MW_SNK], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- Perez-Ruixo
+
+QH, VH, KEL, KMET = 151.0, 101.0, 1.11, 2.77  # Table 3 (L/h, L, 1/h, 1/h)
+AGE_SLOPE, AGE_KNOT, ASIAN_KEL = -2.19, 60.0, 0.36  # L/h per year above 60; kel factor
+
+
+def published_clearance(age, asian):
+    """Well-stirred systemic clearance (L/h) of the published model, by hand."""
+    qh = QH + AGE_SLOPE * max(0.0, age - AGE_KNOT)
+    clint = VH * (KEL * (ASIAN_KEL if asian else 1.0) + KMET)
+    return qh * clint / (qh + clint)
+
+
+def well_stirred(m, theta):
+    th = dict(zip(m.param_names, theta, strict=True))
+    clint = th["Vh"] * (th["kel"] + th["kmet"])
+    return th["Qh"] * clint / (th["Qh"] + clint), th["Qh"]
+
+
+@pytest.mark.parametrize(
+    "age,asian,qh,cl",
+    [
+        # 118.15 = 151 - 2.19 x 15; CLint = 101 x (0.3996 + 2.77) = 320.1296 L/h
+        (75, True, 118.15, 118.15 * 320.1296 / (118.15 + 320.1296)),  # 86.30 L/h
+        (75, False, 118.15, 118.15 * 391.88 / (118.15 + 391.88)),  # 90.78 L/h
+        (45, True, 151.0, 151.0 * 320.1296 / (151.0 + 320.1296)),  # 102.60 L/h
+        (60, False, 151.0, 151.0 * 391.88 / (151.0 + 391.88)),  # 109.00 L/h
+        (86, True, 151 - 2.19 * 26, 94.06 * 320.1296 / (94.06 + 320.1296)),
+    ],
+)
+def test_perez_ruixo_clearance_with_the_age_effect_on_hepatic_blood_flow(age, asian, qh, cl):
+    m = pkpd.load_model("perezruixo2021_esketamine")
+    race = "asian" if asian else "non_asian"
+    got_cl, got_qh = well_stirred(m, m.individual_parameters({"age": age, "race": race}))
+    assert got_qh == pytest.approx(qh, rel=1e-12)
+    assert got_cl == pytest.approx(cl, rel=1e-12)
+    assert got_cl == pytest.approx(published_clearance(age, asian), rel=1e-12)
+    if age == 75 and asian:
+        assert got_cl == pytest.approx(86.30, abs=0.005)  # the issue's "about 86 L/h"
+
+
+def test_perez_ruixo_random_effect_multiplies_the_age_adjusted_flow():
+    """nlmixr2lib: Qh = (151 - 2.19 max(0, AGE - 60)) x exp(eta), not 151 exp(eta) - ..."""
+    m = pkpd.load_model("perezruixo2021_esketamine")
+    th = m.individual_parameters({"age": 70, "race": "non_asian"}, {"Qh": 0.3})
+    qh = th[m.param_names.index("Qh")]
+    assert qh == pytest.approx((151 - 2.19 * 10) * math.exp(0.3), rel=1e-12)
+
+
+def test_perez_ruixo_steady_state_of_a_75_year_old_follows_the_age_adjusted_clearance():
+    """10 mg/h to steady state: cp = rate / CL with the hand-computed CL at 75 y (Asian),
+    and the same run at 45 y gives rate / 102.60 L/h."""
+    for age in (75.0, 45.0):
+        ds = pkpd.simulate(
+            "perezruixo2021_esketamine",
+            "10 mg/h from 0 h to 5000 h",
+            covariates={"race": "asian", "age": age},
+            times=[0.0, 4000.0],
+        )
+        cl = published_clearance(age, True)
+        assert ds.cp.values[-1] == pytest.approx(10 / cl * 1000, rel=1e-10)
+
+
+def test_perez_ruixo_cohort_draws_age_into_hepatic_blood_flow():
+    """spine_fusion_china (mean age 62.3 y): each patient's Qh (no IIV) is 151 - 2.19
+    max(0, age - 60) from the patient's own drawn age; some patients are over 60."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CovariateRangeWarning)
+        ds = simulate_cohort(
+            "perezruixo2021_esketamine",
+            "20 mg bolus at 0 h",
+            "spine_fusion_china",
+            40,
+            seed=3,
+            iiv=False,
+            until="2 h",
+            every="10 min",
+            bands=False,
+            progress=False,
+        )
+    age = ds.age.values.astype(float)
+    assert np.any(age > 60) and np.any(age <= 60)
+    expected = 151.0 - 2.19 * np.maximum(0.0, age - 60.0)
+    np.testing.assert_allclose(ds.param_Qh.values, expected, rtol=1e-12)
+
+
+def test_perez_ruixo_age_defaults_to_the_study_median_with_a_warning():
+    m = pkpd.load_model("perezruixo2021_esketamine")
+    with pytest.warns(pkpd.errors.CovariateDefaultWarning, match="age"):
+        th = m.individual_parameters({"race": "non_asian"})
+    assert th[m.param_names.index("Qh")] == 151.0
+
+
+# ----------------------------------------------------------------------------- the schema
+
+
+def _hinge_model(effect, value="10 L/h"):
+    src = {"source": "test fixture", "tag": "assumed", "note": "synthetic"}
+    return pkpd.ModelSpec.from_dict(
+        {
+            "schema_version": 1,
+            "model": {
+                "name": "hinge",
+                "drug": "S-ketamine",
+                "citation": "synthetic",
+                "population": "synthetic",
+                "sampling_site": "venous",
+            },
+            "analytes": {"s_ketamine": {"role": "parent"}},
+            "covariates": {"age": {"unit": "year", "default": 40}},
+            "parameters": {
+                "V": {"value": "10 L", **src},
+                "CL": {"value": value, "covariates": [{**effect, **src}], **src},
+            },
+            "compartments": {"central": {"analyte": "s_ketamine", "volume": "V", "dosing": True}},
+            "flows": [{"from": "central", "clearance": "CL"}],
+        },
+        file="hinge.toml",
+    )
+
+
+def test_additive_above_reads_the_slope_in_the_parameter_unit():
+    """-0.5 L/min per year above 50 = -30 L/h per year: at 52 y, 600 - 60 = 540 L/h."""
+    m = _hinge_model(
+        {"covariate": "age", "type": "additive_above", "reference": 50, "slope": "-0.5 L/min"},
+        value="10 L/min",
+    )
+    for age, cl in ((40.0, 600.0), (50.0, 600.0), (52.0, 540.0)):
+        assert m.individual_parameters({"age": age})[m.param_names.index("CL")] == pytest.approx(
+            cl, rel=1e-12
+        )
+
+
+@pytest.mark.parametrize(
+    "effect,key,match",
+    [
+        ({"type": "additive_above", "reference": 60}, "slope", "missing"),
+        (
+            {"type": "additive_above", "reference": 60, "slope": "-2 L/h", "coefficient": -2},
+            "coefficient",
+            "takes `slope`",
+        ),
+        ({"type": "additive_above", "reference": 60, "slope": "-2 L"}, "slope", ""),
+        ({"type": "linear", "reference": 60, "coefficient": 0.1, "slope": "1 L/h"}, "slope", ""),
+    ],
+)
+def test_additive_above_bad_input_names_the_key(effect, key, match):
+    with pytest.raises(ModelError, match=key) as err:
+        _hinge_model({"covariate": "age", **effect})
+    assert match in str(err.value)
+    assert "hinge.toml" in str(err.value)
