@@ -245,6 +245,8 @@ def models_show(name: str) -> None:
         for e in p.covariates:
             if e.type == "categorical":
                 scale += f" x {e.covariate} factor {e.factors}"
+            elif e.type == "additive_above":
+                scale += f" + {e.coefficient:g} x max(0, {e.covariate} - {e.reference:g})"
             else:
                 scale += f" x {e.type}({e.covariate}, ref {e.reference:g}, {e.coefficient:g})"
         unit = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}.get(

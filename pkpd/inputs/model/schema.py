@@ -33,7 +33,10 @@ from pkpd.inputs.reader import TAGS as _ALL_TAGS
 # literature subset (no 'illustrative' placeholders).
 TAGS = {t: _ALL_TAGS[t] for t in LITERATURE_TAGS}
 ROLES = ("parent", "metabolite")
-COVARIATE_TYPES = ("power", "linear", "exponential", "categorical")
+# Multiplicative forms (power, linear, exponential, categorical) and one additive hinge,
+# additive_above: P + slope * max(0, x - reference) (slope stored in `coefficient`, in the
+# parameter's internal unit per covariate unit).
+COVARIATE_TYPES = ("power", "linear", "exponential", "categorical", "additive_above")
 # Parameter kinds accepted in each structural slot (see units.KINDS).
 PARAM_KINDS = ("volume", "clearance", "rate_constant", "time", "dimensionless")
 # Nonlinear [ode] models also take amounts (mg), amount rates such as a Vmax (mg/h) and
