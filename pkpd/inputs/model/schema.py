@@ -212,8 +212,10 @@ class OdeSystem:
     stiff: bool
     param_names: list[str]
     covariate_names: list[str]  # numeric covariates used by the equations
-    uses_time: bool
+    uses_time: bool  # the equations read `t` or `tafd`
     rate_dependent: frozenset = frozenset()  # intermediates that depend on `rate`
+    #: The equations read `tafd`: the parameter vector ends with the first dose time.
+    uses_tafd: bool = False
     source: str = ""
     hash: str = ""
     _module: Any = None
@@ -241,8 +243,12 @@ class OdeSystem:
 
     # ---- parameters -------------------------------------------------------------
 
-    def parameter_vector(self, theta: np.ndarray, covariates: dict) -> np.ndarray:
-        """``p = [theta..., covariate values...]`` for the generated functions."""
+    def parameter_vector(
+        self, theta: np.ndarray, covariates: dict, first_dose: float | None = None
+    ) -> np.ndarray:
+        """``p = [theta..., covariate values...]`` for the generated functions, then the
+        time of the patient's first dose (h; ``inf`` without doses, see
+        :func:`pkpd.inputs.model.solve.first_dose_time`) when the equations use ``tafd``."""
         vals = []
         for c in self.covariate_names:
             v = covariates.get(c)
@@ -251,6 +257,13 @@ class OdeSystem:
                     f"{self.file}: covariate `{c}` is used in [ode] and has no default: pass it"
                 )
             vals.append(float(v))
+        if self.uses_tafd:
+            if first_dose is None:
+                raise ModelError(
+                    f"{self.file}: the equations use `tafd` (time after the first dose): "
+                    "the time of the first dose is required"
+                )
+            vals.append(float(first_dose))
         return np.ascontiguousarray(np.concatenate([np.asarray(theta, float), vals]))
 
     def bolus_map(self) -> np.ndarray:
