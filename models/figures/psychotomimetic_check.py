@@ -111,7 +111,7 @@ def predictions(rm) -> None:
         print(
             f"  {label}: {100 * float(inc):.1f}% ({100 * lo:.1f}-{100 * hi:.1f}), q90 "
             f"{100 * q90:.1f}%, "
-            f"outside range {100 * inc.attrs['fraction_outside_calibration_exposure']:.0f}%, "
+            f"above range {100 * inc.attrs['fraction_above_calibration_exposure']:.0f}%, "
             f"within domain: {'yes' if inc.attrs['within_domain'] else 'no'}"
         )
     for rule in ("mean", "q90", "upper"):

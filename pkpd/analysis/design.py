@@ -598,6 +598,12 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
             {"units": "1", "long_name": f"share of patients outside the {name} calibration "
              "exposure range"},
         )  # fmt: skip
+        data[f"above_{name}"] = (
+            (),
+            float(inc.attrs.get("fraction_above_calibration_exposure", np.nan)),
+            {"units": "1", "long_name": f"share of patients above the {name} calibration "
+             "exposure range"},
+        )  # fmt: skip
         data[f"extrapolation_{name}"] = (
             (),
             str(inc.attrs.get("extrapolation", "")),

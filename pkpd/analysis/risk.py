@@ -677,8 +677,8 @@ def apply_risk(ds, risk, *, n_draws: int = 2000, seed: int = 0, strict: bool = T
         :data:`~pkpd.analysis.risk_domain.RULE_QUANTILES` in the attrs of
         ``incidence_<name>``), and the validity domain: attrs
         ``risk_<name>_extrapolation`` (the reasons, "" when within the calibration's domain),
-        ``risk_<name>_within_domain`` (1 or 0), the share of patients outside the calibration
-        exposure range and the share dosed while awake.
+        ``risk_<name>_within_domain`` (1 or 0), the shares of patients outside and above
+        the calibration exposure range and the share dosed while awake.
 
     Notes
     -----
@@ -723,6 +723,9 @@ def apply_risk(ds, risk, *, n_draws: int = 2000, seed: int = 0, strict: bool = T
     qs = {q: float(np.quantile(I_star, q)) for q in (0.025, *domain.RULE_QUANTILES)}
     xr_lo, xr_hi = (risk.fit or {}).get("exposure_range_ng_ml", [np.nan, np.nan])
     outside = float(np.mean((x[ok] < xr_lo) | (x[ok] > xr_hi)))
+    # Below the range the curve is bounded by monotonicity between the background (X = 0)
+    # and the lowest calibrated exposure: only exposures above it extrapolate.
+    above = float(np.mean(x[ok] > xr_hi))
     reg = domain.regimen_of(ds, regimen)
     awake = (
         None
@@ -731,11 +734,12 @@ def apply_risk(ds, risk, *, n_draws: int = 2000, seed: int = 0, strict: bool = T
     )
     has_event = reg is not None and risk.exposure.awake_from in reg.anchor_names
     reasons = domain.domain_reasons(
-        risk, outside, awake, str(ds.attrs.get("model")), has_awake_event=has_event
+        risk, above, awake, str(ds.attrs.get("model")), has_awake_event=has_event
     )
     valid = {
         "exposure_read": how,
         "outside": outside,
+        "above": above,
         "awake": awake,
         "reasons": reasons,
         "quantiles": qs,
@@ -803,6 +807,7 @@ def _with_risk(ds, risk: RiskModel, p, inc, n_patients, valid, n_draws, seed):
     domain_attrs = {
         "n_patients": n_patients,
         "fraction_outside_calibration_exposure": valid["outside"],
+        "fraction_above_calibration_exposure": valid["above"],
         "extrapolation": "; ".join(reasons),
         "within_domain": int(not reasons),
     }
@@ -820,6 +825,7 @@ def _with_risk(ds, risk: RiskModel, p, inc, n_patients, valid, n_draws, seed):
     out.attrs[f"risk_{name}"] = prov
     out.attrs[f"risk_{name}_caveats"] = " | ".join(risk.caveats)
     out.attrs[f"risk_{name}_fraction_outside_calibration_exposure"] = valid["outside"]
+    out.attrs[f"risk_{name}_fraction_above_calibration_exposure"] = valid["above"]
     if valid["awake"] is not None:
         out.attrs[f"risk_{name}_fraction_dosed_while_awake"] = valid["awake"]
     out.attrs[f"risk_{name}_extrapolation"] = "; ".join(reasons)
@@ -898,7 +904,7 @@ def meets_limit(
     computes it with :func:`apply_risk` (`kwargs` passed on).
 
     A prediction outside the calibration's validity domain (``risk_<name>_extrapolation``:
-    exposures outside the calibration range, drug given while awake, another PK model) is
+    exposures above the calibration range, drug given while awake, another PK model) is
     not certified: the answer is False unless `allow_extrapolation` is True.
     :func:`limit_verdict` gives the reasons, including a limit below what the calibration
     can resolve (:func:`pkpd.analysis.risk_domain.resolution_floor`).

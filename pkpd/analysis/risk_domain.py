@@ -10,7 +10,7 @@ rules that turn a predicted incidence into a yes/no against a limit.
   their ``awake_from`` time). The shipped calibration arms gave single boluses before
   emergence only, so any dosing while awake is outside the regimen types the calibration
   saw.
-* :func:`domain_reasons` lists why a cohort's prediction extrapolates (exposure outside
+* :func:`domain_reasons` lists why a cohort's prediction extrapolates (exposure above
   the calibration range for more than :data:`OUTSIDE_TOLERANCE` of patients, dosing while
   awake, another PK model); an empty list means the prediction is within the calibration's
   validity domain.
@@ -43,7 +43,7 @@ __all__ = [
     "rule_text",
 ]
 
-#: Share of patients allowed outside the calibration's exposure range (its 1-99 % range)
+#: Share of patients allowed above the calibration's exposure range (its 1-99 % range)
 #: before a prediction is flagged as an extrapolation. A convention of this package: the
 #: calibration range itself excludes 2 % of the calibration arms' own patients.
 OUTSIDE_TOLERANCE = 0.05
@@ -150,18 +150,23 @@ def awake_dosing(ds, regimen: Regimen, awake_from: str) -> float:
 
 def domain_reasons(
     risk: RiskModel,
-    outside: float,
+    above: float,
     awake_share: float | None,
     model: str,
     has_awake_event: bool = True,
 ) -> list[str]:
-    """Why a cohort's prediction lies outside the calibration's validity domain ([] if not)."""
+    """Why a cohort's prediction lies outside the calibration's validity domain ([] if not).
+
+    `above` is the share of patients whose exposure exceeds the calibration range. Exposures
+    below it are not an extrapolation: the curve is monotone and anchored at X = 0 by the
+    background term, so there it lies between p0 and its value at the range's low end.
+    """
     reasons = []
     fit = risk.fit or {}
     lo, hi = fit.get("exposure_range_ng_ml", [np.nan, np.nan])
-    if outside > OUTSIDE_TOLERANCE:
+    if above > OUTSIDE_TOLERANCE:
         reasons.append(
-            f"{100 * outside:.1f}% of patients have an exposure outside the calibration range "
+            f"{100 * above:.1f}% of patients have an exposure above the calibration range "
             f"{lo:.3g}-{hi:.3g} ng/mL (tolerance {100 * OUTSIDE_TOLERANCE:g}%)"
         )
     if risk.exposure.metric == "cmax_awake":

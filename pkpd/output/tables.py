@@ -63,13 +63,14 @@ def compare_rows(cds) -> Rows:
         rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
     for name in [r for r in str(cds.attrs.get("risks", "")).split(", ") if r]:
         rows.append((f"{name} incidence [95% interval]", interval(f"incidence_{name}")))
-        if f"outside_{name}" in cds:
-            rows.append(
-                (
-                    f"{name}: patients outside calibration exposure",
-                    [f"{100 * float(cds[f'outside_{name}'].sel(regimen=r)):.1f}%" for r in regs],
+        for key, what in (("outside", "outside"), ("above", "above")):
+            if f"{key}_{name}" in cds:
+                rows.append(
+                    (
+                        f"{name}: patients {what} calibration exposure",
+                        [f"{100 * float(cds[f'{key}_{name}'].sel(regimen=r)):.1f}%" for r in regs],
+                    )
                 )
-            )
         if f"extrapolation_{name}" in cds:
             rows.append(
                 (
