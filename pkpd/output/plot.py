@@ -177,7 +177,8 @@ def plot_bands(
         unit = _unit(ds, o)
         _mark_thresholds(ax, thr.get(str(o), []), unit)
         _mark_events(ax, ev)
-        ax.set_ylabel(f"{o} ({unit or 'dimensionless'})" if len(str(o)) < 28 else f"{unit}")
+        shown = unit if unit not in ("", "1") else "dimensionless"
+        ax.set_ylabel(f"{o} ({shown})" if len(str(o)) < 28 else shown)
         if len(str(o)) >= 28:
             ax.set_title(str(o), fontsize=8, loc="left")
         ax.grid(alpha=0.3)
