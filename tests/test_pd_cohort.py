@@ -438,3 +438,19 @@ def test_cli_cohort_with_pd_threshold_and_plot(tmp_path):
     assert "PD simons2022_drug_high: Simons P" in r.output
     assert "USER-SUPPLIED (not literature): t_half_ke0=3min" in r.output
     assert png.stat().st_size > 10_000
+
+
+def test_zarr_output_holds_the_pd_variables_and_streams_their_bands(spec, cohort_ds, tmp_path):
+    ds = run_cohort(
+        spec, at=AT, trajectories=True, trajectory_dtype="float64", out=tmp_path / "c.zarr"
+    )
+    for v in ("cmax", "tmax", "c_at", "trajectory"):
+        np.testing.assert_array_equal(ds[v].values, cohort_ds[v].values, err_msg=v)
+    assert list(ds.traj_output.values) == list(cohort_ds.traj_output.values)
+    # Written chunk by chunk: streaming bands, for the PD variables of one output only.
+    names = list(map(str, ds.band_output.values))
+    assert "simons2022_drug_high" in names and "olofsen2012_analgesia" not in names
+    ce = ds.band.sel(band_output="ce_simons2022_drug_high_s_ketamine").values
+    np.testing.assert_allclose(
+        ds.band.sel(band_output="simons2022_drug_high").values, emax_high(ce), rtol=1e-12
+    )

@@ -928,7 +928,7 @@ def _plan(req: CohortRequest) -> _Plan:
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out
     band_outputs, band_stride = _bands(req, spec, store_out, store_stride, grid, step)
-    pd_bands = _pd_bands(pd_outs, pd_store, band_outputs, bool(store_out))
+    pd_bands = _pd_bands(pd_outs, pd_store, band_outputs, keep)
     setup = CohortSetup(
         spec=spec, regimen=reg, population=pop, seed=int(seed), n=n, grid=grid, windows=win,
         at=at_, thresholds=thr, store_out=store_out, store_stride=store_stride,
@@ -977,9 +977,10 @@ def _pd_and_stereo(req: CohortRequest):
 
 
 def _pd_bands(pd_outs, pd_store, band_outputs, exact: bool) -> list[str]:
-    """PD variables with percentile bands: with kept trajectories those kept (exact bands
-    from their trajectories); streaming, those of one output that has bands (the output's
-    order statistics mapped, see :func:`_pd_streaming_bands`)."""
+    """PD variables with percentile bands: with trajectories kept in memory those kept
+    (exact bands from their trajectories); streaming (no trajectories, or trajectories
+    written to Zarr), those of one output that has bands (the output's order statistics
+    mapped, see :func:`_pd_streaming_bands`)."""
     if not band_outputs:
         return []
     if exact:
@@ -1066,7 +1067,7 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
             res.band_counts = None
         if writer is not None:
             writer.append(_chunk_dataset(setup, res))
-            res.trajectory = None
+            res.trajectory = res.pd_trajectory = None
         elif traj_all is not None and res.trajectory is not None:
             traj_all[res.start : res.stop] = res.trajectory
             res.trajectory = None
