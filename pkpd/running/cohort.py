@@ -30,6 +30,36 @@ both order statistics lie in the bins' range (``tests/test_cohort.py`` checks th
 against ``numpy.quantile`` on several models). Values below the lowest edge (including
 zero) count as 0 (an absolute error below :data:`BAND_MIN_NG_ML`), values above the highest
 as :data:`BAND_MAX_NG_ML`.
+
+PD endpoints
+------------
+With ``pd=`` each endpoint's effect sites are states of the model (linear: effect
+compartments, exact kernel; ``[ode]``: an added equation, adaptive kernels), so their
+concentrations ``ce_<endpoint>_<input>`` are outputs like any other (Cmax, AUC, values at
+times, thresholds, bands, trajectories, all exact). The PD variables
+(:func:`pkpd.inputs.pd.pd_outputs`: the names, units and formulas of :func:`pkpd.simulate`,
+``<endpoint>_conc_<input>``, ``<endpoint>_conc_over_c50``, ``<endpoint>``, ...) are further
+entries of the ``output`` dimension (units in ``output_units``), computed from the recorded
+outputs they are functions of, with no approximation:
+
+* values at named times (``c_at``) and trajectories: for every PD variable;
+* Cmax/Tmax: for those that increase with one output, ``f(Cmax)`` at its Tmax; NaN for one
+  that decreases with its output or sums several (Olofsen 2012's net effect);
+* thresholds: for those that increase with one output, on that output at the level where
+  the variable equals the threshold (:meth:`pkpd.inputs.pd.PDOutput.inverse`): the same
+  time in continuous time; refused for the others (their time above a level is not a
+  function of one recorded output's);
+* AUC: for the driving concentrations (a constant times the output's); NaN for effects,
+  whose time integral is not an exposure;
+* bands: exact from trajectories kept in memory (quantiles of the variable's own
+  trajectories); streaming for PD variables of one output, its order statistics mapped
+  (reversed ranks for a decreasing map) and then interpolated as for the exact bands: a
+  bin centre within 0.499 % of the concentration's order statistic gives a ratio
+  ``C/C50`` or a linear effect within 0.499 %, and a fraction of Emax within about gamma
+  times that (its logarithmic slope is below gamma). Where the rank ``q (n - 1)`` is whole
+  the exact band of the variable is its function of the concentration's exact band.
+
+PD variables are predictions: not with ``residual=True``.
 """
 
 from __future__ import annotations
@@ -779,28 +809,10 @@ def simulate_cohort(
         ``age``, ``weight``, ``height`` or ``bmi``; ``"ignore"`` accepts other columns
         (kept as coordinates, unused by the model). A name that differs from a model
         covariate only in case (``Race``) is an error either way.
-    pd, pd_parameters : optional
-        PD endpoints and user-supplied PD values, as for :func:`pkpd.simulate`. Each
-        endpoint's effect sites are states of the model (linear or ``[ode]``), so their
-        concentrations ``ce_<endpoint>_<input>`` are outputs like any other (Cmax, AUC,
-        values at times, thresholds, bands, trajectories, exact). The PD variables (the
-        names of :func:`pkpd.simulate`: ``<endpoint>_conc_<input>``,
-        ``<endpoint>_conc_over_c50``, ``<endpoint>``, ...) are further entries of the
-        ``output`` dimension (units in ``output_units``), computed from the recorded
-        outputs they are functions of, with no approximation: values at named times
-        (``c_at``) and trajectories for every PD variable; Cmax/Tmax and thresholds for
-        those that increase with one output (the maximum and the time above a level are
-        those of the output, mapped; a threshold on a PD variable is a threshold on its
-        output at the level where the variable equals it); AUC for the driving
-        concentrations only (NaN for effects, whose time integral is not an exposure).
-        Cmax/Tmax are NaN for a PD variable that decreases with its output or sums
-        several outputs (e.g. Olofsen 2012's net effect); a threshold on one is refused.
-        Bands: exact from kept trajectories; streaming bands for PD variables of one
-        output (its order statistics mapped, then interpolated as for the exact bands).
-        Not with `residual` (PD variables are predictions).
-    racemic : bool
-        The regimen is in racemic ketamine amounts: an S-ketamine model is driven with its
-        S half, as for :func:`pkpd.simulate`; the caveats are in the attrs.
+    pd, pd_parameters, racemic : optional
+        As for :func:`pkpd.simulate`: PD endpoints, whose effect sites and PD variables
+        become outputs (module docstring, "PD endpoints"); user-supplied PD values; a
+        regimen in racemic ketamine amounts (an S-ketamine model gets the S half).
 
     Returns
     -------
