@@ -391,7 +391,9 @@ def test_ode_endpoints_need_the_plasma_concentration_output():
         ),
         (
             {"thresholds": {"olofsen2012_analgesia_contribution_s_ketamine": ["-1"]}},
-            r"decreases as ce_olofsen2012_analgesia_s_ketamine increases",
+            r"decreases as ce_olofsen2012_analgesia_s_ketamine increases \(the time with it "
+            r"below a level L is the time with ce_olofsen2012_analgesia_s_ketamine above "
+            r"L / -0\.038 ng/mL\)",
         ),
         ({"thresholds": {"simons2022_drug_high": ["5 ng/mL"]}}, r"not a concentration"),
         ({"residual": True}, r"`residual`.*PD variables"),

@@ -1322,11 +1322,16 @@ def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
     output; refused otherwise (their time above a level is not a function of one recorded
     output's)."""
     if not po.increasing:
-        why = (
-            f"it sums {len(po.terms)} outputs ({', '.join(t[0] for t in po.terms)})"
-            if not po.single
-            else f"it decreases as {po.terms[0][0]} increases"
-        )
+        if not po.single:
+            why = f"it sums {len(po.terms)} outputs ({', '.join(t[0] for t in po.terms)})"
+        else:
+            o, factor, slope = po.terms[0]
+            why = f"it decreases as {o} increases"
+            if po.affine and po.c50 is None:
+                why += (
+                    f" (the time with it below a level L is the time with {o} above "
+                    f"L / {factor * slope:.6g} ng/mL)"
+                )
         raise CohortError(
             f"`thresholds.{po.name}`: the time with PD variable {po.name!r} above a level is "
             f"not recorded: {why}; set a threshold on an output it is made of instead"
