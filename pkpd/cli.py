@@ -45,6 +45,7 @@ from pkpd.output.tables import (
     compare_rows,
     design_pareto_rows,
     design_pta_rows,
+    extrapolation_lines,
     text_table,
 )
 from pkpd.running import cohort as cohorts
@@ -244,6 +245,8 @@ def models_show(name: str) -> None:
         for e in p.covariates:
             if e.type == "categorical":
                 scale += f" x {e.covariate} factor {e.factors}"
+            elif e.type == "additive_above":
+                scale += f" + {e.coefficient:g} x max(0, {e.covariate} - {e.reference:g})"
             else:
                 scale += f" x {e.type}({e.covariate}, ref {e.reference:g}, {e.coefficient:g})"
         unit = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}.get(
@@ -879,6 +882,8 @@ def compare(
     _echo("median (5-95%) over patients:")
     for line in text_table(["metric", *map(str, cds.regimen.values)], compare_rows(cds)):
         _echo(line)
+    for line in extrapolation_lines(cds):
+        _echo(line)
     _write_grid(targets, cds, plots.plot_compare)
     _echo(DISCLAIMER)
 
@@ -942,6 +947,17 @@ def _is_number(x: str) -> bool:
 @click.option("--target", help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery'.")
 @click.option("--risk", help="Risk model (needs pkpd.risk).")
 @click.option("--max-risk", type=float, help="Limit on the risk incidence (fraction, e.g. 0.05).")
+@click.option(
+    "--risk-rule",
+    default="upper",
+    show_default=True,
+    help="How --max-risk is read: upper (95% upper bound), mean, or a quantile q50/q75/q90/q95.",
+)
+@click.option(
+    "--allow-extrapolation",
+    is_flag=True,
+    help="Let points outside the risk model's calibration domain count as meeting the limit.",
+)
 @click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
 @click.option("--until", help="End of the common grid.")
 @click.option("--every", default="5 min", show_default=True, help="Grid step.")
@@ -951,14 +967,15 @@ def _is_number(x: str) -> bool:
 )
 def design(
     model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
-    max_risk, windows, until, every, out, out_png,
+    max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
         template=template, anchors=anchors, target=target, risk=risk, max_risk=max_risk,
-        windows=_windows_option(windows), until=until, every=every,
+        windows=_windows_option(windows), until=until, every=every, risk_rule=risk_rule,
+        allow_extrapolation=allow_extrapolation,
     )  # fmt: skip
     dims = list(gds.regimen.dims)
     _echo(
@@ -977,9 +994,27 @@ def design(
         _echo("PTA over the grid:")
         for line in text_table(*design_pta_rows(gds)):
             _echo("  " + line)
+    _echo_design_domain(gds)
     _echo(gds.attrs["best_message"])
     _write_grid(targets, gds, plots.plot_design)
     _echo(DISCLAIMER)
+
+
+def _echo_design_domain(gds) -> None:
+    """How many grid points extrapolate the risk model, and the distinct reasons."""
+    lines = extrapolation_lines(gds)
+    if not lines:
+        return
+    rname = gds.attrs.get("risk") or ""
+    why = sorted({str(v) for v in np.ravel(gds[f"extrapolation_{rname}"].values) if str(v)})
+    _echo(
+        f"{len(lines)} of {gds.regimen.size} grid points lie outside the {rname} calibration "
+        "domain (extrapolation_" + rname + " in the dataset):"
+    )
+    for w in why[:5]:
+        _echo(f"  - {w}")
+    if len(why) > 5:
+        _echo(f"  - ... {len(why) - 5} more distinct reasons")
 
 
 @main.command(help="Write a self-contained HTML report of a result (.nc or .zarr).")
@@ -1030,7 +1065,11 @@ def risk_refit(name, out, n_virtual, seed) -> None:
 
 def _refit_lines(res) -> list[str]:
     """The fit, the posterior summary and every arm, predicted against observed."""
-    lines = [f"MLE alpha {res.mle[0]:.4g}, gamma {res.mle[1]:.4g}; ESS {res.ess:.0f}"]
+    lines = [
+        f"MLE alpha {res.mle[0]:.4g}, gamma {res.mle[1]:.4g}"
+        + (" (at the prior-mean background)" if res.settings.get("background") else "")
+        + f"; posterior spread over {res.ess:.0f} effective grid cells"
+    ]
     for k, q in res.summary().items():
         mom = f"mean {q['mean']:.4g} sd {q['sd']:.4g} " if "mean" in q else ""
         lines.append(f"{k}: {mom}median {q['q500']:.4g} 95% [{q['q025']:.4g}, {q['q975']:.4g}]")

@@ -6,14 +6,16 @@ the model file:
 
     cl     = 112  (WT/70)^0.75 exp(eta_cl)     vc = 7.73 (WT/70)    q = 196 (WT/70)^0.75
     vp     = 545  (WT/70)                      vc_snk = 1 (WT/70)   (fixed)
-    cl_snk = 53.2 (WT/70)^0.75 exp(eta_cl_snk) (1 + 0.00870 t)
+    cl_snk = 53.2 (WT/70)^0.75 exp(eta_cl_snk) (1 + 0.00870 t)   (t from the first dose)
     d/dt(central)     = -kel central - k12 central + k21 peripheral1
     d/dt(peripheral1) =  k12 central - k21 peripheral1
     d/dt(central_snk) =  kel central - kelsnk central_snk
     Cc = central / vc,  Cc_snk = central_snk / vc_snk     (mg/L)
 
 with the infusion added to central. ../shared/reference/ketamine-models.md 2.4 lists the
-same numbers.
+same numbers. nlmixr2lib's `t` is rxode2's simulation time with "t = 0 corresponds to the
+first S-ketamine dose"; for a regimen whose first dose is at T the reference below uses
+max(t - T, 0), the time after the first dose (the model file's `tafd`).
 """
 
 from __future__ import annotations
@@ -56,12 +58,13 @@ def reference_parameters(weight, eta_cl=0.0, eta_snk=0.0):
     return p
 
 
-def reference_rhs(p, rate_of_t):
-    """The nlmixr2lib model() block, written out by hand (amounts in mg, time in h)."""
+def reference_rhs(p, rate_of_t, t_first=0.0):
+    """The nlmixr2lib model() block, written out by hand (amounts in mg, time in h), its
+    time counted from the first dose at `t_first` (h)."""
     kel, k12, k21 = p["CL"] / p["V1"], p["Q"] / p["V1"], p["Q"] / p["V2"]
 
     def kelsnk(t):
-        return p["CLSNK"] * (1 + p["TSLOPE"] * t) / p["VSNK"]
+        return p["CLSNK"] * (1 + p["TSLOPE"] * max(t - t_first, 0.0)) / p["VSNK"]
 
     def f(t, y):
         central, peripheral1, central_snk = y
@@ -74,10 +77,16 @@ def reference_rhs(p, rate_of_t):
     return f
 
 
-def radau_reference(p, weight, t_out):
-    """Segment by segment between dose events (bolus jumps), Radau at rtol 1e-11."""
+def radau_reference(p, weight, t_out, shift=0.0, t_first=None):
+    """Segment by segment between dose events (bolus jumps), Radau at rtol 1e-11; REGIMEN
+    moved `shift` hours later (nothing happens before its first dose), the clearance's time
+    counted from `t_first` (default: the first dose, `shift`)."""
+    t_first = shift if t_first is None else t_first
     # REGIMEN by hand: (time h, bolus mg, total rate mg/h from then on)
     events = [(0.0, weight, weight), (6.0, 0.0, 3 * weight), (8.0, 0.0, weight), (48.0, 0.0, 0.0)]
+    events = [(t + shift, b, r) for t, b, r in events]
+    if shift > 0:
+        events.insert(0, (0.0, 0.0, 0.0))
     y = np.zeros(3)
     out = np.zeros((t_out.size, 3))
     bounds = [e[0] for e in events] + [t_out[-1]]
@@ -86,7 +95,7 @@ def radau_reference(p, weight, t_out):
         a, b = bounds[k], bounds[k + 1]
         if b <= a:
             continue
-        f = reference_rhs(p, lambda t, r=rate: r)
+        f = reference_rhs(p, lambda t, r=rate: r, t_first=t_first)
         mask = (t_out > a) & (t_out <= b)
         grid = np.unique(np.append(t_out[mask], b))  # ends at b: the next segment's start
         sol = solve_ivp(f, (a, b), y, method="Radau", rtol=1e-11, atol=1e-15, t_eval=grid)
@@ -125,8 +134,8 @@ def test_loads_with_full_provenance_and_the_nlmixr2lib_values():
     for c in m.covariates.values():
         assert c.range[0] < c.range[1]
     assert m.notes[0].startswith("PAEDIATRIC ONLY")
-    assert any("time after the FIRST S-ketamine dose" in n for n in m.notes)
-    assert any("start every regimen at 0 h" in n for n in m.notes)
+    assert any("time in hours after the patient's FIRST S-ketamine dose" in n for n in m.notes)
+    assert m.ode.uses_tafd and "tafd" in m.ode.intermediates[2][2]
 
 
 def test_iiv_block_and_residual_error():
@@ -248,6 +257,42 @@ def test_time_varying_clearance_against_scipy_radau(eta_cl, eta_snk):
     np.testing.assert_allclose(ds.cp.values, 1000 * ref[:, 0] / p["V1"], rtol=5e-6)
     np.testing.assert_allclose(ds.cp_norketamine.values, 1000 * ref[:, 2] / p["VSNK"], rtol=5e-6)
     assert ds.dose_given.values[-1] == pytest.approx(10 * (1 + 48 + 2 * 2), rel=1e-9)
+
+
+def test_a_regimen_starting_at_24_h_against_scipy_radau_with_time_after_first_dose():
+    """REGIMEN moved to 24 h: the hand-written equations with CLSNK (1 + TSLOPE (t - 24))
+    from 24 h on, by Radau, against the package's Rodas4 in tolerance units; and the same
+    concentrations as REGIMEN at 0 h, 24 h later. The simulation clock instead of the time
+    after the first dose (the file before issue 14) gives a clearance x 1.42 instead of
+    x 1.21 at 48 h, and S-norketamine ~15 % lower (x 1 / 1.17): the test tells them apart."""
+    weight, shift = 10.0, 24.0
+    p = reference_parameters(weight, 0.3, -0.5)
+    t = np.concatenate([[0.0, 12.0, 23.9], np.linspace(24.1, 36, 50), np.linspace(37, 96, 60)])
+    ref = radau_reference(p, weight, t, shift=shift)
+    rtol, atol = 1e-6, 1e-9
+    shifted = REGIMEN.replace("at 0 h", "at 24 h").replace("from 0 h to 48 h", "from 24 h to 72 h")
+    shifted = shifted.replace("from 6 h to 8 h", "from 30 h to 32 h")
+    kw = {"eta": {"CL": 0.3, "CLSNK": -0.5}, "method": "rodas", "rtol": rtol, "atol": atol}
+    ds = pkpd.simulate(NAME, shifted, CHILD, times=t, **kw)
+    Y = np.stack([ds[f"state_{s}"].values for s in ("central", "peripheral1", "nk_central")], 1)
+    err = np.abs(Y - ref) / (atol + rtol * np.abs(ref))
+    assert err.max() < 5, err.max(axis=0)
+    assert np.all(Y[t < shift] == 0.0)
+    tafd = np.maximum(t - shift, 0.0)
+    np.testing.assert_allclose(ds.cl_norketamine.values, p["CLSNK"] * (1 + 0.0087 * tafd))
+    # Time invariance: REGIMEN at 0 h, read 24 h earlier.
+    later = t >= shift
+    ds0 = pkpd.simulate(NAME, REGIMEN, CHILD, times=t[later] - shift, **kw)
+    for out in ("cp", "cp_norketamine", "cl_norketamine"):
+        np.testing.assert_allclose(ds[out].values[later], ds0[out].values, rtol=2e-5, err_msg=out)
+    # The clock instead of the time after the first dose: a different answer (clearance
+    # x 1.4176 instead of x 1.2088 at 48 h; S-norketamine is formation-rate limited, so
+    # lower by about that ratio).
+    i48 = int(np.searchsorted(t, 48.0))
+    assert t[i48] == 48.0
+    clock = radau_reference(p, weight, t, shift=shift, t_first=0.0)
+    ratio = float(ds.cp_norketamine[i48]) / (1000 * clock[i48, 2] / p["VSNK"])
+    assert ratio == pytest.approx((1 + 0.0087 * 48) / (1 + 0.0087 * 24), rel=2e-3)
 
 
 # ----------------------------------------------------------------------------- paediatric

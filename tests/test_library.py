@@ -111,7 +111,7 @@ def test_cli_lists_and_shows_every_new_model():
         assert "parameters (typical values" in s.output
     s = CliRunner().invoke(main, ["models", "show", "perezruixo2021_esketamine"])
     assert "kmet: MISSING in the source" in s.output
-    assert "NOT IMPLEMENTED" in s.output
+    assert "151 L/h + -2.19 x max(0, age - 60)" in s.output
 
 
 # ----------------------------------------------------------------------------- Simons 2022
@@ -318,14 +318,14 @@ def well_stirred(th):
 @pytest.mark.parametrize("race", ["non_asian", "asian"])
 def test_perez_ruixo_reproduces_the_encoded_equations(race):
     m = pkpd.load_model("perezruixo2021_esketamine")
-    M, _, _ = m.system(m.individual_parameters({"race": race}))
+    M, _, _ = m.system(m.individual_parameters({"race": race, "age": 45}))
     idx = [m.comp_names.index(c) for c in PR_ORDER]
     A_ref, (Vc, Vcn) = perez_ruixo_reference_matrix(race == "asian")
     np.testing.assert_allclose(M[np.ix_(idx, idx)], A_ref, rtol=1e-13, atol=1e-13)
     # end to end: 28 mg over 40 min (IV study dose; duration chosen here) and a 2-h infusion
     reg = "28 mg over 40 min from 0 h; 10 mg/h from 2 h to 4 h"
     t = np.linspace(0, 48, 193)
-    ds = pkpd.simulate(m, reg, covariates={"race": race}, times=t)
+    ds = pkpd.simulate(m, reg, covariates={"race": race, "age": 45}, times=t)
     X = augmented_solution(A_ref, 0, [(0.0, 42.0), (2 / 3, 0.0), (2.0, 10.0), (4.0, 0.0)], t)
     np.testing.assert_allclose(ds.cp.values[1:], X[1:, 0] / Vc * 1000, rtol=1e-9)
     np.testing.assert_allclose(ds.cp_noresketamine.values[1:], X[1:, 4] / Vcn * 1000, rtol=1e-9)
@@ -335,8 +335,8 @@ def test_perez_ruixo_systemic_clearance_is_the_well_stirred_value():
     """ketamine-models.md 2.3: CL = Qh CLint / (Qh + CLint), CLint = Vh (kel + kmet):
     109 L/h non-Asian (abstract: 114 L/h), 102.6 L/h Asian; fraction to noresketamine 0.71
     and 0.87; Vc + Vp1 + Vp2 = 752 L (abstract Vss); Vcn/F + Vpn/F = 185 L."""
-    non = params("perezruixo2021_esketamine", {"race": "non_asian"})
-    asi = params("perezruixo2021_esketamine", {"race": "asian"})
+    non = params("perezruixo2021_esketamine", {"race": "non_asian", "age": 45})
+    asi = params("perezruixo2021_esketamine", {"race": "asian", "age": 45})
     assert well_stirred(non) == pytest.approx(109.0, abs=0.05)
     assert well_stirred(asi) == pytest.approx(102.6, abs=0.05)
     assert non["kmet"] / (non["kel"] + non["kmet"]) == pytest.approx(0.714, abs=0.001)
@@ -351,13 +351,13 @@ def test_perez_ruixo_systemic_clearance_is_the_well_stirred_value():
 
 @pytest.mark.parametrize("race", ["non_asian", "asian"])
 def test_perez_ruixo_steady_state_is_rate_over_well_stirred_clearance(race):
-    th = params("perezruixo2021_esketamine", {"race": race})
+    th = params("perezruixo2021_esketamine", {"race": race, "age": 45})
     cl = well_stirred(th)
     fm = th["kmet"] / (th["kel"] + th["kmet"])
     ds = pkpd.simulate(
         "perezruixo2021_esketamine",
         "10 mg/h from 0 h to 5000 h",
-        covariates={"race": race},
+        covariates={"race": race, "age": 45},
         times=[0.0, 4000.0],
     )
     assert ds.cp.values[-1] == pytest.approx(10 / cl * 1000, rel=1e-10)
@@ -368,12 +368,12 @@ def test_perez_ruixo_mass_balance():
     ds = pkpd.simulate(
         "perezruixo2021_esketamine",
         "28 mg over 40 min from 0 h; 0.2 mg/kg/h from 1 h to 5 h",
-        covariates={"weight": 80, "race": "non_asian"},
+        covariates={"weight": 80, "race": "non_asian", "age": 45},
         times=np.linspace(0, 72, 145),
     )
     esk = ["central", "peripheral1", "peripheral2", "liver"]
     nor = ["nor_central", "nor_peripheral"]
-    th = params("perezruixo2021_esketamine", {"race": "non_asian"})
+    th = params("perezruixo2021_esketamine", {"race": "non_asian", "age": 45})
     fm = th["kmet"] / (th["kel"] + th["kmet"])
     dose = ds.dose_given.values
     assert dose[-1] == pytest.approx(28 + 0.2 * 80 * 4, rel=1e-12)
@@ -382,20 +382,20 @@ def test_perez_ruixo_mass_balance():
     np.testing.assert_allclose(amounts(ds, nor) + e_nor, fm * e_esk, rtol=1e-10, atol=1e-10)
 
 
-def test_perez_ruixo_no_weight_effect_and_age_effect_not_implemented():
-    """Weight was not retained; the Qh age hinge (-2.19 L/h per year above 60) cannot be
-    expressed, so Qh is age-independent and ages above 60 warn instead."""
+def test_perez_ruixo_no_weight_effect_and_age_only_above_60():
+    """Weight was not retained; age acts on Qh only above 60 y (the age-effect arithmetic is
+    checked in tests/test_model_corrections.py)."""
     m = pkpd.load_model("perezruixo2021_esketamine")
     a = m.individual_parameters({"weight": 50, "age": 30, "race": "non_asian"})
     b = m.individual_parameters({"weight": 120, "age": 60, "race": "non_asian"})
     np.testing.assert_array_equal(a, b)
+    c = m.individual_parameters({"weight": 50, "age": 61, "race": "non_asian"})
+    changed = [p for p, x, y in zip(m.param_names, a, c, strict=True) if x != y]
+    assert changed == ["Qh"]
     with pytest.warns(CovariateRangeWarning, match="age"):
-        m.individual_parameters({"age": 75, "race": "non_asian"})
+        m.individual_parameters({"age": 87, "race": "non_asian"})
     with pytest.warns(CovariateRangeWarning, match="weight"):
-        m.individual_parameters({"weight": 200, "race": "non_asian"})
-    # what the published model would give at 75 y (documented in the notes, not simulated)
-    assert 151 - 2.19 * (75 - 60) == pytest.approx(118.15)
-    assert any("NOT IMPLEMENTED" in n and "2.19" in n for n in m.notes)
+        m.individual_parameters({"weight": 200, "age": 45, "race": "non_asian"})
     kmet = [v for v in m.variability if v.parameters == ("kmet",)]
     assert len(kmet) == 1 and kmet[0].omega is None
 
@@ -564,7 +564,7 @@ def test_wang_2019_chinese_adults_against_each_s_ketamine_model():
     * fanta2015_otto2021 (venous, young Europeans): 95.2 L/h = 22.67 mL/min/kg (+1.43 SD);
     * simons2022_s_ketamine (arterial, Dutch volunteers): CLK1 1.48 L/min = 21.14 mL/min/kg
       (+0.95 SD);
-    * perezruixo2021_esketamine (well-stirred, no weight effect): non-Asian 109.0 L/h =
+    * perezruixo2021_esketamine (well-stirred, no weight effect, age <= 60 y): non-Asian 109.0 L/h =
       25.95 mL/min/kg (+2.45 SD); Asian 102.6 L/h = 24.43 mL/min/kg (+1.98 SD). With no weight
       scaling, lighter patients have an even larger per-kg clearance in this model.
 
@@ -578,7 +578,7 @@ def test_wang_2019_chinese_adults_against_each_s_ketamine_model():
     th = params("simons2022_s_ketamine", {"weight": 70})
     per_kg["simons"] = th["CLK1"] * 1000 / 60 / 70
     for race in ("non_asian", "asian"):
-        th = params("perezruixo2021_esketamine", {"race": race})
+        th = params("perezruixo2021_esketamine", {"race": race, "age": 45})
         per_kg[f"perez_ruixo_{race}"] = well_stirred(th) * 1000 / 60 / 70
     expected = {
         "fanta": 95.2 * 1000 / 60 / 70,
@@ -605,6 +605,8 @@ def test_every_dataset_says_which_values_are_assumed(name):
     cov = {"weight": 30.0} if name.startswith("herd") else {"weight": 70.0}
     if "race" in m.covariates:
         cov["race"] = "non_asian"
+    if name == "perezruixo2021_esketamine":
+        cov["age"] = 45.0
     ds = pkpd.simulate(name, "10 mg bolus at 0 h", covariates=cov, until="1 h")
     assumed = [p.name for p in m.parameters.values() if p.source.tag == "assumed"]
     assert ds.attrs["model_assumed_parameters"] == (", ".join(assumed) or "none")

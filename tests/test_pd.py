@@ -29,7 +29,7 @@ SRC = {"source": "test fixture", "tag": "assumed", "note": "synthetic test model
 
 def one_cmt_model(site="arterial", V=20.0, k=2.0, Vm=30.0, km=0.8, fm=0.6, met="norketamine"):
     """S-ketamine 1-cmt (V L, k 1/h) forming a 1-cmt S-norketamine (fraction fm), carried in
-    S-ketamine mass equivalents (molar mass 237.73, as in fanta2015_otto2021)."""
+    S-ketamine mass equivalents (molar mass 237.73, as in simons2022_s_ketamine)."""
     mm = {"molar_mass": "237.73 g/mol", **SRC}
     return pkpd.ModelSpec.from_dict(
         {

@@ -14,14 +14,16 @@ import copy
 import math
 import re
 import tomllib
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from pkpd.errors import PkpdError
+from pkpd.errors import CovariateRangeWarning, PkpdError
 from pkpd.inputs.population import (
+    SEXES,
     TAGS,
     CovariateTable,
     LogNormal,
@@ -32,6 +34,7 @@ from pkpd.inputs.population import (
     load_population,
     populations_dir,
 )
+from pkpd.running.cohort import simulate_cohort
 
 PRESETS = ("fibromyalgia_outpatients", "healthy_volunteers", "spine_fusion_china")
 N = 200_000
@@ -329,7 +332,9 @@ def test_preset_cohorts_match_their_analytic_moments(name):
     assert x["age"].min() >= lo and x["age"].max() <= hi
     for sex, mask in (("female", f), ("male", ~f)):
         _within(x["height"][mask], *pop.height[sex].moments())
-        _within(np.log(x["bmi"][mask]), pop.bmi[sex].mu, pop.bmi[sex].sigma)
+        d = pop.bmi[sex]
+        t = stats.truncnorm(*d.standardized(), loc=d.mu, scale=d.sigma)
+        _within(np.log(x["bmi"][mask]), t.mean(), t.std())
     np.testing.assert_allclose(x["weight"], x["bmi"] * (x["height"] / 100) ** 2, rtol=1e-12)
     assert np.corrcoef(x["weight"], x["height"])[0, 1] > 0
 
@@ -600,8 +605,8 @@ def test_loader_rejects_impossible_windows_and_infeasible_truncated_moments():
 
 def test_loader_rejects_a_mutated_preset_too():
     raw = _raw("spine_fusion_china")
-    raw["bmi"]["female"]["sd"] = -4.0
-    _err(raw, "`bmi.female.sd`", "-4.0")
+    raw["height"]["female"]["sd"] = -4.0
+    _err(raw, "`height.female.sd`", "-4.0")
     raw = _raw("healthy_volunteers")
     raw["height"]["male"]["mean"]["tag"] = "guess"
     _err(raw, "`height.male.mean.tag`", "'guess'")
@@ -666,3 +671,111 @@ def test_fast_truncnorm_ppf_agrees_with_scipy_and_respects_the_window(a, b):
     # Monotone in u, as an inverse CDF must be.
     order = np.argsort(u)
     assert np.all(np.diff(x[order][np.isfinite(x[order])]) >= 0.0)
+
+
+# ----------------------------------------------------------------------------- issue 14: bounds
+
+# Bounds of the two trial populations, as cited in their files: the seed trials' inclusion
+# criteria where they have one (NCT04964219: 18-80 y; both fibromyalgia trials: > 18 y), WHO's
+# "valid extreme limit" BMI 16 kg/m^2, and the oldest age with (es)ketamine PK data in the
+# library (Perez-Ruixo 2021: 86 y) as the fibromyalgia upper age.
+BOUNDS = {
+    "spine_fusion_china": {"age": (18, 80), "bmi": (16, None)},
+    "fibromyalgia_outpatients": {"age": (18, 86), "bmi": (16, None)},
+}
+N_BIG = 1_000_000
+
+
+@pytest.fixture(scope="module", params=sorted(BOUNDS))
+def bounded(request):
+    pop = load_population(request.param)
+    return request.param, pop, pop.sample(np.random.default_rng(14), N_BIG)
+
+
+def test_trial_populations_cite_their_bounds(bounded):
+    name, pop, _ = bounded
+    lo, hi = BOUNDS[name]["age"]
+    assert (pop.age.low.value, pop.age.high.value) == (lo, hi)
+    assert "NCT" in pop.age.low.source
+    for sex in SEXES:
+        assert pop.bmi[sex].low.value == 16 and pop.bmi[sex].high is None
+        assert "valid extreme limit" in pop.bmi[sex].low.source
+    if name == "spine_fusion_china":
+        # the surgical cohort's own dispersion (Dong 2022 Table 1), not the general population's
+        assert pop.bmi["female"] is pop.bmi["male"]
+        assert pop.bmi["female"].moments() == pytest.approx((24.4, 2.3), rel=1e-9)
+    else:
+        assert pop.age.high.tag == "assumed" and pop.age.high.note
+
+
+def test_a_million_draws_respect_the_bounds(bounded):
+    name, _, x = bounded
+    lo, hi = BOUNDS[name]["age"]
+    assert lo <= x["age"].min() and x["age"].max() <= hi
+    assert x["bmi"].min() >= 16
+    # weight is BMI x height^2: bounded below through the BMI floor and the shortest height
+    assert np.all(x["weight"] >= 16 * (x["height"] / 100) ** 2 * (1 - 1e-12))
+    # the tails that issue 14 reported (ages to 108, BMI 11.5, weights 27 kg) are gone
+    assert x["age"].max() < 100 and x["bmi"].min() > 11.5
+    if name == "spine_fusion_china":
+        assert x["weight"].min() > 27
+
+
+def test_marginals_are_the_truncated_distributions(bounded):
+    """Sample means against scipy.stats.truncnorm's, and the whole shape by KS (fixed seed)."""
+    _, pop, x = bounded
+    a = pop.age
+    ta = stats.truncnorm(*a.standardized(), loc=a.loc, scale=a.scale)
+    _within(x["age"], ta.mean(), ta.std())
+    # the reported (already selected) sample moments are reproduced after truncation
+    assert (ta.mean(), ta.std()) == pytest.approx((a.mean.value, a.sd.value), rel=1e-8)
+    assert stats.kstest(x["age"][:50_000], ta.cdf).pvalue > 1e-3
+    f = x["sex"] == "female"
+    for sex, mask in (("female", f), ("male", ~f)):
+        b = pop.bmi[sex]
+        tb = stats.truncnorm(*b.standardized(), loc=b.mu, scale=b.sigma)
+        logb = np.log(x["bmi"][mask])
+        _within(logb, tb.mean(), tb.std())
+        assert stats.kstest(logb[:50_000], tb.cdf).pvalue > 1e-3
+        # natural-scale moments: closed form == numerical integration == file's numbers
+        m, s = b.moments()
+        assert m == pytest.approx(tb.expect(np.exp), rel=1e-9)
+        assert (m, s) == pytest.approx((b.mean.value, b.sd.value), rel=1e-8)
+
+
+def test_truncation_is_exact_not_clipped(bounded):
+    _, pop, x = bounded
+    # no pile-up on a bound (clipping would put mass exactly there)
+    assert np.mean(x["age"] == pop.age.low.value) == 0
+    assert np.mean(x["age"] == pop.age.high.value) == 0
+    assert np.mean(x["bmi"] == 16.0) == 0
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_truncated_cohort_covariates_do_not_depend_on_the_chunk_size(name):
+    """Same seed, same patients, whatever the chunking (blocks of 1024 drawn whole)."""
+
+    def run(chunk_size):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CovariateRangeWarning)
+            return simulate_cohort(
+                "fanta2015_otto2021",
+                "0.5 mg/kg bolus at 0 h",
+                name,
+                n=2500,
+                seed=14,
+                until="1 h",
+                every="30 min",
+                bands=False,
+                chunk_size=chunk_size,
+            )
+
+    ref = run(8192)
+    for chunk in (1024, 3072):
+        ds = run(chunk)
+        for k in ("sex", "age", "weight", "height", "bmi", "cmax", "param_CL"):
+            np.testing.assert_array_equal(ref[k].values, ds[k].values, err_msg=k)
+    lo, hi = BOUNDS[name]["age"]
+    assert ref.sizes["patient"] == 2500
+    assert lo <= float(ref["age"].min()) and float(ref["age"].max()) <= hi
+    assert float(ref["bmi"].min()) >= 16

@@ -58,6 +58,10 @@ def test_logistic_and_likelihood_against_hand_values():
     for a, g in [(-3.0, 1.0), (-1.0, 4.0), (0.5, 0.2)]:
         exact = R.arm_incidence(x, a, g, x_ref=100.0)
         assert float(arm.incidence(a, g)) == pytest.approx(exact, abs=2e-6)
+        # a background incidence p0: p0 + (1 - p0) x the mean logistic, by hand
+        direct = 0.03 + 0.97 * np.mean(1.0 / (1.0 + np.exp(-(a + g * np.log(x / 100.0)))))
+        assert R.arm_incidence(x, a, g, x_ref=100.0, p0=0.03) == pytest.approx(direct, rel=1e-12)
+        assert float(arm.incidence(a, g, 0.03)) == pytest.approx(direct, abs=2e-6)
 
 
 def test_mle_is_exact_for_two_arms_and_two_parameters(shipped):
@@ -102,7 +106,7 @@ def test_interval_coverage_is_near_nominal():
 
 
 def test_refit_with_a_smaller_cohort_lands_within_the_shipped_uncertainty(shipped):
-    res = R.calibrate(shipped, n_virtual=2000, seed=7, n_proposal=8000, n_posterior=500)
+    res = R.calibrate(shipped, n_virtual=2000, seed=7, n_grid=200, n_posterior=500)
     summ = shipped.fit["summary"]
     for i, name in enumerate(("alpha", "gamma")):
         q = summ[name]
@@ -110,28 +114,68 @@ def test_refit_with_a_smaller_cohort_lands_within_the_shipped_uncertainty(shippe
         # Monte Carlo error of 2000 virtual patients is small against the binomial error
         assert abs(res.mle[i] - shipped.fit[f"{name}_mle"]) < 0.25 * q["sd"]
     new = res.summary()
-    for name in ("alpha", "gamma"):
+    for name in ("alpha", "gamma", "background"):
         assert abs(new[name]["mean"] - summ[name]["mean"]) < 0.3 * summ[name]["sd"]
-    assert res.ess > 1000  # the proposal covers the posterior
+    assert res.ess > 1000  # the posterior mass is spread over many grid cells
     # the TOML section round-trips through the loader
     text = shipped.file.read_text().split(R.GENERATED_MARKER)[0] + res.to_toml()
     import tomllib
 
     again = R.risk_from_dict(tomllib.loads(text))
-    assert again.draws.shape == (500, 2)
+    assert again.draws.shape == (500, 3)
+    assert np.all((again.draws[:, 2] > 0) & (again.draws[:, 2] < 1))
 
 
 def test_calibrated_model_reproduces_its_trials_in_fresh_virtual_trials(shipped):
+    d = shipped.draws
     for arm in shipped.arms:
         if arm.use != "fit":
             continue
-        ds = _cohort(arm.regimen, 3000, seed=12345, until="6 h", every="5 min")
-        out = R.apply_risk(ds, shipped)
-        inc = float(out["incidence_psychotomimetic"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pkpd.CovariateRangeWarning)
+            x, _ = R.simulate_arm_exposure(
+                shipped, arm, n=3000, seed=12345, every="5 min", until="8 h"
+            )
+        inc = np.array([R.arm_incidence(x, a, g, p0=p0) for a, g, p0 in d[::10]])
         lo, hi = R.binomial_interval(arm.events, arm.n, method="clopper-pearson")
-        assert lo <= inc <= hi, (arm.arm, inc, lo, hi)
-        assert float(out["incidence_psychotomimetic_lo"]) < arm.events / arm.n
-        assert float(out["incidence_psychotomimetic_hi"]) > arm.events / arm.n
+        assert lo <= inc.mean() <= hi, (arm.arm, inc.mean(), lo, hi)
+        assert np.quantile(inc, 0.025) < arm.events / arm.n < np.quantile(inc, 0.975)
+
+
+def test_posterior_grid_matches_brute_force_integration(shipped):
+    # Two synthetic arms; the posterior mean of (alpha, gamma, p0) by the grid against
+    # importance sampling from the prior itself (flat box x Beta), weights = likelihood
+    # from the exact per-patient mean (no compression): an independent calculation.
+    rng = np.random.default_rng(8)
+    xs = {"A": rng.lognormal(np.log(20.0), 0.3, 150), "B": rng.lognormal(np.log(80.0), 0.3, 150)}
+    arms = [
+        R.CalibrationArm("t", "A", "fit", 30, 2, "r", "", "s", "derived"),
+        R.CalibrationArm("t", "B", "fit", 30, 9, "r", "", "s", "derived"),
+    ]
+    expo = {k: R._ArmExposure(v, shipped.x_ref) for k, v in xs.items()}
+    draws, ess = R._posterior_grid(shipped, arms, expo, 3, 300, 20000)
+    M = 300_000
+    (alo, ahi), (glo, ghi) = shipped.prior_alpha, shipped.prior_gamma
+    a = rng.uniform(alo, ahi, M)
+    g = rng.uniform(glo, ghi, M)
+    p0 = rng.beta(shipped.background.a, shipped.background.b, M)
+    ll = np.zeros(M)
+    for arm in arms:
+        u = np.log(xs[arm.arm] / shipped.x_ref)
+        inc = np.empty(M)
+        for s in range(0, M, 20000):
+            z = a[s : s + 20000, None] + g[s : s + 20000, None] * u[None, :]
+            inc[s : s + 20000] = (1.0 / (1.0 + np.exp(-z))).mean(axis=1)
+        p = p0 + (1 - p0) * inc
+        ll += arm.events * np.log(p) + (arm.n - arm.events) * np.log1p(-p)
+    w = np.exp(ll - ll.max())
+    w /= w.sum()
+    for j, v in enumerate((a, g, p0)):
+        mean = np.sum(w * v)
+        sd = np.sqrt(np.sum(w * (v - mean) ** 2))
+        assert abs(draws[:, j].mean() - mean) < 0.05 * sd, (j, draws[:, j].mean(), mean, sd)
+        assert draws[:, j].std() == pytest.approx(sd, rel=0.05)
+    assert ess > 100
 
 
 # ----------------------------------------------------------------------------- cohorts
@@ -155,6 +199,20 @@ def fusion():
     )
 
 
+def _awake_peak_by_hand(ds, output="cp", event="end_of_surgery"):
+    """Peak of the stored trajectory from each patient's event to the end: the linearly
+    interpolated value at the event and every stored point after it (written out here
+    independently of pkpd.metrics)."""
+    t = ds["time"].values
+    c = ds["trajectory"].sel(traj_output=output).values.astype(float)
+    e = ds[event].values
+    out = np.empty(len(e))
+    for i, ei in enumerate(e):
+        at_e = np.interp(ei, t, c[i])
+        out[i] = max(at_e, c[i][t >= ei].max())
+    return out
+
+
 def test_apply_risk_outputs_and_agreement_with_direct_computation(fusion, shipped):
     out = R.apply_risk(fusion, shipped, n_draws=400, seed=5)
     p = out["p_psychotomimetic"]
@@ -167,24 +225,33 @@ def test_apply_risk_outputs_and_agreement_with_direct_computation(fusion, shippe
         < float(out["incidence_psychotomimetic_hi"])
     )
     assert inc == pytest.approx(float(p.mean()), rel=1e-12)
-    # direct: mean over the same draws of the logistic at every patient's Cmax
+    # direct: mean over the same draws of p0 + (1 - p0) logistic at every patient's peak
+    # concentration after end_of_surgery
     rng = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(11,)))
     idx = rng.choice(len(shipped.draws), size=400, replace=False)
     d = shipped.draws[idx]
-    x = fusion.cmax.sel(output="cp").values
-    direct = R.logistic_probability(np.log(x / 100.0)[:, None], d[None, :, 0], d[None, :, 1])
+    x = _awake_peak_by_hand(fusion)
+    lg = R.logistic_probability(np.log(x / 100.0)[:, None], d[None, :, 0], d[None, :, 1])
+    direct = d[None, :, 2] + (1 - d[None, :, 2]) * lg
     np.testing.assert_allclose(p.values, direct.mean(axis=1), atol=1e-6)
+    # the awake peak is not the intraoperative one (the bolus at induction is excluded)
+    assert np.all(x < fusion.cmax.sel(output="cp").values)
     # more drug, more risk (same patients: common random numbers)
-    high = _cohort("lumbar_fusion_esketamine_high", 2000, seed=3, every="5 min")
+    high = _cohort(
+        "lumbar_fusion_esketamine_high", 2000, seed=3, every="5 min",
+        **R.required_cohort_kwargs(shipped),
+    )  # fmt: skip
     assert float(R.apply_risk(high, shipped)["incidence_psychotomimetic"]) > inc
 
 
 def test_interval_reduces_to_monte_carlo_error_without_calibration_uncertainty(fusion, shipped):
     one = copy.deepcopy(shipped)
     a, g = shipped.fit["alpha_mle"], shipped.fit["gamma_mle"]
-    one.fit["posterior"] = {"alpha": [a] * 200, "gamma": [g] * 200}
+    p0 = shipped.background.mean
+    one.fit["posterior"] = {"alpha": [a] * 200, "gamma": [g] * 200, "background": [p0] * 200}
     out = R.apply_risk(fusion, one, n_draws=2000, seed=1)
-    pi = shipped.probability(fusion.cmax.sel(output="cp").values, a, g)
+    pi = shipped.probability(_awake_peak_by_hand(fusion), a, g, p0)
+    np.testing.assert_allclose(out["p_psychotomimetic"].values, pi, atol=1e-6)
     half = 1.96 * pi.std() / math.sqrt(pi.size)
     lo, hi = float(out["incidence_psychotomimetic_lo"]), float(out["incidence_psychotomimetic_hi"])
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
@@ -195,12 +262,86 @@ def test_interval_reduces_to_monte_carlo_error_without_calibration_uncertainty(f
     ) > 5 * (hi - lo)
 
 
+def test_no_drug_gives_the_background_and_zero_exposures_count_with_it(shipped):
+    d = shipped.draws
+    pk, I_d, m2 = R._cohort_probabilities(np.zeros(50), 100.0, d[:, 0], d[:, 1], d[:, 2])
+    np.testing.assert_allclose(pk, d[:, 2].mean(), rtol=1e-12)
+    np.testing.assert_allclose(I_d, d[:, 2], rtol=1e-12)
+    np.testing.assert_allclose(m2, d[:, 2] ** 2, rtol=1e-12)
+    # half the patients without exposure: I_d = (p0 + mean over the others) / 2, by hand
+    x = np.concatenate([np.zeros(50), np.full(50, 60.0)])
+    pk, I_d, _ = R._cohort_probabilities(x, 100.0, d[:, 0], d[:, 1], d[:, 2])
+    at60 = d[:, 2] + (1 - d[:, 2]) * R.logistic_probability(np.log(0.6), d[:, 0], d[:, 1])
+    np.testing.assert_allclose(I_d, (d[:, 2] + at60) / 2, atol=1e-9)
+
+
+def test_a_bolus_under_anaesthesia_scores_the_same_given_at_once_or_over_5_min(shipped):
+    # The exposure starts at emergence: how the induction bolus was pushed does not matter
+    # (with the old whole-run peak the two differed by 8 %).
+    base = "0.1 mg/kg/h from 0 h to end_of_surgery"
+    res, peaks = [], []
+    for bolus in ("0.25 mg/kg bolus at 0 h", "0.25 mg/kg bolus at 0 h over 5 min"):
+        reg = pkpd.load_regimen(f"{bolus}; {base}")
+        reg = __import__("dataclasses").replace(
+            reg, anchors=pkpd.load_regimen("lumbar_fusion_esketamine").anchors
+        )
+        ds = _cohort(reg, 1000, seed=4, every="5 min", until="30 h",
+                     **R.required_cohort_kwargs(shipped))  # fmt: skip
+        out = R.apply_risk(ds, shipped, regimen=reg)
+        assert out.attrs["risk_psychotomimetic_fraction_dosed_while_awake"] == 0.0
+        res.append(float(out["incidence_psychotomimetic"]))
+        peaks.append(float(ds.cmax.sel(output="cp").median()))
+    # spreading the bolus delays the curve by 2.5 min: hours later, a fraction of a percent
+    assert res[0] == pytest.approx(res[1], rel=1e-2)
+    # while the whole-run peaks (the mixing artefact of the bolus at once) differ far more
+    assert peaks[0] / peaks[1] - 1 > 5 * abs(res[0] / res[1] - 1)
+
+
+def test_dosing_while_awake_is_counted_per_patient(fusion):
+    from pkpd.analysis import risk_domain as D
+
+    reg = pkpd.load_regimen("lumbar_fusion_esketamine")
+    assert D.awake_dosing(fusion, reg, "end_of_surgery") == 1.0  # the postoperative infusion
+    intra = pkpd.load_regimen("0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to end_of_surgery")
+    assert D.awake_dosing(fusion, intra, "end_of_surgery") == 0.0
+    # a bolus at 3 h is after emergence for the patients whose surgery ended before 3 h only
+    late = pkpd.load_regimen("0.1 mg/kg/h from 0 h to end_of_surgery; 0.1 mg/kg bolus at 3 h")
+    share = D.awake_dosing(fusion, late, "end_of_surgery")
+    assert share == pytest.approx(float(np.mean(fusion["end_of_surgery"].values <= 3.0)))
+    # without the event the patient is awake throughout
+    assert D.awake_dosing(fusion, pkpd.load_regimen("1 mg bolus at 0 h"), "end_of_surgery") == 1
+
+
 def test_meets_limit_rule(fusion, shipped):
     out = R.apply_risk(fusion, shipped)
     hi = float(out["incidence_psychotomimetic_hi"])
-    assert R.meets_limit(out, shipped, min(hi + 0.01, 0.99)) is True
-    assert R.meets_limit(out, shipped, hi - 1e-6) is False
-    assert R.meets_limit(fusion, shipped, f"{100 * (hi + 0.01):.3f} %") is True
+    # the shipped fusion regimen gives S-ketamine after surgery: outside the domain, so it is
+    # not certified unless extrapolation is allowed explicitly
+    assert out.attrs["risk_psychotomimetic_within_domain"] == 0
+    assert "while awake" in out.attrs["risk_psychotomimetic_extrapolation"]
+    assert R.meets_limit(out, shipped, min(hi + 0.01, 0.99)) is False
+    ok = {"allow_extrapolation": True}
+    assert R.meets_limit(out, shipped, min(hi + 0.01, 0.99), **ok) is True
+    assert R.meets_limit(out, shipped, hi - 1e-6, **ok) is False
+    assert R.meets_limit(fusion, shipped, f"{100 * (hi + 0.01):.3f} %", **ok) is True
+    # rules: mean <= q50..q95 <= upper, each read from the same stored quantiles
+    v = {r: R.limit_verdict(out, shipped, 0.5, rule=r).value for r in ("mean", "q90", "upper")}
+    assert v["q90"] < v["upper"] == pytest.approx(hi)
+    assert v["mean"] == pytest.approx(float(out["incidence_psychotomimetic"]))
+    levels = out["incidence_psychotomimetic"].attrs["quantile_levels"]
+    assert list(levels) == [0.5, 0.75, 0.9, 0.95, 0.975]
+    # a limit below the background's own uncertainty cannot be met by any regimen
+    from pkpd.analysis import risk_domain as D
+
+    floor = D.resolution_floor(shipped, "upper")
+    assert floor == pytest.approx(np.quantile(shipped.draws[:, 2], 0.975))
+    vd = R.limit_verdict(out, shipped, floor / 2, allow_extrapolation=True)
+    assert vd.below_resolution and not vd.meets
+    assert "below what the calibration can resolve" in vd.explain(floor / 2, "upper")
+    with pytest.raises(RiskError, match="q33"):
+        R.limit_verdict(out, shipped, 0.1, rule="q33")
+    with pytest.raises(RiskError, match="'median'"):
+        R.limit_verdict(out, shipped, 0.1, rule="median")
 
 
 def test_pta_on_a_cohort_uses_per_patient_events(fusion):
@@ -348,21 +489,33 @@ def test_bad_inputs_raise_pkpd_errors_naming_argument_and_value(tmp_path, fusion
     # file validation: unknown key, bad tag, excluded arm without a reason
     text = shipped.file.read_text().split(R.GENERATED_MARKER)[0]
     for old, new, msg in [
-        ('metric = "cmax"', 'metric = "cmax"\nwindw = 1', "windw"),
-        ('tag = "derived"\nnote = "As S1."', 'tag = "guess"\nnote = "As S1."', "guess"),
+        ('metric = "cmax_awake"', 'metric = "cmax_awake"\nwindw = 1', "windw"),
+        ('tag = "derived"\nnote = "As S1.', 'tag = "guess"\nnote = "As S1.', "guess"),
         ("n = 30\nevents = 6", "n = 30\nevents = 31", "31"),
-        ('metric = "cmax"', 'metric = "auc"', "auc"),
-    ]:
+        ('metric = "cmax_awake"', 'metric = "auc"', "auc"),
+        ('awake_from = "end_of_surgery"', 'awake_from = "end of surgery"', "end of surgery"),
+        ("a = 4.0", "a = -1.0", "background.a"),
+        ('prior = "beta"', 'prior = "gamma"', "gamma"),
+        ("[calibration.emergence]", "[calibration.emergency]", "emergency"),
+        ('median = "131 min"', 'median = "131 kg"', "131 kg"),
+    ]:  # fmt: skip
         assert old in text
         p = tmp_path / "psychotomimetic.toml"
         p.write_text(text.replace(old, new, 1))
         with pytest.raises(RiskError, match=msg):
             R.load_risk(p)
+    # an arm fitted on the exposure while awake must say when its patients woke up
+    import tomllib
+
+    data = tomllib.loads(text)
+    del data["calibration"][0]["emergence"]
+    with pytest.raises(RiskError, match=r"calibration\[0\]\.emergence"):
+        R.risk_from_dict(data)
 
 
 def test_registry_and_required_kwargs(shipped):
     assert "psychotomimetic" in R.available_risks()
-    assert R.required_cohort_kwargs("psychotomimetic") == {}
+    assert R.required_cohort_kwargs("psychotomimetic") == {"trajectories": ["cp"]}
     assert R.required_cohort_kwargs(
         {"output": "cp", "at_least": "50 ng/mL", "for_fraction": 0.5}
     ) == {"thresholds": {"cp": ["50 ng/mL"]}}
@@ -395,7 +548,7 @@ def test_pkpd_risk_refit_rewrites_the_generated_section_only(tmp_path, shipped):
         main, ["risk", "refit", str(old), "--n-virtual", "200", "--seed", "3", "--out", str(out)]
     )
     assert r.exit_code == 0, r.output
-    assert r.output.startswith("MLE alpha ") and "ESS" in r.output
+    assert r.output.startswith("MLE alpha ") and "effective grid cells" in r.output
     for arm in shipped.arms:
         if arm.use != "excluded":
             assert f"{arm.trial} {arm.arm} [{arm.use}]: observed {arm.events}/{arm.n}" in r.output
@@ -410,3 +563,80 @@ def test_pkpd_risk_refit_rewrites_the_generated_section_only(tmp_path, shipped):
     assert r.exit_code == 2 and r.output.startswith("pkpd: error: --out 'x.txt': expected")
     r = CliRunner().invoke(main, ["risk", "refit", "no_such_risk"])
     assert r.exit_code == 2 and r.output.startswith("pkpd: error:") and "no_such_risk" in r.output
+
+
+# ----------------------------------------------------------------------------- design
+
+
+def test_design_flags_extrapolation_and_limits_below_resolution(shipped):
+    from pkpd.analysis.design import design
+
+    common = dict(
+        bolus=[0.1, 0.5], rate=[0.1], anchors="lumbar_fusion_esketamine", risk="psychotomimetic",
+        target="cp >= 20 ng/mL for 50% of 0h..end_of_surgery", every="10 min", progress=False,
+    )  # fmt: skip
+    intra = "{bolus} mg/kg bolus at 0 h; {rate} mg/kg/h from 0 h to end_of_surgery"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pkpd.CovariateRangeWarning)
+        g = design(MODEL, "spine_fusion_china", 300, 1, template=intra, max_risk=0.5, **common)
+        assert (g["extrapolation_psychotomimetic"].values == "").all()
+        assert g.feasible.values.all() and g.attrs["best_regimen"]
+        assert g.attrs["risk_rule"] == "upper"
+        # a limit below the background's uncertainty: nothing can meet it, and it says why
+        low = design(MODEL, "spine_fusion_china", 300, 1, template=intra, max_risk=0.01, **common)
+        assert not low.feasible.values.any()
+        assert "below what the calibration can resolve" in low.attrs["best_message"]
+        # drug after surgery: outside the domain, feasible only when allowed explicitly
+        post = intra + "; {rate} mg/kg/h from end_of_surgery to end_of_surgery + 12 h"
+        out = design(MODEL, "spine_fusion_china", 300, 1, template=post, max_risk=0.5, **common)
+        assert (out["extrapolation_psychotomimetic"].values != "").all()
+        assert out.meets_limit_value.values.all() and not out.feasible.values.any()
+        assert "only outside the calibration's domain" in out.attrs["best_message"]
+        ok = design(
+            MODEL, "spine_fusion_china", 300, 1, template=post, max_risk=0.5,
+            allow_extrapolation=True, **common,
+        )  # fmt: skip
+        assert ok.feasible.values.all() and "WARNING" in ok.attrs["best_message"]
+        # the report lists every extrapolating point, and says "outside" in its table
+        from pkpd.output.report import render_report
+
+        page = render_report(out)
+        assert "outside the calibration&#x27;s domain" in page and page.count("<li>") >= 2
+        # the rule is a choice: the posterior mean is below the upper bound at every point
+        m = design(
+            MODEL, "spine_fusion_china", 300, 1, template=intra, max_risk=0.5, risk_rule="mean",
+            **common,
+        )  # fmt: skip
+        assert np.all(
+            m.rule_incidence_psychotomimetic.values < g.rule_incidence_psychotomimetic.values
+        )
+
+
+def test_compare_and_design_commands_say_where_the_risk_extrapolates(tmp_path):
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    base = ["--population", "spine_fusion_china", "--patients", "200", "--risk",
+            "psychotomimetic", "--anchors-from", "lumbar_fusion_esketamine"]  # fmt: skip
+    r = CliRunner().invoke(
+        main,
+        ["compare", MODEL, "0.2 mg/kg bolus at 0 h; 0.1 mg/kg/h from 0 h to end_of_surgery",
+         "lumbar_fusion_esketamine", *base],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "psychotomimetic: patients outside calibration exposure" in r.output
+    assert "psychotomimetic extrapolates for lumbar_fusion_esketamine:" in r.output
+    assert "extrapolates for 0.2 mg/kg bolus" not in r.output  # within the domain
+    args = ["design", MODEL, *base, "--bolus", "0.2", "--rate", "0.1",
+            "--template", "{bolus} mg/kg bolus at 0 h; {rate} mg/kg/h from 0 h to 30 h",
+            "--target", "cp >= 20 ng/mL for 50% of 0h..24h", "--max-risk", "0.95"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "1 of 1 grid points lie outside the psychotomimetic calibration domain" in r.output
+    assert "only outside the calibration's domain" in r.output
+    r = CliRunner().invoke(main, [*args, "--allow-extrapolation", "--risk-rule", "q90"])
+    assert r.exit_code == 0, r.output
+    assert "best: " in r.output and "90% quantile" in r.output and "WARNING" in r.output
+    r = CliRunner().invoke(main, [*args, "--risk-rule", "median"])
+    assert r.exit_code != 0 and "median" in r.output

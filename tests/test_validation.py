@@ -556,7 +556,7 @@ def test_a_covariate_the_model_uses_defaults_loudly(fanta):
         m.individual_parameters({"age": 40})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        m.individual_parameters({"race": "non_asian"})  # a covariate it does not use: silent
+        m.individual_parameters({"race": "non_asian", "age": 40})  # weight, unused: silent
         m.typical_theta()  # reference values on purpose
 
 

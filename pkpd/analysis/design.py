@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from pkpd.analysis import risk as risk_analysis
+from pkpd.analysis import risk_domain
 from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.inputs.model import load_model
@@ -277,13 +278,13 @@ def _run(model, reg, population, n, seed, kw):
     return cohorts.simulate_cohort(model, reg, population, n, seed, **kw)
 
 
-def _evaluate(ds, target, risk_models, seed, n_draws) -> dict:
-    """PTA and risk results of one cohort: {name: Dataset}."""
+def _evaluate(ds, target, risk_models, seed, n_draws, reg=None) -> dict:
+    """PTA and risk results of one cohort of regimen `reg`: {name: Dataset}."""
     out = {}
     if target is not None:
         out["pta"] = risk_analysis.pta(ds, target)
     for name, rm in risk_models.items():
-        out[name] = risk_analysis.apply_risk(ds, rm, n_draws=n_draws, seed=seed)
+        out[name] = risk_analysis.apply_risk(ds, rm, n_draws=n_draws, seed=seed, regimen=reg)
     return out
 
 
@@ -385,7 +386,8 @@ def compare(
         ds = _run(spec, reg, population, n, seed, kw)
         _check_crn(first, ds, lab)
         first = ds if first is None else first
-        parts.append(_summary(ds, reg, _evaluate(ds, tgt, risk_models, seed, n_draws), risk_models))
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
+        parts.append(_summary(ds, reg, res, risk_models))
         for a in reg.anchor_names:
             events.setdefault(a, {})[lab] = ds[a].values
         del ds
@@ -589,6 +591,19 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
                 _scalar(r, k),
                 {"units": "1", "long_name": f"predicted incidence of {name}{_SUF[suf]}"},
             )
+        inc = r[f"incidence_{name}"]
+        data[f"outside_{name}"] = (
+            (),
+            float(inc.attrs.get("fraction_outside_calibration_exposure", np.nan)),
+            {"units": "1", "long_name": f"share of patients outside the {name} calibration "
+             "exposure range"},
+        )  # fmt: skip
+        data[f"extrapolation_{name}"] = (
+            (),
+            str(inc.attrs.get("extrapolation", "")),
+            {"long_name": f"why the {name} prediction is outside its calibration domain "
+             "('' if within)"},
+        )  # fmt: skip
         if f"p_{name}" in r:
             data[f"p_{name}_patient"] = (
                 ("patient",),
@@ -706,6 +721,8 @@ def design(
     n_draws: int = 2000,
     progress=None,
     cohort_kwargs: Mapping[str, Any] | None = None,
+    risk_rule: str = "upper",
+    allow_extrapolation: bool = False,
 ):
     """Sweep a regimen template over a grid of doses and durations on one virtual cohort.
 
@@ -732,6 +749,12 @@ def design(
         Risk model (:func:`pkpd.analysis.risk.load_risk`).
     max_risk : float, optional
         Limit on the risk incidence (fraction) for the best schedule.
+    risk_rule : str
+        How the limit is read (:func:`pkpd.analysis.risk.meets_limit`): ``"upper"`` (the
+        95 % upper bound, default), ``"mean"`` or a quantile ``"q90"``.
+    allow_extrapolation : bool
+        Let points whose risk prediction lies outside the calibration's validity domain
+        count as feasible (they are flagged either way: ``extrapolation_<risk>``).
     windows, until, every, n_draws, cohort_kwargs
         As for :func:`compare`; `until` is common to the whole grid.
     progress : bool, optional
@@ -757,6 +780,9 @@ def design(
     risk_models = _load_risks([risk] if risk else [])
     rname = next(iter(risk_models), None)
     _check_max_risk(max_risk, rname)
+    limit_rule = (risk_rule, allow_extrapolation)
+    if rname:
+        risk_domain.parse_rule(risk_rule)  # a bad rule fails before the runs
     if windows is None:
         windows = {"0-24 h": ("0 h", "24 h")}
     if until is None:
@@ -772,6 +798,29 @@ def design(
         every=every,
         extra=dict(cohort_kwargs or {}, bands=False),
     )
+    first, res_arr = _sweep(
+        (spec, population, n, seed, kw), regs, points, shape, (tgt, risk_models, n_draws),
+        (rname, max_risk, limit_rule), progress,
+    )  # fmt: skip
+    assert first is not None
+    gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
+    _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
+    gds.attrs = _attrs(first, spec, kind="design")
+    gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
+    gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
+    if rname:
+        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
+        gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
+    gds.attrs.update(select_best(gds, max_risk=max_risk))
+    return gds
+
+
+def _sweep(run, regs, points, shape, evaluation, limit, progress):
+    """Run the cohort of every grid point (the same patients: checked) and record its
+    results; returns the first cohort and the result arrays."""
+    spec, population, n, seed, kw = run
+    tgt, risk_models, n_draws = evaluation
+    rname, max_risk, limit_rule = limit
     show = progress if progress is not None else sys.stderr.isatty()
     first = None
     res_arr: dict[str, np.ndarray] = {}
@@ -782,28 +831,38 @@ def design(
         if first is None:
             first = ds
             res_arr = _grid_arrays(ds, shape, rname)
-        res = _evaluate(ds, tgt, risk_models, seed, n_draws)
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
         _record_point(res_arr, idx, ds, reg, res, rname)
         if rname and max_risk is not None:
-            res_arr["feasible"][idx] = bool(
-                risk_analysis.meets_limit(res[rname], risk_models[rname], float(max_risk))
-            )
+            _record_limit(res_arr, idx, res[rname], risk_models[rname], max_risk, limit_rule)
         if show:
             sys.stderr.write(f"\rgrid point {k_pt + 1}/{len(points)}")
             sys.stderr.flush()
         del ds
     if show:
         sys.stderr.write("\n")
-    assert first is not None
-    gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
-    _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
-    gds.attrs = _attrs(first, spec, kind="design")
-    gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-    gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
-    if rname:
-        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
-    gds.attrs.update(select_best(gds, max_risk=max_risk))
-    return gds
+    return first, res_arr
+
+
+def _record_limit(res_arr, idx, res, rm, max_risk, limit_rule) -> None:
+    """Whether grid point `idx` meets the risk limit, under the rule, and is certified."""
+    rule, allow = limit_rule
+    verdict = risk_analysis.limit_verdict(
+        res, rm, float(max_risk), rule=rule, allow_extrapolation=allow
+    )
+    res_arr["feasible"][idx] = verdict.certified
+    res_arr["meets_value"][idx] = verdict.meets
+    res_arr["rule_value"][idx] = verdict.value
+
+
+def _rule_attrs(rm, rule, allow_extrapolation) -> dict:
+    """How the risk limit was read: the rule, its floor, whether extrapolation counts."""
+    return {
+        "risk_rule": str(rule),
+        "risk_rule_text": risk_domain.rule_text(rule),
+        "risk_rule_floor": risk_domain.resolution_floor(rm, rule),
+        "allow_extrapolation": int(bool(allow_extrapolation)),
+    }
 
 
 def _design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk) -> dict:
@@ -890,6 +949,10 @@ def _grid_arrays(ds, shape, rname) -> dict[str, np.ndarray]:
         if rname:
             arr[f"incidence_{rname}{suf}"] = np.full(shape, np.nan)
     arr["feasible"] = np.zeros(shape, dtype=bool)
+    arr["meets_value"] = np.zeros(shape, dtype=bool)
+    arr["rule_value"] = np.full(shape, np.nan)
+    if rname:
+        arr[f"extrapolation_{rname}"] = np.full(shape, "", dtype=object)
     return arr
 
 
@@ -912,6 +975,8 @@ def _record_point(res_arr, idx, ds, reg, res, rname) -> None:
     if rname:
         for suf in ("", "_lo", "_hi"):
             res_arr[f"incidence_{rname}{suf}"][idx] = _scalar(res[rname], f"incidence_{rname}{suf}")
+        inc = res[rname][f"incidence_{rname}"]
+        res_arr[f"extrapolation_{rname}"][idx] = str(inc.attrs.get("extrapolation", ""))
 
 
 def _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr):
@@ -977,14 +1042,30 @@ def _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk) -> None:
                 res_arr[k],
                 {"units": "1", "long_name": f"predicted incidence of {rname}{_SUF[suf]}"},
             )
+        gds[f"extrapolation_{rname}"] = (
+            tuple(dims),
+            res_arr[f"extrapolation_{rname}"].astype(str),
+            {"long_name": f"why the {rname} prediction is outside its calibration domain "
+             "('' if within)"},
+        )  # fmt: skip
         if max_risk is not None:
             gds["feasible"] = (
                 tuple(dims),
                 res_arr["feasible"],
                 {
-                    "long_name": f"{rname} incidence within the limit {max_risk:g} "
-                    "(pkpd.analysis.risk.meets_limit)"
+                    "long_name": f"{rname} incidence within the limit {max_risk:g} and the "
+                    "calibration domain (pkpd.analysis.risk.meets_limit)"
                 },
+            )
+            gds["meets_limit_value"] = (
+                tuple(dims),
+                res_arr["meets_value"],
+                {"long_name": f"{rname} incidence within the limit {max_risk:g}, domain aside"},
+            )
+            gds[f"rule_incidence_{rname}"] = (
+                tuple(dims),
+                res_arr["rule_value"],
+                {"units": "1", "long_name": f"{rname} incidence under the limit rule"},
             )
     if tgt is not None and rname:
         gds["pareto"] = (
@@ -995,6 +1076,38 @@ def _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk) -> None:
 
 
 # ----------------------------------------------------------------------------- optimisation
+
+
+def _nothing_feasible(gds, rname, inc, max_risk) -> str:
+    """Why no grid point qualifies: the lowest incidence, the rule, the points that meet
+    the limit only outside the calibration's domain, and a limit below resolution."""
+    lowest = ""
+    if inc is not None and np.isfinite(inc).any():
+        j = int(np.nanargmin(inc))
+        lowest = (
+            f"; the lowest predicted {rname} incidence on the grid is "
+            f"{float(np.ravel(inc)[j]):.3g} ({np.ravel(gds.regimen.values)[j]})"
+        )
+    limit = f"{rname} incidence <= {float(max_risk):g}" if max_risk is not None else "the limit"
+    if "feasible" in gds:
+        limit += f" ({gds.attrs.get('risk_rule_text') or 'its 95 % upper bound'}"
+        limit += ", within the calibration's domain)"
+    msg = f"no schedule on the grid satisfies {limit}{lowest}"
+    if "meets_limit_value" in gds:
+        n_out = int(np.sum(np.asarray(gds.meets_limit_value.values) & ~gds.feasible.values))
+        if n_out:
+            msg += (
+                f"; {n_out} point(s) meet the limit only outside the calibration's domain "
+                "(see extrapolation_" + rname + "; allow them with --allow-extrapolation)"
+            )
+    floor = gds.attrs.get("risk_rule_floor")
+    if max_risk is not None and floor not in (None, "") and float(max_risk) < float(floor):
+        msg += (
+            f"; the limit {float(max_risk):g} is below what the calibration can resolve: the "
+            f"same rule gives {float(floor):.3g} with no drug at all (the background incidence "
+            "and its uncertainty)"
+        )
+    return msg
 
 
 def pareto_front(pta, risk) -> np.ndarray:
@@ -1055,20 +1168,7 @@ def select_best(gds, max_risk: float | None = None) -> dict:
         feasible = np.ones(pta.shape, dtype=bool)
     feasible = feasible & np.isfinite(pta)
     if not feasible.any():
-        lowest = ""
-        if inc is not None and np.isfinite(inc).any():
-            j = int(np.nanargmin(inc))
-            lowest = (
-                f"; the lowest predicted {rname} incidence on the grid is "
-                f"{float(np.ravel(inc)[j]):.3g} ({np.ravel(gds.regimen.values)[j]})"
-            )
-        limit = f"{rname} incidence <= {float(max_risk):g}" if max_risk is not None else "the limit"
-        if "feasible" in gds:
-            limit += " (as decided by pkpd.analysis.risk.meets_limit: its 95 % upper bound)"
-        return {
-            "best_regimen": "",
-            "best_message": f"no schedule on the grid satisfies {limit}{lowest}",
-        }
+        return {"best_regimen": "", "best_message": _nothing_feasible(gds, rname, inc, max_risk)}
     flat = np.nonzero(feasible.ravel())[0]
     # lexsort: last key first -> max PTA, then min dose, then grid order.
     order = np.lexsort((flat, np.nan_to_num(dose.ravel()[flat], nan=np.inf), -pta.ravel()[flat]))
@@ -1087,6 +1187,7 @@ def select_best(gds, max_risk: float | None = None) -> dict:
         out["best_incidence"] = float(np.ravel(inc)[j])
     cond = (
         f" subject to {rname} incidence <= {float(max_risk):g}"
+        + (f" ({gds.attrs['risk_rule_text']})" if gds.attrs.get("risk_rule_text") else "")
         if max_risk is not None and rname
         else ""
     )
@@ -1095,6 +1196,13 @@ def select_best(gds, max_risk: float | None = None) -> dict:
         + (f", {rname} {out['best_incidence']:.3f}" if inc is not None else "")
         + f", mean total {out['best_total_dose']:.3g} mg/kg): max PTA{cond}, ties by lower dose"
     )
+    why = f"extrapolation_{rname}"
+    if rname and why in gds and str(np.ravel(gds[why].values)[j]):
+        out["best_extrapolation"] = str(np.ravel(gds[why].values)[j])
+        out["best_message"] += (
+            f". WARNING: its {rname} prediction is outside the calibration's domain ("
+            f"{out['best_extrapolation']}), counted only because extrapolation was allowed"
+        )
     if out["best_pta"] == 0.0 and np.nanmax(pta) > 0.0:
         # Formally the best, but no feasible schedule reaches the target in any patient.
         out["best_message"] = (

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,16 @@ from pkpd.errors import RegimenError, UnitError, where
 from pkpd.inputs.reader import Reader
 from pkpd.inputs.units import Parsed, parse_quantity
 
-__all__ = ["AnchorSpec", "Bolus", "EventTable", "Infusion", "Regimen", "load_regimen"]
+__all__ = [
+    "AnchorSpec",
+    "Bolus",
+    "EventTable",
+    "Infusion",
+    "Regimen",
+    "anchor_from_dict",
+    "load_regimen",
+    "with_bolus_duration",
+]
 
 
 def _fmt_time(h: float, anchor: str | None = None) -> str:
@@ -223,6 +232,12 @@ def _read_anchor(name: str, d: dict, file: str | None) -> AnchorSpec:
     return AnchorSpec(
         name, default, dist, params, lo, hi, str(d.get("source", "")), str(d.get("tag", ""))
     )
+
+
+def anchor_from_dict(name: str, d: dict, file: str | None = None) -> AnchorSpec:
+    """An :class:`AnchorSpec` from a table in the ``[anchors.<name>]`` schema (also used by
+    the calibration arms of risk models for their time of emergence)."""
+    return _read_anchor(name, d, file)
 
 
 @dataclass(frozen=True)
@@ -518,6 +533,30 @@ class Regimen:
         first[:, 1:] = t[:, 1:] != t[:, :-1]
         bolus = np.einsum("nkb,nb->nk", (t[:, :, None] == BT[:, None, :]), BA) * first
         return t, rate, bolus
+
+
+def with_bolus_duration(regimen, hours: float) -> Regimen:
+    """The regimen with every instantaneous bolus given over `hours` instead.
+
+    A bolus in the published models is instantaneous (the NONMEM convention the parameters
+    were estimated with), so the central concentration jumps to dose / V1 at the bolus: a
+    mixing artefact no sample measures. Giving the bolus over its injection time (about
+    0.5-1 min clinically) makes the simulated peak the one a fast sampler would see. Boluses
+    already written with ``over`` keep their own duration; nothing else changes.
+
+    Examples
+    --------
+    >>> with_bolus_duration("0.5 mg/kg bolus at 0 h", 1 / 60).text
+    '0.5 mg/kg bolus at 0 h over 0.0166667 h'
+    """
+    reg = load_regimen(regimen)
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not hours > 0:
+        raise RegimenError(f"the bolus duration must be a positive number of hours, got {hours!r}")
+    doses = tuple(
+        replace(d, duration=float(hours)) if isinstance(d, Bolus) and d.duration == 0 else d
+        for d in reg.doses
+    )
+    return replace(reg, doses=doses, _text=None)
 
 
 def regimens_dir() -> Path:

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pkpd.errors import RiskError
+from pkpd.errors import RegimenError, RiskError
 from pkpd.inputs.files import read_library_file
 from pkpd.inputs.reader import Reader
+from pkpd.inputs.regimen import AnchorSpec, anchor_from_dict
 
 __all__ = [
     "ARM_USES",
     "EXPOSURE_METRICS",
+    "Background",
     "CalibrationArm",
     "Exposure",
     "RiskModel",
@@ -31,7 +33,9 @@ __all__ = [
     "risk_from_dict",
 ]
 
-EXPOSURE_METRICS = ("cmax",)
+# cmax: the peak over the whole simulation; cmax_awake: the peak while the patient is awake,
+# from the event named by ``[exposure] awake_from`` (e.g. end_of_surgery) to the end.
+EXPOSURE_METRICS = ("cmax", "cmax_awake")
 ARM_USES = ("fit", "holdout", "excluded")
 
 
@@ -62,6 +66,7 @@ class CalibrationArm:
     source: str
     tag: str
     note: str = ""
+    emergence: AnchorSpec | None = None  # time the arm's patients wake up (cmax_awake)
 
     @property
     def incidence(self) -> float | None:
@@ -75,6 +80,22 @@ class Exposure:
     unit: str
     justification: str
     tag: str
+    awake_from: str = ""  # the event from which the patient is awake (cmax_awake)
+
+
+@dataclass(frozen=True)
+class Background:
+    """Beta(a, b) prior of the incidence without the drug (``[model.background]``)."""
+
+    a: float
+    b: float
+    source: str
+    tag: str
+    note: str = ""
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
 
 
 @dataclass
@@ -97,24 +118,38 @@ class RiskModel:
     absent: list[str] = field(default_factory=list)
     fit: dict | None = None
     file: Path | None = None
+    background: Background | None = None
 
     @property
     def draws(self) -> np.ndarray:
-        """Posterior draws, shape (n, 2): columns alpha, gamma."""
+        """Posterior draws, shape (n, 3): columns alpha, gamma and the background
+        incidence p0 (zero for a model without ``[model.background]``)."""
         if self.fit is None:
             raise RiskError(
                 f"risk model {self.name!r} has no [fit] section: run "
                 f"`pkpd risk refit {self.name}` (or pkpd.risk.refit) first"
             )
         post = self.fit["posterior"]
-        return np.column_stack([np.asarray(post["alpha"], float), np.asarray(post["gamma"])])
+        a = np.asarray(post["alpha"], float)
+        p0 = np.asarray(post.get("background", np.zeros(a.size)), float)
+        return np.column_stack([a, np.asarray(post["gamma"], float), p0])
 
-    def probability(self, x, alpha: float, gamma: float) -> np.ndarray:
-        """Per-patient probability at exposure(s) `x` (ng/mL) for one parameter pair."""
+    def probability(self, x, alpha: float, gamma: float, p0: float = 0.0) -> np.ndarray:
+        """Per-patient probability at exposure(s) `x` (ng/mL) for one parameter set:
+        ``p0 + (1 - p0) logistic(alpha + gamma ln(x / x_ref))``."""
         x = np.asarray(x, float)
         with np.errstate(divide="ignore"):
             u = np.log(x / self.x_ref)
-        return logistic_probability(u, alpha, gamma)
+        return p0 + (1.0 - p0) * logistic_probability(u, alpha, gamma)
+
+    @property
+    def form(self) -> str:
+        """The curve in words, as stored in attrs."""
+        x = f"{self.exposure.metric} {self.exposure.output}"
+        if self.exposure.metric == "cmax_awake":
+            x += f" from {self.exposure.awake_from}"
+        curve = f"logistic(alpha + gamma ln({x} / {self.x_ref:g} ng/mL))"
+        return f"p = p0 + (1 - p0) {curve}" if self.background else f"p = {curve}"
 
     def provenance(self) -> str:
         fit = self.fit or {}
@@ -124,8 +159,7 @@ class RiskModel:
             for a in self.arms
         )
         return (
-            f"{self.name}: {self.title}. logit p = alpha + gamma ln({self.exposure.metric} "
-            f"{self.exposure.output} / {self.x_ref:g} ng/mL), PK model {self.pk_model}; "
+            f"{self.name}: {self.title}. {self.form}, PK model {self.pk_model}; "
             f"calibration: {arms}; fitted {fit.get('date', 'never')} (seed "
             f"{fit.get('seed', '?')}, {fit.get('n_virtual', '?')} virtual patients per arm); "
             f"file {self.file}"
@@ -137,10 +171,12 @@ class RiskModel:
 
 _TOP = {"schema_version", "risk", "exposure", "model", "calibration", "simulation", "fit"}
 _RISK_KEYS = {"name", "title", "endpoint", "drug", "pk_model", "description", "caveats", "absent"}
-_EXPOSURE_KEYS = {"metric", "output", "unit", "justification", "tag"}
-_MODEL_KEYS = {"form", "x_ref", "prior_alpha", "prior_gamma", "note", "source", "tag"}
+_EXPOSURE_KEYS = {"metric", "output", "unit", "justification", "tag", "awake_from"}
+_MODEL_KEYS = {"form", "x_ref", "prior_alpha", "prior_gamma", "note", "source", "tag",
+               "background"}  # fmt: skip
+_BACKGROUND_KEYS = {"prior", "a", "b", "source", "tag", "note"}
 _ARM_KEYS = {"trial", "arm", "use", "n", "events", "regimen", "population", "source", "tag",
-             "note"}  # fmt: skip
+             "note", "emergence"}  # fmt: skip
 _SIM_KEYS = {"until", "every", "n_virtual", "seed", "note"}
 
 
@@ -166,8 +202,8 @@ def risk_from_dict(data: dict, file=None) -> RiskModel:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise r.err("risk.name", f"expected lower_case_with_underscores, got {name!r}")
     exposure = _read_exposure(r, r.table(data, "", "exposure"))
-    x_ref, pa, pg = _read_curve(r, r.table(data, "", "model"))
-    arms = _read_arms(r, data.get("calibration", []))
+    x_ref, pa, pg, background = _read_curve(r, r.table(data, "", "model"))
+    arms = _read_arms(r, data.get("calibration", []), file)
     sim = r.table(data, "", "simulation")
     r.keys(sim, "simulation", _SIM_KEYS)
     for k in ("until", "every"):
@@ -192,12 +228,44 @@ def risk_from_dict(data: dict, file=None) -> RiskModel:
         absent=list(r.strings(risk, "risk", "absent")),
         fit=fit,
         file=Path(file) if file is not None else None,
+        background=background,
     )
+    if exposure.metric == "cmax_awake":
+        for i, a in enumerate(arms):
+            if a.use != "excluded" and a.emergence is None:
+                raise r.err(
+                    f"calibration[{i}].emergence",
+                    "missing: an arm used with the exposure 'cmax_awake' needs the time its "
+                    "patients wake up (an [anchors.*]-style table with its source)",
+                )
     if fit is not None:
-        d = rm.draws
-        if d.ndim != 2 or d.shape[0] < 100 or not np.all(np.isfinite(d)) or np.any(d[:, 1] < 0):
-            raise r.err("fit.posterior", "expected >= 100 finite draws, gamma >= 0")
+        _check_fit(r, rm)
     return rm
+
+
+def _check_fit(r: Reader, rm: RiskModel) -> None:
+    """The stored posterior: >= 100 finite draws, gamma >= 0, p0 in [0, 1), and a
+    background column exactly when the model has a background term."""
+    post = rm.fit.get("posterior", {}) if isinstance(rm.fit, dict) else {}
+    if not isinstance(post, dict) or "alpha" not in post or "gamma" not in post:
+        raise r.err("fit.posterior", "expected `alpha` and `gamma` lists of draws")
+    if ("background" in post) != (rm.background is not None):
+        raise r.err(
+            "fit.posterior.background",
+            "present without [model.background] or missing with it: refit the model",
+        )
+    try:
+        d = rm.draws
+    except (TypeError, ValueError) as exc:
+        raise r.err("fit.posterior", f"expected lists of numbers of equal length ({exc})") from None
+    if (
+        d.ndim != 2
+        or d.shape[0] < 100
+        or not np.all(np.isfinite(d))
+        or np.any(d[:, 1] < 0)
+        or np.any((d[:, 2] < 0) | (d[:, 2] >= 1))
+    ):
+        raise r.err("fit.posterior", "expected >= 100 finite draws, gamma >= 0, 0 <= p0 < 1")
 
 
 def _text(r: Reader, d: dict, key: str, k: str) -> str:
@@ -215,18 +283,41 @@ def _read_exposure(r: Reader, exp: dict) -> Exposure:
     output = _text(r, exp, "exposure", "output")
     justification = _text(r, exp, "exposure", "justification")
     prov = r.provenance(exp, "exposure", source=False, note_keys=("note", "justification"))
-    return Exposure(metric, output, unit, justification, prov.tag)
+    awake = exp.get("awake_from", "")
+    if metric == "cmax_awake" and (not isinstance(awake, str) or not awake.isidentifier()):
+        raise r.err(
+            "exposure.awake_from",
+            f"expected the name of the event the patient wakes up at (e.g. 'end_of_surgery'), "
+            f"got {awake!r}",
+        )
+    if metric != "cmax_awake" and awake:
+        raise r.err("exposure.awake_from", f"only for the metric 'cmax_awake', not {metric!r}")
+    return Exposure(metric, output, unit, justification, prov.tag, awake)
 
 
-def _read_curve(r: Reader, mod: dict) -> tuple[float, tuple[float, float], tuple[float, float]]:
-    """``[model]``: the reference exposure (ng/mL) and the prior boxes of alpha and gamma."""
+def _read_curve(r: Reader, mod: dict):
+    """``[model]``: the reference exposure (ng/mL), the prior boxes of alpha and gamma and
+    the background incidence's prior (None without ``[model.background]``)."""
     r.keys(mod, "model", _MODEL_KEYS)
     x_ref = _text(r, mod, "model", "x_ref")
     x_ref = r.quantity(x_ref, "concentration", "model.x_ref", positive=True) * 1000.0
     r.provenance(mod, "model", source=False)
     pa = _box(r, r.value(mod, "model", "prior_alpha", list, "a list"), "model.prior_alpha")
     pg = _box(r, r.value(mod, "model", "prior_gamma", list, "a list"), "model.prior_gamma", True)
-    return x_ref, pa, pg
+    bg = r.table(mod, "model", "background", required=False)
+    background = None
+    if bg is not None:
+        r.keys(bg, "model.background", _BACKGROUND_KEYS, required=("prior", "a", "b"))
+        r.choice(bg, "model.background", "prior", ("beta",))
+        ab = []
+        for k in ("a", "b"):
+            v = bg[k]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise r.err(f"model.background.{k}", f"expected a number > 0, got {v!r}")
+            ab.append(float(v))
+        source, tag, note = r.provenance(bg, "model.background")
+        background = Background(ab[0], ab[1], source, tag, note)
+    return x_ref, pa, pg, background
 
 
 def _box(r: Reader, v, key: str, positive: bool = False) -> tuple[float, float]:
@@ -241,17 +332,17 @@ def _box(r: Reader, v, key: str, positive: bool = False) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
-def _read_arms(r: Reader, cal) -> list[CalibrationArm]:
+def _read_arms(r: Reader, cal, file=None) -> list[CalibrationArm]:
     """The ``[[calibration]]`` arms; at least two are used to fit."""
     if not isinstance(cal, list) or not cal:
         raise r.err("calibration", "expected one or more [[calibration]] arms")
-    arms = [_read_arm(r, a, f"calibration[{i}]") for i, a in enumerate(cal)]
+    arms = [_read_arm(r, a, f"calibration[{i}]", file) for i, a in enumerate(cal)]
     if sum(a.use == "fit" for a in arms) < 2:
         raise r.err("calibration", "at least two arms with use = 'fit' are needed")
     return arms
 
 
-def _read_arm(r: Reader, a, key: str) -> CalibrationArm:
+def _read_arm(r: Reader, a, key: str, file=None) -> CalibrationArm:
     r.keys(a, key, _ARM_KEYS)
     use = r.choice(a, key, "use", ARM_USES)
     n = r.value(a, key, "n", int, "an integer")
@@ -273,8 +364,15 @@ def _read_arm(r: Reader, a, key: str) -> CalibrationArm:
         raise r.err(key, "an excluded arm needs a `note` saying why")
     trial, arm = _text(r, a, key, "trial"), _text(r, a, key, "arm")
     source, tag, note = r.provenance(a, key)
+    em = r.table(a, key, "emergence", required=False)
+    emergence = None
+    if em is not None:
+        try:
+            emergence = anchor_from_dict("emergence", em, str(file) if file else None)
+        except RegimenError as exc:  # it names `anchors.emergence`: say which arm
+            raise r.err(f"{key}.emergence", str(exc)) from None
     return CalibrationArm(
-        trial, arm, use, n, events, regimen, a.get("population", ""), source, tag, note
+        trial, arm, use, n, events, regimen, a.get("population", ""), source, tag, note, emergence
     )
 
 

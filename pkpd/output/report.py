@@ -26,7 +26,7 @@ from pkpd.output.plot import (
     plot_metric_distributions,
     plot_risk_vs_dose,
 )
-from pkpd.output.tables import compare_rows
+from pkpd.output.tables import compare_rows, extrapolation_lines
 
 __all__ = ["ReportError", "render_report", "write_report"]
 
@@ -119,6 +119,7 @@ def _compare_section(ds) -> list[str]:
     parts.append("<h2>Comparison (median, 5-95 % over patients)</h2>")
     parts.append(_table(["metric", *map(str, ds.regimen.values)], [(lab, *c) for lab, c in rows]))
     parts.append(f"<p>{html.escape(str(ds.attrs.get('common_random_numbers', '')))}</p>")
+    parts += _extrapolation_part(ds)
     if "band" in ds:
         parts.append("<h2>Concentration percentile bands</h2>")
         parts.append(_png(plot_compare_bands, ds))
@@ -154,19 +155,38 @@ def _design_section(ds) -> list[str]:
         cols += [(f"incidence_{rname}", True), (f"incidence_{rname}_hi", True)]
     if "pareto" in ds:
         head.append("Pareto")
+    why = f"extrapolation_{rname}"
+    if why in ds:
+        head.append("calibration domain")
     rows = []
     for idx in np.ndindex(ds.regimen.shape):
         r = [str(ds.regimen.values[idx]), f"{float(ds.total_dose.values[idx]):.3g}"]
         r += [f"{100 * float(ds[c].values[idx]):.3g}%" for c, _ in cols]
         if "pareto" in ds:
             r.append("yes" if bool(ds.pareto.values[idx]) else "")
+        if why in ds:
+            r.append("outside" if str(ds[why].values[idx]) else "within")
         rows.append(r)
     parts.append("<h2>All grid points</h2>")
     parts.append(_table(head, rows))
+    parts += _extrapolation_part(ds)
     if rname:
         parts.append("<h2>Risk against dose</h2>")
         parts.append(_png(plot_risk_vs_dose, ds))
     return parts
+
+
+def _extrapolation_part(ds) -> list[str]:
+    """The regimens or grid points whose risk prediction extrapolates its calibration."""
+    lines = extrapolation_lines(ds)
+    if not lines:
+        return []
+    items = "".join(f"<li>{html.escape(x)}</li>" for x in lines)
+    return [
+        "<h2>Risk predictions outside the calibration's domain</h2>",
+        f"<p>These predictions extrapolate the risk model (flagged, not certified):</p><ul>"
+        f"{items}</ul>",
+    ]
 
 
 def _cohort_section(ds) -> list[str]:

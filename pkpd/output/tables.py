@@ -13,6 +13,7 @@ __all__ = [
     "compare_rows",
     "design_pareto_rows",
     "design_pta_rows",
+    "extrapolation_lines",
     "fmt_range",
     "text_table",
 ]
@@ -62,8 +63,40 @@ def compare_rows(cds) -> Rows:
         rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
     for name in [r for r in str(cds.attrs.get("risks", "")).split(", ") if r]:
         rows.append((f"{name} incidence [95% interval]", interval(f"incidence_{name}")))
+        if f"outside_{name}" in cds:
+            rows.append(
+                (
+                    f"{name}: patients outside calibration exposure",
+                    [f"{100 * float(cds[f'outside_{name}'].sel(regimen=r)):.1f}%" for r in regs],
+                )
+            )
+        if f"extrapolation_{name}" in cds:
+            rows.append(
+                (
+                    f"{name}: within calibration domain",
+                    [
+                        "no (see below)"
+                        if str(cds[f"extrapolation_{name}"].sel(regimen=r).values)
+                        else "yes"
+                        for r in regs
+                    ],
+                )
+            )
     rows.append(("failed patients", [str(int(cds.n_failed.sel(regimen=r))) for r in regs]))
     return rows
+
+
+def extrapolation_lines(ds) -> list[str]:
+    """One line per regimen (compare) or grid point (design) whose risk prediction lies
+    outside its calibration's validity domain, saying why."""
+    lines = []
+    labels = [str(x) for x in np.ravel(ds["regimen"].values)]
+    for v in [v for v in ds.data_vars if str(v).startswith("extrapolation_")]:
+        name = str(v)[len("extrapolation_") :]
+        for lab, why in zip(labels, np.ravel(ds[v].values), strict=True):
+            if str(why):
+                lines.append(f"{name} extrapolates for {lab}: {why}")
+    return lines
 
 
 def design_pareto_rows(gds) -> tuple[list[str], Rows]:
@@ -77,10 +110,18 @@ def design_pareto_rows(gds) -> tuple[list[str], Rows]:
             (str(pt.regimen.values), [f"{100 * float(pt.pta):.3g}%",
              f"{100 * float(pt[f'incidence_{rname}']):.3g}%",
              f"{100 * float(pt[f'incidence_{rname}_hi']):.3g}%",
-             f"{float(pt.total_dose):.3g}"])
+             f"{float(pt.total_dose):.3g}",
+             _domain_cell(pt, rname)])
         )  # fmt: skip
     rows.sort(key=lambda r: float(r[1][1].rstrip("%")))
-    return ["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg"], rows
+    return ["regimen", "PTA", rname, f"{rname} 95% hi", "mg/kg", "calibration domain"], rows
+
+
+def _domain_cell(pt, rname: str) -> str:
+    v = f"extrapolation_{rname}"
+    if v not in pt:
+        return "-"
+    return "outside" if str(pt[v].values) else "within"
 
 
 def design_pta_rows(gds) -> tuple[list[str], Rows]:

@@ -444,7 +444,7 @@ def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, t
         Y0 = np.zeros((n, N))
         kernels = registry.LINEAR_COHORT_KERNELS
     else:
-        P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov)
+        P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta, cov, ev)
         N = Y0.shape[1]
     rtol = registry.tolerance(setup.rtol, N, "rtol")
     atol = registry.tolerance(setup.atol, N, "atol")

@@ -64,7 +64,12 @@ def generate(ode) -> str:
     unpack_p += [f"    v_{n} = p[{n_par + i}]" for i, n in enumerate(ode.covariate_names)]
     unpack_y = [f"    v_{s.name} = y[{i}]" for i, s in enumerate(ode.states)]
     inter = [f"    v_{n} = {src}" for n, src, _ in ode.intermediates]
-    body = ["", "@_jit", "def rhs(t, y, u, p, dy):", "    v_t = t", "    v_rate = u"]
+    # Time after the first dose: the first dose time is the last entry of p (see
+    # OdeSystem.parameter_vector; inf without doses), 0 before it. Only models that use
+    # `tafd` get these lines, so every other model's text (and cache) is unchanged.
+    tafd = [f"    v_tafd = max(v_t - p[{n_par + len(ode.covariate_names)}], 0.0)"]
+    tafd = tafd if ode.uses_tafd else []
+    body = ["", "@_jit", "def rhs(t, y, u, p, dy):", "    v_t = t", *tafd, "    v_rate = u"]
     body += unpack_p + unpack_y + inter
     for i, s in enumerate(ode.states):
         body.append(f"    dy[{i}] = {ode.derivatives[s.name][0]}")
@@ -75,6 +80,7 @@ def generate(ode) -> str:
     body += ["", "", "@_jit", "def outputs_into(t_out, Y, p, O):"]
     body += unpack_p
     body += ["    for r in range(t_out.shape[0]):", "        v_t = t_out[r]"]
+    body += ["    " + ln for ln in tafd]
     body += ["        y = Y[r]"]
     # Intermediates that depend on the infusion rate are not outputs' business (an
     # output is a function of the state; _read_ode checks that).

@@ -31,6 +31,7 @@ from pkpd.inputs.model.expressions import (
     NAME_RE,
     RATE,
     RESERVED,
+    TAFD,
     TIME,
     parse_expression,
 )
@@ -84,7 +85,10 @@ def read_ode(ctx, ode: dict, params: dict, covariates: dict) -> OdeSystem:
         stiff=stiff,
         param_names=list(params),
         covariate_names=[c for c in covariates if c in eq.numeric_cov and c in all_used],
-        uses_time=TIME in all_used,
+        # The right-hand side depends on time through `t` or `tafd` (a non-autonomous
+        # system: Rodas4 then differentiates in t).
+        uses_time=bool({TIME, TAFD} & all_used),
+        uses_tafd=TAFD in all_used,
         rate_dependent=frozenset(n for n, _, _ in intermediates if RATE in eq.closure(eq.deps[n])),
     )
 
@@ -109,7 +113,7 @@ class _Equations:
         self.state_names = state_names
         for s in state_names:
             self.claim(s, f"ode.states.{s}")
-        self.known = self.base_known | set(state_names) | {TIME, RATE}
+        self.known = self.base_known | set(state_names) | {TIME, TAFD, RATE}
         self.used_all: set[str] = set()
         self.deps: dict[str, set[str]] = {}
 

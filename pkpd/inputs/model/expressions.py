@@ -19,7 +19,7 @@ import re
 
 from pkpd.errors import ModelError
 
-__all__ = ["FUNCTIONS", "MAX_DEPTH", "RATE", "RESERVED", "TIME", "parse_expression"]
+__all__ = ["FUNCTIONS", "MAX_DEPTH", "RATE", "RESERVED", "TAFD", "TIME", "parse_expression"]
 
 #: Whitelisted functions: name -> (generated code, number of arguments; None = 2 or more).
 FUNCTIONS: dict[str, tuple[str, int | None]] = {
@@ -34,7 +34,13 @@ FUNCTIONS: dict[str, tuple[str, int | None]] = {
 #: Names with a fixed meaning in every equation.
 TIME = "t"
 RATE = "rate"
-RESERVED = {TIME, RATE, *FUNCTIONS, "e", "pi", "inf", "nan"}
+#: Time after the patient's first dose (h): ``max(t - t_first_dose, 0)``, where
+#: ``t_first_dose`` is the time of the first bolus or infusion start of the regimen (0
+#: before that dose and throughout a regimen without doses). The usual pharmacometric name
+#: (TAFD, rxode2's ``tafd()``); ``tad``, the time after the most recent dose, is not
+#: provided.
+TAFD = "tafd"
+RESERVED = {TIME, TAFD, RATE, *FUNCTIONS, "e", "pi", "inf", "nan"}
 #: Dataset variables a simulation generates besides the outputs (see
 #: :func:`pkpd.inputs.model.solve.dataset_variables`): an output may not take these names or
 #: prefixes.

@@ -334,6 +334,8 @@ class IndividualParameters:
                 v = v * (np.asarray(x, float) / e.reference) ** e.coefficient
             elif e.type == "linear":
                 v = v * (1.0 + e.coefficient * (np.asarray(x, float) - e.reference))
+            elif e.type == "additive_above":
+                v = v + e.coefficient * np.maximum(0.0, np.asarray(x, float) - e.reference)
             else:
                 v = v * np.exp(e.coefficient * (np.asarray(x, float) - e.reference))
         return v

@@ -415,7 +415,7 @@ def read_parameters(ctx, tab, covariates, kinds=PARAM_KINDS):
         if parsed.per_kg and "weight" not in covariates:
             raise ctx.err(f"{key}.value", f"{val!r} is per kg: declare `covariates.weight`")
         effects = [
-            _read_effect(ctx, ce, f"{key}.covariates[{i}]", covariates)
+            _read_effect(ctx, ce, f"{key}.covariates[{i}]", covariates, kind, parsed.per_kg)
             for i, ce in enumerate(d.get("covariates", []))
         ]
         out[name] = Parameter(
@@ -496,8 +496,8 @@ def _read_weight_exponent(ctx, d: dict, key: str, parsed, covariates) -> float:
     return wexp
 
 
-def _read_effect(ctx, ce, ekey: str, covariates) -> CovariateEffect:
-    """One entry of a parameter's ``covariates`` list."""
+def _read_effect(ctx, ce, ekey: str, covariates, kind=None, per_kg=False) -> CovariateEffect:
+    """One entry of a parameter's ``covariates`` list (`kind`, `per_kg`: the parameter's)."""
     if not isinstance(ce, dict):
         raise ctx.err(ekey, "expected a table")
     ctx.keys(
@@ -508,6 +508,7 @@ def _read_effect(ctx, ce, ekey: str, covariates) -> CovariateEffect:
             "type",
             "reference",
             "coefficient",
+            "slope",
             "factors",
             "source",
             "tag",
@@ -531,10 +532,43 @@ def _read_effect(ctx, ce, ekey: str, covariates) -> CovariateEffect:
             f"covariate {cname!r} is categorical; use type = 'categorical'",
         )
     refv = ctx.number(ce, ekey, "reference")
+    if ctype == "additive_above":
+        return _additive_above(ctx, ce, ekey, cname, refv, kind, per_kg, src)
+    if "slope" in ce:
+        raise ctx.err(
+            f"{ekey}.slope",
+            f"only an 'additive_above' effect takes `slope`; a {ctype!r} effect takes "
+            "`coefficient`",
+        )
     coef = ctx.number(ce, ekey, "coefficient")
     if ctype == "power" and refv <= 0:
         raise ctx.err(f"{ekey}.reference", f"{refv!r} must be > 0 for a power model")
     return CovariateEffect(cname, ctype, refv, coef, source=src)
+
+
+def _additive_above(ctx, ce, ekey, cname, refv, kind, per_kg, src) -> CovariateEffect:
+    """``P + slope * max(0, x - reference)``: `slope` is a quantity in the parameter's own
+    unit, per unit of the covariate (e.g. ``"-2.19 L/h"`` per year of age above 60)."""
+    if "coefficient" in ce:
+        raise ctx.err(
+            f"{ekey}.coefficient",
+            "an 'additive_above' effect takes `slope` (a quantity in the parameter's unit, "
+            "per unit of the covariate, e.g. '-2.19 L/h'), not `coefficient`",
+        )
+    if "slope" not in ce:
+        raise ctx.err(
+            f"{ekey}.slope",
+            "missing: an 'additive_above' effect needs `slope` (e.g. '-2.19 L/h')",
+        )
+    if per_kg or kind is None:
+        raise ctx.err(
+            f"{ekey}.type",
+            "'additive_above' needs a parameter with a fixed unit (not a per-kg value)",
+        )
+    slope = parse_quantity(ce["slope"], kind, file=ctx.file, key=f"{ekey}.slope").value
+    if not math.isfinite(slope):
+        raise ctx.err(f"{ekey}.slope", f"{ce['slope']!r} is not finite")
+    return CovariateEffect(cname, "additive_above", refv, slope, source=src)
 
 
 def _categorical_effect(ctx, ce, ekey: str, cov: Covariate, src) -> CovariateEffect:

@@ -33,7 +33,10 @@ from pkpd.inputs.reader import TAGS as _ALL_TAGS
 # literature subset (no 'illustrative' placeholders).
 TAGS = {t: _ALL_TAGS[t] for t in LITERATURE_TAGS}
 ROLES = ("parent", "metabolite")
-COVARIATE_TYPES = ("power", "linear", "exponential", "categorical")
+# Multiplicative forms (power, linear, exponential, categorical) and one additive hinge,
+# additive_above: P + slope * max(0, x - reference) (slope stored in `coefficient`, in the
+# parameter's internal unit per covariate unit).
+COVARIATE_TYPES = ("power", "linear", "exponential", "categorical", "additive_above")
 # Parameter kinds accepted in each structural slot (see units.KINDS).
 PARAM_KINDS = ("volume", "clearance", "rate_constant", "time", "dimensionless")
 # Nonlinear [ode] models also take amounts (mg), amount rates such as a Vmax (mg/h) and
@@ -209,8 +212,10 @@ class OdeSystem:
     stiff: bool
     param_names: list[str]
     covariate_names: list[str]  # numeric covariates used by the equations
-    uses_time: bool
+    uses_time: bool  # the equations read `t` or `tafd`
     rate_dependent: frozenset = frozenset()  # intermediates that depend on `rate`
+    #: The equations read `tafd`: the parameter vector ends with the first dose time.
+    uses_tafd: bool = False
     source: str = ""
     hash: str = ""
     _module: Any = None
@@ -238,8 +243,12 @@ class OdeSystem:
 
     # ---- parameters -------------------------------------------------------------
 
-    def parameter_vector(self, theta: np.ndarray, covariates: dict) -> np.ndarray:
-        """``p = [theta..., covariate values...]`` for the generated functions."""
+    def parameter_vector(
+        self, theta: np.ndarray, covariates: dict, first_dose: float | None = None
+    ) -> np.ndarray:
+        """``p = [theta..., covariate values...]`` for the generated functions, then the
+        time of the patient's first dose (h; ``inf`` without doses, see
+        :func:`pkpd.inputs.model.solve.first_dose_time`) when the equations use ``tafd``."""
         vals = []
         for c in self.covariate_names:
             v = covariates.get(c)
@@ -248,6 +257,13 @@ class OdeSystem:
                     f"{self.file}: covariate `{c}` is used in [ode] and has no default: pass it"
                 )
             vals.append(float(v))
+        if self.uses_tafd:
+            if first_dose is None:
+                raise ModelError(
+                    f"{self.file}: the equations use `tafd` (time after the first dose): "
+                    "the time of the first dose is required"
+                )
+            vals.append(float(first_dose))
         return np.ascontiguousarray(np.concatenate([np.asarray(theta, float), vals]))
 
     def bolus_map(self) -> np.ndarray:

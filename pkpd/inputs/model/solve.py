@@ -16,6 +16,7 @@ __all__ = [
     "bolus_on_grid",
     "cohort_inputs",
     "dataset_variables",
+    "first_dose_time",
     "output_scales",
     "record_bolus_limits",
     "solve",
@@ -32,7 +33,7 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     """
     chosen, auto_stiff, note = reg.resolve(method, spec)
     ode = spec.ode
-    p = ode.parameter_vector(theta, covariates)
+    p = ode.parameter_vector(theta, covariates, first_dose_time(ev.t, ev.rate, ev.bolus))
     y0 = ode.initial_state(p)
     b = ode.bolus_map()
     t0 = min(0.0, float(ev.t[0]) if ev.t.size else 0.0, float(t[0]))
@@ -94,7 +95,7 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
         Y[:, ode.n_states],
         {"units": "mg", "long_name": "cumulative amount administered"},
     )
-    p = ode.parameter_vector(theta, covariates)
+    p = ode.parameter_vector(theta, covariates, first_dose_time(ev.t, ev.rate, ev.bolus))
     bmap = ode.bolus_map()
     scale = np.array([MG_L_TO_NG_ML if o.concentration else 1.0 for o in ode.outputs])
 
@@ -106,12 +107,39 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
     return data, attrs
 
 
-def cohort_inputs(spec, theta: np.ndarray, covariates: dict):
+def first_dose_time(ev_t, ev_rate, ev_bolus):
+    """Time (h) of the first dose of each patient: the first event with a bolus or an
+    infusion running from it (any amount above zero), ``inf`` where there is none.
+
+    Parameters
+    ----------
+    ev_t, ev_rate, ev_bolus : (..., K) float64
+        Event tables as :class:`~pkpd.inputs.regimen.EventTable` (one patient) or
+        :meth:`~pkpd.inputs.regimen.Regimen.event_arrays` (a chunk) give them: sorted
+        times, the total infusion rate from each time on and the bolus there.
+
+    Returns
+    -------
+    float or (...,) float64
+        What ``tafd`` counts from (:data:`pkpd.inputs.model.expressions.TAFD`).
+    """
+    ev_t = np.asarray(ev_t, dtype=float)
+    dose = (np.asarray(ev_rate) > 0.0) | (np.asarray(ev_bolus) > 0.0)
+    first = np.where(dose, ev_t, np.inf).min(axis=-1, initial=np.inf)
+    return float(first) if first.ndim == 0 else first
+
+
+def cohort_inputs(spec, theta: np.ndarray, covariates: dict, ev=None):
     """Inputs of the generated cohort kernels for a chunk of patients.
 
+    `ev` is the chunk's event arrays ``(t, rate, bolus)``, each ``(n, K)``; a model whose
+    equations use ``tafd`` needs it (each patient's first dose time ends its parameter
+    vector).
+
     Returns ``(P, B, Y0, auc_index, kernels)``: per-patient parameter vectors
-    ``[theta, covariates]``, the bolus map, initial states, the state holding each output's
-    AUC (-1 for outputs that are not concentrations) and ``{"dopri5": ..., "rodas": ...}``.
+    ``[theta, covariates(, first dose time)]``, the bolus map, initial states, the state
+    holding each output's AUC (-1 for outputs that are not concentrations) and
+    ``{"dopri5": ..., "rodas": ...}``.
     """
     ode = spec.ode
     n = theta.shape[0]
@@ -123,6 +151,14 @@ def cohort_inputs(spec, theta: np.ndarray, covariates: dict):
                 f"{ode.file}: covariate `{c}` is used in [ode] and has no default: pass it"
             )
         cols.append(np.broadcast_to(np.asarray(v, dtype=float), (n,))[:, None])
+    if ode.uses_tafd:
+        if ev is None:
+            raise ModelError(
+                f"{ode.file}: the equations use `tafd` (time after the first dose): the "
+                "event arrays are required"
+            )
+        first = np.broadcast_to(first_dose_time(*ev), (n,))
+        cols.append(np.asarray(first, dtype=float)[:, None])
     P = np.ascontiguousarray(np.concatenate(cols, axis=1))
     m = ode.module()
     Y0 = np.zeros((n, ode.n_aug))
