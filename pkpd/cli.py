@@ -435,8 +435,9 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "--threshold",
     "thresholds",
     multiple=True,
-    metavar="OUTPUT=CONC",
-    help="Cohort time-above-threshold metric, e.g. cp=100ng/mL (repeatable).",
+    metavar="OUTPUT=LEVEL",
+    help="Cohort time-above-threshold metric, e.g. cp=100ng/mL, or a PD variable in its "
+    "unit, e.g. simons2022_drug_high_conc_over_c50=1 (repeatable).",
 )
 @click.option(
     "--at",
@@ -480,7 +481,8 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "pd_names",
     multiple=True,
     metavar="ENDPOINT",
-    help="Evaluate a PD endpoint (see `pkpd models`; repeatable).",
+    help="Evaluate a PD endpoint (see `pkpd models`; repeatable); with --patients its "
+    "effect sites and PD variables are cohort outputs.",
 )
 @click.option(
     "--pd-param",
@@ -504,7 +506,6 @@ def simulate(
     extra_columns="error",
 ) -> None:  # fmt: skip
     if patients is not None or population is not None:
-        _no_cohort_pd(pd_names, pd_items, racemic)
         if out_csv:
             raise click.BadParameter(
                 "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
@@ -525,6 +526,7 @@ def simulate(
                 "amounts": amounts,
                 "trajectory_dtype": trajectory_dtype,
                 "extra_columns": extra_columns,
+                **_pd_run_options(pd_names, pd_items, racemic),
             },
         )  # fmt: skip
         return
@@ -649,11 +651,13 @@ def _pairs(items, option, sep="="):
 
 
 def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
-    """--threshold OUTPUT=CONC items of a cohort, grouped by output."""
+    """--threshold OUTPUT=LEVEL items of a cohort, grouped by output."""
     thr: dict[str, list[str]] = {}
     for o, v in (([*i.split("=", 1), ""])[:2] for i in thresholds):
         if not v:
-            raise click.BadParameter(f"{o!r}: expected OUTPUT=CONC", param_hint="--threshold")
+            raise click.BadParameter(
+                f"{o!r}: expected OUTPUT=CONC or PD_VARIABLE=LEVEL", param_hint="--threshold"
+            )
         thr.setdefault(o.strip(), []).append(v.strip())
     return thr
 
@@ -703,6 +707,7 @@ def _simulate_cohort(
         )
     for line in cohort_summary_lines(ds):
         _echo(line)
+    _echo_cohort_pd(ds)
     n_failed = int(ds.attrs["n_failed"])
     if n_failed:
         _echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
@@ -739,14 +744,14 @@ def _head(path: str) -> str:
         return ""
 
 
-def _no_cohort_pd(pd_names, pd_items, racemic) -> None:
-    if pd_names or pd_items or racemic:
-        raise click.BadParameter(
-            "--pd, --pd-param and --racemic are for one patient in this version; for a "
-            "cohort in racemic mg pass pkpd.inputs.stereo.racemic_to_s_ketamine(regimen) to "
-            "pkpd.simulate_cohort",
-            param_hint="--pd/--racemic",
-        )
+def _echo_cohort_pd(ds) -> None:
+    """The racemic caveat and each PD endpoint's provenance line of a cohort."""
+    if "dose_conversion" in ds.attrs:
+        _echo(f"dose conversion: {ds.attrs['dose_conversion']}")
+        _echo(f"  caveats: {ds.attrs['dose_conversion_caveats']}")
+    for name in (ds.attrs.get("pd_endpoints") or "").split(", "):
+        if name:
+            _echo(f"PD {name}: {ds.attrs[f'pd_{name}']}")
 
 
 def _solver_line(ds) -> str:

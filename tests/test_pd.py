@@ -492,9 +492,6 @@ def test_cli_racemic_and_errors():
         (["fanta2015_otto2021", "20 mg bolus at 0 h", "--pd", "nausea"],
          "unknown PD endpoint 'nausea'"),
         (["fanta2015_otto2021", "20 mg bolus at 0 h", "--pd-param", "x.gamma=2"], "needs --pd"),
-        (["fanta2015_otto2021", "lumbar_fusion_esketamine", "--patients", "10",
-          "--population", "spine_fusion_china", "--pd", "dahan2011_chronic_pain"],
-         "for one patient"),
     ):  # fmt: skip
         r = CliRunner().invoke(main, ["simulate", *args])
         assert r.exit_code == 2, r.output

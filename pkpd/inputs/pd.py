@@ -40,14 +40,18 @@ from pkpd.inputs.units import parse_quantity
 __all__ = [
     "EFFECT_TYPES",
     "PDEndpoint",
+    "PDOutput",
     "add_pd_variables",
     "augment_model",
     "available_pd",
     "load_pd",
+    "pd_attrs",
     "pd_dir",
+    "pd_outputs",
 ]
 
 EFFECT_TYPES = ("linear", "sigmoid_emax")
+LN2 = math.log(2.0)
 # Endpoint analytes and the model analyte names that carry them.
 ANALYTE_ALIASES = {"norketamine": ("norketamine", "noresketamine", "s_norketamine")}
 # Parameters a user may supply (only where the file marks them missing) besides t_half_ke0.
@@ -163,9 +167,15 @@ class PDEndpoint:
                 if not h > 0:
                     raise ModelError(f"{loc} = {val!r}: expected a positive time")
                 site = PDParameter(
-                    "t_half_ke0", h, str(val), "h", "user-supplied", "assumed",
-                    "supplied by the user, not a literature value", user=True,
-                )  # fmt: skip
+                    "t_half_ke0",
+                    h,
+                    str(val),
+                    "h",
+                    "user-supplied",
+                    "assumed",
+                    "supplied by the user, not a literature value",
+                    user=True,
+                )
                 site_kind = "time"
             elif key in params:
                 if not params[key].missing:
@@ -184,9 +194,15 @@ class PDEndpoint:
                     raise ModelError(f"{loc} = {val!r}: expected a finite (gamma: positive) number")
                 p = params[key]
                 params[key] = PDParameter(
-                    p.name, v, str(val), p.unit, "user-supplied", "assumed",
-                    "supplied by the user, not a literature value", user=True,
-                )  # fmt: skip
+                    p.name,
+                    v,
+                    str(val),
+                    p.unit,
+                    "user-supplied",
+                    "assumed",
+                    "supplied by the user, not a literature value",
+                    user=True,
+                )
             else:
                 raise ModelError(
                     f"{loc}: unknown; expected t_half_ke0 (endpoints without an effect site) "
@@ -485,26 +501,11 @@ def augment_model(
     eps = [e.with_user_values(per_ep.get(e.name, {})) for e in eps]
     raw = copy.deepcopy(base.raw)
     raw.setdefault("parameters", {})
-    raw.setdefault("compartments", {})
-    outputs = {o.analyte: o for o in base.outputs if not o.is_state}
+    if base.is_linear:
+        raw.setdefault("compartments", {})
     drivers: dict[str, dict[str, tuple[str, str, float]]] = {}
     for ep in eps:
-        if _drug_class(ep.drug) != _drug_class(base.drug):
-            raise ModelError(
-                f"{ep.file}: `endpoint.drug`: PD endpoint {ep.name!r} was estimated for "
-                f"{ep.drug!r} but model {base.name!r} simulates {base.drug!r}; racemic and "
-                "S-ketamine concentrations are not interchangeable"
-            )
-        if ep.sampling_site != base.sampling_site:
-            warnings.warn(
-                f"PD endpoint {ep.name!r} was estimated with {ep.sampling_site} concentrations "
-                f"(PK model: {ep.pk_model}), but model {base.name!r} predicts "
-                f"{base.sampling_site} concentrations; arterial and venous concentrations "
-                "differ during and after infusions, so the effect prediction mixes sampling "
-                "sites",
-                SamplingSiteWarning,
-                stacklevel=stacklevel + 1,
-            )
+        _check_drug_and_site(ep, base, stacklevel + 1)
         drivers[ep.name] = {}
         for inp in ep.inputs:
             analyte = _model_analyte(base, ep, inp)
@@ -517,30 +518,299 @@ def augment_model(
             # model ng/mL -> nmol/mL -> PD-species ng/mL (metabolites carried in parent mass
             # equivalents have the parent's molar mass in the model file).
             factor = inp.molar_mass / mm_model
-            out = outputs[analyte]
+            out = _plasma_output(base, ep, inp, analyte)
             if ep.effect_site is None:
-                drivers[ep.name][inp.name] = (analyte, out.name, factor)
+                drivers[ep.name][inp.name] = (analyte, out, factor)
                 continue
-            pname = f"pd_{ep.name}_ke0"
-            cname = f"pd_{ep.name}_{inp.name}"
-            oname = f"ce_{ep.name}_{inp.name}"
-            s = ep.effect_site
-            raw["parameters"][pname] = {
-                "value": s.text if not s.user else f"{s.value} h",
-                "description": f"effect site of PD endpoint {ep.name}",
-                "source": s.source,
-                "tag": s.tag,
-                **({"note": s.note} if s.note else {}),
-            }
-            raw["compartments"][cname] = {
-                "type": "effect",
-                "link": out.compartment,
-                "ke0": pname,
-                "output": oname,
-            }
+            oname = _add_effect_site(raw, base, ep, inp, out)
             drivers[ep.name][inp.name] = (analyte, oname, factor)
     spec = ModelSpec.from_dict(raw, file=base.file) if raw != base.raw else base
     return PDBundle(base, spec, eps, drivers)
+
+
+def _check_drug_and_site(ep: PDEndpoint, base: ModelSpec, stacklevel: int) -> None:
+    """Drug mismatch (racemic vs S-ketamine) is an error, a sampling-site mismatch warns."""
+    if _drug_class(ep.drug) != _drug_class(base.drug):
+        raise ModelError(
+            f"{ep.file}: `endpoint.drug`: PD endpoint {ep.name!r} was estimated for "
+            f"{ep.drug!r} but model {base.name!r} simulates {base.drug!r}; racemic and "
+            "S-ketamine concentrations are not interchangeable"
+        )
+    if ep.sampling_site != base.sampling_site:
+        warnings.warn(
+            f"PD endpoint {ep.name!r} was estimated with {ep.sampling_site} concentrations "
+            f"(PK model: {ep.pk_model}), but model {base.name!r} predicts "
+            f"{base.sampling_site} concentrations; arterial and venous concentrations "
+            "differ during and after infusions, so the effect prediction mixes sampling "
+            "sites",
+            SamplingSiteWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _plasma_output(base: ModelSpec, ep: PDEndpoint, inp: PDInput, analyte: str) -> str:
+    """The model output holding the plasma concentration of `analyte`.
+
+    Linear models: the analyte's plasma output. ``[ode]`` models: the concentration output
+    ``cp`` (parent) or ``cp_<analyte>`` (a metabolite), by the naming convention of the
+    linear models (``models/README.md``).
+    """
+    if base.is_linear:
+        return next(o.name for o in base.outputs if not o.is_state and o.analyte == analyte)
+    name = "cp" if analyte == base.parent else f"cp_{analyte}"
+    out = next((o for o in base.ode.outputs if o.name == name), None)
+    if out is None or not out.concentration:
+        raise ModelError(
+            f"{base.file}: `ode.outputs.{name}`: PD endpoint {ep.name!r} (input {inp.name}) "
+            f"is driven by the {analyte} plasma concentration, which an [ode] model reports "
+            f"as the concentration output `{name}`; model {base.name!r} has "
+            + ("no such output" if out is None else "it, but not as a concentration")
+        )
+    return name
+
+
+def _add_effect_site(raw: dict, base: ModelSpec, ep: PDEndpoint, inp: PDInput, out: str) -> str:
+    """Add endpoint `ep`'s effect site for input `inp` to the model file `raw` (in place).
+
+    Linear models get an effect compartment linked to the compartment of output `out`;
+    ``[ode]`` models a state ``dCe/dt = ke0 (Cp - Ce)`` (Cp: the expression of output
+    `out`, mg/L) and an output of it. Returns the name of the effect-site output.
+    """
+    pname = f"pd_{ep.name}_ke0"
+    cname = f"pd_{ep.name}_{inp.name}"
+    oname = f"ce_{ep.name}_{inp.name}"
+    s = ep.effect_site
+    raw["parameters"][pname] = {
+        "value": s.text if not s.user else f"{s.value} h",
+        "description": f"effect site of PD endpoint {ep.name}",
+        "source": s.source,
+        "tag": s.tag,
+        **({"note": s.note} if s.note else {}),
+    }
+    if base.is_linear:
+        raw["compartments"][cname] = {
+            "type": "effect",
+            "link": next(o.compartment for o in base.outputs if o.name == out),
+            "ke0": pname,
+            "output": oname,
+        }
+        return oname
+    ode = raw["ode"]
+    expr = next(o.text for o in base.ode.outputs if o.name == out)
+    ke0 = f"({LN2!r} / {pname})" if ep.effect_site_kind == "time" else pname
+    ode["states"][cname] = {
+        "initial": 0,
+        "unit": "mg/L",
+        "description": f"effect site of PD endpoint {ep.name} (input {inp.name})",
+    }
+    ode["derivatives"][cname] = f"{ke0} * (({expr}) - {cname})"
+    ode["outputs"][oname] = {
+        "expression": cname,
+        "concentration": True,
+        "long_name": f"{inp.name} effect-site concentration of PD endpoint {ep.name}",
+    }
+    return oname
+
+
+@dataclass(frozen=True)
+class PDOutput:
+    """One PD variable as a function of model outputs: ``g(sum_i slope_i * factor_i * x_i)``.
+
+    ``x_i`` is model output ``terms[i][0]`` in its reporting unit (ng/mL of the model's
+    species), ``factor_i`` converts it to the endpoint's species (molar masses) and
+    ``slope_i`` is a linear endpoint's slope (1 otherwise). ``g`` is the identity (driving
+    concentrations, linear effects and their contributions), ``u / C50``
+    (``gamma is None``), the fraction of Emax ``r^gamma / (1 + r^gamma)`` (``emax is
+    None``) or the effect ``E0 + Emax r^gamma / (1 + r^gamma)`` with ``r = u / C50``.
+
+    One patient (:func:`add_pd_variables`) and cohorts evaluate the same objects, so a
+    PD variable has one name, unit and formula everywhere.
+    """
+
+    name: str
+    endpoint: str
+    units: str
+    long_name: str
+    terms: tuple[tuple[str, float, float], ...]  # (model output, factor, slope)
+    c50: float | None = None  # ng/mL of the endpoint's species; None: g is the identity
+    gamma: float | None = None
+    emax: float | None = None
+    e0: float = 0.0
+    molar_mass: float | None = None  # g/mol of a driving concentration's species
+
+    @property
+    def single(self) -> bool:
+        """A function of one model output (a monotone map of it)."""
+        return len(self.terms) == 1
+
+    @property
+    def affine(self) -> bool:
+        """Linear in the model outputs (a driving concentration, a linear effect, C/C50)."""
+        return self.gamma is None
+
+    @property
+    def rising(self) -> bool:
+        """The variable increases with its first output (False: decreases or is constant)."""
+        _, factor, slope = self.terms[0]
+        up = factor * slope > 0
+        return up if self.gamma is None or self.emax is None else up == (self.emax > 0)
+
+    @property
+    def increasing(self) -> bool:
+        """A strictly increasing function of a single model output."""
+        return self.single and self.rising
+
+    @property
+    def concentration(self) -> bool:
+        """A driving concentration (ng/mL of the endpoint's species)."""
+        return self.units == "ng/mL" and self.c50 is None
+
+    def value(self, *xs):
+        """The variable from its model outputs `xs` (arrays in the terms' order, ng/mL)."""
+        u = 0.0
+        for (_, factor, slope), x in zip(self.terms, xs, strict=True):
+            c = np.asarray(x, dtype=float) * factor
+            u = u + (c if slope == 1.0 else slope * c)
+        if self.c50 is None:
+            return u
+        r = u / self.c50
+        if self.gamma is None:
+            return r
+        rg = np.power(np.maximum(r, 0.0), self.gamma)
+        frac = rg / (1.0 + rg)
+        return frac if self.emax is None else self.e0 + self.emax * frac
+
+    def inverse(self, level: float) -> float:
+        """The model-output level (ng/mL) at which an increasing variable equals `level`.
+
+        ``x > inverse(L)`` exactly when the variable is ``> L`` (for outputs ``>= 0``):
+        ``-inf`` when it exceeds `level` everywhere, ``inf`` when it never does.
+        """
+        if not self.increasing:
+            raise ValueError(f"{self.name} is not an increasing function of one model output")
+        _, factor, slope = self.terms[0]
+        w = factor * slope
+        if self.c50 is None:
+            return level / w
+        if self.gamma is None:
+            return level * self.c50 / w
+        frac = level if self.emax is None else (level - self.e0) / self.emax
+        if frac < 0.0:
+            return -np.inf
+        if frac >= 1.0:
+            return np.inf
+        return self.c50 * (frac / (1.0 - frac)) ** (1.0 / self.gamma) / w
+
+
+def pd_outputs(bundle: PDBundle) -> list[PDOutput]:
+    """The PD variables of `bundle`, each as a function of the model's outputs."""
+    out: list[PDOutput] = []
+    for ep in bundle.endpoints:
+        n = ep.name
+        where = "effect-site" if ep.effect_site is not None else "plasma"
+        for inp in ep.inputs:
+            _, oname, factor = bundle.drivers[n][inp.name]
+            out.append(
+                PDOutput(
+                    f"{n}_conc_{inp.name}",
+                    n,
+                    "ng/mL",
+                    f"{inp.name} {where} concentration driving {n} "
+                    f"(as {inp.name} ng/mL, molar mass {inp.molar_mass:g} g/mol)",
+                    ((oname, factor, 1.0),),
+                    molar_mass=inp.molar_mass,
+                )
+            )
+        out += _linear_outputs(ep, bundle) if ep.effect == "linear" else _emax_outputs(ep, bundle)
+    return out
+
+
+def _linear_outputs(ep: PDEndpoint, bundle: PDBundle) -> list[PDOutput]:
+    n = ep.name
+    terms = []
+    out = []
+    for inp in ep.inputs:
+        p = ep.parameters[inp.slope]
+        if p.missing:
+            continue
+        _, oname, factor = bundle.drivers[n][inp.name]
+        terms.append((oname, factor, p.value))
+        if len(ep.inputs) > 1:
+            out.append(
+                PDOutput(
+                    f"{n}_contribution_{inp.name}",
+                    n,
+                    ep.effect_unit,
+                    f"contribution of {inp.name} to {ep.effect_long_name} "
+                    f"(slope {p.value:g} {p.unit})",
+                    ((oname, factor, p.value),),
+                )
+            )
+    if len(terms) == len(ep.inputs):
+        out.append(PDOutput(n, n, ep.effect_unit, ep.effect_long_name, tuple(terms)))
+    return out
+
+
+def _emax_outputs(ep: PDEndpoint, bundle: PDBundle) -> list[PDOutput]:
+    n = ep.name
+    p = ep.parameters
+    c50 = p["c50"]
+    variants = (
+        [("", c50.value)]
+        if c50.value is not None
+        else [("_at_min_c50", c50.low), ("_at_max_c50", c50.high)]
+    )
+    gamma, emax = p["gamma"].value, p["emax"].value
+    e0 = p["e0"].value if "e0" in p and p["e0"].value is not None else 0.0
+    _, oname, factor = bundle.drivers[n][ep.inputs[0].name]
+    terms = ((oname, factor, 1.0),)
+    out = []
+    for suffix, c50v in variants:
+        c50_ng = c50v * 1000.0
+        what = f"C50 = {c50_ng:.4g} ng/mL" + (
+            f" (the {'lowest' if suffix == '_at_min_c50' else 'highest'} published C50)"
+            if suffix
+            else ""
+        )
+        out.append(
+            PDOutput(
+                f"{n}_conc_over_c50{suffix}",
+                n,
+                "1",
+                f"driving concentration / C50 for {ep.effect_long_name}, {what}; "
+                "the effect is half maximal at 1 whatever gamma",
+                terms,
+                c50=c50_ng,
+            )
+        )
+        if gamma is None:
+            continue
+        out.append(
+            PDOutput(
+                f"{n}_fraction_of_emax{suffix}",
+                n,
+                "1",
+                f"C^gamma / (C50^gamma + C^gamma), gamma = {gamma:g}, {what}",
+                terms,
+                c50=c50_ng,
+                gamma=gamma,
+            )
+        )
+        if emax is not None:
+            out.append(
+                PDOutput(
+                    f"{n}{suffix}",
+                    n,
+                    ep.effect_unit,
+                    f"{ep.effect_long_name}, {what}",
+                    terms,
+                    c50=c50_ng,
+                    gamma=gamma,
+                    emax=emax,
+                    e0=e0,
+                )
+            )
+    return out
 
 
 def add_pd_variables(ds, bundle: PDBundle):
@@ -548,46 +818,35 @@ def add_pd_variables(ds, bundle: PDBundle):
     ds.attrs.update(bundle.base.provenance_attrs())
     ds.attrs["pd_endpoints"] = ", ".join(e.name for e in bundle.endpoints)
     for ep in bundle.endpoints:
-        n = ep.name
-        conc = {}
         for inp in ep.inputs:
-            analyte, oname, factor = bundle.drivers[n][inp.name]
-            where = "effect-site" if ep.effect_site is not None else "plasma"
+            analyte, oname, _ = bundle.drivers[ep.name][inp.name]
             if oname in ds and ep.effect_site is not None:
                 ds[oname].attrs.update(
-                    long_name=f"{analyte} effect-site concentration of PD endpoint {n} "
+                    long_name=f"{analyte} effect-site concentration of PD endpoint {ep.name} "
                     f"(model units)",
-                    pd_endpoint=n,
+                    pd_endpoint=ep.name,
                 )
-            c = ds[oname].values * factor
-            conc[inp.name] = c
-            ds[f"{n}_conc_{inp.name}"] = (
-                "time",
-                c,
-                {
-                    "units": "ng/mL",
-                    "long_name": f"{inp.name} {where} concentration driving {n} "
-                    f"(as {inp.name} ng/mL, molar mass {inp.molar_mass:g} g/mol)",
-                    "pd_endpoint": n,
-                },
-            )
+    for po in pd_outputs(bundle):
+        vals = po.value(*[ds[o].values for o, _, _ in po.terms])
+        attrs = {"units": po.units, "long_name": po.long_name, "pd_endpoint": po.endpoint}
+        ds[po.name] = ("time", np.broadcast_to(vals, ds.time.shape).astype(float), attrs)
+        if po.concentration:
             # Exact cumulative AUC: the driver is the model output times a constant.
-            ds[f"auc_{n}_conc_{inp.name}"] = (
+            oname, factor, _ = po.terms[0]
+            ds[f"auc_{po.name}"] = (
                 "time",
                 ds[f"auc_{oname}"].values * factor,
                 {
                     "units": "ng*h/mL",
-                    "long_name": f"cumulative AUC of {n}_conc_{inp.name} from the start",
-                    "pd_endpoint": n,
+                    "long_name": f"cumulative AUC of {po.name} from the start",
+                    "pd_endpoint": po.endpoint,
                 },
             )
-        if ep.effect == "linear":
-            _linear(ds, ep, conc)
-        else:
-            _emax(ds, ep, conc[ep.inputs[0].name])
+    for ep in bundle.endpoints:
+        n = ep.name
         if ep.valid_range is not None:
             lo, hi = (v * 1000.0 for v in ep.valid_range)
-            c = conc[ep.inputs[0].name]
+            c = ds[f"{n}_conc_{ep.inputs[0].name}"].values
             ds[f"{n}_in_valid_range"] = (
                 "time",
                 ((c >= lo) & (c <= hi)).astype(np.int8),
@@ -602,88 +861,14 @@ def add_pd_variables(ds, bundle: PDBundle):
     return ds
 
 
-def _linear(ds, ep, conc):
-    n = ep.name
-    total = 0.0
-    complete = True
-    for inp in ep.inputs:
-        p = ep.parameters[inp.slope]
-        if p.missing:
-            complete = False
-            continue
-        contrib = p.value * conc[inp.name]
-        total = total + contrib
-        if len(ep.inputs) > 1:
-            ds[f"{n}_contribution_{inp.name}"] = (
-                "time",
-                contrib,
-                {
-                    "units": ep.effect_unit,
-                    "long_name": f"contribution of {inp.name} to {ep.effect_long_name} "
-                    f"(slope {p.value:g} {p.unit})",
-                    "pd_endpoint": n,
-                },
-            )
-    if complete:
-        ds[n] = (
-            "time",
-            np.broadcast_to(total, ds.time.shape).astype(float),
-            {"units": ep.effect_unit, "long_name": ep.effect_long_name, "pd_endpoint": n},
-        )
-
-
-def _emax(ds, ep, c):
-    n = ep.name
-    p = ep.parameters
-    c50 = p["c50"]
-    variants = (
-        [("", c50.value)]
-        if c50.value is not None
-        else [("_at_min_c50", c50.low), ("_at_max_c50", c50.high)]
-    )
-    gamma, emax = p["gamma"].value, p["emax"].value
-    e0 = p["e0"].value if "e0" in p and p["e0"].value is not None else 0.0
-    for suffix, c50v in variants:
-        c50_ng = c50v * 1000.0
-        r = c / c50_ng
-        what = f"C50 = {c50_ng:.4g} ng/mL" + (
-            f" (the {'lowest' if suffix == '_at_min_c50' else 'highest'} published C50)"
-            if suffix
-            else ""
-        )
-        ds[f"{n}_conc_over_c50{suffix}"] = (
-            "time",
-            r,
-            {
-                "units": "1",
-                "long_name": f"driving concentration / C50 for {ep.effect_long_name}, {what}; "
-                "the effect is half maximal at 1 whatever gamma",
-                "pd_endpoint": n,
-            },
-        )
-        if gamma is None:
-            continue
-        rg = np.power(np.maximum(r, 0.0), gamma)
-        frac = rg / (1.0 + rg)
-        ds[f"{n}_fraction_of_emax{suffix}"] = (
-            "time",
-            frac,
-            {
-                "units": "1",
-                "long_name": f"C^gamma / (C50^gamma + C^gamma), gamma = {gamma:g}, {what}",
-                "pd_endpoint": n,
-            },
-        )
-        if emax is not None:
-            ds[f"{n}{suffix}"] = (
-                "time",
-                e0 + emax * frac,
-                {
-                    "units": ep.effect_unit,
-                    "long_name": f"{ep.effect_long_name}, {what}",
-                    "pd_endpoint": n,
-                },
-            )
+def pd_attrs(bundle: PDBundle) -> dict[str, str]:
+    """Result attributes of the endpoints of `bundle`: the PK model's provenance (not the
+    augmented model's), the endpoint list and one provenance line per endpoint."""
+    out = dict(bundle.base.provenance_attrs())
+    out["pd_endpoints"] = ", ".join(e.name for e in bundle.endpoints)
+    for ep in bundle.endpoints:
+        out[f"pd_{ep.name}"] = _attrs_line(ep, bundle.base)
+    return out
 
 
 def _attrs_line(ep: PDEndpoint, spec: ModelSpec) -> str:

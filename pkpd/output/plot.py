@@ -83,10 +83,18 @@ _THRESHOLD = re.compile(r"^(?P<out>\w+) > (?P<v>[0-9.eE+-]+) ng/mL$")
 
 
 def _thresholds(ds) -> dict[str, list[float]]:
-    """Threshold levels (ng/mL) per output from a cohort's ``threshold`` labels."""
+    """Threshold levels per output (in the output's unit) of a cohort: from the
+    ``threshold_output`` and ``threshold_level`` coordinates, else from the labels (ng/mL)."""
     out: dict[str, list[float]] = {}
     if "threshold" not in ds.coords:
         return out
+    if "threshold_output" in ds.coords and "threshold_level" in ds.coords:
+        outs = np.asarray(ds.threshold_output.values).ravel()
+        levels = np.asarray(ds.threshold_level.values, dtype=float).ravel()
+        if outs.size == levels.size == ds.sizes["threshold"]:
+            for o, v in zip(outs, levels, strict=True):
+                out.setdefault(str(o), []).append(float(v))
+            return out
     for lab in ds.threshold.values:
         m = _THRESHOLD.match(str(lab))
         if m:
@@ -120,15 +128,24 @@ def _mark_events(ax, times, color="0.35") -> None:
         del k
 
 
-def _mark_thresholds(ax, levels) -> None:
+def _mark_thresholds(ax, levels, unit: str = "ng/mL") -> None:
+    unit = "" if unit in ("", "1") else f" {unit}"
     for v in levels:
-        ax.axhline(v, color="tab:red", lw=0.9, ls=":", label=f"threshold {v:g} ng/mL")
+        ax.axhline(v, color="tab:red", lw=0.9, ls=":", label=f"threshold {v:g}{unit}")
+
+
+def _unit(ds, output) -> str:
+    """The unit of a cohort output (``output_units`` where outputs differ)."""
+    if "output_units" in ds.coords and "output" in ds.coords:
+        return str(ds.output_units.sel(output=output).item())
+    return "ng/mL"
 
 
 def plot_bands(
     ds, path: Path, fmt: str | None = None, *, thresholds=None, events: bool = True
 ) -> None:
-    """Percentile bands (5-95 %, 25-75 %, median) of each output of a cohort dataset.
+    """Percentile bands (5-95 %, 25-75 %, median) of each output of a cohort dataset
+    (concentrations, and PD variables in their own units).
 
     Parameters
     ----------
@@ -157,9 +174,13 @@ def plot_bands(
         ax.fill_between(t, q[0.05], q[0.95], alpha=0.2, label="5-95 %")
         ax.fill_between(t, q[0.25], q[0.75], alpha=0.35, label="25-75 %")
         ax.plot(t, q[0.5], lw=1.5, label="median")
-        _mark_thresholds(ax, thr.get(str(o), []))
+        unit = _unit(ds, o)
+        _mark_thresholds(ax, thr.get(str(o), []), unit)
         _mark_events(ax, ev)
-        ax.set_ylabel(f"{o} (ng/mL)")
+        shown = unit if unit not in ("", "1") else "dimensionless"
+        ax.set_ylabel(f"{o} ({shown})" if len(str(o)) < 28 else shown)
+        if len(str(o)) >= 28:
+            ax.set_title(str(o), fontsize=8, loc="left")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("time (h)")

@@ -142,10 +142,15 @@ def cohort_summary_lines(ds) -> list[str]:
     for o in ds.output.values:
         cm = ds.cmax.sel(output=o).values[ok]
         unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
-        lines.append(
-            f"{o:>16}: Cmax median {np.median(cm):.4g} {unit} "
-            f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
-        )
+        shown = "" if unit == "1" else f" {unit}"  # "1": a ratio (C/C50) or a fraction
+        if cm.size and np.isnan(cm).all():
+            # A PD variable that decreases with its output or sums several (no maximum).
+            lines.append(f"{o:>16}: maximum not recorded (values at named times below)")
+        else:
+            lines.append(
+                f"{o:>16}: Cmax median {np.median(cm):.4g}{shown} "
+                f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
+            )
         for w in ds.window.values if unit == "ng/mL" else ():
             a = ds.auc.sel(output=o, window=w).values[ok]
             lines.append(
@@ -156,7 +161,7 @@ def cohort_summary_lines(ds) -> list[str]:
             for a_name in ds["at"].values:
                 v = ds.c_at.sel(output=o, at=a_name).values[ok]
                 lines.append(
-                    f"{'':>16}  at {a_name}: median {np.median(v):.4g} {unit} "
+                    f"{'':>16}  at {a_name}: median {np.median(v):.4g}{shown} "
                     f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
                 )
     if "time_above" in ds:

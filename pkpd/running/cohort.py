@@ -30,6 +30,36 @@ both order statistics lie in the bins' range (``tests/test_cohort.py`` checks th
 against ``numpy.quantile`` on several models). Values below the lowest edge (including
 zero) count as 0 (an absolute error below :data:`BAND_MIN_NG_ML`), values above the highest
 as :data:`BAND_MAX_NG_ML`.
+
+PD endpoints
+------------
+With ``pd=`` each endpoint's effect sites are states of the model (linear: effect
+compartments, exact kernel; ``[ode]``: an added equation, adaptive kernels), so their
+concentrations ``ce_<endpoint>_<input>`` are outputs like any other (Cmax, AUC, values at
+times, thresholds, bands, trajectories, all exact). The PD variables
+(:func:`pkpd.inputs.pd.pd_outputs`: the names, units and formulas of :func:`pkpd.simulate`,
+``<endpoint>_conc_<input>``, ``<endpoint>_conc_over_c50``, ``<endpoint>``, ...) are further
+entries of the ``output`` dimension (units in ``output_units``), computed from the recorded
+outputs they are functions of, with no approximation:
+
+* values at named times (``c_at``) and trajectories: for every PD variable;
+* Cmax/Tmax: for those that increase with one output, ``f(Cmax)`` at its Tmax; NaN for one
+  that decreases with its output or sums several (Olofsen 2012's net effect);
+* thresholds: for those that increase with one output, on that output at the level where
+  the variable equals the threshold (:meth:`pkpd.inputs.pd.PDOutput.inverse`): the same
+  time in continuous time; refused for the others (their time above a level is not a
+  function of one recorded output's);
+* AUC: for the driving concentrations (a constant times the output's); NaN for effects,
+  whose time integral is not an exposure;
+* bands: exact from trajectories kept in memory (quantiles of the variable's own
+  trajectories); streaming for PD variables of one output, its order statistics mapped
+  (reversed ranks for a decreasing map) and then interpolated as for the exact bands: a
+  bin centre within 0.499 % of the concentration's order statistic gives a ratio
+  ``C/C50`` or a linear effect within 0.499 %, and a fraction of Emax within about gamma
+  times that (its logarithmic slope is below gamma). Where the rank ``q (n - 1)`` is whole
+  the exact band of the variable is its function of the concentration's exact band.
+
+PD variables are predictions: not with ``residual=True``.
 """
 
 from __future__ import annotations
@@ -66,8 +96,10 @@ from pkpd.errors import (
     SimulationError,
 )
 from pkpd.inputs.model import ModelSpec, cohort_inputs, load_model, output_scales
+from pkpd.inputs.pd import PDOutput, augment_model, pd_attrs, pd_outputs
 from pkpd.inputs.population import CovariateTable, load_population
 from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
+from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.inputs.units import parse_quantity
 from pkpd.output import io as output_io
 from pkpd.running import resources
@@ -206,6 +238,7 @@ def run_chunk(
     # exact kernel scales as it stores (one rounding to the storage dtype).
     in_place = dest is not None and not setup.adaptive and not setup.residual
     if in_place:
+        # The kernel writes the first rows (outputs, amounts); PD rows follow them.
         traj_rows = dest[start:stop]
     else:
         traj_rows = np.zeros((n, lay.rows.size, lay.n_store_t), dtype=setup.traj_dtype)
@@ -222,11 +255,33 @@ def run_chunk(
     finally:
         numba.set_num_threads(old)
     _chunk_extras(setup, res, ev, traj, lay, parts, sl)
+    if setup.pd_store:
+        pd_rows = _pd_values(setup, setup.pd_store, lay.store, traj, axis=1)
+        if in_place:
+            traj_rows[:, lay.rows.size :] = pd_rows
+        else:
+            res.pd_trajectory = pd_rows.astype(setup.traj_dtype)
     if setup.store_out and not in_place:
         res.trajectory = traj if res.trajectory is None else res.trajectory
     if setup.amounts and not in_place:
-        res.amount = traj_rows[:, lay.store_idx.size :]
+        res.amount = traj_rows[:, lay.store_idx.size : lay.rows.size]
     return res
+
+
+def _pd_by_name(setup: CohortSetup) -> dict[str, PDOutput]:
+    return {po.name: po for po in setup.pd_outputs}
+
+
+def _pd_values(setup: CohortSetup, names, outs, arr, axis: int) -> np.ndarray:
+    """PD variables `names` from the model outputs `outs` along `axis` of `arr`
+    (reporting units), stacked along that axis (float64)."""
+    by = _pd_by_name(setup)
+    vals = []
+    for name in names:
+        po = by[name]
+        xs = [np.take(arr, outs.index(o), axis=axis) for o, _, _ in po.terms]
+        vals.append(np.broadcast_to(po.value(*xs), xs[0].shape))
+    return np.stack(vals, axis=axis)
 
 
 def _chunk_draws(setup: CohortSetup, start: int, stop: int):
@@ -289,7 +344,9 @@ class _StoreLayout:
         # Amounts: every compartment, stored as the kernel's extra rows after the outputs.
         self.extra = np.arange(spec.n_comp if setup.amounts else 0, dtype=np.int64)
         self.rows = np.concatenate([self.store_idx, len(outs) + self.extra])
-        self.thr_out = np.array([outs.index(t.output) for t in setup.thresholds], dtype=np.int64)
+        self.thr_out = np.array(
+            [outs.index(t.recorded_output) for t in setup.thresholds], dtype=np.int64
+        )
         self.thr_val = np.array([t.value for t in setup.thresholds], dtype=float)
         self.scale = np.ones(self.rows.size)
         self.scale[: self.store_idx.size] = _output_scales(spec)[0][self.store_idx]
@@ -458,7 +515,27 @@ def _edges() -> np.ndarray:
     return BAND_MIN_NG_ML * BAND_BIN_RATIO ** np.arange(n + 1)
 
 
-def quantiles_from_counts(counts: np.ndarray, q) -> np.ndarray:
+def _pd_streaming_bands(setup: CohortSetup, counts: np.ndarray) -> np.ndarray:
+    """Streaming bands of the PD variables `setup.pd_bands` (each a monotone function `f`
+    of one band output), ``(quantile, pd_band, band_time)``.
+
+    The exact band of ``f(X)`` interpolates linearly between two order statistics of
+    ``f(X)``, which are ``f`` of order statistics of ``X`` (reversed ranks when `f`
+    decreases); each is taken as ``f`` of the bin centre holding the order statistic of
+    ``X``, as :func:`quantiles_from_counts` does for ``X`` itself.
+    """
+    by = _pd_by_name(setup)
+    out = np.empty((len(QUANTILES), len(setup.pd_bands), counts.shape[1]))
+    for j, name in enumerate(setup.pd_bands):
+        po = by[name]
+        c = counts[setup.band_outputs.index(po.terms[0][0])]
+        out[:, j] = quantiles_from_counts(c, QUANTILES, transform=po.value, increasing=po.rising)
+    return out
+
+
+def quantiles_from_counts(
+    counts: np.ndarray, q, transform=None, increasing: bool = True
+) -> np.ndarray:
     """Quantiles (last axis of `counts` = bins) from log-spaced histograms (see module).
 
     The definition of the exact bands (``numpy.quantile``, linear): at the position
@@ -470,6 +547,10 @@ def quantiles_from_counts(counts: np.ndarray, q) -> np.ndarray:
     """
     edges = _edges()
     centres = np.concatenate([[0.0], np.sqrt(edges[:-1] * edges[1:]), [edges[-1]]])
+    if transform is not None:
+        # A monotone function of the values (a PD variable of one output): its order
+        # statistics are the function of the values' (ranks reversed when it decreases).
+        centres = np.asarray(transform(centres), dtype=float)
     cum = np.cumsum(counts, axis=-1)
     total = cum[..., -1]
     out = np.empty((len(q), *counts.shape[:-1]))
@@ -478,6 +559,8 @@ def quantiles_from_counts(counts: np.ndarray, q) -> np.ndarray:
         lo = np.floor(pos)
         frac = pos - lo
         hi = np.minimum(lo + 1.0, total - 1.0)
+        if not increasing:
+            lo, hi = total - 1.0 - lo, total - 1.0 - hi
         # The order statistic of 0-based rank r lies in the first bin with cum > r.
         c_lo = centres[np.argmax(cum > lo[..., None], axis=-1)]
         c_hi = centres[np.argmax(cum > hi[..., None], axis=-1)]
@@ -656,6 +739,9 @@ def simulate_cohort(
     trajectory_dtype: str = "float32",
     extra_columns: str = "error",
     estimate_only: bool = False,
+    pd=None,
+    pd_parameters: dict | None = None,
+    racemic: bool = False,
 ):
     """Simulate a virtual cohort and return an :class:`xarray.Dataset`.
 
@@ -723,6 +809,10 @@ def simulate_cohort(
         ``age``, ``weight``, ``height`` or ``bmi``; ``"ignore"`` accepts other columns
         (kept as coordinates, unused by the model). A name that differs from a model
         covariate only in case (``Race``) is an error either way.
+    pd, pd_parameters, racemic : optional
+        As for :func:`pkpd.simulate`: PD endpoints, whose effect sites and PD variables
+        become outputs (module docstring, "PD endpoints"); user-supplied PD values; a
+        regimen in racemic ketamine amounts (an S-ketamine model gets the S half).
 
     Returns
     -------
@@ -741,7 +831,7 @@ def simulate_cohort(
         progress=progress, raise_on_failure=raise_on_failure, memory_limit=memory_limit,
         method=method, rtol=rtol, atol=atol, amounts=amounts,
         trajectory_dtype=trajectory_dtype, extra_columns=extra_columns,
-        estimate_only=estimate_only,
+        estimate_only=estimate_only, pd=pd, pd_parameters=pd_parameters, racemic=racemic,
     )  # fmt: skip
     return _run_cohort(request)
 
@@ -816,9 +906,9 @@ class _Plan:
 
 def _plan(req: CohortRequest) -> _Plan:
     """Validate `req` (in the order the errors are documented) into a :class:`_Plan`."""
-    spec = load_model(req.model)
+    spec, regimen, pd_outs, extra_attrs = _pd_and_stereo(req)
     method, auto_stiff, rtol, atol = _resolve_method(spec, req.method, req.rtol, req.atol)
-    reg = load_regimen(req.regimen)
+    reg = load_regimen(regimen)
     pop, n = _population(req.population, req.n)
     defaults = _check_covariates(spec, reg, pop, req.extra_columns)
     seed = req.seed
@@ -833,7 +923,7 @@ def _plan(req: CohortRequest) -> _Plan:
             f"`trajectory_dtype` must be 'float32' or 'float64', got {req.trajectory_dtype!r}"
         )
     trajectories = True if req.amounts and not req.trajectories else req.trajectories
-    store_out = _store_outputs(trajectories, spec.output_names)
+    store_out, pd_store = _store_outputs(trajectories, spec.output_names, pd_outs)
     store_stride = _stride(req.trajectory_every, step, "trajectory_every") if store_out else 1
     win = (
         dict(req.windows)
@@ -841,7 +931,7 @@ def _plan(req: CohortRequest) -> _Plan:
         else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
     )
     at_ = dict(req.at) if req.at is not None else {a: a for a in sorted(reg.anchor_names)}
-    thr = _thresholds(req.thresholds, spec)
+    thr = _thresholds(req.thresholds, spec, pd_outs)
     chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
     zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
     if req.out is not None and not zarr_out:
@@ -850,13 +940,15 @@ def _plan(req: CohortRequest) -> _Plan:
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out
     band_outputs, band_stride = _bands(req, spec, store_out, store_stride, grid, step)
+    pd_bands = _pd_bands(pd_outs, pd_store, band_outputs, keep)
     setup = CohortSetup(
         spec=spec, regimen=reg, population=pop, seed=int(seed), n=n, grid=grid, windows=win,
         at=at_, thresholds=thr, store_out=store_out, store_stride=store_stride,
         iiv=req.iiv, residual=req.residual, keep_in_memory=keep, band_outputs=band_outputs,
         band_stride=band_stride, omega_blocks=_omega_blocks(spec) if req.iiv else [],
         method=method, rtol=rtol, atol=atol, auto_stiff=auto_stiff,
-        amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype,
+        amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype, pd_outputs=tuple(pd_outs),
+        pd_store=pd_store, pd_bands=pd_bands, extra_attrs=extra_attrs,
     )  # fmt: skip
     show = req.progress if req.progress is not None else sys.stderr.isatty()
     return _Plan(
@@ -867,6 +959,45 @@ def _plan(req: CohortRequest) -> _Plan:
         defaults=defaults,
         estimate=functools.partial(_estimate, setup, chunk, _covariate_bytes(pop)),
     )
+
+
+def _pd_and_stereo(req: CohortRequest):
+    """The model (with the effect sites of the PD endpoints), the regimen (halved for a
+    racemic regimen on an S-ketamine model), the PD variables and the result attributes
+    they add."""
+    spec = load_model(req.model)
+    regimen = req.regimen
+    extra: dict = {}
+    if req.racemic:
+        check_s_ketamine_model(spec)
+        regimen = racemic_to_s_ketamine(regimen)
+        extra.update(racemic_attrs())
+    if not req.pd:
+        if req.pd_parameters:
+            raise CohortError("`pd_parameters` given without `pd` endpoints")
+        return spec, regimen, [], extra
+    if req.residual:
+        raise CohortError(
+            "`residual` applies the model's residual error to measured concentrations; PD "
+            "variables and effect sites are predictions: simulate them without `residual`"
+        )
+    names = [req.pd] if isinstance(req.pd, str) else list(req.pd)
+    # stacklevel: warn -> augment_model -> here, _plan, then the caller frames
+    bundle = augment_model(spec, names, req.pd_parameters, stacklevel=2 + _CALLER_FRAMES)
+    extra.update(pd_attrs(bundle))
+    return bundle.model, regimen, pd_outputs(bundle), extra
+
+
+def _pd_bands(pd_outs, pd_store, band_outputs, exact: bool) -> list[str]:
+    """PD variables with percentile bands: with trajectories kept in memory those kept
+    (exact bands from their trajectories); streaming (no trajectories, or trajectories
+    written to Zarr), those of one output that has bands (the output's order statistics
+    mapped, see :func:`_pd_streaming_bands`)."""
+    if not band_outputs:
+        return []
+    if exact:
+        return list(pd_store)
+    return [po.name for po in pd_outs if po.single and po.terms[0][0] in band_outputs]
 
 
 def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step):
@@ -904,13 +1035,16 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     N = spec.n_states
     systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
     band_outputs = setup.band_outputs
+    n_pd = len(setup.pd_outputs)
+    n_metrics += n_pd * (2 + n_win + n_at)
     return estimate_memory(
-        k, len(outs), len(store_out), n_store_t, n_metrics, chunk, keep,
-        exact_bands=bool(band_outputs),
+        k, len(outs) + n_pd, len(store_out) + len(setup.pd_store), n_store_t, n_metrics, chunk,
+        keep, exact_bands=bool(band_outputs),
         itemsize=np.dtype(setup.traj_dtype).itemsize,
         n_amounts=spec.n_comp if setup.amounts else 0,
         covariate_bytes=cov_bytes + 8 * len(setup.regimen.anchor_names), text_bytes=text_bytes,
-        n_scaled=len(outs) * (1 + n_win + n_at), n_band=len(band_outputs),
+        n_scaled=(len(outs) + n_pd) * (1 + n_win + n_at),
+        n_band=len(band_outputs) + len(setup.pd_bands),
         n_band_t=len(range(0, grid.size, setup.band_stride)) if band_outputs else 0,
         streaming_bands=bool(band_outputs) and not keep,
         chunk_trajectories=bool(store_out) and not in_place, residual=setup.residual,
@@ -924,13 +1058,15 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
     setup = plan.setup
     n, n_store = setup.n, len(setup.store_out)
     n_amounts = setup.spec.n_comp if setup.amounts else 0
+    n_pd = len(setup.pd_store)
     keep = setup.keep_in_memory
     n_store_t = (setup.grid.size - 1) // setup.store_stride + 1 if setup.store_out else 0
-    # Kept trajectories (ng/mL) and amounts (mg) go straight into one final array, so they
-    # are held once; the exact kernel writes there itself (see `run_chunk`).
-    kept = np.zeros((n, n_store + n_amounts, n_store_t), setup.traj_dtype) if keep else None
+    # Kept trajectories (ng/mL), amounts (mg) and PD trajectories go straight into one final
+    # array, so they are held once; the exact kernel writes there itself (see `run_chunk`).
+    shape = (n, n_store + n_amounts + n_pd, n_store_t)
+    kept = np.zeros(shape, setup.traj_dtype) if keep else None
     traj_all = kept[:, :n_store] if keep else None
-    amount_all = kept[:, n_store:] if keep and setup.amounts else None
+    amount_all = kept[:, n_store : n_store + n_amounts] if keep and setup.amounts else None
     results: list[ChunkResult] = []
     counts = None
     done = 0
@@ -943,17 +1079,27 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
             res.band_counts = None
         if writer is not None:
             writer.append(_chunk_dataset(setup, res))
-            res.trajectory = None
+            res.trajectory = res.pd_trajectory = None
         elif traj_all is not None and res.trajectory is not None:
             traj_all[res.start : res.stop] = res.trajectory
             res.trajectory = None
             if amount_all is not None:
                 amount_all[res.start : res.stop] = res.amount
                 res.amount = None
+            if n_pd:
+                kept[res.start : res.stop, n_store + n_amounts :] = res.pd_trajectory
+                res.pd_trajectory = None
         results.append(res)
         done += res.stop - res.start
         if plan.show:
             _progress(done, n, time.perf_counter() - t_start)
+    if keep and n_pd:
+        # Model outputs then PD variables: a view when no amounts lie between them.
+        traj_all = (
+            kept[:, : n_store + n_pd]
+            if not n_amounts
+            else np.concatenate([kept[:, :n_store], kept[:, n_store + n_amounts :]], axis=1)
+        )
     return results, counts, traj_all, amount_all
 
 
@@ -1108,18 +1254,28 @@ def _check_covariates(spec: ModelSpec, reg: Regimen, pop, extra_columns: str) ->
     return defaults
 
 
-def _store_outputs(trajectories, outs):
+def _store_outputs(trajectories, outs, pd_outs=()) -> tuple[list[str], list[str]]:
+    """The model outputs whose trajectories the kernels store (those asked for, and the
+    outputs of the PD variables asked for) and the PD variables whose trajectories are
+    computed from them."""
     if not trajectories:
-        return []
+        return [], []
+    pd_names = [po.name for po in pd_outs]
     if trajectories is True:
-        return list(outs)
+        return list(outs), pd_names
     names = [trajectories] if isinstance(trajectories, str) else list(trajectories)
     for o in names:
-        if o not in outs:
+        if o not in outs and o not in pd_names:
             raise CohortError(
-                f"no output named {o!r} for trajectories; expected one of {', '.join(outs)}"
+                f"no output named {o!r} for trajectories; expected one of "
+                f"{', '.join([*outs, *pd_names])}"
             )
-    return names
+    store = [o for o in names if o in outs]
+    pd_store = [o for o in names if o in pd_names]
+    for po in pd_outs:
+        if po.name in pd_store:
+            store += [o for o, _, _ in po.terms if o not in store]
+    return store, pd_store
 
 
 def _stride(value, step, name) -> int:
@@ -1134,13 +1290,17 @@ def _stride(value, step, name) -> int:
     return max(1, round(k))
 
 
-def _thresholds(thresholds, spec) -> list[Threshold]:
+def _thresholds(thresholds, spec, pd_outs=()) -> list[Threshold]:
     out = []
+    pd_by = {po.name: po for po in pd_outs}
     for o, vals in (thresholds or {}).items():
+        if o in pd_by:
+            out.extend(_pd_thresholds(pd_by[o], vals))
+            continue
         if o not in spec.output_names:
             raise CohortError(
                 f"threshold for unknown output {o!r}; expected one of "
-                f"{', '.join(spec.output_names)}"
+                f"{', '.join([*spec.output_names, *pd_by])}"
             )
         ode_out = next((x for x in spec.ode.outputs if x.name == o), None) if spec.ode else None
         if ode_out is not None and not ode_out.concentration:
@@ -1156,6 +1316,47 @@ def _thresholds(thresholds, spec) -> list[Threshold]:
     return out
 
 
+def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
+    """Thresholds on a PD variable: on its model output, at the level where the variable
+    equals the threshold (:meth:`PDOutput.inverse`), for variables that increase with one
+    output; refused otherwise (their time above a level is not a function of one recorded
+    output's)."""
+    if not po.increasing:
+        if not po.single:
+            why = f"it sums {len(po.terms)} outputs ({', '.join(t[0] for t in po.terms)})"
+        else:
+            o, factor, slope = po.terms[0]
+            why = f"it decreases as {o} increases"
+            if po.affine and po.c50 is None:
+                why += (
+                    f" (the time with it below a level L is the time with {o} above "
+                    f"L / {factor * slope:.6g} ng/mL)"
+                )
+        raise CohortError(
+            f"`thresholds.{po.name}`: the time with PD variable {po.name!r} above a level is "
+            f"not recorded: {why}; set a threshold on an output it is made of instead"
+        )
+    if po.concentration:
+        # A driving concentration: in the endpoint's species (its molar mass converts
+        # molar units); the kernel compares the model output (x factor).
+        items = []
+        for v in [vals] if isinstance(vals, str | int | float) else vals:
+            mg_l = parse_quantity(
+                v, "concentration", molar_mass=po.molar_mass, key=f"thresholds.{po.name}"
+            ).value
+            items.append(Threshold(po.name, mg_l, mg_l * MG_L_TO_NG_ML, "ng/mL", ""))
+    else:
+        items = _plain_thresholds(po.name, vals, po.units)
+    driver = po.terms[0][0]
+    out = []
+    for t in items:
+        x_ng_ml = po.inverse(t.level)
+        unit = f" {t.units}" if t.units not in ("", "1") else ""
+        label = f"{po.name} > {t.level:g}{unit} ({driver} > {x_ng_ml:.6g} ng/mL)"
+        out.append(Threshold(po.name, x_ng_ml / MG_L_TO_NG_ML, t.level, t.units, label, driver))
+    return out
+
+
 def _plain_thresholds(o, vals, unit) -> list[Threshold]:
     """Thresholds of an output that is not a concentration (a score): in its own unit.
 
@@ -1165,7 +1366,7 @@ def _plain_thresholds(o, vals, unit) -> list[Threshold]:
     out = []
     for v in [vals] if isinstance(vals, str | int | float) else vals:
         text = str(v).strip()
-        if unit and text.endswith(unit):
+        if unit and text.endswith(unit) and text[: -len(unit)].strip():
             text = text[: -len(unit)].strip()
         try:
             x = float(text)
@@ -1242,13 +1443,13 @@ def _units_attr(units: list[str]) -> str:
 def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     """The xarray form of one chunk (used for Zarr appends and for the final result)."""
     spec = setup.spec
-    outs = spec.output_names
     patient = np.arange(res.start, res.stop)
     coords: dict[str, Any] = {
         "patient": variable("patient", patient),
-        "output": ("output", outs),
+        "output": ("output", _all_outputs(setup)),
     }
-    scale, units = _output_scales(spec)
+    scale, _ = _output_scales(spec)
+    units = _all_units(setup)
     u = _units_attr(units)
     if u != "ng/mL":
         coords["output_units"] = variable("output_units", units)
@@ -1260,16 +1461,19 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     for k, v in res.anchors.items():
         coords[k] = variable("{event}", v, event=k)
     flags = {"flag_meanings": "; ".join(f"{s:d}: {s.message}" for s in Status)}
+    cmax, tmax, auc, c_at = _pd_metrics(
+        setup, res.cmax * scale, res.tmax, res.auc * scale[:, None], res.c_at * scale[:, None]
+    )
     data = {
-        "cmax": variable("cmax", res.cmax * scale, units=u),
-        "tmax": variable("tmax", res.tmax),
-        "auc": variable("auc", res.auc * scale[:, None]),
+        "cmax": variable("cmax", cmax, units=u),
+        "tmax": variable("tmax", tmax),
+        "auc": variable("auc", auc),
         "status": variable("status", res.status.astype(np.int8), flags),
     }
     coords["window"] = ("window", list(setup.windows))
     if setup.at:
         coords["at"] = ("at", list(setup.at))
-        data["c_at"] = variable("c_at", res.c_at * scale[:, None], units=u)
+        data["c_at"] = variable("c_at", c_at, units=u)
     if setup.thresholds:
         _add_thresholds(setup, coords, data, res.t_above)
     kinds = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
@@ -1277,15 +1481,58 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
         unit = kinds.get(spec.parameters[p].kind, "1")
         data[f"param_{p}"] = variable("param_{parameter}", res.theta[:, i], units=unit, parameter=p)
     if res.trajectory is not None:
-        _add_trajectory(setup, coords, data, res.trajectory)  # already ng/mL
+        traj = res.trajectory  # already ng/mL
+        if setup.pd_store:
+            traj = np.concatenate([traj, res.pd_trajectory], axis=1)
+        _add_trajectory(setup, coords, data, traj)
     if res.pre_bolus is not None:
         data["trajectory_bolus_time"] = variable("trajectory_bolus_time", res.bolus_time)
         sides = (("pre", "before", res.pre_bolus), ("post", "after", res.post_bolus))
         for side, when, vals in sides:
+            if setup.pd_store:
+                pd_vals = _pd_values(setup, setup.pd_store, setup.store_out, vals, axis=1)
+                vals = np.concatenate([vals, pd_vals], axis=1)
             data[f"trajectory_{side}_bolus"] = variable("trajectory_{side}_bolus", vals, when=when)
     if res.amount is not None:
         _add_amount(setup, coords, data, res.amount)
     return xr.Dataset(data, coords=coords)
+
+
+def _all_outputs(setup: CohortSetup) -> list[str]:
+    """The ``output`` coordinate: the model's outputs, then the PD variables."""
+    return [*setup.spec.output_names, *(po.name for po in setup.pd_outputs)]
+
+
+def _all_units(setup: CohortSetup) -> list[str]:
+    return [*_output_scales(setup.spec)[1], *(po.units for po in setup.pd_outputs)]
+
+
+def _pd_metrics(setup: CohortSetup, cmax, tmax, auc, c_at):
+    """The metrics of the model outputs (reporting units) followed by those of the PD
+    variables, computed from the outputs they are functions of (see
+    :func:`simulate_cohort`, `pd`): NaN where a metric is not a function of them."""
+    if not setup.pd_outputs:
+        return cmax, tmax, auc, c_at
+    outs = setup.spec.output_names
+    n = cmax.shape[0]
+    names = [po.name for po in setup.pd_outputs]
+    pc = np.full((n, len(names)), np.nan)
+    pt = np.full((n, len(names)), np.nan)
+    pa = np.full((n, len(names), auc.shape[2]), np.nan)
+    pat = _pd_values(setup, names, outs, c_at, axis=1)
+    for j, po in enumerate(setup.pd_outputs):
+        i = outs.index(po.terms[0][0])
+        if po.increasing:
+            pc[:, j] = po.value(cmax[:, i])
+            pt[:, j] = tmax[:, i]
+        if po.concentration:
+            pa[:, j] = auc[:, i] * po.terms[0][1]
+    return (
+        np.concatenate([cmax, pc], axis=1),
+        np.concatenate([tmax, pt], axis=1),
+        np.concatenate([auc, pa], axis=1),
+        np.concatenate([c_at, pat], axis=1),
+    )
 
 
 def _add_thresholds(setup: CohortSetup, coords: dict, data: dict, t_above) -> None:
@@ -1306,13 +1553,14 @@ def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) ->
     """The ``trajectory`` variable (patient, traj_output, time) in ng/mL, and its coords."""
     t = setup.grid[:: setup.store_stride]
     coords["time"] = variable("time", t)
-    coords["traj_output"] = ("traj_output", setup.store_out)
-    outs = setup.spec.output_names
-    units = _output_scales(setup.spec)[1]
+    names = [*setup.store_out, *setup.pd_store]
+    coords["traj_output"] = ("traj_output", names)
+    outs = _all_outputs(setup)
+    units = _all_units(setup)
     data["trajectory"] = variable(
         "trajectory",
         traj_ng_ml,
-        units=_units_attr([units[outs.index(o)] for o in setup.store_out]),
+        units=_units_attr([units[outs.index(o)] for o in names]),
         note=" (with residual error)" if setup.residual else "",
     )
 
@@ -1347,7 +1595,6 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
     `traj_all` is the preallocated ``(patient, traj_output, time)`` float32 array in ng/mL
     (or None when trajectories were not kept in memory); it is wrapped, not copied.
     """
-    outs = setup.spec.output_names
     ds = xr.concat(
         [_chunk_dataset(setup, r) for r in results],
         dim="patient",
@@ -1366,31 +1613,42 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
         for k in data:
             ds[k] = data[k]
     if setup.band_outputs:
+        band_names = [*setup.band_outputs, *setup.pd_bands]
         if traj_all is not None:
-            idx = [setup.store_out.index(o) for o in setup.band_outputs]
+            stored = [*setup.store_out, *setup.pd_store]
+            idx = [stored.index(o) for o in band_names]
             vals = _exact_bands(traj_all, idx, setup.band_stride // setup.store_stride)
             method = "exact (numpy.quantile, linear interpolation) over stored trajectories"
         else:
             vals = quantiles_from_counts(counts, QUANTILES)
+            if setup.pd_bands:
+                vals = np.concatenate([vals, _pd_streaming_bands(setup, counts)], axis=1)
             method = (
                 f"streaming log-histogram, bins of {100 * (BAND_BIN_RATIO - 1):g} % "
                 f"from {BAND_MIN_NG_ML:g} to {BAND_MAX_NG_ML:g} ng/mL: relative error "
                 f"<= {100 * (math.sqrt(BAND_BIN_RATIO) - 1):.3g} % against the exact bands"
+                + (
+                    " (of the concentrations; PD variables: their outputs' order statistics "
+                    "mapped, see pkpd.simulate_cohort)"
+                    if setup.pd_bands
+                    else ""
+                )
             )
         bt = setup.grid[:: setup.band_stride]
         ds = ds.assign_coords(
             quantile=("quantile", list(QUANTILES)),
-            band_output=("band_output", setup.band_outputs),
+            band_output=("band_output", band_names),
             band_time=variable("band_time", bt),
         )
-        units = _output_scales(setup.spec)[1]
+        all_outs, units = _all_outputs(setup), _all_units(setup)
         ds["band"] = variable(
             "band",
             vals,
             {"method": method},
-            units=_units_attr([units[outs.index(o)] for o in setup.band_outputs]),
+            units=_units_attr([units[all_outs.index(o)] for o in band_names]),
         )
     ds.attrs.update(setup.spec.provenance_attrs())
+    ds.attrs.update(setup.extra_attrs)
     pop = setup.population
     ds.attrs.update(
         {

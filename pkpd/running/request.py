@@ -84,6 +84,9 @@ class CohortRequest:
     trajectory_dtype: str = "float32"
     extra_columns: str = "error"
     estimate_only: bool = False
+    pd: Any = None
+    pd_parameters: dict | None = None
+    racemic: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class Threshold:
     `value` is what the kernels compare with (mg/L for a concentration, the output's own
     unit otherwise); `level` and `units` are the same threshold in the reporting unit
     (ng/mL for a concentration); `label` is the text for people (``"cp > 100 ng/mL"``).
+    A threshold on a PD variable (:class:`pkpd.inputs.pd.PDOutput`, an increasing function
+    of one model output) is compared by the kernels on that model output, `kernel_output`,
+    at the level where the PD variable equals `level` (`value`, mg/L).
     """
 
     output: str
@@ -100,6 +106,12 @@ class Threshold:
     level: float
     units: str
     label: str
+    kernel_output: str | None = None
+
+    @property
+    def recorded_output(self) -> str:
+        """The model output the kernels compare with `value`."""
+        return self.kernel_output or self.output
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,14 @@ class CohortSetup:
     amounts: bool = False
     #: dtype of kept trajectories and amounts: "float32" (default) or "float64".
     traj_dtype: str = "float32"
+    #: PD variables (:class:`pkpd.inputs.pd.PDOutput`), functions of the model's outputs,
+    #: reported as further outputs; `pd_store`: those whose trajectories are kept (computed
+    #: from the kept model outputs); `pd_bands`: those with percentile bands.
+    pd_outputs: tuple = ()
+    pd_store: list[str] = field(default_factory=list)
+    pd_bands: list[str] = field(default_factory=list)
+    #: Attributes of the result from the PD endpoints and the racemic conversion.
+    extra_attrs: dict = field(default_factory=dict)
 
     @property
     def output_names(self) -> list[str]:
@@ -179,3 +199,5 @@ class ChunkResult:
     #: Kept trajectories (n, n_store, n_time) and amounts, unless written in place.
     trajectory: np.ndarray | None = None
     amount: np.ndarray | None = None
+    #: Kept trajectories of PD variables (n, n_pd_store, n_time), unless written in place.
+    pd_trajectory: np.ndarray | None = None
