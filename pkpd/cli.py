@@ -35,7 +35,7 @@ from pkpd.inputs.population import (
     implausible,
     load_population,
 )
-from pkpd.inputs.regimen import load_regimen
+from pkpd.inputs.regimen import load_regimen, with_bolus_duration
 from pkpd.inputs.units import parse_quantity
 from pkpd.output import io as result_io
 from pkpd.output import plot as plots
@@ -498,13 +498,21 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="The regimen is in racemic ketamine mg: drive an S-ketamine model with its S half "
     "(x 0.5; R-ketamine and its interactions are not modelled).",
 )
+@click.option(
+    "--bolus-over",
+    metavar="DURATION",
+    help="Give every instantaneous bolus over this injection time, e.g. 1min (the default "
+    "instantaneous bolus peaks at dose / V1, a mixing artefact no sample measures).",
+)
 def simulate(
     model, regimen, weight, age, sex, extra, anchor_items, until, every, out_nc, out_csv,
     patients, population, seed, trajectories, windows, thresholds, at_items, no_iiv, no_bands,
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
-    extra_columns="error",
+    extra_columns="error", bolus_over=None,
 ) -> None:  # fmt: skip
+    if bolus_over is not None:
+        regimen = _bolus_over(regimen, bolus_over)
     if patients is not None or population is not None:
         if out_csv:
             raise click.BadParameter(
@@ -569,6 +577,17 @@ def simulate(
     for _kind, path in targets:
         _echo(f"wrote {path}")
     _echo(DISCLAIMER)
+
+
+def _bolus_over(regimen, text):
+    """The regimen with its instantaneous boluses given over the time `text` (--bolus-over)."""
+    try:
+        hours = parse_quantity(text, "time").value
+    except PkpdError as exc:
+        raise click.BadParameter(f"{text!r}: {exc}", param_hint="--bolus-over") from None
+    if not hours > 0:
+        raise click.BadParameter(f"{text!r}: expected a positive time", param_hint="--bolus-over")
+    return with_bolus_duration(regimen, hours)
 
 
 #: Simulations of one patient (and output copies of them) the command holds at once.

@@ -76,7 +76,11 @@ class Bolus:
 
     def text(self) -> str:
         s = f"{self.amount.text} bolus at {_fmt_time(self.at, self.at_anchor)}"
-        return s + (f" over {_fmt_time(self.duration)}" if self.duration else "")
+        if not self.duration:
+            return s
+        # An injection time reads in minutes (it is parsed back to the same hours).
+        over = f"{self.duration * 60:g} min" if self.duration < 1 else _fmt_time(self.duration)
+        return f"{s} over {over}"
 
 
 @dataclass(frozen=True)
@@ -547,7 +551,7 @@ def with_bolus_duration(regimen, hours: float) -> Regimen:
     Examples
     --------
     >>> with_bolus_duration("0.5 mg/kg bolus at 0 h", 1 / 60).text
-    '0.5 mg/kg bolus at 0 h over 0.0166667 h'
+    '0.5 mg/kg bolus at 0 h over 1 min'
     """
     reg = load_regimen(regimen)
     if isinstance(hours, bool) or not isinstance(hours, int | float) or not hours > 0:

@@ -151,6 +151,7 @@ def cohort_summary_lines(ds) -> list[str]:
                 f"{o:>16}: Cmax median {np.median(cm):.4g}{shown} "
                 f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
             )
+            lines += _bolus_peak_note(ds, o, ok)
         for w in ds.window.values if unit == "ng/mL" else ():
             a = ds.auc.sel(output=o, window=w).values[ok]
             lines.append(
@@ -172,6 +173,21 @@ def cohort_summary_lines(ds) -> list[str]:
                 f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
             )
     return lines
+
+
+def _bolus_peak_note(ds, output, ok) -> list[str]:
+    """A line saying when Cmax is the instantaneous-bolus mixing peak (``cmax_at_bolus``)."""
+    if "cmax_at_bolus" not in ds:
+        return []
+    share = float(np.mean(ds.cmax_at_bolus.sel(output=output).values[ok])) if ok.any() else 0.0
+    if share == 0.0:
+        return []
+    return [
+        f"{'':>16}  note: for {100 * share:.3g}% of patients this Cmax is the instantaneous-"
+        "bolus mixing peak (dose / V1), which no sample measures; give boluses over their "
+        "injection time (--bolus-over 1min, or '... bolus at 0 h over 1 min') for a "
+        "measurable peak"
+    ]
 
 
 def text_table(head: list[str], rows: Rows) -> list[str]:

@@ -103,6 +103,7 @@ from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to
 from pkpd.inputs.units import parse_quantity
 from pkpd.output import io as output_io
 from pkpd.running import resources
+from pkpd.running.bolus_peak import cmax_at_bolus
 from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
 from pkpd.running.request import BLOCK, ChunkResult, CohortRequest, CohortSetup, Threshold
 from pkpd.running.variables import variable
@@ -1467,6 +1468,7 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     data = {
         "cmax": variable("cmax", cmax, units=u),
         "tmax": variable("tmax", tmax),
+        "cmax_at_bolus": variable("cmax_at_bolus", _cmax_at_bolus(setup, res)),
         "auc": variable("auc", auc),
         "status": variable("status", res.status.astype(np.int8), flags),
     }
@@ -1496,6 +1498,17 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     if res.amount is not None:
         _add_amount(setup, coords, data, res.amount)
     return xr.Dataset(data, coords=coords)
+
+
+def _cmax_at_bolus(setup: CohortSetup, res: ChunkResult) -> np.ndarray:
+    """(patients, outputs) bool: Cmax is the jump of an instantaneous bolus (PD: False)."""
+    n_model = len(setup.spec.output_names)
+    flags = np.zeros((res.stop - res.start, n_model + len(setup.pd_outputs)), bool)
+    w = res.covariates.get("weight", np.ones(res.stop - res.start))
+    flags[:, :n_model] = cmax_at_bolus(
+        setup.spec, setup.regimen, res.tmax[:, :n_model], w, dict(res.anchors)
+    )
+    return flags
 
 
 def _all_outputs(setup: CohortSetup) -> list[str]:

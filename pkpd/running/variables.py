@@ -57,6 +57,12 @@ VARIABLES: dict[str, Variable] = {
     "{event}": Variable(("patient",), "h", "time of event {event}"),
     "cmax": Variable(_PO, "{units}", "maximum concentration"),
     "tmax": Variable(_PO, "h", "time of maximum concentration"),
+    "cmax_at_bolus": Variable(
+        _PO,
+        None,
+        "Cmax is the instantaneous-bolus mixing peak (dose / V1 of the dosing compartment), "
+        "which no sample measures",
+    ),
     "auc": Variable(
         (*_PO, "window"),
         "ng*h/mL",
