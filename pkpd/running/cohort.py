@@ -773,43 +773,37 @@ def simulate_cohort(
         each regimen event.
     thresholds : dict, optional
         Time-above-threshold metrics, ``output -> ["100 ng/mL", ...]``.
-    trajectories : list of str or True, optional
-        Outputs whose time courses are kept (float32, ng/mL).
-    trajectory_every : optional
-        Step of the stored trajectories (a multiple of `every`; default `every`).
+    trajectories, trajectory_every : optional
+        Outputs whose time courses are kept (a list or True: all), on a step that is a
+        multiple of `every` (default `every`).
     amounts : bool
         Also keep the amount in every compartment (mg) on the trajectory grid, as
         ``amount`` (patient, compartment, time); implies ``trajectories=True`` when none
         are named. Exact solver only (linear models).
     trajectory_dtype : {"float32", "float64"}
-        Storage of kept trajectories and amounts (float32 halves the memory; its relative
-        rounding is 6e-8).
+        Storage of kept trajectories and amounts (float32: half the memory, rounding 6e-8).
     bands : bool
         Percentile bands (5, 25, 50, 75, 95 %) over time of every concentration output:
         exact when trajectories are kept in memory, streaming otherwise (on a
         `band_every` grid; see the module docstring for accuracy).
     band_every : optional
-        Step of the streaming bands, a whole multiple of `every`. Default: the smallest
-        multiple of `every` that is at least 10 minutes (`every` itself when it is longer).
-    iiv : bool
-        Draw inter-individual variability (the model's omega); False: typical parameters.
-    residual : bool
-        Apply the model's residual error to the stored trajectories (sampled observations).
+        Step of the streaming bands, a whole multiple of `every` (default: the smallest
+        one of at least 10 minutes).
+    iiv, residual : bool
+        Draw inter-individual variability (the model's omega; False: typical parameters);
+        apply the model's residual error to the stored trajectories (sampled observations).
     chunk_size, threads, out, dask, progress, raise_on_failure, memory_limit, estimate_only
         How and where the cohort runs and is written: see :class:`CohortRequest`.
-    method : {"auto", "exact", "dopri5", "rodas"}
-        Solver, as for :func:`pkpd.simulate`: ``"auto"`` is the exact kernel for linear
-        models and Dopri5 for ``[ode]`` models (Rodas4 when the model file says
+    method, rtol, atol
+        Solver and tolerances, as for :func:`pkpd.simulate`: ``"auto"`` is the exact kernel
+        for linear models and Dopri5 for ``[ode]`` models (Rodas4 when the model file says
         ``stiff = true``; patients for whom Dopri5 detects stiffness are solved again with
-        Rodas4). Metrics have the same definitions with every method; with an adaptive
-        method the AUCs are integrated by the solver (to `rtol`/`atol`).
-    rtol, atol : float, optional
-        Tolerances of the adaptive methods (default 1e-6 and 1e-9 in mg, mg/L, mg*h/L).
+        Rodas4); tolerances default to 1e-6 and 1e-9 (mg, mg/L, mg*h/L). Metrics have the
+        same definitions with every method (adaptive: AUCs integrated by the solver).
     extra_columns : {"error", "ignore"}
-        A covariate table's columns must be the model's covariates, ``id``, ``sex``,
-        ``age``, ``weight``, ``height`` or ``bmi``; ``"ignore"`` accepts other columns
-        (kept as coordinates, unused by the model). A name that differs from a model
-        covariate only in case (``Race``) is an error either way.
+        A covariate table's columns must be the model's covariates, ``id``, ``sex``, ``age``,
+        ``weight``, ``height`` or ``bmi``; ``"ignore"`` keeps others as unused coordinates.
+        A name differing from a model covariate only in case (``Race``) is an error.
     pd, pd_parameters, racemic : optional
         As for :func:`pkpd.simulate`: PD endpoints, whose effect sites and PD variables
         become outputs (module docstring, "PD endpoints"); user-supplied PD values; a
@@ -819,7 +813,8 @@ def simulate_cohort(
     -------
     xarray.Dataset
         Dimension ``patient`` with covariates and drawn event times as coordinates; metrics
-        ``cmax``, ``tmax``, ``auc``, ``time_above``, ``c_at``; individual parameters
+        ``cmax``, ``tmax`` (``cmax_at_bolus``: the peak is the instantaneous-bolus jump),
+        ``auc``, ``time_above``, ``c_at``; individual parameters
         ``param_<name>``; ``status``; optional ``trajectory`` (patient, output, time) and
         ``band`` (quantile, output, band_time). Units in ``attrs``; numbers are stored as
         numbers (``threshold_level`` coordinate, ``grid_start_h``/``grid_end_h`` attrs).
