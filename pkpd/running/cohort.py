@@ -768,11 +768,9 @@ def simulate_cohort(
         AUC windows ``name -> (start, end)``; times may refer to regimen events, e.g.
         ``{"postop_24h": ("end_of_surgery", "end_of_surgery + 24 h")}``. Default: the whole
         grid.
-    at : dict, optional
-        Concentrations at ``name -> time`` (e.g. ``{"eos": "end_of_surgery"}``); default:
-        each regimen event.
-    thresholds : dict, optional
-        Time-above-threshold metrics, ``output -> ["100 ng/mL", ...]``.
+    at, thresholds : dict, optional
+        Values at ``name -> time`` (``{"eos": "end_of_surgery"}``; default: each regimen
+        event); time above ``output -> ["100 ng/mL", ...]``.
     trajectories, trajectory_every : optional
         Outputs whose time courses are kept (a list or True: all), on a step that is a
         multiple of `every` (default `every`).
