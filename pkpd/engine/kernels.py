@@ -13,10 +13,11 @@ other interval by :func:`pkpd.engine.solvers.exact._step`), ask the dosing sourc
 (:mod:`pkpd.engine.dosing`) at its decision times, and hand every evaluated point to the
 recorder (:mod:`pkpd.engine.record`), which owns the metric definitions:
 
-* ``cmax``, ``tmax``: maximum over every evaluated point (grid, dose events just before
-  and just after a bolus, special times). Between grid points the maximum is not searched:
-  its accuracy is that of the grid (a peak at a bolus or at the end of an infusion is
-  exact because events are evaluated).
+* ``cmax``, ``tmax``: maximum of the exact solution: over every evaluated point (grid,
+  dose events just before and just after a bolus, special times) and over the maxima
+  between them, located to machine precision where an output's derivative changes sign
+  from > 0 to < 0 inside a step (:mod:`pkpd.engine.peaks`; `_step_peaks`, and in the block
+  fast path `_block_peaks`). So Cmax and Tmax do not depend on the grid step.
 * ``auc``: exact, from the cumulative-AUC states of the augmented system, as the
   difference between the window's end and start.
 * ``t_above``: time spent above a threshold, by linear interpolation of the crossing
@@ -37,7 +38,7 @@ import numpy as np
 
 # Absolute imports: this file is also compiled as a copy specialised to one state size
 # (see `kernel_for`).
-from pkpd.engine import dosing, record
+from pkpd.engine import dosing, peaks, record
 from pkpd.engine.record import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
 from pkpd.engine.solvers.exact import STATUS_OK, _step
 from pkpd.engine.solvers.expm import N_WORK, expm_into
@@ -86,6 +87,107 @@ def _propagate(A, a, rate, x, xtmp, Nr):
         xtmp[i] = acc
     for i in range(Nr):
         x[i] = xtmp[i]
+
+
+@_jit_inline
+def _fold_refined(o, xa, ta, h, rate, system, pk, cm, tm):
+    """Fold the maximum of output `o` inside the step ``[ta, ta + h]`` (left-end state
+    `xa`; its derivative goes from > 0 to < 0) into ``cm, tm`` (see
+    :mod:`pkpd.engine.peaks`)."""
+    Mr, br = system
+    W, _D, _E, _dprev, _xs, _ys, _xw, mnorm, scratch = pk
+    ts, cs = peaks.refine(xa, ta, h, rate, Mr, br, W[o], mnorm[0], scratch)
+    if cs > cm[o]:
+        cm[o] = cs
+        tm[o] = ts
+
+
+@_jit_inline
+def _step_peaks(xa, ta, x, t, rate, system, pk, cm, tm, fold):
+    """After a step ``[ta, t]`` from state `xa` to `x`: the outputs' derivatives at `t`,
+    and (if `fold`) the maxima inside the step where they change sign from > 0 to < 0."""
+    _W, D, E, dprev, _xs, _ys, _xw, _mnorm, _scratch = pk
+    for o in range(cm.shape[0]):
+        d = peaks.deriv(x, rate, D, E, o)
+        if fold and dprev[o] > 0.0 and d < 0.0:
+            _fold_refined(o, xa, ta, t - ta, rate, system, pk, cm, tm)
+        dprev[o] = d
+
+
+@_jit_inline
+def _block_peaks(x, rate, g, t_start, grid, blk, prop, system, pk, cm, tm, xtmp):
+    """The maxima inside the steps of a block (grid points ``g .. g + BLK - 1``, after the
+    block start at `t_start`, whose state is ``pk``'s ``xs``; `x` is the block's end).
+
+    Where the derivative changes sign from > 0 to < 0 between two points of the block
+    (the start, the BLK - 1 inner points, the end), the step holds a maximum
+    (:mod:`pkpd.engine.peaks`). The inner points' derivatives need not be evaluated in
+    most blocks: for constant rate the state's derivative evolves as the state does
+    without input, ``x'(t_k) = phi^k x'(t_start)``, so the derivative of output `o` at
+    inner point k is ``R_k y`` with ``y = M x(t_start) + b rate`` and the block's own
+    output rows R_k; the bound tables ``Ub, Lb`` (the elementwise extremes of R_k over
+    the inner points) bound it from both sides, rounding included. If the bounds prove
+    every inner derivative > 0, the only possible change is in the last step (end < 0);
+    if they prove every one < 0, only in the first (start > 0). Otherwise the inner
+    derivatives are evaluated (one row of the block mat-vec per output) and every step
+    checked. So a skipped block (its values below the running maxima,
+    :func:`pkpd.engine.record.below_max`) still has every maximum between its points
+    found and folded: skipping leaves out grid values only, never a maximum between them.
+    """
+    RT, _Sf, Ub, Lb, _Smx, _Smn, _phi_c, _gg_c, _cblk = blk
+    phi, gg = prop
+    Mr, br = system
+    _W, D, E, dprev, xs, ys, xw, _mnorm, _scratch = pk
+    Nr = _nr(x)
+    n_rows = RT.shape[1] // (BLK - 1)
+    h = grid[g] - t_start
+    for i in range(Nr):
+        acc = br[i] * rate
+        for j in range(Nr):
+            acc += Mr[i, j] * xs[j]
+        ys[i] = acc
+    for o in range(cm.shape[0]):
+        d_end = peaks.deriv(x, rate, D, E, o)
+        d0 = dprev[o]
+        dprev[o] = d_end
+        up = 0.0
+        lo = 0.0
+        ab = 0.0
+        for j in range(Nr):
+            u = Ub[o, j] * ys[j]
+            lw = Lb[o, j] * ys[j]
+            up += max(u, lw)
+            lo += min(u, lw)
+            ab += abs(u) + abs(lw)
+        marg = record.BOUND_MARGIN * ab
+        if lo - marg > 0.0:
+            first = BLK - 1  # only the last step can change sign
+        elif up + marg < 0.0:
+            first = 0
+            if d0 > 0.0:
+                _fold_refined(o, xs, t_start, h, rate, system, pk, cm, tm)
+            continue
+        else:
+            first = 0
+        prev = d0
+        for kk in range(first, BLK):
+            if kk < BLK - 1:
+                dk = 0.0
+                for j in range(Nr):
+                    dk += RT[j, kk * n_rows + o] * ys[j]
+            else:
+                dk = d_end
+            if kk == first and first > 0:
+                prev = 1.0  # every inner derivative is > 0
+            if prev > 0.0 and dk < 0.0:
+                # The step from point kk - 1 (state: kk grid steps from the start).
+                for j in range(Nr):
+                    xw[j] = xs[j]
+                for _i in range(kk):
+                    _propagate(phi, gg, rate, xw, xtmp, Nr)
+                ta = t_start if kk == 0 else grid[g + kk - 1]
+                _fold_refined(o, xw, ta, grid[g + kk] - ta, rate, system, pk, cm, tm)
+            prev = dk
 
 
 @numba.njit(cache=True, parallel=True)
@@ -337,9 +439,10 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
 
 
 @_jit_inline
-def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets):
-    """Whole blocks of BLK grid steps before `lim` (see `_block_tables`); returns
-    ``(g, t, t_prev, next_store)``."""
+def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets,
+            prop, system, pk):  # fmt: skip
+    """Whole blocks of BLK grid steps before `lim` (see `_block_tables`; the maxima
+    between the points: `_block_peaks`); returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
     RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk = blk
@@ -379,7 +482,11 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
                     acc += RT[j, q] * x[j]
                 cblk[q] = acc
+        xs = pk[4]
+        for j in range(Nr):
+            xs[j] = x[j]
         _propagate(phi_c, gg_c, rate, x, xtmp, Nr)
+        _block_peaks(x, rate, g, t, grid, blk, prop, system, pk, cm, tm, xtmp)
         if n_thr == 0:
             # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
             # the stored points of the block, if any.
@@ -418,8 +525,10 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
 
 
 @_jit_inline
-def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets):
-    """Single grid steps before `lim`; returns ``(g, t, t_prev, next_store)``."""
+def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets,
+             system, pk):  # fmt: skip
+    """Single grid steps before `lim` (and the maxima between them, `_step_peaks`);
+    returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
     phi, gg = prop
@@ -430,8 +539,12 @@ def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, x
     n_out = cm.shape[0]
     n_thr = thr_out.shape[0]
     n_store = store_out.shape[0]
+    xs = pk[4]
     while g < n_t and grid[g] < lim:
+        for j in range(Nr):
+            xs[j] = x[j]
         _propagate(phi, gg, rate, x, xtmp, Nr)
+        _step_peaks(xs, t, x, grid[g], rate, system, pk, cm, tm, True)
         t = grid[g]
         _eval_outputs(x, out_state, out_scale, c)
         record.fold_max(t, c, cm, tm)
@@ -448,7 +561,8 @@ def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, x
 
 
 @_jit_inline
-def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets):
+def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets, system,
+              pk):  # fmt: skip
     """The stepper's fast path: whole grid steps of a uniform grid up to (not including)
     `lim`, the next decision or special time; most of a cohort's work happens here. The
     running maxima stay in ``cm, tm`` and are folded into Cmax once. Returns
@@ -464,12 +578,11 @@ def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, r
         cm[o] = cmax[p, o]
         tm[o] = tmax[p, o]
     if use_blocks:
-        g, t, t_prev, next_store = _blocks(
-            p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets
-        )
-    g, t, t_prev, next_store = _singles(
-        p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets
-    )
+        g, t, t_prev, next_store = _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid,
+                                           cur, rows, blk, xtmp, rec, mets, prop, system,
+                                           pk)  # fmt: skip
+    g, t, t_prev, next_store = _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows,
+                                        prop, xtmp, rec, mets, system, pk)  # fmt: skip
     for o in range(n_out):
         c_prev[o] = c[o]
         if cm[o] > cmax[p, o]:
@@ -484,7 +597,7 @@ def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, r
 
 @_jit_inline
 def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk, uniform, rec,
-                mets, auc_index, auc_start, dose):  # fmt: skip
+                mets, auc_index, auc_start, dose, pk):  # fmt: skip
     """The per-patient event loop: advance to the next point (a decision time of the
     dosing source `ev`, a special time or a grid point; the stepper), apply the dosing
     decision, hand the points to the recorder. Returns a status."""
@@ -496,6 +609,7 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
     thr_out, thr_val, store_out, store_stride, store_scale = rec
     cmax, tmax, auc, t_above, c_at, traj, _status = mets
     bolus, rates = dose
+    _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch = pk
     n_t = grid.shape[0]
     S = spec_t.shape[1]
     n_out = cm.shape[0]
@@ -511,9 +625,8 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
             lim = dosing.next_decision_time(ev, p, k)
             if s < S and spec_t[p, s] < lim:
                 lim = spec_t[p, s]
-            g, t, t_prev, st = _grid_run(
-                p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets
-            )
+            g, t, t_prev, st = _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk,
+                                         xtmp, rec, mets, system, pk)  # fmt: skip
             if st != STATUS_OK or not (g < n_t or s < S):
                 break
         next_out = np.inf
@@ -524,16 +637,19 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
         t_dec = dosing.next_decision_time(ev, p, k)
         is_event = t_dec <= next_out and t_dec < np.inf
         target = t_dec if is_event else next_out
+        # Cmax, Tmax and time above thresholds cover the grid's span only: points after
+        # its end (a late special time) must not change them.
+        in_span = n_t > 0 and target <= grid[n_t - 1]
         if target > t:
+            for i in range(x.shape[0]):
+                xs[i] = x[i]
             st = _step(x, target - t, rate, Mr, br, abs(target), Maug, Eaug, cache_h, cache_phi,
                        cache_g, xtmp, ework, epiv, counter)  # fmt: skip
             if st != STATUS_OK:
                 break
+            _step_peaks(xs, t, x, target, rate, system, pk, cmax[p], tmax[p], in_span)
             t = target
         _eval_outputs(x, out_state, out_scale, c)
-        # Cmax, Tmax and time above thresholds cover the grid's span only: points after
-        # its end (a late special time) must not change them.
-        in_span = n_t > 0 and t <= grid[n_t - 1]
         if in_span:
             record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
         for o in range(n_out):
@@ -551,6 +667,10 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
                 for o in range(n_out):
                     c_prev[o] = c[o]
             rate = rates[0]
+            # The derivatives after the event (new state and rate): a step that starts
+            # here starts with them.
+            for o in range(n_out):
+                dprev[o] = peaks.deriv(x, rate, D, E, o)
             continue
         # An output point: specials first (they may coincide with a grid point).
         while s < S and spec_t[p, s] == t:
@@ -565,6 +685,27 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
             if not np.isfinite(x[i]):
                 st = 1
     return st
+
+
+@_jit_inline
+def _peak_work(Mr, br, out_state, out_scale, n_out, work):
+    """The work of the maxima between points (:mod:`pkpd.engine.peaks`):
+    ``(W, D, E, dprev, xs, ys, xw, mnorm, scratch)``: the output rows ``W`` and those of
+    their derivatives ``D = W M``, ``E = W b``, the derivatives at the last point, three
+    state buffers, ``||M||_inf`` and the scratch of :func:`pkpd.engine.peaks.refine`."""
+    Maug, Eaug, _cache_h, _cache_phi, _cache_g, _xtmp, ework, epiv, _counter = work
+    Nr = _nr(br)
+    W = np.zeros((n_out, Nr))
+    for o in range(n_out):
+        W[o, out_state[o]] = out_scale[o]
+    D = np.empty((n_out, Nr))
+    E = np.empty(n_out)
+    peaks.derivative_rows(Mr, br, W, D, E)
+    mnorm = np.empty(1)
+    mnorm[0] = peaks.norm_inf(Mr)
+    scratch = (np.empty((2, Nr)), np.empty(peaks.K_MAX + 1), np.empty((2, Nr)), Maug, Eaug, ework,
+               epiv)  # fmt: skip
+    return (W, D, E, np.zeros(n_out), np.empty(Nr), np.empty(Nr), np.empty(Nr), mnorm, scratch)
 
 
 @_jit
@@ -599,10 +740,11 @@ def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, un
     cur = (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_out), np.zeros(n_out))
     # The dosing source's decision (bolus, rate; one input): one allocation for both.
     dose = np.zeros((2, 1))
+    pk = _peak_work(Mr, br, out_state, out_scale, n_out, work)
     if st == STATUS_OK:
         st = _event_loop(p, np.zeros(Nr), t0, grid, ev, specials, cur, (out_state, out_scale),
                          (Mr, br), work, (phi, gg), blk, uniform, rec, mets, auc_index,
-                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]))  # fmt: skip
+                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]), pk)  # fmt: skip
     status[p] = st
     if st != STATUS_OK:
         record.fail(p, cmax, tmax, auc, c_at, t_above)
@@ -691,7 +833,7 @@ def kernel_for(n_states: int):
     # numba's cache of the copy is invalidated by the copy's own file only: the name also
     # hashes the engine modules it calls into (the recorder, the dosing source).
     h = hashlib.sha256(src.encode())
-    for dep in ("record.py", "dosing.py"):
+    for dep in ("record.py", "dosing.py", "peaks.py"):
         h.update((Path(__file__).parent / dep).read_bytes())
     digest = h.hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
