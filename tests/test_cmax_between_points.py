@@ -53,7 +53,7 @@ def _effect_peak(dose=20.0):
             t, dose, V1, KE0, K10, K12, K21
         )
 
-    t = brentq(dce, 1e-3, 10.0, xtol=1e-15, rtol=4.5e-16)
+    t = brentq(dce, 1e-3, 10.0, xtol=1e-15, rtol=1e-15)
     return float(cf.effect_site_bolus(t, dose, V1, KE0, K10, K12, K21)) * NG, t
 
 
@@ -61,8 +61,9 @@ def _cohort(spec, regimen, every, until="12 h", **kw):
     table = CovariateTable(covariates={"weight": np.full(1, 70.0)}, n=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)
+        kw.setdefault("at", {})
         return simulate_cohort(
-            spec, regimen, table, until=until, every=every, iiv=False, bands=False, at={}, **kw
+            spec, regimen, table, until=until, every=every, iiv=False, bands=False, **kw
         )
 
 
@@ -214,8 +215,8 @@ def test_cohort_second_peak_higher_between_points():
     c_star = cm_total(t_star, d2)
     grid = np.arange(0.0, 48.0 + 1e-9, h)
     assert c_star > c1 > max(cm_total(t, d2) for t in grid[grid > t2])  # the premise
-    ds = _cohort(spec, f"{DOSE} mg bolus at 0 h; {d2!r} mg bolus at {t2!r} h", "7 min",
-                 until="48 h")  # fmt: skip
+    reg = f"{DOSE} mg bolus at 0 h; {float(d2)!r} mg bolus at {float(t2)!r} h"
+    ds = _cohort(spec, reg, "7 min", until="48 h")
     c, t = _peak_of(ds, "cp_met")
     assert c == pytest.approx(c_star, rel=1e-10)
     assert t == pytest.approx(t_star, abs=1e-6)  # the reference's own root tolerance
