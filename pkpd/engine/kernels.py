@@ -114,7 +114,7 @@ def _fold_refined_into(p, o, xa, ta, h, rate, system, pk, cmax, tmax):
         tmax[p, o] = ts
 
 
-@_jit
+@_jit_inline
 def _block_peaks(x, rate, g, t_start, grid, blk, prop, system, pk, cm, tm, xtmp, need):
     """The maxima inside the steps of a block (grid points ``g .. g + BLK - 1``, after the
     block start at `t_start`, whose state is ``pk``'s ``xs``; `x` is the block's end).
