@@ -13,10 +13,12 @@ other interval by :func:`pkpd.engine.solvers.exact._step`), ask the dosing sourc
 (:mod:`pkpd.engine.dosing`) at its decision times, and hand every evaluated point to the
 recorder (:mod:`pkpd.engine.record`), which owns the metric definitions:
 
-* ``cmax``, ``tmax``: maximum over every evaluated point (grid, dose events just before
-  and just after a bolus, special times). Between grid points the maximum is not searched:
-  its accuracy is that of the grid (a peak at a bolus or at the end of an infusion is
-  exact because events are evaluated).
+* ``cmax``, ``tmax``: maximum of the exact solution: over every evaluated point (grid,
+  dose events just before and just after a bolus, special times) and over the maxima
+  between them, located to machine precision where an output's derivative changes sign
+  from > 0 to < 0 inside a step (:mod:`pkpd.engine.peaks`; in `_singles`, in the event
+  loop, and in the block fast path `_block_peaks`). So Cmax and Tmax do not depend on
+  the grid step.
 * ``auc``: exact, from the cumulative-AUC states of the augmented system, as the
   difference between the window's end and start.
 * ``t_above``: time spent above a threshold, by linear interpolation of the crossing
@@ -37,7 +39,7 @@ import numpy as np
 
 # Absolute imports: this file is also compiled as a copy specialised to one state size
 # (see `kernel_for`).
-from pkpd.engine import dosing, record
+from pkpd.engine import dosing, peaks, record
 from pkpd.engine.record import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
 from pkpd.engine.solvers.exact import STATUS_OK, _step
 from pkpd.engine.solvers.expm import N_WORK, expm_into
@@ -86,6 +88,108 @@ def _propagate(A, a, rate, x, xtmp, Nr):
         xtmp[i] = acc
     for i in range(Nr):
         x[i] = xtmp[i]
+
+
+@_jit
+def _fold_refined(o, xa, ta, h, rate, system, pk, cm, tm):
+    """Fold the maximum of output `o` inside the step ``[ta, ta + h]`` (left-end state
+    `xa`; its derivative goes from > 0 to < 0) into ``cm, tm`` (see
+    :mod:`pkpd.engine.peaks`)."""
+    Mr, br = system
+    W, _D, _E, _dprev, _xs, _ys, _xw, mnorm, scratch, _cb = pk
+    ts, cs = peaks.refine(xa, ta, h, rate, Mr, br, W[o], mnorm[0], scratch)
+    if cs > cm[o]:
+        cm[o] = cs
+        tm[o] = ts
+
+
+@_jit
+def _fold_refined_into(p, o, xa, ta, h, rate, system, pk, cmax, tmax):
+    """`_fold_refined` into the metric arrays of patient `p` (the event loop's points)."""
+    Mr, br = system
+    W, _D, _E, _dprev, _xs, _ys, _xw, mnorm, scratch, _cb = pk
+    ts, cs = peaks.refine(xa, ta, h, rate, Mr, br, W[o], mnorm[0], scratch)
+    if cs > cmax[p, o]:
+        cmax[p, o] = cs
+        tmax[p, o] = ts
+
+
+@_jit_inline
+def _block_peaks(x, rate, g, t_start, grid, blk, prop, system, pk, cm, tm, xtmp, need):
+    """The maxima inside the steps of a block (grid points ``g .. g + BLK - 1``, after the
+    block start at `t_start`, whose state is ``pk``'s ``xs``; `x` is the block's end).
+
+    Where the derivative changes sign from > 0 to < 0 between two points of the block
+    (the start, the BLK - 1 inner points, the end), the step holds a maximum
+    (:mod:`pkpd.engine.peaks`). The inner points' derivatives need not be evaluated in
+    most blocks: for constant rate the state's derivative evolves as the state does
+    without input, ``x'(t_k) = phi^k x'(t_start)``, so the derivative of output `o` at
+    inner point k is ``R_k y`` with ``y = M x(t_start) + b rate`` and the block's own
+    output rows R_k; the bound tables ``Ub, Lb`` (the elementwise extremes of R_k over
+    the inner points) bound it from both sides, rounding included. If the bounds prove
+    every inner derivative > 0, the only possible change is in the last step (end < 0);
+    if they prove every one < 0, only in the first (start > 0). Otherwise the inner
+    derivatives are evaluated (one row of the block mat-vec per output) and every step
+    checked. Outputs with ``need[o]`` false are not searched: `_blocks` proved them below
+    their running maxima over the whole block, between its points included
+    (`_excess_bounds`), so no maximum of theirs there can change Cmax or Tmax.
+    """
+    RT, _Sf, Ub, Lb, _Smx, _Smn, _phi_c, _gg_c, _cblk = blk
+    phi, gg = prop
+    Mr, br = system
+    _W, D, E, dprev, xs, ys, xw, _mnorm, _scratch, _cb = pk
+    Nr = _nr(x)
+    n_rows = RT.shape[1] // (BLK - 1)
+    h = grid[g] - t_start
+    for i in range(Nr):
+        acc = br[i] * rate
+        for j in range(Nr):
+            acc += Mr[i, j] * xs[j]
+        ys[i] = acc
+    for o in range(cm.shape[0]):
+        d_end = peaks.deriv(x, rate, D, E, o)
+        d0 = dprev[o]
+        dprev[o] = d_end
+        if not need[o]:
+            continue
+        up = 0.0
+        lo = 0.0
+        ab = 0.0
+        for j in range(Nr):
+            u = Ub[o, j] * ys[j]
+            lw = Lb[o, j] * ys[j]
+            up += max(u, lw)
+            lo += min(u, lw)
+            ab += abs(u) + abs(lw)
+        marg = record.BOUND_MARGIN * ab
+        if lo - marg > 0.0:
+            first = BLK - 1  # only the last step can change sign
+        elif up + marg < 0.0:
+            first = 0
+            if d0 > 0.0:
+                _fold_refined(o, xs, t_start, h, rate, system, pk, cm, tm)
+            continue
+        else:
+            first = 0
+        prev = d0
+        for kk in range(first, BLK):
+            if kk < BLK - 1:
+                dk = 0.0
+                for j in range(Nr):
+                    dk += RT[j, kk * n_rows + o] * ys[j]
+            else:
+                dk = d_end
+            if kk == first and first > 0:
+                prev = 1.0  # every inner derivative is > 0
+            if prev > 0.0 and dk < 0.0:
+                # The step from point kk - 1 (state: kk grid steps from the start).
+                for j in range(Nr):
+                    xw[j] = xs[j]
+                for _i in range(kk):
+                    _propagate(phi, gg, rate, xw, xtmp, Nr)
+                ta = t_start if kk == 0 else grid[g + kk - 1]
+                _fold_refined(o, xw, ta, grid[g + kk] - ta, rate, system, pk, cm, tm)
+            prev = dk
 
 
 @numba.njit(cache=True, parallel=True)
@@ -266,7 +370,8 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
     precomputed output rows of phi^k: c_k = R_k x + S_k rate, with R_k = Co phi^k,
     S_k = sum_{i<k} Co phi^i g, stored as ``RT[j, kk * n_rows + o] = R_k[kk, o, j]`` and
     ``Sf``. Exact (the same grid values), with n_out*Nr instead of Nr*Nr work per inner
-    point. ``Ub, Lb, Smx, Smn`` bound the inner points' outputs (see `_blocks`).
+    point. ``Ub, Lb, Smx, Smn`` bound the outputs at the inner points and the block's end
+    (see `_blocks`), and the derivatives at the inner points (`_block_peaks`).
     """
     RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, _cblk = blk
     Maug, xtmp = tmp
@@ -310,6 +415,18 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
                 Lb[o, j] = min(Lb[o, j], R_k[kk, o, j])
             Smx[o] = max(Smx[o], S_k[kk, o])
             Smn[o] = min(Smn[o], S_k[kk, o])
+        # ... and of the block's end (power BLK): the skip test bounds every step of the
+        # block, the last one's end included (`_blocks`).
+        s_end = S_k[BLK - 2, o]
+        for j in range(Nr):
+            s_end += R_k[BLK - 2, o, j] * gg[j]
+            a2 = 0.0
+            for i in range(Nr):
+                a2 += R_k[BLK - 2, o, i] * phi[i, j]
+            Ub[o, j] = max(Ub[o, j], a2)
+            Lb[o, j] = min(Lb[o, j], a2)
+        Smx[o] = max(Smx[o], s_end)
+        Smn[o] = min(Smn[o], s_end)
     # The propagator of BLK steps by repeated squaring of the one-step propagator
     # [[phi, g], [0, 1]] (BLK is a power of two): log2(BLK) small matrix products
     # instead of a second exponential. [[A, a], [0, 1]]^2 = [[A A, A a + a], [0, 1]].
@@ -336,13 +453,74 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
         sq //= 2
 
 
+@_jit
+def _excess_bounds(phi_c, system, D, h, cb):
+    """Bounds of how far an output rises above the straight line between two grid points
+    of a block: ``cb = (Pmax, Qmax)`` with, for every step of the block from state ``x``
+    and rate ``r`` at the block's start, ``c(tau) <= max(c_k, c_k+1) + sum_j Pmax[o, j]
+    |x_j| + Qmax[o] |r|`` (summary mode skips a block only if this stays below the running
+    maxima, `_blocks`).
+
+    The argument. On a step of length h, ``c - (its linear interpolant) <= h^2/8
+    sup |c''|`` (the interpolation error of a C^2 function), and the interpolant is at
+    most the larger end value. ``c'' = W M^2 x(tau) + W M b r`` with ``x(tau) = e^{M tau} x
+    + (input)``. A compartment model's ``M`` is a Metzler matrix (off-diagonal entries
+    >= 0: flows, effect-site links, AUC rows) and ``W, b >= 0``; with ``mu = max_i (-M_ii)``
+    and ``N = M + mu I >= 0``, ``0 <= e^{M tau} = e^{-mu tau} e^{N tau} <= e^{N T} = e^{mu T}
+    phi_c`` entrywise for ``0 <= tau <= T = BLK h``. So ``|W M^2 e^{M tau} x| <= e^{mu T}
+    (|W M^2| phi_c) |x|``, and the input's part ``W M^2 G(tau) r + W M b r = W M e^{M tau}
+    b r`` (``G' = e^{M tau} b``, ``G(0) = 0``) is at most ``e^{mu T} (|W M| phi_c b) |r|``.
+    For any other system (not Metzler, a negative output row or input) the bound is
+    +inf: no block is skipped.
+    """
+    Pmax, Qmax, _need = cb
+    Mr, br = system
+    Nr = _nr(phi_c)
+    n_out = Pmax.shape[0]
+    ok = True
+    mu = 0.0
+    for i in range(Nr):
+        mu = max(mu, -Mr[i, i])
+        if br[i] < 0.0:
+            ok = False
+        for j in range(Nr):
+            if j != i and Mr[i, j] < 0.0:
+                ok = False
+    A2 = np.empty(Nr)
+    pb = np.empty(Nr)
+    for i in range(Nr):
+        acc = 0.0
+        for j in range(Nr):
+            acc += phi_c[i, j] * br[j]
+        pb[i] = acc
+    f = np.exp(mu * BLK * h) * h * h / 8.0
+    for o in range(n_out):
+        q = 0.0
+        for j in range(Nr):
+            acc = 0.0
+            for i in range(Nr):
+                acc += D[o, i] * Mr[i, j]
+            A2[j] = abs(acc)
+            q += abs(D[o, j]) * pb[j]
+            ok = ok and D[o, j] == D[o, j]
+        Qmax[o] = f * q if ok else np.inf
+        for j in range(Nr):
+            acc = 0.0
+            for i in range(Nr):
+                acc += A2[i] * phi_c[i, j]
+            Pmax[o, j] = f * acc
+
+
 @_jit_inline
-def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets):
-    """Whole blocks of BLK grid steps before `lim` (see `_block_tables`); returns
-    ``(g, t, t_prev, next_store)``."""
+def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets,
+            prop, system, pk):  # fmt: skip
+    """Whole blocks of BLK grid steps before `lim` (see `_block_tables`; the maxima
+    between the points: `_block_peaks`); returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
     RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk = blk
+    _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch, cb = pk
+    Pmax, Qmax, need = cb
     thr_out, thr_val, store_out, store_stride, store_scale = rec
     cmax, tmax, _auc, t_above, _c_at, traj, _status = mets
     Nr = _nr(x)
@@ -355,22 +533,37 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
     while g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
         # Summary mode: a block whose bound stays below every running maximum cannot
         # change Cmax or Tmax, so its inner points need not be evaluated.
-        skip = not record.rows_needed(n_thr, n_store, next_store, g + BLK - 2)
-        if skip:
-            for o in range(n_out):
-                bnd = 0.0
-                babs = 0.0
-                for j in range(Nr):
-                    xj = x[j]
-                    term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
-                    bnd += term
-                    babs += abs(term)
-                term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
+        # The bound covers the whole block, between its points too: the larger of the
+        # start and the grid points' bound, plus the most an output rises above the line
+        # between two points (`_excess_bounds`). So a skipped block holds no maximum
+        # between points above the running maxima either: its maxima need not be
+        # searched (`_block_peaks`).
+        skip = True
+        n_need = 0
+        for o in range(n_out):
+            bnd = 0.0
+            babs = 0.0
+            exc = Qmax[o] * abs(rate)
+            for j in range(Nr):
+                xj = x[j]
+                term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
                 bnd += term
                 babs += abs(term)
-                if not record.below_max(bnd, babs, cm[o]):
-                    skip = False
-                    break
+                exc += Pmax[o, j] * abs(xj)
+            term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
+            bnd += term
+            babs += abs(term)
+            c0 = out_scale[o] * x[out_state[o]]
+            if c0 > bnd:
+                bnd = c0
+            # An output whose bound stays below its running maximum has no maximum in
+            # the block that matters: its maxima between points are not searched.
+            need[o] = not record.below_max(bnd + exc, babs + abs(c0) + exc, cm[o])
+            if need[o]:
+                skip = False
+                n_need += 1
+        if record.rows_needed(n_thr, n_store, next_store, g + BLK - 2):
+            skip = False
         # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
         # runs over (point, output) pairs, contiguous in RT, so it vectorises.
         if not skip:
@@ -379,7 +572,15 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
                     acc += RT[j, q] * x[j]
                 cblk[q] = acc
+        if n_need > 0:
+            for j in range(Nr):
+                xs[j] = x[j]
         _propagate(phi_c, gg_c, rate, x, xtmp, Nr)
+        if n_need == 0:
+            for o in range(n_out):
+                dprev[o] = peaks.deriv(x, rate, D, E, o)
+        else:
+            _block_peaks(x, rate, g, t, grid, blk, prop, system, pk, cm, tm, xtmp, need)
         if n_thr == 0:
             # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
             # the stored points of the block, if any.
@@ -418,8 +619,10 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
 
 
 @_jit_inline
-def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets):
-    """Single grid steps before `lim`; returns ``(g, t, t_prev, next_store)``."""
+def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets,
+             system, pk):  # fmt: skip
+    """Single grid steps before `lim` (and the maxima between them);
+    returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
     phi, gg = prop
@@ -430,8 +633,18 @@ def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, x
     n_out = cm.shape[0]
     n_thr = thr_out.shape[0]
     n_store = store_out.shape[0]
+    _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch, _cb = pk
     while g < n_t and grid[g] < lim:
+        for j in range(Nr):
+            xs[j] = x[j]
         _propagate(phi, gg, rate, x, xtmp, Nr)
+        # The maxima inside the step (the derivatives inline: a call per step with the
+        # work tuples costs more than the step, in reference counts).
+        for o in range(n_out):
+            d = peaks.deriv(x, rate, D, E, o)
+            if dprev[o] > 0.0 and d < 0.0:
+                _fold_refined(o, xs, t, grid[g] - t, rate, system, pk, cm, tm)
+            dprev[o] = d
         t = grid[g]
         _eval_outputs(x, out_state, out_scale, c)
         record.fold_max(t, c, cm, tm)
@@ -448,7 +661,8 @@ def _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, x
 
 
 @_jit_inline
-def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets):
+def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets, system,
+              pk):  # fmt: skip
     """The stepper's fast path: whole grid steps of a uniform grid up to (not including)
     `lim`, the next decision or special time; most of a cohort's work happens here. The
     running maxima stay in ``cm, tm`` and are folded into Cmax once. Returns
@@ -464,12 +678,11 @@ def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, r
         cm[o] = cmax[p, o]
         tm[o] = tmax[p, o]
     if use_blocks:
-        g, t, t_prev, next_store = _blocks(
-            p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets
-        )
-    g, t, t_prev, next_store = _singles(
-        p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, prop, xtmp, rec, mets
-    )
+        g, t, t_prev, next_store = _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid,
+                                           cur, rows, blk, xtmp, rec, mets, prop, system,
+                                           pk)  # fmt: skip
+    g, t, t_prev, next_store = _singles(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows,
+                                        prop, xtmp, rec, mets, system, pk)  # fmt: skip
     for o in range(n_out):
         c_prev[o] = c[o]
         if cm[o] > cmax[p, o]:
@@ -484,7 +697,7 @@ def _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, r
 
 @_jit_inline
 def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk, uniform, rec,
-                mets, auc_index, auc_start, dose):  # fmt: skip
+                mets, auc_index, auc_start, dose, pk):  # fmt: skip
     """The per-patient event loop: advance to the next point (a decision time of the
     dosing source `ev`, a special time or a grid point; the stepper), apply the dosing
     decision, hand the points to the recorder. Returns a status."""
@@ -496,6 +709,7 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
     thr_out, thr_val, store_out, store_stride, store_scale = rec
     cmax, tmax, auc, t_above, c_at, traj, _status = mets
     bolus, rates = dose
+    _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch, _cb = pk
     n_t = grid.shape[0]
     S = spec_t.shape[1]
     n_out = cm.shape[0]
@@ -511,9 +725,8 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
             lim = dosing.next_decision_time(ev, p, k)
             if s < S and spec_t[p, s] < lim:
                 lim = spec_t[p, s]
-            g, t, t_prev, st = _grid_run(
-                p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk, xtmp, rec, mets
-            )
+            g, t, t_prev, st = _grid_run(p, x, rate, g, t, t_prev, lim, grid, cur, rows, prop, blk,
+                                         xtmp, rec, mets, system, pk)  # fmt: skip
             if st != STATUS_OK or not (g < n_t or s < S):
                 break
         next_out = np.inf
@@ -524,16 +737,23 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
         t_dec = dosing.next_decision_time(ev, p, k)
         is_event = t_dec <= next_out and t_dec < np.inf
         target = t_dec if is_event else next_out
+        # Cmax, Tmax and time above thresholds cover the grid's span only: points after
+        # its end (a late special time) must not change them.
+        in_span = n_t > 0 and target <= grid[n_t - 1]
         if target > t:
+            for i in range(x.shape[0]):
+                xs[i] = x[i]
             st = _step(x, target - t, rate, Mr, br, abs(target), Maug, Eaug, cache_h, cache_phi,
                        cache_g, xtmp, ework, epiv, counter)  # fmt: skip
             if st != STATUS_OK:
                 break
+            for o in range(n_out):
+                d = peaks.deriv(x, rate, D, E, o)
+                if in_span and dprev[o] > 0.0 and d < 0.0:
+                    _fold_refined_into(p, o, xs, t, target - t, rate, system, pk, cmax, tmax)
+                dprev[o] = d
             t = target
         _eval_outputs(x, out_state, out_scale, c)
-        # Cmax, Tmax and time above thresholds cover the grid's span only: points after
-        # its end (a late special time) must not change them.
-        in_span = n_t > 0 and t <= grid[n_t - 1]
         if in_span:
             record.fold_point(t, c, t_prev, c_prev, cmax, tmax, thr_out, thr_val, t_above, p)
         for o in range(n_out):
@@ -551,6 +771,10 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
                 for o in range(n_out):
                     c_prev[o] = c[o]
             rate = rates[0]
+            # The derivatives after the event (new state and rate): a step that starts
+            # here starts with them.
+            for o in range(n_out):
+                dprev[o] = peaks.deriv(x, rate, D, E, o)
             continue
         # An output point: specials first (they may coincide with a grid point).
         while s < S and spec_t[p, s] == t:
@@ -565,6 +789,30 @@ def _event_loop(p, x, t0, grid, ev, specials, cur, rows, system, work, prop, blk
             if not np.isfinite(x[i]):
                 st = 1
     return st
+
+
+@_jit_inline
+def _peak_work(Mr, br, out_state, out_scale, n_out, work):
+    """The work of the maxima between points (:mod:`pkpd.engine.peaks`):
+    ``(W, D, E, dprev, xs, ys, xw, mnorm, scratch, cb)``: the output rows ``W`` and those
+    of their derivatives ``D = W M``, ``E = W b``, the derivatives at the last point, three
+    state buffers, ``||M||_inf``, the scratch of :func:`pkpd.engine.peaks.refine` and the
+    continuous bound tables of a block (`_continuous_bounds`)."""
+    Maug, Eaug, _cache_h, _cache_phi, _cache_g, _xtmp, ework, epiv, _counter = work
+    Nr = _nr(br)
+    W = np.zeros((n_out, Nr))
+    for o in range(n_out):
+        W[o, out_state[o]] = out_scale[o]
+    D = np.empty((n_out, Nr))
+    E = np.empty(n_out)
+    peaks.derivative_rows(Mr, br, W, D, E)
+    mnorm = np.empty(1)
+    mnorm[0] = peaks.norm_inf(Mr)
+    scratch = (np.empty((2, Nr)), np.empty(peaks.K_MAX + 1), np.empty((2, Nr)), Maug, Eaug, ework,
+               epiv)  # fmt: skip
+    cb = (np.zeros((n_out, Nr)), np.zeros(n_out), np.zeros(n_out, dtype=np.bool_))
+    return (W, D, E, np.zeros(n_out), np.empty(Nr), np.empty(Nr), np.empty(Nr), mnorm, scratch,
+            cb)  # fmt: skip
 
 
 @_jit
@@ -594,15 +842,17 @@ def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, un
     Q = (BLK - 1) * n_rows
     bounds = (np.zeros((n_out, Nr)), np.zeros((n_out, Nr)), np.zeros(n_out), np.zeros(n_out))
     blk = (np.zeros((Nr, Q)), np.zeros(Q), *bounds, np.zeros((Nr, Nr)), np.zeros(Nr), np.zeros(Q))
+    pk = _peak_work(Mr, br, out_state, out_scale, n_out, work)
     if uniform and n_t > 2 * BLK and st == STATUS_OK:
         _block_tables(phi, gg, out_state, out_scale, n_out, blk, (Maug, xtmp))
+        _excess_bounds(blk[6], (Mr, br), pk[1], grid[1] - grid[0], pk[9])
     cur = (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_out), np.zeros(n_out))
     # The dosing source's decision (bolus, rate; one input): one allocation for both.
     dose = np.zeros((2, 1))
     if st == STATUS_OK:
         st = _event_loop(p, np.zeros(Nr), t0, grid, ev, specials, cur, (out_state, out_scale),
                          (Mr, br), work, (phi, gg), blk, uniform, rec, mets, auc_index,
-                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]))  # fmt: skip
+                         np.zeros((n_out, auc.shape[2])), (dose[0], dose[1]), pk)  # fmt: skip
     status[p] = st
     if st != STATUS_OK:
         record.fail(p, cmax, tmax, auc, c_at, t_above)
@@ -691,7 +941,7 @@ def kernel_for(n_states: int):
     # numba's cache of the copy is invalidated by the copy's own file only: the name also
     # hashes the engine modules it calls into (the recorder, the dosing source).
     h = hashlib.sha256(src.encode())
-    for dep in ("record.py", "dosing.py"):
+    for dep in ("record.py", "dosing.py", "peaks.py"):
         h.update((Path(__file__).parent / dep).read_bytes())
     digest = h.hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"

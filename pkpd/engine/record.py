@@ -8,7 +8,10 @@ functions here; nothing else writes the metric arrays. Metrics of patient ``p``
 * ``cmax[p, o]``, ``tmax[p, o]``: maximum over every evaluated point of the grid's span,
   strict ``>`` (a tie keeps the first time). The evaluated points are the grid points,
   the special times, and each dose event twice: just before its bolus (the left limit)
-  and just after. Rows after the grid's end (a late special time) do not count.
+  and just after. Rows after the grid's end (a late special time) do not count. The
+  exact kernel also folds the maxima between two evaluated points
+  (:mod:`pkpd.engine.peaks`) with :func:`fold_max`, so that its Cmax/Tmax are those of
+  the exact solution; the adaptive kernels do not (yet).
 * ``t_above[p, j]``: time spent above threshold ``thr_val[j]`` of output ``thr_out[j]``,
   the crossing between two consecutive evaluated points found by linear interpolation.
 * ``auc[p, o, w]``: the difference of the cumulative-AUC state between the window's end

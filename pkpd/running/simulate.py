@@ -9,8 +9,10 @@ import xarray as xr
 
 from pkpd._version import __version__
 from pkpd.disclaimer import DISCLAIMER
+from pkpd.engine import peaks
 from pkpd.engine.solvers import registry
 from pkpd.engine.solvers.exact import propagate
+from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import ModelSpec, dataset_variables, load_model
 from pkpd.inputs.pd import add_pd_variables, augment_model
@@ -224,7 +226,37 @@ def _linear_data(spec: ModelSpec, theta, ev, t, method, rtol, atol) -> tuple[dic
         return conc[idx] + dose[:, None] * jump[None, :]
 
     record_bolus_limits(data, names, t, ev, shifted)
+    if not registry.SOLVERS[registry.resolve(method, spec).method].adaptive:
+        _record_peaks(spec, theta, ev, t, data, names)
     return data, sattrs
+
+
+#: Attributes of each output of an exact simulation: Cmax (ng/mL) and Tmax (h) of the
+#: exact solution over the simulated span, maxima between output times included.
+PEAK_ATTRS = ("cmax_exact", "tmax_exact")
+
+
+def _record_peaks(spec: ModelSpec, theta, ev, t, data, names) -> None:
+    """:data:`PEAK_ATTRS` on each output: the maximum of the exact solution over the
+    output times, the dose events (just before and after each bolus) and between them
+    (:func:`pkpd.engine.peaks.trajectory_peaks`), as the cohort kernel records Cmax/Tmax."""
+    M, b, C = spec.system(theta)
+    N = M.shape[0]
+    W = np.zeros((C.shape[0], N))
+    W[:, : C.shape[1]] = C * MG_L_TO_NG_ML
+    t0 = min(0.0, float(ev.t[0]), float(t[0]))
+    cmax, tmax = np.zeros(len(names)), np.zeros(len(names))
+    work = (np.zeros((N + 1, N + 1)), np.zeros((N + 1, N + 1)), *expm_work(N + 1))
+    f64 = np.ascontiguousarray
+    status = peaks.trajectory_peaks(
+        f64(M, dtype=float), f64(b, dtype=float), W, f64(ev.t, dtype=float),
+        f64(ev.rate, dtype=float), f64(ev.bolus, dtype=float), t0, f64(t, dtype=float),
+        cmax, tmax, work,
+    )  # fmt: skip
+    if status != 0:
+        raise SimulationError(registry.failure("exact", status))
+    for i, o in enumerate(names):
+        data[o][2].update({PEAK_ATTRS[0]: float(cmax[i]), PEAK_ATTRS[1]: float(tmax[i])})
 
 
 def estimate_single_memory(spec: ModelSpec, n_points: int) -> int:
@@ -303,9 +335,11 @@ class Summary:
 def summarize(ds, regimen) -> Summary:
     """Cmax, Tmax, AUC and concentrations at the end of each infusion.
 
-    Cmax/Tmax are taken over the dataset's time points; :func:`pkpd.cli` evaluates on the
-    output grid merged with every dose event so that peaks at the end of an infusion or
-    at a bolus are exact.
+    Cmax/Tmax are those of the exact solution where the dataset carries them
+    (:data:`PEAK_ATTRS`, an exact simulation: maxima between output times included, the
+    same as the cohort kernel's); otherwise (adaptive solvers) over the dataset's time
+    points, which :func:`pkpd.cli` merges with every dose event so that peaks at the end
+    of an infusion or at a bolus are exact.
     """
     reg = load_regimen(regimen) if not isinstance(regimen, Regimen) else regimen
     outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]
@@ -315,6 +349,9 @@ def summarize(ds, regimen) -> Summary:
         y = ds[o].values
         i = int(np.argmax(y))
         cmax[o], tmax[o] = float(y[i]), float(t[i])
+        if PEAK_ATTRS[0] in ds[o].attrs and ds[o].attrs[PEAK_ATTRS[0]] >= cmax[o]:
+            cmax[o] = float(ds[o].attrs[PEAK_ATTRS[0]])
+            tmax[o] = float(ds[o].attrs[PEAK_ATTRS[1]])
         auc[o] = float(ds[f"auc_{o}"].values[-1] - ds[f"auc_{o}"].values[0])
     ends = []
     for te in reg.infusion_ends():
