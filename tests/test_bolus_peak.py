@@ -75,3 +75,16 @@ def test_the_command_says_so_and_bolus_over_removes_it():
     assert "mixing peak" not in r.output and "bolus at 0 h over 1 min" in r.output
     r = CliRunner().invoke(main, [*base, "--bolus-over", "1 kg"])
     assert r.exit_code == 2 and "--bolus-over" in r.output and "1 kg" in r.output
+
+
+def test_one_patient_summary_says_when_cmax_is_the_bolus_jump():
+    base = ["simulate", "domino_racemic", "0.5 mg/kg bolus at 0 h", "--weight", "85"]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    i = next(k for k, s in enumerate(lines) if s.strip().startswith("cp: Cmax"))
+    # 0.5 mg/kg x 85 kg into Domino's V1 = dose / V1: the jump, and the note right under it
+    assert "at 0 h" in lines[i] and "instantaneous-bolus mixing peak" in lines[i + 1]
+    assert not any("mixing peak" in s for s in lines[i + 2 :])  # ce is continuous
+    r = CliRunner().invoke(main, [*base, "--bolus-over", "1min"])
+    assert r.exit_code == 0 and "mixing peak" not in r.output

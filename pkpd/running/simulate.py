@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
@@ -16,7 +16,7 @@ from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import ModelSpec, dataset_variables, load_model
 from pkpd.inputs.pd import add_pd_variables, augment_model
-from pkpd.inputs.regimen import Regimen, load_regimen
+from pkpd.inputs.regimen import Bolus, Regimen, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
 from pkpd.running.grid import (
@@ -318,6 +318,7 @@ class Summary:
     at_infusion_end: list[tuple[float, dict[str, float]]]
     until: float
     dose_given: float
+    at_bolus: dict[str, bool] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"total dose given: {self.dose_given:.4g} mg over 0-{self.until:g} h"]
@@ -326,6 +327,12 @@ class Summary:
                 f"{k:>16}: Cmax {self.cmax[k]:.4g} ng/mL at {self.tmax[k]:.4g} h; "
                 f"AUC(0-{self.until:g} h) {self.auc[k]:.5g} ng*h/mL"
             )
+            if self.at_bolus.get(k):
+                out.append(
+                    f"{'':>16}  note: this Cmax is the instantaneous-bolus mixing peak "
+                    "(dose / V1), which no sample measures; give boluses over their injection "
+                    "time (--bolus-over 1min, or '... bolus at 0 h over 1 min')"
+                )
         for t_end, vals in self.at_infusion_end:
             s = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
             out.append(f"  end of infusion at {t_end:g} h: {s} ng/mL")
@@ -353,12 +360,20 @@ def summarize(ds, regimen) -> Summary:
             cmax[o] = float(ds[o].attrs[PEAK_ATTRS[0]])
             tmax[o] = float(ds[o].attrs[PEAK_ATTRS[1]])
         auc[o] = float(ds[f"auc_{o}"].values[-1] - ds[f"auc_{o}"].values[0])
+    # Tmax at an instantaneous bolus: the output jumped there (a continuous output cannot
+    # peak exactly at a bolus, which only raises its derivative).
+    bolus_t = [
+        d.at for d in reg.doses if isinstance(d, Bolus) and not d.duration and d.at_anchor is None
+    ]
+    at_bolus = {
+        o: any(abs(tmax[o] - tb) <= 1e-9 * max(1.0, abs(tb)) for tb in bolus_t) for o in outs
+    }
     ends = []
     for te in reg.infusion_ends():
         hit = np.nonzero(np.abs(t - te) <= 1e-9 * max(1.0, abs(te)))[0]
         if hit.size:
             ends.append((te, {o: float(ds[o].values[hit[0]]) for o in outs}))
-    return Summary(cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]))
+    return Summary(cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]), at_bolus)
 
 
 def _linear_variables(spec: ModelSpec, X, C) -> dict:
