@@ -41,6 +41,17 @@ def cohort(**kw):
         )
 
 
+def _check_peaks(ds, exact, tol):
+    """Adaptive Cmax/Tmax (evaluated points and dose events) against the exact kernel's
+    (which also finds maxima between evaluated points): the same where the exact maximum
+    is at an evaluated point, and never above it elsewhere."""
+    a, e = ds.cmax.values, exact.cmax.values
+    same = ds.tmax.values == exact.tmax.values
+    assert same.any()  # peaks at a dose event or the end of an infusion agree exactly
+    assert np.all(np.abs(a - e)[same] <= tol[same])
+    assert np.all(a[~same] <= e[~same] + tol[~same])
+
+
 @pytest.fixture(scope="module")
 def exact():
     return cohort(method="exact")
@@ -54,13 +65,13 @@ def test_adaptive_cohort_equals_the_exact_kernel_to_tolerance(exact, method):
     assert ds.attrs["solver_nsteps_mean"] > 0 and ds.attrs["solver_nfev_mean"] > 0
     # Concentrations (ng/mL) and AUCs (ng*h/mL) in tolerance units of the solver, with a
     # margin of 100 for the accumulation of local errors over the 30 h.
-    for v in ("cmax", "auc", "c_at"):
+    for v in ("auc", "c_at"):
         a, e = ds[v].values, exact[v].values
         tol = 100 * (ATOL * 1000 + RTOL * np.abs(e))
         assert np.all(np.abs(a - e) <= tol), v
-    # Tmax: the same grid point or dose event; time above: crossing interpolation moves
-    # with the concentrations at the neighbouring points only.
-    np.testing.assert_array_equal(ds.tmax.values, exact.tmax.values)
+    _check_peaks(ds, exact, 100 * (ATOL * 1000 + RTOL * np.abs(exact.cmax.values)))
+    # Time above: crossing interpolation moves with the concentrations at the neighbouring
+    # points only.
     np.testing.assert_allclose(ds.time_above.values, exact.time_above.values, atol=1e-6)
     np.testing.assert_allclose(
         ds.trajectory.values, exact.trajectory.values, rtol=1e-6, atol=1e-6
@@ -114,8 +125,7 @@ def test_left_limit_at_a_later_bolus_is_each_patients_own(method):
     ds, exact = res[method], res["exact"]
     assert np.all(ds.status.values == 0)
     np.testing.assert_allclose(ds.time_above.values, exact.time_above.values, atol=1e-6)
-    np.testing.assert_array_equal(ds.tmax.values, exact.tmax.values)
-    np.testing.assert_allclose(ds.cmax.values, exact.cmax.values, rtol=1e-7)
+    _check_peaks(ds, exact, 1e-7 * np.abs(exact.cmax.values))
 
 
 def test_looser_tolerance_gives_a_larger_but_bounded_error(exact):
