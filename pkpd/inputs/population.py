@@ -1142,9 +1142,11 @@ def _truncnorm_ppf(u: np.ndarray, a: float, b: float) -> np.ndarray:
 
     ``ndtri(Phi(a) + u (Phi(b) - Phi(a)))``, taken on the lower side of the mean (a window
     above the mean is mirrored: if X ~ TN(a, b) then -X ~ TN(-b, -a)), where Phi(a) <= 1/2
-    keeps its relative precision. Windows holding less than 1e-3 of the mass go through
-    scipy.stats.truncnorm.ppf, which works in log space. About 10x faster than scipy's
-    generic path, which dominated drawing a large cohort.
+    keeps its relative precision; for ``u > 1/2`` from the upper tail,
+    ``-ndtri(Phi(-b) + (1 - u) (Phi(b) - Phi(a)))`` (``1 - u`` is exact there), so that a
+    `u` within rounding of 1 keeps its precision too. Windows holding less than 1e-3 of
+    the mass go through scipy.stats.truncnorm.ppf, which works in log space. About 10x
+    faster than scipy's generic path, which dominated drawing a large cohort.
     """
     from scipy.special import ndtr, ndtri
 
@@ -1154,7 +1156,11 @@ def _truncnorm_ppf(u: np.ndarray, a: float, b: float) -> np.ndarray:
     z = float(ndtr(b)) - pa
     if not z >= 1e-3:
         return np.clip(stats.truncnorm.ppf(u, a, b), a, b)
-    return np.clip(ndtri(pa + u * z), a, b)
+    u = np.asarray(u, dtype=float)
+    upper = u > 0.5
+    x = ndtri(pa + np.where(upper, 0.5, u) * z)
+    x[upper] = -ndtri(float(ndtr(-b)) + (1.0 - u[upper]) * z)
+    return np.clip(x, a, b)
 
 
 def _truncnorm_moments(a: float, b: float, loc: float, scale: float) -> tuple[float, float]:
