@@ -42,7 +42,7 @@ import numpy as np
 from pkpd.engine import dosing, peaks, record
 from pkpd.engine.record import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
 from pkpd.engine.solvers.exact import STATUS_OK, _step
-from pkpd.engine.solvers.expm import N_WORK, expm_into
+from pkpd.engine.solvers.expm import N_WORK, propagator_into
 from pkpd.engine.solvers.linear_system import fill_system
 
 __all__ = [
@@ -342,13 +342,7 @@ def _grid_propagator(Mr, br, h, work, phi, gg):
     Maug, Eaug, cache_h, cache_phi, cache_g, _xtmp, ework, epiv, counter = work
     Nr = _nr(Mr)
     st = STATUS_OK
-    for i in range(Nr):
-        for j in range(Nr):
-            Maug[i, j] = Mr[i, j] * h
-        Maug[i, Nr] = br[i] * h
-    for j in range(Nr + 1):
-        Maug[Nr, j] = 0.0
-    if expm_into(Maug, Eaug, ework, epiv) != 0:
+    if propagator_into(Mr, br, h, Maug, Eaug, ework, epiv) != 0:
         st = 1
     for i in range(Nr):
         for j in range(Nr):
@@ -454,7 +448,7 @@ def _block_tables(phi, gg, out_state, out_scale, n_out, blk, tmp):
 
 
 @_jit
-def _excess_bounds(phi_c, system, D, h, cb):
+def _excess_bounds(phi, gg, system, D, h, cb):
     """Bounds of how far an output rises above the straight line between two grid points
     of a block: ``cb = (Pmax, Qmax)`` with, for every step of the block from state ``x``
     and rate ``r`` at the block's start, ``c(tau) <= max(c_k, c_k+1) + sum_j Pmax[o, j]
@@ -463,19 +457,23 @@ def _excess_bounds(phi_c, system, D, h, cb):
 
     The argument. On a step of length h, ``c - (its linear interpolant) <= h^2/8
     sup |c''|`` (the interpolation error of a C^2 function), and the interpolant is at
-    most the larger end value. ``c'' = W M^2 x(tau) + W M b r`` with ``x(tau) = e^{M tau} x
-    + (input)``. A compartment model's ``M`` is a Metzler matrix (off-diagonal entries
-    >= 0: flows, effect-site links, AUC rows) and ``W, b >= 0``; with ``mu = max_i (-M_ii)``
-    and ``N = M + mu I >= 0``, ``0 <= e^{M tau} = e^{-mu tau} e^{N tau} <= e^{N T} = e^{mu T}
-    phi_c`` entrywise for ``0 <= tau <= T = BLK h``. So ``|W M^2 e^{M tau} x| <= e^{mu T}
-    (|W M^2| phi_c) |x|``, and the input's part ``W M^2 G(tau) r + W M b r = W M e^{M tau}
-    b r`` (``G' = e^{M tau} b``, ``G(0) = 0``) is at most ``e^{mu T} (|W M| phi_c b) |r|``.
-    For any other system (not Metzler, a negative output row or input) the bound is
-    +inf: no block is skipped.
+    most the larger end value. On step k of the block (``k = 0 .. BLK-1``, from the state
+    ``x_k = phi^k x + g_k r``, ``g_k = sum_{i<k} phi^i g``), ``c''(tau) = W M^2 e^{M tau}
+    x_k + W M e^{M tau} b r`` (the input's part: ``W M^2 G(tau) r + W M b r`` with
+    ``G' = e^{M tau} b``). A compartment model's ``M`` is a Metzler matrix (off-diagonal
+    entries >= 0: flows, effect-site links, AUC rows) and ``b >= 0``; with ``mu = max_i
+    (-M_ii)`` and ``N = M + mu I >= 0``, ``0 <= e^{M tau} = e^{-mu tau} e^{N tau} <=
+    e^{N h} = e^{mu h} phi`` entrywise for ``0 <= tau <= h``, and ``phi^k, g_k >= 0``. So
+    ``|c''| <= e^{mu h} (|W M^2| phi (phi^k |x| + g_k |r|) + |W M| phi b |r|)``, whose
+    maximum over k is at most ``sum_j |x_j| max_k (|W M^2| phi^{k+1})_j + |r| (max_k
+    |W M^2| phi g_k + |W M| phi b)``: the tables. The factor ``e^{mu h}`` is that of one
+    grid step (about 2 for a 1-min step and a 40/h compartment), not of the block.
+    For any other system (not Metzler, a negative input) the bound is +inf: no block is
+    skipped.
     """
     Pmax, Qmax, _need = cb
     Mr, br = system
-    Nr = _nr(phi_c)
+    Nr = _nr(phi)
     n_out = Pmax.shape[0]
     ok = True
     mu = 0.0
@@ -486,29 +484,58 @@ def _excess_bounds(phi_c, system, D, h, cb):
         for j in range(Nr):
             if j != i and Mr[i, j] < 0.0:
                 ok = False
-    A2 = np.empty(Nr)
-    pb = np.empty(Nr)
+    f = np.exp(mu * h) * h * h / 8.0
+    pb = np.empty(Nr)  # |phi| b
     for i in range(Nr):
         acc = 0.0
         for j in range(Nr):
-            acc += phi_c[i, j] * br[j]
+            acc += abs(phi[i, j]) * br[j]
         pb[i] = acc
-    f = np.exp(mu * BLK * h) * h * h / 8.0
+    # g_{BLK-1} (|phi| and |g|: rounding never lowers the bound); g_k grows with k, so
+    # max_k |W M^2| phi g_k is taken at k = BLK - 1.
+    gk = np.zeros(Nr)
+    gn = np.empty(Nr)
+    for _k in range(BLK - 1):
+        for i in range(Nr):
+            acc = abs(gg[i])
+            for j in range(Nr):
+                acc += abs(phi[i, j]) * gk[j]
+            gn[i] = acc
+        for i in range(Nr):
+            gk[i] = gn[i]
+    a2 = np.empty(Nr)
+    V = np.empty(Nr)  # |W M^2| |phi|^(k+1), one output at a time
+    Vn = np.empty(Nr)
     for o in range(n_out):
-        q = 0.0
+        q1 = 0.0
         for j in range(Nr):
             acc = 0.0
             for i in range(Nr):
                 acc += D[o, i] * Mr[i, j]
-            A2[j] = abs(acc)
-            q += abs(D[o, j]) * pb[j]
+            a2[j] = abs(acc)
+            q1 += abs(D[o, j]) * pb[j]
             ok = ok and D[o, j] == D[o, j]
-        Qmax[o] = f * q if ok else np.inf
         for j in range(Nr):
             acc = 0.0
             for i in range(Nr):
-                acc += A2[i] * phi_c[i, j]
-            Pmax[o, j] = f * acc
+                acc += a2[i] * abs(phi[i, j])
+            V[j] = acc
+            Pmax[o, j] = acc
+        q2 = 0.0
+        for j in range(Nr):
+            q2 += V[j] * gk[j]
+        for _k in range(1, BLK):
+            for j in range(Nr):
+                acc = 0.0
+                for i in range(Nr):
+                    acc += V[i] * abs(phi[i, j])
+                Vn[j] = acc
+            for j in range(Nr):
+                V[j] = Vn[j]
+                Pmax[o, j] = max(Pmax[o, j], Vn[j])
+        Qmax[o] = f * (q1 + q2) if ok else np.inf
+        for j in range(Nr):
+            Pmax[o, j] = f * Pmax[o, j] if ok else np.inf
 
 
 @_jit_inline
@@ -845,7 +872,7 @@ def _patient(p, theta, model, keep, ev, t0, grid, specials, rec, extra_state, un
     pk = _peak_work(Mr, br, out_state, out_scale, n_out, work)
     if uniform and n_t > 2 * BLK and st == STATUS_OK:
         _block_tables(phi, gg, out_state, out_scale, n_out, blk, (Maug, xtmp))
-        _excess_bounds(blk[6], (Mr, br), pk[1], grid[1] - grid[0], pk[9])
+        _excess_bounds(phi, gg, (Mr, br), pk[1], grid[1] - grid[0], pk[9])
     cur = (np.zeros(n_rows), np.zeros(n_rows), np.zeros(n_out), np.zeros(n_out))
     # The dosing source's decision (bolus, rate; one input): one allocation for both.
     dose = np.zeros((2, 1))

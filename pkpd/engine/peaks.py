@@ -24,7 +24,7 @@ derivative of ``x`` beyond the first is ``M`` times the one before). With
 at most ``K_MAX`` of them, and the series is evaluated to rounding (no cancellation: the
 terms fall monotonically once ``n > ||M|| s``). A step longer than that (a stiff model on
 a coarse grid) is cut into sub-steps of the exact propagator (one exponential,
-:func:`pkpd.engine.solvers.expm.expm_into`) and the series is used on the sub-step where
+:func:`pkpd.engine.solvers.expm.propagator_into`) and the series is used on the sub-step where
 the derivative changes sign. The root of ``d`` is found by Newton's method on the series,
 safeguarded by bisection of the bracket ``[0, h]``; ``d`` vanishes at the maximum, so the
 error of ``c*`` is quadratic in that of ``t*``.
@@ -39,7 +39,7 @@ import math
 import numba
 import numpy as np
 
-from pkpd.engine.solvers.expm import expm_into
+from pkpd.engine.solvers.expm import propagator_into
 
 #: Largest ``||M||_inf * h`` summed as one Taylor series (longer steps are cut).
 TAYLOR_SPAN = 2.0
@@ -196,13 +196,7 @@ def refine(xa, ta, h, rate, M, b, w, mnorm, scratch):
     # where the derivative changes sign.
     m = math.ceil(mnorm * h / TAYLOR_SPAN)
     dl = h / m
-    for i in range(N):
-        for j in range(N):
-            Maug[i, j] = M[i, j] * dl
-        Maug[i, N] = b[i] * dl
-    for j in range(N + 1):
-        Maug[N, j] = 0.0
-    if expm_into(Maug, Eaug, ework, epiv) != 0:
+    if propagator_into(M, b, dl, Maug, Eaug, ework, epiv) != 0:
         return ta, -math.inf
     for j in range(N):
         xs[0, j] = xa[j]
@@ -285,13 +279,7 @@ def trajectory_peaks(M, b, W, ev_t, ev_rate, ev_bolus, t0, t_out, cmax, tmax, wo
         if target > t:
             for j in range(N):
                 xa[j] = x[j]
-            for ii in range(N):
-                for j in range(N):
-                    Maug[ii, j] = M[ii, j] * (target - t)
-                Maug[ii, N] = b[ii] * (target - t)
-            for j in range(N + 1):
-                Maug[N, j] = 0.0
-            if expm_into(Maug, Eaug, ework, epiv) != 0:
+            if propagator_into(M, b, target - t, Maug, Eaug, ework, epiv) != 0:
                 return 1
             for ii in range(N):
                 acc = Eaug[ii, N] * rate

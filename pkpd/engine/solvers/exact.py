@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from . import STATUS_BAD_TIMES, STATUS_NONFINITE, STATUS_OK
-from .expm import expm_into, expm_work
+from .expm import expm_work, propagator_into
 
 # Number of cached step lengths: a uniform grid broken by events needs the grid step plus
 # the two partial steps on either side of each event.
@@ -75,15 +75,7 @@ def _step(
     if slot < 0:
         slot = counter[0] % cache_h.shape[0]
         counter[0] += 1
-        for i in range(N + 1):
-            for j in range(N + 1):
-                Maug[i, j] = 0.0
-        for i in range(N):
-            for j in range(N):
-                Maug[i, j] = M[i, j] * h
-            Maug[i, N] = b[i] * h
-        status = expm_into(Maug, Eaug, ework, epiv)
-        if status != 0:
+        if propagator_into(M, b, h, Maug, Eaug, ework, epiv) != 0:
             return STATUS_NONFINITE
         for i in range(N):
             for j in range(N):

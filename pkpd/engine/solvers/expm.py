@@ -564,3 +564,20 @@ def expm(A):
     out = np.empty((n, n), dtype=np.float64)
     expm_into(A, out, work, piv)
     return out
+
+
+@_jit
+def propagator_into(M, b, h, Maug, Eaug, work, piv):
+    """The exact propagator of ``dx/dt = M x + b r`` over a step `h` at constant `r`:
+    ``Eaug = expm([[M h, b h], [0, 0]])``, whose blocks are ``phi = e^{M h}``
+    (``Eaug[:N, :N]``) and ``g = int_0^h e^{M s} b ds`` (``Eaug[:N, N]``), so that
+    ``x(h) = phi x(0) + g r`` (Van Loan 1978, doi:10.1109/TAC.1978.1101743). ``Maug``
+    (N+1, N+1) is overwritten; returns :func:`expm_into`'s status (0: success)."""
+    N = M.shape[0]
+    for i in range(N):
+        for j in range(N):
+            Maug[i, j] = M[i, j] * h
+        Maug[i, N] = b[i] * h
+    for j in range(N + 1):
+        Maug[N, j] = 0.0
+    return expm_into(Maug, Eaug, work, piv)
