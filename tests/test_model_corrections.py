@@ -86,26 +86,26 @@ def test_fanta_otto_olofsen_input_is_cp_norketamine_without_a_molar_factor():
     assert "mass equivalents" not in ds.cp_norketamine.attrs.get("note", "")
 
 
+def _quiet_cohort(model, population, n, **kw):
+    """A 20-mg bolus over 2 h on a 10-min grid, summary mode, range warnings silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CovariateRangeWarning)
+        return simulate_cohort(
+            model, "20 mg bolus at 0 h", population, n, until="2 h", every="10 min",
+            bands=False, progress=False, **kw,
+        )  # fmt: skip
+
+
 def test_fanta_otto_nmol_per_ml_uses_the_norketamine_molar_mass():
     """A threshold of 0.1 nmol/mL is 0.1 x 223.70 = 22.370 ng/mL of S-norketamine and
     0.1 x 237.73 = 23.773 ng/mL of S-ketamine (1 nmol/mL = M ng/mL for M g/mol)."""
     m = pkpd.load_model("fanta2015_otto2021")
     assert m.molar_mass("norketamine") == pytest.approx(MW_SNK, abs=1e-12)
     assert m.molar_mass() == pytest.approx(MW_SK, abs=1e-12)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CovariateRangeWarning)
-        ds = simulate_cohort(
-            "fanta2015_otto2021",
-            "20 mg bolus at 0 h",
-            "healthy_volunteers",
-            4,
-            seed=1,
-            until="2 h",
-            every="10 min",
-            thresholds={"cp": ["0.1 nmol/mL"], "cp_norketamine": ["0.1 nmol/mL"]},
-            bands=False,
-            progress=False,
-        )
+    ds = _quiet_cohort(
+        "fanta2015_otto2021", "healthy_volunteers", 4, seed=1,
+        thresholds={"cp": ["0.1 nmol/mL"], "cp_norketamine": ["0.1 nmol/mL"]},
+    )  # fmt: skip
     assert list(ds.threshold_output.values) == ["cp", "cp_norketamine"]
     np.testing.assert_allclose(ds.threshold_level.values, [0.1 * MW_SK, 0.1 * MW_SNK], rtol=1e-12)
 
@@ -176,20 +176,7 @@ def test_perez_ruixo_steady_state_of_a_75_year_old_follows_the_age_adjusted_clea
 def test_perez_ruixo_cohort_draws_age_into_hepatic_blood_flow():
     """spine_fusion_china (mean age 62.3 y): each patient's Qh (no IIV) is 151 - 2.19
     max(0, age - 60) from the patient's own drawn age; some patients are over 60."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CovariateRangeWarning)
-        ds = simulate_cohort(
-            "perezruixo2021_esketamine",
-            "20 mg bolus at 0 h",
-            "spine_fusion_china",
-            40,
-            seed=3,
-            iiv=False,
-            until="2 h",
-            every="10 min",
-            bands=False,
-            progress=False,
-        )
+    ds = _quiet_cohort("perezruixo2021_esketamine", "spine_fusion_china", 40, seed=3, iiv=False)
     age = ds.age.values.astype(float)
     assert np.any(age > 60) and np.any(age <= 60)
     expected = 151.0 - 2.19 * np.maximum(0.0, age - 60.0)
