@@ -22,7 +22,9 @@ import closed_form as cf
 import numpy as np
 import pytest
 from helpers import mammillary
-from scipy.optimize import brentq
+from scipy.integrate import solve_ivp
+from scipy.optimize import brentq, minimize_scalar
+from test_flint2017 import reference_parameters, reference_rhs
 
 import pkpd
 from pkpd.engine import peaks
@@ -256,3 +258,138 @@ def test_domino_effect_site_cmax_independent_of_every():
     np.testing.assert_allclose(c, c[0], rtol=1e-9)
     np.testing.assert_allclose(t, t[0], atol=1e-8)
     assert t[0] % (0.5 / 60) != 0.0  # the peak lies between the points of every grid
+
+
+# ------------------------------------------------------------------------- [ode] models
+#
+# An [ode] model has no closed-form derivative: its maxima between points are located by
+# integrating again over the bracket (pkpd.engine.peaks_adaptive). The references are the
+# same closed forms, for the Bateman system written as an [ode] model, and an independent
+# solver (scipy's Radau) for `flint2017_s_ketamine_children`.
+
+BATEMAN_ODE = f"""
+schema_version = 1
+[model]
+name = "bateman_ode"
+drug = "test"
+citation = "none"
+population = "none"
+sampling_site = "not reported"
+[ode]
+dose_state = "parent"
+[ode.states.parent]
+initial = 0
+[ode.states.met]
+initial = 0
+[ode.derivatives]
+parent = "rate - k * parent"
+met = "k * parent - km * met"
+[ode.outputs.cp]
+expression = "parent / V"
+concentration = true
+[ode.outputs.cp_met]
+expression = "met / VM"
+concentration = true
+[parameters.k]
+value = "{K} 1/h"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+[parameters.km]
+value = "{KM} 1/h"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+[parameters.V]
+value = "{V} L"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+[parameters.VM]
+value = "{VM} L"
+source = "test"
+tag = "assumed"
+note = "test fixture"
+"""
+ODE_TOL = {"rtol": 1e-10, "atol": 1e-13}
+
+
+@pytest.fixture(scope="module")
+def bateman_ode(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ode") / "bateman_ode.toml"
+    path.write_text(BATEMAN_ODE)
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas"])
+@pytest.mark.parametrize("every", ["1 min", "7 min", "30 min"])
+def test_ode_cohort_peak_is_the_closed_form_whatever_the_grid(bateman_ode, method, every):
+    ds = _cohort(bateman_ode, f"{DOSE} mg bolus at 0 h", every, method=method, **ODE_TOL)
+    assert ds.attrs["solver_method"] == method
+    c, t = _peak_of(ds, "cp_met")
+    want_c, want_t = _bateman_peak()
+    assert c == pytest.approx(want_c, rel=1e-9)
+    assert t == pytest.approx(want_t, abs=1e-6)
+    assert (want_t * 60) % float(every.split()[0]) != 0.0  # between the grid points
+
+
+def _two_bolus_peak(t2, d2):
+    """The metabolite after DOSE at 0 h and d2 at t2 (superposition of Bateman curves):
+    its maximum after t2, located on the closed form."""
+
+    def cm(t):
+        def one(s, d):
+            s = np.maximum(s, 0.0)
+            return d * K / (VM * (KM - K)) * (np.exp(-K * s) - np.exp(-KM * s))
+
+        return (one(t, DOSE) + one(t - t2, d2)) * NG
+
+    def dcm(t, h=1e-6):
+        return (cm(t + h) - cm(t - h)) / (2 * h)
+
+    t = brentq(dcm, t2 + 1e-6, t2 + 6.0, xtol=1e-14)
+    return float(cm(t)), t
+
+
+def test_ode_second_higher_peak_between_points_and_single_patient(bateman_ode):
+    """A second, larger bolus between grid points: the later maximum lies inside a 30-min
+    step; the cohort and the one-patient summary both find it."""
+    reg = f"{DOSE} mg bolus at 0 h; 120 mg bolus at 5.1 h"
+    want_c, want_t = _two_bolus_peak(5.1, 120.0)
+    ds = _cohort(bateman_ode, reg, "30 min", method="dopri5", **ODE_TOL)
+    c, t = _peak_of(ds, "cp_met")
+    assert c == pytest.approx(want_c, rel=1e-8)
+    assert t == pytest.approx(want_t, abs=1e-5)
+    one = pkpd.simulate(bateman_ode, reg, until="12 h", every="30 min", method="dopri5", **ODE_TOL)
+    s = summarize(one, reg)
+    assert s.cmax["cp_met"] == pytest.approx(want_c, rel=1e-8)
+    assert s.tmax["cp_met"] == pytest.approx(want_t, abs=1e-5)
+    assert one.cp_met.values.max() < want_c * (1 - 1e-3)  # the grid alone misses it
+
+
+def test_flint2017_norketamine_peak_in_a_newborn_against_radau():
+    """The issue's case: a 1-min grid under-read the S-norketamine Cmax of
+    `flint2017_s_ketamine_children` in a 3.6-kg child by 10-13 % (its peak comes about
+    37 s after the bolus). Reference: the hand-written equations of tests/test_flint2017.py
+    by scipy's Radau (rtol 1e-12), the maximum of its dense output."""
+    w = 3.6
+    p = reference_parameters(w)
+    sol = solve_ivp(
+        reference_rhs(p, lambda t: 0.0), (0.0, 1.0), [w, 0.0, 0.0], method="Radau",
+        rtol=1e-12, atol=1e-16, dense_output=True,
+    )  # fmt: skip
+    r = minimize_scalar(
+        lambda t: -sol.sol(t)[2], bounds=(0.0, 0.1), method="bounded", options={"xatol": 1e-12}
+    )
+    want_c, want_t = -r.fun / p["VSNK"] * NG, r.x
+    table = CovariateTable(covariates={"weight": np.array([w]), "age": np.array([0.5])}, n=1)
+    for every in ["1 min", "15 min"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PkpdWarning)
+            ds = simulate_cohort(
+                "flint2017_s_ketamine_children", "1 mg/kg bolus at 0 h", table, iiv=False,
+                until="12 h", every=every, bands=False, **ODE_TOL,
+            )  # fmt: skip
+        c, t = _peak_of(ds, "cp_norketamine")
+        assert c == pytest.approx(want_c, rel=1e-8), every
+        assert t == pytest.approx(want_t, abs=1e-6), every

@@ -562,7 +562,13 @@ def test_ode_cohort_metrics_of_selected_concentrations_and_left_limits():
     assert "pain" in ds.traj_output.values
     conc = ["cp", "ce"]
     cm = M.cmax(ds, outputs=conc).transpose("patient", "output")
-    np.testing.assert_allclose(cm.values, ds.cmax.sel(output=conc).values, rtol=2e-7)
+    # cp peaks at the end of the infusion (a grid point): the same value. ce peaks between
+    # grid points, which the kernel locates (issue 14) and the stored samples miss: the
+    # kernel's is higher, by less than the grid's interpolation error.
+    kern = ds.cmax.sel(output=conc).values
+    np.testing.assert_allclose(cm.values[:, 0], kern[:, 0], rtol=2e-7)
+    assert np.all(kern[:, 1] >= cm.values[:, 1] * (1 - 2e-7))
+    assert np.all(kern[:, 1] <= cm.values[:, 1] * (1 + 1e-3))
     a = M.auc(ds, {"w": ("0.5 h", "1 h")}, outputs=conc).transpose(*ds.auc.dims)
     np.testing.assert_allclose(a.values, ds.auc.sel(output=conc).values, rtol=1e-3)
     for outputs in (None, ["cp", "pain"], "pain"):

@@ -3,7 +3,8 @@ and linear models when an adaptive method is asked for.
 
 Same per-patient metrics and the same semantics as :func:`pkpd.engine.kernels.cohort_kernel`
 (the exact path): Cmax/Tmax and time above thresholds over every evaluated point of the
-grid's span (grid points, dose events before and after their bolus, special times), AUC
+grid's span (grid points, dose events before and after their bolus, special times), with
+the maxima between those points of an ``[ode]`` model (:mod:`pkpd.engine.peaks_adaptive`), AUC
 over windows from the solver's own AUC states (integrated to tolerance, not by
 quadrature of the output grid), concentrations at anchored times, optional float32
 trajectories, and a per-patient status. Only the solution differs: it comes from the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import peaks_adaptive as _peaks
 from pkpd.engine import record
 from pkpd.engine.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
 from pkpd.engine.solvers import dopri5 as _dopri5
@@ -308,6 +310,12 @@ def adaptive_patient(
     else:
         r_end = np.searchsorted(times, t_end, side="right")  # rows of the grid's span
         _cmax_rows(p, times, O, t_pre, O_pre, pre_row, r_end, cmax, tmax)
+        # The maxima between the points, on the solution itself (the state is recorded).
+        _peaks.refine_patient(
+            solve_patient, outputs_into, P[p], b, (ev_t[p], ev_rate[p], ev_bolus[p]),
+            _peaks.point_sequence(times, t_pre, pre_row, r_end), (Y, O, Y_pre, O_pre),
+            (rtol, atol, hmax, max_steps, nstiff), cmax[p], tmax[p],
+        )  # fmt: skip
     if thr_out.shape[0] > 0:
         _above_rows(p, times, kinds, index, ev_bolus[p], O, O_pre, t0, t_end,
                     (thr_out, thr_val), cmax, tmax, t_above)  # fmt: skip

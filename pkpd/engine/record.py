@@ -11,7 +11,8 @@ functions here; nothing else writes the metric arrays. Metrics of patient ``p``
   and just after. Rows after the grid's end (a late special time) do not count. The
   exact kernel also folds the maxima between two evaluated points
   (:mod:`pkpd.engine.peaks`) with :func:`fold_max`, so that its Cmax/Tmax are those of
-  the exact solution; the adaptive kernels do not (yet).
+  the exact solution; the adaptive kernels do it for ``[ode]`` models on the solver's
+  solution (:mod:`pkpd.engine.peaks_adaptive`), not for linear models.
 * ``t_above[p, j]``: time spent above threshold ``thr_val[j]`` of output ``thr_out[j]``,
   the crossing between two consecutive evaluated points found by linear interpolation.
 * ``auc[p, o, w]``: the difference of the cumulative-AUC state between the window's end

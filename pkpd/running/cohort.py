@@ -1688,7 +1688,9 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
 def _solver_attrs(setup, results) -> dict:
     """The solver and metric-accuracy attributes (with the adaptive counters)."""
     stats = np.concatenate([r.solver_stats for r in results]) if setup.adaptive else None
-    return registry.cohort_attrs(setup.method, setup.rtol, setup.atol, stats, setup.auto_stiff)
+    return registry.cohort_attrs(
+        setup.method, setup.rtol, setup.atol, stats, setup.auto_stiff, setup.spec.is_linear
+    )
 
 
 def check_ranges(spec: ModelSpec, ds) -> list[str]:

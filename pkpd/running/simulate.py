@@ -14,7 +14,7 @@ from pkpd.engine.solvers import registry
 from pkpd.engine.solvers.exact import propagate
 from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
-from pkpd.inputs.model import ModelSpec, dataset_variables, load_model
+from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model
 from pkpd.inputs.pd import add_pd_variables, augment_model
 from pkpd.inputs.regimen import Bolus, Regimen, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
@@ -231,11 +231,6 @@ def _linear_data(spec: ModelSpec, theta, ev, t, method, rtol, atol) -> tuple[dic
     return data, sattrs
 
 
-#: Attributes of each output of an exact simulation: Cmax (ng/mL) and Tmax (h) of the
-#: exact solution over the simulated span, maxima between output times included.
-PEAK_ATTRS = ("cmax_exact", "tmax_exact")
-
-
 def _record_peaks(spec: ModelSpec, theta, ev, t, data, names) -> None:
     """:data:`PEAK_ATTRS` on each output: the maximum of the exact solution over the
     output times, the dose events (just before and after each bolus) and between them
@@ -342,11 +337,12 @@ class Summary:
 def summarize(ds, regimen) -> Summary:
     """Cmax, Tmax, AUC and concentrations at the end of each infusion.
 
-    Cmax/Tmax are those of the exact solution where the dataset carries them
-    (:data:`PEAK_ATTRS`, an exact simulation: maxima between output times included, the
-    same as the cohort kernel's); otherwise (adaptive solvers) over the dataset's time
-    points, which :func:`pkpd.cli` merges with every dose event so that peaks at the end
-    of an infusion or at a bolus are exact.
+    Cmax/Tmax are those of the solution where the dataset carries them
+    (:data:`PEAK_ATTRS`: maxima between output times included, the same as the cohort
+    kernel's; the exact solution of a linear model, the solver's for an ``[ode]`` model);
+    otherwise (a linear model under an adaptive solver) over the dataset's time points,
+    which :func:`pkpd.cli` merges with every dose event so that peaks at the end of an
+    infusion or at a bolus are exact.
     """
     reg = load_regimen(regimen) if not isinstance(regimen, Regimen) else regimen
     outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]

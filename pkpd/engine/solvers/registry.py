@@ -243,15 +243,20 @@ def attrs(method: str, rtol=None, atol=None, stats: dict | None = None, note: st
     return out
 
 
-def cohort_attrs(method: str, rtol, atol, stats: np.ndarray | None, auto_stiff: bool) -> dict:
+def cohort_attrs(
+    method: str, rtol, atol, stats: np.ndarray | None, auto_stiff: bool, linear: bool = True
+) -> dict:
     """Dataset attributes of a cohort: the solver, metric accuracy and, for an adaptive
-    solver, its tolerances and the mean and maximum of each counter (`stats` per patient)."""
+    solver, its tolerances and the mean and maximum of each counter (`stats` per patient).
+    `linear`: a linear model (under an adaptive solver its maxima are not searched between
+    evaluated points; an ``[ode]`` model's are)."""
     info = SOLVERS[method]
     if not info.adaptive:
         return {
             "solver": f"{info.name}: {info.summary} (cohort kernel)",
-            "metrics_accuracy": "auc and c_at exact; cmax/tmax over grid + dose events; "
-            "time_above by linear interpolation between evaluated points",
+            "metrics_accuracy": "auc and c_at exact; cmax/tmax of the exact solution (grid, "
+            "dose events and maxima between them); time_above by linear interpolation "
+            "between evaluated points",
         }
     out = {
         "solver": f"{info.method} (cohort kernel): {info.description}"
@@ -265,7 +270,8 @@ def cohort_attrs(method: str, rtol, atol, stats: np.ndarray | None, auto_stiff: 
         "solver_atol": float(np.max(atol)),
         "metrics_accuracy": f"solution to rtol {np.max(rtol):g} / atol "
         f"{np.max(atol):g} (mg, mg/L); auc integrated by the solver; cmax/tmax over "
-        "grid + dose events; time_above by linear interpolation between evaluated points",
+        + ("grid + dose events" if linear else "grid + dose events + maxima between them")
+        + "; time_above by linear interpolation between evaluated points",
     }
     for i, name in enumerate(STAT_NAMES):
         out[f"solver_{name}_mean"] = float(stats[:, i].mean()) if stats.size else 0.0

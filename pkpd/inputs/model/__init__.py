@@ -47,6 +47,7 @@ from pkpd.inputs.model.schema import (
     VariabilityBlock,
 )
 from pkpd.inputs.model.solve import (
+    PEAK_ATTRS,
     bolus_on_grid,
     cohort_inputs,
     dataset_variables,
@@ -63,6 +64,7 @@ __all__ = [
     "FUNCTIONS",
     "MAX_DEPTH",
     "PATIENT_COVARIATES",
+    "PEAK_ATTRS",
     "ROLES",
     "SAMPLING_SITES",
     "TAGS",

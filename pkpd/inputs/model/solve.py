@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pkpd.engine.solvers import Status
+from pkpd.engine.solvers import N_STATS, Status
 from pkpd.engine.solvers import registry as reg
 from pkpd.errors import ModelError, SimulationError
 from pkpd.inputs.units import MG_L_TO_NG_ML
 
 __all__ = [
+    "PEAK_ATTRS",
     "bolus_on_grid",
     "cohort_inputs",
     "dataset_variables",
     "first_dose_time",
+    "ode_peaks",
     "output_scales",
     "record_bolus_limits",
     "solve",
@@ -65,6 +67,40 @@ def solve(spec, theta, covariates, ev, t, method, rtol, atol, max_steps=None):
     return Y, O, reg.attrs(chosen, rtol, atol, stats, note)
 
 
+#: Attributes of each output of one patient: Cmax (in the output's unit) and Tmax (h) of
+#: the solution over the simulated span, maxima between output times included (the exact
+#: solution of a linear model; for an ``[ode]`` model the solver's, to its tolerances).
+PEAK_ATTRS = ("cmax_exact", "tmax_exact")
+
+
+def ode_peaks(spec, theta, covariates, ev, t, method, rtol, atol):
+    """Cmax and Tmax (internal units, h) of each output of one patient of an ``[ode]``
+    model over the output times `t`, maxima between them included: the generated cohort
+    kernel of `method` run for this one patient, so the values are those a cohort reports
+    (:mod:`pkpd.engine.peaks_adaptive`). Raises SimulationError if the solve fails."""
+    evs = tuple(np.ascontiguousarray(a, dtype=float)[None, :] for a in (ev.t, ev.rate, ev.bolus))
+    P, B, Y0, auc_index, kernels = cohort_inputs(spec, theta[None, :], covariates, evs)
+    N = Y0.shape[1]
+    n_out = len(spec.ode.outputs)
+    t = np.ascontiguousarray(t, dtype=float)
+    t0 = min(0.0, float(ev.t[0]) if ev.t.size else 0.0, float(t[0]))
+    cmax, tmax = np.empty((1, n_out)), np.empty((1, n_out))
+    status = np.zeros(1, dtype=np.int64)
+    empty_i = np.zeros((1, 0), dtype=np.int64)
+    traj = np.zeros((1, 0, 0), dtype=np.float32)[:, :0]
+    kernels[method](
+        P, B, Y0, t0, t, *evs, np.zeros((1, 0)), empty_i, empty_i.copy(),
+        reg.tolerance(rtol, N, "rtol"), reg.tolerance(atol, N, "atol"), np.inf,
+        reg.DEFAULT_MAX_STEPS, reg.DEFAULT_NSTIFF, auc_index, np.zeros(0, dtype=np.int64),
+        np.zeros(0), np.zeros(0, dtype=np.int64), 1, cmax, tmax, np.zeros((1, n_out, 0)),
+        np.zeros((1, 0)), np.zeros((1, n_out, 0)), traj, status,
+        np.zeros((1, N_STATS), dtype=np.int64),
+    )  # fmt: skip
+    if status[0] != Status.OK:
+        raise SimulationError(f"{spec.file or spec.name}: {reg.failure(method, int(status[0]))}")
+    return cmax[0], tmax[0]
+
+
 def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
     """Dataset variables and solver attributes of one patient of an ``[ode]`` model.
 
@@ -104,6 +140,11 @@ def dataset_variables(spec, theta, covariates, ev, t, method, rtol, atol):
         return ode.evaluate_outputs(t[idx], Ys, p) * scale[None, :]
 
     record_bolus_limits(data, [o.name for o in ode.outputs], t, ev, shifted)
+    cmax, tmax = ode_peaks(spec, theta, covariates, ev, t, attrs["solver_method"], rtol, atol)
+    for j, o in enumerate(ode.outputs):
+        data[o.name][2].update(
+            {PEAK_ATTRS[0]: float(cmax[j] * scale[j]), PEAK_ATTRS[1]: float(tmax[j])}
+        )
     return data, attrs
 
 
