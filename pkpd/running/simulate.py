@@ -35,6 +35,7 @@ __all__ = [
     "GridError",
     "Summary",
     "estimate_single_memory",
+    "metric_lines",
     "simulate",
     "summarize",
     "time_grid",
@@ -338,6 +339,38 @@ def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limi
         coords = {k: v for k, v in coords.items() if k not in ("output", "output_units")}
     ds.coords.update(coords)
     ds.update(data)
+
+
+def metric_lines(ds) -> list[str]:
+    """The metrics of :func:`simulate` (``time_above``, ``auc``, ``c_at``) as text lines."""
+    out = []
+    if "time_above" in ds:
+        for label, v in zip(ds.threshold.values, ds.time_above.values, strict=True):
+            out.append(f"  time above {label}: {v:.4g} h")
+    units = (
+        [str(u) for u in ds.output_units.values]
+        if "output_units" in ds.coords
+        else [ds.c_at.attrs.get("units", "") if "c_at" in ds else ""] * ds.sizes.get("output", 0)
+    )
+    if "auc" in ds:
+        for w in range(ds.sizes["window"]):
+            vals = ", ".join(
+                f"{o} {a:.5g}"
+                for o, a in zip(ds.output.values, ds.auc.values[:, w], strict=True)
+                if np.isfinite(a)
+            )
+            out.append(
+                f"  AUC {ds.window.values[w]} ({ds.window_start.values[w]:g}-"
+                f"{ds.window_end.values[w]:g} h): {vals} ng*h/mL"
+            )
+    if "c_at" in ds:
+        for j in range(ds.sizes["at"]):
+            vals = ", ".join(
+                f"{o} {c:.4g} {u}".rstrip()
+                for o, c, u in zip(ds.output.values, ds.c_at.values[:, j], units, strict=True)
+            )
+            out.append(f"  at {ds['at'].values[j]} ({ds.at_time.values[j]:g} h): {vals}")
+    return out
 
 
 def _time_above(t, var, level: float, t_end: float) -> float:
