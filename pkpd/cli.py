@@ -691,6 +691,9 @@ def _pairs(items, option, sep="="):
         if sep not in item:
             raise click.BadParameter(f"{item!r}: expected NAME{sep}VALUE", param_hint=option)
         k, v = item.split(sep, 1)
+        if k.strip() in out:
+            # A second value for one name would silently replace the first.
+            raise click.BadParameter(f"{k.strip()!r} is given twice", param_hint=option)
         out[k.strip()] = v.strip()
     return out
 

@@ -127,3 +127,14 @@ def test_pythonwarnings_is_honoured():
     r = _run(*WARN, env={"PYTHONWARNINGS": "error::UserWarning"})
     assert r.returncode == 2 and r.stderr.startswith("pkpd: error: CovariateRangeWarning")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("option", ["--at", "--window"])
+def test_a_name_given_twice_is_refused(option):
+    vals = ["a=1h", "a=2h"] if option == "--at" else ["a=0h..1h", "a=1h..2h"]
+    r = CliRunner().invoke(
+        main,
+        ["simulate", MODEL, "20 mg bolus at 0 h", "--until", "2h",
+         option, vals[0], option, vals[1]],
+    )  # fmt: skip
+    assert r.exit_code == 2 and option in r.output and "'a' is given twice" in r.output
