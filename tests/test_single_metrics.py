@@ -136,3 +136,27 @@ def test_refused_with_the_option_named():
         pkpd.simulate(spec, "30 mg/h from 0 h to 4 h", thresholds={"ce": ["1"]}, until="5 h")
     with pytest.raises(PkpdError, match="ends before it starts"):
         pkpd.simulate(spec, "30 mg/h from 0 h to 4 h", windows={"w": ("3h", "1h")}, until="5h")
+
+
+def test_pd_variables_equal_one_patient_cohort():
+    """A threshold on a PD variable (compared on its driving output at the level where
+    the variable equals it), its value at a time and its AUC: as in a cohort."""
+    reg = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 2 h"
+    kw = dict(
+        until="6 h", every="5 min", pd=["simons2022_drug_high"],
+        thresholds={"simons2022_drug_high_conc_over_c50": ["0.5"], "cp": ["80 ng/mL"]},
+        at={"a": "1.1 h"}, windows={"w": ("0.2 h", "3 h")},
+    )  # fmt: skip
+    table = CovariateTable(covariates={"weight": np.full(1, 70.0)}, n=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        one = pkpd.simulate("fanta2015_otto2021", reg, covariates={"weight": 70.0}, **kw)
+        coh = simulate_cohort(
+            "fanta2015_otto2021", reg, table, iiv=False, bands=False, **kw
+        )  # fmt: skip
+    assert list(one.output.values) == list(coh.output.values)
+    assert list(one.threshold.values) == list(coh.threshold.values)
+    np.testing.assert_allclose(one.time_above.values, coh.time_above.values[0], rtol=1e-9)
+    np.testing.assert_allclose(one.c_at.values, coh.c_at.values[0], rtol=1e-9)
+    np.testing.assert_allclose(one.auc.values, coh.auc.values[0], rtol=1e-9)  # NaN: not conc.
+    assert one.time_above.values.min() > 0.1
