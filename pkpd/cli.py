@@ -125,6 +125,9 @@ class _Group(click.Group):
             sys.exit(0)
         except (PkpdError, ValueError, OSError) as exc:
             _fail(str(exc))
+        except Warning as exc:
+            # A warning the user turned into an error (PYTHONWARNINGS=error, python -W).
+            _fail(f"{type(exc).__name__}: {exc}")
         except click.exceptions.NoArgsIsHelpError:
             raise
         except click.ClickException as exc:
@@ -166,13 +169,25 @@ Examples:
 )
 @click.version_option(__version__, prog_name="pkpd")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-def main(debug: bool) -> None:
+@click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    help="Do not print the package's warnings (covariate defaults and ranges, sampling "
+    "site, provenance...); errors are still printed.",
+)
+def main(debug: bool, quiet: bool = False) -> None:
     global _DEBUG
     _DEBUG = debug
-    # The command reports the package's warnings on stderr, once each, and never turns
-    # them into errors (whatever filters the calling process set).
+    # The command reports the package's warnings on stderr, once each. Filters the user
+    # set for the process (PYTHONWARNINGS, python -W: sys.warnoptions) are theirs to keep,
+    # `PYTHONWARNINGS=ignore` included; otherwise the package's warnings are shown once
+    # each, never turned into errors by filters of a calling process; --quiet drops them.
     warnings.showwarning = _showwarning
-    warnings.simplefilter("default", PkpdWarning)
+    if quiet:
+        warnings.simplefilter("ignore", PkpdWarning)
+    elif not sys.warnoptions:
+        warnings.simplefilter("default", PkpdWarning)
 
 
 # ----------------------------------------------------------------------------- models
@@ -429,14 +444,14 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "windows",
     multiple=True,
     metavar="NAME=START..END",
-    help="Cohort AUC window, e.g. postop24=end_of_surgery..end_of_surgery+24h (repeatable).",
+    help="AUC window, e.g. postop24=end_of_surgery..end_of_surgery+24h (repeatable).",
 )
 @click.option(
     "--threshold",
     "thresholds",
     multiple=True,
     metavar="OUTPUT=LEVEL",
-    help="Cohort time-above-threshold metric, e.g. cp=100ng/mL, or a PD variable in its "
+    help="Time above a level, e.g. cp=100ng/mL, or a PD variable in its "
     "unit, e.g. simons2022_drug_high_conc_over_c50=1 (repeatable).",
 )
 @click.option(
@@ -444,7 +459,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "at_items",
     multiple=True,
     metavar="NAME=TIME",
-    help="Cohort concentration at a named time, e.g. eos1h=end_of_surgery+1h (repeatable).",
+    help="Value at a named time, e.g. eos1h=end_of_surgery+1h (repeatable).",
 )
 @click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
 @click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
@@ -558,7 +573,16 @@ def simulate(
     # The command holds two simulations (the output grid, and that grid merged with the dose
     # events) and copies for its files: each may use a quarter of the available memory.
     extra_run["memory_limit"] = int(0.8 * resources.available_memory()) // _SINGLE_COPIES
-    ds = single.simulate(spec, reg, covariates=cov, until=until, every=every, **extra_run)
+    metrics = {
+        "windows": _windows_option(windows),
+        "at": _pairs(at_items, "--at") or None,
+        "thresholds": _cohort_thresholds(thresholds) or None,
+    }
+    # The regimen with its events unresolved, so that windows and times may refer to them.
+    ds = single.simulate(
+        spec, load_regimen(regimen), covariates=cov, until=until, every=every, anchors=anchors,
+        **extra_run, **metrics,
+    )  # fmt: skip
     fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
     summ = single.summarize(fine, reg)
     _echo(
@@ -573,6 +597,8 @@ def simulate(
     for line in summ.lines():
         _echo(line)
     _echo_pd_summary(fine, extra_run)
+    for line in single.metric_lines(ds):
+        _echo(line)
     _write_single(targets, ds, reg)
     for _kind, path in targets:
         _echo(f"wrote {path}")
@@ -665,6 +691,9 @@ def _pairs(items, option, sep="="):
         if sep not in item:
             raise click.BadParameter(f"{item!r}: expected NAME{sep}VALUE", param_hint=option)
         k, v = item.split(sep, 1)
+        if k.strip() in out:
+            # A second value for one name would silently replace the first.
+            raise click.BadParameter(f"{k.strip()!r} is given twice", param_hint=option)
         out[k.strip()] = v.strip()
     return out
 
@@ -867,7 +896,8 @@ def _windows_option(windows) -> dict | None:
 @click.option("--seed", type=int, default=0, show_default=True, help="One seed for every regimen.")
 @click.option(
     "--target",
-    help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery+24h'.",
+    multiple=True,
+    help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery+24h' (one).",
 )
 @click.option("--risk", "risks", multiple=True, help="Risk model (repeatable; needs pkpd.risk).")
 @click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
@@ -883,11 +913,10 @@ def compare(
     anchors, until, every, out, out_png,
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
-    thr: dict[str, list[str]] = {}
-    for o, v in _pairs(thresholds, "--threshold").items():
-        thr.setdefault(o, []).append(v)
+    thr = _cohort_thresholds(thresholds)
     cds = designs.compare(
-        model, list(regimens), population, patients, seed, target=target, risks=risks,
+        model, list(regimens), population, patients, seed, target=_one(target, "--target"),
+        risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
         at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
     )  # fmt: skip
@@ -905,6 +934,17 @@ def compare(
         _echo(line)
     _write_grid(targets, cds, plots.plot_compare)
     _echo(DISCLAIMER)
+
+
+def _one(values, option):
+    """The value of an option given at most once (click keeps the last of repeats of a
+    single-valued option silently; these are `multiple` so that a repeat is refused)."""
+    if len(values) > 1:
+        raise click.BadParameter(
+            f"given {len(values)} times ({', '.join(map(repr, values))}); give one",
+            param_hint=option,
+        )
+    return values[0] if values else None
 
 
 def _grid_targets(out, out_png) -> list[tuple[str, object]]:
@@ -963,7 +1003,11 @@ def _is_number(x: str) -> bool:
 @click.option("--duration", help="Infusion ends: hours or events, e.g. 4,end_of_surgery.")
 @click.option("--template", help="One-line regimen with {bolus}, {rate}, {duration}.")
 @click.option("--anchors-from", "anchors", help="Regimen declaring the events (end_of_surgery).")
-@click.option("--target", help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery'.")
+@click.option(
+    "--target",
+    multiple=True,
+    help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery' (one).",
+)
 @click.option("--risk", help="Risk model (needs pkpd.risk).")
 @click.option("--max-risk", type=float, help="Limit on the risk incidence (fraction, e.g. 0.05).")
 @click.option(
@@ -992,7 +1036,8 @@ def design(
     gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
-        template=template, anchors=anchors, target=target, risk=risk, max_risk=max_risk,
+        template=template, anchors=anchors, target=_one(target, "--target"), risk=risk,
+        max_risk=max_risk,
         windows=_windows_option(windows), until=until, every=every, risk_rule=risk_rule,
         allow_extrapolation=allow_extrapolation,
     )  # fmt: skip

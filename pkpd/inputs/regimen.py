@@ -341,16 +341,11 @@ class Regimen:
     def anchor_spec(self, name: str) -> AnchorSpec | None:
         return next((a for a in self.anchors if a.name == name), None)
 
-    def resolve(self, anchors: dict[str, float] | None = None) -> Regimen:
-        """The regimen with every named event replaced by its time (h).
-
-        Values come from `anchors` (hours or strings with units), else from the anchor's
-        declared default. A stop that falls at or before its start is an error.
-        """
+    def anchor_times(self, anchors: dict[str, float] | None = None) -> dict[str, float]:
+        """Time (h) of each named event the doses refer to, as :meth:`resolve` uses them:
+        from `anchors` (hours or strings with units), else the anchor's declared default."""
         names = self.anchor_names
-        if not names:
-            return self
-        vals = {}
+        vals: dict[str, float] = {}
         given = dict(anchors or {})
         for n in sorted(names):
             if n in given:
@@ -373,6 +368,18 @@ class Regimen:
                 f"{self._loc()}unknown event(s) {sorted(given)}: the regimen "
                 f"uses {sorted(names) or 'none'}"
             )
+        return vals
+
+    def resolve(self, anchors: dict[str, float] | None = None) -> Regimen:
+        """The regimen with every named event replaced by its time (h).
+
+        Values come from `anchors` (hours or strings with units), else from the anchor's
+        declared default. A stop that falls at or before its start is an error.
+        """
+        names = self.anchor_names
+        if not names:
+            return self
+        vals = self.anchor_times(anchors)
 
         def at(anchor, off):
             return off if anchor is None else vals[anchor] + off

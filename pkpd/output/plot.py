@@ -37,7 +37,9 @@ def plot_concentrations(
         Image format (``"png"``, ``"svg"``, ``"pdf"``); default from the suffix of `path`.
     """
     plt = _plt()
-    outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]
+    outs = [
+        v for v in ds.data_vars if ds[v].dims == ("time",) and ds[v].attrs.get("units") == "ng/mL"
+    ]
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for v in outs:
         ax.plot(ds.time.values, ds[v].values, label=f"{v} ({ds[v].attrs.get('long_name', '')})")

@@ -14,9 +14,9 @@ from pkpd.engine.solvers import registry
 from pkpd.engine.solvers.exact import propagate
 from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
-from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model
-from pkpd.inputs.pd import add_pd_variables, augment_model
-from pkpd.inputs.regimen import Bolus, Regimen, load_regimen
+from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model, output_scales
+from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
+from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
 from pkpd.running.grid import (
@@ -27,7 +27,7 @@ from pkpd.running.grid import (
     record_bolus_limits,
     time_grid,
 )
-from pkpd.running.variables import variable, variable_attrs
+from pkpd.running.variables import single_variable, variable, variable_attrs
 
 __all__ = [
     "DISCLAIMER",
@@ -35,6 +35,7 @@ __all__ = [
     "GridError",
     "Summary",
     "estimate_single_memory",
+    "metric_lines",
     "simulate",
     "summarize",
     "time_grid",
@@ -108,6 +109,9 @@ def simulate(
     pd_parameters: dict | None = None,
     racemic: bool = False,
     memory_limit: int | None = None,
+    windows: dict[str, tuple[str, str]] | None = None,
+    at: dict[str, str] | None = None,
+    thresholds: dict[str, list] | None = None,
 ):
     """Simulate one patient with the piecewise-exact solver.
 
@@ -156,6 +160,18 @@ def simulate(
     memory_limit : int, optional
         Bytes allowed (default: 80 % of the available memory); a longer or finer grid than
         fits (:func:`estimate_single_memory`) is refused before solving.
+    windows, at, thresholds : dict, optional
+        Metrics as :func:`pkpd.simulate_cohort` defines them (same names, units and
+        definitions): AUC over windows ``name -> (start, end)``, values at times
+        ``name -> time`` and the time above levels ``output -> [level, ...]``; times may
+        refer to the regimen's events (``"end_of_surgery + 1 h"``). Window bounds and
+        `at` times are solved exactly (the solution is evaluated there, not
+        interpolated); the time above a level takes the crossings between consecutive
+        evaluated points (output times, dose events on both sides of a bolus, window
+        bounds and `at` times) by linear interpolation, over the output times' span.
+        Results: ``auc`` (output, window), ``c_at`` (output, at), ``time_above``
+        (threshold), with the coordinates of a cohort's (``window_start``/``window_end``
+        and ``at_time`` in h besides).
 
     Returns
     -------
@@ -200,7 +216,183 @@ def simulate(
         ds.attrs.update(racemic_attrs())
     if bundle is not None:
         add_pd_variables(ds, bundle)
+    if windows or at or thresholds:
+        events = load_regimen(regimen).anchor_times(anchors)
+        pd_outs = pd_outputs(bundle) if bundle is not None else []
+        fine = dict(spec=spec, theta=theta, full=full, ev=ev, method=method, rtol=rtol, atol=atol)
+        _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limit)
     return ds
+
+
+def _event_time(text, events: dict[str, float], what: str) -> float:
+    """A time in h: ``"4 h"``, 2.5, or ``"end_of_surgery + 1 h"`` (an event of the regimen)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        return float(text)
+    anchor, off = _time_ref(text, key=what)
+    if anchor is None:
+        return off
+    if anchor not in events:
+        raise RegimenError(
+            f"`{what}` = {text!r} refers to the event `{anchor}`, which the "
+            f"regimen does not use ({', '.join(sorted(events)) or 'no events'})"
+        )
+    return events[anchor] + off
+
+
+def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limit) -> None:
+    """``auc``, ``c_at`` and ``time_above`` of one patient (see :func:`simulate`), from a
+    second solution on the output times merged with the dose events, the window bounds
+    and the `at` times: the points a cohort's kernel evaluates."""
+    from pkpd.running.cohort import _thresholds  # the cohort's parsing, not its kernels
+
+    spec = fine["spec"]
+    win = {}
+    for name, bounds in dict(windows or {}).items():
+        try:
+            a, b = bounds
+        except (TypeError, ValueError):
+            raise RegimenError(f"`windows.{name}`: expected (start, end), got {bounds!r}") from None
+        ta = _event_time(a, events, "window start")
+        tb = _event_time(b, events, "window end")
+        if tb < ta:
+            raise RegimenError(f"window {name!r} ends before it starts ({tb:g} h < {ta:g} h)")
+        win[name] = (ta, tb)
+    at_t = {name: _event_time(v, events, "at") for name, v in dict(at or {}).items()}
+    thr = _thresholds(thresholds, spec, pd_outs)
+    grid = ds.time.values
+    ev = fine["ev"]
+    special = np.array([*(x for w in win.values() for x in w), *at_t.values()], dtype=float)
+    t = np.union1d(np.union1d(grid, ev.t[(ev.t >= grid[0]) & (ev.t <= grid[-1])]), special)
+    _check_single_memory(spec, t.size, memory_limit)
+    args = (fine["theta"], ev, t, fine["method"], fine["rtol"], fine["atol"])
+    if spec.is_linear:
+        data, _ = _linear_data(spec, *args)
+    else:
+        data, _ = dataset_variables(spec, fine["theta"], fine["full"], *args[1:])
+    outs = list(spec.output_names)
+    scale, units = output_scales(spec)
+    idx = {k: int(np.searchsorted(t, v)) for k, v in at_t.items()}
+    c_at = np.array([[data[o][1][idx[k]] for k in at_t] for o in outs]).reshape(len(outs), -1)
+    auc = np.full((len(outs), len(win)), np.nan)
+    for i, o in enumerate(outs):
+        if f"auc_{o}" in data:
+            cum = data[f"auc_{o}"][1]
+            for w, (ta, tb) in enumerate(win.values()):
+                auc[i, w] = cum[np.searchsorted(t, tb)] - cum[np.searchsorted(t, ta)]
+    t_above = np.array(
+        [
+            _time_above(
+                t, data[x.recorded_output], x.value * scale[outs.index(x.recorded_output)], grid[-1]
+            )
+            for x in thr
+        ]
+    )
+    # PD variables after the model outputs, as in a cohort: values at times from the
+    # outputs there; AUC for concentrations (the driving output's x its factor).
+    pd_names = [po.name for po in pd_outs]
+    if pd_outs:
+        pc = [po.value(*(c_at[outs.index(o)] for o, _, _ in po.terms)) for po in pd_outs]
+        c_at = np.concatenate([c_at, np.broadcast_to(np.array(pc), (len(pc), c_at.shape[1]))])
+        pa = np.full((len(pd_outs), len(win)), np.nan)
+        for j, po in enumerate(pd_outs):
+            if po.concentration:
+                pa[j] = auc[outs.index(po.terms[0][0])] * po.terms[0][1]
+        auc = np.concatenate([auc, pa])
+        units = [*units, *(po.units for po in pd_outs)]
+    u = units[0] if len(set(units)) == 1 else "see output_units"
+    coords: dict = {"output": ("output", [*outs, *pd_names])}
+    data: dict = {}
+    if u == "see output_units":
+        coords["output_units"] = single_variable("output_units", list(units))
+    if win:
+        coords["window"] = ("window", list(win))
+        coords["window_start"] = (
+            "window",
+            [w[0] for w in win.values()],
+            {"units": "h", "long_name": "start of each window"},
+        )
+        coords["window_end"] = (
+            "window",
+            [w[1] for w in win.values()],
+            {"units": "h", "long_name": "end of each window"},
+        )
+        data["auc"] = single_variable("auc", auc)
+    if at_t:
+        coords["at"] = ("at", list(at_t))
+        coords["at_time"] = (
+            "at",
+            list(at_t.values()),
+            {"units": "h", "long_name": "time of each named time"},
+        )
+        data["c_at"] = single_variable("c_at", c_at, units=u)
+    if thr:
+        coords["threshold"] = ("threshold", [x.label for x in thr])
+        coords["threshold_output"] = single_variable("threshold_output", [x.output for x in thr])
+        tu = [x.units for x in thr]
+        coords["threshold_level"] = single_variable(
+            "threshold_level", np.array([x.level for x in thr], dtype=float),
+            units=tu[0] if len(set(tu)) == 1 else "see threshold_units",
+        )  # fmt: skip
+        coords["threshold_units"] = single_variable("threshold_units", tu)
+        data["time_above"] = single_variable("time_above", t_above)
+    if not (win or at_t):
+        coords = {k: v for k, v in coords.items() if k not in ("output", "output_units")}
+    ds.coords.update(coords)
+    ds.update(data)
+
+
+def metric_lines(ds) -> list[str]:
+    """The metrics of :func:`simulate` (``time_above``, ``auc``, ``c_at``) as text lines."""
+    out = []
+    if "time_above" in ds:
+        for label, v in zip(ds.threshold.values, ds.time_above.values, strict=True):
+            out.append(f"  time above {label}: {v:.4g} h")
+    units = (
+        [str(u) for u in ds.output_units.values]
+        if "output_units" in ds.coords
+        else [ds.c_at.attrs.get("units", "") if "c_at" in ds else ""] * ds.sizes.get("output", 0)
+    )
+    if "auc" in ds:
+        for w in range(ds.sizes["window"]):
+            vals = ", ".join(
+                f"{o} {a:.5g}"
+                for o, a in zip(ds.output.values, ds.auc.values[:, w], strict=True)
+                if np.isfinite(a)
+            )
+            out.append(
+                f"  AUC {ds.window.values[w]} ({ds.window_start.values[w]:g}-"
+                f"{ds.window_end.values[w]:g} h): {vals} ng*h/mL"
+            )
+    if "c_at" in ds:
+        for j in range(ds.sizes["at"]):
+            vals = ", ".join(
+                f"{o} {c:.4g} {u}".rstrip()
+                for o, c, u in zip(ds.output.values, ds.c_at.values[:, j], units, strict=True)
+            )
+            out.append(f"  at {ds['at'].values[j]} ({ds.at_time.values[j]:g} h): {vals}")
+    return out
+
+
+def _time_above(t, var, level: float, t_end: float) -> float:
+    """Time (h) with output `var` (a dataset variable triple) above `level`, the crossing
+    between consecutive points found by linear interpolation: :func:`pkpd.engine.record.fold_point`
+    on the same points (the left and right limits at each bolus, points up to `t_end`)."""
+    c = np.array(var[1], dtype=float)
+    attrs = var[2]
+    tt = t
+    if "bolus_times" in attrs:
+        j = np.searchsorted(t, attrs["bolus_times"])
+        c[j] = attrs["post_bolus"]
+        tt = np.insert(t, j, t[j])
+        c = np.insert(c, j, attrs["pre_bolus"])
+    keep = tt <= t_end
+    tt, c = tt[keep], c[keep]
+    a, b, dt = c[:-1] - level, c[1:] - level, np.diff(tt)
+    both = (a >= 0.0) & (b >= 0.0)
+    one = ~both & ((a > 0.0) | (b > 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = dt * np.where(a > 0.0, a, b) / np.abs(b - a)
+    return float(np.sum(np.where(dt > 0.0, np.where(both, dt, np.where(one, part, 0.0)), 0.0)))
 
 
 def _output_times(reg: Regimen, times, until, every) -> np.ndarray:
@@ -345,7 +537,9 @@ def summarize(ds, regimen) -> Summary:
     infusion or at a bolus are exact.
     """
     reg = load_regimen(regimen) if not isinstance(regimen, Regimen) else regimen
-    outs = [v for v in ds.data_vars if ds[v].attrs.get("units") == "ng/mL"]
+    outs = [
+        v for v in ds.data_vars if ds[v].dims == ("time",) and ds[v].attrs.get("units") == "ng/mL"
+    ]
     t = ds.time.values
     cmax, tmax, auc = {}, {}, {}
     for o in outs:

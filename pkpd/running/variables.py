@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["VARIABLES", "Variable", "variable", "variable_attrs"]
+__all__ = ["VARIABLES", "Variable", "single_variable", "variable", "variable_attrs"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,10 @@ def variable_attrs(key: str, extra: dict | None = None, **fields) -> dict:
 def variable(key: str, values, extra: dict | None = None, **fields) -> tuple:
     """``(dims, values, attrs)`` of variable `key` of :data:`VARIABLES`, for a Dataset."""
     return (VARIABLES[key].dims, values, variable_attrs(key, extra, **fields))
+
+
+def single_variable(key: str, values, extra: dict | None = None, **fields) -> tuple:
+    """:func:`variable` of one patient: the cohort variable `key` without its ``patient``
+    dimension (``auc``, ``c_at``, ``time_above`` of :func:`pkpd.simulate`)."""
+    dims = tuple(d for d in VARIABLES[key].dims if d != "patient")
+    return (dims, values, variable_attrs(key, extra, **fields))
