@@ -208,8 +208,9 @@ def _solver_hash() -> str:
     engine = Path(__file__).parents[2] / "engine"
     for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
         h.update((engine / "solvers" / name).read_bytes())
-    # The cohort wrappers' reduction (the recorder and the dosing source included).
-    for name in ("kernels_adaptive.py", "kernels.py", "record.py", "dosing.py"):
+    # The cohort wrappers' reduction (the recorder, the peak search and the dosing source).
+    reduction = ("kernels_adaptive.py", "peaks_adaptive.py", "kernels.py", "record.py", "dosing.py")
+    for name in reduction:
         h.update((engine / name).read_bytes())
     return h.hexdigest()[:16]
 
