@@ -283,3 +283,26 @@ def test_scipy_lsoda_loop(benchmark, model):
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     _rate(benchmark, n)
+
+
+@pytest.mark.benchmark(group="cohort-ode")
+def test_kernel_ode_summary(benchmark):
+    """An ``[ode]`` model's cohort kernel in summary mode: flint2017_s_ketamine_children
+    (time-varying S-norketamine clearance), a bolus and a 24-h infusion, 1-min grid over
+    48 h, 2,048 patients; Cmax/Tmax include the search for maxima between grid points
+    (:mod:`pkpd.engine.peaks_adaptive`)."""
+    regimen = "1 mg/kg bolus at 0 h; 1 mg/kg/h from 0 h to 24 h"
+
+    def run(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return simulate_cohort(
+                "flint2017_s_ketamine_children", regimen, "healthy_volunteers", n, seed=1,
+                progress=False, bands=False, **GRID,
+            )  # fmt: skip
+
+    run(64)  # warm-up (compile or load the cache)
+    n = 2048
+    ds = benchmark.pedantic(run, args=(n,), rounds=3, iterations=1)
+    _rate(benchmark, n)
+    benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
