@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from click.testing import CliRunner
@@ -80,16 +81,12 @@ def test_simulate_reproduces_independent_solution(tmp_path, model, ref, names):
         ],
     )
     assert r.exit_code == 0, r.output
-    with open(csv) as fh:
-        lines = [ln for ln in fh if not ln.startswith("#")]
-    header = lines[0].strip().split(",")
-    data = np.loadtxt(lines[1:], delimiter=",")
-    t = data[:, 0]
+    table = pd.read_csv(csv)  # a plain table: no options needed
+    t = table["time [h]"].to_numpy()
     np.testing.assert_allclose(t[-1], 60.0)
     expect = ref(t, 72.0)
     for name, e in zip(names, expect, strict=True):
-        got = data[:, header.index(name)]
-        np.testing.assert_allclose(got[1:], e[1:], rtol=1e-9, atol=0)
+        np.testing.assert_allclose(table[name].to_numpy()[1:], e[1:], rtol=1e-9, atol=0)
 
 
 def test_simulate_end_to_end_writes_files(tmp_path):
@@ -253,7 +250,14 @@ def test_csv_output_is_header_plus_numbers_with_a_metadata_sidecar(tmp_path):
     assert rows[0][0] == "time [h]" and "cp [ng/mL]" in rows[0]
     data = np.array(rows[1:], dtype=float)
     assert data.shape == (61, len(rows[0])) and np.isfinite(data).all()
+    # pandas with no options: the same columns, every one float64, the same numbers.
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert list(table.columns) == rows[0]
+    assert all(str(d) == "float64" for d in table.dtypes)
+    np.testing.assert_array_equal(table.to_numpy(), data)
     meta = json.loads((tmp_path / "r.csv.meta.json").read_text(encoding="utf-8"))
+    assert [c["name"] for c in meta["columns"]][:1] == ["time"]
+    assert {c["name"]: c["units"] for c in meta["columns"]}["cp"] == "ng/mL"
     assert meta["attrs"]["model"] == "domino_racemic"
     assert "5 mg bolus at 0 h" in meta["attrs"]["regimen"]
     assert "not a clinical dosing device" in meta["attrs"]["disclaimer"]

@@ -58,6 +58,34 @@ def test_csv_is_one_header_row_then_numbers_and_neutralises_formulas(tmp_path):
     np.testing.assert_array_equal(data[:, 2], ds.ce.values)  # negative numbers stay numbers
 
 
+def test_csv_reads_back_with_pandas_and_no_options(tmp_path):
+    """`pandas.read_csv(path)` alone gives the columns, float64 even where every value is
+    whole (a dose of 5 mg), and the numbers bit for bit (shortest round-trip text)."""
+    import pandas as pd
+
+    t = np.linspace(0.0, 2.0, 7)
+    ds = xr.Dataset(
+        {
+            "cp": ("time", np.exp(-t) / 3.0, {"units": "ng/mL"}),
+            "dose_given": ("time", np.full(t.size, 5.0), {"units": "mg"}),
+            "tiny": ("time", 1e-300 * (t + 1e-5), {"units": "1"}),
+            "gap": ("time", np.where(t > 1, np.nan, t), {"units": "h"}),
+        },
+        coords={"time": t},
+    )
+    path = tmp_path / "r.csv"
+    write_csv(ds, path)
+    table = pd.read_csv(path)
+    assert list(table.columns) == [
+        "time [h]", "cp [ng/mL]", "dose_given [mg]", "tiny [1]", "gap [h]"
+    ]  # fmt: skip
+    assert all(str(d) == "float64" for d in table.dtypes), table.dtypes
+    np.testing.assert_array_equal(table["time [h]"], t)
+    for v in ("cp", "dose_given", "tiny", "gap"):
+        name = f"{v} [{ds[v].attrs['units']}]"
+        np.testing.assert_array_equal(table[name].to_numpy(), ds[v].values)
+
+
 def test_csv_text_cells_starting_with_formula_characters_get_a_quote(tmp_path):
     t = np.array([0.0, 1.0])
     for first in ("=", "+", "-", "@", "\t", "\r"):

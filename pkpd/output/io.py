@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import errno
 import json
 import os
@@ -306,10 +305,32 @@ def write_csv(ds, tmp: Path) -> None:
     names = [v for v in ds.data_vars if ds[v].dims == ("time",)]
     cols = [ds.time.values] + [ds[v].values for v in names]
     header = ["time [h]"] + [f"{v} [{ds[v].attrs.get('units', '')}]" for v in names]
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        # The csv module quotes a cell holding a comma or a quote; numbers need no quoting.
-        csv.writer(fh, lineterminator="\n").writerow([_text_cell(h) for h in header])
-        np.savetxt(fh, np.column_stack(cols), delimiter=",", fmt="%.17g")
+    write_table(tmp, header, [np.asarray(c, dtype=np.float64) for c in cols])
+
+
+def write_table(tmp: Path, header: list[str], columns: list) -> None:
+    """Write one header row and the `columns` (arrays of one length) as a plain CSV.
+
+    ``pandas.read_csv(path)`` with no options reads it back with the same column names
+    and types: floats are written in their shortest round-trip form with a decimal point
+    or an exponent (``5.0``, ``1e-05``, ``nan``), so a float column whose values are whole
+    is read as float64, not int64; integer columns stay integers, booleans ``True``/``False``
+    and text cells are quoted by the csv rules where needed (formula characters neutralised,
+    see :func:`_text_cell`).
+    """
+    import pandas as pd  # lazy: only CSV and table outputs need pandas
+
+    cells = {}
+    for j, col in enumerate(columns):
+        col = np.asarray(col)
+        if col.dtype.kind in "US":
+            col = np.array([_text_cell(str(x)) for x in col], dtype=object)
+        cells[j] = col
+    frame = pd.DataFrame(cells)
+    frame.columns = [_text_cell(h) for h in header]
+    # pandas writes float64 with repr (shortest round trip); the csv module quotes a cell
+    # holding a comma, a quote or a line break.
+    frame.to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8")
 
 
 def write_csv_metadata(ds, tmp: Path) -> None:
