@@ -38,6 +38,7 @@ from pkpd.inputs.population import (
 from pkpd.inputs.regimen import load_regimen, with_bolus_duration
 from pkpd.inputs.units import parse_quantity
 from pkpd.output import io as result_io
+from pkpd.output import patient_table as patient_tables
 from pkpd.output import plot as plots
 from pkpd.output import report as reports
 from pkpd.output.tables import (
@@ -404,6 +405,14 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "--csv", "out_csv", type=click.Path(dir_okay=False), help="Write the time courses as CSV."
 )
 @click.option(
+    "--patients-table",
+    "patients_table",
+    type=click.Path(dir_okay=False),
+    help="Cohort: write one row per patient (covariates, event times, individual parameters, "
+    "every metric; units in the column names) as .csv or .parquet, metadata in "
+    "FILE.meta.json.",
+)
+@click.option(
     "--patients",
     type=int,
     help="Simulate a virtual cohort of this many patients (needs --population).",
@@ -524,7 +533,7 @@ def simulate(
     patients, population, seed, trajectories, windows, thresholds, at_items, no_iiv, no_bands,
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
-    extra_columns="error", bolus_over=None,
+    extra_columns="error", bolus_over=None, patients_table=None,
 ) -> None:  # fmt: skip
     if bolus_over is not None:
         regimen = _bolus_over(regimen, bolus_over)
@@ -551,8 +560,14 @@ def simulate(
                 "extra_columns": extra_columns,
                 **_pd_run_options(pd_names, pd_items, racemic),
             },
+            patients_table=patients_table,
         )  # fmt: skip
         return
+    if patients_table:
+        raise click.BadParameter(
+            "is for a cohort (--patients N --population P); one patient's values are in "
+            "--out FILE.nc or --csv FILE.csv", param_hint="--patients-table",
+        )  # fmt: skip
     if extra_columns != "error":
         raise click.BadParameter(
             "is for a cohort from a covariate table (--population FILE.csv)",
@@ -639,6 +654,17 @@ def _single_targets(out_nc, out_csv, out_png) -> list[tuple[str, object]]:
 _FIGURES = (".png", ".svg", ".pdf")
 
 
+def _table_targets(path) -> list:
+    """The per-patient table and its sidecar (--patients-table), checked before any work."""
+    if not path:
+        return []
+    table = result_io.check_target(path, patient_tables.TABLE_SUFFIXES, "--patients-table")
+    if table.suffix.lower() == ".parquet":
+        patient_tables.check_parquet()
+    meta = result_io.csv_metadata_path(table)
+    return [table, result_io.check_target(meta, (".json",), "--patients-table sidecar")]
+
+
 def _anchors_option(anchor_items) -> dict:
     anchors = {}
     for item in anchor_items:
@@ -713,6 +739,7 @@ def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
+    patients_table=None,
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -723,6 +750,7 @@ def _simulate_cohort(
         result_io.check_target(out, (".nc", ".zarr"), "--out")
     if out_png:
         result_io.check_target(out_png, _FIGURES, "--plot")
+    table_targets = _table_targets(patients_table)
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
     if patients is None and not isinstance(pop, CovariateTable):
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
@@ -768,6 +796,10 @@ def _simulate_cohort(
         _echo(f"wrote {out_png}")
     if out:
         _echo(f"wrote {out}")
+    if table_targets:
+        patient_tables.write_patient_table(ds, table_targets[0])
+        for path in table_targets:
+            _echo(f"wrote {path}")
     _echo(
         f"simulated {n:,} patients in {ds.attrs['elapsed_s']:.2f} s "
         f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
