@@ -60,7 +60,7 @@ def test_one_row_per_patient_with_every_metric_and_its_unit(cohort):
 
 def test_a_dataset_without_patients_is_refused():
     ds = xr.Dataset({"cp": ("time", np.zeros(3))}, coords={"time": np.arange(3.0)})
-    with pytest.raises(PkpdError, match="expected a cohort dataset .*dimensions time"):
+    with pytest.raises(PkpdError, match=r"expected a cohort dataset .*dimensions time"):
         pkpd.patient_table(ds)
 
 
