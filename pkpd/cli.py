@@ -38,6 +38,7 @@ from pkpd.inputs.population import (
 from pkpd.inputs.regimen import load_regimen, with_bolus_duration
 from pkpd.inputs.units import parse_quantity
 from pkpd.output import io as result_io
+from pkpd.output import nonmem as nonmem_tables
 from pkpd.output import patient_table as patient_tables
 from pkpd.output import plot as plots
 from pkpd.output import report as reports
@@ -370,7 +371,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 """,
 )
 @click.argument("model")
-@click.argument("regimen")
+@click.argument("regimen", required=False)
 @click.option("--weight", help="Body weight, kg (e.g. 70 or '70 kg').")
 @click.option("--age", help="Age, years.")
 @click.option("--sex", type=click.Choice(["F", "M", "f", "m", "female", "male"]), help="Sex.")
@@ -411,6 +412,25 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Cohort: write one row per patient (covariates, event times, individual parameters, "
     "every metric; units in the column names) as .csv or .parquet, metadata in "
     "FILE.meta.json.",
+)
+@click.option(
+    "--nonmem",
+    "out_nonmem",
+    type=click.Path(dir_okay=False),
+    help="Cohort: write a NONMEM-style event table (.csv: ID,TIME,AMT,RATE,EVID,CMT,DV,MDV "
+    "and covariates; doses, and observations at --observe times with residual error).",
+)
+@click.option(
+    "--observe",
+    metavar="TIMES",
+    help="Observation times of --nonmem, comma-separated, e.g. 0.5h,1h,2h,4h,8h,24h.",
+)
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(dir_okay=False),
+    help="Read doses, covariates and observation times per patient from a NONMEM-style "
+    "event table (.csv) instead of REGIMEN; --csv writes the predictions.",
 )
 @click.option(
     "--patients",
@@ -533,8 +553,23 @@ def simulate(
     patients, population, seed, trajectories, windows, thresholds, at_items, no_iiv, no_bands,
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
-    extra_columns="error", bolus_over=None, patients_table=None,
+    extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
+    observe=None, events_file=None,
 ) -> None:  # fmt: skip
+    if events_file is not None:
+        if regimen is not None or patients is not None or population is not None:
+            raise click.BadParameter(
+                "the event table holds the doses and the patients: give MODEL and --events "
+                "only (no REGIMEN, --patients or --population)", param_hint="--events",
+            )  # fmt: skip
+        _simulate_events(model, events_file, out_csv)
+        return
+    if regimen is None:
+        raise click.BadParameter("expected a REGIMEN (or --events FILE.csv)", param_hint="REGIMEN")
+    if (out_nonmem is None) != (observe is None):
+        raise click.BadParameter(
+            "--nonmem FILE.csv and --observe TIMES go together", param_hint="--nonmem"
+        )
     if bolus_over is not None:
         regimen = _bolus_over(regimen, bolus_over)
     if patients is not None or population is not None:
@@ -561,8 +596,13 @@ def simulate(
                 **_pd_run_options(pd_names, pd_items, racemic),
             },
             patients_table=patients_table,
+            nonmem=(out_nonmem, observe, racemic),
         )  # fmt: skip
         return
+    if out_nonmem:
+        raise click.BadParameter(
+            "is for a cohort (--patients N --population P)", param_hint="--nonmem"
+        )
     if patients_table:
         raise click.BadParameter(
             "is for a cohort (--patients N --population P); one patient's values are in "
@@ -665,6 +705,52 @@ def _table_targets(path) -> list:
     return [table, result_io.check_target(meta, (".json",), "--patients-table sidecar")]
 
 
+def _nonmem_targets(path, observe, racemic):
+    """The event table (--nonmem) and its sidecar, and the --observe times (h)."""
+    if not path:
+        return [], None
+    if racemic:
+        raise click.BadParameter(
+            "a NONMEM table's AMT is the modelled drug's mg: not with --racemic",
+            param_hint="--nonmem",
+        )
+    times = []
+    for item in observe.split(","):
+        try:
+            times.append(parse_quantity(item.strip(), "time", key="--observe").value)
+        except PkpdError as exc:
+            raise click.BadParameter(f"{item.strip()!r}: {exc}", param_hint="--observe") from None
+    nonmem_tables.observation_step(times)  # whole seconds, not negative: checked now
+    table = result_io.check_target(path, (".csv",), "--nonmem")
+    meta = result_io.csv_metadata_path(table)
+    return [table, result_io.check_target(meta, (".json",), "--nonmem sidecar")], times
+
+
+def _simulate_events(model, events_file, out_csv) -> None:
+    """`pkpd simulate MODEL --events FILE.csv`: each patient of the table, one by one."""
+    targets = []
+    if out_csv:
+        targets = _single_targets(None, out_csv, None)
+    spec = load_model(model)
+    patients = nonmem_tables.read_events(events_file, spec)
+    _echo(f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling)")
+    _echo(f"events: {events_file}, {len(patients)} patients")
+    results = nonmem_tables.simulate_events(spec, patients)
+    out = spec.output_names[0]
+    for p, ds in zip(patients, results, strict=True):
+        y = ds[out].values
+        _echo(
+            f"ID {p.id}: {len(p.regimen.doses)} doses, "
+            f"{p.regimen.event_table().total_dose:.4g} mg; {out} at {y.size} observation "
+            f"times: {np.min(y):.4g}-{np.max(y):.4g} {ds[out].attrs.get('units', '')}"
+        )
+    if targets:
+        nonmem_tables.write_predictions(patients, results, targets[0][1], targets[1][1])
+        for _kind, path in targets:
+            _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
+
+
 def _anchors_option(anchor_items) -> dict:
     anchors = {}
     for item in anchor_items:
@@ -739,7 +825,7 @@ def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
-    patients_table=None,
+    patients_table=None, nonmem=(None, None, False),
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -751,6 +837,7 @@ def _simulate_cohort(
     if out_png:
         result_io.check_target(out_png, _FIGURES, "--plot")
     table_targets = _table_targets(patients_table)
+    nonmem_targets, observe = _nonmem_targets(*nonmem)
     pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
     if patients is None and not isinstance(pop, CovariateTable):
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
@@ -799,6 +886,13 @@ def _simulate_cohort(
     if table_targets:
         patient_tables.write_patient_table(ds, table_targets[0])
         for path in table_targets:
+            _echo(f"wrote {path}")
+    if nonmem_targets:
+        frame = nonmem_tables.nonmem_table(
+            spec, regimen, pop, patients, seed, observe, iiv=not no_iiv, threads=threads
+        )
+        nonmem_tables.write_nonmem(frame, nonmem_targets[0])
+        for path in nonmem_targets:
             _echo(f"wrote {path}")
     _echo(
         f"simulated {n:,} patients in {ds.attrs['elapsed_s']:.2f} s "
