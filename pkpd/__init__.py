@@ -33,6 +33,7 @@ from .inputs.pd import available_pd, load_pd
 from .inputs.population import CovariateTable, Population, load_population
 from .inputs.regimen import Bolus, Infusion, Regimen, load_regimen
 from .inputs.stereo import racemic_to_s_ketamine
+from .output import accessor as _accessor  # noqa: F401 (registers ds.pkpd)
 from .output.patient_table import patient_table
 from .running.cohort import simulate_cohort
 from .running.simulate import DISCLAIMER, simulate, summarize
