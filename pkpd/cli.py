@@ -844,6 +844,8 @@ def _simulate_cohort(
     win = _windows_option(windows)
     thr = _cohort_thresholds(thresholds)
     spec = load_model(model)
+    if nonmem_targets:
+        nonmem_tables.check_model(spec)  # before the work, not after
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]

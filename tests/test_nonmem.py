@@ -181,6 +181,17 @@ def test_cli_nonmem_option_errors(tmp_path, args, pattern):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_nonmem_needs_a_residual_error_and_says_so_before_simulating(tmp_path):
+    r = CliRunner().invoke(
+        main, ["simulate", "domino_racemic", "5 mg bolus at 0 h", "--patients", "2",
+               "--population", "healthy_volunteers", "--nonmem", str(tmp_path / "x.csv"),
+               "--observe", "1h"],
+    )  # fmt: skip
+    assert r.exit_code != 0 and "declares no residual error for `cp`" in r.output
+    assert "Cmax" not in r.output  # refused before the cohort ran
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_events_excludes_a_regimen(tmp_path):
     path = _write(tmp_path, "ID,TIME,AMT,EVID,WT,AGE\n1,0,10,1,70,40\n")
     r = CliRunner().invoke(main, ["simulate", MODEL, "5 mg bolus at 0 h", "--events", str(path)])

@@ -94,6 +94,18 @@ def observation_step(observe) -> float:
     return (g or 3600) / 3600
 
 
+def check_model(spec) -> str:
+    """The observed output (DV) of `spec`; an error if the model declares no residual
+    error for it."""
+    out = spec.output_names[0]
+    if out not in spec.residual:
+        raise EventTableError(
+            f"model {spec.name!r} declares no residual error for `{out}`: a NONMEM table's "
+            "DV needs one (choose a model with a [residual] table)"
+        )
+    return out
+
+
 def nonmem_table(model, regimen, population, n, seed, observe, *, iiv=True, threads=None):
     """Simulate the cohort of ``(model, regimen, population, n, seed)`` and return its
     NONMEM-style event table (module docstring) as a pandas DataFrame, with
@@ -114,12 +126,7 @@ def nonmem_table(model, regimen, population, n, seed, observe, *, iiv=True, thre
     observe = np.array(sorted(set(float(t) for t in observe)))
     if observe.size == 0:
         raise EventTableError("--observe: expected at least one observation time")
-    out = spec.output_names[0]
-    if out not in spec.residual:
-        raise EventTableError(
-            f"model {spec.name!r} declares no residual error for `{out}`: a NONMEM table's "
-            "DV needs one (choose a model with a [residual] table)"
-        )
+    out = check_model(spec)
     step = observation_step(observe)
     ds = simulate_cohort(
         spec, reg, population, n, seed, until=f"{max(observe[-1], step)} h",
