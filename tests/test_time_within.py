@@ -1,0 +1,123 @@
+"""Time within a range (issue 16): ``ranges`` of :func:`pkpd.simulate` and
+:func:`pkpd.simulate_cohort`, against the closed form of a one-compartment infusion.
+
+A one-compartment model (``V``, ``k``) given an infusion at rate ``R`` from 0 to ``T`` h
+rises as ``C(t) = R / (k V) (1 - exp(-k t))`` and then falls as
+``C(T) exp(-k (t - T))``, so a level ``L < C(T)`` is crossed upwards at
+``-ln(1 - L k V / R) / k`` and downwards at ``T + ln(C(T) / L) / k``: the time within
+``[lo, hi]`` is the sum of the two stretches between the crossings of ``lo`` and ``hi``
+(or the whole stretch above ``lo`` when ``hi`` is never reached). The package derives it
+from two times above; the reference here uses the crossing times directly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from helpers import mammillary
+
+import pkpd
+from pkpd.errors import PkpdError, PkpdWarning
+from pkpd.inputs.population import CovariateTable
+from pkpd.running.cohort import simulate_cohort
+
+NG = 1000.0
+V, K, R, T = 20.0, 0.4, 30.0, 4.0  # C(T) = 1192 ng/mL
+UNTIL = 24.0
+
+
+def _up(L):
+    return -np.log1p(-L / NG * K * V / R) / K
+
+
+def _down(L):
+    cT = R / (K * V) * (1.0 - np.exp(-K * T)) * NG
+    return T + np.log(cT / L) / K
+
+
+def _within(lo, hi):
+    """Closed-form time (h) with lo <= C <= hi over [0, UNTIL]."""
+    cT = R / (K * V) * (1.0 - np.exp(-K * T)) * NG
+    end = min(_down(lo), UNTIL)
+    if hi >= cT:
+        return end - _up(lo)
+    return (_up(hi) - _up(lo)) + (end - _down(hi))
+
+
+RANGES = {"cp": ["50..150 ng/mL", "100 ng/mL..0.5 mg/L", ("40 ng/mL", "5000 ng/mL")]}
+BOUNDS = [(50.0, 150.0), (100.0, 500.0), (40.0, 5000.0)]
+
+
+def test_one_patient_against_the_closed_form():
+    spec = mammillary(V1=V, k10=K)
+    ds = pkpd.simulate(
+        spec, f"{R} mg/h from 0 h to {T} h", until=f"{UNTIL} h", every="1 min",
+        ranges=RANGES, thresholds={"cp": ["40 ng/mL"]},
+    )  # fmt: skip
+    for i, (lo, hi) in enumerate(BOUNDS):
+        assert float(ds.time_within[i]) == pytest.approx(_within(lo, hi), abs=3e-5), (lo, hi)
+    # A high bound above the peak: within [lo, hi] is the time above lo.
+    assert float(ds.time_within[2]) == pytest.approx(float(ds.time_above[0]), rel=1e-12)
+    assert list(ds.range_low.values) == [b[0] for b in BOUNDS]
+    assert list(ds.range_high.values) == [b[1] for b in BOUNDS]
+    assert ds.range_low.attrs["units"] == "ng/mL" and ds.time_within.attrs["units"] == "h"
+    assert list(ds.range_output.values) == ["cp"] * 3
+    assert str(ds["range"].values[0]) == "cp within 50..150 ng/mL"
+    lines = pkpd.running.simulate.metric_lines(ds)
+    assert any(line.startswith("  time cp within 50..150 ng/mL: ") for line in lines)
+
+
+def test_cohort_equals_one_patient_and_the_closed_form():
+    """A cohort without variability: each patient's time within equals the closed form
+    (kernel crossings on a 1-min grid) and the one-patient value on the same points."""
+    spec = mammillary(V1=V, k10=K)
+    table = CovariateTable(covariates={"weight": np.full(2, 70.0)}, n=2)
+    reg = f"{R} mg/h from 0 h to {T} h"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        coh = simulate_cohort(
+            spec, reg, table, until=f"{UNTIL} h", every="1 min", ranges=RANGES,
+            iiv=False, bands=False, progress=False,
+        )  # fmt: skip
+        one = pkpd.simulate(spec, reg, until=f"{UNTIL} h", every="1 min", ranges=RANGES)
+    assert coh.time_within.dims == ("patient", "range")
+    assert list(coh["range"].values) == list(one["range"].values)
+    assert "time_above" not in coh  # the bounds are integrated, not reported
+    for p in range(2):
+        np.testing.assert_allclose(coh.time_within.values[p], one.time_within.values, rtol=1e-9)
+        for i, (lo, hi) in enumerate(BOUNDS):
+            assert coh.time_within.values[p, i] == pytest.approx(_within(lo, hi), abs=3e-5)
+
+
+def test_ranges_and_thresholds_together_keep_their_columns():
+    """Thresholds keep their own column order; a range over [lo, hi] equals the
+    threshold lo minus the threshold hi of the same cohort (independent kernel columns)."""
+    spec = mammillary(V1=V, k10=K)
+    table = CovariateTable(covariates={"weight": np.full(1, 70.0)}, n=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        coh = simulate_cohort(
+            spec, f"{R} mg/h from 0 h to {T} h", table, until="12 h", every="7 min",
+            thresholds={"cp": ["150 ng/mL", "50 ng/mL"]}, ranges={"cp": "50..150 ng/mL"},
+            iiv=False, bands=False, progress=False,
+        )  # fmt: skip
+    above = coh.time_above.values[0]
+    assert list(coh.threshold_level.values) == [150.0, 50.0]
+    assert coh.time_within.values[0, 0] == pytest.approx(above[1] - above[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "ranges,match",
+    [
+        ({"cp": "150..50 ng/mL"}, r"ranges\.cp.*low bound must be below"),
+        ({"cp": "50 ng/mL"}, r"ranges\.cp.*LOW\.\.HIGH"),
+        ({"ce": "50..150 ng/mL"}, r"`ranges`: unknown output 'ce'"),
+        ({"cp": "50..150"}, r"ranges\.cp.*has no unit"),
+    ],
+)
+def test_bad_ranges_are_refused_with_the_key_named(ranges, match):
+    spec = mammillary(V1=V, k10=K)
+    with pytest.raises(PkpdError, match=match):
+        pkpd.simulate(spec, "30 mg/h from 0 h to 4 h", until="5 h", ranges=ranges)
