@@ -455,6 +455,13 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "unit, e.g. simons2022_drug_high_conc_over_c50=1 (repeatable).",
 )
 @click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="OUTPUT=LOW..HIGH",
+    help="Time within a range, e.g. cp=50..150ng/mL (low <= c <= high; repeatable).",
+)
+@click.option(
     "--at",
     "at_items",
     multiple=True,
@@ -524,7 +531,7 @@ def simulate(
     patients, population, seed, trajectories, windows, thresholds, at_items, no_iiv, no_bands,
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
-    extra_columns="error", bolus_over=None,
+    extra_columns="error", bolus_over=None, ranges=(),
 ) -> None:  # fmt: skip
     if bolus_over is not None:
         regimen = _bolus_over(regimen, bolus_over)
@@ -549,6 +556,7 @@ def simulate(
                 "amounts": amounts,
                 "trajectory_dtype": trajectory_dtype,
                 "extra_columns": extra_columns,
+                "ranges": _ranges_option(ranges),
                 **_pd_run_options(pd_names, pd_items, racemic),
             },
         )  # fmt: skip
@@ -577,6 +585,7 @@ def simulate(
         "windows": _windows_option(windows),
         "at": _pairs(at_items, "--at") or None,
         "thresholds": _cohort_thresholds(thresholds) or None,
+        "ranges": _ranges_option(ranges),
     }
     # The regimen with its events unresolved, so that windows and times may refer to them.
     ds = single.simulate(
@@ -708,6 +717,18 @@ def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
             )
         thr.setdefault(o.strip(), []).append(v.strip())
     return thr
+
+
+def _ranges_option(ranges) -> dict[str, list[str]] | None:
+    """--range OUTPUT=LOW..HIGH items, grouped by output (None if none)."""
+    out: dict[str, list[str]] = {}
+    for o, v in (([*i.split("=", 1), ""])[:2] for i in ranges):
+        if not v or ".." not in v:
+            raise click.BadParameter(
+                f"{o!r}: expected OUTPUT=LOW..HIGH, e.g. cp=50..150ng/mL", param_hint="--range"
+            )
+        out.setdefault(o.strip(), []).append(v.strip())
+    return out or None
 
 
 def _simulate_cohort(

@@ -121,3 +121,44 @@ def test_bad_ranges_are_refused_with_the_key_named(ranges, match):
     spec = mammillary(V1=V, k10=K)
     with pytest.raises(PkpdError, match=match):
         pkpd.simulate(spec, "30 mg/h from 0 h to 4 h", until="5 h", ranges=ranges)
+
+
+def test_cli_range_for_one_patient_and_a_cohort(tmp_path):
+    """`pkpd simulate --range`: printed, and stored with the numbers of the API."""
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    reg = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h"
+    runner = CliRunner()
+    out = tmp_path / "one.nc"
+    res = runner.invoke(
+        main,
+        ["-q", "simulate", "fanta2015_otto2021", reg, "--weight", "70", "--until", "12h",
+         "--range", "cp=50..150ng/mL", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        api = pkpd.simulate(
+            "fanta2015_otto2021", reg, {"weight": 70}, until="12h",
+            ranges={"cp": ["50..150 ng/mL"]},
+        )  # fmt: skip
+    v = float(api.time_within[0])
+    assert 0.5 < v < 12.0
+    assert f"time cp within 50..150 ng/mL: {v:.4g} h" in res.output
+    import xarray as xr
+
+    with xr.open_dataset(out) as ds:
+        assert float(ds.time_within[0]) == pytest.approx(v, rel=1e-12)
+    res = runner.invoke(
+        main,
+        ["-q", "simulate", "fanta2015_otto2021", reg, "--patients", "40", "--population",
+         "healthy_volunteers", "--until", "12h", "--range", "cp=50..150ng/mL", "--no-bands"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "time cp within 50..150 ng/mL: median " in res.output
+    res = runner.invoke(
+        main, ["simulate", "fanta2015_otto2021", reg, "--weight", "70", "--range", "cp=50"]
+    )
+    assert res.exit_code == 2 and "--range" in res.output and "LOW..HIGH" in res.output

@@ -172,6 +172,13 @@ def cohort_summary_lines(ds) -> list[str]:
                 f"time {lab}: median {np.median(v):.3g} h "
                 f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
             )
+    if "time_within" in ds:
+        for lab in ds["range"].values:
+            v = ds.time_within.sel(range=lab).values[ok]
+            lines.append(
+                f"time {lab}: median {np.median(v):.3g} h "
+                f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
+            )
     return lines
 
 
