@@ -24,8 +24,8 @@ from pkpd.inputs.population import CovariateTable
 from pkpd.running.cohort import simulate_cohort
 
 NG = 1000.0
-V, K, R, T = 20.0, 0.4, 30.0, 4.0  # C(T) = 1192 ng/mL
-UNTIL = 24.0
+V, K, R, T = 20.0, 0.4, 30.0, 4.0
+UNTIL = 24.0  # C(T) = 2993 ng/mL
 
 
 def _up(L):
@@ -162,3 +162,30 @@ def test_cli_range_for_one_patient_and_a_cohort(tmp_path):
         main, ["simulate", "fanta2015_otto2021", reg, "--weight", "70", "--range", "cp=50"]
     )
     assert res.exit_code == 2 and "--range" in res.output and "LOW..HIGH" in res.output
+
+
+def test_metrics_time_within_on_stored_trajectories_and_in_a_window():
+    """pkpd.metrics.time_within: on a cohort's stored trajectories (dose events on the
+    grid) it equals the kernel's time_within; in a window it equals the closed form of
+    the stretches inside the window."""
+    spec = mammillary(V1=V, k10=K)
+    table = CovariateTable(covariates={"weight": np.full(2, 70.0)}, n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        coh = simulate_cohort(
+            spec, f"{R} mg/h from 0 h to {T} h", table, until=f"{UNTIL} h", every="1 min",
+            ranges=RANGES, trajectories=True, trajectory_dtype="float64", iiv=False,
+            bands=False, progress=False,
+        )  # fmt: skip
+    got = pkpd.metrics.time_within(coh, RANGES)
+    assert got.dims == ("patient", "range")
+    assert list(got["range"].values) == list(coh["range"].values)
+    np.testing.assert_allclose(got.values, coh.time_within.values, rtol=1e-9, atol=1e-12)
+    # A window cutting the rising and the falling stretch of [50, 150].
+    a, b = 0.05, 13.0  # inside both stretches: 50 at 0.034, 14.2 h; 150 at 0.102, 11.5 h
+    w = pkpd.metrics.time_within(coh, {"cp": "50..150 ng/mL"}, window=(a, b))
+    ref = (_up(150.0) - a) + (b - _down(150.0))
+    assert _up(50.0) < a < _up(150.0) and _down(150.0) < b < _down(50.0)
+    np.testing.assert_allclose(w.values[:, 0], ref, atol=3e-5)
+    with pytest.raises(PkpdError, match=r"ranges\.cp.*low bound"):
+        pkpd.metrics.time_within(coh, {"cp": "150..50 ng/mL"})
