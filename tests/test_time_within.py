@@ -189,3 +189,46 @@ def test_metrics_time_within_on_stored_trajectories_and_in_a_window():
     np.testing.assert_allclose(w.values[:, 0], ref, atol=3e-5)
     with pytest.raises(PkpdError, match=r"ranges\.cp.*low bound"):
         pkpd.metrics.time_within(coh, {"cp": "150..50 ng/mL"})
+
+
+def test_pta_of_a_two_sided_target():
+    """A target 'cp within LOW..HIGH': with HIGH above every concentration it is the
+    one-sided target 'cp >= LOW' (kernel and trajectory paths), and its attainment in a
+    window equals an independent count on a 50-times finer interpolation of the stored
+    trajectories."""
+    from pkpd.analysis.design import parse_target
+    from pkpd.analysis.exposure import pta
+
+    reg = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h"
+    tgt = parse_target("cp within 50..150 ng/mL for 40%")
+    assert tgt["at_most"] == "150 ng/mL"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        ds = simulate_cohort(
+            "fanta2015_otto2021", reg, "healthy_volunteers", 60, seed=2, until="12 h",
+            every="5 min", thresholds={"cp": ["50 ng/mL"]},
+            ranges={"cp": ["50..150 ng/mL", "50..1000000 ng/mL"]}, trajectories=["cp"],
+            trajectory_dtype="float64", bands=False, progress=False,
+        )  # fmt: skip
+    one = pta(ds, parse_target("cp >= 50 ng/mL for 40%"))
+    wide = pta(ds, parse_target("cp within 50..1000000 ng/mL for 40%"))
+    assert "time_within" in wide.pta.attrs["source"]
+    np.testing.assert_array_equal(one.attained.values, wide.attained.values)
+    two = pta(ds, tgt)
+    assert 0.0 < float(two.pta) < float(one.pta) <= 1.0  # the high bound binds
+    w1 = pta(ds, parse_target("cp >= 50 ng/mL for 40% of 0.5 h..8 h"))
+    w2 = pta(ds, parse_target("cp within 50..1000000 ng/mL for 40% of 0.5 h..8 h"))
+    np.testing.assert_array_equal(w1.attained.values, w2.attained.values)
+    got = pta(ds, parse_target("cp within 50..150 ng/mL for 80% of 0.5 h..8 h"))
+    # Independent: the linear interpolant of each stored trajectory sampled 50 times finer.
+    t = ds.time.values
+    tf = np.linspace(0.5, 8.0, (t.size - 1) * 50 + 1)
+    checked = 0
+    for i in range(ds.sizes["patient"]):
+        c = np.interp(tf, t, ds.trajectory.sel(traj_output="cp").values[i])
+        mid = (c[:-1] + c[1:]) / 2
+        frac = np.mean((mid >= 50.0) & (mid <= 150.0))
+        if abs(frac - 0.8) > 0.01:  # not at the cut-off within the sampling error
+            assert bool(got.attained.values[i]) == (frac >= 0.8), i
+            checked += 1
+    assert checked > 40 and 0.0 < float(got.pta) < 1.0

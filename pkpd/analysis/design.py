@@ -54,6 +54,7 @@ from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.inputs.model import load_model
 from pkpd.inputs.regimen import Regimen, load_regimen
+from pkpd.inputs.units import range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
 
@@ -85,7 +86,7 @@ class DesignError(PkpdError, ValueError):
 # ----------------------------------------------------------------------------- targets
 
 _TARGET = re.compile(
-    r"^\s*(?P<out>[A-Za-z_]\w*)\s*>=\s*(?P<conc>.+?)"
+    r"^\s*(?P<out>[A-Za-z_]\w*)\s*(?:>=\s*(?P<conc>.+?)|\s+within\s+(?P<range>.+?))"
     r"(?:\s+for\s+(?:(?P<frac>[0-9.]+)\s*%|(?P<dur>[0-9.]+\s*[A-Za-z]+))"
     r"(?:\s+of\s+(?P<win>.+?))?)?\s*$"
 )
@@ -94,7 +95,8 @@ _TARGET = re.compile(
 def parse_target(text) -> dict:
     """A target dict for :func:`pkpd.analysis.risk.pta` from its one-line form.
 
-    ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, e.g.
+    ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, or two-sided
+    ``"OUTPUT within LOW..HIGH [for ...]"`` (``at_least`` and ``at_most``), e.g.
     ``"cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h"``. A dict is
     returned unchanged (after checking it names an output and a level).
 
@@ -117,7 +119,14 @@ def parse_target(text) -> dict:
             "'for DURATION'), e.g. "
             "'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h'"
         )
-    out: dict[str, Any] = {"output": m["out"], "at_least": m["conc"].strip()}
+    if m["range"] is not None:
+        try:
+            lo, hi = range_bounds(m["range"].strip(), "target")
+        except PkpdError as exc:
+            raise DesignError(f"`target` {text!r}: {exc}") from None
+        out: dict[str, Any] = {"output": m["out"], "at_least": lo, "at_most": hi}
+    else:
+        out = {"output": m["out"], "at_least": m["conc"].strip()}
     if m["frac"] is not None:
         frac = float(m["frac"]) / 100.0
         if not 0.0 < frac <= 1.0:
@@ -135,6 +144,8 @@ def parse_target(text) -> dict:
 
 def _target_text(t: dict) -> str:
     s = f"{t['output']} >= {t['at_least']}"
+    if t.get("at_most") is not None:
+        s = f"{t['output']} within {t['at_least']}..{t['at_most']}"
     if "for_fraction" in t:
         s += f" for {100 * t['for_fraction']:g}%"
     if "for_duration" in t:
@@ -164,7 +175,7 @@ def _merge(base: dict, extra: Mapping, who: str) -> dict:
                     raise DesignError(f"{who} needs `at` {name!r} = {val!r}, already {cur[name]!r}")
                 cur[name] = val
             out[k] = cur
-        elif k == "thresholds":
+        elif k in ("thresholds", "ranges"):
             cur = {o: list(vs) for o, vs in (out.get(k) or {}).items()}
             for o, vs in dict(v).items():
                 vs = [vs] if isinstance(vs, str | int | float) else list(vs)
