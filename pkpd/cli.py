@@ -923,6 +923,7 @@ def _windows_option(windows) -> dict | None:
 @click.option("--risk", "risks", multiple=True, help="Risk model (repeatable; needs pkpd.risk).")
 @click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="OUTPUT=CONC")
+@click.option("--range", "ranges", multiple=True, metavar="OUTPUT=LOW..HIGH", help="Time within.")
 @click.option("--at", "at_items", multiple=True, metavar="NAME=TIME")
 @click.option("--anchors-from", "anchors", help="Regimen declaring events of one-line regimens.")
 @click.option("--until", help="End of the common grid (default: 24 h after the latest dose).")
@@ -931,7 +932,7 @@ def _windows_option(windows) -> dict | None:
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, until, every, out, out_png,
+    anchors, until, every, out, out_png, ranges=(),
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
@@ -940,6 +941,7 @@ def compare(
         risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
         at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
+        ranges=_ranges_option(ranges),
     )  # fmt: skip
     _echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
     _echo(

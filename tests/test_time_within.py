@@ -232,3 +232,34 @@ def test_pta_of_a_two_sided_target():
             assert bool(got.attained.values[i]) == (frac >= 0.8), i
             checked += 1
     assert checked > 40 and 0.0 < float(got.pta) < 1.0
+
+
+def test_compare_range_equals_the_cohort():
+    """`pkpd compare --range`: the per-patient time within of one regimen equals that of
+    simulate_cohort with the same model, population, seed and grid."""
+    from click.testing import CliRunner
+
+    from pkpd.analysis import design
+    from pkpd.cli import main
+
+    reg = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PkpdWarning)
+        cds = design.compare(
+            "fanta2015_otto2021", [reg], "healthy_volunteers", 50, seed=4, until="12 h",
+            ranges={"cp": ["50..150 ng/mL"]}, bands=False,
+        )  # fmt: skip
+        coh = simulate_cohort(
+            "fanta2015_otto2021", reg, "healthy_volunteers", 50, seed=4, until="12 h",
+            every="5 min", ranges={"cp": ["50..150 ng/mL"]}, bands=False, progress=False,
+        )  # fmt: skip
+    np.testing.assert_allclose(
+        cds.time_within_patient.values[0, :, 0], coh.time_within.values[:, 0], rtol=1e-12
+    )
+    res = CliRunner().invoke(
+        main,
+        ["-q", "compare", "fanta2015_otto2021", reg, "--population", "healthy_volunteers",
+         "--patients", "50", "--seed", "4", "--until", "12h", "--range", "cp=50..150ng/mL"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "time cp within 50..150 ng/mL (h)" in res.output

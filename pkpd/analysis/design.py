@@ -226,9 +226,11 @@ def _until(regs: Sequence[Regimen]) -> float:
 
 
 def _cohort_kwargs(
-    regs, *, target, risk_models, windows, thresholds, at, until, every, extra
+    regs, *, target, risk_models, windows, thresholds, at, until, every, extra, ranges=None
 ) -> dict:
     kw: dict[str, Any] = {"until": until, "every": every, "progress": False}
+    if ranges:
+        kw["ranges"] = dict(ranges)
     if windows:
         kw["windows"] = {k: tuple(v) for k, v in windows.items()}
     if thresholds:
@@ -318,6 +320,7 @@ def compare(
     windows: Mapping[str, tuple[str, str]] | None = None,
     thresholds: Mapping[str, list] | None = None,
     at: Mapping[str, str] | None = None,
+    ranges: Mapping[str, list] | None = None,
     names: Sequence[str] | None = None,
     anchors=None,
     until=None,
@@ -348,6 +351,9 @@ def compare(
     thresholds, at
         Time-above thresholds and named concentration times (as for simulate_cohort);
         `at` defaults to the events every regimen has.
+    ranges : dict, optional
+        Time within ranges ``output -> ["50..150 ng/mL"]`` (as for simulate_cohort):
+        ``time_within`` (regimen, range, percentile) and ``time_within_patient``.
     names : sequence of str, optional
         Regimen labels (default: the regimen's name, else its one-line text).
     anchors : str or Regimen, optional
@@ -387,7 +393,7 @@ def compare(
     kw = _cohort_kwargs(
         regs, target=tgt, risk_models=risk_models, windows=windows, thresholds=thresholds,
         at=at, until=_until(regs) if until is None else until, every=every,
-        extra=dict(cohort_kwargs or {}, bands=bands),
+        extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
     )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
     parts = []
@@ -481,6 +487,8 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
     thr = kw.get("thresholds") or {}
     n_thr = sum(1 if isinstance(v, str | int | float) else len(v) for v in thr.values())
     n_win = len(kw.get("windows") or {"total": None})
+    rng = kw.get("ranges") or {}
+    n_thr += sum(1 if isinstance(v, str) else len(v) for v in rng.values())
     n_values = n_out * (2 + n_win + len(kw.get("at") or {})) + n_thr + 3 + n_risks
     n_events = sum(len(r.anchor_names) for r in regs)
     held = runs[0]["dataset"] + n * 8 * (2 * len(regs) * n_values + n_events)
@@ -574,6 +582,9 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
     if "time_above" in ds:
         coords["threshold"] = ("threshold", list(ds.threshold.values))
         add("time_above", "time_above", ("threshold",), "h", "time above threshold")
+    if "time_within" in ds:
+        coords["range"] = ("range", list(ds["range"].values))
+        add("time_within", "time_within", ("range",), "h", "time within range")
     if "c_at" in ds:
         coords["at"] = ("at", list(ds["at"].values))
         add("c_at", "c_at", ("output", "at"), "ng/mL", "concentration at named times")

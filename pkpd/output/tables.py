@@ -47,6 +47,9 @@ def compare_rows(cds) -> Rows:
     if "time_above" in cds:
         for t in cds.threshold.values:
             rows.append((f"time {t} (h)", cells(cds.time_above.sel(threshold=t))))
+    if "time_within" in cds:
+        for r in cds["range"].values:
+            rows.append((f"time {r} (h)", cells(cds.time_within.sel(range=r))))
     rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
     rows.append(("total dose (mg)", cells(cds.dose)))
 
