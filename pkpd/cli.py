@@ -484,6 +484,13 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     "unit, e.g. simons2022_drug_high_conc_over_c50=1 (repeatable).",
 )
 @click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="OUTPUT=LOW..HIGH",
+    help="Time within a range, e.g. cp=50..150ng/mL (low <= c <= high; repeatable).",
+)
+@click.option(
     "--at",
     "at_items",
     multiple=True,
@@ -554,7 +561,7 @@ def simulate(
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
-    observe=None, events_file=None,
+    observe=None, events_file=None, ranges=(),
 ) -> None:  # fmt: skip
     if events_file is not None:
         if regimen is not None or patients is not None or population is not None:
@@ -593,6 +600,7 @@ def simulate(
                 "amounts": amounts,
                 "trajectory_dtype": trajectory_dtype,
                 "extra_columns": extra_columns,
+                "ranges": _ranges_option(ranges),
                 **_pd_run_options(pd_names, pd_items, racemic),
             },
             patients_table=patients_table,
@@ -632,6 +640,7 @@ def simulate(
         "windows": _windows_option(windows),
         "at": _pairs(at_items, "--at") or None,
         "thresholds": _cohort_thresholds(thresholds) or None,
+        "ranges": _ranges_option(ranges),
     }
     # The regimen with its events unresolved, so that windows and times may refer to them.
     ds = single.simulate(
@@ -820,6 +829,18 @@ def _cohort_thresholds(thresholds) -> dict[str, list[str]]:
             )
         thr.setdefault(o.strip(), []).append(v.strip())
     return thr
+
+
+def _ranges_option(ranges) -> dict[str, list[str]] | None:
+    """--range OUTPUT=LOW..HIGH items, grouped by output (None if none)."""
+    out: dict[str, list[str]] = {}
+    for o, v in (([*i.split("=", 1), ""])[:2] for i in ranges):
+        if not v or ".." not in v:
+            raise click.BadParameter(
+                f"{o!r}: expected OUTPUT=LOW..HIGH, e.g. cp=50..150ng/mL", param_hint="--range"
+            )
+        out.setdefault(o.strip(), []).append(v.strip())
+    return out or None
 
 
 def _simulate_cohort(
@@ -1030,6 +1051,7 @@ def _windows_option(windows) -> dict | None:
 @click.option("--risk", "risks", multiple=True, help="Risk model (repeatable; needs pkpd.risk).")
 @click.option("--window", "windows", multiple=True, metavar="NAME=START..END", help="AUC window.")
 @click.option("--threshold", "thresholds", multiple=True, metavar="OUTPUT=CONC")
+@click.option("--range", "ranges", multiple=True, metavar="OUTPUT=LOW..HIGH", help="Time within.")
 @click.option("--at", "at_items", multiple=True, metavar="NAME=TIME")
 @click.option("--anchors-from", "anchors", help="Regimen declaring events of one-line regimens.")
 @click.option("--until", help="End of the common grid (default: 24 h after the latest dose).")
@@ -1038,7 +1060,7 @@ def _windows_option(windows) -> dict | None:
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, until, every, out, out_png,
+    anchors, until, every, out, out_png, ranges=(),
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
@@ -1047,6 +1069,7 @@ def compare(
         risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
         at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
+        ranges=_ranges_option(ranges),
     )  # fmt: skip
     _echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
     _echo(

@@ -54,6 +54,7 @@ from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.inputs.model import load_model
 from pkpd.inputs.regimen import Regimen, load_regimen
+from pkpd.inputs.units import range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
 
@@ -85,7 +86,7 @@ class DesignError(PkpdError, ValueError):
 # ----------------------------------------------------------------------------- targets
 
 _TARGET = re.compile(
-    r"^\s*(?P<out>[A-Za-z_]\w*)\s*>=\s*(?P<conc>.+?)"
+    r"^\s*(?P<out>[A-Za-z_]\w*)\s*(?:>=\s*(?P<conc>.+?)|\s+within\s+(?P<range>.+?))"
     r"(?:\s+for\s+(?:(?P<frac>[0-9.]+)\s*%|(?P<dur>[0-9.]+\s*[A-Za-z]+))"
     r"(?:\s+of\s+(?P<win>.+?))?)?\s*$"
 )
@@ -94,7 +95,8 @@ _TARGET = re.compile(
 def parse_target(text) -> dict:
     """A target dict for :func:`pkpd.analysis.risk.pta` from its one-line form.
 
-    ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, e.g.
+    ``"OUTPUT >= CONC [for P% | for DURATION [of START..END]]"``, or two-sided
+    ``"OUTPUT within LOW..HIGH [for ...]"`` (``at_least`` and ``at_most``), e.g.
     ``"cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h"``. A dict is
     returned unchanged (after checking it names an output and a level).
 
@@ -117,7 +119,14 @@ def parse_target(text) -> dict:
             "'for DURATION'), e.g. "
             "'cp >= 50 ng/mL for 50% of end_of_surgery..end_of_surgery + 24 h'"
         )
-    out: dict[str, Any] = {"output": m["out"], "at_least": m["conc"].strip()}
+    if m["range"] is not None:
+        try:
+            lo, hi = range_bounds(m["range"].strip(), "target")
+        except PkpdError as exc:
+            raise DesignError(f"`target` {text!r}: {exc}") from None
+        out: dict[str, Any] = {"output": m["out"], "at_least": lo, "at_most": hi}
+    else:
+        out = {"output": m["out"], "at_least": m["conc"].strip()}
     if m["frac"] is not None:
         frac = float(m["frac"]) / 100.0
         if not 0.0 < frac <= 1.0:
@@ -135,6 +144,8 @@ def parse_target(text) -> dict:
 
 def _target_text(t: dict) -> str:
     s = f"{t['output']} >= {t['at_least']}"
+    if t.get("at_most") is not None:
+        s = f"{t['output']} within {t['at_least']}..{t['at_most']}"
     if "for_fraction" in t:
         s += f" for {100 * t['for_fraction']:g}%"
     if "for_duration" in t:
@@ -164,7 +175,7 @@ def _merge(base: dict, extra: Mapping, who: str) -> dict:
                     raise DesignError(f"{who} needs `at` {name!r} = {val!r}, already {cur[name]!r}")
                 cur[name] = val
             out[k] = cur
-        elif k == "thresholds":
+        elif k in ("thresholds", "ranges"):
             cur = {o: list(vs) for o, vs in (out.get(k) or {}).items()}
             for o, vs in dict(v).items():
                 vs = [vs] if isinstance(vs, str | int | float) else list(vs)
@@ -215,9 +226,11 @@ def _until(regs: Sequence[Regimen]) -> float:
 
 
 def _cohort_kwargs(
-    regs, *, target, risk_models, windows, thresholds, at, until, every, extra
+    regs, *, target, risk_models, windows, thresholds, at, until, every, extra, ranges=None
 ) -> dict:
     kw: dict[str, Any] = {"until": until, "every": every, "progress": False}
+    if ranges:
+        kw["ranges"] = dict(ranges)
     if windows:
         kw["windows"] = {k: tuple(v) for k, v in windows.items()}
     if thresholds:
@@ -307,6 +320,7 @@ def compare(
     windows: Mapping[str, tuple[str, str]] | None = None,
     thresholds: Mapping[str, list] | None = None,
     at: Mapping[str, str] | None = None,
+    ranges: Mapping[str, list] | None = None,
     names: Sequence[str] | None = None,
     anchors=None,
     until=None,
@@ -337,6 +351,9 @@ def compare(
     thresholds, at
         Time-above thresholds and named concentration times (as for simulate_cohort);
         `at` defaults to the events every regimen has.
+    ranges : dict, optional
+        Time within ranges ``output -> ["50..150 ng/mL"]`` (as for simulate_cohort):
+        ``time_within`` (regimen, range, percentile) and ``time_within_patient``.
     names : sequence of str, optional
         Regimen labels (default: the regimen's name, else its one-line text).
     anchors : str or Regimen, optional
@@ -376,7 +393,7 @@ def compare(
     kw = _cohort_kwargs(
         regs, target=tgt, risk_models=risk_models, windows=windows, thresholds=thresholds,
         at=at, until=_until(regs) if until is None else until, every=every,
-        extra=dict(cohort_kwargs or {}, bands=bands),
+        extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
     )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
     parts = []
@@ -470,6 +487,8 @@ def compare_memory(spec, regs, population, n, seed, kw, n_risks=0) -> dict[str, 
     thr = kw.get("thresholds") or {}
     n_thr = sum(1 if isinstance(v, str | int | float) else len(v) for v in thr.values())
     n_win = len(kw.get("windows") or {"total": None})
+    rng = kw.get("ranges") or {}
+    n_thr += sum(1 if isinstance(v, str) else len(v) for v in rng.values())
     n_values = n_out * (2 + n_win + len(kw.get("at") or {})) + n_thr + 3 + n_risks
     n_events = sum(len(r.anchor_names) for r in regs)
     held = runs[0]["dataset"] + n * 8 * (2 * len(regs) * n_values + n_events)
@@ -563,6 +582,9 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
     if "time_above" in ds:
         coords["threshold"] = ("threshold", list(ds.threshold.values))
         add("time_above", "time_above", ("threshold",), "h", "time above threshold")
+    if "time_within" in ds:
+        coords["range"] = ("range", list(ds["range"].values))
+        add("time_within", "time_within", ("range",), "h", "time within range")
     if "c_at" in ds:
         coords["at"] = ("at", list(ds["at"].values))
         add("c_at", "c_at", ("output", "at"), "ng/mL", "concentration at named times")

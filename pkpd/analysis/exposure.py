@@ -39,6 +39,9 @@ class Target:
     for_fraction: float | None = None
     for_duration: float | None = None  # h
     window: tuple | None = None
+    #: A two-sided target: the output also at most this (text) / `level_high` (ng/mL).
+    at_most: str | None = None
+    level_high: float | None = None
 
     @classmethod
     def from_any(cls, target) -> Target:
@@ -46,7 +49,7 @@ class Target:
             return target
         if not isinstance(target, dict):
             raise RiskError(f"`target`: expected a dict or a Target, got {target!r}")
-        allowed = {"output", "at_least", "for_fraction", "for_duration", "window"}
+        allowed = {"output", "at_least", "at_most", "for_fraction", "for_duration", "window"}
         unknown = sorted(set(target) - allowed)
         if unknown:
             raise RiskError(
@@ -82,7 +85,20 @@ class Target:
             if not isinstance(window, tuple | list) or len(window) != 2:
                 raise RiskError(f"`target.window`: expected a (start, end) pair, got {window!r}")
             window = tuple(window)
-        return cls(str(target["output"]), str(level_text), level, frac, dur, window)
+        high_text, high = target.get("at_most"), None
+        if high_text is not None:
+            if isinstance(high_text, int | float) and not isinstance(high_text, bool):
+                high_text = f"{high_text} ng/mL"
+            high = 1000.0 * parse_quantity(high_text, "concentration", key="target.at_most").value
+            if not high > level:
+                raise RiskError(
+                    f"`target.at_most` ({target['at_most']!r}) must be above `target.at_least` "
+                    f"({target['at_least']!r})"
+                )
+            high_text = str(high_text)
+        return cls(
+            str(target["output"]), str(level_text), level, frac, dur, window, high_text, high
+        )
 
     def describe(self) -> str:
         how = (
@@ -91,12 +107,16 @@ class Target:
             else f"for at least {self.for_duration:g} h of"
         )
         win = "the whole simulated grid" if self.window is None else f"{self.window}"
+        if self.level_high is not None:
+            return f"{self.output} within {self.level:g}..{self.level_high:g} ng/mL {how} {win}"
         return f"{self.output} >= {self.level:g} ng/mL {how} {win}"
 
 
 def target_cohort_kwargs(target: Target) -> dict:
     """The :func:`pkpd.simulate_cohort` keywords `target` needs: a whole-grid target its
     threshold, a windowed target the stored trajectory of its output."""
+    if target.window is None and target.level_high is not None:
+        return {"ranges": {target.output: [f"{target.level:g}..{target.level_high:g} ng/mL"]}}
     if target.window is None:
         return {"thresholds": {target.output: [f"{target.level:g} ng/mL"]}}
     return {"trajectories": [target.output]}
@@ -155,7 +175,29 @@ def pta(ds, target, *, level: float = 0.95, method: str = "wilson"):
     if not isinstance(ds, xr.Dataset) or "patient" not in ds.dims:
         raise RiskError("`ds`: expected a cohort xarray.Dataset with a `patient` dimension")
     j = _kernel_threshold(ds, t) if t.window is None else None
-    if j is not None:
+    r = _kernel_range(ds, t) if t.window is None else None
+    if r is not None:
+        above = np.asarray(ds["time_within"].isel(range=r).values, float)
+        length = np.full(above.shape, _grid_span(ds))
+        source = "cohort kernel time_within over the whole grid"
+    elif t.level_high is not None:
+        if "trajectory" not in ds or t.output not in [str(v) for v in ds["traj_output"].values]:
+            need = target_cohort_kwargs(t)
+            raise RiskError(
+                f"`ds` lacks what target {t.describe()!r} needs: simulate the cohort with {need}"
+            )
+        try:
+            rng = {t.output: [(t.level, t.level_high)]}
+            a = metrics.time_within(ds, rng, window=t.window, outputs=[t.output])
+            lvl = {t.output: [t.level]}
+            full = metrics.time_above(ds, lvl, window=t.window, outputs=[t.output])
+            full = full + metrics.time_below(ds, lvl, window=t.window, outputs=[t.output])
+        except MetricsError as exc:
+            raise RiskError(f"`target.window`: {exc}") from exc
+        above = np.asarray(a.isel(range=0).values, float)
+        length = np.asarray(full.isel(threshold=0).values, float)
+        source = "stored trajectories (pkpd.metrics.time_within, linear interpolation of crossings)"
+    elif j is not None:
         above = np.asarray(ds["time_above"].isel(threshold=j).values, float)
         length = np.full(above.shape, _grid_span(ds))
         source = "cohort kernel time_above over the whole grid"
@@ -215,6 +257,27 @@ def _kernel_threshold(ds, t: Target) -> int | None:
     return None
 
 
+def _kernel_range(ds, t: Target) -> int | None:
+    """Index of the cohort's kernel range equal to two-sided target `t`'s, from the numeric
+    range coordinates; None if `t` is one-sided or the cohort has none."""
+    need = ("time_within", "range_output", "range_low", "range_high", "range_units")
+    if t.level_high is None or any(name not in ds.variables for name in need):
+        return None
+    want = (_six_digits(t.level), _six_digits(t.level_high))
+    for k, (o, u, lo, hi) in enumerate(
+        zip(
+            [str(v) for v in ds["range_output"].values],
+            [str(v) for v in ds["range_units"].values],
+            np.asarray(ds["range_low"].values, dtype=float),
+            np.asarray(ds["range_high"].values, dtype=float),
+            strict=True,
+        )
+    ):
+        if o == t.output and u == "ng/mL" and (_six_digits(lo), _six_digits(hi)) == want:
+            return k
+    return None
+
+
 def _grid_span(ds) -> float:
     """Length (h) of the cohort's evaluation grid, from its numeric attributes."""
     try:
@@ -231,7 +294,11 @@ def _pta_dataset(ds, t: Target, per_patient: dict, counts: tuple, attrs: dict) -
     """The result of :func:`pta`: per-patient variables and the PTA with its interval."""
     k, n, lo, hi = counts
     coords = {"patient": ds["patient"]}
-    label = f"{t.output} > {t.level:g} ng/mL"
+    label = (
+        f"{t.output} > {t.level:g} ng/mL"
+        if t.level_high is None
+        else f"{t.output} within {t.level:g}..{t.level_high:g} ng/mL"
+    )
     per = {
         "attained": {"long_name": f"target attained: {t.describe()}", "units": "1"},
         "time_at_target": {"units": "h", "long_name": f"time with {label}"},

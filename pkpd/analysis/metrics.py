@@ -97,6 +97,7 @@ __all__ = [
     "s_ketamine_equivalent",
     "time_above",
     "time_below",
+    "time_within",
     "tmax",
 ]
 
@@ -747,6 +748,81 @@ def _time_vs(data, thresholds, window, outputs, events, above):
         "window": _window_text(window, np.asarray(da["time"].values)),
     }
     return res
+
+
+def time_within(data, ranges, window=None, *, outputs=None, events=None):
+    """Time (h) with the concentration within each range ``[low, high]``, in `window`.
+
+    The time at or above `low` minus the time at or above `high`, both with the linear
+    interpolant on the same points (:func:`time_above`): the sets are nested, so the
+    difference is exactly the time with ``low <= c < high`` (the cohort kernel's
+    ``time_within``), with windows too.
+
+    Parameters
+    ----------
+    ranges : dict
+        ``output -> ["50..150 ng/mL", ...]`` (a range is ``"LOW..HIGH"`` or a ``(low,
+        high)`` pair; numbers are ng/mL).
+    window : (start, end), optional
+        Default: all simulated times.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(..., range)`` in h; labels ``"cp within 50..150 ng/mL"`` as in the cohort.
+    """
+    import xarray as xr
+
+    from pkpd.inputs.units import range_bounds
+
+    if not isinstance(ranges, Mapping) or not ranges:
+        raise MetricsError(f"`ranges`: expected e.g. {{'cp': ['50..150 ng/mL']}}, got {ranges!r}")
+    items = []
+    for o, vals in ranges.items():
+        single = isinstance(vals, str) or (
+            isinstance(vals, tuple | list) and len(vals) == 2 and not any(
+                (isinstance(x, str) and ".." in x) or isinstance(x, tuple | list) for x in vals
+            )
+        )  # fmt: skip
+        for v in [vals] if single else list(vals):
+            try:
+                a, b = range_bounds(v, f"ranges.{o}")
+            except UnitError as exc:
+                raise MetricsError(str(exc)) from None
+            lo = _concentration_level(_unitless_ng_ml(a), f"ranges.{o}")
+            hi = _concentration_level(_unitless_ng_ml(b), f"ranges.{o}")
+            if not lo < hi:
+                raise MetricsError(
+                    f"`ranges.{o}` = {v!r}: the low bound must be below the high bound "
+                    f"({lo:g} >= {hi:g} ng/mL)"
+                )
+            items.append((o, lo, hi))
+    thr = {}
+    for o, lo, hi in items:
+        thr.setdefault(o, []).extend([lo, hi])
+    above = _time_vs(data, thr, window, outputs, events, above=True)
+    cols = []
+    for j in range(len(items)):
+        d = above.isel(threshold=2 * j, drop=True) - above.isel(threshold=2 * j + 1, drop=True)
+        cols.append(d.where(~(d < 0.0), 0.0))
+    labels = [f"{o} within {lo:g}..{hi:g} ng/mL" for o, lo, hi in items]
+    res = xr.concat(cols, dim="range").assign_coords(range=labels).transpose(..., "range")
+    res.name = "time_within"
+    res.attrs = {
+        "units": "h",
+        "long_name": "time within range (low <= c <= high)",
+        "method": "time above low minus time above high, linear interpolation of crossings",
+        "window": above.attrs["window"],
+    }
+    return res
+
+
+def _unitless_ng_ml(text: str):
+    """A bare number of a range bound is ng/mL (as the other functions' numbers)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def conc_at(data, times, *, outputs=None, events=None):

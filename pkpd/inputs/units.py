@@ -40,6 +40,7 @@ __all__ = [
     "Parsed",
     "format_quantity",
     "parse_quantity",
+    "range_bounds",
     "to_internal",
 ]
 
@@ -223,6 +224,34 @@ def to_internal(text: object, kind: str, **kwargs) -> float:
     if parsed.per_kg:
         raise UnitError(f"{where(kwargs.get('file'), kwargs.get('key'))}{text!r} is per kg")
     return parsed.value
+
+
+def range_bounds(text: object, key: str) -> tuple[str, str]:
+    """The two bounds of a range ``"LOW..HIGH"`` as texts, e.g. ``"50..150 ng/mL"`` ->
+    ``("50 ng/mL", "150 ng/mL")``: a bare number takes the other bound's unit (``"50
+    ng/mL..0.15 mg/L"`` keeps both). A ``(low, high)`` pair is taken as it is (numbers
+    as their text). Which bound is lower is checked by the caller, in its units.
+    """
+    if isinstance(text, tuple | list):
+        if len(text) != 2:
+            raise UnitError(f"`{key}` = {text!r}: expected a (low, high) pair")
+        return str(text[0]).strip(), str(text[1]).strip()
+    s = str(text)
+    if s.count("..") != 1 or "..." in s:
+        raise UnitError(f"`{key}` = {text!r}: expected LOW..HIGH, e.g. '50..150 ng/mL'")
+    a, b = (x.strip() for x in s.split(".."))
+    if not a or not b:
+        raise UnitError(
+            f"`{key}` = {text!r}: expected LOW..HIGH with both bounds, e.g. '50..150 ng/mL'"
+        )
+    ma, mb = _NUMBER.match(a), _NUMBER.match(b)
+    unit_a = ma.group(2) if ma else None
+    unit_b = mb.group(2) if mb else None
+    if ma and not unit_a and unit_b:
+        a = f"{ma.group(1)} {unit_b}"
+    elif mb and not unit_b and unit_a:
+        b = f"{mb.group(1)} {unit_a}"
+    return a, b
 
 
 def format_quantity(value: float, unit: str, digits: int = 4) -> str:

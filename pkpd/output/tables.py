@@ -47,6 +47,9 @@ def compare_rows(cds) -> Rows:
     if "time_above" in cds:
         for t in cds.threshold.values:
             rows.append((f"time {t} (h)", cells(cds.time_above.sel(threshold=t))))
+    if "time_within" in cds:
+        for r in cds["range"].values:
+            rows.append((f"time {r} (h)", cells(cds.time_within.sel(range=r))))
     rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
     rows.append(("total dose (mg)", cells(cds.dose)))
 
@@ -168,6 +171,13 @@ def cohort_summary_lines(ds) -> list[str]:
     if "time_above" in ds:
         for lab in ds.threshold.values:
             v = ds.time_above.sel(threshold=lab).values[ok]
+            lines.append(
+                f"time {lab}: median {np.median(v):.3g} h "
+                f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
+            )
+    if "time_within" in ds:
+        for lab in ds["range"].values:
+            v = ds.time_within.sel(range=lab).values[ok]
             lines.append(
                 f"time {lab}: median {np.median(v):.3g} h "
                 f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"

@@ -94,18 +94,26 @@ from pkpd.errors import (
     PkpdError,
     RegimenError,
     SimulationError,
+    UnitError,
 )
 from pkpd.inputs.model import ModelSpec, cohort_inputs, load_model, output_scales
 from pkpd.inputs.pd import PDOutput, augment_model, pd_attrs, pd_outputs
 from pkpd.inputs.population import CovariateTable, load_population
 from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
-from pkpd.inputs.units import parse_quantity
+from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.output import io as output_io
 from pkpd.running import resources
 from pkpd.running.bolus_peak import cmax_at_bolus
 from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
-from pkpd.running.request import BLOCK, ChunkResult, CohortRequest, CohortSetup, Threshold
+from pkpd.running.request import (
+    BLOCK,
+    ChunkResult,
+    CohortRequest,
+    CohortSetup,
+    Range,
+    Threshold,
+)
 from pkpd.running.variables import variable
 
 __all__ = [
@@ -231,7 +239,7 @@ def run_chunk(
         cmax=np.empty((n, n_out)),
         tmax=np.empty((n, n_out)),
         auc=np.full((n, n_out, len(setup.windows)), np.nan),
-        t_above=np.empty((n, len(setup.thresholds))),
+        t_above=np.empty((n, len(setup.kernel_thresholds))),
         c_at=np.full((n, n_out, len(setup.at)), np.nan),
         status=np.zeros(n, dtype=np.int64),
     )
@@ -346,9 +354,9 @@ class _StoreLayout:
         self.extra = np.arange(spec.n_comp if setup.amounts else 0, dtype=np.int64)
         self.rows = np.concatenate([self.store_idx, len(outs) + self.extra])
         self.thr_out = np.array(
-            [outs.index(t.recorded_output) for t in setup.thresholds], dtype=np.int64
+            [outs.index(t.recorded_output) for t in setup.kernel_thresholds], dtype=np.int64
         )
-        self.thr_val = np.array([t.value for t in setup.thresholds], dtype=float)
+        self.thr_val = np.array([t.value for t in setup.kernel_thresholds], dtype=float)
         self.scale = np.ones(self.rows.size)
         self.scale[: self.store_idx.size] = _output_scales(spec)[0][self.store_idx]
 
@@ -720,6 +728,7 @@ def simulate_cohort(
     windows: dict[str, tuple[str, str]] | None = None,
     at: dict[str, str] | None = None,
     thresholds: dict[str, list] | None = None,
+    ranges: dict[str, list] | None = None,
     trajectories: list[str] | bool | None = None,
     trajectory_every=None,
     bands: bool = True,
@@ -771,6 +780,14 @@ def simulate_cohort(
     at, thresholds : dict, optional
         Values at ``name -> time`` (``{"eos": "end_of_surgery"}``; default: each regimen
         event); time above ``output -> ["100 ng/mL", ...]``.
+    ranges : dict, optional
+        Time within ranges ``output -> ["50..150 ng/mL", ...]`` (a range is a text
+        ``"LOW..HIGH"`` or a ``(low, high)`` pair; bounds as for `thresholds`, PD variables
+        included): ``time_within`` (patient, range), the time with ``low <= c <= high``
+        over the grid's span. It is the time above the low bound minus the time above the
+        high bound, both integrated by the kernel on the same evaluated points (the sets
+        are nested, so the difference is exact: the measure of the set where the linear
+        interpolant lies in the range).
     trajectories, trajectory_every : optional
         Outputs whose time courses are kept (a list or True: all), on a step that is a
         multiple of `every` (default `every`).
@@ -812,16 +829,17 @@ def simulate_cohort(
     xarray.Dataset
         Dimension ``patient`` with covariates and drawn event times as coordinates; metrics
         ``cmax``, ``tmax`` (``cmax_at_bolus``: the peak is the instantaneous-bolus jump),
-        ``auc``, ``time_above``, ``c_at``; individual parameters
+        ``auc``, ``time_above``, ``time_within``, ``c_at``; individual parameters
         ``param_<name>``; ``status``; optional ``trajectory`` (patient, output, time) and
         ``band`` (quantile, output, band_time). Units in ``attrs``; numbers are stored as
         numbers (``threshold_level`` coordinate, ``grid_start_h``/``grid_end_h`` attrs).
     """
     request = CohortRequest(
         model=model, regimen=regimen, population=population, n=n, seed=seed, until=until,
-        every=every, windows=windows, at=at, thresholds=thresholds, trajectories=trajectories,
-        trajectory_every=trajectory_every, bands=bands, band_every=band_every, iiv=iiv,
-        residual=residual, chunk_size=chunk_size, threads=threads, out=out, dask=dask,
+        every=every, windows=windows, at=at, thresholds=thresholds, ranges=ranges,
+        trajectories=trajectories, trajectory_every=trajectory_every, bands=bands,
+        band_every=band_every, iiv=iiv, residual=residual, chunk_size=chunk_size,
+        threads=threads, out=out, dask=dask,
         progress=progress, raise_on_failure=raise_on_failure, memory_limit=memory_limit,
         method=method, rtol=rtol, atol=atol, amounts=amounts,
         trajectory_dtype=trajectory_dtype, extra_columns=extra_columns,
@@ -926,6 +944,7 @@ def _plan(req: CohortRequest) -> _Plan:
     )
     at_ = dict(req.at) if req.at is not None else {a: a for a in sorted(reg.anchor_names)}
     thr = _thresholds(req.thresholds, spec, pd_outs)
+    rng = _ranges(req.ranges, spec, pd_outs)
     chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
     zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
     if req.out is not None and not zarr_out:
@@ -942,7 +961,7 @@ def _plan(req: CohortRequest) -> _Plan:
         band_stride=band_stride, omega_blocks=_omega_blocks(spec) if req.iiv else [],
         method=method, rtol=rtol, atol=atol, auto_stiff=auto_stiff,
         amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype, pd_outputs=tuple(pd_outs),
-        pd_store=pd_store, pd_bands=pd_bands, extra_attrs=extra_attrs,
+        pd_store=pd_store, pd_bands=pd_bands, extra_attrs=extra_attrs, ranges=tuple(rng),
     )  # fmt: skip
     show = req.progress if req.progress is not None else sys.stderr.isatty()
     return _Plan(
@@ -1020,7 +1039,12 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     outs, store_out = spec.output_names, setup.store_out
     n_store_t = (grid.size - 1) // setup.store_stride + 1 if store_out else 0
     n_win, n_at = len(setup.windows), len(setup.at)
-    n_metrics = len(outs) * (2 + n_win + n_at) + len(setup.thresholds) + len(spec.param_names)
+    n_metrics = (
+        len(outs) * (2 + n_win + n_at)
+        + len(setup.kernel_thresholds)
+        + len(setup.ranges)
+        + len(spec.param_names)
+    )
     cov_bytes, text_bytes = cov
     keep = setup.keep_in_memory
     in_place = keep and not setup.adaptive and not setup.residual
@@ -1284,33 +1308,77 @@ def _stride(value, step, name) -> int:
     return max(1, round(k))
 
 
-def _thresholds(thresholds, spec, pd_outs=()) -> list[Threshold]:
+def _thresholds(thresholds, spec, pd_outs=(), what="thresholds") -> list[Threshold]:
+    """Parse ``output -> [level, ...]`` into :class:`Threshold` objects (`what` names the
+    argument in errors: ``thresholds`` or ``ranges``)."""
     out = []
     pd_by = {po.name: po for po in pd_outs}
     for o, vals in (thresholds or {}).items():
         if o in pd_by:
-            out.extend(_pd_thresholds(pd_by[o], vals))
+            out.extend(_pd_thresholds(pd_by[o], vals, what))
             continue
         if o not in spec.output_names:
             raise CohortError(
-                f"threshold for unknown output {o!r}; expected one of "
+                f"`{what}`: unknown output {o!r}; expected one of "
                 f"{', '.join([*spec.output_names, *pd_by])}"
             )
         ode_out = next((x for x in spec.ode.outputs if x.name == o), None) if spec.ode else None
         if ode_out is not None and not ode_out.concentration:
-            out.extend(_plain_thresholds(o, vals, ode_out.unit))
+            out.extend(_plain_thresholds(o, vals, ode_out.unit, what))
             continue
         an = next(x.analyte for x in spec.outputs if x.name == o)
         for v in [vals] if isinstance(vals, str | int | float) else vals:
             mg_l = parse_quantity(
-                v, "concentration", molar_mass=spec.molar_mass(an), key=f"thresholds.{o}"
+                v, "concentration", molar_mass=spec.molar_mass(an), key=f"{what}.{o}"
             ).value
             ng_ml = mg_l * MG_L_TO_NG_ML
             out.append(Threshold(o, mg_l, ng_ml, "ng/mL", f"{o} > {ng_ml:g} ng/mL"))
     return out
 
 
-def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
+def _ranges(ranges, spec, pd_outs=()) -> list[Range]:
+    """Parse ``output -> [range, ...]`` (``"50..150 ng/mL"`` or ``(low, high)``, see
+    :func:`pkpd.inputs.units.range_bounds`) into :class:`Range` objects, each bound parsed
+    as a threshold of its output (units, PD variables and their inverse included)."""
+    out = []
+    for o, vals in (ranges or {}).items():
+        items = [vals] if isinstance(vals, str) or _is_pair(vals) else list(vals)
+        if not items:
+            raise CohortError(f"`ranges.{o}`: no range given; expected e.g. '50..150 ng/mL'")
+        for v in items:
+            try:
+                lo_text, hi_text = range_bounds(v, f"ranges.{o}")
+            except UnitError as exc:
+                raise CohortError(str(exc)) from None
+            lo, hi = _thresholds({o: [lo_text, hi_text]}, spec, pd_outs, what="ranges")
+            if not lo.value < hi.value:
+                raise CohortError(
+                    f"`ranges.{o}` = {v!r}: the low bound must be below the high bound "
+                    f"({lo.level:g} >= {hi.level:g} {lo.units})".rstrip()
+                )
+            unit = f" {lo.units}" if lo.units not in ("", "1") else ""
+            label = f"{o} within {lo.level:g}..{hi.level:g}{unit}"
+            if lo.kernel_output is not None:
+                # A PD variable: the bounds on its driving output, as its thresholds say.
+                label += (
+                    f" ({lo.kernel_output} within {lo.value * MG_L_TO_NG_ML:.6g}.."
+                    f"{hi.value * MG_L_TO_NG_ML:.6g} ng/mL)"
+                )
+            out.append(Range(o, lo, hi, label))
+    return out
+
+
+def _is_pair(v) -> bool:
+    """A ``(low, high)`` pair of bounds (not a list of range texts)."""
+    return (
+        isinstance(v, tuple | list)
+        and len(v) == 2
+        and not any(isinstance(x, str) and ".." in x for x in v)
+        and not any(isinstance(x, tuple | list) for x in v)
+    )
+
+
+def _pd_thresholds(po: PDOutput, vals, what="thresholds") -> list[Threshold]:
     """Thresholds on a PD variable: on its model output, at the level where the variable
     equals the threshold (:meth:`PDOutput.inverse`), for variables that increase with one
     output; refused otherwise (their time above a level is not a function of one recorded
@@ -1327,7 +1395,7 @@ def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
                     f"L / {factor * slope:.6g} ng/mL)"
                 )
         raise CohortError(
-            f"`thresholds.{po.name}`: the time with PD variable {po.name!r} above a level is "
+            f"`{what}.{po.name}`: the time with PD variable {po.name!r} above a level is "
             f"not recorded: {why}; set a threshold on an output it is made of instead"
         )
     if po.concentration:
@@ -1336,11 +1404,11 @@ def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
         items = []
         for v in [vals] if isinstance(vals, str | int | float) else vals:
             mg_l = parse_quantity(
-                v, "concentration", molar_mass=po.molar_mass, key=f"thresholds.{po.name}"
+                v, "concentration", molar_mass=po.molar_mass, key=f"{what}.{po.name}"
             ).value
             items.append(Threshold(po.name, mg_l, mg_l * MG_L_TO_NG_ML, "ng/mL", ""))
     else:
-        items = _plain_thresholds(po.name, vals, po.units)
+        items = _plain_thresholds(po.name, vals, po.units, what)
     driver = po.terms[0][0]
     out = []
     for t in items:
@@ -1351,7 +1419,7 @@ def _pd_thresholds(po: PDOutput, vals) -> list[Threshold]:
     return out
 
 
-def _plain_thresholds(o, vals, unit) -> list[Threshold]:
+def _plain_thresholds(o, vals, unit, what="thresholds") -> list[Threshold]:
     """Thresholds of an output that is not a concentration (a score): in its own unit.
 
     A number, or a number followed by the output's unit; any other unit is an error, since
@@ -1366,11 +1434,11 @@ def _plain_thresholds(o, vals, unit) -> list[Threshold]:
             x = float(text)
         except ValueError:
             raise CohortError(
-                f"`thresholds.{o}` = {v!r}: output {o!r} is not a concentration; expected a "
+                f"`{what}.{o}` = {v!r}: output {o!r} is not a concentration; expected a "
                 f"number in its unit ({unit or 'dimensionless'}), e.g. '{o}=5'"
             ) from None
         if not np.isfinite(x):
-            raise CohortError(f"`thresholds.{o}` = {v!r}: expected a finite number")
+            raise CohortError(f"`{what}.{o}` = {v!r}: expected a finite number")
         out.append(Threshold(o, x, x, unit, f"{o} > {x:g} {unit}".rstrip()))
     return out
 
@@ -1470,7 +1538,9 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
         coords["at"] = ("at", list(setup.at))
         data["c_at"] = variable("c_at", c_at, units=u)
     if setup.thresholds:
-        _add_thresholds(setup, coords, data, res.t_above)
+        _add_thresholds(setup, coords, data, res.t_above[:, : len(setup.thresholds)])
+    if setup.ranges:
+        _add_ranges(setup, coords, data, res.t_above[:, len(setup.thresholds) :])
     kinds = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
     for i, p in enumerate(spec.param_names):
         unit = kinds.get(spec.parameters[p].kind, "1")
@@ -1553,6 +1623,34 @@ def _add_thresholds(setup: CohortSetup, coords: dict, data: dict, t_above) -> No
     coords["threshold_level"] = variable("threshold_level", levels, units=level_units)
     coords["threshold_units"] = variable("threshold_units", units)
     data["time_above"] = variable("time_above", t_above)
+
+
+def _add_ranges(setup: CohortSetup, coords: dict, data: dict, t_bounds) -> None:
+    """``time_within`` (patient, range): the time above each range's low bound minus that
+    above its high bound (columns of `t_bounds` in :attr:`CohortSetup.kernel_thresholds`
+    order), and the ranges as coordinates (labels, output, bounds, unit)."""
+    rng = setup.ranges
+    coords["range"] = ("range", [r.label for r in rng])
+    coords["range_output"] = variable("range_output", [r.output for r in rng])
+    units = [r.low.units for r in rng]
+    bound_units = units[0] if len(set(units)) == 1 else "see range_units"
+    for side in ("low", "high"):
+        levels = np.array([getattr(r, side).level for r in rng], dtype=float)
+        coords[f"range_{side}"] = variable(f"range_{side}", levels, units=bound_units)
+    coords["range_units"] = variable("range_units", units)
+    data["time_within"] = variable("time_within", time_within_from_bounds(t_bounds))
+
+
+def time_within_from_bounds(t_bounds: np.ndarray) -> np.ndarray:
+    """Time within each range from the times above its bounds: ``t_bounds[..., 2 k]`` above
+    the low bound of range ``k`` and ``t_bounds[..., 2 k + 1]`` above its high bound.
+
+    ``{c >= high}`` is a subset of ``{c >= low}`` for the same interpolant, so the
+    difference is the measure of ``{low <= c < high}``; rounding of the two sums can make
+    it a few ulp negative where both are equal, clipped to 0. NaN (a failed patient) stays.
+    """
+    d = t_bounds[..., 0::2] - t_bounds[..., 1::2]
+    return np.where(d < 0.0, 0.0, d)
 
 
 def _add_trajectory(setup: CohortSetup, coords: dict, data: dict, traj_ng_ml) -> None:

@@ -17,7 +17,7 @@ from pkpd.engine.solvers import registry
 from pkpd.inputs.model import ModelSpec
 from pkpd.inputs.regimen import Regimen
 
-__all__ = ["BLOCK", "ChunkResult", "CohortRequest", "CohortSetup", "Threshold"]
+__all__ = ["BLOCK", "ChunkResult", "CohortRequest", "CohortSetup", "Range", "Threshold"]
 
 #: Patients per random-number block (the unit of reproducibility).
 BLOCK = 1024
@@ -64,6 +64,7 @@ class CohortRequest:
     windows: dict[str, tuple[str, str]] | None = None
     at: dict[str, str] | None = None
     thresholds: dict[str, list] | None = None
+    ranges: dict[str, list] | None = None
     trajectories: list[str] | bool | None = None
     trajectory_every: Any = None
     bands: bool = True
@@ -115,6 +116,24 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class Range:
+    """One time-within-a-range metric: the time with `output` in ``[low, high]``.
+
+    `low` and `high` are the two :class:`Threshold` bounds (same output, same recorded
+    output, ``low.value < high.value``). The kernels integrate the time above each bound
+    with the same crossings, so that the time within is their difference: the sets
+    ``{c >= high}`` and ``{c >= low}`` are nested, and the difference is the measure of
+    ``{low <= c < high}`` exactly (a flat stretch at exactly `high`, of measure zero for
+    any solution that is not constant there, counts as above).
+    """
+
+    output: str
+    low: Threshold
+    high: Threshold
+    label: str
+
+
+@dataclass(frozen=True)
 class CohortSetup:
     """Everything a chunk needs; picklable, so chunks can run as Dask tasks."""
 
@@ -154,6 +173,14 @@ class CohortSetup:
     pd_bands: list[str] = field(default_factory=list)
     #: Attributes of the result from the PD endpoints and the racemic conversion.
     extra_attrs: dict = field(default_factory=dict)
+    #: Time-within-range metrics; their bounds are integrated after `thresholds`.
+    ranges: tuple = ()
+
+    @property
+    def kernel_thresholds(self) -> list[Threshold]:
+        """The levels the kernels integrate the time above: `thresholds`, then the low and
+        high bound of every range (``t_above`` columns in this order)."""
+        return [*self.thresholds, *(b for r in self.ranges for b in (r.low, r.high))]
 
     @property
     def output_names(self) -> list[str]:

@@ -112,6 +112,7 @@ def simulate(
     windows: dict[str, tuple[str, str]] | None = None,
     at: dict[str, str] | None = None,
     thresholds: dict[str, list] | None = None,
+    ranges: dict[str, list] | None = None,
 ):
     """Simulate one patient with the piecewise-exact solver.
 
@@ -172,6 +173,11 @@ def simulate(
         Results: ``auc`` (output, window), ``c_at`` (output, at), ``time_above``
         (threshold), with the coordinates of a cohort's (``window_start``/``window_end``
         and ``at_time`` in h besides).
+    ranges : dict, optional
+        Time within ranges ``output -> ["50..150 ng/mL", ...]`` as
+        :func:`pkpd.simulate_cohort` defines it: ``time_within`` (range), the time above
+        the low bound minus the time above the high bound on the same points (exact for
+        the linear interpolant: the sets are nested).
 
     Returns
     -------
@@ -216,11 +222,12 @@ def simulate(
         ds.attrs.update(racemic_attrs())
     if bundle is not None:
         add_pd_variables(ds, bundle)
-    if windows or at or thresholds:
+    if windows or at or thresholds or ranges:
         events = load_regimen(regimen).anchor_times(anchors)
         pd_outs = pd_outputs(bundle) if bundle is not None else []
         fine = dict(spec=spec, theta=theta, full=full, ev=ev, method=method, rtol=rtol, atol=atol)
-        _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limit)
+        asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
+        _add_metrics(ds, fine, events, pd_outs, asked, memory_limit)
     return ds
 
 
@@ -239,12 +246,15 @@ def _event_time(text, events: dict[str, float], what: str) -> float:
     return events[anchor] + off
 
 
-def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limit) -> None:
-    """``auc``, ``c_at`` and ``time_above`` of one patient (see :func:`simulate`), from a
+def _add_metrics(ds, fine, events, pd_outs, asked, memory_limit) -> None:
+    """``auc``, ``c_at``, ``time_above`` and ``time_within`` of one patient (see
+    :func:`simulate`; `asked` holds its `windows`, `at`, `thresholds` and `ranges`), from a
     second solution on the output times merged with the dose events, the window bounds
     and the `at` times: the points a cohort's kernel evaluates."""
-    from pkpd.running.cohort import _thresholds  # the cohort's parsing, not its kernels
+    # The cohort's parsing, not its kernels.
+    from pkpd.running.cohort import _ranges, _thresholds, time_within_from_bounds
 
+    windows, at, thresholds = asked["windows"], asked["at"], asked["thresholds"]
     spec = fine["spec"]
     win = {}
     for name, bounds in dict(windows or {}).items():
@@ -259,6 +269,7 @@ def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limi
         win[name] = (ta, tb)
     at_t = {name: _event_time(v, events, "at") for name, v in dict(at or {}).items()}
     thr = _thresholds(thresholds, spec, pd_outs)
+    rng = _ranges(asked["ranges"], spec, pd_outs)
     grid = ds.time.values
     ev = fine["ev"]
     special = np.array([*(x for w in win.values() for x in w), *at_t.values()], dtype=float)
@@ -279,14 +290,18 @@ def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limi
             cum = data[f"auc_{o}"][1]
             for w, (ta, tb) in enumerate(win.values()):
                 auc[i, w] = cum[np.searchsorted(t, tb)] - cum[np.searchsorted(t, ta)]
+    # The time above every level (the thresholds, then both bounds of every range), as
+    # the cohort kernel's columns.
     t_above = np.array(
         [
             _time_above(
                 t, data[x.recorded_output], x.value * scale[outs.index(x.recorded_output)], grid[-1]
             )
-            for x in thr
+            for x in [*thr, *(b for r in rng for b in (r.low, r.high))]
         ]
     )
+    t_within = time_within_from_bounds(t_above[len(thr) :])
+    t_above = t_above[: len(thr)]
     # PD variables after the model outputs, as in a cohort: values at times from the
     # outputs there; AUC for concentrations (the driving output's x its factor).
     pd_names = [po.name for po in pd_outs]
@@ -335,6 +350,17 @@ def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limi
         )  # fmt: skip
         coords["threshold_units"] = single_variable("threshold_units", tu)
         data["time_above"] = single_variable("time_above", t_above)
+    if rng:
+        coords["range"] = ("range", [r.label for r in rng])
+        coords["range_output"] = single_variable("range_output", [r.output for r in rng])
+        ru = [r.low.units for r in rng]
+        for side in ("low", "high"):
+            coords[f"range_{side}"] = single_variable(
+                f"range_{side}", np.array([getattr(r, side).level for r in rng], dtype=float),
+                units=ru[0] if len(set(ru)) == 1 else "see range_units",
+            )  # fmt: skip
+        coords["range_units"] = single_variable("range_units", ru)
+        data["time_within"] = single_variable("time_within", t_within)
     if not (win or at_t):
         coords = {k: v for k, v in coords.items() if k not in ("output", "output_units")}
     ds.coords.update(coords)
@@ -342,11 +368,15 @@ def _add_metrics(ds, fine, events, pd_outs, windows, at, thresholds, memory_limi
 
 
 def metric_lines(ds) -> list[str]:
-    """The metrics of :func:`simulate` (``time_above``, ``auc``, ``c_at``) as text lines."""
+    """The metrics of :func:`simulate` (``time_above``, ``time_within``, ``auc``, ``c_at``)
+    as text lines."""
     out = []
     if "time_above" in ds:
         for label, v in zip(ds.threshold.values, ds.time_above.values, strict=True):
             out.append(f"  time above {label}: {v:.4g} h")
+    if "time_within" in ds:
+        for label, v in zip(ds["range"].values, ds.time_within.values, strict=True):
+            out.append(f"  time {label}: {v:.4g} h")
     units = (
         [str(u) for u in ds.output_units.values]
         if "output_units" in ds.coords

@@ -76,6 +76,15 @@ VARIABLES: dict[str, Variable] = {
         ("threshold",), "{units}", "threshold level (ng/mL for concentrations)"
     ),
     "threshold_units": Variable(("threshold",), None, "unit of each threshold level"),
+    "time_within": Variable(("patient", "range"), "h", "time within range (low <= c <= high)"),
+    "range_output": Variable(("range",), None, "output of each range"),
+    "range_low": Variable(
+        ("range",), "{units}", "low bound of each range (ng/mL for concentrations)"
+    ),
+    "range_high": Variable(
+        ("range",), "{units}", "high bound of each range (ng/mL for concentrations)"
+    ),
+    "range_units": Variable(("range",), None, "unit of each range's bounds"),
     "param_{parameter}": Variable(("patient",), "{units}", "individual {parameter}"),
     "trajectory": Variable(("patient", "traj_output", "time"), "{units}", "concentration{note}"),
     "trajectory_bolus_time": Variable(
