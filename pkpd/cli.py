@@ -904,13 +904,21 @@ def _windows_option(windows) -> dict | None:
 @click.option("--threshold", "thresholds", multiple=True, metavar="OUTPUT=CONC")
 @click.option("--at", "at_items", multiple=True, metavar="NAME=TIME")
 @click.option("--anchors-from", "anchors", help="Regimen declaring events of one-line regimens.")
+@click.option(
+    "--anchor",
+    "anchor_items",
+    multiple=True,
+    metavar="EVENT=TIME",
+    help="A fixed time of an event for every patient, e.g. end_of_surgery=3h (repeatable; "
+    "not for an event --anchors-from declares).",
+)
 @click.option("--until", help="End of the common grid (default: 24 h after the latest dose).")
 @click.option("--every", default="5 min", show_default=True, help="Grid step.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the result (.nc).")
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, until, every, out, out_png,
+    anchors, anchor_items, until, every, out, out_png,
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
@@ -918,7 +926,8 @@ def compare(
         model, list(regimens), population, patients, seed, target=_one(target, "--target"),
         risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
-        at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
+        at=_pairs(at_items, "--at") or None, anchors=anchors,
+        anchor_times=_pairs(anchor_items, "--anchor") or None, until=until, every=every,
     )  # fmt: skip
     _echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
     _echo(
@@ -1004,6 +1013,13 @@ def _is_number(x: str) -> bool:
 @click.option("--template", help="One-line regimen with {bolus}, {rate}, {duration}.")
 @click.option("--anchors-from", "anchors", help="Regimen declaring the events (end_of_surgery).")
 @click.option(
+    "--anchor",
+    "anchor_items",
+    multiple=True,
+    metavar="EVENT=TIME",
+    help="A fixed time of an event for every patient, e.g. end_of_surgery=3h (repeatable).",
+)
+@click.option(
     "--target",
     multiple=True,
     help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery' (one).",
@@ -1029,14 +1045,16 @@ def _is_number(x: str) -> bool:
     "--plot", "out_png", type=click.Path(dir_okay=False), help="Heatmaps (.png/.svg/.pdf)."
 )
 def design(
-    model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
-    max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
+    model, population, patients, seed, bolus, rate, duration, template, anchors, anchor_items,
+    target, risk, max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
-        template=template, anchors=anchors, target=_one(target, "--target"), risk=risk,
+        template=template, anchors=anchors,
+        anchor_times=_pairs(anchor_items, "--anchor") or None, target=_one(target, "--target"),
+        risk=risk,
         max_risk=max_risk,
         windows=_windows_option(windows), until=until, every=every, risk_rule=risk_rule,
         allow_extrapolation=allow_extrapolation,

@@ -585,14 +585,21 @@ def available_regimens() -> list[str]:
 def load_regimen(spec: str | Path | Regimen) -> Regimen:
     """A regimen from a shipped name, a TOML path, the one-line form, or a Regimen.
 
+    Any of these may be preceded by ``NAME=`` (:data:`NAME_RULE`): the regimen is then
+    called NAME (its label in comparisons; its text keeps the doses).
+
     Examples
     --------
     >>> load_regimen("0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h").uses_weight
     True
+    >>> load_regimen("low=0.1 mg/kg bolus at 0 h").name
+    'low'
     """
     if isinstance(spec, Regimen):
         return spec
     text = str(spec)
+    if "=" in text and not _is_file(text):
+        return _named(text)
     if re.fullmatch(r"[A-Za-z_][\w.-]*", text) and not text.endswith(".toml"):
         shipped = regimens_dir() / f"{text}.toml"
         if shipped.is_file():
@@ -616,6 +623,26 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 
 
 # ----------------------------------------------------------------------------- parsing
+
+#: A regimen name (``NAME=REGIMEN``): a letter, then letters, digits, ``_``, ``-`` or ``.``.
+NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def _named(text: str) -> Regimen:
+    """``NAME=REGIMEN``: the regimen (one-line, shipped name or file) under the name NAME.
+
+    ``=`` appears nowhere else in a regimen, so any ``=`` starts a name.
+    """
+    name, _, rest = text.partition("=")
+    name = name.strip()
+    if not NAME_RULE.fullmatch(name):
+        raise RegimenError(
+            f"regimen name {name!r} (before '=' in {text!r}): a name is a letter followed by "
+            "letters, digits, '_', '-' or '.', e.g. 'low=0.1 mg/kg bolus at 0 h'"
+        )
+    if "=" in rest:
+        raise RegimenError(f"{text!r}: one name per regimen (NAME=REGIMEN), '=' given twice")
+    return replace(load_regimen(rest.strip()), name=name)
 
 
 def _is_file(text: str) -> bool:
