@@ -589,7 +589,7 @@ def simulate(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    _echo(f"regimen: {reg.text}")
+    _echo(f"regimen: {reg.name + ': ' if reg.name else ''}{reg.text}")
     _echo(f"covariates: {ds.attrs['covariates']}")
     _echo(_solver_line(ds))
     if spec.assumed_parameters:
@@ -745,7 +745,8 @@ def _simulate_cohort(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    _echo(f"regimen: {ds.attrs['regimen']}")
+    name = ds.attrs.get("regimen_name")
+    _echo(f"regimen: {name + ': ' if name else ''}{ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
     if solvers.SOLVERS[ds.attrs.get("solver_method", "exact")].adaptive:
         _echo(

@@ -105,3 +105,33 @@ def test_design_anchor_equals_written_time():
     b = design(MODEL, POP, 15, 2, duration=[3], **kw)
     np.testing.assert_array_equal(a.cmax_median.values, b.cmax_median.values)
     np.testing.assert_array_equal(a.total_dose.values, b.total_dose.values)
+
+
+def _cli(*args, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run(
+        [sys.executable, "-m", "pkpd.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_compare_names_and_anchor(tmp_path):
+    common = ["--population", POP, "--patients", "20", "--until", "30h", "--every", "10min"]
+    r = _cli("compare", MODEL, "low=" + ANCHORED, "high=0.6 mg/kg bolus at 0 h", *common,
+             "--anchor", "end_of_surgery=3h", tmp_path=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"  low: {ANCHORED}" in r.stdout
+    head = next(line for line in r.stdout.splitlines() if line.startswith("metric"))
+    assert head.split() == ["metric", "low", "high"]
+    r = _cli("compare", MODEL, ANCHORED, *common, "--anchor", "end_of_surgery=3h",
+             "--anchors-from", "lumbar_fusion_esketamine", tmp_path=tmp_path)  # fmt: skip
+    assert r.returncode != 0 and "given both a fixed time" in r.stderr
+    r = _cli("simulate", MODEL, "low=0.3 mg/kg bolus at 0 h", "--weight", "70",
+             tmp_path=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "regimen: low: 0.3 mg/kg bolus at 0 h" in r.stdout
