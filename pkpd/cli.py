@@ -653,7 +653,7 @@ def simulate(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    _echo(f"regimen: {reg.text}")
+    _echo(f"regimen: {reg.name + ': ' if reg.name else ''}{reg.text}")
     _echo(f"covariates: {ds.attrs['covariates']}")
     _echo(_solver_line(ds))
     if spec.assumed_parameters:
@@ -883,7 +883,8 @@ def _simulate_cohort(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
         f"{spec.verification_summary()})"
     )
-    _echo(f"regimen: {ds.attrs['regimen']}")
+    name = ds.attrs.get("regimen_name")
+    _echo(f"regimen: {name + ': ' if name else ''}{ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")
     if solvers.SOLVERS[ds.attrs.get("solver_method", "exact")].adaptive:
         _echo(
@@ -1054,13 +1055,21 @@ def _windows_option(windows) -> dict | None:
 @click.option("--range", "ranges", multiple=True, metavar="OUTPUT=LOW..HIGH", help="Time within.")
 @click.option("--at", "at_items", multiple=True, metavar="NAME=TIME")
 @click.option("--anchors-from", "anchors", help="Regimen declaring events of one-line regimens.")
+@click.option(
+    "--anchor",
+    "anchor_items",
+    multiple=True,
+    metavar="EVENT=TIME",
+    help="A fixed time of an event for every patient, e.g. end_of_surgery=3h (repeatable; "
+    "not for an event --anchors-from declares).",
+)
 @click.option("--until", help="End of the common grid (default: 24 h after the latest dose).")
 @click.option("--every", default="5 min", show_default=True, help="Grid step.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the result (.nc).")
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, until, every, out, out_png, ranges=(),
+    anchors, anchor_items, until, every, out, out_png, ranges=(),
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
@@ -1068,7 +1077,8 @@ def compare(
         model, list(regimens), population, patients, seed, target=_one(target, "--target"),
         risks=risks,
         windows=_windows_option(windows), thresholds=thr or None,
-        at=_pairs(at_items, "--at") or None, anchors=anchors, until=until, every=every,
+        at=_pairs(at_items, "--at") or None, anchors=anchors,
+        anchor_times=_pairs(anchor_items, "--anchor") or None, until=until, every=every,
         ranges=_ranges_option(ranges),
     )  # fmt: skip
     _echo(f"model: {cds.attrs['model']} ({cds.attrs.get('model_drug', '')})")
@@ -1155,6 +1165,13 @@ def _is_number(x: str) -> bool:
 @click.option("--template", help="One-line regimen with {bolus}, {rate}, {duration}.")
 @click.option("--anchors-from", "anchors", help="Regimen declaring the events (end_of_surgery).")
 @click.option(
+    "--anchor",
+    "anchor_items",
+    multiple=True,
+    metavar="EVENT=TIME",
+    help="A fixed time of an event for every patient, e.g. end_of_surgery=3h (repeatable).",
+)
+@click.option(
     "--target",
     multiple=True,
     help="PTA target, e.g. 'cp >= 50 ng/mL for 50% of 0h..end_of_surgery' (one).",
@@ -1180,14 +1197,16 @@ def _is_number(x: str) -> bool:
     "--plot", "out_png", type=click.Path(dir_okay=False), help="Heatmaps (.png/.svg/.pdf)."
 )
 def design(
-    model, population, patients, seed, bolus, rate, duration, template, anchors, target, risk,
-    max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
+    model, population, patients, seed, bolus, rate, duration, template, anchors, anchor_items,
+    target, risk, max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
-        template=template, anchors=anchors, target=_one(target, "--target"), risk=risk,
+        template=template, anchors=anchors,
+        anchor_times=_pairs(anchor_items, "--anchor") or None, target=_one(target, "--target"),
+        risk=risk,
         max_risk=max_risk,
         windows=_windows_option(windows), until=until, every=every, risk_rule=risk_rule,
         allow_extrapolation=allow_extrapolation,

@@ -53,8 +53,8 @@ from pkpd.analysis import risk_domain
 from pkpd.disclaimer import DISCLAIMER
 from pkpd.errors import PkpdError
 from pkpd.inputs.model import load_model
-from pkpd.inputs.regimen import Regimen, load_regimen
-from pkpd.inputs.units import range_bounds
+from pkpd.inputs.regimen import AnchorSpec, Regimen, load_regimen
+from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
 
@@ -197,8 +197,54 @@ def _merge(base: dict, extra: Mapping, who: str) -> dict:
     return out
 
 
-def _with_anchors(reg: Regimen, source) -> Regimen:
-    """`reg` with the event declarations it lacks taken from the regimen `source`."""
+def _fixed_anchors(fixed, source, regs) -> dict[str, float]:
+    """`anchor_times` (event -> time) in hours, checked against `source` and the regimens.
+
+    An event fixed here may not also be declared by `source` (one of the two would be
+    ignored); it must be one that some regimen uses (else a typo).
+    """
+    out: dict[str, float] = {}
+    if not fixed:
+        return out
+    src = load_regimen(source) if source is not None else None
+    used = set().union(*(r.anchor_names for r in regs))
+    for name, v in dict(fixed).items():
+        if src is not None and src.anchor_spec(name) is not None:
+            raise DesignError(
+                f"the event `{name}` is given both a fixed time (`anchor_times`, CLI --anchor) "
+                f"and a distribution by {src.name or src.text!r} (`anchors`, CLI "
+                "--anchors-from): give one"
+            )
+        if name not in used:
+            raise DesignError(
+                f"`anchor_times` (CLI --anchor): no regimen refers to the event `{name}`; "
+                f"they use {', '.join(sorted(used)) or 'none'}"
+            )
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[name] = float(v)
+        else:
+            try:
+                out[name] = parse_quantity(str(v), "time", key=f"anchor_times.{name}").value
+            except PkpdError as exc:
+                raise DesignError(f"`anchor_times` (CLI --anchor) {name}={v!r}: {exc}") from None
+    return out
+
+
+def _with_fixed(reg: Regimen, fixed: Mapping[str, float]) -> Regimen:
+    """`reg` with the events in `fixed` at one time for every patient (this replaces the
+    regimen's own declaration of them, if any)."""
+    names = [a for a in fixed if a in reg.anchor_names]
+    if not names:
+        return reg
+    specs = [a for a in reg.anchors if a.name not in fixed]
+    specs += [AnchorSpec(a, fixed[a], source="fixed time (anchor_times / --anchor)") for a in names]
+    return dataclasses.replace(reg, anchors=tuple(specs))
+
+
+def _with_anchors(reg: Regimen, source, fixed: Mapping[str, float] | None = None) -> Regimen:
+    """`reg` with the events in `fixed` at their fixed times and the event declarations it
+    still lacks taken from the regimen `source`."""
+    reg = _with_fixed(reg, fixed or {})
     missing = {a for a in reg.anchor_names if reg.anchor_spec(a) is None}
     if not missing:
         return reg
@@ -323,6 +369,7 @@ def compare(
     ranges: Mapping[str, list] | None = None,
     names: Sequence[str] | None = None,
     anchors=None,
+    anchor_times: Mapping[str, Any] | None = None,
     until=None,
     every="5 min",
     n_draws: int = 2000,
@@ -335,8 +382,9 @@ def compare(
     ----------
     model : str, Path or ModelSpec
         PK model (as for :func:`pkpd.simulate_cohort`).
-    regimens : sequence
-        Regimens: shipped names, TOML files, one-line texts or :class:`~pkpd.Regimen`.
+    regimens : sequence or dict
+        Regimens: shipped names, TOML files, one-line texts or :class:`~pkpd.Regimen`, each
+        optionally named ``NAME=REGIMEN``; or a dict ``name -> regimen``.
     population, n, seed
         As for :func:`pkpd.simulate_cohort`; the same `seed` is used for every regimen
         (common random numbers, see the module docstring).
@@ -355,9 +403,14 @@ def compare(
         Time within ranges ``output -> ["50..150 ng/mL"]`` (as for simulate_cohort):
         ``time_within`` (regimen, range, percentile) and ``time_within_patient``.
     names : sequence of str, optional
-        Regimen labels (default: the regimen's name, else its one-line text).
+        Regimen labels (default: the regimen's name, else its one-line text). Two different
+        regimens under one label are refused.
     anchors : str or Regimen, optional
         A regimen whose ``[anchors]`` declare the events that one-line regimens refer to.
+    anchor_times : dict, optional
+        ``event -> time`` (``{"end_of_surgery": "3 h"}``, or hours): the event at that time
+        for every patient and every regimen using it (replacing a regimen's own
+        declaration). An event may not be both here and declared by `anchors`.
     until, every
         Common evaluation grid (default: 24 h after the latest possible end of dosing of
         any regimen, every 5 minutes).
@@ -379,10 +432,16 @@ def compare(
         ``incidence_<risk>`` with ``_lo``/``_hi`` when asked, ``band`` (regimen, quantile,
         band_output, band_time) and the provenance in ``attrs``.
     """
+    if isinstance(regimens, Mapping):
+        if names is not None:
+            raise DesignError("`names`: the regimens are a dict, its keys are their names")
+        names, regimens = list(regimens), list(regimens.values())
     if isinstance(regimens, str | Regimen) or not len(regimens):
         raise DesignError("`regimens`: give a list of at least one regimen")
     spec = load_model(model)
-    regs = [_with_anchors(load_regimen(r), anchors) for r in regimens]
+    loaded = [load_regimen(r) for r in regimens]
+    fixed = _fixed_anchors(anchor_times, anchors, loaded)
+    regs = [_with_anchors(r, anchors, fixed) for r in loaded]
     labels = _labels(regs, names)
     tgt = parse_target(target) if target is not None else None
     risk_models = _load_risks(risks)
@@ -433,12 +492,19 @@ def _windows_text(kw) -> str:
 
 
 def _labels(regs, names) -> list[str]:
-    """Regimen labels: `names`, else each regimen's name or text; repeats numbered ``#2``..."""
+    """Regimen labels: `names`, else each regimen's name or text. The same regimen given twice
+    is numbered ``#2``...; two different regimens under one name are refused."""
     labels = list(names) if names is not None else [r.name or r.text for r in regs]
     if len(labels) != len(regs):
         raise DesignError(f"`names` has {len(labels)} entries for {len(regs)} regimens")
     seen: dict[str, int] = {}
     for i, lab in enumerate(labels):
+        j = labels.index(lab)
+        if j < i and regs[j] != regs[i]:
+            raise DesignError(
+                f"two different regimens are both named {lab!r} ({regs[j].text!r} and "
+                f"{regs[i].text!r}): give each its own name (NAME=REGIMEN, or `names`)"
+            )
         if lab in seen:
             seen[lab] += 1
             labels[i] = f"{lab} #{seen[lab]}"
@@ -740,6 +806,7 @@ def design(
     duration: Sequence | None = None,
     template: str | None = None,
     anchors=None,
+    anchor_times: Mapping[str, Any] | None = None,
     target=None,
     risk=None,
     max_risk: float | None = None,
@@ -771,6 +838,8 @@ def design(
         One-line regimen with placeholders (default :data:`DEFAULT_TEMPLATE`).
     anchors : str or Regimen, optional
         Regimen whose ``[anchors]`` declare the events the template refers to.
+    anchor_times : dict, optional
+        ``event -> time``: the event at that time for every patient (as for :func:`compare`).
     target : str or dict, optional
         Target for the probability of target attainment (:func:`parse_target`).
     risk : str, optional
@@ -803,7 +872,7 @@ def design(
     spec = load_model(model)
     shape = tuple(len(grid_vals[k]) for k in dims)
     points = list(itertools.product(*(range(s) for s in shape)))
-    regs = _grid_regimens(tpl, dims, texts, points, anchors)
+    regs = _grid_regimens(tpl, dims, texts, points, anchors, anchor_times)
     tgt = parse_target(target) if target is not None else None
     risk_models = _load_risks([risk] if risk else [])
     rname = next(iter(risk_models), None)
@@ -951,17 +1020,18 @@ def _design_variables(tpl, bolus, rate, duration, anchors):
     return dims, grid_vals, texts
 
 
-def _grid_regimens(tpl, dims, texts, points, anchors) -> dict:
-    """The regimen of every grid point (index tuple -> Regimen), events from `anchors`."""
+def _grid_regimens(tpl, dims, texts, points, anchors, anchor_times=None) -> dict:
+    """The regimen of every grid point (index tuple -> Regimen), events fixed by
+    `anchor_times` or declared by `anchors`."""
     regs = {}
     for idx in points:
         text = tpl.format(**{k: texts[k][i] for k, i in zip(dims, idx, strict=True)})
         try:
-            reg = load_regimen(text)
+            regs[idx] = load_regimen(text)
         except PkpdError as exc:
             raise DesignError(f"grid point {text!r}: {exc}") from None
-        regs[idx] = _with_anchors(reg, anchors)
-    return regs
+    fixed = _fixed_anchors(anchor_times, anchors, list(regs.values()))
+    return {idx: _with_anchors(reg, anchors, fixed) for idx, reg in regs.items()}
 
 
 def _grid_arrays(ds, shape, rname) -> dict[str, np.ndarray]:

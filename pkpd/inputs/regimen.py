@@ -48,6 +48,7 @@ from pkpd.inputs.units import Parsed, parse_quantity
 __all__ = [
     "AnchorSpec",
     "Bolus",
+    "BolusSeries",
     "EventTable",
     "Infusion",
     "Regimen",
@@ -81,6 +82,93 @@ class Bolus:
         # An injection time reads in minutes (it is parsed back to the same hours).
         over = f"{self.duration * 60:g} min" if self.duration < 1 else _fmt_time(self.duration)
         return f"{s} over {over}"
+
+
+def _exact_time(h: float, anchor: str | None = None) -> str:
+    """A time that parses back to exactly `h` hours (``%g`` may round: 1/3 h)."""
+    for body in (f"{abs(h):g} h", f"{abs(h) * 60:g} min", f"{abs(h)!r} h"):
+        if parse_quantity(body, "time").value == abs(h):
+            break
+    if anchor is None:
+        return f"-{body}" if h < 0 else body
+    return anchor if h == 0 else f"{anchor} {'+' if h > 0 else '-'} {body}"
+
+
+#: Two bolus times closer than this fraction of the interval count as the same time (the
+#: end of a series is exclusive: a bolus that would fall at it, to rounding, is not given).
+_SERIES_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class BolusSeries:
+    """Boluses of `amount` every `every` h from `start`: until `stop` (exclusive), for a
+    span (stop = start + span, same event) or `count` times. Expands to plain boluses."""
+
+    amount: Parsed
+    start: float
+    every: float
+    start_anchor: str | None = None
+    stop: float | None = None  # exclusive end (offset from `stop_anchor`)
+    stop_anchor: str | None = None
+    count: int | None = None
+    duration: float = 0.0
+    form: str = "to"  # how it was written: "to", "for" or "times"
+
+    def n(self) -> int:
+        """Number of boluses."""
+        if self.count is not None:
+            return self.count
+        span = (self.stop - self.start) / self.every
+        return max(1, int(np.ceil(span - _SERIES_RTOL)))
+
+    def boluses(self) -> tuple[Bolus, ...]:
+        return tuple(
+            Bolus(self.amount, self.start + k * self.every, self.duration, self.start_anchor)
+            for k in range(self.n())
+        )
+
+    def text(self) -> str:
+        s = (
+            f"{self.amount.text} bolus every {_exact_time(self.every)} from "
+            f"{_exact_time(self.start, self.start_anchor)}"
+        )
+        if self.form == "times":
+            s += f" times {self.count}"
+        elif self.form == "for":
+            s += f" for {_exact_time(self.stop - self.start)}"
+        else:
+            s += f" to {_exact_time(self.stop, self.stop_anchor)}"
+        return s + (f" over {_exact_time(self.duration)}" if self.duration else "")
+
+
+def _series(amount, start, sa, every, end, form, duration, loc) -> BolusSeries:
+    """A checked :class:`BolusSeries`; `end` is (anchor, stop), a span in h, or a count."""
+    if not (np.isfinite(every) and every > 0):
+        raise RegimenError(f"{loc}the interval `every` must be a positive time, got {every:g} h")
+    stop = ea = count = None
+    if form == "times":
+        count = end
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise RegimenError(f"{loc}the count must be a whole number >= 1, got {end!r}")
+    elif form == "for":
+        if not end > 0:
+            raise RegimenError(f"{loc}the span must be positive, got {end:g} h")
+        stop, ea = start + end, sa
+    else:
+        ea, stop = end
+        if ea != sa:
+            raise RegimenError(
+                f"{loc}a series from {_fmt_time(start, sa)} to {_fmt_time(stop, ea)} would "
+                "give a different number of boluses to each patient: write its end on the "
+                "same event as its start (e.g. 'for 48 h' or 'to <event> + 48 h') or use "
+                "'times <n>'"
+            )
+        if not stop > start:
+            raise RegimenError(
+                f"{loc}the series ends at {_fmt_time(stop, ea)}, not after its start at "
+                f"{_fmt_time(start, sa)}"
+            )
+    return BolusSeries(amount, start, every, sa, stop, ea, count, duration, form)
 
 
 @dataclass(frozen=True)
@@ -255,6 +343,8 @@ class Regimen:
     file: str | None = None
     anchors: tuple[AnchorSpec, ...] = ()
     _text: str | None = field(default=None, compare=False)
+    #: The doses as written (a repeated bolus as one :class:`BolusSeries`), for :attr:`text`.
+    _pieces: tuple | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if not self.doses:
@@ -281,12 +371,12 @@ class Regimen:
             raise RegimenError(
                 "empty regimen: expected e.g. '0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h'"
             )
-        doses = []
+        pieces = []
         for piece in re.split(r"[;\n]", text):
             piece = " ".join(piece.split())
             if piece:
-                doses.append(_parse_piece(piece))
-        return cls(tuple(doses), name=name, _text=text.strip())
+                pieces.append(_parse_piece(piece))
+        return cls(_expand(pieces), name=name, _text=text.strip(), _pieces=tuple(pieces))
 
     @classmethod
     def from_dict(cls, data: dict, file: str | None = None) -> Regimen:
@@ -303,12 +393,13 @@ class Regimen:
         infusions = data.get("infusion", [])
         if not isinstance(boluses, list) or not isinstance(infusions, list):
             raise r.err("bolus", "use arrays of tables: [[bolus]] and [[infusion]]")
-        doses: list[Bolus | Infusion] = [
+        pieces: list = [
             _read_bolus(r, d, f"bolus[{i}]", anchors_tab) for i, d in enumerate(boluses)
         ]
-        doses += [
+        pieces += [
             _read_infusion(r, d, f"infusion[{i}]", anchors_tab) for i, d in enumerate(infusions)
         ]
+        doses = _expand(pieces)
         if not doses:
             raise RegimenError(f"{where(file, None)}no [[bolus]] or [[infusion]] tables")
         return cls(
@@ -318,6 +409,7 @@ class Regimen:
             source=str(meta.get("source", "")),
             file=file,
             anchors=anchor_specs,
+            _pieces=tuple(pieces),
         )
 
     # ---- views ---------------------------------------------------------------------
@@ -325,7 +417,11 @@ class Regimen:
     @property
     def text(self) -> str:
         """The regimen in the one-line form."""
-        return self._text or "; ".join(d.text() for d in self.doses)
+        if self._text:
+            return self._text
+        if self._pieces is not None and _expand(self._pieces) == self.doses:
+            return "; ".join(d.text() for d in self._pieces)
+        return "; ".join(d.text() for d in self.doses)
 
     @property
     def anchor_names(self) -> set[str]:
@@ -585,14 +681,21 @@ def available_regimens() -> list[str]:
 def load_regimen(spec: str | Path | Regimen) -> Regimen:
     """A regimen from a shipped name, a TOML path, the one-line form, or a Regimen.
 
+    Any of these may be preceded by ``NAME=`` (:data:`NAME_RULE`): the regimen is then
+    called NAME (its label in comparisons; its text keeps the doses).
+
     Examples
     --------
     >>> load_regimen("0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h").uses_weight
     True
+    >>> load_regimen("low=0.1 mg/kg bolus at 0 h").name
+    'low'
     """
     if isinstance(spec, Regimen):
         return spec
     text = str(spec)
+    if "=" in text and not _is_file(text):
+        return _named(text)
     if re.fullmatch(r"[A-Za-z_][\w.-]*", text) and not text.endswith(".toml"):
         shipped = regimens_dir() / f"{text}.toml"
         if shipped.is_file():
@@ -617,6 +720,26 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
 
 # ----------------------------------------------------------------------------- parsing
 
+#: A regimen name (``NAME=REGIMEN``): a letter, then letters, digits, ``_``, ``-`` or ``.``.
+NAME_RULE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def _named(text: str) -> Regimen:
+    """``NAME=REGIMEN``: the regimen (one-line, shipped name or file) under the name NAME.
+
+    ``=`` appears nowhere else in a regimen, so any ``=`` starts a name.
+    """
+    name, _, rest = text.partition("=")
+    name = name.strip()
+    if not NAME_RULE.fullmatch(name):
+        raise RegimenError(
+            f"regimen name {name!r} (before '=' in {text!r}): a name is a letter followed by "
+            "letters, digits, '_', '-' or '.', e.g. 'low=0.1 mg/kg bolus at 0 h'"
+        )
+    if "=" in rest:
+        raise RegimenError(f"{text!r}: one name per regimen (NAME=REGIMEN), '=' given twice")
+    return replace(load_regimen(rest.strip()), name=name)
+
 
 def _is_file(text: str) -> bool:
     """True if `text` names an existing file (a one-line regimen can be too long a name).
@@ -635,6 +758,11 @@ def _is_file(text: str) -> bool:
 
 
 _BOLUS = re.compile(r"^(?P<amt>.+?)\s+bolus\s+at\s+(?P<at>.+?)(?:\s+over\s+(?P<dur>.+))?$", re.I)
+_SERIES = re.compile(
+    r"^(?P<amt>.+?)\s+bolus\s+every\s+(?P<every>.+?)\s+from\s+(?P<start>.+?)\s+"
+    r"(?P<kind>for|to|until|times)\s+(?P<end>.+?)(?:\s+over\s+(?P<dur>.+))?$",
+    re.I,
+)
 _RATE = re.compile(
     r"^(?P<rate>.+?)\s+from\s+(?P<start>.+?)\s+(?:(?P<to>to|until)|for)\s+"
     r"(?P<end>.+)$",
@@ -647,7 +775,9 @@ _TOTAL = re.compile(
 )
 
 _FORMS = (
-    "'<amount> bolus at <time> [over <duration>]', '<rate> from <time> to <time>', "
+    "'<amount> bolus at <time> [over <duration>]', '<amount> bolus every <interval> from "
+    "<time> (to <time> | for <duration> | times <n>) [over <duration>]', "
+    "'<rate> from <time> to <time>', "
     "'<rate> from <time> for <duration>' or '<amount> over <duration> from <time>'"
 )
 
@@ -681,7 +811,36 @@ def _tr(text: str, piece: str) -> tuple[str | None, float]:
         raise RegimenError(f"in {piece!r}: {exc}") from None
 
 
-def _parse_piece(piece: str) -> Bolus | Infusion:
+def _expand(pieces) -> tuple[Bolus | Infusion, ...]:
+    """Doses with every :class:`BolusSeries` written out as its plain boluses."""
+    out: list[Bolus | Infusion] = []
+    for p in pieces:
+        out.extend(p.boluses() if isinstance(p, BolusSeries) else (p,))
+    return tuple(out)
+
+
+def _parse_piece(piece: str) -> Bolus | Infusion | BolusSeries:
+    m = _SERIES.match(piece)
+    if m:
+        loc = f"in {piece!r}: "
+        sa, start = _tr(m["start"], piece)
+        if m["kind"].lower() == "times":
+            try:
+                end: object = int(m["end"])
+            except ValueError:
+                raise RegimenError(f"{loc}'times' needs a whole number, got {m['end']!r}") from None
+            form = "times"
+        elif m["kind"].lower() == "for":
+            end, form = _q(m["end"], "time", piece).value, "for"
+        else:
+            end, form = _tr(m["end"], piece), "to"
+        dur = _q(m["dur"], "time", piece).value if m["dur"] else 0.0
+        amount = _q(m["amt"], "amount", piece)
+        every = _q(m["every"], "time", piece).value
+        series = _series(amount, start, sa, every, end, form, dur, loc)
+        for b in series.boluses():
+            _check_dose(b, loc)
+        return series
     m = _BOLUS.match(piece)
     if m:
         dur = _q(m["dur"], "time", piece).value if m["dur"] else 0.0
@@ -741,11 +900,30 @@ def _time_of(r: Reader, d: dict, key: str, k: str, anchors: dict) -> tuple[str |
     return anchor, off
 
 
-def _read_bolus(r: Reader, d, key: str, anchors: dict) -> Bolus:
-    """One ``[[bolus]]`` table."""
-    r.keys(d, key, {"amount", "at", "duration", "note"}, ("amount", "at"))
+def _read_bolus(r: Reader, d, key: str, anchors: dict) -> Bolus | BolusSeries:
+    """One ``[[bolus]]`` table (repeated with `every` and `until`, `for` or `count`)."""
+    r.keys(d, key, {"amount", "at", "duration", "note", "every", "until", "for", "count"},
+           ("amount", "at"))  # fmt: skip
     dur = _dose_quantity(r, d, key, "duration", "time").value if "duration" in d else 0.0
     at_anchor, at = _time_of(r, d, key, "at", anchors)
+    if "every" in d or any(k in d for k in ("until", "for", "count")):
+        if "every" not in d:
+            raise r.err(f"{key}.every", "missing: `until`, `for` and `count` repeat a bolus "
+                        "`every` <interval>")  # fmt: skip
+        end_key = r.exactly_one(d, key, ("until", "for", "count"))
+        every = _dose_quantity(r, d, key, "every", "time").value
+        if end_key == "until":
+            end: object = _time_of(r, d, key, "until", anchors)
+            form = "to"
+        elif end_key == "for":
+            end, form = _dose_quantity(r, d, key, "for", "time").value, "for"
+        else:
+            end, form = d["count"], "times"
+        amount = _dose_quantity(r, d, key, "amount", "amount")
+        series = _series(amount, at, at_anchor, every, end, form, dur, where(r.file, key))
+        for b in series.boluses():
+            _check_dose(b, where(r.file, key))
+        return series
     bolus = Bolus(_dose_quantity(r, d, key, "amount", "amount"), at, dur, at_anchor=at_anchor)
     return _checked(bolus, where(r.file, key))
 

@@ -249,6 +249,29 @@ def _short(label: str, n: int = 28) -> str:
     return label if len(label) <= n else label[: n - 3] + "..."
 
 
+def short_labels(labels, n: int = 28) -> list[str]:
+    """`labels` cut to `n` characters, still distinct from each other.
+
+    A label is cut at its end (``prefix...``); where two cut labels would read the same (one
+    long prefix, e.g. two one-line regimens differing only in a late dose), they are cut in
+    the middle instead (``start...end``), and if that still collides, numbered by position
+    (``start...#3``).
+    """
+    labels = [str(x) for x in labels]
+    out = [_short(lab, n) for lab in labels]
+    if len(set(out)) == len(out):
+        return out
+    k = (n - 3) // 2
+    out = [lab if len(lab) <= n else f"{lab[: n - 3 - k]}...{lab[-k:]}" for lab in labels]
+    if len(set(out)) == len(out):
+        return out
+    out = []
+    for i, lab in enumerate(labels):
+        tag = f"#{i + 1}"
+        out.append(lab if len(lab) <= n else f"{lab[: n - 3 - len(tag)]}...{tag}")
+    return out
+
+
 def _distribution_axes(ax, cds, var, sel, ylabel) -> None:
     """Box plots (5-95 % whiskers) of a per-patient metric, one box per regimen."""
     data = []
@@ -256,7 +279,7 @@ def _distribution_axes(ax, cds, var, sel, ylabel) -> None:
         v = cds[f"{var}_patient"].sel(regimen=r, **sel).values.astype(float)
         data.append(v[np.isfinite(v)])
     ax.boxplot(data, whis=(5, 95), showfliers=False, medianprops={"color": "k"})
-    ax.set_xticks(range(1, len(data) + 1), [_short(str(r)) for r in cds.regimen.values])
+    ax.set_xticks(range(1, len(data) + 1), short_labels(cds.regimen.values))
     ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
@@ -302,7 +325,7 @@ def _risk_dose_axes(ax, ds) -> bool:
     if "regimen" in ds.dims:  # comparison: median dose, one point per regimen
         x = ds.dose_per_kg.sel(percentile=50.0).values
         xerr = np.abs(ds.dose_per_kg.sel(percentile=[5.0, 95.0]).values.T - x)
-        labels = [str(r) for r in ds.regimen.values]
+        labels = short_labels(ds.regimen.values, 22)
     else:  # design grid: every point
         x = ds.total_dose.values.ravel()
         xerr = None
@@ -315,7 +338,7 @@ def _risk_dose_axes(ax, ds) -> bool:
         ax.errorbar(x, y, yerr=yerr, xerr=xerr, fmt="o", ms=4, capsize=2, label=name, alpha=0.8)
         if labels:
             for xi, yi, lab in zip(x, y, labels, strict=True):
-                ax.annotate(_short(lab, 22), (xi, yi), fontsize=6, xytext=(3, 3),
+                ax.annotate(lab, (xi, yi), fontsize=6, xytext=(3, 3),
                             textcoords="offset points")  # fmt: skip
     mr = ds.attrs.get("max_risk")
     if isinstance(mr, int | float) and not isinstance(mr, bool):
@@ -360,7 +383,7 @@ def plot_compare(cds, path: Path, fmt: str | None = None) -> None:
         hi = cds.pta_hi.values if "pta_hi" in cds else p
         ax2.bar(x, p, yerr=[np.clip(p - lo, 0, None), np.clip(hi - p, 0, None)], capsize=3,
                 color="tab:green", alpha=0.6, label="PTA")  # fmt: skip
-        ax2.set_xticks(x, [_short(str(r)) for r in cds.regimen.values])
+        ax2.set_xticks(x, short_labels(cds.regimen.values))
         ax2.tick_params(axis="x", labelrotation=20, labelsize=7)
         ax2.set_ylim(0, 1)
         ax2.set_ylabel(f"PTA: {cds.attrs.get('target', '')}", fontsize=7)

@@ -1757,6 +1757,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
     ds.attrs.update(
         {
             "regimen": setup.regimen.text,
+            "regimen_name": setup.regimen.name,
             "population": getattr(pop, "name", None)
             or f"covariate table {getattr(pop, 'file', '')}",
             "population_source": getattr(pop, "source", "") or "user covariate table",
