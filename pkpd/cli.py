@@ -27,6 +27,7 @@ from pkpd.analysis import risk as risk_analysis
 from pkpd.disclaimer import DISCLAIMER
 from pkpd.engine.solvers import registry as solvers
 from pkpd.errors import PkpdError, PkpdWarning
+from pkpd.inputs import catalogue
 from pkpd.inputs.model import TAGS, available_models, load_model, output_scales
 from pkpd.inputs.pd import available_pd, describe, list_rows
 from pkpd.inputs.population import (
@@ -198,8 +199,16 @@ def main(debug: bool, quiet: bool = False) -> None:
 @main.group(invoke_without_command=True, help="List the shipped models, or show one.")
 @click.pass_context
 def models(ctx) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:
+        _echo_models()
+
+
+@models.command("list", help="List the shipped models and PD endpoints (as `pkpd models`).")
+def models_list() -> None:
+    _echo_models()
+
+
+def _echo_models() -> None:
     rows = []
     pops = {}
     for name in available_models():
@@ -318,8 +327,16 @@ def models_show(name: str) -> None:
 @main.group(invoke_without_command=True, help="List the shipped cohort populations, or show one.")
 @click.pass_context
 def populations(ctx) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:
+        _echo_populations()
+
+
+@populations.command("list", help="List the shipped populations (as `pkpd populations`).")
+def populations_list() -> None:
+    _echo_populations()
+
+
+def _echo_populations() -> None:
     for name in available_populations():
         pop = load_population(name)
         _echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
@@ -330,6 +347,74 @@ def populations(ctx) -> None:
 @click.argument("name")
 def populations_show(name: str) -> None:
     _echo(load_population(name).describe())
+
+
+# ----------------------------------------------------------------------------- regimens, PD
+
+
+def _echo_rows(head: tuple[str, ...], rows, footer: str) -> None:
+    """A table whose last column is free text (not padded), then a hint line."""
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(len(head) - 1)]
+    for r in [head, *rows]:
+        _echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[-1]}")
+    _echo(f"\n{footer}")
+
+
+@main.group(invoke_without_command=True, help="List the shipped regimens, or show one.")
+@click.pass_context
+def regimens(ctx) -> None:
+    if ctx.invoked_subcommand is None:
+        _echo_regimens()
+
+
+@regimens.command("list", help="One line per shipped regimen: name, drug, description.")
+def regimens_list() -> None:
+    _echo_regimens()
+
+
+def _echo_regimens() -> None:
+    rows = [(n, d, _short(t, 90)) for n, d, t in catalogue.regimen_rows()]
+    _echo_rows(
+        ("name", "drug", "description"),
+        rows,
+        "Doses, events and sources: pkpd regimens show NAME; use one: pkpd simulate MODEL NAME",
+    )
+
+
+@regimens.command(
+    "show", help="Doses of one regimen in the one-line form, its events (anchors) and sources."
+)
+@click.argument("name")
+def regimens_show(name: str) -> None:
+    for line in catalogue.describe_regimen(name):
+        _echo(line)
+
+
+@main.group("pd", invoke_without_command=True, help="List the shipped PD endpoints, or show one.")
+@click.pass_context
+def pd_group(ctx) -> None:
+    if ctx.invoked_subcommand is None:
+        _echo_pd()
+
+
+@pd_group.command("list", help="One line per shipped PD endpoint: drug, sampling, effect.")
+def pd_list() -> None:
+    _echo_pd()
+
+
+def _echo_pd() -> None:
+    _echo_rows(
+        ("name", "drug", "sampling", "effect", "verification", "source"),
+        list_rows(),
+        "Parameters and sources: pkpd pd show NAME; use one: pkpd simulate MODEL REGIMEN --pd NAME",
+    )
+
+
+@pd_group.command("show", help="Parameters of one PD endpoint with units, sources and tags.")
+@click.argument("name")
+def pd_show(name: str) -> None:
+    for line in describe(name):
+        _echo(line)
 
 
 # ----------------------------------------------------------------------------- simulate
@@ -1265,9 +1350,40 @@ def report(result, out) -> None:
 # ----------------------------------------------------------------------------- risk
 
 
-@main.group("risk", help="Side-effect risk models (models/risk).")
-def risk_group() -> None:
-    pass
+@main.group(
+    "risk",
+    invoke_without_command=True,
+    help="Side-effect risk models (models/risk): list them, show one, or refit one.",
+)
+@click.pass_context
+def risk_group(ctx) -> None:
+    if ctx.invoked_subcommand is None:
+        _echo_risks()
+
+
+@risk_group.command(
+    "list", help="One line per shipped risk model: metric, calibration domain, verification."
+)
+def risk_list() -> None:
+    _echo_risks()
+
+
+def _echo_risks() -> None:
+    _echo_rows(
+        ("name", "metric", "calibration domain", "verification"),
+        catalogue.risk_rows(),
+        "Curve, calibration arms and caveats: pkpd risk show NAME; "
+        "use one: pkpd compare/design ... --risk NAME",
+    )
+
+
+@risk_group.command(
+    "show", help="Curve, exposure, calibration arms with sources, fit and caveats of one model."
+)
+@click.argument("name")
+def risk_show(name: str) -> None:
+    for line in catalogue.describe_risk(name):
+        _echo(line)
 
 
 @risk_group.command(

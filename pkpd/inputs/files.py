@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["is_path", "read_library_file"]
+__all__ = ["did_you_mean", "is_path", "read_library_file"]
 
 
 def read_library_file(name_or_path, folder: Path, available, what: str, error) -> tuple[Path, dict]:
@@ -27,9 +27,11 @@ def read_library_file(name_or_path, folder: Path, available, what: str, error) -
         path = Path(folder) / f"{text}.toml"
         if not path.exists():
             here = f" (for the file {text!r} here, write ./{text})" if _is_file(text) else ""
+            names = available()
             raise error(
-                f"unknown {what} {text!r}: expected a path to a .toml file or one of "
-                f"{', '.join(available()) or '(none shipped)'}{here}"
+                f"unknown {what} {text!r}{did_you_mean(text, names)}: expected a path to a "
+                ".toml file or one of "
+                f"{', '.join(names) or '(none shipped)'}{here}"
             )
     if not path.is_file():
         raise error(f"{path}: {what} file not found (expected a .toml file)")
@@ -39,6 +41,20 @@ def read_library_file(name_or_path, folder: Path, available, what: str, error) -
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML: {exc}") from exc
     return path, data
+
+
+def did_you_mean(text: str, names) -> str:
+    """`` (did you mean 'NAME'?)`` for the shipped name closest to a misspelled `text`, or "".
+
+    Case is ignored (``Fanta2015_Otto2021``); closeness is :func:`difflib.get_close_matches`'
+    ratio of at least 0.6, its default, so a name sharing little with `text` is not offered.
+    """
+    import difflib
+
+    names = list(names)
+    lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(str(text).lower(), list(lower), n=1)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
 
 
 def is_path(name_or_path) -> bool:

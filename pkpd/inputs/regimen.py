@@ -388,7 +388,17 @@ class Regimen:
             raise r.err("anchors", "expected a table of [anchors.<name>] tables")
         anchor_specs = tuple(_read_anchor(n, v, file) for n, v in anchors_tab.items())
         meta = r.table(data, "", "regimen", required=False) or {}
-        r.keys(meta, "regimen", {"name", "description", "source", "notes"})
+        r.keys(meta, "regimen", {"name", "description", "drug", "source", "notes"})
+        drug = meta.get("drug")
+        if drug is not None and (
+            not isinstance(drug, str)
+            or not any(k in drug.lower() for k in ("racemic", "s-ketamine", "esketamine"))
+        ):
+            # Shown by `pkpd regimens`; the doses are amounts of this drug.
+            raise r.err(
+                "regimen.drug",
+                f"{drug!r}; expected a text naming 'S-ketamine' or 'racemic ketamine'",
+            )
         boluses = data.get("bolus", [])
         infusions = data.get("infusion", [])
         if not isinstance(boluses, list) or not isinstance(infusions, list):
@@ -701,9 +711,12 @@ def load_regimen(spec: str | Path | Regimen) -> Regimen:
         if shipped.is_file():
             text = str(shipped)
         else:
+            from pkpd.inputs.files import did_you_mean
+
+            names = available_regimens()
             raise RegimenError(
-                f"unknown regimen {text!r}: expected a one-line regimen, a "
-                f".toml path, or one of {', '.join(available_regimens())}"
+                f"unknown regimen {text!r}{did_you_mean(text, names)}: expected a one-line "
+                f"regimen, a .toml path, or one of {', '.join(names)}"
             )
     if text.endswith(".toml") or _is_file(text):
         path = Path(text)
