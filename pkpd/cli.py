@@ -87,10 +87,65 @@ def _fail(message: str, status: int = 2) -> NoReturn:
     sys.exit(status)
 
 
+# The library's messages name its Python arguments (`n`, `thresholds`, ...): the command
+# names the options that set them instead. Only exact back-quoted argument names are
+# replaced, never a file's key (those follow "FILE.toml: " or contain a dot we do not know).
+_CLI_OPTIONS = {
+    "n": "--patients",
+    "thresholds": "--threshold",
+    "ranges": "--range",
+    "windows": "--window",
+    "at": "--at",
+    "racemic": "--racemic",
+    "pd": "--pd",
+    "pd_parameters": "--pd-param",
+    "population": "--population",
+    "until": "--until",
+    "every": "--every",
+    "seed": "--seed",
+    "method": "--method",
+    "rtol": "--rtol",
+    "atol": "--atol",
+    "chunk_size": "--chunk-size",
+    "threads": "--threads",
+    "trajectories": "--trajectories",
+}
+_CLI_REWORDS = (
+    # "`anchor_times` (CLI --anchor)": the library already names the option; keep only it.
+    (re.compile(r"`[\w.]+` \(CLI:? (--[\w-]+)\)"), r"\1"),
+    (re.compile(r"pass anchors=\{'[^']*': \.\.\.\} \(CLI: (--anchor [^)]+)\)"), r"pass \1"),
+    (re.compile(r"pass n <= "), "pass --patients <= "),
+    (re.compile(r"\(pass `(weight|age|sex)` to silence this\)"), r"(pass --\1 to silence this)"),
+    (
+        re.compile(r"\(pass `([\w.-]+)` to silence this\)"),
+        r"(pass --covariate \1=VALUE to silence this)",
+    ),
+    # The memory refusal: the CLI keeps trajectories on the --every grid.
+    (
+        re.compile(r"keep fewer trajectories or a coarser trajectory_every"),
+        "keep fewer trajectories (--trajectories) or use a coarser --every",
+    ),
+    (
+        re.compile(
+            r"(?<!\.toml: )(?<!\.csv: )`(" + "|".join(_CLI_OPTIONS) + r")(?:\.([\w-]+))?`( =)?"
+        ),
+        lambda m: _CLI_OPTIONS[m.group(1)] + (f" {m.group(2)}" if m.group(2) else ""),
+    ),
+)
+
+
+def _cli_words(message: str) -> str:
+    """A library message as the command's user reads it: options instead of arguments."""
+    for pattern, repl in _CLI_REWORDS:
+        message = pattern.sub(repl, message)
+    return message
+
+
 def _click_error(exc: click.ClickException) -> NoReturn:
     """click's own errors (unknown option, missing argument, bad choice) in one line."""
     msg = exc.format_message()
-    if isinstance(exc, click.UsageError) and not isinstance(exc, click.BadParameter):
+    usage = isinstance(exc, click.UsageError) and not isinstance(exc, click.BadParameter)
+    if usage or isinstance(exc, click.MissingParameter):
         if exc.ctx is not None:
             msg = f"{msg.rstrip('.')} (see '{exc.ctx.command_path} --help')"
     _fail(msg, exc.exit_code)
@@ -127,7 +182,7 @@ class _Group(click.Group):
             sys.stdout = open(os.devnull, "w")
             sys.exit(0)
         except (PkpdError, ValueError, OSError) as exc:
-            _fail(str(exc))
+            _fail(_cli_words(str(exc)))
         except Warning as exc:
             # A warning the user turned into an error (PYTHONWARNINGS=error, python -W).
             _fail(f"{type(exc).__name__}: {exc}")
@@ -152,7 +207,7 @@ class _Group(click.Group):
 
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     prefix = "warning" if issubclass(category, PkpdWarning) else category.__name__
-    _echo(f"pkpd: {prefix}: {message}", err=True)
+    _echo(f"pkpd: {prefix}: {_cli_words(str(message))}", err=True)
 
 
 @click.group(
@@ -418,6 +473,36 @@ def pd_show(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- simulate
+
+
+#: How the summary header words each verification tag of a model's parameters.
+_TAG_WORDS = {
+    "paper": "from the paper",
+    "code": "verified in cited code",
+    "code-unconfirmed": "from uncited code",
+    "derived": "derived",
+    "assumed": "assumed",
+}
+
+
+def _model_line(spec, parameters: bool = True) -> str:
+    """``model: NAME (drug; sampling site; parameters: 10 verified in cited code)``."""
+    site = spec.sampling_site
+    if site == "not reported":
+        site = "sampling site not reported"
+    elif site.startswith("plasma"):
+        site = "plasma samples (site not stated)"
+    else:
+        site = f"{site} samples"
+    parts = [spec.drug, site]
+    if parameters:
+        counts: dict[str, int] = {}
+        for p in spec.parameters.values():
+            counts[p.source.tag] = counts.get(p.source.tag, 0) + 1
+        parts.append(
+            "parameters: " + ", ".join(f"{n} {_TAG_WORDS.get(t, t)}" for t, n in counts.items())
+        )
+    return f"model: {spec.name} ({'; '.join(parts)})"
 
 
 def _covariates(weight, age, sex, extra) -> dict:
@@ -734,10 +819,7 @@ def simulate(
     )  # fmt: skip
     fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
     summ = single.summarize(fine, reg)
-    _echo(
-        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
-        f"{spec.verification_summary()})"
-    )
+    _echo(_model_line(spec))
     _echo(f"regimen: {reg.name + ': ' if reg.name else ''}{reg.text}")
     _echo(f"covariates: {ds.attrs['covariates']}")
     _echo(_solver_line(ds))
@@ -827,7 +909,7 @@ def _simulate_events(model, events_file, out_csv) -> None:
         targets = _single_targets(None, out_csv, None)
     spec = load_model(model)
     patients = nonmem_tables.read_events(events_file, spec)
-    _echo(f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling)")
+    _echo(_model_line(spec, parameters=False))
     _echo(f"events: {events_file}, {len(patients)} patients")
     results = nonmem_tables.simulate_events(spec, patients)
     out = spec.output_names[0]
@@ -964,10 +1046,7 @@ def _simulate_cohort(
         **method_options,
     )  # fmt: skip
     n = int(ds.sizes["patient"])
-    _echo(
-        f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
-        f"{spec.verification_summary()})"
-    )
+    _echo(_model_line(spec))
     name = ds.attrs.get("regimen_name")
     _echo(f"regimen: {name + ': ' if name else ''}{ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")

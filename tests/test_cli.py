@@ -104,7 +104,7 @@ def test_simulate_end_to_end_writes_files(tmp_path):
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
-    assert "Cmax" in r.stdout and "end of infusion at 4 h" in r.stdout
+    assert "Cmax" in r.stdout and "rate change at 4 h" in r.stdout  # 0.125 -> 0.02 mg/kg/h
     assert "not a clinical dosing device" in r.stdout
     ds = xr.open_dataset(tmp_path / "r.nc", engine="h5netcdf")
     assert ds.cp.attrs["units"] == "ng/mL" and ds.time.attrs["units"] == "h"

@@ -531,10 +531,20 @@ def augment_model(
 def _check_drug_and_site(ep: PDEndpoint, base: ModelSpec, stacklevel: int) -> None:
     """Drug mismatch (racemic vs S-ketamine) is an error, a sampling-site mismatch warns."""
     if _drug_class(ep.drug) != _drug_class(base.drug):
+        # Say what the user can do: another endpoint or another PK model; racemic doses on
+        # an S-ketamine endpoint go through an S-ketamine model and the racemic conversion.
+        racemic_doses = (
+            "; for racemic doses, an S-ketamine PK model with `racemic` (CLI --racemic) "
+            "simulates their S half"
+            if _drug_class(base.drug) == "racemic"
+            else ""
+        )
         raise ModelError(
             f"{ep.file}: `endpoint.drug`: PD endpoint {ep.name!r} was estimated for "
             f"{ep.drug!r} but model {base.name!r} simulates {base.drug!r}; racemic and "
-            "S-ketamine concentrations are not interchangeable"
+            f"S-ketamine concentrations are not interchangeable: use a PD endpoint of "
+            f"{base.drug} (`pkpd pd list` shows each endpoint's drug) or a PK model of "
+            f"{ep.drug} (`pkpd models`){racemic_doses}"
         )
     if ep.sampling_site != base.sampling_site:
         warnings.warn(

@@ -16,7 +16,7 @@ from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model, output_scales
 from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
-from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
+from pkpd.inputs.regimen import Bolus, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
 from pkpd.running.grid import (
@@ -536,6 +536,8 @@ class Summary:
     until: float
     dose_given: float
     at_bolus: dict[str, bool] = field(default_factory=dict)
+    #: Times of `at_infusion_end` where another infusion keeps running: a rate change.
+    rate_changes: tuple[float, ...] = ()
 
     def lines(self) -> list[str]:
         out = [f"total dose given: {self.dose_given:.4g} mg over 0-{self.until:g} h"]
@@ -552,7 +554,8 @@ class Summary:
                 )
         for t_end, vals in self.at_infusion_end:
             s = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
-            out.append(f"  end of infusion at {t_end:g} h: {s} ng/mL")
+            what = "rate change" if t_end in self.rate_changes else "end of infusion"
+            out.append(f"  {what} at {t_end:g} h: {s} ng/mL")
         return out
 
 
@@ -593,7 +596,17 @@ def summarize(ds, regimen) -> Summary:
         hit = np.nonzero(np.abs(t - te) <= 1e-9 * max(1.0, abs(te)))[0]
         if hit.size:
             ends.append((te, {o: float(ds[o].values[hit[0]]) for o in outs}))
-    return Summary(cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]), at_bolus)
+    # An infusion that stops while another runs on (0.125 then 0.02 mg/kg/h at the end of
+    # surgery) is a change of rate, not the end of the infusion.
+    spans = [
+        (d.start, d.stop) if isinstance(d, Infusion) else (d.at, d.at + d.duration)
+        for d in reg.resolve().doses
+        if isinstance(d, Infusion) or d.duration > 0
+    ]
+    changes = tuple(te for te, _ in ends if any(a <= te < b for a, b in spans))
+    return Summary(
+        cmax, tmax, auc, ends, float(t[-1]), float(ds.dose_given.values[-1]), at_bolus, changes
+    )
 
 
 def _linear_variables(spec: ModelSpec, X, C) -> dict:
