@@ -100,10 +100,7 @@ _CLI_OPTIONS = {
     "pd": "--pd",
     "pd_parameters": "--pd-param",
     "population": "--population",
-    "until": "--until",
-    "every": "--every",
     "seed": "--seed",
-    "method": "--method",
     "rtol": "--rtol",
     "atol": "--atol",
     "chunk_size": "--chunk-size",
@@ -125,6 +122,13 @@ _CLI_REWORDS = (
         re.compile(r"keep fewer trajectories or a coarser trajectory_every"),
         "keep fewer trajectories (--trajectories) or use a coarser --every",
     ),
+    # `every` and `until` of the output grid, not those of a repeated bolus ("the interval
+    # `every`", "`until`, `for` and `count`").
+    (
+        re.compile(r"(?<!interval )(?<!\.toml: )`(every|until)`(?: =)?(?! <)(?!,)(?=[ )]|$)"),
+        lambda m: f"--{m.group(1)}",
+    ),
+    (re.compile(r"; method=('\w+')"), r"; --method \1"),
     (
         re.compile(
             r"(?<!\.toml: )(?<!\.csv: )`(" + "|".join(_CLI_OPTIONS) + r")(?:\.([\w-]+))?`( =)?"

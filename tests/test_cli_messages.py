@@ -104,6 +104,21 @@ def test_covariate_default_warning_names_the_option():
     assert "(pass --weight to silence this)" in r.stderr and "`weight` to" not in r.stderr
 
 
+def test_grid_options_named_but_not_a_bolus_series_interval():
+    msg = error_of("simulate", MODEL, REG, "--every", "1s", "--until", "10000h")
+    assert "choose a larger --every or an earlier --until" in msg and "`every`" not in msg
+    msg = error_of("simulate", MODEL, REG, "--method", "exact", "--rtol", "1e-3")
+    assert "--rtol" in msg
+    # The interval of a repeated bolus is a word of the regimen, not the --every option.
+    msg = error_of("simulate", MODEL, "1 mg bolus every 0 h from 0 h for 4 h")
+    assert "the interval `every` must be a positive time" in msg and "--every" not in msg
+    assert _cli_words("`rtol`/`atol` apply to the adaptive methods; method='exact' is exact") == (
+        "--rtol/--atol apply to the adaptive methods; --method 'exact' is exact"
+    )
+    text = "x.toml: `bolus[0].every`: missing: `until`, `for` and `count` repeat a bolus"
+    assert _cli_words(text) == text
+
+
 def test_cli_words_leaves_file_keys_alone():
     assert _cli_words("m.toml: `n`: expected an integer") == "m.toml: `n`: expected an integer"
     assert _cli_words("x.toml: `anchors.eos.default`: bad") == "x.toml: `anchors.eos.default`: bad"
