@@ -225,6 +225,7 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 Examples:
   pkpd models
   pkpd models show fanta2015_otto2021
+  pkpd regimens show lumbar_fusion_esketamine
   pkpd simulate fanta2015_otto2021 "0.2 mg/kg bolus at 0 h; 0.125 mg/kg/h from 0 h to 4 h" \\
        --weight 70 --until 24h --out result.nc --plot result.png
 """,
@@ -426,7 +427,11 @@ def regimens(ctx) -> None:
         _echo_regimens()
 
 
-@regimens.command("list", help="One line per shipped regimen: name, drug, description.")
+@regimens.command(
+    "list",
+    help="One line per shipped regimen: name, drug, description.",
+    short_help="One line per shipped regimen.",
+)
 def regimens_list() -> None:
     _echo_regimens()
 
@@ -441,7 +446,9 @@ def _echo_regimens() -> None:
 
 
 @regimens.command(
-    "show", help="Doses of one regimen in the one-line form, its events (anchors) and sources."
+    "show",
+    help="Doses of one regimen in the one-line form, its events (anchors) and sources.",
+    short_help="Doses, events and sources of one regimen.",
 )
 @click.argument("name")
 def regimens_show(name: str) -> None:
@@ -456,7 +463,11 @@ def pd_group(ctx) -> None:
         _echo_pd()
 
 
-@pd_group.command("list", help="One line per shipped PD endpoint: drug, sampling, effect.")
+@pd_group.command(
+    "list",
+    help="One line per shipped PD endpoint: drug, sampling, effect.",
+    short_help="One line per shipped PD endpoint.",
+)
 def pd_list() -> None:
     _echo_pd()
 
@@ -469,7 +480,11 @@ def _echo_pd() -> None:
     )
 
 
-@pd_group.command("show", help="Parameters of one PD endpoint with units, sources and tags.")
+@pd_group.command(
+    "show",
+    help="Parameters of one PD endpoint with units, sources and tags.",
+    short_help="Parameters, sources and tags of one endpoint.",
+)
 @click.argument("name")
 def pd_show(name: str) -> None:
     for line in describe(name):
@@ -1437,6 +1452,7 @@ def report(result, out) -> None:
     "risk",
     invoke_without_command=True,
     help="Side-effect risk models (models/risk): list them, show one, or refit one.",
+    short_help="Side-effect risk models: list, show, refit.",
 )
 @click.pass_context
 def risk_group(ctx) -> None:
@@ -1445,7 +1461,9 @@ def risk_group(ctx) -> None:
 
 
 @risk_group.command(
-    "list", help="One line per shipped risk model: metric, calibration domain, verification."
+    "list",
+    help="One line per shipped risk model: metric, calibration domain, verification.",
+    short_help="One line per shipped risk model.",
 )
 def risk_list() -> None:
     _echo_risks()
@@ -1461,7 +1479,9 @@ def _echo_risks() -> None:
 
 
 @risk_group.command(
-    "show", help="Curve, exposure, calibration arms with sources, fit and caveats of one model."
+    "show",
+    help="Curve, exposure, calibration arms with sources, fit and caveats of one model.",
+    short_help="Curve, calibration arms, fit, caveats.",
 )
 @click.argument("name")
 def risk_show(name: str) -> None:
