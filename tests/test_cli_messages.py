@@ -89,6 +89,11 @@ def test_pd_drug_mismatch_says_what_to_do():
     assert "use a PD endpoint of racemic ketamine (`pkpd pd list`" in msg
     assert "an S-ketamine PK model with --racemic simulates their S half" in msg
     assert "`racemic`" not in msg and "pkpd.stereo" not in msg
+    # The same endpoint on an S-ketamine model runs for a cohort, racemic doses included.
+    for racemic in ([], ["--racemic"]):
+        r = CliRunner().invoke(main, ["-q", "simulate", MODEL, "asra_acute_pain_limits", *COHORT,
+                                      "--pd", "olofsen2012_analgesia", *racemic])  # fmt: skip
+        assert r.exit_code == 0, r.output
     # The API names its argument and the option.
     with pytest.raises(ModelError, match=r"with `racemic` \(CLI --racemic\)"):
         pkpd.simulate("domino_racemic", "1 mg bolus at 0 h", covariates={"weight": 70},
