@@ -121,6 +121,22 @@ def test_star_sits_in_the_best_points_cell(figures, order):
             assert stars == []
 
 
+def test_star_on_a_single_row_grid(figures):
+    """One value of the third variable: the PTA-risk panel goes below the heatmaps."""
+    gds = _grid()
+    exp = _expected_best(gds)
+    one = gds.isel(duration=[exp["duration"]])  # best_index is stale here; the star is not
+    plot.plot_design(one, "x.png")
+    (fig,) = figures
+    heat = [a for a in fig.axes if a.images]
+    assert len(heat) == 2
+    for ax in heat:
+        (star,) = _stars(ax)
+        assert _cell_of(star) == (exp["bolus"], exp["rate"])
+    (front,) = [a for a in fig.axes if not a.images and a.get_xlabel().startswith(RISK)]
+    assert front.get_position().y1 < min(a.get_position().y0 for a in heat)
+
+
 def test_colour_scale_span_rule():
     assert colour_limits("pta", [0.2, 0.3]) == (0.0, 1.0)
     # 0.042-0.045 must not span the whole scale: 0 to at least MIN_RISK_SPAN.

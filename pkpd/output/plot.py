@@ -622,16 +622,27 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
     others = [d for d in dims if d not in (xd, yd)]
     combos = list(np.ndindex(*[gds.sizes[d] for d in others])) if others else [()]
     front = "pareto" in gds and "pta" in gds and rname
-    ncol = len(fields) + (1 if front else 0)
     nx, ny = gds.sizes[xd], (gds.sizes[yd] if yd else 1)
     annotate = nx <= _ANNOTATE_MAX and ny <= _ANNOTATE_MAX
     # Wide enough for a 5-character value in each cell.
     w = max(4.8, 0.5 * nx + 1.8)
     h = max(3.8, 0.35 * ny + 1.8)
-    fig, axes = plt.subplots(
-        len(combos), ncol, figsize=(w * ncol, h * len(combos) + 0.4), squeeze=False,
-        layout="constrained",
-    )  # fmt: skip
+    nf = len(fields)
+    if front and len(combos) == 1:
+        # One row of heatmaps: the PTA-risk panel goes below them, across the width, so
+        # that the figure is not three heatmaps wide (unreadable once scaled to a page).
+        fig = plt.figure(figsize=(w * nf, 1.75 * h + 0.4), layout="constrained")
+        gs = fig.add_gridspec(2, nf, height_ratios=[1.0, 0.75])
+        heat_axes = [[fig.add_subplot(gs[0, j]) for j in range(nf)]]
+        front_axes = [fig.add_subplot(gs[1, :])]
+    else:
+        ncol = nf + (1 if front else 0)
+        fig, axes = plt.subplots(
+            len(combos), ncol, figsize=(w * ncol, h * len(combos) + 0.4), squeeze=False,
+            layout="constrained",
+        )  # fmt: skip
+        heat_axes = [list(axes[r, :nf]) for r in range(len(combos))]
+        front_axes = [axes[r, -1] if front else None for r in range(len(combos))]
     best = best_cell(gds)
     limits = {
         var: colour_limits(kind, gds[var].values, mr if kind == "risk" else None)
@@ -643,7 +654,7 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
         sub = gds.isel(sel)
         where = ", ".join(f"{d}={_tick(gds[d].values[i])}" for d, i in sel.items())
         for col, (var, title, cmap, kind) in enumerate(fields):
-            ax = axes[row, col]
+            ax = heat_axes[row][col]
             da = sub[var]
             if var == "cmax_median":
                 da = da.isel(output=0)
@@ -683,8 +694,8 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
                            edgecolors="w", lw=0.6, zorder=3,
                            label="best under the limit" if mr is not None else "best")  # fmt: skip
         if front:
-            _front_axes(axes[row, -1], gds, sub, rname, mr, best, sel)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+            _front_axes(front_axes[row], gds, sub, rname, mr, best, sel)
+    handles, labels = heat_axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(
