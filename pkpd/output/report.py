@@ -126,7 +126,7 @@ def _compare_section(ds) -> list[str]:
     parts.append("<h2>Metric distributions</h2>")
     parts.append(_png(plot_metric_distributions, ds))
     if any(str(v).startswith("incidence_") for v in ds.data_vars):
-        parts.append("<h2>Risk against dose</h2>")
+        parts.append("<h2>Predicted risk per regimen</h2>")
         parts.append(_png(plot_risk_vs_dose, ds))
     return parts
 
