@@ -485,7 +485,7 @@ def compare(
                 "common_random_numbers": _crn_text(regs, labels, seed),
                 "target": _target_text(tgt) if tgt else "",
                 "risks": ", ".join(risk_models),
-                "assumptions": _assumptions(first, regs),
+                "assumptions": _assumptions(first, regs, population),
             }
         )
         for name, rm in risk_models.items():
@@ -742,7 +742,7 @@ def _attrs(ds, spec, kind: str) -> dict:
     return keep
 
 
-def _assumptions(ds, regs) -> str:
+def _assumptions(ds, regs, population=None) -> str:
     parts = []
     assumed = ds.attrs.get("model_assumed_parameters")
     if assumed and str(assumed).strip().lower() != "none":
@@ -751,6 +751,10 @@ def _assumptions(ds, regs) -> str:
         for a in r.anchors:
             if a.tag or a.source:
                 parts.append(f"event {a.name} of {r.name or r.text}: {a.source} [{a.tag}]")
+    if isinstance(population, str) and not population.endswith(".csv"):
+        population = cohorts.load_population(population)
+    if hasattr(population, "assumed_values"):
+        parts += population.assumed_values()
     return "; ".join(dict.fromkeys(parts))
 
 
@@ -913,7 +917,7 @@ def design(
         _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
         gds.attrs = _attrs(first, spec, kind="design")
         gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-        gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
+        gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1], population)
         if rname:
             gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
             gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))

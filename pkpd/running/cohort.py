@@ -1779,6 +1779,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "package": f"ketamine-pkpd {__version__}",
             "disclaimer": DISCLAIMER,
             "n_failed": int((ds.status.values != 0).sum()),
+            "assumptions": run_assumptions(ds.attrs, setup.regimen, pop),
         }
     )
     unrecorded = sum(r.boluses_without_limits for r in results)
@@ -1788,6 +1789,20 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "the stored value there is the one after the bolus"
         )
     return ds
+
+
+def run_assumptions(attrs, regimen: Regimen, population=None, given_events=()) -> str:
+    """``attrs["assumptions"]`` of a run: the model's assumed values (from its provenance
+    `attrs`), the regimen's assumed or illustrative event times (not those in
+    `given_events`) and the population's assumed or illustrative numbers; ``"none"``."""
+    parts = []
+    assumed = str(attrs.get("model_assumed_parameters", "none")).strip()
+    if assumed and assumed.lower() != "none":
+        parts.append(f"model values assumed (not literature): {assumed}")
+    parts += regimen.assumed_events(given_events)
+    if hasattr(population, "assumed_values"):
+        parts += population.assumed_values()
+    return "; ".join(dict.fromkeys(parts)) or "none"
 
 
 def _solver_attrs(setup, results) -> dict:

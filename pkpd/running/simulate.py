@@ -19,6 +19,7 @@ from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
+from pkpd.running.cohort import run_assumptions
 from pkpd.running.grid import (
     MAX_GRID_POINTS,
     MG_L_TO_NG_ML,
@@ -218,6 +219,9 @@ def simulate(
                 "package": f"ketamine-pkpd {__version__}",
                 "disclaimer": DISCLAIMER,
             }
+        )
+        ds.attrs["assumptions"] = run_assumptions(
+            ds.attrs, load_regimen(regimen), None, dict(anchors or {})
         )
         ds.attrs.update(sattrs)
         if eta is not None:
