@@ -304,6 +304,7 @@ def _compare_section(ds) -> list[str]:
     parts.append(_metric_table(ds, _metric_names(ds), cols))
     if "band" in ds:
         parts.append("<h2>Concentration percentile bands</h2>")
+        parts += _time_courses_note(ds)
         parts.append(_png(plot_compare_bands, ds))
     parts.append("<h2>Metric distributions</h2>")
     parts.append(_png(plot_metric_distributions, ds))
@@ -383,12 +384,12 @@ def _cohort_section(ds) -> list[str]:
 
 def _time_courses_note(ds) -> list[str]:
     """The time courses a cohort keeps (not tabulated: see the figures and the file)."""
-    kept = [str(v) for v in ds.data_vars if "time" in ds[v].dims]
+    kept = [str(v) for v in ds.data_vars if {"time", "band_time"} & set(ds[v].dims)]
     if not kept:
         return []
     e = html.escape
     items = ", ".join(f"<code>{e(v)}</code> ({e(', '.join(map(str, ds[v].dims)))})" for v in kept)
-    return [f"<p>Time courses kept per patient in the dataset: {items}.</p>"]
+    return [f"<p>Time courses in the dataset (percentile bands drawn below): {items}.</p>"]
 
 
 def _single_section(ds) -> list[str]:
