@@ -477,7 +477,7 @@ def render_report(ds) -> str:
     parts += section(ds)
     parts.append("<h2>Assumed and illustrative values</h2>")
     parts.append(_assumptions(ds))
-    parts.append("<h2>Provenance and settings</h2>")
+    parts.append("<h2>Model provenance and run settings</h2>")
     parts.append(_provenance(ds))
     parts.append(f'<div class="notice">{e(DISCLAIMER)}</div>')
     parts.append("</body></html>")
