@@ -57,6 +57,8 @@ from pkpd.inputs.regimen import AnchorSpec, Regimen, load_regimen
 from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
+from pkpd.running.warning_log import ATTR as WARNINGS_ATTR
+from pkpd.running.warning_log import record_warnings
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -455,35 +457,40 @@ def compare(
         extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
     )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
-    parts = []
-    first = None
-    events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
-    for lab, reg in zip(labels, regs, strict=True):
-        ds = _run(spec, reg, population, n, seed, kw)
-        _check_crn(first, ds, lab)
-        first = ds if first is None else first
-        res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
-        parts.append(_summary(ds, reg, res, risk_models))
-        for a in reg.anchor_names:
-            events.setdefault(a, {})[lab] = ds[a].values
-        del ds
-    assert first is not None
-    out = _comparison(parts, labels, regs, first, events, n)
-    out.attrs = _attrs(first, spec, kind="compare")
-    out.attrs.update(
-        {
-            "regimens": " | ".join(f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)),
-            "windows": _windows_text(kw),
-            "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
-            "patients excluded",
-            "common_random_numbers": _crn_text(regs, labels, seed),
-            "target": _target_text(tgt) if tgt else "",
-            "risks": ", ".join(risk_models),
-            "assumptions": _assumptions(first, regs),
-        }
-    )
-    for name, rm in risk_models.items():
-        out.attrs.update(_risk_attrs(name, rm))
+    # Every regimen's warnings, counted, in attrs['warnings'] (the block adds no frame).
+    with record_warnings() as log:
+        parts = []
+        first = None
+        events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
+        for lab, reg in zip(labels, regs, strict=True):
+            ds = _run(spec, reg, population, n, seed, kw)
+            _check_crn(first, ds, lab)
+            first = ds if first is None else first
+            res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
+            parts.append(_summary(ds, reg, res, risk_models))
+            for a in reg.anchor_names:
+                events.setdefault(a, {})[lab] = ds[a].values
+            del ds
+        assert first is not None
+        out = _comparison(parts, labels, regs, first, events, n)
+        out.attrs = _attrs(first, spec, kind="compare")
+        out.attrs.update(
+            {
+                "regimens": " | ".join(
+                    f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)
+                ),
+                "windows": _windows_text(kw),
+                "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
+                "patients excluded",
+                "common_random_numbers": _crn_text(regs, labels, seed),
+                "target": _target_text(tgt) if tgt else "",
+                "risks": ", ".join(risk_models),
+                "assumptions": _assumptions(first, regs, population),
+            }
+        )
+        for name, rm in risk_models.items():
+            out.attrs.update(_risk_attrs(name, rm))
+        out.attrs[WARNINGS_ATTR] = log.attr()
     return out
 
 
@@ -735,7 +742,7 @@ def _attrs(ds, spec, kind: str) -> dict:
     return keep
 
 
-def _assumptions(ds, regs) -> str:
+def _assumptions(ds, regs, population=None) -> str:
     parts = []
     assumed = ds.attrs.get("model_assumed_parameters")
     if assumed and str(assumed).strip().lower() != "none":
@@ -744,6 +751,10 @@ def _assumptions(ds, regs) -> str:
         for a in r.anchors:
             if a.tag or a.source:
                 parts.append(f"event {a.name} of {r.name or r.text}: {a.source} [{a.tag}]")
+    if isinstance(population, str) and not population.endswith(".csv"):
+        population = cohorts.load_population(population)
+    if hasattr(population, "assumed_values"):
+        parts += population.assumed_values()
     return "; ".join(dict.fromkeys(parts))
 
 
@@ -895,20 +906,23 @@ def design(
         every=every,
         extra=dict(cohort_kwargs or {}, bands=False),
     )
-    first, res_arr = _sweep(
-        (spec, population, n, seed, kw), regs, points, shape, (tgt, risk_models, n_draws),
-        (rname, max_risk, limit_rule), progress,
-    )  # fmt: skip
-    assert first is not None
-    gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
-    _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
-    gds.attrs = _attrs(first, spec, kind="design")
-    gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-    gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
-    if rname:
-        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
-        gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
-    gds.attrs.update(select_best(gds, max_risk=max_risk))
+    # Every grid point's warnings, counted, in attrs['warnings'] (the block adds no frame).
+    with record_warnings() as log:
+        first, res_arr = _sweep(
+            (spec, population, n, seed, kw), regs, points, shape, (tgt, risk_models, n_draws),
+            (rname, max_risk, limit_rule), progress,
+        )  # fmt: skip
+        assert first is not None
+        gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
+        _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
+        gds.attrs = _attrs(first, spec, kind="design")
+        gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
+        gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1], population)
+        if rname:
+            gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
+            gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
+        gds.attrs.update(select_best(gds, max_risk=max_risk))
+        gds.attrs[WARNINGS_ATTR] = log.attr()
     return gds
 
 

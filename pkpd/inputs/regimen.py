@@ -437,6 +437,21 @@ class Regimen:
     def anchor_spec(self, name: str) -> AnchorSpec | None:
         return next((a for a in self.anchors if a.name == name), None)
 
+    def assumed_events(self, given=()) -> list[str]:
+        """One line per event the doses use whose declared time is tagged ``assumed`` or
+        ``illustrative`` (or says so in its source); events named in `given` (times the
+        caller fixed) are not the file's assumption and are left out."""
+        out = []
+        label = self.name or self.text
+        for a in self.anchors:
+            if a.name in given or a.name not in self.anchor_names:
+                continue
+            words = f"{a.tag} {a.source}".lower()
+            if "illustrative" in words or "assumed" in words:
+                tag = f" [{a.tag}]" if a.tag else ""
+                out.append(f"event {a.name} of {label}: {a.source}{tag}")
+        return out
+
     def anchor_times(self, anchors: dict[str, float] | None = None) -> dict[str, float]:
         """Time (h) of each named event the doses refer to, as :meth:`resolve` uses them:
         from `anchors` (hours or strings with units), else the anchor's declared default."""
