@@ -375,7 +375,12 @@ def _time_axes(ax, t, ys, lo, hi, log, extra=()) -> None:
     v = np.asarray(v, dtype=float)
     v = v[np.isfinite(v)]
     if log:
+        from matplotlib.ticker import FuncFormatter, LogFormatter
+
         ax.set_yscale("log")
+        # Concentrations read as plain numbers (0.1, 10, 200), not 2 x 10^2.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
         pos = v[v > 0]
         if pos.size:
             top = float(pos.max())
