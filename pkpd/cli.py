@@ -813,6 +813,19 @@ def _plot_options(out_png, plot_window, plot_log) -> dict:
     return {"window": window, "log": bool(plot_log)}
 
 
+def _compare_event_names(regimens, anchors_from) -> set[str] | None:
+    """Events of the regimens of `compare` (and of --anchors-from), for a check of
+    --plot-window before the run; None if a regimen does not load (compare says why)."""
+    names: set[str] = set()
+    for r in [*regimens, *([anchors_from] if anchors_from else [])]:
+        try:
+            reg = load_regimen(r)
+        except (PkpdError, OSError):
+            return None
+        names |= reg.anchor_names | {a.name for a in reg.anchors}
+    return names
+
+
 def _check_window_events(plot_opts, events) -> None:
     """Refuse, before the simulation, a --plot-window naming an event the run lacks."""
     window = plot_opts.get("window")
@@ -1118,6 +1131,10 @@ def compare(
     plot_log=False,
 ) -> None:  # fmt: skip
     plot_opts = _plot_options(out_png, plot_window, plot_log)
+    if plot_opts["window"] is not None:
+        names = _compare_event_names(regimens, anchors)
+        if names is not None:
+            _check_window_events(plot_opts, dict.fromkeys(names, 0.0))
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
     cds = designs.compare(

@@ -425,3 +425,23 @@ def test_cli_compare_plot_window(tmp_path, monkeypatch):
     for ax in axes:
         lo, hi = ax.get_xlim()
         assert lo == 0.0 and 2.0 < hi < 12.0 and ax.get_yscale() == "log"
+
+
+def test_cli_compare_bad_plot_window_refused_before_the_run(tmp_path, monkeypatch):
+    from pkpd.analysis import design
+
+    def boom(*a, **k):
+        raise AssertionError("compared despite a bad --plot-window")
+
+    monkeypatch.setattr(design, "compare", boom)
+    r = CliRunner().invoke(main, [
+        "compare", MODEL, REG, "lumbar_fusion_esketamine_high", "--population",
+        "spine_fusion_china", "--patients", "20", "--out", str(tmp_path / "c.nc"),
+        "--plot", str(tmp_path / "c.png"), "--plot-window", "0..incision",
+    ])  # fmt: skip
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "pkpd: error: `--plot-window` '0..incision': unknown event 'incision'; the events "
+        "of this run are: end_of_surgery (or give hours, e.g. 0..6h)"
+    )
+    assert list(tmp_path.iterdir()) == []
