@@ -308,7 +308,7 @@ class TimeWindow:
             raise PlotError(f"`{self.key}` {self.text!r}: {x!r} is not a time or an event")
         s = x.strip()
         m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(.+))?", s)
-        if m and not _is_unit_only(s):
+        if m:
             name, sign, off = m.groups()
             return (name, 0.0 if off is None else float(f"{sign}1") * self._hours(off, s))
         return (None, self._hours(s, s))
@@ -357,11 +357,6 @@ class TimeWindow:
                 f"times {data[0]:g}-{data[1]:g} h"
             )
         return lo, hi
-
-
-def _is_unit_only(s: str) -> bool:
-    """True for a bare unit-less word that is a time unit ("h"); never an event then."""
-    return s in ("h", "min", "s")
 
 
 def _time_axes(ax, t, ys, lo, hi, log, extra=()) -> None:
