@@ -5,6 +5,7 @@ Research software for pharmacology and protocol design: not a clinical dosing de
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -516,6 +517,14 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Write a concentration plot (.png, .svg or .pdf).",
 )
 @click.option(
+    "--plot-window",
+    "plot_window",
+    metavar="START..END",
+    help="Time axis of --plot: hours, times or events, e.g. 0..6h or "
+    "0..end_of_surgery+2h (a cohort's event at its median over patients).",
+)
+@click.option("--plot-log", is_flag=True, help="Logarithmic concentration axis of --plot.")
+@click.option(
     "--method",
     type=click.Choice(["auto", *solvers.SOLVERS]),
     default="auto",
@@ -561,8 +570,9 @@ def simulate(
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
-    observe=None, events_file=None, ranges=(),
+    observe=None, events_file=None, ranges=(), plot_window=None, plot_log=False,
 ) -> None:  # fmt: skip
+    plot_opts = _plot_options(out_png, plot_window, plot_log)
     if events_file is not None:
         if regimen is not None or patients is not None or population is not None:
             raise click.BadParameter(
@@ -605,6 +615,7 @@ def simulate(
             },
             patients_table=patients_table,
             nonmem=(out_nonmem, observe, racemic),
+            plot_opts=plot_opts,
         )  # fmt: skip
         return
     if out_nonmem:
@@ -630,6 +641,8 @@ def simulate(
     spec = load_model(model)
     anchors = _anchors_option(anchor_items)
     reg = load_regimen(regimen).resolve(anchors)
+    plot_events = plots.regimen_events(load_regimen(regimen), anchors)
+    _check_window_events(plot_opts, plot_events)
     cov = _covariates(weight, age, sex, extra)
     extra_run = _pd_run_options(pd_names, pd_items, racemic)
     extra_run.update(_method_options(method, rtol, atol))
@@ -663,7 +676,7 @@ def simulate(
     _echo_pd_summary(fine, extra_run)
     for line in single.metric_lines(ds):
         _echo(line)
-    _write_single(targets, ds, reg)
+    _write_single(targets, ds, plot_events, plot_opts)
     for _kind, path in targets:
         _echo(f"wrote {path}")
     _echo(DISCLAIMER)
@@ -787,7 +800,40 @@ def _simulate_at_doses(ds, spec, reg, cov, extra_run):
         return single.simulate(spec, reg, covariates=cov, times=fine_t, **extra_run)
 
 
-def _write_single(targets, ds, reg) -> None:
+def _plot_options(out_png, plot_window, plot_log) -> dict:
+    """``window``/``log`` of the plot functions from --plot-window/--plot-log, checked
+    before any work (the syntax here; event names against the run's events)."""
+    for given, option in ((plot_window, "--plot-window"), (plot_log, "--plot-log")):
+        if given and not out_png:
+            raise click.BadParameter("shapes the figure of --plot: add --plot FILE.png",
+                                     param_hint=option)  # fmt: skip
+    window = None
+    if plot_window is not None:
+        window = plots.TimeWindow.parse(plot_window, key="--plot-window")
+    return {"window": window, "log": bool(plot_log)}
+
+
+def _compare_event_names(regimens, anchors_from) -> set[str] | None:
+    """Events of the regimens of `compare` (and of --anchors-from), for a check of
+    --plot-window before the run; None if a regimen does not load (compare says why)."""
+    names: set[str] = set()
+    for r in [*regimens, *([anchors_from] if anchors_from else [])]:
+        try:
+            reg = load_regimen(r)
+        except (PkpdError, OSError):
+            return None
+        names |= reg.anchor_names | {a.name for a in reg.anchors}
+    return names
+
+
+def _check_window_events(plot_opts, events) -> None:
+    """Refuse, before the simulation, a --plot-window naming an event the run lacks."""
+    window = plot_opts.get("window")
+    if window is not None:
+        window.check_events(events)
+
+
+def _write_single(targets, ds, events, plot_opts) -> None:
     """Write the files of one patient, all or none."""
     with result_io.atomic_outputs() as stage:
         for kind, path in targets:
@@ -801,7 +847,7 @@ def _write_single(targets, ds, reg) -> None:
                 stage(
                     path,
                     lambda tmp, path=path: plots.plot_concentrations(
-                        ds, tmp, events=reg.infusion_ends(), fmt=path.suffix
+                        ds, tmp, events=events, fmt=path.suffix, **plot_opts
                     ),
                 )
 
@@ -846,7 +892,7 @@ def _ranges_option(ranges) -> dict[str, list[str]] | None:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
-    patients_table=None, nonmem=(None, None, False),
+    patients_table=None, nonmem=(None, None, False), plot_opts=None,
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -864,6 +910,9 @@ def _simulate_cohort(
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
     win = _windows_option(windows)
     thr = _cohort_thresholds(thresholds)
+    plot_opts = plot_opts or {}
+    if plot_opts.get("window") is not None:
+        _check_window_events(plot_opts, dict.fromkeys(load_regimen(regimen).anchor_names, 0.0))
     spec = load_model(model)
     if nonmem_targets:
         nonmem_tables.check_model(spec)  # before the work, not after
@@ -902,7 +951,9 @@ def _simulate_cohort(
         with result_io.atomic_outputs() as stage:
             stage(
                 result_io.check_target(out_png, _FIGURES, "--plot"),
-                lambda tmp: plots.plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
+                lambda tmp: plots.plot_bands(
+                    ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1], **plot_opts
+                ),
             )
         _echo(f"wrote {out_png}")
     if out:
@@ -1067,10 +1118,23 @@ def _windows_option(windows) -> dict | None:
 @click.option("--every", default="5 min", show_default=True, help="Grid step.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the result (.nc).")
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
+@click.option(
+    "--plot-window",
+    "plot_window",
+    metavar="START..END",
+    help="Time axis of the bands of --plot, e.g. 0..end_of_surgery+2h (events at their median).",
+)
+@click.option("--plot-log", is_flag=True, help="Logarithmic concentration axes of --plot.")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, anchor_items, until, every, out, out_png, ranges=(),
+    anchors, anchor_items, until, every, out, out_png, ranges=(), plot_window=None,
+    plot_log=False,
 ) -> None:  # fmt: skip
+    plot_opts = _plot_options(out_png, plot_window, plot_log)
+    if plot_opts["window"] is not None:
+        names = _compare_event_names(regimens, anchors)
+        if names is not None:
+            _check_window_events(plot_opts, dict.fromkeys(names, 0.0))
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
     cds = designs.compare(
@@ -1093,7 +1157,7 @@ def compare(
         _echo(line)
     for line in extrapolation_lines(cds):
         _echo(line)
-    _write_grid(targets, cds, plots.plot_compare)
+    _write_grid(targets, cds, functools.partial(plots.plot_compare, **plot_opts))
     _echo(DISCLAIMER)
 
 

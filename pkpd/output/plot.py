@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pkpd.errors import PkpdError, PlotError
+
 __all__ = [
+    "TimeWindow",
     "plot_bands",
     "plot_compare",
     "plot_compare_bands",
@@ -15,15 +18,24 @@ __all__ = [
     "plot_design",
     "plot_metric_distributions",
     "plot_risk_vs_dose",
+    "regimen_events",
 ]
 
 NOTICE = "Research software, not a clinical dosing device."
 
 
 def plot_concentrations(
-    ds, path: Path, events: list[float] | None = None, fmt: str | None = None
-) -> None:
-    """Plot every ng/mL output of a one-patient dataset against time and save to `path`.
+    ds,
+    path: Path,
+    events: dict[str, float] | list[float] | None = None,
+    fmt: str | None = None,
+    *,
+    window=None,
+    log: bool = False,
+):
+    """Plot a one-patient dataset against time and save to `path`: the concentrations
+    (ng/mL) on one panel, PD variables in other units (effects, concentration / C50) on a
+    second panel, each with its unit.
 
     Parameters
     ----------
@@ -31,33 +43,349 @@ def plot_concentrations(
         Result of :func:`pkpd.simulate`.
     path : Path
         Output file (PNG, or any format matplotlib infers from the suffix).
-    events : list of float, optional
-        Times (h) to mark with vertical lines (e.g. ends of infusions).
+    events : dict of str to float, or list of float, optional
+        Times (h) to mark with labelled vertical lines: ``{name: time}`` (e.g.
+        ``{"end_of_surgery": 4.0}``), or bare times (labelled by their time).
     fmt : str, optional
         Image format (``"png"``, ``"svg"``, ``"pdf"``); default from the suffix of `path`.
+    window : str or (start, end), optional
+        Time window of the x axis: ``"START..END"`` or a pair, each end in hours, a time
+        with its unit (``"6 h"``), an event name of `events` or an event with an offset
+        (``"end_of_surgery+2h"``); an empty end is the end of the data.
+    log : bool
+        Logarithmic concentration axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (saved and closed; its axes can still be inspected).
+
+    The thresholds stored in `ds` (``pkpd.simulate(..., thresholds=)``) are drawn as
+    horizontal lines, each in its own style, labelled with its level.
     """
     plt = _plt()
-    outs = [
-        v for v in ds.data_vars if ds[v].dims == ("time",) and ds[v].attrs.get("units") == "ng/mL"
+    ev = _event_dict(events)
+    t = np.asarray(ds.time.values, dtype=float)
+    lo, hi = TimeWindow.coerce(window).limits(ev, t)
+    series = [v for v in ds.data_vars if ds[v].dims == ("time",)]
+    conc = [v for v in series if ds[v].attrs.get("units") == "ng/mL" and _is_trajectory(v)]
+    pd_vars = [
+        v
+        for v in series
+        if ds[v].attrs.get("units") not in ("ng/mL", "mg", "ng*h/mL") and _is_trajectory(v)
     ]
-    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    for v in outs:
-        ax.plot(ds.time.values, ds[v].values, label=f"{v} ({ds[v].attrs.get('long_name', '')})")
-    for t in events or []:
-        ax.axvline(t, color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("time (h)")
+    nrow = 2 if pd_vars else 1
+    fig, axes = plt.subplots(
+        nrow, 1, figsize=(8, 4.5 if nrow == 1 else 7.5), squeeze=False, sharex=True,
+        layout="constrained", height_ratios=[2, 1] if nrow == 2 else None,
+    )  # fmt: skip
+    ax = axes[0, 0]
+    eq_drug = ds.attrs.get("model_drug", "parent-drug")
+    for v, same in _distinct_series(ds, conc):
+        # Identical curves (an effect site and the PD driver that is the same concentration)
+        # are drawn once, under both names, rather than one hiding the other.
+        names = " = ".join([str(v), *same])
+        ax.plot(t, ds[v].values, label=_series_label(ds, v, eq_drug, shown=names))
+    thr = _thresholds(ds)
+    levels = [x for o in conc for x in thr.get(str(o), [])]
+    _mark_thresholds(ax, [(o, x) for o in conc for x in thr.get(str(o), [])], "ng/mL")
     ax.set_ylabel("concentration (ng/mL)")
-    ax.set_title(
-        f"{ds.attrs.get('model', '')}: {ds.attrs.get('regimen', '')}", fontsize=8, wrap=True
+    _time_axes(ax, t, [ds[v].values for v in conc], lo, hi, log, extra=levels)
+    if pd_vars:
+        ax2 = axes[1, 0]
+        units = {str(ds[v].attrs.get("units", "")) for v in pd_vars}
+        for v in pd_vars:
+            u = str(ds[v].attrs.get("units", ""))
+            lab = _series_label(ds, v, eq_drug, n=60)
+            ax2.plot(t, ds[v].values, label=f"{lab} ({_unit_text(u)})" if len(units) > 1 else lab)
+        pd_thr = [(o, x) for o in pd_vars for x in thr.get(str(o), [])]
+        _mark_thresholds(ax2, pd_thr, next(iter(units)) if len(units) == 1 else "")
+        ax2.set_ylabel(
+            f"PD ({_unit_text(next(iter(units)))})" if len(units) == 1 else "PD (see legend)"
+        )
+        _time_axes(ax2, t, [ds[v].values for v in pd_vars], lo, hi, False,
+                   extra=[x for _, x in pd_thr])  # fmt: skip
+    for i, a in enumerate(axes[:, 0]):
+        _mark_named_times(a, ev, lo, hi, labelled=i == 0)
+        a.grid(alpha=0.3)
+        # Below the top panel of two (its tick labels are hidden); the last panel's legend
+        # stays inside, clear of its tick labels.
+        _legend(a, below=i < nrow - 1)
+    axes[-1, 0].set_xlabel("time (h)")
+    axes[0, 0].set_title(
+        _one_line(f"{ds.attrs.get('model', '')}: {_regimen_title(ds)}"), fontsize=8
     )
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.text(
-        0.01, 0.005, "Research software, not a clinical dosing device.", fontsize=7, color="0.4"
-    )
-    fmt = (fmt or Path(path).suffix).lstrip(".").lower() or "png"
-    fig.savefig(path, format=fmt, dpi=120)
-    plt.close(fig)
+    return _save(fig, path, fmt, dpi=120)
+
+
+def regimen_events(regimen, anchors: dict | None = None) -> dict[str, float]:
+    """Named times of a one-patient regimen for :func:`plot_concentrations`: each event the
+    doses refer to (``end_of_surgery``), at its time from `anchors` or its default, and each
+    end of an infusion that is not one of them, labelled by how the regimen states it
+    ("end of infusion at end_of_surgery + 48 h"; "rate change" where another starts).
+
+    `regimen` is a :class:`pkpd.Regimen` with its events unresolved (as loaded).
+    """
+    from pkpd.inputs.regimen import Infusion
+
+    named = regimen.anchor_times(anchors)
+    out = dict(named)
+
+    def at(anchor, off):
+        return off + (named[anchor] if anchor else 0.0)
+
+    infusions = [d for d in regimen.doses if isinstance(d, Infusion)]
+    starts = [at(d.start_anchor, d.start) for d in infusions]
+    for d in sorted(infusions, key=lambda d: at(d.stop_anchor, d.stop)):
+        t = at(d.stop_anchor, d.stop)
+        if any(np.isclose(t, x, rtol=0, atol=1e-9) for x in out.values()):
+            continue  # already marked (a named event, or another infusion ending there)
+        what = (
+            "rate change"
+            if any(np.isclose(t, x, rtol=0, atol=1e-9) for x in starts)
+            else ("end of infusion")
+        )
+        if d.stop_anchor:
+            off = f" {'+' if d.stop > 0 else '-'} {abs(d.stop):g} h" if d.stop else ""
+            what += f" at {d.stop_anchor}{off}"
+        key, k = what, 2
+        while key in out:
+            key, k = f"{what} ({k})", k + 1
+        out[key] = t
+    return out
+
+
+def _distinct_series(ds, names):
+    """(name, [names of later variables with the same values]) for each distinct series."""
+    out: list[tuple[str, list[str]]] = []
+    for v in names:
+        for first, same in out:
+            if np.array_equal(ds[first].values, ds[v].values, equal_nan=True):
+                same.append(str(v))
+                break
+        else:
+            out.append((str(v), []))
+    return out
+
+
+def _legend(ax, below: bool = True) -> None:
+    """The legend inside the axes when it is small (or `below` is False), else below them
+    at full width (never beside them, where it would squeeze the axes)."""
+    _handles, labels = ax.get_legend_handles_labels()
+    if not below or (len(labels) <= 5 and max(map(len, labels), default=0) <= 50):
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.04), ncols=1,
+                  frameon=False, borderaxespad=0)  # fmt: skip
+
+
+def _is_trajectory(name) -> bool:
+    """A time course to draw (not a cumulative AUC, amount, dose or mass-balance record)."""
+    return not str(name).startswith(("auc_", "amount_", "dose_given", "eliminated_"))
+
+
+def _unit_text(unit: str) -> str:
+    return "dimensionless" if unit in ("", "1") else unit
+
+
+def _series_label(ds, name, drug: str, shown: str | None = None, n: int = 95) -> str:
+    """Legend label of a concentration: its name, what it is, and for a metabolite carried
+    in parent-drug mass equivalents, the unit that says so; cut to `n` characters.
+    `shown` replaces the name (e.g. two names of one curve)."""
+    v = ds[name] if name in ds.variables else None
+    long_name = str(v.attrs.get("long_name", "")) if v is not None else ""
+    # The long names of PD drivers carry their unit and molar mass in parentheses: the axis
+    # already says ng/mL, and the legend must stay narrow.
+    long_name = re.sub(r"\s*\(.*\)\s*$", "", long_name)
+    eq = (v is not None and "mass equivalents" in str(v.attrs.get("note", ""))) or str(
+        name
+    ) in _mass_equivalents(ds)
+    if eq:
+        # The unit is what a reader must not miss: it goes first, before any cut.
+        what = long_name.removesuffix(" plasma concentration") or str(name)
+        return _one_line(f"{shown or name}: {what}, {drug}-equivalent ng/mL", n)
+    return _one_line(f"{shown or name}: {long_name}" if long_name else str(shown or name), n)
+
+
+def _mass_equivalents(ds) -> set[str]:
+    return {
+        s.strip()
+        for s in str(ds.attrs.get("model_mass_equivalent_outputs", "")).split(",")
+        if s.strip()
+    }
+
+
+def _regimen_title(ds) -> str:
+    """The regimen as a title: its name (where it has one) and its doses (cut to one line
+    by the caller; the whole text is in ``attrs["regimen"]``)."""
+    name = str(ds.attrs.get("regimen_name") or "")
+    text = str(ds.attrs.get("regimen", ""))
+    return f"{name}: {text}" if name and text else name or text
+
+
+def _one_line(text: str, n: int = 125) -> str:
+    """`text` on one line, cut to `n` characters (``...``)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
+
+
+def _event_dict(events) -> dict[str, float]:
+    if events is None:
+        return {}
+    if isinstance(events, dict):
+        return {str(k): float(v) for k, v in events.items()}
+    return {f"{float(x):g} h": float(x) for x in events}
+
+
+def _mark_named_times(ax, events: dict[str, float], lo: float, hi: float, labelled=True) -> None:
+    """A vertical line at each event time inside the window, in its own style, labelled
+    with the event's name and time (unless `labelled` is False: a second panel)."""
+    for k, (name, x) in enumerate(sorted(events.items(), key=lambda kv: kv[1])):
+        if lo <= x <= hi:
+            ax.axvline(x, color=_EVENT_COLORS[k % len(_EVENT_COLORS)], lw=0.9,
+                       ls=_STYLES[k % len(_STYLES)],
+                       label=f"{name}: {x:.3g} h" if labelled else None)  # fmt: skip
+
+
+_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+_EVENT_COLORS = ("0.35", "tab:brown", "tab:olive", "tab:cyan")
+_THRESHOLD_COLORS = ("tab:red", "tab:purple", "tab:pink", "tab:brown")
+
+
+class TimeWindow:
+    """A time window of a figure's x axis, ``START..END``.
+
+    Each end is hours (``6``), a time with its unit (``"90 min"``), the name of an event of
+    the run (``end_of_surgery``; for a cohort the median over patients), or an event with an
+    offset (``"end_of_surgery + 2 h"``, ``"end_of_surgery-30min"``); an empty end is the
+    start or end of the data. The syntax is checked when the window is made, event names
+    when it is applied to a run (:meth:`limits`).
+    """
+
+    def __init__(self, start=None, end=None, text: str | None = None, key: str = "window"):
+        self.key = key
+        self.text = text if text is not None else f"{start}..{end}"
+        self.start = self._end(start)
+        self.end = self._end(end)
+
+    @classmethod
+    def parse(cls, text: str, key: str = "window") -> TimeWindow:
+        """A window from ``"START..END"`` text; `key` names the option in messages."""
+        if not isinstance(text, str) or text.count("..") != 1:
+            raise PlotError(
+                f"`{key}` {text!r}: expected START..END, each end hours, a time such as 6h, "
+                "an event name such as end_of_surgery, or an event+offset "
+                "(end_of_surgery+2h); e.g. 0..end_of_surgery+2h"
+            )
+        a, b = text.split("..")
+        return cls(a.strip() or None, b.strip() or None, text=text, key=key)
+
+    @classmethod
+    def coerce(cls, window, key: str = "window") -> TimeWindow:
+        if window is None:
+            return cls(None, None, text="", key=key)
+        if isinstance(window, TimeWindow):
+            return window
+        if isinstance(window, str):
+            return cls.parse(window, key)
+        try:
+            a, b = window
+        except (TypeError, ValueError):
+            raise PlotError(
+                f'`{key}` {window!r}: expected "START..END" or a pair (start, end)'
+            ) from None
+        return cls(a, b, key=key)
+
+    def _end(self, x):
+        """(event or None, offset h), or None for an open end; syntax errors raised here."""
+        if x is None or (isinstance(x, str) and not x.strip()):
+            return None
+        if isinstance(x, int | float | np.floating) and not isinstance(x, bool):
+            if not np.isfinite(x):
+                raise PlotError(f"`{self.key}` {self.text!r}: {x!r} is not a finite time")
+            return (None, float(x))
+        if not isinstance(x, str):
+            raise PlotError(f"`{self.key}` {self.text!r}: {x!r} is not a time or an event")
+        s = x.strip()
+        m = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:([+-])\s*(.+))?", s)
+        if m:
+            name, sign, off = m.groups()
+            return (name, 0.0 if off is None else float(f"{sign}1") * self._hours(off, s))
+        return (None, self._hours(s, s))
+
+    def _hours(self, text: str, whole: str) -> float:
+        from pkpd.inputs.units import parse_quantity
+
+        try:
+            return float(parse_quantity(text.strip(), "time", default_unit="h").value)
+        except PkpdError:
+            raise PlotError(
+                f"`{self.key}` {self.text!r}: {whole!r} is not a time (hours, or a number "
+                "with a unit such as 90min), an event name or an event+offset"
+            ) from None
+
+    def check_events(self, events) -> None:
+        """Raise :class:`PlotError` if an end names an event not among `events`."""
+        for e in (self.start, self.end):
+            if e is not None and e[0] is not None and e[0] not in events:
+                known = ", ".join(sorted(events)) or "none"
+                raise PlotError(
+                    f"`{self.key}` {self.text!r}: unknown event {e[0]!r}; the events of this "
+                    f"run are: {known} (or give hours, e.g. 0..6h)"
+                )
+
+    def limits(self, events: dict[str, float], t) -> tuple[float, float]:
+        """(lo, hi) in hours against the run's `events` and time grid `t`."""
+        t = np.asarray(t, dtype=float)
+        data = (float(np.nanmin(t)), float(np.nanmax(t))) if t.size else (0.0, 1.0)
+        out = []
+        for e, default in ((self.start, data[0]), (self.end, data[1])):
+            if e is None:
+                out.append(default)
+                continue
+            self.check_events(events)
+            name, off = e
+            out.append(off + (events[name] if name is not None else 0.0))
+        lo, hi = out
+        if not hi > lo:
+            raise PlotError(
+                f"`{self.key}` {self.text!r}: the end ({hi:g} h) must be after the start ({lo:g} h)"
+            )
+        if hi < data[0] or lo > data[1]:
+            raise PlotError(
+                f"`{self.key}` {self.text!r}: {lo:g}-{hi:g} h lies outside the simulated "
+                f"times {data[0]:g}-{data[1]:g} h"
+            )
+        return lo, hi
+
+
+def _time_axes(ax, t, ys, lo, hi, log, extra=()) -> None:
+    """Limit the x axis to [lo, hi] and fit the y axis to the data drawn inside it (the
+    arrays `ys` on the time grid `t`, and the levels `extra`); log scale if `log`."""
+    ax.set_xlim(lo, hi)
+    t = np.asarray(t, dtype=float)
+    inside = (t >= lo) & (t <= hi)
+    vals = [np.asarray(y, dtype=float)[..., inside].ravel() for y in ys]
+    v = np.concatenate([*vals, np.asarray(list(extra), dtype=float)]) if vals or extra else []
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    if log:
+        from matplotlib.ticker import FuncFormatter, LogFormatter
+
+        ax.set_yscale("log")
+        # Concentrations read as plain numbers (0.1, 10, 200), not 2 x 10^2.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
+        pos = v[v > 0]
+        if pos.size:
+            top = float(pos.max())
+            # Concentrations start at 0 (metabolites, effect sites): keep four decades below
+            # the peak rather than reaching down to the first tiny value.
+            ax.set_ylim(max(float(pos.min()), top * 1e-4) / 1.3, top * 1.3)
+    elif v.size:
+        vmin, vmax = min(float(v.min()), 0.0), float(v.max())
+        pad = 0.05 * (vmax - vmin) or 1.0
+        ax.set_ylim(vmin - (pad if vmin < 0 else 0.02 * (vmax - vmin)), vmax + pad)
 
 
 def _plt():
@@ -74,11 +402,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path, fmt, dpi=110) -> None:
+def _save(fig, path, fmt, dpi=110):
+    """Add the not-a-clinical-device notice in a strip of its own below the axes (so that
+    it never covers an axis or tick label) and write the figure."""
     plt = _plt()
-    fig.text(0.01, 0.002, NOTICE, fontsize=7, color="0.4")
+    strip = 0.2 / fig.get_figheight()  # 0.2 inch, whatever the figure's height
+    engine = fig.get_layout_engine()
+    if engine is not None and hasattr(engine, "set") and "rect" in engine.get():
+        engine.set(rect=(0, strip, 1, 1 - strip))
+    else:
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, strip + 0.08))
+    fig.text(0.01, strip * 0.25, NOTICE, fontsize=7, color="0.4")
     fig.savefig(path, format=(fmt or Path(path).suffix).lstrip(".").lower() or "png", dpi=dpi)
     plt.close(fig)
+    return fig
 
 
 _THRESHOLD = re.compile(r"^(?P<out>\w+) > (?P<v>[0-9.eE+-]+) ng/mL$")
@@ -116,24 +453,44 @@ def _event_times(ds) -> dict[str, object]:
     return out
 
 
-def _mark_events(ax, times, color="0.35") -> None:
-    """Median (dashed line) and 5-95 % range (shaded) of each event's per-patient times."""
+def _mark_events(ax, times, color="0.35", window=(-np.inf, np.inf)) -> None:
+    """Median (labelled line, one style per event) and 5-95 % range (shaded) of each
+    event's per-patient times; events whose range lies outside `window` are left out."""
     for k, (name, v) in enumerate(times.items()):
         x = np.asarray(v, dtype=float).ravel()
         x = x[np.isfinite(x)]
         if not x.size:
             continue
         lo, med, hi = np.percentile(x, [5, 50, 95])
-        ax.axvline(med, color=color, lw=0.9, ls="--", label=f"{name}: median {med:.3g} h")
+        if hi < window[0] or lo > window[1]:
+            continue
+        c = color if k == 0 else _EVENT_COLORS[k % len(_EVENT_COLORS)]
+        ax.axvline(med, color=c, lw=0.9, ls=_STYLES[k % len(_STYLES)],
+                   label=f"{name}: median {med:.3g} h")  # fmt: skip
         if hi > lo:
-            ax.axvspan(lo, hi, color=color, alpha=0.08, label=f"{name}: 5-95 % {lo:.3g}-{hi:.3g} h")
-        del k
+            ax.axvspan(lo, hi, color=c, alpha=0.08, label=f"{name}: 5-95 % {lo:.3g}-{hi:.3g} h")
+
+
+def _event_medians(times) -> dict[str, float]:
+    """Median over patients of each event's times (the event times a window refers to)."""
+    out = {}
+    for name, v in times.items():
+        x = np.asarray(v, dtype=float).ravel()
+        x = x[np.isfinite(x)]
+        if x.size:
+            out[str(name)] = float(np.median(x))
+    return out
 
 
 def _mark_thresholds(ax, levels, unit: str = "ng/mL") -> None:
+    """One horizontal line per threshold, each in its own colour and style, labelled with
+    its level (and its output, where `levels` holds ``(output, level)`` pairs)."""
     unit = "" if unit in ("", "1") else f" {unit}"
-    for v in levels:
-        ax.axhline(v, color="tab:red", lw=0.9, ls=":", label=f"threshold {v:g}{unit}")
+    for k, item in enumerate(levels):
+        out, v = item if isinstance(item, tuple) else (None, item)
+        lab = f"{out} > {v:g}{unit}" if out else f"threshold {v:g}{unit}"
+        ax.axhline(v, color=_THRESHOLD_COLORS[k % len(_THRESHOLD_COLORS)], lw=1.0,
+                   ls=_STYLES[(k + 1) % len(_STYLES)], label=lab)  # fmt: skip
 
 
 def _unit(ds, output) -> str:
@@ -144,8 +501,15 @@ def _unit(ds, output) -> str:
 
 
 def plot_bands(
-    ds, path: Path, fmt: str | None = None, *, thresholds=None, events: bool = True
-) -> None:
+    ds,
+    path: Path,
+    fmt: str | None = None,
+    *,
+    thresholds=None,
+    events: bool = True,
+    window=None,
+    log: bool = False,
+):
     """Percentile bands (5-95 %, 25-75 %, median) of each output of a cohort dataset
     (concentrations, and PD variables in their own units).
 
@@ -161,15 +525,29 @@ def plot_bands(
         ``output -> [ng/mL, ...]`` horizontal lines; default: the cohort's own thresholds.
     events : bool
         Mark the median and 5-95 % range of the drawn event times (e.g. end_of_surgery).
+    window : str or (start, end), optional
+        Time window of the x axes (see :class:`TimeWindow`): ``"0..end_of_surgery+2h"``;
+        an event name stands for its median over the patients.
+    log : bool
+        Logarithmic axes for the concentrations (ng/mL outputs).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure (saved and closed; its axes can still be inspected).
     """
     plt = _plt()
     outs = list(ds.band_output.values)
     thr = _thresholds(ds) if thresholds is None else dict(thresholds)
-    ev = _event_times(ds) if events else {}
+    all_ev = _event_times(ds)
+    ev = all_ev if events else {}
+    t = ds.band_time.values
+    lo, hi = TimeWindow.coerce(window).limits(_event_medians(all_ev), t)
     fig, axes = plt.subplots(
         len(outs), 1, figsize=(8, 3.2 * len(outs)), squeeze=False, layout="constrained"
     )
-    t = ds.band_time.values
+    eq = _mass_equivalents(ds)
+    drug = ds.attrs.get("model_drug", "parent-drug")
     for ax, o in zip(axes[:, 0], outs, strict=True):
         b = ds.band.sel(band_output=o)
         q = {float(v): b.sel(quantile=v).values for v in ds["quantile"].values}
@@ -177,37 +555,51 @@ def plot_bands(
         ax.fill_between(t, q[0.25], q[0.75], alpha=0.35, label="25-75 %")
         ax.plot(t, q[0.5], lw=1.5, label="median")
         unit = _unit(ds, o)
-        _mark_thresholds(ax, thr.get(str(o), []), unit)
-        _mark_events(ax, ev)
-        shown = unit if unit not in ("", "1") else "dimensionless"
-        ax.set_ylabel(f"{o} ({shown})" if len(str(o)) < 28 else shown)
-        if len(str(o)) >= 28:
+        levels = thr.get(str(o), [])
+        _mark_thresholds(ax, levels, unit)
+        _mark_events(ax, ev, window=(lo, hi))
+        shown = _unit_text(unit)
+        if str(o) in eq and unit == "ng/mL":
+            shown = f"{drug}-equivalent ng/mL"
+        ax.set_ylabel(f"{o} ({shown})" if len(str(o)) + len(shown) < 34 else shown)
+        if len(str(o)) + len(shown) >= 34:
             ax.set_title(str(o), fontsize=8, loc="left")
+        _time_axes(ax, t, [q[0.05], q[0.95]], lo, hi, log and unit == "ng/mL", extra=levels)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[-1, 0].set_xlabel("time (h)")
     axes[0, 0].set_title(
         f"{ds.attrs.get('model', '')}, {ds.attrs.get('population', '')}, "
-        f"{ds.sizes['patient']:,} patients\n{ds.attrs.get('regimen', '')}",
+        f"{ds.sizes['patient']:,} patients\n{_one_line(_regimen_title(ds))}",
         fontsize=8,
     )
-    _save(fig, path, fmt)
+    return _save(fig, path, fmt)
 
 
 # ----------------------------------------------------------------------------- comparison
 
 
-def _compare_bands_axes(ax, cds, output, thresholds=None) -> None:
-    """One output's bands (5-95 % light, 25-75 % darker, median line) for every regimen."""
+def _compare_bands_axes(ax, cds, output, thresholds=None, *, window=None, log=False) -> None:
+    """One output's bands (5-95 % light, 25-75 % darker, median line) for every regimen;
+    x axis limited to `window` (a :class:`TimeWindow`, event names at their median over
+    every regimen's patients), log y axis if `log`."""
     t = cds.band_time.values
     colors = _plt().rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, r in enumerate(cds.regimen.values):
+    ev_all = {
+        k.removeprefix("event_"): cds[k] for k in cds.data_vars if str(k).startswith("event_")
+    }
+    lo, hi = TimeWindow.coerce(window).limits(_event_medians(ev_all), t)
+    labels = short_labels(cds.regimen.values, 70)
+    first_ev = {}
+    ys = []
+    for i, (r, lab) in enumerate(zip(cds.regimen.values, labels, strict=True)):
         b = cds.band.sel(regimen=r, band_output=output)
         q = {float(v): b.sel(quantile=v).values for v in cds["quantile"].values}
         c = colors[i % len(colors)]
         ax.fill_between(t, q[0.05], q[0.95], color=c, alpha=0.12, lw=0)
         ax.fill_between(t, q[0.25], q[0.75], color=c, alpha=0.28, lw=0)
-        ax.plot(t, q[0.5], color=c, lw=1.4, label=f"{r}: median, 25-75 %, 5-95 %")
+        ax.plot(t, q[0.5], color=c, lw=1.4, label=lab)
+        ys += [q[0.05], q[0.95]]
         ev = {
             k.removeprefix("event_"): cds[k].sel(regimen=r)
             for k in cds.data_vars
@@ -215,16 +607,30 @@ def _compare_bands_axes(ax, cds, output, thresholds=None) -> None:
         }
         ev = {k: v for k, v in ev.items() if np.isfinite(v.values).any()}
         if i == 0:
-            _mark_events(ax, ev)
-    _mark_thresholds(ax, (thresholds or {}).get(str(output), []))
-    ax.set_ylabel(f"{output} (ng/mL)")
-    ax.set_xlabel("time (h)")
+            first_ev = ev
+    # After the regimens, so that the legend lists the regimens first.
+    _mark_events(ax, first_ev, window=(lo, hi))
+    levels = (thresholds or {}).get(str(output), [])
+    _mark_thresholds(ax, levels)
+    unit = "ng/mL"
+    if str(output) in _mass_equivalents(cds):
+        unit = f"{cds.attrs.get('model_drug', 'parent-drug')}-equivalent ng/mL"
+    ax.set_ylabel(f"{output} ({unit})")
+    ax.set_xlabel("time (h); lines: median, shading: 25-75 % and 5-95 % of patients")
+    _time_axes(ax, t, ys, lo, hi, log, extra=levels)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7)
 
 
-def plot_compare_bands(cds, path: Path, fmt: str | None = None, *, thresholds=None) -> None:
-    """Percentile bands of every band output, the regimens of a comparison overlaid."""
+def plot_compare_bands(
+    cds, path: Path, fmt: str | None = None, *, thresholds=None, window=None, log=False
+):
+    """Percentile bands of every band output, the regimens of a comparison overlaid.
+
+    `window` limits the time axes (``"0..end_of_surgery+2h"``, see :class:`TimeWindow`;
+    an event name stands for its median over the patients), `log` draws the concentrations
+    on a logarithmic axis.
+    """
     plt = _plt()
     outs = list(cds.band_output.values)
     thr = _thresholds(cds) if thresholds is None else dict(thresholds)
@@ -232,9 +638,9 @@ def plot_compare_bands(cds, path: Path, fmt: str | None = None, *, thresholds=No
         len(outs), 1, figsize=(9, 3.3 * len(outs)), squeeze=False, layout="constrained"
     )
     for ax, o in zip(axes[:, 0], outs, strict=True):
-        _compare_bands_axes(ax, cds, o, thr)
+        _compare_bands_axes(ax, cds, o, thr, window=window, log=log)
     axes[0, 0].set_title(_compare_title(cds), fontsize=8)
-    _save(fig, path, fmt)
+    return _save(fig, path, fmt)
 
 
 def _compare_title(cds) -> str:
@@ -455,10 +861,11 @@ def plot_risk_vs_dose(ds, path: Path, fmt: str | None = None) -> None:
     _save(fig, path, fmt)
 
 
-def plot_compare(cds, path: Path, fmt: str | None = None) -> None:
+def plot_compare(cds, path: Path, fmt: str | None = None, *, window=None, log=False):
     """The comparison figure: bands of each output, then one panel each for the Cmax
     distributions, PTA (if a target was given) and the predicted risk (if asked); without
-    either, the total-dose distributions."""
+    either, the total-dose distributions. `window` and `log` apply to the bands (see
+    :func:`plot_compare_bands`). Returns the figure."""
     plt = _plt()
     outs = list(cds.band_output.values) if "band" in cds else []
     o0 = cds.output.values[0]
@@ -477,7 +884,7 @@ def plot_compare(cds, path: Path, fmt: str | None = None) -> None:
     gs = fig.add_gridspec(nrow, ncol, height_ratios=[3.2] * len(outs) + [4.0])
     thr = _thresholds(cds)
     for i, o in enumerate(outs):
-        _compare_bands_axes(fig.add_subplot(gs[i, :]), cds, o, thr)
+        _compare_bands_axes(fig.add_subplot(gs[i, :]), cds, o, thr, window=window, log=log)
     for j, draw in enumerate(panels):
         draw(fig.add_subplot(gs[nrow - 1, j]))
     fig.suptitle(_compare_title(cds), fontsize=8)
