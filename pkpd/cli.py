@@ -43,6 +43,7 @@ from pkpd.output import patient_table as patient_tables
 from pkpd.output import plot as plots
 from pkpd.output import report as reports
 from pkpd.output.tables import (
+    cohort_outcome_lines,
     cohort_summary_lines,
     compare_rows,
     design_pareto_rows,
@@ -497,6 +498,20 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     metavar="NAME=TIME",
     help="Value at a named time, e.g. eos1h=end_of_surgery+1h (repeatable).",
 )
+@click.option(
+    "--target",
+    "target",
+    multiple=True,
+    help="Cohort: PTA target with its 95% interval, e.g. 'cp >= 50 ng/mL for 50% of "
+    "0h..end_of_surgery' or 'cp within 50..150 ng/mL for 50%' (one).",
+)
+@click.option(
+    "--risk",
+    "risks",
+    multiple=True,
+    help="Cohort: side-effect risk model (see models/risk, e.g. psychotomimetic): incidence "
+    "with its 95% interval and calibration-domain flags (repeatable).",
+)
 @click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
 @click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
 @click.option("--chunk-size", type=int, default=8192, show_default=True, help="Cohort chunk.")
@@ -561,7 +576,7 @@ def simulate(
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
-    observe=None, events_file=None, ranges=(),
+    observe=None, events_file=None, ranges=(), target=(), risks=(),
 ) -> None:  # fmt: skip
     if events_file is not None:
         if regimen is not None or patients is not None or population is not None:
@@ -605,8 +620,15 @@ def simulate(
             },
             patients_table=patients_table,
             nonmem=(out_nonmem, observe, racemic),
+            outcomes=(_one(target, "--target"), risks),
         )  # fmt: skip
         return
+    if target or risks:
+        raise click.BadParameter(
+            "a probability needs a cohort: add --patients N --population P (one patient "
+            "either attains the target or not, and has no incidence)",
+            param_hint="--target" if target else "--risk",
+        )
     if out_nonmem:
         raise click.BadParameter(
             "is for a cohort (--patients N --population P)", param_hint="--nonmem"
@@ -846,7 +868,7 @@ def _ranges_option(ranges) -> dict[str, list[str]] | None:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
-    patients_table=None, nonmem=(None, None, False),
+    patients_table=None, nonmem=(None, None, False), outcomes=(None, ()),
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -870,14 +892,22 @@ def _simulate_cohort(
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
+    target, risks = outcomes
+    # PTA and risk need their thresholds or trajectories; a .nc is written once they are in.
+    need = {"thresholds": thr, "ranges": method_options.pop("ranges", None), "trajectories": traj}
+    if target is not None or risks:
+        need = designs.outcome_cohort_kwargs(target, risks, {k: v for k, v in need.items() if v})
     ds = cohorts.simulate_cohort(
         spec, regimen, pop, patients, seed, until=until, every=every, windows=win,
-        at=_pairs(at_items, "--at") or None, thresholds=thr or None, trajectories=traj,
-        bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads, out=out,
-        dask=dask,
+        at=_pairs(at_items, "--at") or None, thresholds=need.get("thresholds") or None,
+        ranges=need.get("ranges") or None, trajectories=need.get("trajectories"),
+        bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads,
+        out=None if out and str(out).endswith(".nc") and (target or risks) else out, dask=dask,
         raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
     )  # fmt: skip
+    if target is not None or risks:
+        ds = _cohort_outcomes(ds, regimen, target, risks, out)
     n = int(ds.sizes["patient"])
     _echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
@@ -893,6 +923,8 @@ def _simulate_cohort(
             f"{ds.attrs['solver_nfev_mean']:.0f} RHS evaluations per patient on average"
         )
     for line in cohort_summary_lines(ds):
+        _echo(line)
+    for line in cohort_outcome_lines(ds):
         _echo(line)
     _echo_cohort_pd(ds)
     n_failed = int(ds.attrs["n_failed"])
@@ -923,6 +955,25 @@ def _simulate_cohort(
         f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
     )
     _echo(DISCLAIMER)
+
+
+def _cohort_outcomes(ds, regimen, target, risks, out):
+    """The cohort with its PTA and risk (as `compare` computes them per regimen), written
+    to `out`: a .nc now, a .zarr store (already written by the run) gets them added."""
+    before = set(ds.data_vars)
+    ds = designs.cohort_outcomes(ds, target=target, risks=risks, regimen=load_regimen(regimen))
+    if out and str(out).endswith(".nc"):
+        with result_io.atomic_outputs() as stage:
+            stage(
+                result_io.check_target(out, (".nc",), "--out"),
+                lambda tmp: result_io.write_netcdf(ds, tmp),
+            )
+    elif out:
+        new = ds[[v for v in ds.data_vars if v not in before]]
+        new.attrs = {k: v for k, v in ds.attrs.items() if k in ("target", "risks") or
+                     k.startswith("risk_")}  # fmt: skip
+        new.to_zarr(out, mode="a", consolidated=True, zarr_format=2)
+    return ds
 
 
 # ----------------------------------------------------------------------------- PD, racemic
