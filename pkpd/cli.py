@@ -121,7 +121,14 @@ class _Group(click.Group):
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
-            return super().invoke(ctx)
+            # The command's warnings are collected and each distinct one printed once, with
+            # its count (a design grid repeats one covariate warning per point), before any
+            # error; the filters set in `main` end with the command.
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    _report_warnings(caught)
         except BrokenPipeError:
             # Output piped into a program that stopped reading (e.g. `| head`): not an error.
             sys.stdout = open(os.devnull, "w")
@@ -155,6 +162,17 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     _echo(f"pkpd: {prefix}: {message}", err=True)
 
 
+def _report_warnings(caught) -> None:
+    """Each distinct warning of the command once, in order of first appearance, with the
+    number of times it was raised when more than once."""
+    counts: dict[tuple[type, str], int] = {}
+    for w in caught:
+        key = (w.category, str(w.message))
+        counts[key] = counts.get(key, 0) + 1
+    for (category, message), n in counts.items():
+        _showwarning(message + (f" (raised {n} times)" if n > 1 else ""), category, "", 0)
+
+
 @click.group(
     cls=_Group,
     help=f"""Simulate perioperative ketamine and S-ketamine infusions.
@@ -182,15 +200,15 @@ Examples:
 def main(debug: bool, quiet: bool = False) -> None:
     global _DEBUG
     _DEBUG = debug
-    # The command reports the package's warnings on stderr, once each. Filters the user
-    # set for the process (PYTHONWARNINGS, python -W: sys.warnoptions) are theirs to keep,
-    # `PYTHONWARNINGS=ignore` included; otherwise the package's warnings are shown once
-    # each, never turned into errors by filters of a calling process; --quiet drops them.
-    warnings.showwarning = _showwarning
+    # The command reports the package's warnings on stderr, each distinct one once with its
+    # count (_Group.invoke collects them). Filters the user set for the process
+    # (PYTHONWARNINGS, python -W: sys.warnoptions) are theirs to keep, `PYTHONWARNINGS=ignore`
+    # included; otherwise every occurrence of the package's warnings is collected (to be
+    # counted), never turned into an error by filters of a calling process; --quiet drops them.
     if quiet:
         warnings.simplefilter("ignore", PkpdWarning)
     elif not sys.warnoptions:
-        warnings.simplefilter("default", PkpdWarning)
+        warnings.simplefilter("always", PkpdWarning)
 
 
 # ----------------------------------------------------------------------------- models
