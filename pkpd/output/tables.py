@@ -98,7 +98,7 @@ def extrapolation_lines(ds) -> list[str]:
     """One line per regimen (compare) or grid point (design) whose risk prediction lies
     outside its calibration's validity domain, saying why (one cohort: one line a risk)."""
     lines = []
-    labels = [str(x) for x in np.ravel(ds["regimen"].values)] if "regimen" in ds.dims else [""]
+    labels = [str(x) for x in np.ravel(ds["regimen"].values)] if "regimen" in ds else [""]
     for v in [v for v in ds.data_vars if str(v).startswith("extrapolation_")]:
         name = str(v)[len("extrapolation_") :]
         for lab, why in zip(labels, np.ravel(ds[v].values), strict=True):
@@ -132,7 +132,7 @@ def cohort_outcome_lines(ds) -> list[str]:
         if f"extrapolation_{name}" in ds:
             within = "no (see below)" if str(ds[f"extrapolation_{name}"].values) else "yes"
             lines.append(f"{name}: within calibration domain: {within}")
-    if "regimen" not in ds.dims:
+    if "regimen" not in ds:
         lines += extrapolation_lines(ds)
     return lines
 
