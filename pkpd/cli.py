@@ -913,18 +913,20 @@ def _simulate_cohort(
     target, risks = outcomes
     # PTA and risk need their thresholds or trajectories; a .nc is written once they are in.
     need = {"thresholds": thr, "ranges": method_options.pop("ranges", None), "trajectories": traj}
-    if target is not None or risks:
+    outcomes_asked = target is not None or bool(risks)
+    if outcomes_asked:
         need = designs.outcome_cohort_kwargs(target, risks, {k: v for k, v in need.items() if v})
+    nc_later = outcomes_asked and out and str(out).lower().endswith(".nc")
     ds = cohorts.simulate_cohort(
         spec, regimen, pop, patients, seed, until=until, every=every, windows=win,
         at=_pairs(at_items, "--at") or None, thresholds=need.get("thresholds") or None,
         ranges=need.get("ranges") or None, trajectories=need.get("trajectories"),
         bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads,
-        out=None if out and str(out).endswith(".nc") and (target or risks) else out, dask=dask,
+        out=None if nc_later else out, dask=dask,
         raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
     )  # fmt: skip
-    if target is not None or risks:
+    if outcomes_asked:
         ds = _cohort_outcomes(ds, regimen, target, risks, out)
     n = int(ds.sizes["patient"])
     _echo(
@@ -980,7 +982,7 @@ def _cohort_outcomes(ds, regimen, target, risks, out):
     to `out`: a .nc now, a .zarr store (already written by the run) gets them added."""
     before = set(ds.data_vars)
     ds = designs.cohort_outcomes(ds, target=target, risks=risks, regimen=load_regimen(regimen))
-    if out and str(out).endswith(".nc"):
+    if out and str(out).lower().endswith(".nc"):
         with result_io.atomic_outputs() as stage:
             stage(
                 result_io.check_target(out, (".nc",), "--out"),
