@@ -530,6 +530,19 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Cohort: side-effect risk model (see models/risk, e.g. psychotomimetic): incidence "
     "with its 95% interval and calibration-domain flags (repeatable).",
 )
+@click.option(
+    "--max-risk", type=float, help="Cohort: limit on the --risk incidence (fraction, e.g. 0.1)."
+)
+@click.option(
+    "--risk-rule",
+    help="How --max-risk is read: upper (95% upper bound, the default), mean, or a quantile "
+    "q50/q75/q90/q95.",
+)
+@click.option(
+    "--allow-extrapolation",
+    is_flag=True,
+    help="Let a cohort outside the risk model's calibration domain meet --max-risk.",
+)
 @click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
 @click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
 @click.option("--chunk-size", type=int, default=8192, show_default=True, help="Cohort chunk.")
@@ -594,13 +607,20 @@ def simulate(
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
-    observe=None, events_file=None, ranges=(), target=(), risks=(),
+    observe=None, events_file=None, ranges=(), target=(), risks=(), max_risk=None,
+    risk_rule=None, allow_extrapolation=False,
 ) -> None:  # fmt: skip
+    limit = _limit_options(risks, max_risk, risk_rule, allow_extrapolation)
     if events_file is not None:
         if regimen is not None or patients is not None or population is not None:
             raise click.BadParameter(
                 "the event table holds the doses and the patients: give MODEL and --events "
                 "only (no REGIMEN, --patients or --population)", param_hint="--events",
+            )  # fmt: skip
+        if target or risks:
+            raise click.BadParameter(
+                "a probability needs a cohort (--patients N --population P); an event table "
+                "is simulated patient by patient", param_hint="--target" if target else "--risk",
             )  # fmt: skip
         _simulate_events(model, events_file, out_csv)
         return
@@ -638,7 +658,7 @@ def simulate(
             },
             patients_table=patients_table,
             nonmem=(out_nonmem, observe, racemic),
-            outcomes=(_one(target, "--target"), risks),
+            outcomes=(_one(target, "--target"), risks, limit),
         )  # fmt: skip
         return
     if target or risks:
@@ -886,7 +906,7 @@ def _ranges_option(ranges) -> dict[str, list[str]] | None:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
-    patients_table=None, nonmem=(None, None, False), outcomes=(None, ()),
+    patients_table=None, nonmem=(None, None, False), outcomes=(None, (), {}),
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -910,7 +930,7 @@ def _simulate_cohort(
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
-    target, risks = outcomes
+    target, risks, limit = outcomes
     # PTA and risk need their thresholds or trajectories; a .nc is written once they are in.
     need = {"thresholds": thr, "ranges": method_options.pop("ranges", None), "trajectories": traj}
     outcomes_asked = target is not None or bool(risks)
@@ -927,7 +947,7 @@ def _simulate_cohort(
         **method_options,
     )  # fmt: skip
     if outcomes_asked:
-        ds = _cohort_outcomes(ds, regimen, target, risks, out)
+        ds = _cohort_outcomes(ds, regimen, target, risks, out, limit)
     n = int(ds.sizes["patient"])
     _echo(
         f"model: {spec.name} ({spec.drug}; {spec.sampling_site} sampling; "
@@ -977,11 +997,40 @@ def _simulate_cohort(
     _echo(DISCLAIMER)
 
 
-def _cohort_outcomes(ds, regimen, target, risks, out):
+def _limit_options(risks, max_risk, risk_rule, allow_extrapolation) -> dict:
+    """cohort_outcomes keywords of --max-risk, --risk-rule and --allow-extrapolation,
+    checked before the run (the last two mean nothing without a limit)."""
+    if max_risk is None:
+        for opt, given in (
+            ("--risk-rule", risk_rule),
+            ("--allow-extrapolation", allow_extrapolation),
+        ):
+            if given:
+                raise click.BadParameter("needs --max-risk LIMIT", param_hint=opt)
+        return {}
+    if len(risks) != 1:
+        raise click.BadParameter(
+            f"needs exactly one --risk model, got {len(risks)}", param_hint="--max-risk"
+        )
+    if not 0.0 <= max_risk <= 1.0:
+        raise click.BadParameter(
+            f"{max_risk!r}: expected a fraction in [0, 1], e.g. 0.1", param_hint="--max-risk"
+        )
+    rule = risk_rule or "upper"
+    try:
+        designs.risk_domain.parse_rule(rule)
+    except PkpdError as exc:
+        raise click.BadParameter(f"{rule!r}: {exc}", param_hint="--risk-rule") from None
+    return {"max_risk": max_risk, "risk_rule": rule, "allow_extrapolation": allow_extrapolation}
+
+
+def _cohort_outcomes(ds, regimen, target, risks, out, limit=None):
     """The cohort with its PTA and risk (as `compare` computes them per regimen), written
     to `out`: a .nc now, a .zarr store (already written by the run) gets them added."""
     before = set(ds.data_vars)
-    ds = designs.cohort_outcomes(ds, target=target, risks=risks, regimen=load_regimen(regimen))
+    ds = designs.cohort_outcomes(
+        ds, target=target, risks=risks, regimen=load_regimen(regimen), **(limit or {})
+    )
     if out and str(out).lower().endswith(".nc"):
         with result_io.atomic_outputs() as stage:
             stage(
@@ -990,8 +1039,7 @@ def _cohort_outcomes(ds, regimen, target, risks, out):
             )
     elif out:
         new = ds[[v for v in ds.data_vars if v not in before]]
-        new.attrs = {k: v for k, v in ds.attrs.items() if k in ("target", "risks") or
-                     k.startswith("risk_")}  # fmt: skip
+        new.attrs = dict(ds.attrs)  # the store's attributes and the outcomes' (target, risks)
         new.to_zarr(out, mode="a", consolidated=True, zarr_format=2)
     return ds
 

@@ -101,7 +101,8 @@ def test_simulate_command_prints_and_stores_what_compare_reports(tmp_path, suffi
     out = tmp_path / f"cohort{suffix}"
     args = ["simulate", MODEL, REGIMEN, "--patients", str(N), "--population", POP,
             "--seed", str(SEED), "--until", GRID["until"], "--every", GRID["every"],
-            "--target", target, "--risk", RISK, "--out", str(out)]  # fmt: skip
+            "--target", target, "--risk", RISK, "--out", str(out),
+            "--max-risk", "0.3", "--risk-rule", "mean"]  # fmt: skip
     r = CliRunner().invoke(main, ["--quiet", *args])
     assert r.exit_code == 0, r.output
     one = cds.isel(regimen=0)
@@ -120,10 +121,58 @@ def test_simulate_command_prints_and_stores_what_compare_reports(tmp_path, suffi
     )
     assert f"{RISK}: within calibration domain: no (see below)" in r.output
     assert f"{RISK} extrapolates: {one[f'extrapolation_{RISK}'].values}" in r.output
+    # the mean incidence is within 30 %, but the regimen doses awake: not certified
+    assert float(one[inc]) <= 0.3
+    assert "risk limit not certified (within the limit" in r.output
     with xr.open_dataset(out, engine="zarr" if suffix == ".zarr" else None) as ds:
         for v in OUTCOMES:
             np.testing.assert_array_equal(ds[v].values, one[v].values, err_msg=v)
         assert ds.attrs["target"] == target and ds.attrs["risks"] == RISK
+        assert not bool(ds.feasible) and bool(ds.meets_limit_value)
+        assert ds.attrs["risk_rule"] == "mean" and ds.attrs["max_risk"] == 0.3
         assert "cmax" in ds and ds.sizes["patient"] == N  # the cohort itself is kept
+        assert ds.attrs["model"] == MODEL and int(ds.attrs["seed"]) == SEED
     r = CliRunner().invoke(main, [*args, "--target", TARGETS[1]])
     assert r.exit_code == 2 and "--target" in r.output and "give one" in r.output
+
+
+@pytest.mark.parametrize(
+    ("max_risk", "rule", "allow"), [(0.1, "upper", False), (0.3, "mean", False), (0.3, "q90", True)]
+)
+def test_risk_limit_is_read_as_design_reads_it(both, max_risk, rule, allow):
+    from pkpd import risk as R
+
+    _target, _cds, ds = both
+    out = cohort_outcomes(
+        ds, risks=[RISK], max_risk=max_risk, risk_rule=rule, allow_extrapolation=allow
+    )
+    v = R.limit_verdict(
+        R.apply_risk(ds, RISK, seed=SEED), RISK, max_risk, rule=rule, allow_extrapolation=allow
+    )
+    value = float(out[f"rule_incidence_{RISK}"])
+    assert value == v.value
+    if rule == "mean":
+        assert value == float(out[f"incidence_{RISK}"])
+    if rule == "upper":
+        assert value == float(out[f"incidence_{RISK}_hi"])
+    extrapolates = bool(str(out[f"extrapolation_{RISK}"].values))
+    assert bool(out.meets_limit_value) == (value <= max_risk)
+    assert bool(out.feasible) == (value <= max_risk and (allow or not extrapolates))
+    assert out.attrs["max_risk"] == max_risk and out.attrs["risk_rule"] == rule
+    assert out.attrs["risk_limit_verdict"] == v.explain(max_risk, rule)
+
+
+def test_limit_options_need_a_limit_and_one_risk():
+    base = ["simulate", MODEL, REGIMEN, "--patients", "10", "--population", POP]
+    for extra, opt, text in (
+        (["--risk", RISK, "--risk-rule", "mean"], "--risk-rule", "needs --max-risk"),
+        (["--risk", RISK, "--allow-extrapolation"], "--allow-extrapolation", "needs --max-risk"),
+        (["--max-risk", "0.1"], "--max-risk", "needs exactly one --risk model, got 0"),
+        (["--risk", RISK, "--max-risk", "1.5"], "--max-risk", "expected a fraction in [0, 1]"),
+        (["--risk", RISK, "--max-risk", "0.1", "--risk-rule", "median"], "--risk-rule", "median"),
+    ):
+        r = CliRunner().invoke(main, [*base, *extra])
+        assert r.exit_code == 2, r.output
+        assert f"Invalid value for {opt}:" in r.output and text in r.output
+    with pytest.raises(DesignError, match="exactly one risk model"):
+        cohort_outcomes(xr.Dataset(coords={"patient": [0]}), target=TARGETS[0], max_risk=0.1)

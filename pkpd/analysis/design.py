@@ -508,7 +508,8 @@ def outcome_cohort_kwargs(target=None, risks: Sequence = (), base: Mapping | Non
 
 
 def cohort_outcomes(ds, *, target=None, risks: Sequence = (), seed=None, n_draws: int = 2000,
-                    regimen=None):  # fmt: skip
+                    regimen=None, max_risk=None, risk_rule: str = "upper",
+                    allow_extrapolation: bool = False):  # fmt: skip
     """Probability of target attainment and side-effect risk of one simulated cohort.
 
     The same values, computed by the same code, as :func:`compare` reports for each regimen:
@@ -533,6 +534,11 @@ def cohort_outcomes(ds, *, target=None, risks: Sequence = (), seed=None, n_draws
     regimen : str or Regimen, optional
         The cohort's regimen, to tell whether drug is given while awake (default: the
         one-line regimen in ``ds.attrs["regimen"]``).
+    max_risk, risk_rule, allow_extrapolation : optional
+        A limit on the incidence of the one risk model, read as :func:`design` reads it
+        (:func:`pkpd.risk.limit_verdict`): ``feasible`` (met and certified),
+        ``meets_limit_value`` (met, domain aside), ``rule_incidence_<r>`` and the verdict in
+        ``attrs["risk_limit_verdict"]``.
 
     Returns
     -------
@@ -556,6 +562,13 @@ def cohort_outcomes(ds, *, target=None, risks: Sequence = (), seed=None, n_draws
     risk_models = _load_risks(risks)
     if tgt is None and not risk_models:
         raise DesignError("give a `target` or at least one risk model in `risks`")
+    if max_risk is not None:
+        if len(risk_models) != 1:
+            raise DesignError(
+                f"`max_risk` needs exactly one risk model in `risks`, got {len(risk_models)}"
+            )
+        _check_max_risk(max_risk, next(iter(risk_models)))
+        risk_domain.parse_rule(risk_rule)  # a bad rule fails before the risk is computed
     if seed is None:
         seed = int(ds.attrs.get("seed", 0))
     reg = load_regimen(regimen) if regimen is not None else None
@@ -567,7 +580,25 @@ def cohort_outcomes(ds, *, target=None, risks: Sequence = (), seed=None, n_draws
     out.attrs["risks"] = ", ".join(risk_models)
     for name, rm in risk_models.items():
         out.attrs.update(_risk_attrs(name, rm))
+    if max_risk is not None:
+        _cohort_limit(out, res, risk_models, float(max_risk), risk_rule, allow_extrapolation)
     return out
+
+
+def _cohort_limit(out, res, risk_models, max_risk, rule, allow) -> None:
+    """The verdict of the risk limit on one cohort, stored as :func:`design` stores it."""
+    ((name, rm),) = risk_models.items()
+    v = risk_analysis.limit_verdict(res[name], rm, max_risk, rule=rule, allow_extrapolation=allow)
+    out["feasible"] = ((), bool(v.certified), {
+        "long_name": f"{name} incidence within the limit {max_risk:g} and the calibration "
+        "domain (pkpd.analysis.risk.meets_limit)"})  # fmt: skip
+    out["meets_limit_value"] = ((), bool(v.meets), {
+        "long_name": f"{name} incidence within the limit {max_risk:g}, domain aside"})  # fmt: skip
+    out[f"rule_incidence_{name}"] = ((), v.value, {
+        "units": "1", "long_name": f"{name} incidence under the limit rule"})  # fmt: skip
+    out.attrs.update(_rule_attrs(rm, rule, allow))
+    out.attrs["max_risk"] = max_risk
+    out.attrs["risk_limit_verdict"] = v.explain(max_risk, rule)
 
 
 def _windows_text(kw) -> str:

@@ -132,6 +132,14 @@ def cohort_outcome_lines(ds) -> list[str]:
         if f"extrapolation_{name}" in ds:
             within = "no (see below)" if str(ds[f"extrapolation_{name}"].values) else "yes"
             lines.append(f"{name}: within calibration domain: {within}")
+    if "feasible" in ds:
+        verdict = "met" if bool(ds.feasible) else "not met"
+        if bool(ds.meets_limit_value) and not bool(ds.feasible):
+            verdict = (
+                "not certified (within the limit, but the prediction is outside the "
+                "calibration's domain; --allow-extrapolation accepts it)"
+            )
+        lines.append(f"risk limit {verdict}: {ds.attrs.get('risk_limit_verdict', '')}")
     if "regimen" not in ds:
         lines += extrapolation_lines(ds)
     return lines
