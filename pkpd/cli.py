@@ -5,6 +5,7 @@ Research software for pharmacology and protocol design: not a clinical dosing de
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -44,6 +45,7 @@ from pkpd.output import patient_table as patient_tables
 from pkpd.output import plot as plots
 from pkpd.output import report as reports
 from pkpd.output.tables import (
+    cohort_outcome_lines,
     cohort_summary_lines,
     compare_rows,
     design_pareto_rows,
@@ -180,7 +182,14 @@ class _Group(click.Group):
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
-            return super().invoke(ctx)
+            # The command's warnings are collected and each distinct one printed once, with
+            # its count (a design grid repeats one covariate warning per point), before any
+            # error; the filters set in `main` end with the command.
+            with warnings.catch_warnings(record=True) as caught:
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    _report_warnings(caught)
         except BrokenPipeError:
             # Output piped into a program that stopped reading (e.g. `| head`): not an error.
             sys.stdout = open(os.devnull, "w")
@@ -214,6 +223,19 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
     _echo(f"pkpd: {prefix}: {_cli_words(str(message))}", err=True)
 
 
+def _report_warnings(caught) -> None:
+    """Each distinct warning of the command once, in order of first appearance, with the
+    number of times it was raised when more than once."""
+    counts: dict[tuple[type, str], int] = {}
+    for w in caught:
+        # A run's own log (pkpd.running.warning_log) raises a repeated warning once with its
+        # count: add that count, on the message without its "(raised N times)".
+        key = (w.category, getattr(w.message, "pkpd_message", str(w.message)))
+        counts[key] = counts.get(key, 0) + int(getattr(w.message, "pkpd_count", 1))
+    for (category, message), n in counts.items():
+        _showwarning(message + (f" (raised {n} times)" if n > 1 else ""), category, "", 0)
+
+
 @click.group(
     cls=_Group,
     help=f"""Simulate perioperative ketamine and S-ketamine infusions.
@@ -242,15 +264,15 @@ Examples:
 def main(debug: bool, quiet: bool = False) -> None:
     global _DEBUG
     _DEBUG = debug
-    # The command reports the package's warnings on stderr, once each. Filters the user
-    # set for the process (PYTHONWARNINGS, python -W: sys.warnoptions) are theirs to keep,
-    # `PYTHONWARNINGS=ignore` included; otherwise the package's warnings are shown once
-    # each, never turned into errors by filters of a calling process; --quiet drops them.
-    warnings.showwarning = _showwarning
+    # The command reports the package's warnings on stderr, each distinct one once with its
+    # count (_Group.invoke collects them). Filters the user set for the process
+    # (PYTHONWARNINGS, python -W: sys.warnoptions) are theirs to keep, `PYTHONWARNINGS=ignore`
+    # included; otherwise every occurrence of the package's warnings is collected (to be
+    # counted), never turned into an error by filters of a calling process; --quiet drops them.
     if quiet:
         warnings.simplefilter("ignore", PkpdWarning)
     elif not sys.warnoptions:
-        warnings.simplefilter("default", PkpdWarning)
+        warnings.simplefilter("always", PkpdWarning)
 
 
 # ----------------------------------------------------------------------------- models
@@ -686,6 +708,33 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     metavar="NAME=TIME",
     help="Value at a named time, e.g. eos1h=end_of_surgery+1h (repeatable).",
 )
+@click.option(
+    "--target",
+    "target",
+    multiple=True,
+    help="Cohort: PTA target with its 95% interval, e.g. 'cp >= 50 ng/mL for 50% of "
+    "0h..end_of_surgery' or 'cp within 50..150 ng/mL for 50%' (one).",
+)
+@click.option(
+    "--risk",
+    "risks",
+    multiple=True,
+    help="Cohort: side-effect risk model (see models/risk, e.g. psychotomimetic): incidence "
+    "with its 95% interval and calibration-domain flags (repeatable).",
+)
+@click.option(
+    "--max-risk", type=float, help="Cohort: limit on the --risk incidence (fraction, e.g. 0.1)."
+)
+@click.option(
+    "--risk-rule",
+    help="How --max-risk is read: upper (95% upper bound, the default), mean, or a quantile "
+    "q50/q75/q90/q95.",
+)
+@click.option(
+    "--allow-extrapolation",
+    is_flag=True,
+    help="Let a cohort outside the risk model's calibration domain meet --max-risk.",
+)
 @click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
 @click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
 @click.option("--chunk-size", type=int, default=8192, show_default=True, help="Cohort chunk.")
@@ -704,6 +753,14 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     type=click.Path(dir_okay=False),
     help="Write a concentration plot (.png, .svg or .pdf).",
 )
+@click.option(
+    "--plot-window",
+    "plot_window",
+    metavar="START..END",
+    help="Time axis of --plot: hours, times or events, e.g. 0..6h or "
+    "0..end_of_surgery+2h (a cohort's event at its median over patients).",
+)
+@click.option("--plot-log", is_flag=True, help="Logarithmic concentration axis of --plot.")
 @click.option(
     "--method",
     type=click.Choice(["auto", *solvers.SOLVERS]),
@@ -750,13 +807,21 @@ def simulate(
     chunk_size, threads, dask, out_png, method="auto", rtol=None, atol=None, pd_names=(),
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
-    observe=None, events_file=None, ranges=(),
+    observe=None, events_file=None, ranges=(), plot_window=None, plot_log=False, target=(),
+    risks=(), max_risk=None, risk_rule=None, allow_extrapolation=False,
 ) -> None:  # fmt: skip
+    plot_opts = _plot_options(out_png, plot_window, plot_log)
+    limit = _limit_options(risks, max_risk, risk_rule, allow_extrapolation)
     if events_file is not None:
         if regimen is not None or patients is not None or population is not None:
             raise click.BadParameter(
                 "the event table holds the doses and the patients: give MODEL and --events "
                 "only (no REGIMEN, --patients or --population)", param_hint="--events",
+            )  # fmt: skip
+        if target or risks:
+            raise click.BadParameter(
+                "a probability needs a cohort (--patients N --population P); an event table "
+                "is simulated patient by patient", param_hint="--target" if target else "--risk",
             )  # fmt: skip
         _simulate_events(model, events_file, out_csv)
         return
@@ -794,8 +859,16 @@ def simulate(
             },
             patients_table=patients_table,
             nonmem=(out_nonmem, observe, racemic),
+            plot_opts=plot_opts,
+            outcomes=(_one(target, "--target"), risks, limit),
         )  # fmt: skip
         return
+    if target or risks:
+        raise click.BadParameter(
+            "a probability needs a cohort: add --patients N --population P (one patient "
+            "either attains the target or not, and has no incidence)",
+            param_hint="--target" if target else "--risk",
+        )
     if out_nonmem:
         raise click.BadParameter(
             "is for a cohort (--patients N --population P)", param_hint="--nonmem"
@@ -819,6 +892,8 @@ def simulate(
     spec = load_model(model)
     anchors = _anchors_option(anchor_items)
     reg = load_regimen(regimen).resolve(anchors)
+    plot_events = plots.regimen_events(load_regimen(regimen), anchors)
+    _check_window_events(plot_opts, plot_events)
     cov = _covariates(weight, age, sex, extra)
     extra_run = _pd_run_options(pd_names, pd_items, racemic)
     extra_run.update(_method_options(method, rtol, atol))
@@ -849,7 +924,7 @@ def simulate(
     _echo_pd_summary(fine, extra_run)
     for line in single.metric_lines(ds):
         _echo(line)
-    _write_single(targets, ds, reg)
+    _write_single(targets, ds, plot_events, plot_opts)
     for _kind, path in targets:
         _echo(f"wrote {path}")
     _echo(DISCLAIMER)
@@ -973,7 +1048,40 @@ def _simulate_at_doses(ds, spec, reg, cov, extra_run):
         return single.simulate(spec, reg, covariates=cov, times=fine_t, **extra_run)
 
 
-def _write_single(targets, ds, reg) -> None:
+def _plot_options(out_png, plot_window, plot_log) -> dict:
+    """``window``/``log`` of the plot functions from --plot-window/--plot-log, checked
+    before any work (the syntax here; event names against the run's events)."""
+    for given, option in ((plot_window, "--plot-window"), (plot_log, "--plot-log")):
+        if given and not out_png:
+            raise click.BadParameter("shapes the figure of --plot: add --plot FILE.png",
+                                     param_hint=option)  # fmt: skip
+    window = None
+    if plot_window is not None:
+        window = plots.TimeWindow.parse(plot_window, key="--plot-window")
+    return {"window": window, "log": bool(plot_log)}
+
+
+def _compare_event_names(regimens, anchors_from) -> set[str] | None:
+    """Events of the regimens of `compare` (and of --anchors-from), for a check of
+    --plot-window before the run; None if a regimen does not load (compare says why)."""
+    names: set[str] = set()
+    for r in [*regimens, *([anchors_from] if anchors_from else [])]:
+        try:
+            reg = load_regimen(r)
+        except (PkpdError, OSError):
+            return None
+        names |= reg.anchor_names | {a.name for a in reg.anchors}
+    return names
+
+
+def _check_window_events(plot_opts, events) -> None:
+    """Refuse, before the simulation, a --plot-window naming an event the run lacks."""
+    window = plot_opts.get("window")
+    if window is not None:
+        window.check_events(events)
+
+
+def _write_single(targets, ds, events, plot_opts) -> None:
     """Write the files of one patient, all or none."""
     with result_io.atomic_outputs() as stage:
         for kind, path in targets:
@@ -987,7 +1095,7 @@ def _write_single(targets, ds, reg) -> None:
                 stage(
                     path,
                     lambda tmp, path=path: plots.plot_concentrations(
-                        ds, tmp, events=reg.infusion_ends(), fmt=path.suffix
+                        ds, tmp, events=events, fmt=path.suffix, **plot_opts
                     ),
                 )
 
@@ -1032,7 +1140,8 @@ def _ranges_option(ranges) -> dict[str, list[str]] | None:
 def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
-    patients_table=None, nonmem=(None, None, False),
+    patients_table=None, nonmem=(None, None, False), plot_opts=None,
+    outcomes=(None, (), {}),
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -1050,20 +1159,33 @@ def _simulate_cohort(
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
     win = _windows_option(windows)
     thr = _cohort_thresholds(thresholds)
+    plot_opts = plot_opts or {}
+    if plot_opts.get("window") is not None:
+        _check_window_events(plot_opts, dict.fromkeys(load_regimen(regimen).anchor_names, 0.0))
     spec = load_model(model)
     if nonmem_targets:
         nonmem_tables.check_model(spec)  # before the work, not after
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
+    target, risks, limit = outcomes
+    # PTA and risk need their thresholds or trajectories; a .nc is written once they are in.
+    need = {"thresholds": thr, "ranges": method_options.pop("ranges", None), "trajectories": traj}
+    outcomes_asked = target is not None or bool(risks)
+    if outcomes_asked:
+        need = designs.outcome_cohort_kwargs(target, risks, {k: v for k, v in need.items() if v})
+    nc_later = outcomes_asked and out and str(out).lower().endswith(".nc")
     ds = cohorts.simulate_cohort(
         spec, regimen, pop, patients, seed, until=until, every=every, windows=win,
-        at=_pairs(at_items, "--at") or None, thresholds=thr or None, trajectories=traj,
-        bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads, out=out,
-        dask=dask,
+        at=_pairs(at_items, "--at") or None, thresholds=need.get("thresholds") or None,
+        ranges=need.get("ranges") or None, trajectories=need.get("trajectories"),
+        bands=not no_bands, iiv=not no_iiv, chunk_size=chunk_size, threads=threads,
+        out=None if nc_later else out, dask=dask,
         raise_on_failure="all",  # partial failures are reported below, per patient
         **method_options,
     )  # fmt: skip
+    if outcomes_asked:
+        ds = _cohort_outcomes(ds, regimen, target, risks, out, limit)
     n = int(ds.sizes["patient"])
     _echo(_model_line(spec))
     name = ds.attrs.get("regimen_name")
@@ -1077,6 +1199,8 @@ def _simulate_cohort(
         )
     for line in cohort_summary_lines(ds):
         _echo(line)
+    for line in cohort_outcome_lines(ds):
+        _echo(line)
     _echo_cohort_pd(ds)
     n_failed = int(ds.attrs["n_failed"])
     if n_failed:
@@ -1085,7 +1209,9 @@ def _simulate_cohort(
         with result_io.atomic_outputs() as stage:
             stage(
                 result_io.check_target(out_png, _FIGURES, "--plot"),
-                lambda tmp: plots.plot_bands(ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1]),
+                lambda tmp: plots.plot_bands(
+                    ds, tmp, fmt=str(out_png).rsplit(".", 1)[-1], **plot_opts
+                ),
             )
         _echo(f"wrote {out_png}")
     if out:
@@ -1106,6 +1232,53 @@ def _simulate_cohort(
         f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
     )
     _echo(DISCLAIMER)
+
+
+def _limit_options(risks, max_risk, risk_rule, allow_extrapolation) -> dict:
+    """cohort_outcomes keywords of --max-risk, --risk-rule and --allow-extrapolation,
+    checked before the run (the last two mean nothing without a limit)."""
+    if max_risk is None:
+        for opt, given in (
+            ("--risk-rule", risk_rule),
+            ("--allow-extrapolation", allow_extrapolation),
+        ):
+            if given:
+                raise click.BadParameter("needs --max-risk LIMIT", param_hint=opt)
+        return {}
+    if len(risks) != 1:
+        raise click.BadParameter(
+            f"needs exactly one --risk model, got {len(risks)}", param_hint="--max-risk"
+        )
+    if not 0.0 <= max_risk <= 1.0:
+        raise click.BadParameter(
+            f"{max_risk!r}: expected a fraction in [0, 1], e.g. 0.1", param_hint="--max-risk"
+        )
+    rule = risk_rule or "upper"
+    try:
+        designs.risk_domain.parse_rule(rule)
+    except PkpdError as exc:
+        raise click.BadParameter(f"{rule!r}: {exc}", param_hint="--risk-rule") from None
+    return {"max_risk": max_risk, "risk_rule": rule, "allow_extrapolation": allow_extrapolation}
+
+
+def _cohort_outcomes(ds, regimen, target, risks, out, limit=None):
+    """The cohort with its PTA and risk (as `compare` computes them per regimen), written
+    to `out`: a .nc now, a .zarr store (already written by the run) gets them added."""
+    before = set(ds.data_vars)
+    ds = designs.cohort_outcomes(
+        ds, target=target, risks=risks, regimen=load_regimen(regimen), **(limit or {})
+    )
+    if out and str(out).lower().endswith(".nc"):
+        with result_io.atomic_outputs() as stage:
+            stage(
+                result_io.check_target(out, (".nc",), "--out"),
+                lambda tmp: result_io.write_netcdf(ds, tmp),
+            )
+    elif out:
+        new = ds[[v for v in ds.data_vars if v not in before]]
+        new.attrs = dict(ds.attrs)  # the store's attributes and the outcomes' (target, risks)
+        new.to_zarr(out, mode="a", consolidated=True, zarr_format=2)
+    return ds
 
 
 # ----------------------------------------------------------------------------- PD, racemic
@@ -1250,10 +1423,23 @@ def _windows_option(windows) -> dict | None:
 @click.option("--every", default="5 min", show_default=True, help="Grid step.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write the result (.nc).")
 @click.option("--plot", "out_png", type=click.Path(dir_okay=False), help="Figure (.png/.svg/.pdf).")
+@click.option(
+    "--plot-window",
+    "plot_window",
+    metavar="START..END",
+    help="Time axis of the bands of --plot, e.g. 0..end_of_surgery+2h (events at their median).",
+)
+@click.option("--plot-log", is_flag=True, help="Logarithmic concentration axes of --plot.")
 def compare(
     model, regimens, population, patients, seed, target, risks, windows, thresholds, at_items,
-    anchors, anchor_items, until, every, out, out_png, ranges=(),
+    anchors, anchor_items, until, every, out, out_png, ranges=(), plot_window=None,
+    plot_log=False,
 ) -> None:  # fmt: skip
+    plot_opts = _plot_options(out_png, plot_window, plot_log)
+    if plot_opts["window"] is not None:
+        names = _compare_event_names(regimens, anchors)
+        if names is not None:
+            _check_window_events(plot_opts, dict.fromkeys(names, 0.0))
     targets = _grid_targets(out, out_png)
     thr = _cohort_thresholds(thresholds)
     cds = designs.compare(
@@ -1276,7 +1462,7 @@ def compare(
         _echo(line)
     for line in extrapolation_lines(cds):
         _echo(line)
-    _write_grid(targets, cds, plots.plot_compare)
+    _write_grid(targets, cds, functools.partial(plots.plot_compare, **plot_opts))
     _echo(DISCLAIMER)
 
 

@@ -48,6 +48,10 @@ class RiskError(PkpdError, ValueError):
     """A risk model, a target or a risk/PTA request is invalid (file, key or argument named)."""
 
 
+class PlotError(PkpdError, ValueError):
+    """A figure request is invalid: a bad time window or an event the run does not have."""
+
+
 class PkpdWarning(UserWarning):
     """Base class of every warning issued by ketamine-pkpd."""
 

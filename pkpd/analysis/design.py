@@ -57,13 +57,17 @@ from pkpd.inputs.regimen import AnchorSpec, Regimen, load_regimen
 from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
+from pkpd.running.warning_log import ATTR as WARNINGS_ATTR
+from pkpd.running.warning_log import record_warnings
 
 __all__ = [
     "DEFAULT_TEMPLATE",
     "PERCENTILES",
     "DesignError",
+    "cohort_outcomes",
     "compare",
     "design",
+    "outcome_cohort_kwargs",
     "pareto_front",
     "parse_target",
     "select_best",
@@ -455,36 +459,153 @@ def compare(
         extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
     )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
-    parts = []
-    first = None
-    events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
-    for lab, reg in zip(labels, regs, strict=True):
-        ds = _run(spec, reg, population, n, seed, kw)
-        _check_crn(first, ds, lab)
-        first = ds if first is None else first
-        res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
-        parts.append(_summary(ds, reg, res, risk_models))
-        for a in reg.anchor_names:
-            events.setdefault(a, {})[lab] = ds[a].values
-        del ds
-    assert first is not None
-    out = _comparison(parts, labels, regs, first, events, n)
-    out.attrs = _attrs(first, spec, kind="compare")
-    out.attrs.update(
-        {
-            "regimens": " | ".join(f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)),
-            "windows": _windows_text(kw),
-            "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
-            "patients excluded",
-            "common_random_numbers": _crn_text(regs, labels, seed),
-            "target": _target_text(tgt) if tgt else "",
-            "risks": ", ".join(risk_models),
-            "assumptions": _assumptions(first, regs),
-        }
-    )
+    # Every regimen's warnings, counted, in attrs['warnings'] (the block adds no frame).
+    with record_warnings() as log:
+        parts = []
+        first = None
+        events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
+        for lab, reg in zip(labels, regs, strict=True):
+            ds = _run(spec, reg, population, n, seed, kw)
+            _check_crn(first, ds, lab)
+            first = ds if first is None else first
+            res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
+            parts.append(_summary(ds, reg, res, risk_models))
+            for a in reg.anchor_names:
+                events.setdefault(a, {})[lab] = ds[a].values
+            del ds
+        assert first is not None
+        out = _comparison(parts, labels, regs, first, events, n)
+        out.attrs = _attrs(first, spec, kind="compare")
+        out.attrs.update(
+            {
+                "regimens": " | ".join(
+                    f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)
+                ),
+                "windows": _windows_text(kw),
+                "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
+                "patients excluded",
+                "common_random_numbers": _crn_text(regs, labels, seed),
+                "target": _target_text(tgt) if tgt else "",
+                "risks": ", ".join(risk_models),
+                "assumptions": _assumptions(first, regs, population),
+            }
+        )
+        for name, rm in risk_models.items():
+            out.attrs.update(_risk_attrs(name, rm))
+        out.attrs[WARNINGS_ATTR] = log.attr()
+    return out
+
+
+def outcome_cohort_kwargs(target=None, risks: Sequence = (), base: Mapping | None = None) -> dict:
+    """The :func:`pkpd.simulate_cohort` keywords `base` with what `target` and `risks` need.
+
+    A whole-grid target adds its threshold (or range), a windowed target and a ``cmax_awake``
+    risk model the stored trajectory of their output (:func:`pkpd.risk.required_cohort_kwargs`);
+    thresholds, ranges and trajectories are merged with those of `base`.
+    """
+    kw = dict(base or {})
+    if target is not None:
+        tgt = parse_target(target)
+        kw = _merge(
+            kw, risk_analysis.required_cohort_kwargs(tgt), f"the target {_target_text(tgt)}"
+        )
+    for name, rm in _load_risks(risks).items():
+        kw = _merge(kw, risk_analysis.required_cohort_kwargs(rm), f"the risk model {name!r}")
+    return kw
+
+
+def cohort_outcomes(ds, *, target=None, risks: Sequence = (), seed=None, n_draws: int = 2000,
+                    regimen=None, max_risk=None, risk_rule: str = "upper",
+                    allow_extrapolation: bool = False):  # fmt: skip
+    """Probability of target attainment and side-effect risk of one simulated cohort.
+
+    The same values, computed by the same code, as :func:`compare` reports for each regimen:
+    with the same model, regimen, population, seed, patients and grid they are equal.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A cohort from :func:`pkpd.simulate_cohort` run with the keywords of
+        :func:`outcome_cohort_kwargs` (a windowed target or a ``cmax_awake`` risk needs the
+        stored trajectory of its output).
+    target : str or dict, optional
+        PTA target (:func:`parse_target`), e.g. ``"cp >= 50 ng/mL for 50% of 0h..end_of_surgery"``
+        or ``"cp within 50..150 ng/mL for 50%"``.
+    risks : str or sequence of str
+        Risk models (:func:`pkpd.risk.load_risk`).
+    seed : int, optional
+        Seed of the risk models' calibration draws (default: the cohort's ``attrs["seed"]``, as
+        :func:`compare` uses its one seed).
+    n_draws : int
+        Calibration draws of the risk models.
+    regimen : str or Regimen, optional
+        The cohort's regimen, to tell whether drug is given while awake (default: the
+        one-line regimen in ``ds.attrs["regimen"]``).
+    max_risk, risk_rule, allow_extrapolation : optional
+        A limit on the incidence of the one risk model, read as :func:`design` reads it
+        (:func:`pkpd.risk.limit_verdict`): ``feasible`` (met and certified),
+        ``meets_limit_value`` (met, domain aside), ``rule_incidence_<r>`` and the verdict in
+        ``attrs["risk_limit_verdict"]``.
+
+    Returns
+    -------
+    xarray.Dataset
+        `ds` with ``pta``, ``pta_lo``, ``pta_hi`` (Wilson 95 %) and ``attained_patient``;
+        per risk model ``incidence_<r>`` with ``incidence_<r>_lo``/``_hi`` (95 % interval),
+        ``outside_<r>`` and ``above_<r>`` (shares of patients outside and above the
+        calibration exposure range), ``extrapolation_<r>`` (why the prediction is outside the
+        calibration's validity domain, '' if within) and ``p_<r>_patient``; attrs ``target``,
+        ``risks`` and each risk model's provenance (``risk_<r>``...).
+    """
+    import xarray as xr  # lazy: xarray takes ~0.3 s to import, `pkpd --help` need not wait
+
+    if not isinstance(ds, xr.Dataset) or "patient" not in ds.dims:
+        raise DesignError(
+            "`ds`: a probability needs a cohort (a Dataset with a `patient` dimension, from "
+            f"pkpd.simulate_cohort), got {type(ds).__name__}"
+            + (" without one (one patient)" if isinstance(ds, xr.Dataset) else "")
+        )
+    tgt = parse_target(target) if target is not None else None
+    risk_models = _load_risks(risks)
+    if tgt is None and not risk_models:
+        raise DesignError("give a `target` or at least one risk model in `risks`")
+    if max_risk is not None:
+        if len(risk_models) != 1:
+            raise DesignError(
+                f"`max_risk` needs exactly one risk model in `risks`, got {len(risk_models)}"
+            )
+        _check_max_risk(max_risk, next(iter(risk_models)))
+        risk_domain.parse_rule(risk_rule)  # a bad rule fails before the risk is computed
+    if seed is None:
+        seed = int(ds.attrs.get("seed", 0))
+    reg = load_regimen(regimen) if regimen is not None else None
+    res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
+    out = ds.copy()
+    for name, (dims, values, attrs) in _outcome_data(res, risk_models).items():
+        out[name] = xr.Variable(dims, values, attrs)
+    out.attrs["target"] = _target_text(tgt) if tgt else ""
+    out.attrs["risks"] = ", ".join(risk_models)
     for name, rm in risk_models.items():
         out.attrs.update(_risk_attrs(name, rm))
+    if max_risk is not None:
+        _cohort_limit(out, res, risk_models, float(max_risk), risk_rule, allow_extrapolation)
     return out
+
+
+def _cohort_limit(out, res, risk_models, max_risk, rule, allow) -> None:
+    """The verdict of the risk limit on one cohort, stored as :func:`design` stores it."""
+    ((name, rm),) = risk_models.items()
+    v = risk_analysis.limit_verdict(res[name], rm, max_risk, rule=rule, allow_extrapolation=allow)
+    out["feasible"] = ((), bool(v.certified), {
+        "long_name": f"{name} incidence within the limit {max_risk:g} and the calibration "
+        "domain (pkpd.analysis.risk.meets_limit)"})  # fmt: skip
+    out["meets_limit_value"] = ((), bool(v.meets), {
+        "long_name": f"{name} incidence within the limit {max_risk:g}, domain aside"})  # fmt: skip
+    out[f"rule_incidence_{name}"] = ((), v.value, {
+        "units": "1", "long_name": f"{name} incidence under the limit rule"})  # fmt: skip
+    out.attrs.update(_rule_attrs(rm, rule, allow))
+    out.attrs["max_risk"] = max_risk
+    out.attrs["risk_limit_verdict"] = v.explain(max_risk, rule)
 
 
 def _windows_text(kw) -> str:
@@ -659,6 +780,26 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
         data[name] = (("percentile",), _pct(v), {"units": u, "long_name": "total dose given"})
         data[f"{name}_patient"] = (("patient",), v, {"units": u, "long_name": "total dose given"})
     data["n_failed"] = ((), int((~ok).sum()), {"long_name": "patients whose solver failed"})
+    data.update(_outcome_data(res, risk_models))
+    if "band" in ds:
+        coords["quantile"] = ("quantile", ds["quantile"].values)
+        coords["band_output"] = ("band_output", ds.band_output.values)
+        coords["band_time"] = ("band_time", ds.band_time.values, {"units": "h"})
+        data["band"] = (
+            ("quantile", "band_output", "band_time"),
+            ds.band.values,
+            dict(ds.band.attrs),
+        )
+    return xr.Dataset(data, coords=coords)
+
+
+def _outcome_data(res: dict, risk_models) -> dict[str, Any]:
+    """The PTA and risk variables of one cohort (no regimen dimension) from :func:`_evaluate`:
+    ``pta``/``pta_lo``/``pta_hi`` and ``attained_patient``; per risk model ``incidence_<r>``
+    with ``_lo``/``_hi``, the shares ``outside_<r>``/``above_<r>`` of patients outside and
+    above the calibration exposure range, ``extrapolation_<r>`` (why the prediction is
+    outside the calibration's domain, '' if within) and ``p_<r>_patient``."""
+    data: dict[str, Any] = {}
     if "pta" in res:
         p = res["pta"]
         for k in ("pta", "pta_lo", "pta_hi"):
@@ -704,16 +845,7 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
                 np.asarray(r[f"p_{name}"].values, dtype=float),
                 {"units": "1", "long_name": f"probability of {name} per patient"},
             )
-    if "band" in ds:
-        coords["quantile"] = ("quantile", ds["quantile"].values)
-        coords["band_output"] = ("band_output", ds.band_output.values)
-        coords["band_time"] = ("band_time", ds.band_time.values, {"units": "h"})
-        data["band"] = (
-            ("quantile", "band_output", "band_time"),
-            ds.band.values,
-            dict(ds.band.attrs),
-        )
-    return xr.Dataset(data, coords=coords)
+    return data
 
 
 _LONG = {
@@ -735,7 +867,7 @@ def _attrs(ds, spec, kind: str) -> dict:
     return keep
 
 
-def _assumptions(ds, regs) -> str:
+def _assumptions(ds, regs, population=None) -> str:
     parts = []
     assumed = ds.attrs.get("model_assumed_parameters")
     if assumed and str(assumed).strip().lower() != "none":
@@ -744,6 +876,10 @@ def _assumptions(ds, regs) -> str:
         for a in r.anchors:
             if a.tag or a.source:
                 parts.append(f"event {a.name} of {r.name or r.text}: {a.source} [{a.tag}]")
+    if isinstance(population, str) and not population.endswith(".csv"):
+        population = cohorts.load_population(population)
+    if hasattr(population, "assumed_values"):
+        parts += population.assumed_values()
     return "; ".join(dict.fromkeys(parts))
 
 
@@ -895,20 +1031,23 @@ def design(
         every=every,
         extra=dict(cohort_kwargs or {}, bands=False),
     )
-    first, res_arr = _sweep(
-        (spec, population, n, seed, kw), regs, points, shape, (tgt, risk_models, n_draws),
-        (rname, max_risk, limit_rule), progress,
-    )  # fmt: skip
-    assert first is not None
-    gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
-    _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
-    gds.attrs = _attrs(first, spec, kind="design")
-    gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-    gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1])
-    if rname:
-        gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
-        gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
-    gds.attrs.update(select_best(gds, max_risk=max_risk))
+    # Every grid point's warnings, counted, in attrs['warnings'] (the block adds no frame).
+    with record_warnings() as log:
+        first, res_arr = _sweep(
+            (spec, population, n, seed, kw), regs, points, shape, (tgt, risk_models, n_draws),
+            (rname, max_risk, limit_rule), progress,
+        )  # fmt: skip
+        assert first is not None
+        gds = _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr)
+        _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
+        gds.attrs = _attrs(first, spec, kind="design")
+        gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
+        gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1], population)
+        if rname:
+            gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
+            gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
+        gds.attrs.update(select_best(gds, max_risk=max_risk))
+        gds.attrs[WARNINGS_ATTR] = log.attr()
     return gds
 
 

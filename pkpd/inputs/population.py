@@ -536,6 +536,21 @@ class Population:
                 yield f"{var}.female", d["female"]
                 yield f"{var}.male", d["male"]
 
+    def assumed_values(self) -> list[str]:
+        """One line per number or covariate of the file tagged ``assumed`` or
+        ``illustrative`` (``"population NAME age.high = 86: SOURCE [assumed]"``)."""
+        cited: list[tuple[str, object]] = [("female_fraction", self.female_fraction)]
+        for key, d in self._continuous():
+            cited += [(f"{key}.{part}", getattr(d, part)) for part in ("mean", "sd", "low", "high")]
+        cited += list(self.categorical.items()) + list(self.fixed.items())
+        out = []
+        for name, x in cited:
+            if x is not None and getattr(x, "tag", "") in ("assumed", "illustrative"):
+                val = getattr(x, "value", None)
+                shown = f" = {val:g}" if isinstance(val, float | int) else ""
+                out.append(f"population {self.name} {name}{shown}: {x.source} [{x.tag}]")
+        return list(dict.fromkeys(out))
+
     def describe(self) -> str:
         """A multi-line human summary: distributions, implied moments and every source."""
 

@@ -25,11 +25,23 @@ One line, pieces separated by ``;``::
 with the pieces
 
 * ``<amount> bolus at <time> [over <duration>]``
+* ``<amount> bolus every <interval> from <time> (to <time> | until <time> | for <span> |
+  times <n>) [over <duration>]``: repeated boluses, the first at the start time, then
+  one every interval; ``to``/``until`` and ``for`` end the series before its end time
+  (exclusive: ``every 2 h from 0 h to 8 h`` gives 0, 2, 4 and 6 h, as ``times 4``); an
+  end that is not on the grid keeps the last bolus before it; an interval longer than
+  the span gives one bolus. The end must be written on the same event as the start
+  (``from end_of_surgery for 48 h``, ``to end_of_surgery + 48 h``), so that every
+  patient gets the same number of boluses. The series is written out as its plain
+  boluses (:class:`BolusSeries`).
 * ``<rate> from <time> to <time>``  or  ``<rate> from <time> for <duration>``
 * ``<amount> over <duration> from <time>`` (total dose infused at a constant rate)
 
-and a TOML file (``[regimen]`` metadata, ``[[bolus]]`` and ``[[infusion]]`` tables), see
-``models/README.md``.
+Example: ``0.02 mg/kg bolus every 2 h from end_of_surgery for 48 h`` (24 boluses).
+
+and a TOML file (``[regimen]`` metadata, ``[[bolus]]`` and ``[[infusion]]`` tables; a
+``[[bolus]]`` repeats with ``every`` and exactly one of ``until``, ``for`` or ``count``),
+see ``models/README.md``.
 """
 
 from __future__ import annotations
@@ -446,6 +458,21 @@ class Regimen:
 
     def anchor_spec(self, name: str) -> AnchorSpec | None:
         return next((a for a in self.anchors if a.name == name), None)
+
+    def assumed_events(self, given=()) -> list[str]:
+        """One line per event the doses use whose declared time is tagged ``assumed`` or
+        ``illustrative`` (or says so in its source); events named in `given` (times the
+        caller fixed) are not the file's assumption and are left out."""
+        out = []
+        label = self.name or self.text
+        for a in self.anchors:
+            if a.name in given or a.name not in self.anchor_names:
+                continue
+            words = f"{a.tag} {a.source}".lower()
+            if "illustrative" in words or "assumed" in words:
+                tag = f" [{a.tag}]" if a.tag else ""
+                out.append(f"event {a.name} of {label}: {a.source}{tag}")
+        return out
 
     def anchor_times(self, anchors: dict[str, float] | None = None) -> dict[str, float]:
         """Time (h) of each named event the doses refer to, as :meth:`resolve` uses them:

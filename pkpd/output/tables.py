@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "cohort_outcome_lines",
     "cohort_summary_lines",
     "compare_rows",
     "design_pareto_rows",
@@ -54,13 +55,7 @@ def compare_rows(cds) -> Rows:
     rows.append(("total dose (mg)", cells(cds.dose)))
 
     def interval(name):
-        out = []
-        for r in regs:
-            v = float(cds[name].sel(regimen=r))
-            lo = float(cds[f"{name}_lo"].sel(regimen=r)) if f"{name}_lo" in cds else np.nan
-            hi = float(cds[f"{name}_hi"].sel(regimen=r)) if f"{name}_hi" in cds else np.nan
-            out.append(f"{100 * v:.3g}% ({100 * lo:.3g}-{100 * hi:.3g})")
-        return out
+        return [_interval_cell(lambda k, r=r: cds[k].sel(regimen=r), name, cds) for r in regs]
 
     if "pta" in cds:
         rows.append((f"PTA [95% CI]: {cds.attrs.get('target', '')}", interval("pta")))
@@ -90,16 +85,63 @@ def compare_rows(cds) -> Rows:
     return rows
 
 
+def _interval_cell(get, name, ds) -> str:
+    """'value% (lo-hi)' of the fraction `name` and its ``_lo``/``_hi`` bounds (`get(var)`
+    reads one regimen's value of a variable of `ds`)."""
+    v = float(get(name))
+    lo = float(get(f"{name}_lo")) if f"{name}_lo" in ds else np.nan
+    hi = float(get(f"{name}_hi")) if f"{name}_hi" in ds else np.nan
+    return f"{100 * v:.3g}% ({100 * lo:.3g}-{100 * hi:.3g})"
+
+
 def extrapolation_lines(ds) -> list[str]:
     """One line per regimen (compare) or grid point (design) whose risk prediction lies
-    outside its calibration's validity domain, saying why."""
+    outside its calibration's validity domain, saying why (one cohort: one line a risk)."""
     lines = []
-    labels = [str(x) for x in np.ravel(ds["regimen"].values)]
+    labels = [str(x) for x in np.ravel(ds["regimen"].values)] if "regimen" in ds else [""]
     for v in [v for v in ds.data_vars if str(v).startswith("extrapolation_")]:
         name = str(v)[len("extrapolation_") :]
         for lab, why in zip(labels, np.ravel(ds[v].values), strict=True):
             if str(why):
-                lines.append(f"{name} extrapolates for {lab}: {why}")
+                lines.append(f"{name} extrapolates{' for ' + lab if lab else ''}: {why}")
+    return lines
+
+
+def cohort_outcome_lines(ds) -> list[str]:
+    """PTA and risk incidence of one cohort (:func:`pkpd.design.cohort_outcomes`) with their
+    intervals and calibration-domain flags, as the `compare` table words them."""
+    lines = []
+
+    def get(k):
+        return ds[k].values
+
+    if "pta" in ds:
+        lines.append(
+            f"PTA [95% CI]: {ds.attrs.get('target', '')}: {_interval_cell(get, 'pta', ds)}"
+        )
+    for name in [r for r in str(ds.attrs.get("risks", "")).split(", ") if r]:
+        lines.append(
+            f"{name} incidence [95% interval]: {_interval_cell(get, f'incidence_{name}', ds)}"
+        )
+        for key in ("outside", "above"):
+            if f"{key}_{name}" in ds:
+                lines.append(
+                    f"{name}: patients {key} calibration exposure: "
+                    f"{100 * float(ds[f'{key}_{name}']):.1f}%"
+                )
+        if f"extrapolation_{name}" in ds:
+            within = "no (see below)" if str(ds[f"extrapolation_{name}"].values) else "yes"
+            lines.append(f"{name}: within calibration domain: {within}")
+    if "feasible" in ds:
+        verdict = "met" if bool(ds.feasible) else "not met"
+        if bool(ds.meets_limit_value) and not bool(ds.feasible):
+            verdict = (
+                "not certified (within the limit, but the prediction is outside the "
+                "calibration's domain; --allow-extrapolation accepts it)"
+            )
+        lines.append(f"risk limit {verdict}: {ds.attrs.get('risk_limit_verdict', '')}")
+    if "regimen" not in ds:
+        lines += extrapolation_lines(ds)
     return lines
 
 

@@ -115,6 +115,8 @@ from pkpd.running.request import (
     Threshold,
 )
 from pkpd.running.variables import variable
+from pkpd.running.warning_log import ATTR as WARNINGS_ATTR
+from pkpd.running.warning_log import record_warnings
 
 __all__ = [
     "BLOCK",
@@ -858,49 +860,53 @@ def _run_cohort(req: CohortRequest):
     """Validate `req`, check its memory, run its chunks and return the cohort (see
     :func:`simulate_cohort`, the only caller: warnings count its frame)."""
     t_start = time.perf_counter()
-    plan = _plan(req)
-    mem = plan.estimate(plan.setup.n)
-    if req.estimate_only:
-        return mem
-    limit = (
-        req.memory_limit
-        if req.memory_limit is not None
-        else int(0.8 * resources.available_memory())
-    )
-    if mem["total"] > limit:
-        fit = largest_fitting(plan.estimate, limit, plan.setup.n)
-        raise CohortError(
-            f"the request needs about {mem['total'] / 1e9:.2f} GB "
-            f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
-            f"available: write to a .zarr file (streams to disk), keep fewer trajectories or "
-            f"a coarser trajectory_every, or simulate at most about {fit:,} patients"
+    # The block adds no frame: the warnings' stacklevel (_CALLER_FRAMES) is unchanged.
+    with record_warnings() as log:
+        plan = _plan(req)
+        mem = plan.estimate(plan.setup.n)
+        if req.estimate_only:
+            return mem
+        limit = (
+            req.memory_limit
+            if req.memory_limit is not None
+            else int(0.8 * resources.available_memory())
         )
-    setup = plan.setup
-    if setup.amounts and setup.adaptive:
-        raise CohortError(
-            f"amounts are kept by the exact solver only (linear models); method={setup.method!r}"
-        )
-    _warn_missing_omega(setup.spec, setup.iiv)
-    writer = output_io.ZarrWriter(req.out) if plan.zarr_out else None
-    try:
-        results, counts, traj_all, amount_all = _collect(req, plan, writer, t_start)
-        ds = _assemble(setup, results, counts, traj_all, amount_all)
-        _finish_attrs(ds, plan, t_start)
-        if plan.show:
-            sys.stderr.write("\n")
-        _check_failures(ds, req.raise_on_failure)
-        if writer is not None:
-            writer.finish(ds)
-            return writer.open()
-        if req.out is not None:
-            target = output_io.check_target(req.out, (".nc",), "out")
-            with output_io.atomic_outputs() as stage:
-                stage(target, lambda tmp: output_io.write_netcdf(ds, tmp))
-        return ds
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+        if mem["total"] > limit:
+            fit = largest_fitting(plan.estimate, limit, plan.setup.n)
+            raise CohortError(
+                f"the request needs about {mem['total'] / 1e9:.2f} GB "
+                f"(trajectories {mem['trajectories'] / 1e9:.2f} GB) but {limit / 1e9:.2f} GB are "
+                f"available: write to a .zarr file (streams to disk), keep fewer trajectories or "
+                f"a coarser trajectory_every, or simulate at most about {fit:,} patients"
+            )
+        setup = plan.setup
+        if setup.amounts and setup.adaptive:
+            raise CohortError(
+                "amounts are kept by the exact solver only (linear models); "
+                f"method={setup.method!r}"
+            )
+        _warn_missing_omega(setup.spec, setup.iiv)
+        writer = output_io.ZarrWriter(req.out) if plan.zarr_out else None
+        try:
+            results, counts, traj_all, amount_all = _collect(req, plan, writer, t_start)
+            ds = _assemble(setup, results, counts, traj_all, amount_all)
+            _finish_attrs(ds, plan, t_start)
+            ds.attrs[WARNINGS_ATTR] = log.attr()  # the warnings so far, for the files
+            if plan.show:
+                sys.stderr.write("\n")
+            _check_failures(ds, req.raise_on_failure)
+            if writer is not None:
+                writer.finish(ds)
+                return writer.open()
+            if req.out is not None:
+                target = output_io.check_target(req.out, (".nc",), "out")
+                with output_io.atomic_outputs() as stage:
+                    stage(target, lambda tmp: output_io.write_netcdf(ds, tmp))
+            return ds
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
 
 
 @dataclass(frozen=True)
@@ -1773,6 +1779,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "package": f"ketamine-pkpd {__version__}",
             "disclaimer": DISCLAIMER,
             "n_failed": int((ds.status.values != 0).sum()),
+            "assumptions": run_assumptions(ds.attrs, setup.regimen, pop),
         }
     )
     unrecorded = sum(r.boluses_without_limits for r in results)
@@ -1782,6 +1789,20 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "the stored value there is the one after the bolus"
         )
     return ds
+
+
+def run_assumptions(attrs, regimen: Regimen, population=None, given_events=()) -> str:
+    """``attrs["assumptions"]`` of a run: the model's assumed values (from its provenance
+    `attrs`), the regimen's assumed or illustrative event times (not those in
+    `given_events`) and the population's assumed or illustrative numbers; ``"none"``."""
+    parts = []
+    assumed = str(attrs.get("model_assumed_parameters", "none")).strip()
+    if assumed and assumed.lower() != "none":
+        parts.append(f"model values assumed (not literature): {assumed}")
+    parts += regimen.assumed_events(given_events)
+    if hasattr(population, "assumed_values"):
+        parts += population.assumed_values()
+    return "; ".join(dict.fromkeys(parts)) or "none"
 
 
 def _solver_attrs(setup, results) -> dict:

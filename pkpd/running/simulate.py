@@ -19,6 +19,7 @@ from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
+from pkpd.running.cohort import run_assumptions
 from pkpd.running.grid import (
     MAX_GRID_POINTS,
     MG_L_TO_NG_ML,
@@ -28,6 +29,8 @@ from pkpd.running.grid import (
     time_grid,
 )
 from pkpd.running.variables import single_variable, variable, variable_attrs
+from pkpd.running.warning_log import ATTR as WARNINGS_ATTR
+from pkpd.running.warning_log import record_warnings
 
 __all__ = [
     "DISCLAIMER",
@@ -196,38 +199,46 @@ def simulate(
     20.0
     """
     rtol, atol = _check_method(method, rtol, atol)
-    model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
-    spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
-    t = _output_times(reg, times, until, every)
-    _check_single_memory(spec, t.size, memory_limit)
-    if spec.is_linear:
-        data, sattrs = _linear_data(spec, theta, ev, t, method, rtol, atol)
-    else:
-        data, sattrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
-    ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
-    ds.attrs.update(spec.provenance_attrs())
-    ds.attrs.update(
-        {
-            "regimen": reg.text,
-            "regimen_name": reg.name,
-            "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
-            "package": f"ketamine-pkpd {__version__}",
-            "disclaimer": DISCLAIMER,
-        }
-    )
-    ds.attrs.update(sattrs)
-    if eta is not None:
-        ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
-    if racemic:
-        ds.attrs.update(racemic_attrs())
-    if bundle is not None:
-        add_pd_variables(ds, bundle)
-    if windows or at or thresholds or ranges:
-        events = load_regimen(regimen).anchor_times(anchors)
-        pd_outs = pd_outputs(bundle) if bundle is not None else []
-        fine = dict(spec=spec, theta=theta, full=full, ev=ev, method=method, rtol=rtol, atol=atol)
-        asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
-        _add_metrics(ds, fine, events, pd_outs, asked, memory_limit)
+    # The run's warnings, counted, in attrs['warnings'] (the block adds no frame).
+    with record_warnings() as log:
+        model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
+        spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
+        t = _output_times(reg, times, until, every)
+        _check_single_memory(spec, t.size, memory_limit)
+        if spec.is_linear:
+            data, sattrs = _linear_data(spec, theta, ev, t, method, rtol, atol)
+        else:
+            data, sattrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
+        ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
+        ds.attrs.update(spec.provenance_attrs())
+        ds.attrs.update(
+            {
+                "regimen": reg.text,
+                "regimen_name": reg.name,
+                "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
+                "package": f"ketamine-pkpd {__version__}",
+                "disclaimer": DISCLAIMER,
+            }
+        )
+        ds.attrs["assumptions"] = run_assumptions(
+            ds.attrs, load_regimen(regimen), None, dict(anchors or {})
+        )
+        ds.attrs.update(sattrs)
+        if eta is not None:
+            ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
+        if racemic:
+            ds.attrs.update(racemic_attrs())
+        if bundle is not None:
+            add_pd_variables(ds, bundle)
+        if windows or at or thresholds or ranges:
+            events = load_regimen(regimen).anchor_times(anchors)
+            pd_outs = pd_outputs(bundle) if bundle is not None else []
+            fine = dict(
+                spec=spec, theta=theta, full=full, ev=ev, method=method, rtol=rtol, atol=atol
+            )
+            asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
+            _add_metrics(ds, fine, events, pd_outs, asked, memory_limit)
+        ds.attrs[WARNINGS_ATTR] = log.attr()
     return ds
 
 

@@ -240,7 +240,23 @@ class ModelSpec(IndividualParameters):
                 if c.range
             )
             or "not reported",
+            **(
+                {"model_mass_equivalent_outputs": ", ".join(eq)}
+                if (eq := self.mass_equivalent_outputs())
+                else {}
+            ),
         }
+
+    def mass_equivalent_outputs(self) -> list[str]:
+        """Metabolite outputs that the model carries in parent-drug mass equivalents
+        (the metabolite's molar mass is the parent's: no molar correction), so that labels
+        can say e.g. "S-ketamine-equivalent ng/mL" rather than a bare ng/mL."""
+        return [
+            o.name
+            for o in self.outputs
+            if o.analyte != self.parent
+            and self.analytes[o.analyte]["molar_mass"] == self.molar_mass()
+        ]
 
     @property
     def output_names(self) -> list[str]:
