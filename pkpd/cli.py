@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -1263,7 +1264,18 @@ def _limit_options(risks, max_risk, risk_rule, allow_extrapolation) -> dict:
 
 def _cohort_outcomes(ds, regimen, target, risks, out, limit=None):
     """The cohort with its PTA and risk (as `compare` computes them per regimen), written
-    to `out`: a .nc now, a .zarr store (already written by the run) gets them added."""
+    to `out`: a .nc now, a .zarr store (already written by the run) gets them added; if
+    that fails the store is removed, so no store lacks the outcomes the command promised."""
+    zarr_out = bool(out) and not str(out).lower().endswith(".nc")
+    try:
+        return _add_cohort_outcomes(ds, regimen, target, risks, out, limit)
+    except BaseException:
+        if zarr_out and os.path.isdir(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _add_cohort_outcomes(ds, regimen, target, risks, out, limit):
     before = set(ds.data_vars)
     ds = designs.cohort_outcomes(
         ds, target=target, risks=risks, regimen=load_regimen(regimen), **(limit or {})

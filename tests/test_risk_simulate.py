@@ -176,3 +176,21 @@ def test_limit_options_need_a_limit_and_one_risk():
         assert f"Invalid value for {opt}:" in r.output and text in r.output
     with pytest.raises(DesignError, match="exactly one risk model"):
         cohort_outcomes(xr.Dataset(coords={"patient": [0]}), target=TARGETS[0], max_risk=0.1)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_no_output_lacks_the_outcomes_when_they_fail(tmp_path, monkeypatch, suffix):
+    """A .zarr store is written during the run and the outcomes added after: if adding them
+    fails, the store is removed (a .nc is written only once they are in)."""
+    import pkpd.analysis.design as designs
+
+    def broken(*a, **kw):
+        raise DesignError("outcomes failed on purpose")
+
+    monkeypatch.setattr(designs, "cohort_outcomes", broken)
+    out = tmp_path / f"cohort{suffix}"
+    args = ["--quiet", "simulate", MODEL, REGIMEN, "--patients", "20", "--population", POP,
+            "--until", "12 h", "--target", TARGETS[0], "--out", str(out)]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "outcomes failed on purpose" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
