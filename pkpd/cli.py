@@ -5,6 +5,7 @@ Research software for pharmacology and protocol design: not a clinical dosing de
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -570,9 +571,28 @@ def _covariates(weight, age, sex, extra) -> dict:
     return cov
 
 
+class _NegativeValuesCommand(click.Command):
+    """A command that lets a value starting with '-' through (ignore_unknown_options: a
+    regimen such as "-5 mg bolus at 0 h" must reach the regimen parser and its clear error)
+    but still refuses a misspelled long option by name, with click's "did you mean", instead
+    of "unexpected extra arguments"."""
+
+    def parse_args(self, ctx, args):
+        known = {o for p in self.get_params(ctx) for o in (*p.opts, *p.secondary_opts)}
+        for a in args:
+            if a == "--":
+                break
+            name = a.split("=", 1)[0]
+            if name.startswith("--") and len(name) > 2 and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
+                raise click.NoSuchOption(name, possibilities=close, ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
 # ignore_unknown_options: a regimen such as "-5 mg bolus at 0 h" must reach the regimen
 # parser (and its clear error), not be taken for an option.
 @main.command(
+    cls=_NegativeValuesCommand,
     context_settings={"ignore_unknown_options": True},
     help="""Simulate one patient exactly and print an exposure summary.
 

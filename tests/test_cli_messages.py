@@ -172,3 +172,22 @@ def test_click_errors_one_line_with_help_hint():
     ):
         r = CliRunner().invoke(main, args, prog_name="pkpd")
         assert r.exit_code == 2 and r.output.count("\n") == 1 and text in r.output
+
+
+@pytest.mark.parametrize(
+    ("typed", "suggested"),
+    [("--wieght", "--weight"), ("--plot-windw", "--plot-window"), ("--patiens=5", "--patients")],
+)
+def test_a_misspelled_option_is_named_with_a_suggestion(typed, suggested):
+    # simulate lets values starting with '-' through (negative regimens reach the regimen
+    # parser); a misspelled long option must still be refused by name, not as "extra
+    # arguments".
+    msg = error_of("simulate", MODEL, REG, typed, "70")
+    assert f"No such option '{typed.split('=')[0]}'" in msg and suggested in msg, msg
+    assert "extra argument" not in msg
+    assert "simulate --help" in msg  # CliRunner names the program "main"
+
+
+def test_a_negative_regimen_still_reaches_the_regimen_parser():
+    msg = error_of("simulate", MODEL, "-5 mg bolus at 0 h", "--weight", "70")
+    assert "negative" in msg and "-5 mg" in msg, msg
