@@ -748,8 +748,8 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 )
 @click.option(
     "--risk-rule",
-    help="How --max-risk is read: upper (95% upper bound, the default), mean, or a quantile "
-    "q50/q75/q90/q95.",
+    help="How --max-risk is read: upper (the 97.5% quantile, upper end of the 95% interval; "
+    "the default), mean, or a quantile q50/q75/q90/q95.",
 )
 @click.option(
     "--allow-extrapolation",
@@ -1583,7 +1583,8 @@ def _is_number(x: str) -> bool:
     "--risk-rule",
     default="upper",
     show_default=True,
-    help="How --max-risk is read: upper (95% upper bound), mean, or a quantile q50/q75/q90/q95.",
+    help="How --max-risk is read: upper (the 97.5% quantile, upper end of the 95% interval), "
+    "mean, or a quantile q50/q75/q90/q95.",
 )
 @click.option(
     "--allow-extrapolation",

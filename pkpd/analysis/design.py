@@ -28,10 +28,10 @@ from the regimen named by `anchors`.
   same (PTA, risk) do not dominate each other, so ties are all on the front; points with a
   NaN value are not on it.
 * **Best schedule under the risk limit**: among the feasible points (risk within the limit
-  as decided by :func:`pkpd.analysis.risk.meets_limit`: the 95 % upper bound of the predicted
-  incidence at most `max_risk`), the largest PTA; ties by the lower mean total
-  dose (mg/kg over the cohort), then by grid order. With no feasible point there is no best
-  schedule and ``attrs["best_message"]`` says why.
+  as decided by :func:`pkpd.analysis.risk.meets_limit`: the 97.5 % quantile (upper end of the
+  95 % interval) of the predicted incidence at most `max_risk`), the largest PTA; ties by
+  the lower mean total dose (mg/kg over the cohort), then by grid order. With no feasible
+  point there is no best schedule and ``attrs["best_message"]`` says why.
 
 Research software for pharmacology and protocol design; not a clinical dosing device.
 """
@@ -984,7 +984,8 @@ def design(
         Limit on the risk incidence (fraction) for the best schedule.
     risk_rule : str
         How the limit is read (:func:`pkpd.analysis.risk.meets_limit`): ``"upper"`` (the
-        95 % upper bound, default), ``"mean"`` or a quantile ``"q90"``.
+        97.5 % quantile, the upper end of the 95 % interval; default), ``"mean"`` or a
+        quantile ``"q90"``.
     allow_extrapolation : bool
         Let points whose risk prediction lies outside the calibration's validity domain
         count as feasible (they are flagged either way: ``extrapolation_<risk>``).
@@ -1327,7 +1328,7 @@ def _nothing_feasible(gds, rname, inc, max_risk) -> str:
         )
     limit = f"{rname} incidence <= {float(max_risk):g}" if max_risk is not None else "the limit"
     if "feasible" in gds:
-        limit += f" ({gds.attrs.get('risk_rule_text') or 'its 95 % upper bound'}"
+        limit += f" ({gds.attrs.get('risk_rule_text') or 'the 97.5 % quantile of its incidence'}"
         limit += ", within the calibration's domain)"
     msg = f"no schedule on the grid satisfies {limit}{lowest}"
     if "meets_limit_value" in gds:

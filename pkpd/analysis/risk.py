@@ -898,10 +898,11 @@ def meets_limit(
     """Harm-limit rule: is the predicted incidence under `rule` at most `max_incidence`?
 
     `max_incidence` is a fraction in (0, 1) or a text such as ``"10 %"``. `rule`:
-    ``"upper"`` (default: the 95 % upper bound, i.e. the limit must hold at the upper end of
-    the calibration and Monte Carlo uncertainty), ``"mean"`` (posterior mean) or ``"qNN"``
-    (a stated quantile: q50, q75, q90, q95). Uses the ``incidence_<risk>`` already in `ds`, or
-    computes it with :func:`apply_risk` (`kwargs` passed on).
+    ``"upper"`` (default: the 97.5 % quantile, the upper end of the 95 % interval, i.e. the
+    limit must hold at the upper end of the calibration and Monte Carlo uncertainty),
+    ``"mean"`` (posterior mean) or ``"qNN"`` (a stated quantile: q50, q75, q90, q95). Uses
+    the ``incidence_<risk>`` already in `ds`, or computes it with :func:`apply_risk`
+    (`kwargs` passed on).
 
     A prediction outside the calibration's validity domain (``risk_<name>_extrapolation``:
     exposures above the calibration range, drug given while awake, another PK model) is
