@@ -272,3 +272,12 @@ def test_cli_single_patient_report_carries_quiet_warnings(tmp_path):
         for msg in shown:
             assert html.escape(msg) in page
         assert "time_above" in _cells(page) and "10.1007/s00228-021-03104-1" in page
+
+
+def test_design_events_are_credited_to_the_anchors_regimen(results):
+    # The grid's end_of_surgery is the --anchors-from regimen's (illustrative) distribution,
+    # not a property of the first grid point's one-line regimen.
+    ds = results["design"][0]
+    text = ds.attrs["assumptions"]
+    assert f"event end_of_surgery of {REG}: " in text, text
+    assert "mg/kg bolus at 0 h" not in text, text

@@ -867,7 +867,9 @@ def _attrs(ds, spec, kind: str) -> dict:
     return keep
 
 
-def _assumptions(ds, regs, population=None) -> str:
+def _assumptions(ds, regs, population=None, events_of: str | None = None) -> str:
+    """The run's assumed or illustrative inputs; `events_of` names where the events come
+    from when that is not the regimen itself (a design's --anchors-from regimen)."""
     parts = []
     assumed = ds.attrs.get("model_assumed_parameters")
     if assumed and str(assumed).strip().lower() != "none":
@@ -875,7 +877,9 @@ def _assumptions(ds, regs, population=None) -> str:
     for r in regs:
         for a in r.anchors:
             if a.tag or a.source:
-                parts.append(f"event {a.name} of {r.name or r.text}: {a.source} [{a.tag}]")
+                parts.append(
+                    f"event {a.name} of {events_of or r.name or r.text}: {a.source} [{a.tag}]"
+                )
     if isinstance(population, str) and not population.endswith(".csv"):
         population = cohorts.load_population(population)
     if hasattr(population, "assumed_values"):
@@ -1043,7 +1047,11 @@ def design(
         _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
         gds.attrs = _attrs(first, spec, kind="design")
         gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-        gds.attrs["assumptions"] = _assumptions(first, list(regs.values())[:1], population)
+        # The grid's events are those of the --anchors-from regimen, not of its first point.
+        events_of = anchors if isinstance(anchors, str) else getattr(anchors, "name", None)
+        gds.attrs["assumptions"] = _assumptions(
+            first, list(regs.values())[:1], population, events_of=events_of
+        )
         if rname:
             gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
             gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
