@@ -106,9 +106,12 @@ _LAZY_MODULES = {
 }
 
 
+#: The layer subpackages, bound with their modules by the first access to one of them.
+_LAYERS = ("analysis", "engine", "inputs", "output", "running")
+
+
 def _load_api() -> None:
     """Import the modules of the face (what ``import pkpd`` did eagerly before issue 15)."""
-    globals()["_api_loaded"] = True
     for name, module in _API.items():
         globals()[name] = getattr(importlib.import_module(module), name)
 
@@ -121,12 +124,11 @@ def __getattr__(name):
     if name in _API:
         _load_api()
         return globals()[name]
-    if not name.startswith("__") and "_api_loaded" not in globals():
-        # A subpackage (``pkpd.output``, ``pkpd.inputs``...) that the eager imports used to
-        # bind as a side effect.
+    if name in _LAYERS:
+        # ``pkpd.running.simulate`` and the like after a bare ``import pkpd``: the eager
+        # imports of the face used to bind these subpackages and their modules.
         _load_api()
-        if name in globals():
-            return globals()[name]
+        return importlib.import_module(f"pkpd.{name}")
     raise AttributeError(f"module 'pkpd' has no attribute {name!r}")
 
 
