@@ -14,7 +14,9 @@ Quick start
 
 import importlib
 
+from ._lazy import when_imported
 from ._version import __version__
+from .disclaimer import DISCLAIMER
 from .errors import (
     CacheError,
     CovariateDefaultWarning,
@@ -28,15 +30,33 @@ from .errors import (
     SimulationError,
     UnitError,
 )
-from .inputs.model import ModelSpec, available_models, load_model
-from .inputs.pd import available_pd, load_pd
-from .inputs.population import CovariateTable, Population, load_population
-from .inputs.regimen import Bolus, Infusion, Regimen, load_regimen
-from .inputs.stereo import racemic_to_s_ketamine
-from .output import accessor as _accessor  # noqa: F401 (registers ds.pkpd)
-from .output.patient_table import patient_table
-from .running.cohort import simulate_cohort
-from .running.simulate import DISCLAIMER, simulate, summarize
+
+# The rest of the face lives in modules that load numba, scipy and xarray: it is imported
+# on the first access to any of these names (PEP 562), so that ``import pkpd`` and the
+# ``pkpd`` command start without the scientific stack (issue 15). Name -> its module.
+_API = {
+    "ModelSpec": "pkpd.inputs.model",
+    "available_models": "pkpd.inputs.model",
+    "load_model": "pkpd.inputs.model",
+    "available_pd": "pkpd.inputs.pd",
+    "load_pd": "pkpd.inputs.pd",
+    "CovariateTable": "pkpd.inputs.population",
+    "Population": "pkpd.inputs.population",
+    "load_population": "pkpd.inputs.population",
+    "Bolus": "pkpd.inputs.regimen",
+    "Infusion": "pkpd.inputs.regimen",
+    "Regimen": "pkpd.inputs.regimen",
+    "load_regimen": "pkpd.inputs.regimen",
+    "racemic_to_s_ketamine": "pkpd.inputs.stereo",
+    "patient_table": "pkpd.output.patient_table",
+    "simulate_cohort": "pkpd.running.cohort",
+    "simulate": "pkpd.running.simulate",
+    "summarize": "pkpd.running.simulate",
+}
+
+# ``import pkpd`` registers the ``ds.pkpd`` accessor: now if xarray is loaded, else as soon
+# as it is (a dataset cannot exist before).
+when_imported("xarray", lambda: importlib.import_module("pkpd.output.accessor"))
 
 __all__ = [
     "DISCLAIMER",
@@ -86,13 +106,31 @@ _LAZY_MODULES = {
 }
 
 
+#: The layer subpackages, bound with their modules by the first access to one of them.
+_LAYERS = ("analysis", "engine", "inputs", "output", "running")
+
+
+def _load_api() -> None:
+    """Import the modules of the face (what ``import pkpd`` did eagerly before issue 15)."""
+    for name, module in _API.items():
+        globals()[name] = getattr(importlib.import_module(module), name)
+
+
 def __getattr__(name):
     if name in _LAZY_MODULES:
         module = importlib.import_module(_LAZY_MODULES[name])
         globals()[name] = module
         return module
+    if name in _API:
+        _load_api()
+        return globals()[name]
+    if name in _LAYERS:
+        # ``pkpd.running.simulate`` and the like after a bare ``import pkpd``: the eager
+        # imports of the face used to bind these subpackages and their modules.
+        _load_api()
+        return importlib.import_module(f"pkpd.{name}")
     raise AttributeError(f"module 'pkpd' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY_MODULES))
+    return sorted(set(globals()) | set(_LAZY_MODULES) | set(_API))

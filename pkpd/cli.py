@@ -18,46 +18,38 @@ import warnings
 from typing import NoReturn
 
 import click
-import numpy as np
 
-# The library modules the commands call are imported as modules (``cohorts.simulate_cohort``,
-# ``result_io.write_netcdf``): the name is looked up at each call, as it was when these
-# imports lived inside the commands. The heavy libraries (xarray, matplotlib, dask, zarr)
-# stay lazy inside those modules, so that `pkpd --help` does not wait for them.
+# The library modules the commands call are lazy stand-ins (pkpd/_lazy.py), imported when a
+# command first uses them: `pkpd --help` and the catalogue commands start without numba,
+# xarray, scipy or pandas (issue 15). Names are looked up in the module at each call
+# (``cohorts.simulate_cohort``, ``result_io.write_netcdf``), as when these imports lived
+# inside the commands. Only light modules are imported here: the version, the disclaimer
+# and the exception classes the one-line error handling catches.
+from pkpd._lazy import lazy_module
 from pkpd._version import __version__
-from pkpd.analysis import design as designs
-from pkpd.analysis import risk as risk_analysis
 from pkpd.disclaimer import DISCLAIMER
-from pkpd.engine.solvers import registry as solvers
+from pkpd.engine.solvers import SOLVER_NAMES
 from pkpd.errors import PkpdError, PkpdWarning
-from pkpd.inputs import catalogue
-from pkpd.inputs.model import TAGS, available_models, load_model, output_scales
-from pkpd.inputs.pd import available_pd, describe, list_rows
-from pkpd.inputs.population import (
-    CovariateTable,
-    available_populations,
-    implausible,
-    load_population,
-)
-from pkpd.inputs.regimen import load_regimen, with_bolus_duration
-from pkpd.inputs.units import parse_quantity
-from pkpd.output import io as result_io
-from pkpd.output import nonmem as nonmem_tables
-from pkpd.output import patient_table as patient_tables
-from pkpd.output import plot as plots
-from pkpd.output import report as reports
-from pkpd.output.tables import (
-    cohort_outcome_lines,
-    cohort_summary_lines,
-    compare_rows,
-    design_pareto_rows,
-    design_pta_rows,
-    extrapolation_lines,
-    text_table,
-)
-from pkpd.running import cohort as cohorts
-from pkpd.running import resources
-from pkpd.running import simulate as single
+
+np = lazy_module("numpy")
+designs = lazy_module("pkpd.analysis.design")
+risk_analysis = lazy_module("pkpd.analysis.risk")
+solvers = lazy_module("pkpd.engine.solvers.registry")
+catalogue = lazy_module("pkpd.inputs.catalogue")
+model_files = lazy_module("pkpd.inputs.model")
+pd_files = lazy_module("pkpd.inputs.pd")
+population_files = lazy_module("pkpd.inputs.population")
+regimen_files = lazy_module("pkpd.inputs.regimen")
+quantities = lazy_module("pkpd.inputs.units")
+result_io = lazy_module("pkpd.output.io")
+nonmem_tables = lazy_module("pkpd.output.nonmem")
+patient_tables = lazy_module("pkpd.output.patient_table")
+plots = lazy_module("pkpd.output.plot")
+reports = lazy_module("pkpd.output.report")
+tables = lazy_module("pkpd.output.tables")
+cohorts = lazy_module("pkpd.running.cohort")
+resources = lazy_module("pkpd.running.resources")
+single = lazy_module("pkpd.running.simulate")
 
 _DEBUG = False
 
@@ -295,8 +287,8 @@ def models_list() -> None:
 def _echo_models() -> None:
     rows = []
     pops = {}
-    for name in available_models():
-        m = load_model(name)
+    for name in model_files.available_models():
+        m = model_files.load_model(name)
         rows.append(
             (name, m.drug, m.sampling_site, m.verification_summary(), m.citation.split(".")[0])
         )
@@ -313,7 +305,7 @@ def _echo_models() -> None:
 
 def _echo_pd_table() -> None:
     """PD endpoints (models/pd) under the PK table of `pkpd models`."""
-    rows = list_rows()
+    rows = pd_files.list_rows()
     if not rows:
         return
     head = ("PD endpoint", "drug", "sampling", "effect", "verification")
@@ -326,11 +318,11 @@ def _echo_pd_table() -> None:
 @models.command("show", help="Parameters of one model with units, sources and tags.")
 @click.argument("name")
 def models_show(name: str) -> None:
-    if name in available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
-        for line in describe(name):
+    if name in pd_files.available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
+        for line in pd_files.describe(name):
             _echo(line)
         return
-    m = load_model(name)
+    m = model_files.load_model(name)
     _echo(f"{m.name}: {m.title}")
     for label, val in (
         ("drug", m.drug),
@@ -363,7 +355,7 @@ def models_show(name: str) -> None:
             p.kind, ""
         )
         _echo(f"  {p.name:<6} {p.unit_text:<14} = {p.value:.6g} {unit}{scale}")
-        _echo(f"         [{TAGS[p.source.tag]}] {p.source.reference}")
+        _echo(f"         [{model_files.TAGS[p.source.tag]}] {p.source.reference}")
         if p.source.note:
             _echo(f"         note: {p.source.note}")
     if m.covariates:
@@ -382,14 +374,14 @@ def models_show(name: str) -> None:
             if v.omega is None:
                 _echo(
                     f"  {', '.join(v.parameters)}: MISSING in the source "
-                    f"[{TAGS[v.source.tag]}] {v.source.reference}"
+                    f"[{model_files.TAGS[v.source.tag]}] {v.source.reference}"
                 )
                 continue
             cv = np.sqrt(np.expm1(np.diag(v.omega))) * 100
             cvs = ", ".join(f"{p} {c:.1f}%" for p, c in zip(v.parameters, cv, strict=True))
             _echo(
                 f"  {', '.join(v.parameters)}: omega^2 {v.omega.tolist()} "
-                f"(CV {cvs}) [{TAGS[v.source.tag]}]"
+                f"(CV {cvs}) [{model_files.TAGS[v.source.tag]}]"
             )
     else:
         _echo("\ninter-individual variability: none published")
@@ -401,8 +393,8 @@ def models_show(name: str) -> None:
                 parts.append(f"proportional SD {r.proportional_sd:g}")
             if r.additive_sd:
                 parts.append(f"additive SD {r.additive_sd * 1000:g} ng/mL")
-            _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{TAGS[r.source.tag]}]")
-    units = output_scales(m)[1]
+            _echo(f"  {r.output}: {r.type}, {', '.join(parts)} [{model_files.TAGS[r.source.tag]}]")
+    units = model_files.output_scales(m)[1]
     _echo(
         "\noutputs: " + ", ".join(f"{o} ({u})" for o, u in zip(m.output_names, units, strict=True))
     )
@@ -421,8 +413,8 @@ def populations_list() -> None:
 
 
 def _echo_populations() -> None:
-    for name in available_populations():
-        pop = load_population(name)
+    for name in population_files.available_populations():
+        pop = population_files.load_population(name)
         _echo(f"{name:<28} {pop.description.splitlines()[0] if pop.description else ''}")
     _echo("\nDetails and sources: pkpd populations show NAME")
 
@@ -430,7 +422,7 @@ def _echo_populations() -> None:
 @populations.command("show", help="Distributions of one population with their sources.")
 @click.argument("name")
 def populations_show(name: str) -> None:
-    _echo(load_population(name).describe())
+    _echo(population_files.load_population(name).describe())
 
 
 # ----------------------------------------------------------------------------- regimens, PD
@@ -499,7 +491,7 @@ def pd_list() -> None:
 def _echo_pd() -> None:
     _echo_rows(
         ("name", "drug", "sampling", "effect", "verification", "source"),
-        list_rows(),
+        pd_files.list_rows(),
         "Parameters and sources: pkpd pd show NAME; use one: pkpd simulate MODEL REGIMEN --pd NAME",
     )
 
@@ -511,7 +503,7 @@ def _echo_pd() -> None:
 )
 @click.argument("name")
 def pd_show(name: str) -> None:
-    for line in describe(name):
+    for line in pd_files.describe(name):
         _echo(line)
 
 
@@ -551,11 +543,13 @@ def _model_line(spec, parameters: bool = True) -> str:
 def _covariates(weight, age, sex, extra) -> dict:
     cov: dict = {}
     if weight is not None:
-        cov["weight"] = parse_quantity(weight, "weight", default_unit="kg", key="--weight").value
+        cov["weight"] = quantities.parse_quantity(
+            weight, "weight", default_unit="kg", key="--weight"
+        ).value
     if age is not None:
-        cov["age"] = parse_quantity(age, "age", default_unit="year", key="--age").value
+        cov["age"] = quantities.parse_quantity(age, "age", default_unit="year", key="--age").value
     for name, text in (("weight", weight), ("age", age)):
-        why = implausible(name, cov.get(name))
+        why = population_files.implausible(name, cov.get(name))
         if name in cov and why is not None:
             raise click.BadParameter(f"{text!r}: {why}", param_hint=f"--{name}")
     if sex is not None:
@@ -784,7 +778,7 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
 @click.option("--plot-log", is_flag=True, help="Logarithmic concentration axis of --plot.")
 @click.option(
     "--method",
-    type=click.Choice(["auto", *solvers.SOLVERS]),
+    type=click.Choice(["auto", *SOLVER_NAMES]),
     default="auto",
     show_default=True,
     help="Solver: exact (linear models), dopri5, rodas (stiff), or auto (exact for linear "
@@ -910,10 +904,10 @@ def simulate(
             "its simulation result", param_hint="--amounts",
         )  # fmt: skip
     targets = _single_targets(out_nc, out_csv, out_png)
-    spec = load_model(model)
+    spec = model_files.load_model(model)
     anchors = _anchors_option(anchor_items)
-    reg = load_regimen(regimen).resolve(anchors)
-    plot_events = plots.regimen_events(load_regimen(regimen), anchors)
+    reg = regimen_files.load_regimen(regimen).resolve(anchors)
+    plot_events = plots.regimen_events(regimen_files.load_regimen(regimen), anchors)
     _check_window_events(plot_opts, plot_events)
     cov = _covariates(weight, age, sex, extra)
     extra_run = _pd_run_options(pd_names, pd_items, racemic)
@@ -929,8 +923,8 @@ def simulate(
     }
     # The regimen with its events unresolved, so that windows and times may refer to them.
     ds = single.simulate(
-        spec, load_regimen(regimen), covariates=cov, until=until, every=every, anchors=anchors,
-        **extra_run, **metrics,
+        spec, regimen_files.load_regimen(regimen), covariates=cov, until=until, every=every,
+        anchors=anchors, **extra_run, **metrics,
     )  # fmt: skip
     fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
     summ = single.summarize(fine, reg)
@@ -954,12 +948,12 @@ def simulate(
 def _bolus_over(regimen, text):
     """The regimen with its instantaneous boluses given over the time `text` (--bolus-over)."""
     try:
-        hours = parse_quantity(text, "time").value
+        hours = quantities.parse_quantity(text, "time").value
     except PkpdError as exc:
         raise click.BadParameter(f"{text!r}: {exc}", param_hint="--bolus-over") from None
     if not hours > 0:
         raise click.BadParameter(f"{text!r}: expected a positive time", param_hint="--bolus-over")
-    return with_bolus_duration(regimen, hours)
+    return regimen_files.with_bolus_duration(regimen, hours)
 
 
 #: Simulations of one patient (and output copies of them) the command holds at once.
@@ -1008,7 +1002,7 @@ def _nonmem_targets(path, observe, racemic):
     times = []
     for item in observe.split(","):
         try:
-            times.append(parse_quantity(item.strip(), "time", key="--observe").value)
+            times.append(quantities.parse_quantity(item.strip(), "time", key="--observe").value)
         except PkpdError as exc:
             raise click.BadParameter(f"{item.strip()!r}: {exc}", param_hint="--observe") from None
     nonmem_tables.observation_step(times)  # whole seconds, not negative: checked now
@@ -1022,7 +1016,7 @@ def _simulate_events(model, events_file, out_csv) -> None:
     targets = []
     if out_csv:
         targets = _single_targets(None, out_csv, None)
-    spec = load_model(model)
+    spec = model_files.load_model(model)
     patients = nonmem_tables.read_events(events_file, spec)
     _echo(_model_line(spec, parameters=False))
     _echo(f"events: {events_file}, {len(patients)} patients")
@@ -1088,7 +1082,7 @@ def _compare_event_names(regimens, anchors_from) -> set[str] | None:
     names: set[str] = set()
     for r in [*regimens, *([anchors_from] if anchors_from else [])]:
         try:
-            reg = load_regimen(r)
+            reg = regimen_files.load_regimen(r)
         except (PkpdError, OSError):
             return None
         names |= reg.anchor_names | {a.name for a in reg.anchors}
@@ -1175,15 +1169,21 @@ def _simulate_cohort(
         result_io.check_target(out_png, _FIGURES, "--plot")
     table_targets = _table_targets(patients_table)
     nonmem_targets, observe = _nonmem_targets(*nonmem)
-    pop = CovariateTable.from_csv(population) if population.endswith(".csv") else population
-    if patients is None and not isinstance(pop, CovariateTable):
+    pop = (
+        population_files.CovariateTable.from_csv(population)
+        if population.endswith(".csv")
+        else population
+    )
+    if patients is None and not isinstance(pop, population_files.CovariateTable):
         raise click.BadParameter("how many patients? give --patients N", param_hint="--patients")
     win = _windows_option(windows)
     thr = _cohort_thresholds(thresholds)
     plot_opts = plot_opts or {}
     if plot_opts.get("window") is not None:
-        _check_window_events(plot_opts, dict.fromkeys(load_regimen(regimen).anchor_names, 0.0))
-    spec = load_model(model)
+        _check_window_events(
+            plot_opts, dict.fromkeys(regimen_files.load_regimen(regimen).anchor_names, 0.0)
+        )
+    spec = model_files.load_model(model)
     if nonmem_targets:
         nonmem_tables.check_model(spec)  # before the work, not after
     traj = None
@@ -1218,9 +1218,9 @@ def _simulate_cohort(
             f"{ds.attrs['solver_atol']:g}): {ds.attrs['solver_nsteps_mean']:.0f} steps and "
             f"{ds.attrs['solver_nfev_mean']:.0f} RHS evaluations per patient on average"
         )
-    for line in cohort_summary_lines(ds):
+    for line in tables.cohort_summary_lines(ds):
         _echo(line)
-    for line in cohort_outcome_lines(ds):
+    for line in tables.cohort_outcome_lines(ds):
         _echo(line)
     _echo_cohort_pd(ds)
     n_failed = int(ds.attrs["n_failed"])
@@ -1298,7 +1298,7 @@ def _cohort_outcomes(ds, regimen, target, risks, out, limit=None):
 def _add_cohort_outcomes(ds, regimen, target, risks, out, limit):
     before = set(ds.data_vars)
     ds = designs.cohort_outcomes(
-        ds, target=target, risks=risks, regimen=load_regimen(regimen), **(limit or {})
+        ds, target=target, risks=risks, regimen=regimen_files.load_regimen(regimen), **(limit or {})
     )
     if out and str(out).lower().endswith(".nc"):
         with result_io.atomic_outputs() as stage:
@@ -1490,9 +1490,11 @@ def compare(
     for r, t in zip(cds.regimen.values, cds.regimen_text.values, strict=True):
         _echo(f"  {r}: {t}")
     _echo("median (5-95%) over patients:")
-    for line in text_table(["metric", *map(str, cds.regimen.values)], compare_rows(cds)):
+    for line in tables.text_table(
+        ["metric", *map(str, cds.regimen.values)], tables.compare_rows(cds)
+    ):
         _echo(line)
-    for line in extrapolation_lines(cds):
+    for line in tables.extrapolation_lines(cds):
         _echo(line)
     _write_grid(targets, cds, functools.partial(plots.plot_compare, **plot_opts))
     _echo(DISCLAIMER)
@@ -1624,11 +1626,11 @@ def design(
         _echo(f"target: {gds.attrs['target']}")
     if "pareto" in gds:
         _echo("Pareto front (max PTA, min risk):")
-        for line in text_table(*design_pareto_rows(gds)):
+        for line in tables.text_table(*tables.design_pareto_rows(gds)):
             _echo("  " + line)
     elif "pta" in gds:
         _echo("PTA over the grid:")
-        for line in text_table(*design_pta_rows(gds)):
+        for line in tables.text_table(*tables.design_pta_rows(gds)):
             _echo("  " + line)
     _echo_design_domain(gds)
     _echo(gds.attrs["best_message"])
@@ -1638,7 +1640,7 @@ def design(
 
 def _echo_design_domain(gds) -> None:
     """How many grid points extrapolate the risk model, and the distinct reasons."""
-    lines = extrapolation_lines(gds)
+    lines = tables.extrapolation_lines(gds)
     if not lines:
         return
     rname = gds.attrs.get("risk") or ""

@@ -120,7 +120,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from pkpd.errors import PkpdError, UnitError
 from pkpd.inputs.reader import POPULATION_TAGS, Reader
@@ -256,9 +255,13 @@ class Number:
 
 def _mass(a: float, b: float) -> float:
     """P(a < Z < b) for a standard normal Z, accurate in either tail."""
+    # ndtr is what scipy.stats.norm.cdf computes (and norm.sf(x) is ndtr(-x)); scipy.stats
+    # itself costs a second to import, which every command that loads a model paid.
+    from scipy.special import ndtr
+
     if a > 0:
-        return float(stats.norm.sf(a) - stats.norm.sf(b))
-    return float(stats.norm.cdf(b) - stats.norm.cdf(a))
+        return float(ndtr(-a) - ndtr(-b))
+    return float(ndtr(b) - ndtr(a))
 
 
 @dataclass(frozen=True)
@@ -1170,6 +1173,8 @@ def _truncnorm_ppf(u: np.ndarray, a: float, b: float) -> np.ndarray:
     pa = float(ndtr(a))
     z = float(ndtr(b)) - pa
     if not z >= 1e-3:
+        from scipy import stats
+
         return np.clip(stats.truncnorm.ppf(u, a, b), a, b)
     u = np.asarray(u, dtype=float)
     upper = u > 0.5
@@ -1194,6 +1199,8 @@ def _truncnorm_moments(a: float, b: float, loc: float, scale: float) -> tuple[fl
     pb = math.exp(-0.5 * b * b) / math.sqrt(2 * math.pi) if math.isfinite(b) else 0.0
     z = float(ndtr(-a) - ndtr(-b)) if a > 0 else float(ndtr(b) - ndtr(a))
     if not z > 1e-300:
+        from scipy import stats
+
         dist = stats.truncnorm(a, b, loc=loc, scale=scale)
         return float(dist.mean()), float(dist.std())
     apa = a * pa if math.isfinite(a) else 0.0

@@ -68,3 +68,7 @@ STAT_NREJECTED = 3  # rejected steps
 STAT_NLU = 4  # LU decompositions
 N_STATS = 5
 STAT_NAMES = ("nfev", "njev", "nsteps", "nrejected", "nlu")
+
+#: The names of the solvers, in the order of ``registry.SOLVERS`` (tests check both): the
+#: CLI's ``--method`` choices come from here, so that ``pkpd --help`` does not load numba.
+SOLVER_NAMES = ("exact", "dopri5", "rodas")
