@@ -107,3 +107,16 @@ def test_accessor_registered_when_xarray_is_imported_after_pkpd():
 
 def test_solver_names_read_at_start_up_are_the_registry():
     assert tuple(registry.SOLVERS) == SOLVER_NAMES
+
+
+def test_python_dash_m_pkpd_is_the_command():
+    # `python -m pkpd` runs the installed command's entry point (same help, same errors).
+    r = subprocess.run(
+        [sys.executable, "-m", "pkpd", "simulate", "fanta2015_otto2021", "x", "--wieght", "70"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("pkpd: error: No such option '--wieght'"), r.stderr
+    assert "pkpd simulate --help" in r.stderr
+    h = subprocess.run([sys.executable, "-m", "pkpd", "--help"], capture_output=True, text=True)
+    assert h.returncode == 0 and h.stdout.startswith("Usage: pkpd "), h.stdout[:200]
