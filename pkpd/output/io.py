@@ -343,8 +343,14 @@ def write_csv_metadata(ds, tmp: Path) -> None:
              "long_name": str(ds[v].attrs.get("long_name", ""))}
             for v in names
         ],
-        "attrs": {k: _plain(v) for k, v in ds.attrs.items()},
+        "attrs": {k: plain(v) for k, v in ds.attrs.items()},
     }  # fmt: skip
+    write_json(meta, tmp)
+
+
+def write_json(meta: dict, tmp: Path) -> None:
+    """Write `meta` as indented JSON (the sidecar of every table output); values JSON does
+    not know are written as their text."""
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(meta, fh, indent=1, default=str)
         fh.write("\n")
@@ -399,7 +405,7 @@ class ZarrWriter:
                 )
                 part.to_zarr(self.tmp, mode="a", consolidated=True, zarr_format=2)
             group = zarr.open_group(str(self.tmp), mode="a")
-            group.attrs.update({k: _plain(v) for k, v in summary.attrs.items()})
+            group.attrs.update({k: plain(v) for k, v in summary.attrs.items()})
             zarr.consolidate_metadata(str(self.tmp))
         except OSError as exc:
             raise self._failed(exc) from exc
@@ -441,7 +447,7 @@ def _settle_zarr_io(timeout: float = 60.0) -> None:
         asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout)
 
 
-def _plain(v):
+def plain(v):
     """Attribute values as JSON-friendly Python scalars (arrays as lists)."""
     if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
         return v.tolist()

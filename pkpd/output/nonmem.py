@@ -34,6 +34,7 @@ import numpy as np
 from pkpd.errors import PkpdError
 from pkpd.inputs.regimen import Bolus, Infusion, Regimen
 from pkpd.inputs.units import Parsed
+from pkpd.output.io import plain
 
 __all__ = [
     "NONMEM_COLUMNS",
@@ -188,7 +189,7 @@ def nonmem_table(model, regimen, population, n, seed, observe, *, iiv=True, thre
         "SEX": {"0": "male", "1": "female"},
         "levels": levels,
         "order": "ID, TIME, then doses (EVID 1) before observations (EVID 0)",
-        "attrs": {k: _plain(v) for k, v in ds.attrs.items()},
+        "attrs": {k: plain(v) for k, v in ds.attrs.items()},
     }  # fmt: skip
     return frame
 
@@ -333,7 +334,7 @@ def read_events(path, model) -> list[EventPatient]:
         obs = np.unique(time[rows[~dose[rows]]])
         text = "; ".join(d.text() for d in doses)
         patients.append(
-            EventPatient(_plain(pid), Regimen(tuple(doses), name=f"ID {pid}", _text=text), cov, obs)
+            EventPatient(plain(pid), Regimen(tuple(doses), name=f"ID {pid}", _text=text), cov, obs)
         )
     if not patients:
         raise EventTableError(f"{where}: no rows")
@@ -372,18 +373,11 @@ def write_nonmem(frame, path) -> None:
     """Write an event table (:func:`nonmem_table`) as CSV with its JSON sidecar
     ``PATH.meta.json`` (units, CMT numbering, covariate coding, the cohort's attributes),
     both or neither."""
-    import json
-
     from pkpd.output import io as result_io
 
     path = Path(path)
     meta = dict(frame.attrs.get("metadata", {}))
     meta["columns"] = [str(c) for c in frame.columns]
-
-    def write_meta(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=1, default=str)
-            fh.write("\n")
 
     with result_io.atomic_outputs() as stage:
         stage(
@@ -392,7 +386,7 @@ def write_nonmem(frame, path) -> None:
                 tmp, [str(c) for c in frame.columns], [frame[c].to_numpy() for c in frame]
             ),
         )
-        stage(result_io.csv_metadata_path(path), write_meta)
+        stage(result_io.csv_metadata_path(path), lambda tmp: result_io.write_json(meta, tmp))
 
 
 def simulate_events(model, patients: list[EventPatient], **kwargs) -> list:
@@ -413,8 +407,6 @@ def simulate_events(model, patients: list[EventPatient], **kwargs) -> list:
 def write_predictions(patients, results, path, meta_path) -> None:
     """One CSV of every patient's outputs at its times: ``ID, time [h], cp [ng/mL], ...``
     (the time-indexed variables of each result), with a JSON sidecar; both or neither."""
-    import json
-
     from pkpd.output import io as result_io
 
     first = results[0]
@@ -430,23 +422,10 @@ def write_predictions(patients, results, path, meta_path) -> None:
         + [{"name": v, "units": str(first[v].attrs.get("units", ""))} for v in names],
         "patients": {str(p.id): {"regimen": p.regimen.text, "covariates": p.covariates}
                      for p in patients},
-        "attrs": {k: _plain(v) for k, v in first.attrs.items()
+        "attrs": {k: plain(v) for k, v in first.attrs.items()
                   if k not in ("regimen", "covariates")},
     }  # fmt: skip
 
-    def write_meta(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=1, default=str)
-            fh.write("\n")
-
     with result_io.atomic_outputs() as stage:
         stage(Path(path), lambda tmp: result_io.write_table(tmp, header, cols))
-        stage(Path(meta_path), write_meta)
-
-
-def _plain(v):
-    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
-        return v.tolist()
-    if hasattr(v, "item"):
-        return v.item()
-    return v
+        stage(Path(meta_path), lambda tmp: result_io.write_json(meta, tmp))

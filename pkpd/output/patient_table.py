@@ -12,13 +12,13 @@ with the dataset's attributes in a JSON sidecar (``FILE.meta.json``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pkpd.errors import PkpdError
 from pkpd.inputs.population import UNITS
+from pkpd.output.io import plain
 
 __all__ = ["TABLE_SUFFIXES", "patient_table", "table_metadata", "write_patient_table"]
 
@@ -90,7 +90,7 @@ def patient_table(ds):
             name = "_".join([str(var), *parts])
             cols[_column(name, _unit(ds, str(var), out))] = da.values[(slice(None), *idx)]
     frame = pd.DataFrame(cols)
-    frame.attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+    frame.attrs = {k: plain(v) for k, v in ds.attrs.items()}
     return frame
 
 
@@ -98,7 +98,7 @@ def table_metadata(ds, frame) -> dict:
     """The JSON sidecar of a table: its columns and the dataset's attributes."""
     return {
         "columns": [str(c) for c in frame.columns],
-        "attrs": {k: _plain(v) for k, v in ds.attrs.items()},
+        "attrs": {k: plain(v) for k, v in ds.attrs.items()},
     }
 
 
@@ -132,7 +132,7 @@ def write_patient_table(ds, path, frame=None) -> None:
             )
         else:
             stage(path, lambda tmp: _write_parquet(frame, tmp))
-        stage(result_io.csv_metadata_path(path), lambda tmp: _write_json(meta, tmp))
+        stage(result_io.csv_metadata_path(path), lambda tmp: result_io.write_json(meta, tmp))
 
 
 def check_parquet() -> None:
@@ -150,17 +150,3 @@ def _write_parquet(frame, tmp: Path) -> None:
     frame = frame.copy()
     frame.attrs = {}  # the metadata goes to the sidecar (pandas would embed it as JSON)
     frame.to_parquet(tmp, engine="pyarrow", index=False)
-
-
-def _write_json(meta: dict, tmp: Path) -> None:
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=1, default=str)
-        fh.write("\n")
-
-
-def _plain(v):
-    if hasattr(v, "tolist") and getattr(v, "ndim", 0) > 0:
-        return v.tolist()
-    if hasattr(v, "item"):
-        return v.item()
-    return v
