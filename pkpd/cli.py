@@ -219,15 +219,14 @@ def _showwarning(message, category, filename, lineno, file=None, line=None):
 
 def _report_warnings(caught) -> None:
     """Each distinct warning of the command once, in order of first appearance, with the
-    number of times it was raised when more than once."""
-    counts: dict[tuple[type, str], int] = {}
-    for w in caught:
-        # A run's own log (pkpd.running.warning_log) raises a repeated warning once with its
-        # count: add that count, on the message without its "(raised N times)".
-        key = (w.category, getattr(w.message, "pkpd_message", str(w.message)))
-        counts[key] = counts.get(key, 0) + int(getattr(w.message, "pkpd_count", 1))
-    for (category, message), n in counts.items():
-        _showwarning(message + (f" (raised {n} times)" if n > 1 else ""), category, "", 0)
+    number of times it was raised when more than once (a run's own log raises a repeated
+    warning once with its count: :class:`pkpd.running.warning_log.WarningLog` adds them)."""
+    if not caught:
+        return  # (`--help` and the like: nothing to import)
+    from pkpd.running.warning_log import WarningLog, with_count
+
+    for category, message, n in WarningLog(caught).merged():
+        _showwarning(with_count(message, n), category, "", 0)
 
 
 @click.group(

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from pkpd.errors import PkpdWarning
 
-__all__ = ["ATTR", "WarningLog", "read_warnings", "record_warnings"]
+__all__ = ["ATTR", "WarningLog", "read_warnings", "record_warnings", "with_count"]
 
 #: The dataset attribute holding the run's warnings (a JSON list).
 ATTR = "warnings"
@@ -33,22 +33,35 @@ class WarningLog:
     def __init__(self, records: list[warnings.WarningMessage]):
         self._records = records
 
+    def merged(self) -> list[tuple[type[Warning], str, int]]:
+        """``(category, message, count)`` per distinct warning, in order of first occurrence;
+        a warning this module raised again once for several (``pkpd_count``) counts as
+        those several, under its message without the "(raised N times)"."""
+        out: dict[tuple[type[Warning], str], int] = {}
+        for r in self._records:
+            key = (r.category, getattr(r.message, "pkpd_message", str(r.message)))
+            out[key] = out.get(key, 0) + int(getattr(r.message, "pkpd_count", 1))
+        return [(c, text, n) for (c, text), n in out.items()]
+
     def entries(self) -> list[dict]:
         """``[{"category", "message", "count"}]`` in order of first occurrence."""
         out: dict[tuple[str, str], dict] = {}
-        for r in self._records:
-            text = getattr(r.message, "pkpd_message", str(r.message))
-            n = int(getattr(r.message, "pkpd_count", 1))
-            key = (r.category.__name__, text)
+        for c, text, n in self.merged():
+            key = (c.__name__, text)
             if key in out:
                 out[key]["count"] += n
             else:
-                out[key] = {"category": r.category.__name__, "message": text, "count": n}
+                out[key] = {"category": c.__name__, "message": text, "count": n}
         return list(out.values())
 
     def attr(self) -> str:
         """The JSON text stored in ``attrs["warnings"]`` (``"[]"``: the run raised none)."""
         return json.dumps(self.entries())
+
+
+def with_count(text: str, n: int) -> str:
+    """A warning's message with the number of times it was raised, when more than once."""
+    return text if n == 1 else f"{text} (raised {n} times)"
 
 
 def read_warnings(attrs) -> list[dict] | None:
@@ -102,7 +115,7 @@ def _emit(records: list[warnings.WarningMessage]) -> None:
         text, n = e["message"], e["count"]
         msg = r.message
         try:
-            msg = r.category(text if n == 1 else f"{text} (raised {n} times)")
+            msg = r.category(with_count(text, n))
             msg.pkpd_message, msg.pkpd_count = text, n
         except Exception:  # a warning class with another constructor: raise it as it was
             pass
