@@ -286,6 +286,7 @@ def test_a_full_disk_while_writing_a_store_removes_it_and_names_the_path(tmp_pat
     target = tmp_path / "c.zarr"
     _write_store(target, seed=1)
     w = ZarrWriter(target)
+    w.flush_bytes = 0  # every chunk written as it comes (the buffer is tested below)
     w.append(_cohort_like()[["cmax"]])
     real = xr.Dataset.to_zarr
 
@@ -301,6 +302,65 @@ def test_a_full_disk_while_writing_a_store_removes_it_and_names_the_path(tmp_pat
     assert isinstance(ei.value, OSError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
     assert _seed(target) == 1
+
+
+def _chunked_store(target, flush_bytes, n_chunks=7, size=5):
+    from pkpd.output.io import ZarrWriter
+
+    w = ZarrWriter(target)
+    w.flush_bytes = flush_bytes
+    parts = []
+    for c in range(n_chunks):
+        p = np.arange(c * size, (c + 1) * size)
+        part = xr.Dataset(
+            {
+                "cmax": (("patient", "output"), np.c_[p * 1.5, p * 0.5]),
+                "sex": ("patient", ["m", "f"] * 2 + ["m"]),
+            },
+            coords={"patient": p, "output": ["cp", "cn"]},
+            attrs={"seed": 3},
+        )
+        parts.append(part)
+        w.append(part)
+    summary = xr.concat(parts, dim="patient").assign(band=("quantile", [1.0, 2.0]))
+    w.finish(summary.assign_coords(quantile=[0.05, 0.95]))
+    return w
+
+
+def test_buffered_chunks_give_the_store_of_chunk_by_chunk_writes(tmp_path):
+    """Chunks buffered and written together (a flush every 3 chunks, and all at the end)
+    give exactly the store written chunk by chunk: same patients in the same order, same
+    values, variables without a patient dimension and attributes."""
+    stores = {}
+    for name, flush in [("each", 0), ("three", 3 * 5 * 2 * 8), ("end", 2**40)]:
+        _chunked_store(tmp_path / f"{name}.zarr", flush)
+        stores[name] = xr.open_zarr(tmp_path / f"{name}.zarr").load()
+    ref = stores["each"]
+    assert ref.sizes["patient"] == 35 and list(ref.patient.values) == list(range(35))
+    for name in ("three", "end"):
+        xr.testing.assert_identical(stores[name], ref)
+
+
+def test_a_failed_write_of_the_buffer_at_the_end_removes_the_store(tmp_path, monkeypatch):
+    """The buffer written by ``finish`` fails (a full disk): the temporary store is
+    removed and the error names the target, as for a chunk written at once."""
+    import errno
+
+    from pkpd.output.io import OutputError, ZarrWriter
+
+    w = ZarrWriter(tmp_path / "c.zarr")
+    ds = _cohort_like(n=6)
+    w.append(ds[["cmax"]])  # buffered: nothing written yet
+    assert list(tmp_path.iterdir()) == []
+
+    def full(self, store, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", full)
+    with pytest.raises(OutputError) as ei:
+        w.finish(ds)
+    assert str(tmp_path / "c.zarr") in str(ei.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_netcdf_stores_attributes_beyond_64_bit_integers(tmp_path):
@@ -342,6 +402,7 @@ def test_a_full_disk_inside_zarrs_concurrent_writes_leaves_nothing_behind(tmp_pa
     ds = xr.Dataset({"cmax": ("patient", np.arange(n) * 1.5)}, coords={"patient": np.arange(n)})
     ds.cmax.encoding["chunks"] = (10,)
     w = ZarrWriter(tmp_path / "c.zarr")
+    w.flush_bytes = 0  # written at once (the buffer is tested below)
     with pytest.raises(OutputError, match="No space left on device"):
         w.append(ds)
     time.sleep(0.5)  # longer than any pending write would take

@@ -359,7 +359,12 @@ def write_json(meta: dict, tmp: Path) -> None:
 class ZarrWriter:
     """Write a cohort to a Zarr store chunk by chunk, atomically.
 
-    Chunks are appended along ``patient`` to a hidden temporary store beside the target
+    Chunks are buffered until they hold :attr:`flush_bytes` (64 MiB) and then appended
+    along ``patient`` in one write: each append costs about 0.2 s whatever its size
+    (xarray and zarr rewrite the store's metadata), which made a 300,000-patient summary
+    cohort written as 37 appends spend longer writing than simulating. A chunk larger than
+    the buffer (stored trajectories) is written at once, as before. Appends go to a hidden
+    temporary store beside the target
     (named after this process, see :func:`clean_stale`); :meth:`finish` adds the
     whole-cohort variables (percentile bands) and attributes, then renames the store into
     place (an existing target is replaced only at that moment, see :func:`replace_store`).
@@ -369,10 +374,15 @@ class ZarrWriter:
     :class:`OutputError` naming the target.
     """
 
+    #: Buffer size (bytes of per-patient data) that triggers a write.
+    flush_bytes = 64 * 2**20
+
     def __init__(self, target) -> None:
         self.target = check_target(target, (".zarr",), "out", store=True)
         self.tmp = temporary_path(self.target)
         self._first = True
+        self._pending: list = []
+        self._pending_bytes = 0
 
     def _failed(self, exc: OSError) -> OutputError:
         self.abort()
@@ -381,12 +391,34 @@ class ZarrWriter:
         )
 
     def append(self, ds) -> None:
+        """Add the next chunk of patients (in order); written once the buffer is full."""
+        self._pending.append(ds)
+        self._pending_bytes += ds.nbytes
+        if self._pending_bytes >= self.flush_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        import xarray as xr  # lazy, as in `open`
+
+        parts, self._pending, self._pending_bytes = self._pending, [], 0
+        first = parts[0]
+        per_patient = [v for v in first.variables if "patient" in first[v].dims]
+        if len(parts) == 1:
+            ds = first
+        else:
+            ds = xr.concat(
+                [p[per_patient] for p in parts], dim="patient", data_vars="minimal",
+                coords="minimal", compat="override", join="override", combine_attrs="override",
+            )  # fmt: skip
+            ds = ds.assign({v: first[v] for v in first.data_vars if v not in per_patient})
+            ds.attrs = dict(first.attrs)
         try:
             if self._first:
                 ds.to_zarr(self.tmp, mode="w-", consolidated=True, zarr_format=2)
                 self._first = False
             else:
-                per_patient = [v for v in ds.variables if "patient" in ds[v].dims]
                 ds[per_patient].to_zarr(
                     self.tmp, append_dim="patient", consolidated=True, zarr_format=2
                 )
@@ -397,6 +429,7 @@ class ZarrWriter:
         """Add the variables without a patient dimension and the attributes; publish."""
         import zarr  # lazy: only a Zarr output needs zarr (slow to import)
 
+        self._flush()
         try:
             extra = [v for v in summary.data_vars if "patient" not in summary[v].dims]
             if extra:
@@ -412,6 +445,7 @@ class ZarrWriter:
         replace_store(self.tmp, self.target)
 
     def abort(self) -> None:
+        self._pending, self._pending_bytes = [], 0
         _settle_zarr_io()
         _remove(self.tmp)
 

@@ -1,0 +1,68 @@
+"""A summary-mode cohort from the command against the API (issue 15), group ``cli-cohort``.
+
+Workload: the shipped ``fanta2015_otto2021`` model (its own variability), healthy
+volunteers, 0.3 mg/kg bolus, 0.2 mg/kg/h for 4 h, 0.05 mg/kg/h to 48 h, every minute over
+0-48 h, no bands, 300,000 patients, seed 1. Rows, measured next to each other in one run:
+
+* ``api``: ``pkpd.simulate_cohort`` in memory (the reference rate);
+* ``cli-zarr`` / ``cli-nc``: ``pkpd simulate ... --out FILE`` run in-process through click
+  (so that the interpreter's start and the imports are not counted: the start-up is the
+  ``startup`` group), writing the store or the file.
+
+Each timed round follows an untimed one on the same shapes (compilation excluded).
+Patients per second are in ``extra_info["patients_per_s"]``; the issue's goal is the
+command at 0.8x the API's rate or better, whatever the output format.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+from click.testing import CliRunner
+
+import pkpd
+from pkpd.cli import main
+
+REGIMEN = "0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h; 0.05 mg/kg/h from 4 h to 48 h"
+N = 300_000
+ARGS = ["fanta2015_otto2021", REGIMEN, "--patients", str(N), "--population",
+        "healthy_volunteers", "--until", "48h", "--every", "1min", "--no-bands", "--seed",
+        "1"]  # fmt: skip
+
+
+def _rate(benchmark):
+    benchmark.extra_info["patients"] = N
+    benchmark.extra_info["patients_per_s"] = N / benchmark.stats.stats.median
+
+
+@pytest.mark.benchmark(group="cli-cohort")
+def test_api(benchmark):
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pkpd.simulate_cohort(
+                "fanta2015_otto2021", REGIMEN, "healthy_volunteers", N, until="48 h",
+                every="1 min", bands=False, seed=1, progress=False,
+            )  # fmt: skip
+
+    run()
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    _rate(benchmark)
+
+
+@pytest.mark.benchmark(group="cli-cohort")
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_cli(benchmark, tmp_path, suffix):
+    out = tmp_path / f"cohort{suffix}"
+
+    def run():
+        if out.is_dir():
+            shutil.rmtree(out)
+        r = CliRunner().invoke(main, ["--quiet", "simulate", *ARGS, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+
+    run()
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    _rate(benchmark)
