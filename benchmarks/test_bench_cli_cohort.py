@@ -66,3 +66,41 @@ def test_cli(benchmark, tmp_path, suffix):
     run()
     benchmark.pedantic(run, rounds=3, iterations=1)
     _rate(benchmark)
+
+
+# ----------------------------------------------------------------------------- design
+# The design row: a 5 x 5 bolus x rate grid x 10,000 patients (anchored target
+# window, risk) from the command, next to a summary-mode cohort of as many
+# patient-simulations (250,000) through the API, in the same run (group ``design``).
+DESIGN = ["--quiet", "design", "fanta2015_otto2021", "--population", "spine_fusion_china",
+          "--patients", "10000", "--seed", "1", "--bolus", "0,0.1,0.2,0.3,0.4", "--rate",
+          "0.1,0.2,0.3,0.4,0.5", "--duration", "end_of_surgery", "--anchors-from",
+          "lumbar_fusion_esketamine", "--target",
+          "cp >= 50 ng/mL for 50% of 0h..end_of_surgery", "--risk", "psychotomimetic",
+          "--risk-rule", "mean", "--max-risk", "0.1"]  # fmt: skip
+
+
+@pytest.mark.benchmark(group="design")
+def test_design_grid(benchmark, tmp_path):
+    def run():
+        r = CliRunner().invoke(main, [*DESIGN, "--out", str(tmp_path / "grid.nc")])
+        assert r.exit_code == 0, r.output
+
+    run()
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    benchmark.extra_info["patient_simulations"] = 250_000
+
+
+@pytest.mark.benchmark(group="design")
+def test_design_reference_cohort(benchmark):
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pkpd.simulate_cohort(
+                "fanta2015_otto2021", "lumbar_fusion_esketamine", "spine_fusion_china",
+                250_000, bands=False, seed=1, progress=False,
+            )  # fmt: skip
+
+    run()
+    benchmark.pedantic(run, rounds=2, iterations=1)
+    benchmark.extra_info["patient_simulations"] = 250_000

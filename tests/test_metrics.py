@@ -598,3 +598,54 @@ def test_s_ketamine_equivalent_keeps_the_limits_at_a_bolus():
     w = {"w": ("0.5 h", "1 h")}
     exact = (ds.auc_cp + 0.25 * ds.auc_cp_norketamine).sel(time=[0.5, 1.0]).diff("time").item()
     assert M.auc(eq, w, method="linear").item() == pytest.approx(exact, rel=1e-4)
+
+
+def _time_above_rows_numpy(t, cr, cl, a, b, level):
+    """The whole-array numpy expression `metrics._time_above_rows` computed until
+    issue 15 (kept here as the reference its compiled pass must equal bit for bit)."""
+    t0, t1 = t[:-1], t[1:]
+    h = t1 - t0
+    u = np.clip(t0[None, :], a[:, None], b[:, None])
+    v = np.clip(t1[None, :], a[:, None], b[:, None])
+    c0, c1 = cr[:, :-1], cl[:, 1:]
+    cu = c0 + (u - t0) / h * (c1 - c0)
+    cv = c0 + (v - t0) / h * (c1 - c0)
+    dt = v - u
+    p = cu - level
+    q = cv - level
+    with np.errstate(divide="ignore", invalid="ignore"):
+        part = dt * np.where(p > 0, p, q) / np.abs(q - p)
+    res = np.where((p >= 0) & (q >= 0), dt, np.where((p > 0) | (q > 0), part, 0.0))
+    res = np.where(dt > 0, res, 0.0)
+    out = res.sum(axis=1)
+    out[np.isnan(cr).any(axis=1)] = np.nan
+    return out
+
+
+def test_time_above_rows_equal_the_numpy_expression_bit_for_bit():
+    """Random concentrations with values exactly at the level, jumps (different left and
+    right limits), NaN rows, windows inside, across, outside and of zero length, a window
+    bound exactly on grid times and NaN bounds: the compiled pass gives the same bits."""
+    from pkpd.analysis.metrics import _time_above_rows
+
+    rng = np.random.default_rng(5)
+    t = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 0.5, size=300))])
+    n = 400
+    cr = rng.lognormal(0.0, 1.0, size=(n, t.size)) * 50.0
+    cr[rng.uniform(size=cr.shape) < 0.05] = 50.0  # exactly at the level
+    cl = cr.copy()
+    jumps = rng.uniform(size=cr.shape) < 0.02
+    cl[jumps] = cr[jumps] * rng.uniform(0.1, 0.9, size=jumps.sum())
+    cr[7, 30] = np.nan
+    cl[8, 31] = np.nan
+    a = rng.uniform(-1.0, t[-1], size=n)
+    b = a + rng.uniform(0.0, t[-1], size=n)
+    a[:20], b[:20] = t[5], t[40]  # bounds on grid times
+    b[20:25] = a[20:25]  # zero length
+    a[25:28], b[25:28] = -5.0, -1.0  # outside
+    a[28], b[29] = np.nan, np.nan
+    for level in (50.0, 10.0, 1e9, 0.0):
+        got = _time_above_rows(t, cr, cl, a, b, level)
+        ref = _time_above_rows_numpy(t, cr, cl, a, b, level)
+        np.testing.assert_array_equal(got, ref)
+        assert got.tobytes() == ref.tobytes()

@@ -523,24 +523,68 @@ def _integral_to(t, cr, cl, cum, x, method):
 
 
 def _time_above_rows(t, cr, cl, a, b, level):
-    """Time with c >= level in [a, b] per row, linear interpolant (rows,)."""
-    t0, t1 = t[:-1], t[1:]
-    h = t1 - t0
-    u = np.clip(t0[None, :], a[:, None], b[:, None])
-    v = np.clip(t1[None, :], a[:, None], b[:, None])
-    c0, c1 = cr[:, :-1], cl[:, 1:]
-    cu = c0 + (u - t0) / h * (c1 - c0)
-    cv = c0 + (v - t0) / h * (c1 - c0)
-    dt = v - u
-    p = cu - level
-    q = cv - level
-    with np.errstate(divide="ignore", invalid="ignore"):
-        part = dt * np.where(p > 0, p, q) / np.abs(q - p)
-    res = np.where((p >= 0) & (q >= 0), dt, np.where((p > 0) | (q > 0), part, 0.0))
-    res = np.where(dt > 0, res, 0.0)
+    """Time with c >= level in [a, b] per row, linear interpolant (rows,).
+
+    The per-interval times are computed in one compiled pass (:func:`_above_parts`; the
+    whole-array numpy expression it replaces made about fifteen temporaries of the size
+    of the trajectories, and took most of a windowed target's evaluation in ``design``)
+    and summed by numpy as before, so the result is bit for bit that expression's
+    (``tests/test_metrics.py``).
+    """
+    res = np.empty((cr.shape[0], t.size - 1))
+    _above_parts(np.ascontiguousarray(t, dtype=float), cr, cl, np.asarray(a, dtype=float),
+                 np.asarray(b, dtype=float), float(level), res)  # fmt: skip
     out = res.sum(axis=1)
     out[np.isnan(cr).any(axis=1)] = np.nan
     return out
+
+
+def _np_clip(x, lo, hi):
+    """``np.clip(x, lo, hi)`` for scalars, as numpy's ufunc computes it:
+    ``_NPY_MIN(_NPY_MAX(x, lo), hi)``, NaN-propagating, ties to the bound."""
+    m = x if (x != x or x > lo) else lo
+    return m if (m != m or m < hi) else hi
+
+
+def _above_parts_py(t, cr, cl, a, b, level, res):
+    """``res[r, k]``: the time with c >= level of interval ``[t[k], t[k+1]]`` within
+    ``[a[r], b[r]]``, from the right limit at its start and the left limit at its end
+    (crossings by linear interpolation), with the operations, in the order, of the numpy
+    expression it replaced."""
+    for r in range(cr.shape[0]):
+        ar = a[r]
+        br = b[r]
+        for k in range(t.shape[0] - 1):
+            t0 = t[k]
+            t1 = t[k + 1]
+            h = t1 - t0
+            u = _np_clip(t0, ar, br)
+            v = _np_clip(t1, ar, br)
+            c0 = cr[r, k]
+            c1 = cl[r, k + 1]
+            cu = c0 + (u - t0) / h * (c1 - c0)
+            cv = c0 + (v - t0) / h * (c1 - c0)
+            dt = v - u
+            p = cu - level
+            q = cv - level
+            if not (dt > 0):
+                res[r, k] = 0.0
+            elif p >= 0 and q >= 0:
+                res[r, k] = dt
+            elif p > 0 or q > 0:
+                res[r, k] = dt * (p if p > 0 else q) / abs(q - p)
+            else:
+                res[r, k] = 0.0
+
+
+def _jit(fn):
+    import numba  # the analysis layer compiles this one kernel only
+
+    return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+
+
+_np_clip = _jit(_np_clip)
+_above_parts = _jit(_above_parts_py)
 
 
 # ----------------------------------------------------------------------------- metrics
