@@ -312,7 +312,9 @@ def rodas_solve(
     ipiv,
     stats,
 ):
-    """:func:`rodas_solve_mapped` recording the whole state at each output time."""
+    """:func:`rodas_solve_mapped` recording the whole state at each output time (the
+    cached wrappers call :func:`rodas_solve_mapped` directly: see
+    :func:`pkpd.engine.solvers.dopri5.dopri5_solve`)."""
     return rodas_solve_mapped(
         rhs, jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
         max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),
@@ -618,30 +620,12 @@ def solve_linear_rodas_into(
 
     ``p`` is :func:`pkpd.engine.solvers.linear_rhs.pack` ``(M, b)``. Cached on disk.
     """
-    return rodas_solve(
-        linear_rhs,
-        linear_jac,
-        p,
-        b,
-        y0,
-        t0,
-        ev_t,
-        ev_rate,
-        ev_bolus,
-        t_out,
-        rtol,
-        atol,
-        h_fixed,
-        hmax,
-        max_steps,
-        0,
-        1,
-        out,
-        work,
-        mats,
-        ipiv,
-        stats,
-    )
+    # rodas_solve_mapped directly (one level of inlining less: see dopri5.py).
+    return rodas_solve_mapped(
+        linear_rhs, linear_jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol,
+        h_fixed, hmax, max_steps, 0, 1, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),
+        work, mats, ipiv, stats,
+    )  # fmt: skip
 
 
 @_jit
