@@ -32,6 +32,14 @@ ARGS = ["fanta2015_otto2021", REGIMEN, "--patients", str(N), "--population",
         "1"]  # fmt: skip
 
 
+def _api_cohort(regimen, population, n, **grid):
+    """A summary-mode cohort of the shipped model through the API, no bands, seed 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pkpd.simulate_cohort("fanta2015_otto2021", regimen, population, n,
+                                    bands=False, seed=1, progress=False, **grid)  # fmt: skip
+
+
 def _rate(benchmark):
     benchmark.extra_info["patients"] = N
     benchmark.extra_info["patients_per_s"] = N / benchmark.stats.stats.median
@@ -40,12 +48,7 @@ def _rate(benchmark):
 @pytest.mark.benchmark(group="cli-cohort")
 def test_api(benchmark):
     def run():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pkpd.simulate_cohort(
-                "fanta2015_otto2021", REGIMEN, "healthy_volunteers", N, until="48 h",
-                every="1 min", bands=False, seed=1, progress=False,
-            )  # fmt: skip
+        return _api_cohort(REGIMEN, "healthy_volunteers", N, until="48 h", every="1 min")
 
     run()
     benchmark.pedantic(run, rounds=3, iterations=1)
@@ -94,12 +97,7 @@ def test_design_grid(benchmark, tmp_path):
 @pytest.mark.benchmark(group="design")
 def test_design_reference_cohort(benchmark):
     def run():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return pkpd.simulate_cohort(
-                "fanta2015_otto2021", "lumbar_fusion_esketamine", "spine_fusion_china",
-                250_000, bands=False, seed=1, progress=False,
-            )  # fmt: skip
+        return _api_cohort("lumbar_fusion_esketamine", "spine_fusion_china", 250_000)
 
     run()
     benchmark.pedantic(run, rounds=2, iterations=1)

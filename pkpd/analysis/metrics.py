@@ -82,6 +82,7 @@ import math
 import warnings
 from collections.abc import Mapping
 
+import numba
 import numpy as np
 
 from pkpd.errors import MetricsError, MetricsWarning, UnitError
@@ -103,6 +104,8 @@ __all__ = [
 
 NG_ML_PER_MG_L = 1000.0  # 1 mg/L = 1 ug/mL = 1000 ng/mL
 AUC_METHODS = ("log-down", "linear")
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
 #: Rows (e.g. patients x outputs) processed at once: bounds the temporary arrays.
 _ROW_ELEMENTS = 4_000_000
 
@@ -539,6 +542,7 @@ def _time_above_rows(t, cr, cl, a, b, level):
     return out
 
 
+@_jit
 def _np_clip(x, lo, hi):
     """``np.clip(x, lo, hi)`` for scalars, as numpy's ufunc computes it:
     ``_NPY_MIN(_NPY_MAX(x, lo), hi)``, NaN-propagating, ties to the bound."""
@@ -546,7 +550,8 @@ def _np_clip(x, lo, hi):
     return m if (m != m or m < hi) else hi
 
 
-def _above_parts_py(t, cr, cl, a, b, level, res):
+@_jit
+def _above_parts(t, cr, cl, a, b, level, res):
     """``res[r, k]``: the time with c >= level of interval ``[t[k], t[k+1]]`` within
     ``[a[r], b[r]]``, from the right limit at its start and the left limit at its end
     (crossings by linear interpolation), with the operations, in the order, of the numpy
@@ -575,16 +580,6 @@ def _above_parts_py(t, cr, cl, a, b, level, res):
                 res[r, k] = dt * (p if p > 0 else q) / abs(q - p)
             else:
                 res[r, k] = 0.0
-
-
-def _jit(fn):
-    import numba  # the analysis layer compiles this one kernel only
-
-    return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
-
-
-_np_clip = _jit(_np_clip)
-_above_parts = _jit(_above_parts_py)
 
 
 # ----------------------------------------------------------------------------- metrics
