@@ -827,16 +827,7 @@ def simulate(
     plot_opts = _plot_options(out_png, plot_window, plot_log)
     limit = _limit_options(risks, max_risk, risk_rule, allow_extrapolation)
     if events_file is not None:
-        if regimen is not None or patients is not None or population is not None:
-            raise click.BadParameter(
-                "the event table holds the doses and the patients: give MODEL and --events "
-                "only (no REGIMEN, --patients or --population)", param_hint="--events",
-            )  # fmt: skip
-        if target or risks:
-            raise click.BadParameter(
-                "a probability needs a cohort (--patients N --population P); an event table "
-                "is simulated patient by patient", param_hint="--target" if target else "--risk",
-            )  # fmt: skip
+        _check_events_options(regimen, patients, population, target, risks)
         _simulate_events(model, events_file, out_csv)
         return
     if regimen is None:
@@ -848,18 +839,7 @@ def simulate(
     if bolus_over is not None:
         regimen = _bolus_over(regimen, bolus_over)
     if patients is not None or population is not None:
-        if out_csv:
-            raise click.BadParameter(
-                "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
-                param_hint="--csv",
-            )
-        if weight or age or sex or extra or anchor_items:
-            raise click.BadParameter(
-                "a cohort draws its covariates and event times from "
-                "--population and the regimen file; --weight, --age, "
-                "--sex, --covariate and --anchor are for one patient",
-                param_hint="--population",
-            )
+        _check_cohort_options(out_csv, (weight, age, sex, extra, anchor_items))
         _simulate_cohort(
             model, regimen, patients, population, seed, until, every, out_nc, trajectories,
             windows, thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png,
@@ -877,6 +857,72 @@ def simulate(
             outcomes=(_one(target, "--target"), risks, limit),
         )  # fmt: skip
         return
+    _check_single_options(target, risks, out_nonmem, patients_table, extra_columns, amounts)
+    targets = _single_targets(out_nc, out_csv, out_png)
+    spec = model_files.load_model(model)
+    anchors = _anchors_option(anchor_items)
+    reg = regimen_files.load_regimen(regimen).resolve(anchors)
+    plot_events = plots.regimen_events(regimen_files.load_regimen(regimen), anchors)
+    _check_window_events(plot_opts, plot_events)
+    cov = _covariates(weight, age, sex, extra)
+    extra_run = _pd_run_options(pd_names, pd_items, racemic)
+    extra_run.update(_method_options(method, rtol, atol))
+    # The command holds two simulations (the output grid, and that grid merged with the dose
+    # events) and copies for its files: each may use a quarter of the available memory.
+    extra_run["memory_limit"] = int(0.8 * resources.available_memory()) // _SINGLE_COPIES
+    metrics = {
+        "windows": _windows_option(windows),
+        "at": _pairs(at_items, "--at") or None,
+        "thresholds": _cohort_thresholds(thresholds) or None,
+        "ranges": _ranges_option(ranges),
+    }
+    # The regimen with its events unresolved, so that windows and times may refer to them.
+    ds = single.simulate(
+        spec, regimen_files.load_regimen(regimen), covariates=cov, until=until, every=every,
+        anchors=anchors, **extra_run, **metrics,
+    )  # fmt: skip
+    fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
+    _echo_single(spec, reg, ds, fine, extra_run)
+    _write_single(targets, ds, plot_events, plot_opts)
+    for _kind, path in targets:
+        _echo(f"wrote {path}")
+    _echo(DISCLAIMER)
+
+
+def _check_events_options(regimen, patients, population, target, risks) -> None:
+    """--events: the event table holds the doses and the patients, one by one (no
+    REGIMEN, cohort or probability)."""
+    if regimen is not None or patients is not None or population is not None:
+        raise click.BadParameter(
+            "the event table holds the doses and the patients: give MODEL and --events "
+            "only (no REGIMEN, --patients or --population)", param_hint="--events",
+        )  # fmt: skip
+    if target or risks:
+        raise click.BadParameter(
+            "a probability needs a cohort (--patients N --population P); an event table "
+            "is simulated patient by patient", param_hint="--target" if target else "--risk",
+        )  # fmt: skip
+
+
+def _check_cohort_options(out_csv, one_patient) -> None:
+    """A cohort has no CSV output and draws its covariates and event times: `one_patient`
+    (--weight, --age, --sex, --covariate and --anchor) must not be given."""
+    if out_csv:
+        raise click.BadParameter(
+            "CSV output is for one patient; use --out FILE.nc or FILE.zarr for a cohort",
+            param_hint="--csv",
+        )
+    if any(one_patient):
+        raise click.BadParameter(
+            "a cohort draws its covariates and event times from "
+            "--population and the regimen file; --weight, --age, "
+            "--sex, --covariate and --anchor are for one patient",
+            param_hint="--population",
+        )
+
+
+def _check_single_options(target, risks, out_nonmem, patients_table, extra_columns, amounts):
+    """One patient: the options that are for cohorts are refused."""
     if target or risks:
         raise click.BadParameter(
             "a probability needs a cohort: add --patients N --population P (one patient "
@@ -902,30 +948,11 @@ def simulate(
             "amounts are kept for cohorts (--patients); a single patient's states are in "
             "its simulation result", param_hint="--amounts",
         )  # fmt: skip
-    targets = _single_targets(out_nc, out_csv, out_png)
-    spec = model_files.load_model(model)
-    anchors = _anchors_option(anchor_items)
-    reg = regimen_files.load_regimen(regimen).resolve(anchors)
-    plot_events = plots.regimen_events(regimen_files.load_regimen(regimen), anchors)
-    _check_window_events(plot_opts, plot_events)
-    cov = _covariates(weight, age, sex, extra)
-    extra_run = _pd_run_options(pd_names, pd_items, racemic)
-    extra_run.update(_method_options(method, rtol, atol))
-    # The command holds two simulations (the output grid, and that grid merged with the dose
-    # events) and copies for its files: each may use a quarter of the available memory.
-    extra_run["memory_limit"] = int(0.8 * resources.available_memory()) // _SINGLE_COPIES
-    metrics = {
-        "windows": _windows_option(windows),
-        "at": _pairs(at_items, "--at") or None,
-        "thresholds": _cohort_thresholds(thresholds) or None,
-        "ranges": _ranges_option(ranges),
-    }
-    # The regimen with its events unresolved, so that windows and times may refer to them.
-    ds = single.simulate(
-        spec, regimen_files.load_regimen(regimen), covariates=cov, until=until, every=every,
-        anchors=anchors, **extra_run, **metrics,
-    )  # fmt: skip
-    fine = _simulate_at_doses(ds, spec, reg, cov, extra_run)
+
+
+def _echo_single(spec, reg, ds, fine, extra_run) -> None:
+    """One patient's summary: the model, regimen, covariates and solver, the exposure of
+    `fine` (the run merged with the dose events), the PD summary and the metrics of `ds`."""
     summ = single.summarize(fine, reg)
     _echo(_model_line(spec))
     _echo(f"regimen: {reg.name + ': ' if reg.name else ''}{reg.text}")
@@ -938,10 +965,6 @@ def simulate(
     _echo_pd_summary(fine, extra_run)
     for line in single.metric_lines(ds):
         _echo(line)
-    _write_single(targets, ds, plot_events, plot_opts)
-    for _kind, path in targets:
-        _echo(f"wrote {path}")
-    _echo(DISCLAIMER)
 
 
 def _bolus_over(regimen, text):

@@ -23,6 +23,8 @@ metrics are checked against what their definitions say of that exact trajectory:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import math
 import os
@@ -38,7 +40,9 @@ import pkpd
 import pkpd.running.cohort
 from pkpd.errors import CovariateRangeWarning, PkpdError, SimulationError
 from pkpd.inputs.population import CovariateTable
+from pkpd.running import cohort as cohort_mod
 from pkpd.running.cohort import QUANTILES, CohortError, simulate_cohort
+from pkpd.running.request import CohortRequest
 from pkpd.running.simulate import time_grid
 
 MODEL = "fanta2015_otto2021"
@@ -932,3 +936,17 @@ def test_summary_mode_skips_no_point_that_matters():
     # ... and Cmax is the maximum of the stored trajectory (grid points and dose events).
     traj_max = full.trajectory.max("time").values
     assert np.all(full.cmax.values >= traj_max * (1 - 1e-6))
+
+
+def test_cohort_request_fields_are_the_parameters_of_simulate_cohort(monkeypatch):
+    """`simulate_cohort` builds its request from its own parameters (``**locals()``): the
+    request's fields must be exactly those parameters, by name and in order, and a call
+    passes each given value through unchanged."""
+    params = list(inspect.signature(cohort_mod.simulate_cohort).parameters)
+    assert [f.name for f in dataclasses.fields(CohortRequest)] == params
+    seen = {}
+    monkeypatch.setattr(cohort_mod, "_run_cohort", lambda r: seen.setdefault("request", r))
+    cohort_mod.simulate_cohort("m", "r", n=7, seed=3, until="5h", threads=2)
+    request = seen["request"]
+    assert (request.model, request.regimen, request.n, request.seed) == ("m", "r", 7, 3)
+    assert (request.until, request.threads) == ("5h", 2)

@@ -436,12 +436,7 @@ def compare(
         ``incidence_<risk>`` with ``_lo``/``_hi`` when asked, ``band`` (regimen, quantile,
         band_output, band_time) and the provenance in ``attrs``.
     """
-    if isinstance(regimens, Mapping):
-        if names is not None:
-            raise DesignError("`names`: the regimens are a dict, its keys are their names")
-        names, regimens = list(regimens), list(regimens.values())
-    if isinstance(regimens, str | Regimen) or not len(regimens):
-        raise DesignError("`regimens`: give a list of at least one regimen")
+    names, regimens = _named_regimens(regimens, names)
     spec = load_model(model)
     loaded = [load_regimen(r) for r in regimens]
     fixed = _fixed_anchors(anchor_times, anchors, loaded)
@@ -449,51 +444,88 @@ def compare(
     labels = _labels(regs, names)
     tgt = parse_target(target) if target is not None else None
     risk_models = _load_risks(risks)
-    if windows is None:
-        windows = {"0-24 h": ("0 h", "24 h")}
-        if all("end_of_surgery" in r.anchor_names for r in regs):
-            windows["postop24"] = ("end_of_surgery", "end_of_surgery + 24 h")
     kw = _cohort_kwargs(
-        regs, target=tgt, risk_models=risk_models, windows=windows, thresholds=thresholds,
-        at=at, until=_until(regs) if until is None else until, every=every,
-        extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
+        regs, target=tgt, risk_models=risk_models, windows=_compare_windows(windows, regs),
+        thresholds=thresholds, at=at, until=_until(regs) if until is None else until,
+        every=every, extra=dict(cohort_kwargs or {}, bands=bands), ranges=ranges,
     )  # fmt: skip
     _check_compare_memory(spec, regs, population, n, seed, kw, len(risk_models))
     # Every regimen's warnings, counted, in attrs['warnings'] (the block adds no frame).
     with record_warnings() as log:
-        parts = []
-        first = None
-        events: dict[str, dict[str, np.ndarray]] = {}  # event -> regimen label -> times
-        for lab, reg in zip(labels, regs, strict=True):
-            ds = _run(spec, reg, population, n, seed, kw)
-            _check_crn(first, ds, lab)
-            first = ds if first is None else first
-            res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
-            parts.append(_summary(ds, reg, res, risk_models))
-            for a in reg.anchor_names:
-                events.setdefault(a, {})[lab] = ds[a].values
-            del ds
-        assert first is not None
+        run = (spec, population, n, seed, kw)
+        parts, first, events = _run_regimens(run, regs, labels, (tgt, risk_models, n_draws))
         out = _comparison(parts, labels, regs, first, events, n)
-        out.attrs = _attrs(first, spec, kind="compare")
-        out.attrs.update(
-            {
-                "regimens": " | ".join(
-                    f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)
-                ),
-                "windows": _windows_text(kw),
-                "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
-                "patients excluded",
-                "common_random_numbers": _crn_text(regs, labels, seed),
-                "target": _target_text(tgt) if tgt else "",
-                "risks": ", ".join(risk_models),
-                "assumptions": _assumptions(first, regs, population),
-            }
-        )
-        for name, rm in risk_models.items():
-            out.attrs.update(_risk_attrs(name, rm))
+        out.attrs = _compare_attrs(first, run, regs, labels, tgt, risk_models)
         out.attrs[WARNINGS_ATTR] = log.attr()
     return out
+
+
+def _named_regimens(regimens, names):
+    """`regimens` as a sequence and their `names` (the keys of a dict of regimens); a
+    single regimen or none is refused."""
+    if isinstance(regimens, Mapping):
+        if names is not None:
+            raise DesignError("`names`: the regimens are a dict, its keys are their names")
+        names, regimens = list(regimens), list(regimens.values())
+    if isinstance(regimens, str | Regimen) or not len(regimens):
+        raise DesignError("`regimens`: give a list of at least one regimen")
+    return names, regimens
+
+
+def _compare_windows(windows, regs) -> Mapping:
+    """`windows`, by default 0-24 h and, when every regimen has the event
+    ``end_of_surgery``, ``postop24`` from it to 24 h after it."""
+    if windows is not None:
+        return windows
+    windows = {"0-24 h": ("0 h", "24 h")}
+    if all("end_of_surgery" in r.anchor_names for r in regs):
+        windows["postop24"] = ("end_of_surgery", "end_of_surgery + 24 h")
+    return windows
+
+
+def _run_regimens(run, regs, labels, evaluation):
+    """Run the cohort of every regimen (the same patients: checked) and summarise it;
+    returns the summaries, the first cohort and the event times (event -> regimen label
+    -> times)."""
+    spec, population, n, seed, kw = run
+    tgt, risk_models, n_draws = evaluation
+    parts = []
+    first = None
+    events: dict[str, dict[str, np.ndarray]] = {}
+    for lab, reg in zip(labels, regs, strict=True):
+        ds = _run(spec, reg, population, n, seed, kw)
+        _check_crn(first, ds, lab)
+        first = ds if first is None else first
+        res = _evaluate(ds, tgt, risk_models, seed, n_draws, reg)
+        parts.append(_summary(ds, reg, res, risk_models))
+        for a in reg.anchor_names:
+            events.setdefault(a, {})[lab] = ds[a].values
+        del ds
+    assert first is not None
+    return parts, first, events
+
+
+def _compare_attrs(first, run, regs, labels, tgt, risk_models) -> dict:
+    """A comparison's attributes: the first cohort's provenance, the regimens and what
+    was asked (windows, target, risks with their provenance), the common random numbers
+    and the assumptions."""
+    spec, population, _, seed, kw = run
+    attrs = _attrs(first, spec, kind="compare")
+    attrs.update(
+        {
+            "regimens": " | ".join(f"{lab}: {r.text}" for lab, r in zip(labels, regs, strict=True)),
+            "windows": _windows_text(kw),
+            "percentiles": "5, 50, 95 % over patients (numpy.percentile, linear); failed "
+            "patients excluded",
+            "common_random_numbers": _crn_text(regs, labels, seed),
+            "target": _target_text(tgt) if tgt else "",
+            "risks": ", ".join(risk_models),
+            "assumptions": _assumptions(first, regs, population),
+        }
+    )
+    for name, rm in risk_models.items():
+        attrs.update(_risk_attrs(name, rm))
+    return attrs
 
 
 def outcome_cohort_kwargs(target=None, risks: Sequence = (), base: Mapping | None = None) -> dict:
@@ -1021,21 +1053,7 @@ def design(
     limit_rule = (risk_rule, allow_extrapolation)
     if rname:
         risk_domain.parse_rule(risk_rule)  # a bad rule fails before the runs
-    if windows is None:
-        windows = {"0-24 h": ("0 h", "24 h")}
-    if until is None:
-        until = _until(list(regs.values()))
-    kw = _cohort_kwargs(
-        list(regs.values()),
-        target=tgt,
-        risk_models=risk_models,
-        windows=windows,
-        thresholds=None,
-        at=None,
-        until=until,
-        every=every,
-        extra=dict(cohort_kwargs or {}, bands=False),
-    )
+    kw = _grid_cohort_kwargs(regs, tgt, risk_models, windows, until, every, cohort_kwargs)
     # Every grid point's warnings, counted, in attrs['warnings'] (the block adds no frame).
     with record_warnings() as log:
         first, res_arr = _sweep(
@@ -1047,17 +1065,38 @@ def design(
         _add_targets_and_risk(gds, dims, res_arr, tgt, rname, max_risk)
         gds.attrs = _attrs(first, spec, kind="design")
         gds.attrs.update(_design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk))
-        # The grid's events are those of the --anchors-from regimen, not of its first point.
-        events_of = anchors if isinstance(anchors, str) else getattr(anchors, "name", None)
-        gds.attrs["assumptions"] = _assumptions(
-            first, list(regs.values())[:1], population, events_of=events_of
-        )
+        gds.attrs["assumptions"] = _grid_assumptions(first, regs, population, anchors)
         if rname:
             gds.attrs.update(_risk_attrs(rname, risk_models[rname]))
             gds.attrs.update(_rule_attrs(risk_models[rname], risk_rule, allow_extrapolation))
         gds.attrs.update(select_best(gds, max_risk=max_risk))
         gds.attrs[WARNINGS_ATTR] = log.attr()
     return gds
+
+
+def _grid_cohort_kwargs(regs, tgt, risk_models, windows, until, every, cohort_kwargs) -> dict:
+    """The :func:`pkpd.simulate_cohort` keywords of every grid point (`regs`: point ->
+    regimen): `windows` (default 0-24 h), the common `until` (default: 24 h after the latest
+    end of dosing of the grid), no bands, and what the target and the risk model need."""
+    regs = list(regs.values())
+    return _cohort_kwargs(
+        regs,
+        target=tgt,
+        risk_models=risk_models,
+        windows={"0-24 h": ("0 h", "24 h")} if windows is None else windows,
+        thresholds=None,
+        at=None,
+        until=_until(regs) if until is None else until,
+        every=every,
+        extra=dict(cohort_kwargs or {}, bands=False),
+    )
+
+
+def _grid_assumptions(first, regs, population, anchors) -> str:
+    """A design's assumptions: those of its first grid point, whose events are those of
+    the --anchors-from regimen (`anchors`), not of the point."""
+    events_of = anchors if isinstance(anchors, str) else getattr(anchors, "name", None)
+    return _assumptions(first, list(regs.values())[:1], population, events_of=events_of)
 
 
 def _sweep(run, regs, points, shape, evaluation, limit, progress):

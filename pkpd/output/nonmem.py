@@ -234,21 +234,11 @@ def read_events(path, model) -> list[EventPatient]:
         df = pd.read_csv(path)
     except (OSError, ValueError) as exc:
         raise EventTableError(f"{where}: cannot read the event table: {exc}") from None
-
-    def col(name, required=True, aliases=()):
-        c = _find(df.columns, (name, *aliases))
-        if c is None and required:
-            raise EventTableError(
-                f"{where}: no column `{name}` (expected NONMEM columns "
-                f"{', '.join(NONMEM_COLUMNS)}; found {', '.join(map(str, df.columns))})"
-            )
-        return c
-
-    c_id, c_time, c_amt, c_evid = col("ID"), col("TIME"), col("AMT"), col("EVID")
-    c_rate, c_cmt = col("RATE", False), col("CMT", False)
+    c_id, c_time, c_amt, c_evid = [_column(df, n, where) for n in ("ID", "TIME", "AMT", "EVID")]
+    c_rate, c_cmt = _column(df, "RATE", where, False), _column(df, "CMT", where, False)
     for unsupported, why in (("ADDL", "additional doses"), ("II", "interdose intervals"),
                              ("SS", "steady-state doses")):  # fmt: skip
-        c = col(unsupported, False)
+        c = _column(df, unsupported, where, False)
         if c is not None and np.any(pd.to_numeric(df[c], errors="coerce").fillna(0) != 0):
             raise EventTableError(
                 f"{where}: column `{c}` ({why}) is not supported: write every dose as its "
@@ -266,18 +256,56 @@ def read_events(path, model) -> list[EventPatient]:
                 "finite number"
             )
         numeric[c] = v
-    evid = numeric[c_evid]
+    _check_evid(numeric[c_evid], c_evid, where)
+    rate = numeric[c_rate] if c_rate is not None else np.zeros(len(df))
+    amt, time = numeric[c_amt], numeric[c_time]
+    dose = numeric[c_evid] == 1
+    cmt = (c_cmt, numeric[c_cmt]) if c_cmt is not None else None
+    _check_doses(spec, dose, amt, rate, cmt, where)
+    cov_cols = _covariate_columns(spec, df.columns, where)
+    patients = []
+    for pid in pd.unique(df[c_id]):
+        rows = np.nonzero((df[c_id] == pid).to_numpy())[0]
+        who = f"{where}: ID {pid}"
+        doses = _patient_doses(rows[dose[rows]], amt, time, rate, who)
+        cov = _patient_covariates(spec, df, rows, cov_cols, where, who)
+        obs = np.unique(time[rows[~dose[rows]]])
+        text = "; ".join(d.text() for d in doses)
+        patients.append(
+            EventPatient(plain(pid), Regimen(tuple(doses), name=f"ID {pid}", _text=text), cov, obs)
+        )
+    if not patients:
+        raise EventTableError(f"{where}: no rows")
+    return patients
+
+
+def _column(df, name: str, where: str, required: bool = True) -> str | None:
+    """The column of the event table `df` named `name` (any case); None, or an error when
+    `required`, without one."""
+    c = _find(df.columns, (name,))
+    if c is None and required:
+        raise EventTableError(
+            f"{where}: no column `{name}` (expected NONMEM columns "
+            f"{', '.join(NONMEM_COLUMNS)}; found {', '.join(map(str, df.columns))})"
+        )
+    return c
+
+
+def _check_evid(evid: np.ndarray, column: str, where: str) -> None:
+    """Only observations (EVID 0) and doses (EVID 1): other events and resets are refused."""
     other = sorted(set(evid.tolist()) - {0.0, 1.0})
     if other:
         row = int(np.nonzero(~np.isin(evid, (0.0, 1.0)))[0][0]) + 2
         raise EventTableError(
-            f"{where}: row {row}: column `{c_evid}`: EVID {other[0]:g} is not supported "
+            f"{where}: row {row}: column `{column}`: EVID {other[0]:g} is not supported "
             "(expected 0: observation, 1: dose; EVID 2, 3 and 4 events and resets are not "
             "modelled)"
         )
-    rate = numeric[c_rate] if c_rate is not None else np.zeros(len(df))
-    amt = numeric[c_amt]
-    dose = evid == 1
+
+
+def _check_doses(spec, dose: np.ndarray, amt: np.ndarray, rate: np.ndarray, cmt, where: str):
+    """Dose rows need AMT > 0 and a given rate (RATE >= 0), and go to the model's dosing
+    compartment when there is a CMT column (`cmt`: its name and values, or None)."""
     for cond, what in (
         (dose & (rate < 0), "RATE -1/-2 (modelled rate or duration) is not supported"),
         (dose & (amt <= 0), "a dose needs AMT > 0 (mg)"),
@@ -285,20 +313,24 @@ def read_events(path, model) -> list[EventPatient]:
         if np.any(cond):
             row = int(np.nonzero(cond)[0][0]) + 2
             raise EventTableError(f"{where}: row {row}: {what}")
-    if c_cmt is not None:
-        cmt = spec.dose_index + 1
-        wrong = dose & (numeric[c_cmt] != cmt)
+    if cmt is not None:
+        c_cmt, values = cmt
+        number = spec.dose_index + 1
+        wrong = dose & (values != number)
         if np.any(wrong):
             row = int(np.nonzero(wrong)[0][0]) + 2
             raise EventTableError(
-                f"{where}: row {row}: column `{c_cmt}`: doses go to compartment {cmt} "
-                f"({spec.dose_compartment}) of model {spec.name!r}, got "
-                f"{numeric[c_cmt][row - 2]:g}"
+                f"{where}: row {row}: column `{c_cmt}`: doses go to compartment {number} "
+                f"({spec.dose_compartment}) of model {spec.name!r}, got {values[row - 2]:g}"
             )
-    # Covariates: the model's, by name or the usual NONMEM column.
+
+
+def _covariate_columns(spec, columns, where: str) -> dict[str, str]:
+    """The columns of the model's covariates, by name or the usual NONMEM column (any
+    case); every covariate the model uses needs one."""
     cov_cols = {}
     for name in spec.covariates:
-        c = _find(df.columns, [name, COVARIATE_COLUMNS.get(name, name)])
+        c = _find(columns, [name, COVARIATE_COLUMNS.get(name, name)])
         if c is not None:
             cov_cols[name] = c
     missing = sorted(set(spec.used_covariates) - set(cov_cols))
@@ -308,37 +340,38 @@ def read_events(path, model) -> list[EventPatient]:
             f"{where}: model {spec.name!r} uses the covariate `{m}`: expected a column "
             f"`{COVARIATE_COLUMNS.get(m, m.upper())}` (or `{m}`, any case)"
         )
-    time = numeric[c_time]
-    patients = []
-    for pid in pd.unique(df[c_id]):
-        rows = np.nonzero((df[c_id] == pid).to_numpy())[0]
-        doses = []
-        for r in rows[dose[rows]]:
-            a, t0 = float(amt[r]), float(time[r])
-            if rate[r] == 0:
-                doses.append(Bolus(Parsed(a, False, "dose", f"{a!r} mg"), t0))
-            else:
-                q = float(rate[r])
-                doses.append(Infusion(t0, t0 + a / q, rate=Parsed(q, False, "rate", f"{q!r} mg/h")))
-        if not doses:
-            raise EventTableError(f"{where}: ID {pid}: no dose (EVID 1) row")
-        cov = {}
-        for name, c in cov_cols.items():
-            vals = df[c].iloc[rows]
-            if vals.nunique(dropna=False) != 1:
-                raise EventTableError(
-                    f"{where}: ID {pid}: column `{c}` changes within the patient "
-                    "(time-varying covariates are not supported)"
-                )
-            cov[name] = _decode(spec, name, vals.iloc[0], where, c)
-        obs = np.unique(time[rows[~dose[rows]]])
-        text = "; ".join(d.text() for d in doses)
-        patients.append(
-            EventPatient(plain(pid), Regimen(tuple(doses), name=f"ID {pid}", _text=text), cov, obs)
-        )
-    if not patients:
-        raise EventTableError(f"{where}: no rows")
-    return patients
+    return cov_cols
+
+
+def _patient_doses(rows: np.ndarray, amt, time, rate, who: str) -> list:
+    """The doses of one patient's dose `rows`: a bolus of AMT mg (RATE 0) or an infusion
+    of AMT mg at RATE mg/h; a patient without any is refused (`who` names it)."""
+    doses = []
+    for r in rows:
+        a, t0 = float(amt[r]), float(time[r])
+        if rate[r] == 0:
+            doses.append(Bolus(Parsed(a, False, "dose", f"{a!r} mg"), t0))
+        else:
+            q = float(rate[r])
+            doses.append(Infusion(t0, t0 + a / q, rate=Parsed(q, False, "rate", f"{q!r} mg/h")))
+    if not doses:
+        raise EventTableError(f"{who}: no dose (EVID 1) row")
+    return doses
+
+
+def _patient_covariates(spec, df, rows: np.ndarray, cov_cols: dict, where: str, who: str):
+    """One patient's covariates (its `rows` of `df`), decoded; each must be constant
+    within the patient (`who` names it)."""
+    cov = {}
+    for name, c in cov_cols.items():
+        vals = df[c].iloc[rows]
+        if vals.nunique(dropna=False) != 1:
+            raise EventTableError(
+                f"{who}: column `{c}` changes within the patient "
+                "(time-varying covariates are not supported)"
+            )
+        cov[name] = _decode(spec, name, vals.iloc[0], where, c)
+    return cov
 
 
 def _decode(spec, name, value, where, column):

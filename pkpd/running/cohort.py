@@ -836,18 +836,7 @@ def simulate_cohort(
         ``band`` (quantile, output, band_time). Units in ``attrs``; numbers are stored as
         numbers (``threshold_level`` coordinate, ``grid_start_h``/``grid_end_h`` attrs).
     """
-    request = CohortRequest(
-        model=model, regimen=regimen, population=population, n=n, seed=seed, until=until,
-        every=every, windows=windows, at=at, thresholds=thresholds, ranges=ranges,
-        trajectories=trajectories, trajectory_every=trajectory_every, bands=bands,
-        band_every=band_every, iiv=iiv, residual=residual, chunk_size=chunk_size,
-        threads=threads, out=out, dask=dask,
-        progress=progress, raise_on_failure=raise_on_failure, memory_limit=memory_limit,
-        method=method, rtol=rtol, atol=atol, amounts=amounts,
-        trajectory_dtype=trajectory_dtype, extra_columns=extra_columns,
-        estimate_only=estimate_only, pd=pd, pd_parameters=pd_parameters, racemic=racemic,
-    )  # fmt: skip
-    return _run_cohort(request)
+    return _run_cohort(CohortRequest(**locals()))  # its fields are these parameters
 
 
 # Warnings raised while a request runs point at the caller of `simulate_cohort`: their

@@ -16,10 +16,10 @@ from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model, output_scales
 from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
-from pkpd.inputs.regimen import Bolus, Infusion, Regimen, _time_ref, load_regimen
+from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
-from pkpd.running.cohort import run_assumptions
+from pkpd.running.cohort import _ranges, _thresholds, run_assumptions, time_within_from_bounds
 from pkpd.running.grid import (
     MAX_GRID_POINTS,
     MG_L_TO_NG_ML,
@@ -204,41 +204,67 @@ def simulate(
         model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
         spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
         t = _output_times(reg, times, until, every)
-        _check_single_memory(spec, t.size, memory_limit)
-        if spec.is_linear:
-            data, sattrs = _linear_data(spec, theta, ev, t, method, rtol, atol)
-        else:
-            data, sattrs = dataset_variables(spec, theta, full, ev, t, method, rtol, atol)
-        ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
-        ds.attrs.update(spec.provenance_attrs())
-        ds.attrs.update(
-            {
-                "regimen": reg.text,
-                "regimen_name": reg.name,
-                "covariates": "; ".join(f"{k}={v}" for k, v in full.items()),
-                "package": f"ketamine-pkpd {__version__}",
-                "disclaimer": DISCLAIMER,
-            }
-        )
-        ds.attrs["assumptions"] = run_assumptions(
-            ds.attrs, load_regimen(regimen), None, dict(anchors or {})
-        )
-        ds.attrs.update(sattrs)
-        if eta is not None:
-            ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(eta).items())
-        if racemic:
-            ds.attrs.update(racemic_attrs())
+        run = _Run(spec, theta, full, ev, eta, method, rtol, atol, memory_limit)
+        ds = _dataset(run, t, reg, regimen, anchors, racemic)
         if bundle is not None:
             add_pd_variables(ds, bundle)
-        if windows or at or thresholds or ranges:
-            events = load_regimen(regimen).anchor_times(anchors)
-            pd_outs = pd_outputs(bundle) if bundle is not None else []
-            fine = dict(
-                spec=spec, theta=theta, full=full, ev=ev, method=method, rtol=rtol, atol=atol
-            )
-            asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
-            _add_metrics(ds, fine, events, pd_outs, asked, memory_limit)
+        asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
+        _add_metrics(ds, run, regimen, anchors, bundle, asked)
         ds.attrs[WARNINGS_ATTR] = log.attr()
+    return ds
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One patient's run: the model, its individual parameters and covariates, the dose
+    events, the random effects given, the solver with its tolerances and the memory
+    allowed (None: 80 % of the available memory)."""
+
+    spec: ModelSpec
+    theta: np.ndarray
+    covariates: dict
+    ev: EventTable
+    eta: dict | None
+    method: str
+    rtol: object
+    atol: object
+    memory_limit: int | None
+
+    def solve(self, t: np.ndarray) -> tuple[dict, dict]:
+        """Dataset variables (with their limits at boluses) and solver attrs at the times
+        `t`; a grid that would not fit in the memory allowed is refused before solving."""
+        _check_single_memory(self.spec, t.size, self.memory_limit)
+        args = (self.ev, t, self.method, self.rtol, self.atol)
+        if self.spec.is_linear:
+            return _linear_data(self.spec, self.theta, *args)
+        return dataset_variables(self.spec, self.theta, self.covariates, *args)
+
+
+def _dataset(run: _Run, t: np.ndarray, reg: Regimen, regimen, anchors, racemic) -> xr.Dataset:
+    """The solution on the output times `t` with the run's attributes: the model's
+    provenance, the regimen (`reg` resolved; `regimen` as given, whose event times not in
+    `anchors` are assumptions), the covariates, the package, the solver, the random
+    effects and the racemic caveats."""
+    data, sattrs = run.solve(t)
+    ds = xr.Dataset(data, coords={"time": ("time", t, variable_attrs("time"))})
+    ds.attrs.update(run.spec.provenance_attrs())
+    ds.attrs.update(
+        {
+            "regimen": reg.text,
+            "regimen_name": reg.name,
+            "covariates": "; ".join(f"{k}={v}" for k, v in run.covariates.items()),
+            "package": f"ketamine-pkpd {__version__}",
+            "disclaimer": DISCLAIMER,
+        }
+    )
+    ds.attrs["assumptions"] = run_assumptions(
+        ds.attrs, load_regimen(regimen), None, dict(anchors or {})
+    )
+    ds.attrs.update(sattrs)
+    if run.eta is not None:
+        ds.attrs["eta"] = "; ".join(f"{k}={v}" for k, v in dict(run.eta).items())
+    if racemic:
+        ds.attrs.update(racemic_attrs())
     return ds
 
 
@@ -257,16 +283,52 @@ def _event_time(text, events: dict[str, float], what: str) -> float:
     return events[anchor] + off
 
 
-def _add_metrics(ds, fine, events, pd_outs, asked, memory_limit) -> None:
+def _add_metrics(ds, run: _Run, regimen, anchors, bundle, asked) -> None:
     """``auc``, ``c_at``, ``time_above`` and ``time_within`` of one patient (see
     :func:`simulate`; `asked` holds its `windows`, `at`, `thresholds` and `ranges`), from a
     second solution on the output times merged with the dose events, the window bounds
-    and the `at` times: the points a cohort's kernel evaluates."""
-    # The cohort's parsing, not its kernels.
-    from pkpd.running.cohort import _ranges, _thresholds, time_within_from_bounds
+    and the `at` times: the points a cohort's kernel evaluates. Nothing when none is
+    asked."""
+    if not any(asked.values()):
+        return
+    events = load_regimen(regimen).anchor_times(anchors)
+    pd_outs = pd_outputs(bundle) if bundle is not None else []
+    win, at_t = _metric_times(asked["windows"], asked["at"], events)
+    thr = _thresholds(asked["thresholds"], run.spec, pd_outs)
+    rng = _ranges(asked["ranges"], run.spec, pd_outs)
+    grid = ds.time.values
+    t = _metric_points(grid, run.ev, win, at_t)
+    data, _ = run.solve(t)
+    outs = list(run.spec.output_names)
+    scale, units = output_scales(run.spec)
+    c_at, auc = _values_at_and_auc(data, t, outs, win, at_t)
+    t_above, t_within = _level_times(data, t, outs, scale, thr, rng, grid[-1])
+    # PD variables after the model outputs, as in a cohort.
+    if pd_outs:
+        c_at, auc, units = _with_pd_outputs(c_at, auc, units, outs, pd_outs)
+    u = units[0] if len(set(units)) == 1 else "see output_units"
+    coords: dict = {}
+    metrics: dict = {}
+    if win or at_t:  # the dimension of `auc` and `c_at` only
+        coords["output"] = ("output", [*outs, *(po.name for po in pd_outs)])
+        if u == "see output_units":
+            coords["output_units"] = single_variable("output_units", list(units))
+    for c, d in (
+        _window_metric(win, auc),
+        _at_metric(at_t, c_at, u),
+        _threshold_metric(thr, t_above),
+        _range_metric(rng, t_within),
+    ):
+        coords.update(c)
+        metrics.update(d)
+    ds.coords.update(coords)
+    ds.update(metrics)
 
-    windows, at, thresholds = asked["windows"], asked["at"], asked["thresholds"]
-    spec = fine["spec"]
+
+def _metric_times(windows, at, events: dict[str, float]):
+    """The windows ``name -> (start, end)`` and the `at` times ``name -> time`` in h (times
+    may refer to the regimen's `events`); a window that is not a pair or ends before it
+    starts is refused."""
     win = {}
     for name, bounds in dict(windows or {}).items():
         try:
@@ -279,20 +341,19 @@ def _add_metrics(ds, fine, events, pd_outs, asked, memory_limit) -> None:
             raise RegimenError(f"window {name!r} ends before it starts ({tb:g} h < {ta:g} h)")
         win[name] = (ta, tb)
     at_t = {name: _event_time(v, events, "at") for name, v in dict(at or {}).items()}
-    thr = _thresholds(thresholds, spec, pd_outs)
-    rng = _ranges(asked["ranges"], spec, pd_outs)
-    grid = ds.time.values
-    ev = fine["ev"]
+    return win, at_t
+
+
+def _metric_points(grid: np.ndarray, ev: EventTable, win: dict, at_t: dict) -> np.ndarray:
+    """The output times `grid` merged with the dose events within them, the window bounds
+    and the `at` times."""
     special = np.array([*(x for w in win.values() for x in w), *at_t.values()], dtype=float)
-    t = np.union1d(np.union1d(grid, ev.t[(ev.t >= grid[0]) & (ev.t <= grid[-1])]), special)
-    _check_single_memory(spec, t.size, memory_limit)
-    args = (fine["theta"], ev, t, fine["method"], fine["rtol"], fine["atol"])
-    if spec.is_linear:
-        data, _ = _linear_data(spec, *args)
-    else:
-        data, _ = dataset_variables(spec, fine["theta"], fine["full"], *args[1:])
-    outs = list(spec.output_names)
-    scale, units = output_scales(spec)
+    return np.union1d(np.union1d(grid, ev.t[(ev.t >= grid[0]) & (ev.t <= grid[-1])]), special)
+
+
+def _values_at_and_auc(data: dict, t: np.ndarray, outs: list, win: dict, at_t: dict):
+    """The outputs at the `at` times (output, at) and their AUC over each window (output,
+    window: the difference of the cumulative AUC at its bounds; NaN without one)."""
     idx = {k: int(np.searchsorted(t, v)) for k, v in at_t.items()}
     c_at = np.array([[data[o][1][idx[k]] for k in at_t] for o in outs]).reshape(len(outs), -1)
     auc = np.full((len(outs), len(win)), np.nan)
@@ -301,81 +362,106 @@ def _add_metrics(ds, fine, events, pd_outs, asked, memory_limit) -> None:
             cum = data[f"auc_{o}"][1]
             for w, (ta, tb) in enumerate(win.values()):
                 auc[i, w] = cum[np.searchsorted(t, tb)] - cum[np.searchsorted(t, ta)]
-    # The time above every level (the thresholds, then both bounds of every range), as
-    # the cohort kernel's columns.
+    return c_at, auc
+
+
+def _level_times(data: dict, t: np.ndarray, outs: list, scale, thr, rng, t_end: float):
+    """``time_above`` (threshold) and ``time_within`` (range): the time above every level
+    (the thresholds, then both bounds of every range), as the cohort kernel's columns, a
+    range's time being that above its low bound minus that above its high bound."""
     t_above = np.array(
         [
             _time_above(
-                t, data[x.recorded_output], x.value * scale[outs.index(x.recorded_output)], grid[-1]
+                t, data[x.recorded_output], x.value * scale[outs.index(x.recorded_output)], t_end
             )
             for x in [*thr, *(b for r in rng for b in (r.low, r.high))]
         ]
     )
-    t_within = time_within_from_bounds(t_above[len(thr) :])
-    t_above = t_above[: len(thr)]
-    # PD variables after the model outputs, as in a cohort: values at times from the
-    # outputs there; AUC for concentrations (the driving output's x its factor).
-    pd_names = [po.name for po in pd_outs]
-    if pd_outs:
-        pc = [po.value(*(c_at[outs.index(o)] for o, _, _ in po.terms)) for po in pd_outs]
-        c_at = np.concatenate([c_at, np.broadcast_to(np.array(pc), (len(pc), c_at.shape[1]))])
-        pa = np.full((len(pd_outs), len(win)), np.nan)
-        for j, po in enumerate(pd_outs):
-            if po.concentration:
-                pa[j] = auc[outs.index(po.terms[0][0])] * po.terms[0][1]
-        auc = np.concatenate([auc, pa])
-        units = [*units, *(po.units for po in pd_outs)]
-    u = units[0] if len(set(units)) == 1 else "see output_units"
-    coords: dict = {"output": ("output", [*outs, *pd_names])}
-    data: dict = {}
-    if u == "see output_units":
-        coords["output_units"] = single_variable("output_units", list(units))
-    if win:
-        coords["window"] = ("window", list(win))
-        coords["window_start"] = (
+    return t_above[: len(thr)], time_within_from_bounds(t_above[len(thr) :])
+
+
+def _with_pd_outputs(c_at, auc, units: list, outs: list, pd_outs: list):
+    """`c_at`, `auc` and `units` with the PD variables after the model outputs, as in a
+    cohort: values at times from the outputs there; AUC for concentrations (the driving
+    output's x its factor, NaN otherwise)."""
+    pc = [po.value(*(c_at[outs.index(o)] for o, _, _ in po.terms)) for po in pd_outs]
+    c_at = np.concatenate([c_at, np.broadcast_to(np.array(pc), (len(pc), c_at.shape[1]))])
+    pa = np.full((len(pd_outs), auc.shape[1]), np.nan)
+    for j, po in enumerate(pd_outs):
+        if po.concentration:
+            pa[j] = auc[outs.index(po.terms[0][0])] * po.terms[0][1]
+    auc = np.concatenate([auc, pa])
+    return c_at, auc, [*units, *(po.units for po in pd_outs)]
+
+
+def _window_metric(win: dict, auc) -> tuple[dict, dict]:
+    """Coordinates and data variable of the AUC windows (none without windows)."""
+    if not win:
+        return {}, {}
+    coords = {
+        "window": ("window", list(win)),
+        "window_start": (
             "window",
             [w[0] for w in win.values()],
             {"units": "h", "long_name": "start of each window"},
-        )
-        coords["window_end"] = (
+        ),
+        "window_end": (
             "window",
             [w[1] for w in win.values()],
             {"units": "h", "long_name": "end of each window"},
-        )
-        data["auc"] = single_variable("auc", auc)
-    if at_t:
-        coords["at"] = ("at", list(at_t))
-        coords["at_time"] = (
+        ),
+    }
+    return coords, {"auc": single_variable("auc", auc)}
+
+
+def _at_metric(at_t: dict, c_at, units: str) -> tuple[dict, dict]:
+    """Coordinates and data variable of the values at named times (none without them)."""
+    if not at_t:
+        return {}, {}
+    coords = {
+        "at": ("at", list(at_t)),
+        "at_time": (
             "at",
             list(at_t.values()),
             {"units": "h", "long_name": "time of each named time"},
-        )
-        data["c_at"] = single_variable("c_at", c_at, units=u)
-    if thr:
-        coords["threshold"] = ("threshold", [x.label for x in thr])
-        coords["threshold_output"] = single_variable("threshold_output", [x.output for x in thr])
-        tu = [x.units for x in thr]
-        coords["threshold_level"] = single_variable(
+        ),
+    }
+    return coords, {"c_at": single_variable("c_at", c_at, units=units)}
+
+
+def _threshold_metric(thr: list, t_above) -> tuple[dict, dict]:
+    """Coordinates and data variable of the times above thresholds (none without them)."""
+    if not thr:
+        return {}, {}
+    tu = [x.units for x in thr]
+    coords = {
+        "threshold": ("threshold", [x.label for x in thr]),
+        "threshold_output": single_variable("threshold_output", [x.output for x in thr]),
+        "threshold_level": single_variable(
             "threshold_level", np.array([x.level for x in thr], dtype=float),
             units=tu[0] if len(set(tu)) == 1 else "see threshold_units",
+        ),
+        "threshold_units": single_variable("threshold_units", tu),
+    }  # fmt: skip
+    return coords, {"time_above": single_variable("time_above", t_above)}
+
+
+def _range_metric(rng: list, t_within) -> tuple[dict, dict]:
+    """Coordinates and data variable of the times within ranges (none without them)."""
+    if not rng:
+        return {}, {}
+    ru = [r.low.units for r in rng]
+    coords = {
+        "range": ("range", [r.label for r in rng]),
+        "range_output": single_variable("range_output", [r.output for r in rng]),
+    }
+    for side in ("low", "high"):
+        coords[f"range_{side}"] = single_variable(
+            f"range_{side}", np.array([getattr(r, side).level for r in rng], dtype=float),
+            units=ru[0] if len(set(ru)) == 1 else "see range_units",
         )  # fmt: skip
-        coords["threshold_units"] = single_variable("threshold_units", tu)
-        data["time_above"] = single_variable("time_above", t_above)
-    if rng:
-        coords["range"] = ("range", [r.label for r in rng])
-        coords["range_output"] = single_variable("range_output", [r.output for r in rng])
-        ru = [r.low.units for r in rng]
-        for side in ("low", "high"):
-            coords[f"range_{side}"] = single_variable(
-                f"range_{side}", np.array([getattr(r, side).level for r in rng], dtype=float),
-                units=ru[0] if len(set(ru)) == 1 else "see range_units",
-            )  # fmt: skip
-        coords["range_units"] = single_variable("range_units", ru)
-        data["time_within"] = single_variable("time_within", t_within)
-    if not (win or at_t):
-        coords = {k: v for k, v in coords.items() if k not in ("output", "output_units")}
-    ds.coords.update(coords)
-    ds.update(data)
+    coords["range_units"] = single_variable("range_units", ru)
+    return coords, {"time_within": single_variable("time_within", t_within)}
 
 
 def metric_lines(ds) -> list[str]:
