@@ -80,10 +80,11 @@ def test_adaptive_cohort_equals_the_exact_kernel_to_tolerance(exact, method):
         np.testing.assert_array_equal(ds[coord].values, exact[coord].values)
 
 
-def test_summary_mode_metrics_equal_the_full_evaluation_bit_for_bit():
-    """In summary mode (no threshold, no stored trajectory) Dopri5 skips the rows of the
-    steps that cannot raise Cmax; the metrics are exactly those of the run that evaluates
-    every row (here: the same cohort keeping a trajectory)."""
+@pytest.mark.parametrize("method", ["dopri5", "rodas"])
+def test_summary_mode_metrics_equal_the_full_evaluation_bit_for_bit(method):
+    """In summary mode (no threshold, no stored trajectory) the adaptive solvers skip the
+    rows of the steps that cannot raise Cmax; the metrics are exactly those of the run that
+    evaluates every row (here: the same cohort keeping a trajectory)."""
     kw = {k: v for k, v in KW.items() if k not in ("thresholds", "trajectories")}
     runs = []
     for extra in ({}, {"trajectories": ["cp"]}):
@@ -91,7 +92,7 @@ def test_summary_mode_metrics_equal_the_full_evaluation_bit_for_bit():
             warnings.simplefilter("ignore")
             ds = simulate_cohort(
                 MODEL, "lumbar_fusion_esketamine", "spine_fusion_china", n=64, seed=11,
-                method="dopri5", **kw, **extra,
+                method=method, **kw, **extra,
             )  # fmt: skip
         runs.append(ds)
     lean, full = runs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from helpers import mammillary
@@ -10,6 +12,7 @@ from scipy.integrate import solve_ivp
 
 from pkpd.engine.solvers import STATUS_OK
 from pkpd.engine.solvers import rosenbrock as ro
+from pkpd.engine.solvers import segments as seg
 from pkpd.engine.solvers.exact import propagate
 from pkpd.engine.solvers.registry import DEFAULT_NSTIFF, run, run_linear
 
@@ -162,3 +165,64 @@ def test_controller_limits():
     assert ro.rodas_factor(0.0, 1.0, 1.0, 1.0, True, False) == ro.MAX_FACTOR
     assert ro.rodas_factor(1e12, 1.0, 1.0, 1.0, True, False) == ro.MIN_FACTOR
     assert ro.rodas_factor(1e-4, 1.0, 1.0, 1.0, False, True) == pytest.approx(1.0)
+
+
+def _rodas_extension(m, s):
+    """Rodas4's continuous extension as rodas.f writes it, ``(1-s) y_old + s (y_new +
+    (1-s) (cont3 + s cont4))``, in exact rational arithmetic at a rational `s`."""
+    s = Fraction(s)
+    y0, y1, c3, c4 = (Fraction(float(v)) for v in m)
+    return (1 - s) * y0 + s * (y1 + (1 - s) * (c3 + s * c4))
+
+
+def test_dense_output_is_rodas_extension_in_the_shared_basis():
+    """The coefficient rows handed to the shared evaluation (Dopri5's basis) give rodas.f's
+    extension: y_old at s = 0, y_new at s = 1, and the rational polynomial in between;
+    carried through a recording map R they are R applied to those of the state."""
+    rng = np.random.default_rng(3)
+    work, _, _ = ro.workspace(3)
+    work[:] = rng.normal(size=work.shape)
+    mapped = np.zeros((seg.N_COEF, 3))
+    assert ro._coeffs(work, np.zeros((0, 0)), mapped)
+    cont3 = np.array(ro._H[0]) @ work[ro._K1 : ro._K1 + 5]
+    cont4 = np.array(ro._H[1]) @ work[ro._K1 : ro._K1 + 5]
+    ss = [0.0, 0.125, 0.5, 0.75, 1.0]
+    out = np.zeros((len(ss), 3))
+    for k, s in enumerate(ss):
+        seg.dense(mapped, s, out, k)
+    np.testing.assert_array_equal(out[0], work[ro._Y])
+    np.testing.assert_allclose(out[-1], work[ro._YNEW], rtol=1e-14)
+    for k, s in enumerate(ss):
+        for j in range(3):
+            m = (work[ro._Y, j], work[ro._YNEW, j], cont3[j], cont4[j])
+            assert out[k, j] == pytest.approx(float(_rodas_extension(m, s)), rel=1e-13, abs=1e-13)
+    R = rng.normal(size=(2, 3))
+    mapped_R = np.zeros((seg.N_COEF, 2))
+    assert ro._coeffs(work, R, mapped_R)
+    np.testing.assert_allclose(mapped_R, mapped @ R.T, rtol=1e-13, atol=1e-13)
+
+
+def test_dense_bound_holds_for_the_rodas_extension():
+    """The summary-mode bound, applied to Rodas4's coefficient rows, holds for what the
+    shared evaluation computes (floating point) and for rodas.f's polynomial (exact) at
+    every s in [0, 1], for coefficients of every sign and very different sizes; and it is
+    tight for a smooth declining step."""
+    rng = np.random.default_rng(11)
+    ss = np.concatenate([np.linspace(0.0, 1.0, 401), rng.uniform(size=200), [1.0]])
+    out = np.zeros((ss.size, 1))
+    for case in range(300):
+        scale = 10.0 ** rng.integers(-8, 8, size=4)
+        y0, y1, c3, c4 = rng.normal(size=4) * scale
+        if case % 3 == 0:  # a declining concentration: the common case past the peak
+            y0 = abs(y0) + 1.0
+            y1 = y0 - abs(y1)
+        mapped = np.array([[y0], [y1 - y0], [c3], [c4], [0.0]])
+        ub = seg.dense_bound(mapped, 0)
+        for k, s in enumerate(ss):
+            seg.dense(mapped, s, out, k)
+        assert np.all(out[:, 0] <= ub)
+        exact_max = max(_rodas_extension((y0, y1, c3, c4), s) for s in ss[::8])
+        assert exact_max <= Fraction(ub)  # the rounding of y1 - y0 is inside the margin
+    y0, y1 = 5.0, 4.9
+    mapped = np.array([[y0], [y1 - y0], [1e-4], [-1e-5], [0.0]])
+    assert y0 < seg.dense_bound(mapped, 0) < y0 + 1e-4

@@ -25,8 +25,8 @@ state for ``[ode]`` models, and for linear models only the linear functionals th
 need (the concentrations, then the AUC states), through the solvers' recording map;
 ``pre`` what is recorded just before each event (the left limit at a bolus) and ``fold``
 the running Cmax/Tmax the solver keeps itself (see
-:func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped`). For linear models the solver folds
-Cmax/Tmax as it goes and, in summary mode, Dopri5 skips the evaluation of every grid row
+:mod:`pkpd.engine.solvers.segments`). For linear models the solver folds
+Cmax/Tmax as it goes and, in summary mode, skips the evaluation of every grid row
 of a step whose continuous extension provably stays below the running maxima.
 
 Nothing here raises or formats strings; a failed patient gets a status code (and NaN

@@ -48,6 +48,17 @@ from . import (
     STATUS_STIFF,
 )
 from .linear_rhs import linear_rhs
+from .segments import (
+    N_COEF,
+    all_finite,
+    check_times,
+    event_boundary,
+    first_output_in,
+    initial_step,
+    map_rows,
+    no_fold,
+    record_step,
+)
 
 # error_model="numpy": a division by zero gives inf/NaN (caught by the status checks)
 # instead of raising; raising paths would also keep the kernels out of the disk cache.
@@ -157,85 +168,6 @@ def pi_factor(err, err_old, rejected):
     return fac
 
 
-@_jit_inline
-def initial_step(rhs, t, y, f0, u, p, rtol, atol, order, hmax, y1, f1, stats):
-    """Hairer's ``HINIT``: a first step from the sizes of ``y``, ``f`` and ``f'``.
-
-    `f0` must hold ``rhs(t, y)``; `y1` and `f1` are scratch rows. One extra evaluation.
-    """
-    n = y.shape[0]
-    dnf = 0.0
-    dny = 0.0
-    for i in range(n):
-        sk = atol[i] + rtol[i] * abs(y[i])
-        dnf += (f0[i] / sk) ** 2
-        dny += (y[i] / sk) ** 2
-    if dnf <= 1e-10 or dny <= 1e-10:
-        h = 1e-6
-    else:
-        h = math.sqrt(dny / dnf) * 0.01
-    h = min(h, hmax)
-    for i in range(n):
-        y1[i] = y[i] + h * f0[i]
-    rhs(t + h, y1, u, p, f1)
-    stats[STAT_NFEV] += 1
-    der2 = 0.0
-    for i in range(n):
-        sk = atol[i] + rtol[i] * abs(y[i])
-        der2 += ((f1[i] - f0[i]) / sk) ** 2
-    der2 = math.sqrt(der2) / h
-    der12 = max(abs(der2), math.sqrt(dnf))
-    if der12 <= 1e-15:
-        h1 = max(1e-6, abs(h) * 1e-3)
-    else:
-        h1 = (0.01 / der12) ** (1.0 / order)
-    h = min(100.0 * h, h1, hmax)
-    if not (h > 0.0):  # NaN from a non-finite derivative
-        h = 1e-6
-    return h
-
-
-@_jit_inline
-def _dense(mapped, theta, out, i):
-    """Evaluate the continuous extension at ``theta = (t - t_old) / h`` into ``out[i]``,
-    from the coefficient rows ``mapped[0:5]``. Inlined, and indexed by row instead of
-    taking a row view: it runs at every output time, where a call, or the reference
-    counting of a view, costs more than the evaluation."""
-    th1 = 1.0 - theta
-    for j in range(out.shape[1]):
-        out[i, j] = mapped[0, j] + theta * (
-            mapped[1, j] + th1 * (mapped[2, j] + theta * (mapped[3, j] + th1 * mapped[4, j]))
-        )
-
-
-@_jit
-def map_rows(R, work, first, n_rows, mapped):
-    """``mapped[k] = R @ work[first + k]`` for ``k < n_rows``: coefficient rows of a
-    continuous extension carried to the recorded quantities (the extension is linear in
-    them, so mapping once per step replaces mapping at every output time)."""
-    n = work.shape[1]
-    for k in range(n_rows):
-        for r in range(R.shape[0]):
-            acc = 0.0
-            for j in range(n):
-                acc += R[r, j] * work[first + k, j]
-            mapped[k, r] = acc
-
-
-@_jit
-def record(R, y, out_row):
-    """``out_row = y`` when `R` is empty (record the state), else ``R @ y``."""
-    if R.shape[0] == 0:
-        for j in range(y.shape[0]):
-            out_row[j] = y[j]
-    else:
-        for r in range(R.shape[0]):
-            acc = 0.0
-            for j in range(y.shape[0]):
-                acc += R[r, j] * y[j]
-            out_row[r] = acc
-
-
 @_jit
 def _prepare_dense(work, h):
     n = work.shape[1]
@@ -254,96 +186,94 @@ def _prepare_dense(work, h):
 
 
 @_jit
-def _check_times(t_out, t0):
-    n = t_out.shape[0]
-    for i in range(n):
-        v = t_out[i]
-        if not (v >= t0) or (i > 0 and v < t_out[i - 1]) or not math.isfinite(v):
+def _finite(v):
+    for j in range(v.shape[0]):
+        if not math.isfinite(v[j]):
             return False
     return True
 
 
 @_jit_inline
-def fold_max(t, rows, i, cm, tm):
-    """Running maxima of the first ``cm.shape[0]`` recorded columns of ``rows[i]``:
-    ``cm[o] = rows[i, o]`` and ``tm[o] = t`` where ``rows[i, o] > cm[o]`` (strict: a tie
-    keeps the earlier time)."""
-    for o in range(cm.shape[0]):
-        v = rows[i, o]
-        if v > cm[o]:
-            cm[o] = v
-            tm[o] = t
+def _stage(dst, y, h, a, k1, k2, k3, k4, k5, k6):
+    """``dst = y + h (a[0] k1 + ... + a[5] k6)``: a stage's argument (`a` a row of the
+    tableau), the terms with a zero coefficient left out, as the formulas are written
+    out. Called with a constant row, which is folded in: each call compiles to the
+    written-out formula (small and IR-inlined: measured as fast)."""
+    for j in range(dst.shape[0]):
+        acc = a[0] * k1[j]
+        if a[1] != 0.0:
+            acc += a[1] * k2[j]
+        if a[2] != 0.0:
+            acc += a[2] * k3[j]
+        if a[3] != 0.0:
+            acc += a[3] * k4[j]
+        if a[4] != 0.0:
+            acc += a[4] * k5[j]
+        if a[5] != 0.0:
+            acc += a[5] * k6[j]
+        dst[j] = y[j] + h * acc
+
+
+@_jit_inline
+def _error_norm(work, h, rtol, atol):
+    """``(err, finite)``: the scaled RMS error of the embedded pair (``inf`` when the new
+    solution or its derivative is not finite) and whether they are finite."""
+    n = work.shape[1]
+    err = 0.0
+    finite = True
+    for j in range(n):
+        e = h * (
+            _E[0] * work[_K1, j]
+            + _E[2] * work[_K1 + 2, j]
+            + _E[3] * work[_K1 + 3, j]
+            + _E[4] * work[_K1 + 4, j]
+            + _E[5] * work[_K1 + 5, j]
+            + _E[6] * work[_K1 + 6, j]
+        )
+        sk = atol[j] + rtol[j] * max(abs(work[_Y, j]), abs(work[_YNEW, j]))
+        err += (e / sk) ** 2
+        if not math.isfinite(work[_YNEW, j]) or not math.isfinite(work[_K1 + 6, j]):
+            finite = False
+    if not finite:
+        return math.inf, False
+    return math.sqrt(err / n), True
+
+
+@_jit_inline
+def _stiffness_test(work, h, iasti, nonsti):
+    """Hairer's stiffness test on the last two stages (same abscissa ``t + h``), with its
+    counters: ``h |lambda|`` estimated beyond :data:`STIFF_HLAMBDA` counts a stiff-like
+    step (`iasti`; the problem is stiff at :data:`STIFF_COUNT` in a row), and
+    :data:`STIFF_RESET` non-stiff ones (`nonsti`) reset the count. Returns ``(iasti,
+    nonsti)``."""
+    stnum = 0.0
+    stden = 0.0
+    for j in range(work.shape[1]):
+        stnum += (work[_K1 + 6, j] - work[_K1 + 5, j]) ** 2
+        stden += (work[_YNEW, j] - work[_YSTAGE, j]) ** 2
+    if stden > 0.0 and h * math.sqrt(stnum / stden) > STIFF_HLAMBDA:
+        return iasti + 1, 0
+    nonsti += 1
+    if nonsti == STIFF_RESET:
+        return 0, nonsti
+    return iasti, nonsti
 
 
 @_jit
-def no_fold():
-    """The `fold` argument that folds no column and skips no row (what the
-    state-recording solvers pass)."""
-    return np.zeros(0), np.zeros(0), 0.0, 0.0, False, np.zeros(0, dtype=np.int64)
+def _coeffs(work, h, R, mapped):
+    """The step's continuous extension (dopri5.f ``CONTD5``) through the recording map
+    into `mapped` (:data:`segments.N_COEF` rows); whether it is finite."""
+    _prepare_dense(work, h)
+    map_rows(R, work, _R1, N_COEF, mapped, 0)
+    return all_finite(mapped)
 
 
 @_jit_inline
-def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u):
-    """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
-    bolus``, new rate), then record every output due (events first: the convention of
-    :mod:`pkpd.engine.solvers.exact`).
-
-    Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
-    end of the next smooth segment (the next event or the last output time) and
-    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. What is
-    recorded is the state, or ``R @ y`` for a non-empty recording map `R` (see
-    :func:`dopri5_solve_mapped`); with a non-empty `pre`, ``pre[k]`` receives what is
-    recorded just before event `k` is applied (the left limit at a bolus), and the
-    running maxima of `fold` take the pre-bolus values of boluses in ``[lo, hi]`` and
-    the recorded rows up to ``hi``. Shared by Dopri5 and Rodas4.
-    """
-    cm, tm, lo, hi, _skip, _need = fold
-    n = y.shape[0]
-    n_ev = ev_t.shape[0]
-    n_out = t_out.shape[0]
-    while k < n_ev and ev_t[k] <= t:
-        if pre.shape[0] > 0:
-            record(R, y, pre[k])
-            if ev_bolus[k] != 0.0 and lo <= ev_t[k] <= hi:
-                fold_max(ev_t[k], pre, k, cm, tm)
-        if ev_bolus[k] != 0.0:
-            for j in range(n):
-                y[j] += b[j] * ev_bolus[k]
-        u = ev_rate[k]
-        k += 1
-    while i < n_out and t_out[i] <= t:
-        for j in range(n):
-            if not math.isfinite(y[j]):
-                return k, i, u, t, STATUS_NONFINITE
-        record(R, y, out[i])
-        if t_out[i] <= hi:
-            fold_max(t_out[i], out, i, cm, tm)
-        i += 1
-    t_end = t_out[n_out - 1]
-    if k < n_ev and ev_t[k] < t_end:
-        t_end = ev_t[k]
-    return k, i, u, t_end, STATUS_OK
-
-
-#: Rounding margin of :func:`_dense_bound`, in units of the coefficients' absolute sum
-#: (the nested evaluation of :func:`_dense` errs by at most about 10 ulps of that sum).
-_BOUND_ULPS = 32.0 * _EPS
-
-
-@_jit_inline
-def _dense_bound(mapped, o):
-    """An upper bound, rounding included, on what :func:`_dense` evaluates for column `o`
-    at any ``theta`` in [0, 1]. The extension is ``r1 + theta r2 + theta (1-theta) r3 +
-    theta^2 (1-theta) r4 + theta^2 (1-theta)^2 r5``, whose basis functions are non-negative
-    on [0, 1] with maxima 1, 1/4, 4/27 and 1/16."""
-    m0 = mapped[0, o]
-    m1 = mapped[1, o]
-    m2 = mapped[2, o]
-    m3 = mapped[3, o]
-    m4 = mapped[4, o]
-    ub = m0 + max(m1, 0.0) + 0.25 * max(m2, 0.0) + (4.0 / 27.0) * max(m3, 0.0)
-    ub += 0.0625 * max(m4, 0.0)
-    return ub + _BOUND_ULPS * (abs(m0) + abs(m1) + abs(m2) + abs(m3) + abs(m4))
+def _advance(work):
+    """After an accepted step: ``y = y_new`` and ``k1 = k7`` (first same as last)."""
+    for j in range(work.shape[1]):
+        work[_Y, j] = work[_YNEW, j]
+        work[_K1, j] = work[_K1 + 6, j]
 
 
 @_jit_inline
@@ -381,100 +311,22 @@ def dopri5_solve(
 
 @_jit_inline
 def dopri5_solve_mapped(
-    rhs,
-    p,
-    b,
-    y0,
-    t0,
-    ev_t,
-    ev_rate,
-    ev_bolus,
-    t_out,
-    rtol,
-    atol,
-    h_fixed,
-    hmax,
-    max_steps,
-    nstiff,
-    R,
-    out,
-    pre,
-    fold,
-    work,
-    stats,
-):
+    rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax, max_steps,
+    nstiff, R, out, pre, fold, work, stats,
+):  # fmt: skip
     """Integrate ``dy/dt = rhs(t, y, u, p)`` through an event table onto a time grid.
 
-    Parameters
-    ----------
-    rhs : numba function ``rhs(t, y, u, p, dy)``
-        Right-hand side, written into `dy`.
-    p : (n_p,) float64
-        Parameters passed to `rhs`.
-    b : (N,) float64
-        Bolus map: a bolus of ``a`` mg adds ``a * b`` to the state.
-    y0 : (N,) float64
-        State at `t0`.
-    t0 : float
-        Start time (h); the infusion rate is zero until the first event.
-    ev_t, ev_rate, ev_bolus : (n_ev,) float64
-        Event table (:class:`pkpd.inputs.regimen.EventTable`): sorted times (h), total rate
-        (mg/h) from each event on, bolus (mg) at each event.
-    t_out : (n_out,) float64
-        Non-decreasing output times (h), all ``>= t0``.
-    rtol, atol : (N,) float64
-        Relative and absolute tolerances per state.
-    h_fixed : float
-        ``> 0``: fixed-step mode (no error control; each interval between events is cut
-        into equal steps no longer than `h_fixed`). ``0``: adaptive.
-    hmax : float
-        Largest step (h); ``inf`` for none.
-    max_steps : int
-        Largest number of steps (accepted + rejected) before returning
-        ``STATUS_MAX_STEPS``.
-    nstiff : int
-        Stiffness test every `nstiff` accepted steps (and at every step while the test
-        is positive); ``0`` disables it.
-    R : (n_rec, N) float64
-        Recording map: ``R @ y`` is recorded instead of the state (``(0, 0)``: the state
-        itself). A cohort needs a few linear functionals of the state (concentrations,
-        AUCs), and the dense output is linear in its coefficients, so they are mapped once
-        per step and each output time costs ``5 n_rec`` operations instead of ``5 N``.
-    out : (n_out, N) or (n_out, n_rec) float64
-        Output: the state (or ``R @ y``) at each output time (dense output between steps).
-    pre : (n_ev, n_rec) float64 or (0, 0)
-        What is recorded just before each event is applied (the left limit at a bolus);
-        ``(0, 0)``: not recorded.
-    fold : tuple ``(cm, tm, lo, hi, skip, need)``
-        Running maxima of the first ``n_fold = cm.shape[0]`` recorded columns (``cm``,
-        ``tm``: (n_fold,) float64, updated in place; strict ``>``, so a tie keeps the
-        earlier time) over the recorded rows at times ``<= hi`` and the pre-bolus values
-        of boluses in ``[lo, hi]`` (which needs a non-empty `pre`). With ``skip`` true,
-        the rows inside a step are left unwritten, except the rows listed in ``need``
-        (sorted int64 row indices), when a bound on the step's continuous extension
-        (rounding included) shows that no value of the step can raise any running
-        maximum: the maxima are then exactly those of every row written out. A cohort
-        in summary mode needs only a few rows (window ends, anchored times) and the
-        maxima, and past the peaks most steps are skipped. :func:`no_fold` folds nothing
-        and skips nothing.
-    work : (N_WORK, N) float64
-        Workspace from :func:`workspace`.
-    stats : (N_STATS,) int64
-        Counters, incremented (``pkpd.engine.solvers.STAT_*``).
+    The arguments are the adaptive solvers' protocol, documented once in
+    :mod:`pkpd.engine.solvers.segments`, with Dopri5's `nstiff` (Hairer's stiffness test
+    every `nstiff` accepted steps, and at every step while it is positive; ``0`` disables
+    it) and `work` from :func:`workspace`. Returns a key of
+    :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
 
-    Returns
-    -------
-    status : int
-        A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
+    The work rows are bound to names once per call: a row view passed to an IR-inlined
+    function at every step costs reference counting (``pkpd/engine/README.md``). The
+    per-step helpers take the rows that the formulas name, or the work array itself.
     """
-    cm, tm, _lo, hi, may_skip, need = fold
-    n_fold = cm.shape[0]
-    may_skip = may_skip and n_fold > 0
-    n_need = need.shape[0]
-    nx = 0  # the next row of `need` not yet passed
-    n = y0.shape[0]
-    n_out = t_out.shape[0]
-    if not _check_times(t_out, t0):
+    if not check_times(t_out, t0):
         return STATUS_BAD_TIMES
     y = work[_Y]
     ynew = work[_YNEW]
@@ -486,49 +338,40 @@ def dopri5_solve_mapped(
     k5 = work[_K1 + 4]
     k6 = work[_K1 + 5]
     k7 = work[_K1 + 6]
-    for j in range(n):
+    for j in range(y0.shape[0]):
         y[j] = y0[j]
-    t = t0
-    u = 0.0
-    k = 0
-    i = 0
-    nsteps_total = 0
-    iasti = 0
-    nonsti = 0
-    n_rec = out.shape[1]
-    # Dense-output coefficients of the recorded quantities (copied when `R` is empty).
-    mapped = np.zeros((5, n_rec))
-    inv_h = 0.0
-    while i < n_out:
+    # The step's continuous extension through the recording map (copied when R is empty).
+    mapped = np.zeros((N_COEF, out.shape[1]))
+    t, u, k, i = t0, 0.0, 0, 0
+    nx = 0  # the next row of `need` (fold) not yet passed
+    nsteps = 0  # steps attempted, accepted or rejected (for max_steps)
+    iasti = 0  # stiffness test: stiff-like steps in a row (Hairer's IASTI)
+    nonsti = 0  # and non-stiff ones since (NONSTI)
+    while i < t_out.shape[0]:
         # Events due now (bolus jump, new rate), then the outputs at the current time.
         k, i, u, t_end, st = event_boundary(
             t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
         )
         if st != STATUS_OK:
             return st
-        if i == n_out:
+        if i == t_out.shape[0]:
             break
         # ---- integrate the smooth segment [t, t_end] ------------------------------
         rhs(t, y, u, p, k1)
         stats[STAT_NFEV] += 1
-        for j in range(n):
-            if not math.isfinite(k1[j]) or not math.isfinite(y[j]):
-                return STATUS_NONFINITE
+        if not (_finite(k1) and _finite(y)):
+            return STATUS_NONFINITE
         span = t_end - t
-        if h_fixed > 0.0:
-            n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+        n_fixed = max(1, math.ceil(span / h_fixed - 1e-9)) if h_fixed > 0.0 else 0
+        if n_fixed > 0:
             h = span / n_fixed
         else:
-            n_fixed = 0
             h = initial_step(
                 rhs, t, y, k1, u, p, rtol, atol, ORDER, min(hmax, span), ystage, k2, stats
             )
-        t_start = t
-        j_fixed = 0
-        err_old = ERR_OLD_MIN
-        rejected = False
+        t_start, j_fixed, err_old, rejected = t, 0, ERR_OLD_MIN, False
         while t < t_end:
-            if nsteps_total >= max_steps:
+            if nsteps >= max_steps:
                 return STATUS_MAX_STEPS
             last = False
             if n_fixed > 0:
@@ -538,160 +381,51 @@ def dopri5_solve_mapped(
                 last = True
             if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
                 return STATUS_STEP_UNDERFLOW
-            nsteps_total += 1
-            # Stages 2..7 (k1 holds f(t, y): first same as last).
-            for j in range(n):
-                ystage[j] = y[j] + h * (_A[1][0] * k1[j])
-            rhs(t + _C[1] * h, ystage, u, p, k2)
-            for j in range(n):
-                ystage[j] = y[j] + h * (_A[2][0] * k1[j] + _A[2][1] * k2[j])
-            rhs(t + _C[2] * h, ystage, u, p, k3)
-            for j in range(n):
-                ystage[j] = y[j] + h * (_A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j])
-            rhs(t + _C[3] * h, ystage, u, p, k4)
-            for j in range(n):
-                ystage[j] = y[j] + h * (
-                    _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
-                )
-            rhs(t + _C[4] * h, ystage, u, p, k5)
-            for j in range(n):
-                ystage[j] = y[j] + h * (
-                    _A[5][0] * k1[j]
-                    + _A[5][1] * k2[j]
-                    + _A[5][2] * k3[j]
-                    + _A[5][3] * k4[j]
-                    + _A[5][4] * k5[j]
-                )
+            nsteps += 1
             t_new = t_end if last else t + h
+            # Stages 2..7 (k1 holds f(t, y): first same as last); k6 and k7 at t + h.
+            _stage(ystage, y, h, _A[1], k1, k2, k3, k4, k5, k6)
+            rhs(t + _C[1] * h, ystage, u, p, k2)
+            _stage(ystage, y, h, _A[2], k1, k2, k3, k4, k5, k6)
+            rhs(t + _C[2] * h, ystage, u, p, k3)
+            _stage(ystage, y, h, _A[3], k1, k2, k3, k4, k5, k6)
+            rhs(t + _C[3] * h, ystage, u, p, k4)
+            _stage(ystage, y, h, _A[4], k1, k2, k3, k4, k5, k6)
+            rhs(t + _C[4] * h, ystage, u, p, k5)
+            _stage(ystage, y, h, _A[5], k1, k2, k3, k4, k5, k6)
             rhs(t_new, ystage, u, p, k6)
-            for j in range(n):
-                ynew[j] = y[j] + h * (
-                    _A[6][0] * k1[j]
-                    + _A[6][2] * k3[j]
-                    + _A[6][3] * k4[j]
-                    + _A[6][4] * k5[j]
-                    + _A[6][5] * k6[j]
-                )
+            _stage(ynew, y, h, _A[6], k1, k2, k3, k4, k5, k6)
             rhs(t_new, ynew, u, p, k7)
             stats[STAT_NFEV] += 6
-            # Scaled RMS error of the embedded pair.
-            err = 0.0
-            finite = True
-            for j in range(n):
-                e = h * (
-                    _E[0] * k1[j]
-                    + _E[2] * k3[j]
-                    + _E[3] * k4[j]
-                    + _E[4] * k5[j]
-                    + _E[5] * k6[j]
-                    + _E[6] * k7[j]
-                )
-                sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
-                err += (e / sk) ** 2
-                if not math.isfinite(ynew[j]) or not math.isfinite(k7[j]):
-                    finite = False
-            err = math.sqrt(err / n)
-            if not finite:
-                err = math.inf
-            if n_fixed > 0:
-                if not finite:
-                    return STATUS_NONFINITE
-                accept = True
-            else:
-                accept = err <= 1.0
-            if accept:
-                stats[STAT_NSTEPS] += 1
-                # Hairer's stiffness test on the last two stages (same abscissa t + h).
-                if nstiff > 0 and (stats[STAT_NSTEPS] % nstiff == 0 or iasti > 0):
-                    stnum = 0.0
-                    stden = 0.0
-                    for j in range(n):
-                        stnum += (k7[j] - k6[j]) ** 2
-                        stden += (ynew[j] - ystage[j]) ** 2
-                    if stden > 0.0 and h * math.sqrt(stnum / stden) > STIFF_HLAMBDA:
-                        nonsti = 0
-                        iasti += 1
-                        if iasti == STIFF_COUNT:
-                            return STATUS_STIFF
-                    else:
-                        nonsti += 1
-                        if nonsti == STIFF_RESET:
-                            iasti = 0
-                # Dense output for the outputs strictly inside (t, t_new) that come
-                # before the segment end (an output at t_end is written after any event
-                # there, by the outer loop).
-                dense_ready = False
-                skip = False
-                while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
-                    if not dense_ready:
-                        _prepare_dense(work, h)
-                        if R.shape[0] > 0:
-                            map_rows(R, work, _R1, 5, mapped)
-                        else:
-                            for q in range(5):
-                                for j in range(n):
-                                    mapped[q, j] = work[_R1 + q, j]
-                        # Finite coefficients give finite values for theta in [0, 1] (a
-                        # check per step instead of one per recorded value).
-                        for q in range(5):
-                            for j in range(n_rec):
-                                if not math.isfinite(mapped[q, j]):
-                                    return STATUS_NONFINITE
-                        dense_ready = True
-                        inv_h = 1.0 / h
-                        if may_skip:
-                            skip = True
-                            for o in range(n_fold):
-                                if not (_dense_bound(mapped, o) < cm[o]):
-                                    skip = False
-                                    break
-                    if skip:
-                        # No value of this step reaches a running maximum: find the
-                        # step's last row by bisection and write only the rows asked for.
-                        a = i  # in the step
-                        z = n_out  # past the step (or the end)
-                        while z - a > 1:
-                            mid = (a + z) // 2
-                            if t_out[mid] <= t_new and t_out[mid] < t_end:
-                                a = mid
-                            else:
-                                z = mid
-                        while nx < n_need and need[nx] < i:
-                            nx += 1
-                        while nx < n_need and need[nx] < z:
-                            r = need[nx]
-                            _dense(mapped, min((t_out[r] - t) * inv_h, 1.0), out, r)
-                            nx += 1
-                        i = z
-                    else:
-                        _dense(mapped, min((t_out[i] - t) * inv_h, 1.0), out, i)
-                        if n_fold > 0 and t_out[i] <= hi:
-                            fold_max(t_out[i], out, i, cm, tm)
-                        i += 1
-                if n_fixed == 0:
-                    fac = pi_factor(err, err_old, rejected)
-                    err_old = max(err, ERR_OLD_MIN)
-                    rejected = False
-                for j in range(n):
-                    y[j] = ynew[j]
-                    k1[j] = k7[j]
-                if last:
-                    t = t_end
-                else:
-                    if n_fixed > 0:
-                        j_fixed += 1
-                        t = t_start + j_fixed * h
-                    else:
-                        t = t_new
-                        h = min(h * fac, hmax)
-            else:
+            err, finite = _error_norm(work, h, rtol, atol)
+            if n_fixed > 0 and not finite:
+                return STATUS_NONFINITE
+            if not (n_fixed > 0 or err <= 1.0):  # rejected (fixed steps never are)
                 stats[STAT_NREJECTED] += 1
-                if not finite:
-                    fac = MIN_FACTOR
-                else:
-                    fac = pi_factor(err, err_old, True)
+                h *= pi_factor(err, err_old, True) if finite else MIN_FACTOR
                 rejected = True
-                h = h * fac
+                continue
+            stats[STAT_NSTEPS] += 1
+            if nstiff > 0 and (stats[STAT_NSTEPS] % nstiff == 0 or iasti > 0):
+                iasti, nonsti = _stiffness_test(work, h, iasti, nonsti)
+                if iasti == STIFF_COUNT:
+                    return STATUS_STIFF
+            if first_output_in(t_out, i, t_new, t_end):
+                if not _coeffs(work, h, R, mapped):
+                    return STATUS_NONFINITE
+                i, nx = record_step(t, h, t_new, t_end, t_out, i, mapped, out, fold, nx)
+            if n_fixed == 0:
+                fac = pi_factor(err, err_old, rejected)
+                err_old, rejected = max(err, ERR_OLD_MIN), False
+            _advance(work)
+            if last:
+                t = t_end
+            elif n_fixed > 0:
+                j_fixed += 1
+                t = t_start + j_fixed * h
+            else:
+                t = t_new
+                h = min(h * fac, hmax)
     return STATUS_OK
 
 

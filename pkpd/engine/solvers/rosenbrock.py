@@ -45,8 +45,18 @@ from . import (
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
-from .dopri5 import _check_times, event_boundary, fold_max, initial_step, map_rows, no_fold
 from .linear_rhs import linear_jac, linear_rhs
+from .segments import (
+    N_COEF,
+    all_finite,
+    check_times,
+    event_boundary,
+    first_output_in,
+    initial_step,
+    map_rows,
+    no_fold,
+    record_step,
+)
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 # See dopri5.py: kernels taking the right-hand side as an argument are inlined into
@@ -135,8 +145,9 @@ SINGULAR_FACTOR = 0.25
 _EPS = 2.220446049250313e-16
 
 _Y, _YNEW, _YTMP, _F0, _FNEW, _FX, _K1 = 0, 1, 2, 3, 4, 5, 6  # k1..k6 at rows 6..11
-_CONT3, _CONT4, _TMP = 12, 13, 14
-N_WORK = 15
+# The continuous extension's rows y_new - y_old, cont3, cont4 (consecutive: mapped at once).
+_DIFF, _CONT3, _CONT4, _TMP = 12, 13, 14, 15
+N_WORK = 16
 
 
 def rosenbrock_coefficients():
@@ -266,16 +277,11 @@ def _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
 
 
 @_jit
-def _dense(work, r0, r1, r2, r3, s, out_row):
-    """The continuous extension at ``s = (t - t_old) / h`` from the rows y_old (`r0`),
-    y_new (`r1`) and the two correction rows (`r2`, `r3`) of `work`."""
-    s1 = 1.0 - s
-    for j in range(out_row.shape[0]):
-        out_row[j] = work[r0, j] * s1 + s * (work[r1, j] + s1 * (work[r2, j] + s * work[r3, j]))
-
-
-@_jit
-def _prepare_dense(work):
+def _coeffs(work, R, mapped):
+    """The 3rd-order continuous extension of rodas.f (``CONT``), ``(1-s) y_old + s (y_new
+    + (1-s) (cont3 + s cont4))``, through the recording map into `mapped`, in the shared
+    basis of :mod:`pkpd.engine.solvers.segments`: rows ``y_old, y_new - y_old, cont3,
+    cont4`` and a zero last row. Whether it is finite."""
     n = work.shape[1]
     for j in range(n):
         c3 = 0.0
@@ -283,8 +289,99 @@ def _prepare_dense(work):
         for m in range(5):
             c3 += _H[0][m] * work[_K1 + m, j]
             c4 += _H[1][m] * work[_K1 + m, j]
+        work[_DIFF, j] = work[_YNEW, j] - work[_Y, j]
         work[_CONT3, j] = c3
         work[_CONT4, j] = c4
+    map_rows(R, work, _Y, 1, mapped, 0)
+    map_rows(R, work, _DIFF, 3, mapped, 1)
+    for j in range(mapped.shape[1]):
+        mapped[N_COEF - 1, j] = 0.0
+    return all_finite(mapped)
+
+
+@_jit
+def _factor_w(J, W, ipiv, h):
+    """``W = I / (gamma h) - J``, LU-factorised in place (once for the six stages);
+    False when it is singular."""
+    n = J.shape[0]
+    fac_w = 1.0 / (GAMMA * h)
+    for r in range(n):
+        for c in range(n):
+            W[r, c] = -J[r, c]
+        W[r, r] += fac_w
+    return lu_factor(W, ipiv)
+
+
+@_jit_inline
+def _stage_arg(dst, y, a, k1, k2, k3, k4):
+    """``dst = y + a[0] k1 + a[1] k2 + a[2] k3 + a[3] k4``: a stage's argument (`a` a row
+    of the transformed A), summed left to right from ``y`` with the zero terms left out,
+    as rodas.f writes each stage. Called with a constant row, which LLVM folds in."""
+    for j in range(dst.shape[0]):
+        acc = y[j] + a[0] * k1[j]
+        if a[1] != 0.0:
+            acc += a[1] * k2[j]
+        if a[2] != 0.0:
+            acc += a[2] * k3[j]
+        if a[3] != 0.0:
+            acc += a[3] * k4[j]
+        dst[j] = acc
+
+
+@_jit
+def _increment(k, f, fx, hd, c, k1, k2, k3, k4, k5, h):
+    """The right-hand side of a stage's linear system, ``k = f + hd df/dt + (c[0] k1 + ... +
+    c[4] k5) / h`` (``hd = h d_s``, `c` a row of the transformed C), the terms with a zero
+    coefficient left out, as rodas.f writes each stage; ``W^-1 k`` is the increment."""
+    for j in range(k.shape[0]):
+        v = f[j]
+        if hd != 0.0:
+            v = v + hd * fx[j]
+        if c[0] != 0.0:
+            acc = c[0] * k1[j]
+            if c[1] != 0.0:
+                acc += c[1] * k2[j]
+            if c[2] != 0.0:
+                acc += c[2] * k3[j]
+            if c[3] != 0.0:
+                acc += c[3] * k4[j]
+            if c[4] != 0.0:
+                acc += c[4] * k5[j]
+            v = v + acc / h
+        k[j] = v
+
+
+@_jit
+def _error_norm(work, rtol, atol):
+    """``y_new = ytmp + k6`` (ytmp the embedded solution) and ``(err, finite)``: the
+    scaled RMS norm of the error estimate k6 (``inf`` when y_new is not finite)."""
+    n = work.shape[1]
+    err = 0.0
+    finite = True
+    for j in range(n):
+        work[_YNEW, j] = work[_YTMP, j] + work[_K1 + 5, j]
+        sk = atol[j] + rtol[j] * max(abs(work[_Y, j]), abs(work[_YNEW, j]))
+        err += (work[_K1 + 5, j] / sk) ** 2
+        if not math.isfinite(work[_YNEW, j]):
+            finite = False
+    if not finite:
+        return math.inf, False
+    return math.sqrt(err / n), True
+
+
+@_jit
+def _finite(v):
+    for j in range(v.shape[0]):
+        if not math.isfinite(v[j]):
+            return False
+    return True
+
+
+@_jit
+def _accept(work):
+    """``y = y_new`` after an accepted step."""
+    for j in range(work.shape[1]):
+        work[_Y, j] = work[_YNEW, j]
 
 
 @_jit_inline
@@ -352,9 +449,9 @@ def rodas_solve_mapped(
 ):
     """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
 
-    Arguments as :func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped` (`R` the recording
-    map, `pre` the pre-event records, `fold` the running maxima; no row is ever skipped
-    here: ``skip`` and ``need`` are ignored), plus
+    The arguments are the adaptive solvers' protocol, documented once in
+    :mod:`pkpd.engine.solvers.segments` (the summary-mode skip included: Rodas4's
+    continuous extension is handed over in the shared basis), plus
 
     jac : numba function ``jac(t, y, u, p, J)``
         Exact Jacobian, used when ``jac_mode == 0`` (any function of that signature
@@ -371,14 +468,47 @@ def rodas_solve_mapped(
     status : int
         A key of :data:`pkpd.engine.solvers.STATUS_MESSAGES`.
     """
-    cm, tm, _lo, hi, _skip, _need = fold
-    n_fold = cm.shape[0]
-    n = y0.shape[0]
-    n_out = t_out.shape[0]
-    if not _check_times(t_out, t0):
+    if not check_times(t_out, t0):
         return STATUS_BAD_TIMES
     y = work[_Y]
-    ynew = work[_YNEW]
+    for j in range(y0.shape[0]):
+        y[j] = y0[j]
+    # The step's continuous extension through the recording map (copied when R is empty).
+    mapped = np.zeros((N_COEF, out.shape[1]))
+    t = t0
+    u = 0.0
+    k = 0
+    i = 0
+    nx = 0  # the next row of `need` (fold) not yet passed
+    nsteps = 0  # steps attempted, accepted or rejected (for max_steps)
+    n_out = t_out.shape[0]
+    while i < n_out:
+        k, i, u, t_end, st = event_boundary(
+            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
+        )
+        if st != STATUS_OK:
+            return st
+        if i == n_out:
+            break
+        st, i, nx, nsteps = _segment(
+            rhs, jac, p, u, t, t_end, rtol, atol, h_fixed, hmax, max_steps, jac_mode,
+            autonomous, R, t_out, out, fold, mapped, work, mats, ipiv, stats, i, nx, nsteps,
+        )  # fmt: skip
+        if st != STATUS_OK:
+            return st
+        t = t_end
+    return STATUS_OK
+
+
+@_jit_inline
+def _segment(
+    rhs, jac, p, u, t, t_end, rtol, atol, h_fixed, hmax, max_steps, jac_mode, autonomous, R,
+    t_out, out, fold, mapped, work, mats, ipiv, stats, i, nx, nsteps,
+):  # fmt: skip
+    """Integrate the smooth segment ``[t, t_end]`` (constant rate `u`) from the state in
+    ``work[_Y]``, recording the outputs inside it: :func:`pkpd.engine.solvers.dopri5._segment`
+    for Rodas4. Returns ``(status, i, nx, nsteps)``."""
+    y = work[_Y]
     ytmp = work[_YTMP]
     f0 = work[_F0]
     fnew = work[_FNEW]
@@ -392,207 +522,108 @@ def rodas_solve_mapped(
     tmp = work[_TMP]
     J = mats[0]
     W = mats[1]
-    for j in range(n):
-        y[j] = y0[j]
-    t = t0
-    u = 0.0
-    k = 0
-    i = 0
-    nsteps_total = 0
-    n_rec = out.shape[1]
-    # Rows y_old, y_new, cont3, cont4 carried through the recording map (once per step).
-    mapped = np.zeros((4, R.shape[0]))
-    while i < n_out:
-        k, i, u, t_end, st = event_boundary(
-            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
-        )
-        if st != STATUS_OK:
-            return st
-        if i == n_out:
-            break
-        # ---- integrate the smooth segment [t, t_end] ------------------------------
-        rhs(t, y, u, p, f0)
-        stats[STAT_NFEV] += 1
-        for j in range(n):
-            if not math.isfinite(f0[j]) or not math.isfinite(y[j]):
-                return STATUS_NONFINITE
-        span = t_end - t
-        if h_fixed > 0.0:
-            n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
-            h = span / n_fixed
+    rhs(t, y, u, p, f0)
+    stats[STAT_NFEV] += 1
+    if not (_finite(f0) and _finite(y)):
+        return STATUS_NONFINITE, i, nx, nsteps
+    span = t_end - t
+    if h_fixed > 0.0:
+        n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+        h = span / n_fixed
+    else:
+        n_fixed = 0
+        h = initial_step(rhs, t, y, f0, u, p, rtol, atol, ORDER, min(hmax, span), ytmp, tmp, stats)
+    t_start = t
+    j_fixed = 0
+    err_old = ERR_OLD_MIN
+    h_old = h
+    first = True
+    rejected = False
+    need_jac = True
+    while t < t_end:
+        if nsteps >= max_steps:
+            return STATUS_MAX_STEPS, i, nx, nsteps
+        last = False
+        if n_fixed > 0:
+            last = j_fixed == n_fixed - 1
+        elif t + 1.01 * h >= t_end:
+            h = t_end - t
+            last = True
+        if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+            return STATUS_STEP_UNDERFLOW, i, nx, nsteps
+        nsteps += 1
+        if need_jac:
+            _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
+            need_jac = False
+        stats[STAT_NLU] += 1
+        if not _factor_w(J, W, ipiv, h):
+            stats[STAT_NREJECTED] += 1
+            rejected = True
+            h *= SINGULAR_FACTOR
+            continue
+        t_new = t_end if last else t + h
+        # Six stages, each one solve with W; the last two at t + h.
+        _increment(k1, f0, fx, h * _D[0], _CC[0], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k1)
+        _stage_arg(ytmp, y, _A[1], k1, k2, k3, k4)
+        rhs(t + _C[1] * h, ytmp, u, p, fnew)
+        _increment(k2, fnew, fx, h * _D[1], _CC[1], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k2)
+        _stage_arg(ytmp, y, _A[2], k1, k2, k3, k4)
+        rhs(t + _C[2] * h, ytmp, u, p, fnew)
+        _increment(k3, fnew, fx, h * _D[2], _CC[2], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k3)
+        _stage_arg(ytmp, y, _A[3], k1, k2, k3, k4)
+        rhs(t + _C[3] * h, ytmp, u, p, fnew)
+        _increment(k4, fnew, fx, h * _D[3], _CC[3], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k4)
+        _stage_arg(ytmp, y, _A[4], k1, k2, k3, k4)
+        rhs(t_new, ytmp, u, p, fnew)
+        _increment(k5, fnew, fx, h * _D[4], _CC[4], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k5)
+        # The embedded solution ytmp + k5 is the last stage's argument; k6 the error.
+        for j in range(y.shape[0]):
+            ytmp[j] += k5[j]
+        rhs(t_new, ytmp, u, p, fnew)
+        _increment(k6, fnew, fx, h * _D[5], _CC[5], k1, k2, k3, k4, k5, h)
+        lu_solve(W, ipiv, k6)
+        stats[STAT_NFEV] += 5
+        err, finite = _error_norm(work, rtol, atol)  # and y_new = ytmp + k6
+        if n_fixed > 0 and not finite:
+            return STATUS_NONFINITE, i, nx, nsteps
+        if n_fixed > 0 or err <= 1.0:  # accepted (fixed steps always are)
+            stats[STAT_NSTEPS] += 1
+            if first_output_in(t_out, i, t_new, t_end):
+                if not _coeffs(work, R, mapped):
+                    return STATUS_NONFINITE, i, nx, nsteps
+                i, nx = record_step(t, h, t_new, t_end, t_out, i, mapped, out, fold, nx)
+            if n_fixed == 0:
+                fac = rodas_factor(err, err_old, h, h_old, first, rejected)
+                first = False
+                rejected = False
+                err_old = max(err, ERR_OLD_MIN)
+                h_old = h
+            _accept(work)
+            if last:
+                t = t_end
+            else:
+                if n_fixed > 0:
+                    j_fixed += 1
+                    t = t_start + j_fixed * h
+                else:
+                    t = t_new
+                    h = min(h * fac, hmax)
+                rhs(t, y, u, p, f0)
+                stats[STAT_NFEV] += 1
+                need_jac = True
         else:
-            n_fixed = 0
-            h = initial_step(
-                rhs, t, y, f0, u, p, rtol, atol, ORDER, min(hmax, span), ytmp, tmp, stats
-            )
-        t_start = t
-        j_fixed = 0
-        err_old = ERR_OLD_MIN
-        h_old = h
-        first = True
-        rejected = False
-        need_jac = True
-        while t < t_end:
-            if nsteps_total >= max_steps:
-                return STATUS_MAX_STEPS
-            last = False
-            if n_fixed > 0:
-                last = j_fixed == n_fixed - 1
-            elif t + 1.01 * h >= t_end:
-                h = t_end - t
-                last = True
-            if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
-                return STATUS_STEP_UNDERFLOW
-            nsteps_total += 1
-            if need_jac:
-                _jacobian(rhs, jac, t, y, u, p, f0, jac_mode, autonomous, J, fx, tmp, stats)
-                need_jac = False
-            # W = I / (gamma h) - J, factorised once for the six stages.
-            fac_w = 1.0 / (GAMMA * h)
-            for r in range(n):
-                for c in range(n):
-                    W[r, c] = -J[r, c]
-                W[r, r] += fac_w
-            stats[STAT_NLU] += 1
-            if not lu_factor(W, ipiv):
-                stats[STAT_NREJECTED] += 1
-                rejected = True
-                h *= SINGULAR_FACTOR
-                continue
-            t_new = t_end if last else t + h
-            # Stage 1.
-            for j in range(n):
-                k1[j] = f0[j] + h * _D[0] * fx[j]
-            lu_solve(W, ipiv, k1)
-            # Stage 2.
-            for j in range(n):
-                ytmp[j] = y[j] + _A[1][0] * k1[j]
-            rhs(t + _C[1] * h, ytmp, u, p, fnew)
-            for j in range(n):
-                k2[j] = fnew[j] + h * _D[1] * fx[j] + _CC[1][0] * k1[j] / h
-            lu_solve(W, ipiv, k2)
-            # Stage 3.
-            for j in range(n):
-                ytmp[j] = y[j] + _A[2][0] * k1[j] + _A[2][1] * k2[j]
-            rhs(t + _C[2] * h, ytmp, u, p, fnew)
-            for j in range(n):
-                k3[j] = fnew[j] + h * _D[2] * fx[j] + (_CC[2][0] * k1[j] + _CC[2][1] * k2[j]) / h
-            lu_solve(W, ipiv, k3)
-            # Stage 4.
-            for j in range(n):
-                ytmp[j] = y[j] + _A[3][0] * k1[j] + _A[3][1] * k2[j] + _A[3][2] * k3[j]
-            rhs(t + _C[3] * h, ytmp, u, p, fnew)
-            for j in range(n):
-                k4[j] = (
-                    fnew[j]
-                    + h * _D[3] * fx[j]
-                    + (_CC[3][0] * k1[j] + _CC[3][1] * k2[j] + _CC[3][2] * k3[j]) / h
-                )
-            lu_solve(W, ipiv, k4)
-            # Stage 5 (at t + h).
-            for j in range(n):
-                ytmp[j] = (
-                    y[j] + _A[4][0] * k1[j] + _A[4][1] * k2[j] + _A[4][2] * k3[j] + _A[4][3] * k4[j]
-                )
-            rhs(t_new, ytmp, u, p, fnew)
-            for j in range(n):
-                k5[j] = (
-                    fnew[j]
-                    + (
-                        _CC[4][0] * k1[j]
-                        + _CC[4][1] * k2[j]
-                        + _CC[4][2] * k3[j]
-                        + _CC[4][3] * k4[j]
-                    )
-                    / h
-                )
-            lu_solve(W, ipiv, k5)
-            # Stage 6 (at t + h): the embedded solution is ytmp + k5, the error k6.
-            for j in range(n):
-                ytmp[j] += k5[j]
-            rhs(t_new, ytmp, u, p, fnew)
-            for j in range(n):
-                k6[j] = (
-                    fnew[j]
-                    + (
-                        _CC[5][0] * k1[j]
-                        + _CC[5][1] * k2[j]
-                        + _CC[5][2] * k3[j]
-                        + _CC[5][3] * k4[j]
-                        + _CC[5][4] * k5[j]
-                    )
-                    / h
-                )
-            lu_solve(W, ipiv, k6)
-            stats[STAT_NFEV] += 5
-            err = 0.0
-            finite = True
-            for j in range(n):
-                ynew[j] = ytmp[j] + k6[j]
-                sk = atol[j] + rtol[j] * max(abs(y[j]), abs(ynew[j]))
-                err += (k6[j] / sk) ** 2
-                if not math.isfinite(ynew[j]):
-                    finite = False
-            err = math.sqrt(err / n)
-            if not finite:
-                err = math.inf
-            if n_fixed > 0:
-                if not finite:
-                    return STATUS_NONFINITE
-                accept = True
+            stats[STAT_NREJECTED] += 1
+            rejected = True
+            if finite:
+                h *= rodas_factor(err, err_old, h, h_old, first, True)
             else:
-                accept = err <= 1.0
-            if accept:
-                stats[STAT_NSTEPS] += 1
-                dense_ready = False
-                while i < n_out and t_out[i] <= t_new and t_out[i] < t_end:
-                    if not dense_ready:
-                        _prepare_dense(work)
-                        if R.shape[0] > 0:
-                            map_rows(R, work, _Y, 1, mapped[0:1])
-                            map_rows(R, work, _YNEW, 1, mapped[1:2])
-                            map_rows(R, work, _CONT3, 1, mapped[2:3])
-                            map_rows(R, work, _CONT4, 1, mapped[3:4])
-                        dense_ready = True
-                    s_out = (t_out[i] - t) / h
-                    if R.shape[0] > 0:
-                        _dense(mapped, 0, 1, 2, 3, s_out, out[i])
-                    else:
-                        _dense(work, _Y, _YNEW, _CONT3, _CONT4, s_out, out[i])
-                    for j in range(n_rec):
-                        if not math.isfinite(out[i, j]):
-                            return STATUS_NONFINITE
-                    if n_fold > 0 and t_out[i] <= hi:
-                        fold_max(t_out[i], out, i, cm, tm)
-                    i += 1
-                if n_fixed == 0:
-                    fac = rodas_factor(err, err_old, h, h_old, first, rejected)
-                    first = False
-                    rejected = False
-                    err_old = max(err, ERR_OLD_MIN)
-                    h_old = h
-                for j in range(n):
-                    y[j] = ynew[j]
-                if last:
-                    t = t_end
-                else:
-                    if n_fixed > 0:
-                        j_fixed += 1
-                        t = t_start + j_fixed * h
-                    else:
-                        t = t_new
-                        h = min(h * fac, hmax)
-                    rhs(t, y, u, p, f0)
-                    stats[STAT_NFEV] += 1
-                    need_jac = True
-            else:
-                stats[STAT_NREJECTED] += 1
-                rejected = True
-                if finite:
-                    h *= rodas_factor(err, err_old, h, h_old, first, True)
-                else:
-                    h *= MIN_FACTOR
-    return STATUS_OK
+                h *= MIN_FACTOR
+    return STATUS_OK, i, nx, nsteps
 
 
 @_jit
