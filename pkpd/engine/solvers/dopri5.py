@@ -50,14 +50,18 @@ from . import (
 from .linear_rhs import linear_rhs
 from .segments import (
     N_COEF,
+    after_step,
     all_finite,
     check_times,
     event_boundary,
     first_output_in,
+    fixed_steps,
     initial_step,
     map_rows,
     no_fold,
     record_step,
+    step_to_try,
+    vector_finite,
 )
 
 # error_model="numpy": a division by zero gives inf/NaN (caught by the status checks)
@@ -134,7 +138,6 @@ STIFF_HLAMBDA = 3.25
 STIFF_COUNT = 15
 STIFF_RESET = 6
 
-_EPS = 2.220446049250313e-16
 
 # Workspace rows.
 _Y, _YNEW, _YSTAGE, _K1 = 0, 1, 2, 3  # k1..k7 at rows 3..9
@@ -183,14 +186,6 @@ def _prepare_dense(work, h):
         for i in range(7):
             s += _D[i] * work[_K1 + i, j]
         work[_R1 + 4, j] = h * s
-
-
-@_jit
-def _finite(v):
-    for j in range(v.shape[0]):
-        if not math.isfinite(v[j]):
-            return False
-    return True
 
 
 @_jit_inline
@@ -359,27 +354,22 @@ def dopri5_solve_mapped(
         # ---- integrate the smooth segment [t, t_end] ------------------------------
         rhs(t, y, u, p, k1)
         stats[STAT_NFEV] += 1
-        if not (_finite(k1) and _finite(y)):
+        if not (vector_finite(k1) and vector_finite(y)):
             return STATUS_NONFINITE
         span = t_end - t
-        n_fixed = max(1, math.ceil(span / h_fixed - 1e-9)) if h_fixed > 0.0 else 0
+        n_fixed = fixed_steps(span, h_fixed)
         if n_fixed > 0:
             h = span / n_fixed
         else:
             h = initial_step(
                 rhs, t, y, k1, u, p, rtol, atol, ORDER, min(hmax, span), ystage, k2, stats
             )
-        t_start, j_fixed, err_old, rejected = t, 0, ERR_OLD_MIN, False
+        t_start, j_fixed, err_old, rejected, fac = t, 0, ERR_OLD_MIN, False, 1.0
         while t < t_end:
             if nsteps >= max_steps:
                 return STATUS_MAX_STEPS
-            last = False
-            if n_fixed > 0:
-                last = j_fixed == n_fixed - 1
-            elif t + 1.01 * h >= t_end:
-                h = t_end - t
-                last = True
-            if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+            h, last, ok = step_to_try(t, h, t_end, n_fixed, j_fixed)
+            if not ok:
                 return STATUS_STEP_UNDERFLOW
             nsteps += 1
             t_new = t_end if last else t + h
@@ -418,14 +408,7 @@ def dopri5_solve_mapped(
                 fac = pi_factor(err, err_old, rejected)
                 err_old, rejected = max(err, ERR_OLD_MIN), False
             _advance(work)
-            if last:
-                t = t_end
-            elif n_fixed > 0:
-                j_fixed += 1
-                t = t_start + j_fixed * h
-            else:
-                t = t_new
-                h = min(h * fac, hmax)
+            t, h, j_fixed = after_step(t_start, t_new, t_end, h, fac, hmax, last, n_fixed, j_fixed)
     return STATUS_OK
 
 

@@ -48,14 +48,18 @@ from . import (
 from .linear_rhs import linear_jac, linear_rhs
 from .segments import (
     N_COEF,
+    after_step,
     all_finite,
     check_times,
     event_boundary,
     first_output_in,
+    fixed_steps,
     initial_step,
     map_rows,
     no_fold,
     record_step,
+    step_to_try,
+    vector_finite,
 )
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -370,14 +374,6 @@ def _error_norm(work, rtol, atol):
 
 
 @_jit
-def _finite(v):
-    for j in range(v.shape[0]):
-        if not math.isfinite(v[j]):
-            return False
-    return True
-
-
-@_jit
 def _accept(work):
     """``y = y_new`` after an accepted step."""
     for j in range(work.shape[1]):
@@ -524,17 +520,17 @@ def _segment(
     W = mats[1]
     rhs(t, y, u, p, f0)
     stats[STAT_NFEV] += 1
-    if not (_finite(f0) and _finite(y)):
+    if not (vector_finite(f0) and vector_finite(y)):
         return STATUS_NONFINITE, i, nx, nsteps
     span = t_end - t
-    if h_fixed > 0.0:
-        n_fixed = max(1, math.ceil(span / h_fixed - 1e-9))
+    n_fixed = fixed_steps(span, h_fixed)
+    if n_fixed > 0:
         h = span / n_fixed
     else:
-        n_fixed = 0
         h = initial_step(rhs, t, y, f0, u, p, rtol, atol, ORDER, min(hmax, span), ytmp, tmp, stats)
     t_start = t
     j_fixed = 0
+    fac = 1.0
     err_old = ERR_OLD_MIN
     h_old = h
     first = True
@@ -543,13 +539,8 @@ def _segment(
     while t < t_end:
         if nsteps >= max_steps:
             return STATUS_MAX_STEPS, i, nx, nsteps
-        last = False
-        if n_fixed > 0:
-            last = j_fixed == n_fixed - 1
-        elif t + 1.01 * h >= t_end:
-            h = t_end - t
-            last = True
-        if 0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0:
+        h, last, ok = step_to_try(t, h, t_end, n_fixed, j_fixed)
+        if not ok:
             return STATUS_STEP_UNDERFLOW, i, nx, nsteps
         nsteps += 1
         if need_jac:
@@ -604,15 +595,8 @@ def _segment(
                 err_old = max(err, ERR_OLD_MIN)
                 h_old = h
             _accept(work)
-            if last:
-                t = t_end
-            else:
-                if n_fixed > 0:
-                    j_fixed += 1
-                    t = t_start + j_fixed * h
-                else:
-                    t = t_new
-                    h = min(h * fac, hmax)
+            t, h, j_fixed = after_step(t_start, t_new, t_end, h, fac, hmax, last, n_fixed, j_fixed)
+            if not last:
                 rhs(t, y, u, p, f0)
                 stats[STAT_NFEV] += 1
                 need_jac = True

@@ -347,3 +347,52 @@ def record_step(t, h, t_new, t_end, t_out, i, mapped, out, fold, nx):
             fold_max(t_out[i], out, i, cm, tm)
         i += 1
     return i, nx
+
+
+# ------------------------------------------------------------------ the step loop's control
+# Scalar functions shared by the steppers' loops (no array: nothing to reference-count).
+
+
+@_jit
+def vector_finite(v):
+    """Whether every entry of the vector `v` is finite."""
+    for j in range(v.shape[0]):
+        if not math.isfinite(v[j]):
+            return False
+    return True
+
+
+@_jit
+def fixed_steps(span, h_fixed):
+    """The number of equal steps that cut a segment of length `span` into steps no longer
+    than `h_fixed` (fixed-step mode, ``h_fixed > 0``); 0 in adaptive mode."""
+    if h_fixed > 0.0:
+        return max(1, math.ceil(span / h_fixed - 1e-9))
+    return 0
+
+
+@_jit
+def step_to_try(t, h, t_end, n_fixed, j_fixed):
+    """The step to attempt from `t`: ``(h, last, ok)``. An adaptive step that would end
+    within 1 % of `t_end` is stretched or cut to end there (`last`); a fixed step is the
+    segment's `j_fixed`-th of `n_fixed`. ``ok`` is False when the step is below the
+    rounding of `t` (step size underflow)."""
+    last = False
+    if n_fixed > 0:
+        last = j_fixed == n_fixed - 1
+    elif t + 1.01 * h >= t_end:
+        h = t_end - t
+        last = True
+    return h, last, not (0.1 * abs(h) <= abs(t) * _EPS or h <= 0.0)
+
+
+@_jit
+def after_step(t_start, t_new, t_end, h, fac, hmax, last, n_fixed, j_fixed):
+    """Time and step size after an accepted step: ``(t, h, j_fixed)``. Fixed steps are
+    placed at ``t_start + j h`` (no accumulated rounding); an adaptive step grows or
+    shrinks by the controller's factor `fac`, at most to `hmax`."""
+    if last:
+        return t_end, h, j_fixed
+    if n_fixed > 0:
+        return t_start + (j_fixed + 1) * h, h, j_fixed + 1
+    return t_new, min(h * fac, hmax), j_fixed
