@@ -31,9 +31,10 @@ A controller is the same two functions over its own arrays (its decision times, 
 lockout grid, and its parameters and per-patient memory as rows indexed by `p`); the core
 needs no change. The event table below is today's only source.
 
-The adaptive solvers (:func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped`,
-:func:`pkpd.engine.solvers.rosenbrock.rodas_solve_mapped`) still read the event table
-directly; a controller there needs their event boundaries to call these functions.
+The adaptive solvers still read one patient's event table directly, in their one shared
+event boundary (:func:`pkpd.engine.solvers.segments.event_boundary`); a controller there
+needs that function to call these two, and the solver protocol to carry the source and
+`p` (see ``pkpd/engine/README.md``).
 """
 
 from __future__ import annotations
