@@ -438,13 +438,15 @@ LINEAR_MODELS = [m for m in pkpd.inputs.model.available_models() if pkpd.load_mo
 
 
 def _mid_covariates(spec, n):
-    """A covariate table inside the model's studied ranges (weights spread over it)."""
+    """A covariate table inside the model's studied ranges (weights spread over it). The
+    regimens are per kg, so a model without a weight covariate (the opioids) gets an adult
+    weight too: it scales the doses only."""
     cov = {}
     for k in ("weight", "age"):
         c = spec.covariates.get(k)
-        if c is None:
+        if c is None and k != "weight":
             continue
-        lo, hi = c.range if c.range else (55.0, 90.0)
+        lo, hi = c.range if c is not None and c.range else (55.0, 90.0)
         cov[k] = np.linspace(lo + 0.3 * (hi - lo), lo + 0.6 * (hi - lo), n)
     return pkpd.inputs.population.CovariateTable(covariates=cov, n=n)
 
