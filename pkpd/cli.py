@@ -50,6 +50,7 @@ tables = lazy_module("pkpd.output.tables")
 cohorts = lazy_module("pkpd.running.cohort")
 resources = lazy_module("pkpd.running.resources")
 single = lazy_module("pkpd.running.simulate")
+pump = lazy_module("pkpd.running.tci")
 
 _DEBUG = False
 
@@ -1072,13 +1073,14 @@ def _simulate_at_doses(ds, spec, reg, cov, extra_run):
     """The patient again on the output grid merged with every dose event, so that peaks at
     a bolus or at the end of an infusion are evaluated exactly (for the summary)."""
     grid = ds.time.values
-    ev_t = reg.event_table(
-        cov.get(
-            "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
-        )
-        if reg.uses_weight
-        else None
-    ).t
+    weight = cov.get(
+        "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
+    )
+    if reg.tci is None:
+        ev_t = reg.event_table(weight if reg.uses_weight else None).t
+    else:  # the pump's update times too (its loading ends on one of them)
+        w = np.array([np.nan if weight is None else float(weight)])
+        ev_t = pump.event_arrays(reg, w, None, cov)[0][0]
     fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above

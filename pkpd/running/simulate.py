@@ -19,6 +19,7 @@ from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
+from pkpd.running import tci as pump
 from pkpd.running.cohort import _ranges, _thresholds, run_assumptions, time_within_from_bounds
 from pkpd.running.grid import (
     MAX_GRID_POINTS,
@@ -48,6 +49,7 @@ __all__ = [
 def _prepare(model, regimen, covariates, eta, anchors=None):
     spec = load_model(model)
     reg = load_regimen(regimen).resolve(anchors)
+    pump.check(reg, spec)
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
@@ -65,7 +67,12 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
             "(use the cohort API for many patients)"
         )
     weight = full.get("weight")
-    ev = reg.event_table(weight if reg.uses_weight else None)
+    if reg.tci is None:
+        ev = reg.event_table(weight if reg.uses_weight else None)
+    else:  # the pump's rates, at this patient's covariates (the pump model's own)
+        w = np.array([np.nan if weight is None else float(weight)])
+        t, rate, bolus = pump.event_arrays(reg, w, None, {**(covariates or {}), **full})
+        ev = EventTable(t[0], rate[0], bolus[0])
     return spec, reg, full, theta, ev
 
 
