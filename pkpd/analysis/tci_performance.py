@@ -23,12 +23,26 @@ infusion systems" (aneskey.com), read 2026-12-07.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 
-from pkpd.errors import PkpdError
+from pkpd.errors import PkpdError, PkpdWarning
+from pkpd.inputs.model import load_model
+from pkpd.inputs.regimen import load_regimen
+from pkpd.running.cohort import simulate_cohort
+from pkpd.running.tci import pump_output
 
-__all__ = ["METRICS", "performance", "varvel"]
+__all__ = [
+    "METRICS",
+    "cohort_performance",
+    "performance",
+    "pump_window",
+    "summary_lines",
+    "target_output",
+    "varvel",
+]
 
 #: The four Varvel metrics, their units and meaning.
 METRICS = {
@@ -85,6 +99,35 @@ def varvel(measured, predicted, times) -> dict[str, np.ndarray]:
             "n_samples": count}  # fmt: skip
 
 
+def _window_text(lo, hi) -> str:
+    def span(v):
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return "open"
+        return f"{v.min():g} h" if v.min() == v.max() else f"{v.min():g}-{v.max():g} h"
+
+    return f"from {span(lo)} to {span(hi)}"
+
+
+def pump_window(ds: xr.Dataset, regimen) -> tuple[np.ndarray, np.ndarray]:
+    """Each patient's pump running time ``(start, stop)`` (h): from the first target to the
+    stop, with the cohort's own event times (its anchor coordinates)."""
+    tci = load_regimen(regimen).tci
+    if tci is None:
+        raise PkpdError("the regimen has no [tci] pump")
+    n = ds.sizes["patient"]
+    defaults = load_regimen(regimen).anchor_times() if tci.anchor_names else {}
+
+    def at(anchor, off):
+        if anchor is None:
+            return np.full(n, float(off))
+        v = ds[anchor].values if anchor in ds.coords else np.full(n, defaults[anchor])
+        return np.asarray(v, float) + off
+
+    first = tci.targets[0]
+    return at(first.at_anchor, first.at), at(tci.stop_anchor, tci.stop)
+
+
 def _trajectory(ds: xr.Dataset, output: str, what: str) -> xr.DataArray:
     if "trajectory" not in ds or output not in ds["traj_output"].values:
         raise PkpdError(
@@ -101,7 +144,8 @@ def performance(measured: xr.Dataset, predicted: xr.Dataset, output: str, start=
     `measured` is the cohort simulated with the patients' model; `predicted` the same
     cohort (same population, size and seed: the same covariates and event times) simulated
     with the pump's model without random effects (``iiv=False``), both storing the
-    trajectory of `output`. `start` and `stop` (h) restrict the samples to a window.
+    trajectory of `output`. `start` and `stop` (h; numbers, or one per patient)
+    restrict the samples to a window; :func:`pump_window` gives the pump's running time.
 
     Returns a Dataset with the per-patient metrics (dimension ``patient``) and, in its
     attributes, their population median and 5th-95th percentiles.
@@ -122,12 +166,11 @@ def performance(measured: xr.Dataset, predicted: xr.Dataset, output: str, start=
                     "same population, n and seed are needed"
                 )
     t = cm["time"].values
-    keep = np.ones(t.size, bool)
-    if start is not None:
-        keep &= t >= float(start)
-    if stop is not None:
-        keep &= t <= float(stop)
-    res = varvel(cm.values[:, keep], cp.values[:, keep], t[keep])
+    n = cm.shape[0]
+    lo = np.broadcast_to(-np.inf if start is None else np.asarray(start, float), (n,))
+    hi = np.broadcast_to(np.inf if stop is None else np.asarray(stop, float), (n,))
+    keep = (t[None, :] >= lo[:, None]) & (t[None, :] <= hi[:, None])
+    res = varvel(np.where(keep, cm.values, np.nan), cp.values, t)
     ds = xr.Dataset(coords={"patient": measured["patient"].values})
     for k, (unit, long_name) in METRICS.items():
         ds[k] = ("patient", res[k], {"units": unit, "long_name": long_name})
@@ -137,8 +180,58 @@ def performance(measured: xr.Dataset, predicted: xr.Dataset, output: str, start=
     ds["n_samples"] = ("patient", res["n_samples"], {"long_name": "samples used"})
     ds.attrs.update(
         output=output,
-        window=f"{t[keep][0]:g} h to {t[keep][-1]:g} h" if keep.any() else "empty",
+        window=_window_text(lo, hi),
         reference="Varvel JR, Donoho DL, Shafer SL. J Pharmacokinet Biopharm 1992;20:63-94",
         summary="population values: median and 5th-95th percentiles of the individual values",
     )
     return ds
+
+
+def target_output(regimen) -> str:
+    """The name of the output the regimen's pump targets (in the pump's model)."""
+    tci = load_regimen(regimen).tci
+    if tci is None:
+        raise PkpdError("the regimen has no [tci] pump")
+    pump = load_model(tci.model)
+    return pump.output_names[pump_output(pump, tci.site)]
+
+
+def cohort_performance(measured: xr.Dataset, regimen, population, n=None, seed=0, *,
+                       threads=None, chunk_size=None) -> xr.Dataset:  # fmt: skip
+    """The Varvel metrics of the pump of `regimen` over the cohort `measured` (simulated
+    with `population`, `n` and `seed`, storing the trajectory of the targeted output),
+    while the pump runs: the pump's predictions are the same cohort simulated with the
+    pump's model and no random effects, on the same time grid."""
+    out = target_output(regimen)
+    t = measured["time"].values
+    if t.size < 2:
+        raise PkpdError("the cohort needs a time grid of two or more points")
+    kw = {"chunk_size": chunk_size} if chunk_size else {}
+    with warnings.catch_warnings():
+        # The same population's warnings (covariate ranges, defaults) were given by the run
+        # of `measured`; the pump's run would repeat them.
+        warnings.simplefilter("ignore", PkpdWarning)
+        predicted = simulate_cohort(
+            load_regimen(regimen).tci.model, regimen, population, n, seed,
+            until=f"{float(t[-1])!r} h", every=f"{float(t[1] - t[0])!r} h", iiv=False,
+            trajectories=[out], bands=False, progress=False, threads=threads, **kw,
+        )  # fmt: skip
+    if not np.array_equal(predicted["time"].values, t):
+        raise PkpdError("the pump's predictions came out on another time grid than the cohort's")
+    start, stop = pump_window(measured, regimen)
+    return performance(measured, predicted, out, start, stop)
+
+
+def summary_lines(perf: xr.Dataset, regimen) -> list[str]:
+    """The population summary of :func:`performance`, a line per metric."""
+    tci = load_regimen(regimen).tci
+    lines = [
+        f"TCI performance of the pump model {tci.model} ({perf.attrs['output']}, "
+        f"{tci.site} targeting), {perf.attrs['window']}; median over patients (5th-95th):"
+    ]
+    for k, (unit, long_name) in METRICS.items():
+        lines.append(
+            f"  {k.upper():>10}: {perf.attrs[f'{k}_median']:.3g} {unit} "
+            f"({perf.attrs[f'{k}_p05_p95']}) - {long_name}"
+        )
+    return lines
