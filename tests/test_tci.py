@@ -228,3 +228,15 @@ def test_cohort_under_tci_reports_the_pump_models_performance():
         assert np.all(same[k].values == 0.0)
     with pytest.raises(pkpd.PkpdError, match="no stored trajectory"):
         performance(measured.drop_vars("trajectory"), predicted, "cp")
+
+
+def test_one_patient_reports_the_pump_rate_in_mg_and_ml_per_hour():
+    ds = pkpd.simulate(SUF, "sufentanil_effect_tci", {"age": 50}, times=np.arange(0, 301) / 60.0)
+    t, r, _ = pump_schedule(load_regimen("sufentanil_effect_tci").resolve().tci, {"age": 50},
+                            np.array([np.nan]))  # fmt: skip
+    k = np.searchsorted(t[0], ds.time.values, side="right") - 1
+    assert np.array_equal(ds.pump_rate.values, r[0][k])
+    assert ds.pump_rate.attrs["units"] == "mg/h" and ds.pump_rate_ml.attrs["units"] == "mL/h"
+    # 5 ug/mL in the syringe: 1 mg/h is 200 mL/h.
+    assert np.allclose(ds.pump_rate_ml.values, ds.pump_rate.values * 200.0, rtol=1e-14)
+    assert ds.pump_rate.values.max() <= 6.0
