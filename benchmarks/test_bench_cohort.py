@@ -332,3 +332,35 @@ def test_kernel_ode_summary(benchmark):
     ds = benchmark.pedantic(run, args=(n,), rounds=3, iterations=1)
     _rate(benchmark, n)
     benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
+
+
+@pytest.mark.benchmark(group="compile-cohort")
+def test_first_cohort_cold_kernel(benchmark, tmp_path):
+    """The first 1,000-patient cohort of a shipped model whose state size has no compiled
+    kernel yet (issue 15's first-run row): a subprocess with an empty ``PKPD_CACHE_DIR``
+    (the package's own numba cache warm, as after any earlier run), so the time is the
+    specialised exact kernel's compile; then the same cohort loading it from that cache."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import time, warnings
+        warnings.simplefilter("ignore")
+        import pkpd
+        t0 = time.perf_counter()
+        pkpd.simulate_cohort("gepts1995_sufentanil", "1 ug/kg bolus at 0 h",
+                             "healthy_volunteers", 1000, seed=1, progress=False)
+        print(time.perf_counter() - t0)
+    """)
+    env = {**os.environ, "PKPD_CACHE_DIR": str(tmp_path)}
+
+    def measure():
+        r = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return float(r.stdout.strip().splitlines()[-1])
+
+    benchmark.extra_info["first_cohort_s"] = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info["cached_s"] = measure()

@@ -240,3 +240,17 @@ def test_one_patient_reports_the_pump_rate_in_mg_and_ml_per_hour():
     # 5 ug/mL in the syringe: 1 mg/h is 200 mL/h.
     assert np.allclose(ds.pump_rate_ml.values, ds.pump_rate.values * 200.0, rtol=1e-14)
     assert ds.pump_rate.values.max() <= 6.0
+
+
+def test_the_memory_estimate_counts_the_pumps_event_tables():
+    from pkpd.running.cohort import simulate_cohort
+    from pkpd.running.tci import event_bytes
+
+    reg = load_regimen("sufentanil_effect_tci")
+    # 4 h of 10-s updates (the declared end of surgery), 3 tables of 3 float64 arrays.
+    assert event_bytes(reg) == int(1.5 * 9 * 8 * (4 * 360 + 2))
+    kw = dict(estimate_only=True, chunk_size=8192)
+    pump = simulate_cohort(SUF, reg, "healthy_volunteers", 100_000, **kw)
+    bolus = simulate_cohort(SUF, "1 ug/kg bolus at 0 h", "healthy_volunteers", 100_000,
+                            until="28 h", **kw)  # fmt: skip
+    assert pump["chunk"] - bolus["chunk"] >= 8192 * event_bytes(reg)

@@ -1050,6 +1050,7 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     # copy and the packed parameters: about two N x N float64 matrices at the peak).
     N = spec.n_states
     systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
+    systems += pump.event_bytes(setup.regimen)
     band_outputs = setup.band_outputs
     n_pd = len(setup.pd_outputs)
     n_metrics += n_pd * (2 + n_win + n_at)

@@ -26,7 +26,7 @@ from pkpd.inputs.model import ModelSpec, load_model
 from pkpd.inputs.regimen import Regimen
 from pkpd.inputs.tci import TCI
 
-__all__ = ["N_SUB", "check", "event_arrays", "pump_output", "pump_schedule"]
+__all__ = ["N_SUB", "check", "event_arrays", "event_bytes", "pump_output", "pump_schedule"]
 
 #: Sub-steps of an update interval on which the effect-site rule looks ahead.
 N_SUB = 4
@@ -197,6 +197,22 @@ def _merge(t1, r1, b1, t2, r2, b2, t, r, b):
                 j += 1
             r[p, k] = ra + rb
             k += 1
+
+
+def event_bytes(regimen: Regimen) -> int:
+    """Bytes per patient of the pump's event tables in a chunk (for the memory estimate):
+    the pump's rows, its predictions and the merged table, three float64 arrays each,
+    with the declared event times and a margin of half for times that vary."""
+    if regimen.tci is None:
+        return 0
+    try:
+        tci = regimen.resolve().tci
+    except RegimenError:  # an event without a default: the cohort draws it
+        tci = None
+    if tci is None:
+        return 0
+    rows = (tci.stop - tci.targets[0].at) / tci.update + 2
+    return int(1.5 * 3 * 3 * 8 * max(rows, 2))
 
 
 def event_arrays(regimen: Regimen, weight, anchors=None, covariates=None):
