@@ -3,9 +3,9 @@
 numba types a ``prange`` index int64 when it types the kernel and uint64 when it lowers the
 parallel body; a per-patient function called with the bare index was therefore compiled for
 both (about half of a cold compile: 140 s -> 75 s for one exact kernel). The kernels pass
-``np.int64(p)``. The check reads the signatures numba cached for the per-patient function
-after a small cohort (whether this process compiled it or loaded it): the first argument of
-every cached signature is int64.
+``np.uint64(p)`` (the copy that ran in the parallel loop). The check reads the signatures
+numba cached for the per-patient function after a small cohort (whether this process
+compiled it or loaded it): the first argument of every cached signature is uint64.
 
 numba's cache index is read through its private API (``Dispatcher._cache._cache_file``,
 numba 0.6x); if that moves, the test fails loudly rather than passing.
@@ -37,7 +37,7 @@ def _cohort(model, method):
 
 
 @pytest.mark.parametrize("method", ["exact", "dopri5", "rodas"])
-def test_the_patient_function_is_compiled_for_an_int64_index_only(method):
+def test_the_patient_function_is_compiled_for_one_index_type_only(method):
     _cohort("fanta2015_otto2021", method)
     if method == "exact":
         names = [m for m in sys.modules if m.startswith("pkpd_kernels_nr")]
@@ -49,14 +49,14 @@ def test_the_patient_function_is_compiled_for_an_int64_index_only(method):
     for fn in patients:
         firsts = _cached_first_arguments(fn)
         assert firsts, f"{fn.__qualname__}: nothing in numba's cache index"
-        assert set(firsts) == {"int64"}, (fn.__module__, fn.__qualname__, firsts)
+        assert set(firsts) == {"uint64"}, (fn.__module__, fn.__qualname__, firsts)
 
 
-def test_a_generated_model_compiles_its_patient_functions_for_an_int64_index_only():
+def test_a_generated_model_compiles_its_patient_functions_for_one_index_type_only():
     _cohort("fanta2015_mm_s_ketamine", "dopri5")
     module = load_model("fanta2015_mm_s_ketamine").ode.module()
     firsts = _cached_first_arguments(module._dopri5_one)
-    assert firsts and set(firsts) == {"int64"}, firsts
+    assert firsts and set(firsts) == {"uint64"}, firsts
 
 
 _WORKER = """

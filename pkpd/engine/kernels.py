@@ -284,10 +284,11 @@ def cohort_kernel(
     for o in range(outputs_i.shape[0]):
         auc_index[o] = comps_i.shape[0] + o
     for p in numba.prange(theta.shape[0]):
-        # np.int64: numba types the prange index int64 here and uint64 in the parallel
+        # np.uint64: numba types the prange index int64 here and uint64 in the parallel
         # body it lowers, which compiled the whole patient twice (half of a cold compile).
+        # The uint64 copy is the one that ran: the code that runs is unchanged.
         _patient(
-            np.int64(p),
+            np.uint64(p),
             theta,
             model,
             keep,
