@@ -18,6 +18,8 @@ Measured next to each other (patients per second in ``extra_info["patients_per_s
   compartment's amount every minute in float64 into a preallocated array (target 1, next
   to the ceiling loop); ``kernel_amounts_float64_end_to_end``: the same through
   ``simulate_cohort(amounts=True, trajectory_dtype="float64")``;
+* ``kernel_tci_summary``: summary mode under a plasma TCI pump for the 4 h of surgery (the
+  pump's schedules included);
 * ``kernel_dopri5_summary`` / ``kernel_rodas_summary``: summary mode through the adaptive
   cohort kernels (rtol 1e-6, atol 1e-9; failed patients, e.g. Dopri5's stiffness test,
   counted in ``extra_info["failed_patients"]``).
@@ -96,6 +98,30 @@ def test_kernel(benchmark, model, mode):
     ds = benchmark.pedantic(_cohort, args=(model, N), kwargs=kw, rounds=3, iterations=1)
     _rate(benchmark, N)
     benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
+
+
+#: The same exposure under a plasma TCI pump for the 4 h of surgery (issue 17).
+TCI_REGIMEN = (
+    "TCI plasma 150 ng/mL at 0 h until 4 h using fanta2015_otto2021 max 1 mg/kg/min; "
+    "0.05 mg/kg/h from 4 h to 48 h"
+)
+
+
+@pytest.mark.benchmark(group="cohort")
+def test_kernel_tci_summary(benchmark, model):
+    """Summary mode under a plasma TCI pump (issue 17), next to ``kernel[summary]``: the
+    pump's schedules (its model at each patient's weight: one schedule per patient, 1,440
+    updates each) and the kernel with those 1,440 rate changes per patient."""
+
+    def run(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return simulate_cohort(model, TCI_REGIMEN, "healthy_volunteers", n, seed=1,
+                                   progress=False, bands=False, **GRID)  # fmt: skip
+
+    run(2048)
+    benchmark.pedantic(run, args=(N,), rounds=3, iterations=1)
+    _rate(benchmark, N)
 
 
 @pytest.mark.benchmark(group="cohort")
@@ -306,3 +332,35 @@ def test_kernel_ode_summary(benchmark):
     ds = benchmark.pedantic(run, args=(n,), rounds=3, iterations=1)
     _rate(benchmark, n)
     benchmark.extra_info["failed_patients"] = int(ds.attrs["n_failed"])
+
+
+@pytest.mark.benchmark(group="compile-cohort")
+def test_first_cohort_cold_kernel(benchmark, tmp_path):
+    """The first 1,000-patient cohort of a shipped model whose state size has no compiled
+    kernel yet (issue 15's first-run row): a subprocess with an empty ``PKPD_CACHE_DIR``
+    (the package's own numba cache warm, as after any earlier run), so the time is the
+    specialised exact kernel's compile; then the same cohort loading it from that cache."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import time, warnings
+        warnings.simplefilter("ignore")
+        import pkpd
+        t0 = time.perf_counter()
+        pkpd.simulate_cohort("gepts1995_sufentanil", "1 ug/kg bolus at 0 h",
+                             "healthy_volunteers", 1000, seed=1, progress=False)
+        print(time.perf_counter() - t0)
+    """)
+    env = {**os.environ, "PKPD_CACHE_DIR": str(tmp_path)}
+
+    def measure():
+        r = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        return float(r.stdout.strip().splitlines()[-1])
+
+    benchmark.extra_info["first_cohort_s"] = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info["cached_s"] = measure()

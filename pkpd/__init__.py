@@ -48,6 +48,7 @@ _API = {
     "Regimen": "pkpd.inputs.regimen",
     "load_regimen": "pkpd.inputs.regimen",
     "racemic_to_s_ketamine": "pkpd.inputs.stereo",
+    "TCI": "pkpd.inputs.tci",
     "patient_table": "pkpd.output.patient_table",
     "simulate_cohort": "pkpd.running.cohort",
     "simulate": "pkpd.running.simulate",
@@ -60,6 +61,7 @@ when_imported("xarray", lambda: importlib.import_module("pkpd.output.accessor"))
 
 __all__ = [
     "DISCLAIMER",
+    "TCI",
     "Bolus",
     "CacheError",
     "CovariateDefaultWarning",
@@ -103,6 +105,7 @@ _LAZY_MODULES = {
     "report": "pkpd.output.report",
     "cohort": "pkpd.running.cohort",
     "solvers": "pkpd.engine.solvers",
+    "tci_performance": "pkpd.analysis.tci_performance",
 }
 
 

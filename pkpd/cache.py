@@ -115,3 +115,34 @@ def check_numba_cache(module, stem: str) -> None:
         for entry in sorted(os.listdir(folder)):
             if entry.startswith(stem + "."):
                 check_private_file(folder / entry)
+
+
+def compile_once(dispatcher, lock_path: Path):
+    """`dispatcher`, wrapped so that a call needing a signature not yet in memory compiles
+    (or loads) it while holding an exclusive lock on `lock_path`.
+
+    Processes that need the same kernel at the same time (test workers, Dask worker
+    processes, two commands) then compile it once: the others wait, and numba's
+    ``compile`` finds it in its disk cache. A call whose signature is already in memory
+    takes no lock. Without POSIX file locks each process compiles for itself, as numba
+    alone does.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return dispatcher
+
+    def call(*args):
+        sig = tuple(dispatcher.typeof_pyval(a) for a in args)
+        if sig not in dispatcher.overloads:
+            with open(lock_path, "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    dispatcher.compile(sig)
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        return dispatcher(*args)
+
+    call.dispatcher = dispatcher
+    call.__doc__ = dispatcher.__doc__
+    return call

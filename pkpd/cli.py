@@ -50,6 +50,8 @@ tables = lazy_module("pkpd.output.tables")
 cohorts = lazy_module("pkpd.running.cohort")
 resources = lazy_module("pkpd.running.resources")
 single = lazy_module("pkpd.running.simulate")
+tci_performances = lazy_module("pkpd.analysis.tci_performance")
+pump = lazy_module("pkpd.running.tci")
 
 _DEBUG = False
 
@@ -749,6 +751,13 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     is_flag=True,
     help="Let a cohort outside the risk model's calibration domain meet --max-risk.",
 )
+@click.option(
+    "--tci-performance",
+    "tci_perf",
+    is_flag=True,
+    help="Cohort with a TCI regimen: how the pump's model predicts the patients while it runs "
+    "(MDPE, MDAPE, wobble, divergence; Varvel 1992).",
+)
 @click.option("--no-iiv", is_flag=True, help="Cohort: no inter-individual variability.")
 @click.option("--no-bands", is_flag=True, help="Cohort: skip the percentile bands.")
 @click.option("--chunk-size", type=int, default=8192, show_default=True, help="Cohort chunk.")
@@ -822,7 +831,7 @@ def simulate(
     pd_items=(), racemic=False, amounts=False, trajectory_dtype="float32",
     extra_columns="error", bolus_over=None, patients_table=None, out_nonmem=None,
     observe=None, events_file=None, ranges=(), plot_window=None, plot_log=False, target=(),
-    risks=(), max_risk=None, risk_rule=None, allow_extrapolation=False,
+    risks=(), max_risk=None, risk_rule=None, allow_extrapolation=False, tci_perf=False,
 ) -> None:  # fmt: skip
     plot_opts = _plot_options(out_png, plot_window, plot_log)
     limit = _limit_options(risks, max_risk, risk_rule, allow_extrapolation)
@@ -855,8 +864,12 @@ def simulate(
             nonmem=(out_nonmem, observe, racemic),
             plot_opts=plot_opts,
             outcomes=(_one(target, "--target"), risks, limit),
+            tci_perf=tci_perf,
         )  # fmt: skip
         return
+    if tci_perf:
+        raise click.BadParameter("is for cohorts: add --patients N --population P",
+                                 param_hint="--tci-performance")  # fmt: skip
     _check_single_options(target, risks, out_nonmem, patients_table, extra_columns, amounts)
     targets = _single_targets(out_nc, out_csv, out_png)
     spec = model_files.load_model(model)
@@ -1072,13 +1085,14 @@ def _simulate_at_doses(ds, spec, reg, cov, extra_run):
     """The patient again on the output grid merged with every dose event, so that peaks at
     a bolus or at the end of an infusion are evaluated exactly (for the summary)."""
     grid = ds.time.values
-    ev_t = reg.event_table(
-        cov.get(
-            "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
-        )
-        if reg.uses_weight
-        else None
-    ).t
+    weight = cov.get(
+        "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
+    )
+    if reg.tci is None:
+        ev_t = reg.event_table(weight if reg.uses_weight else None).t
+    else:  # the pump's update times too (its loading ends on one of them)
+        w = np.array([np.nan if weight is None else float(weight)])
+        ev_t = pump.event_arrays(reg, w, None, cov)[0][0]
     fine_t = np.union1d(grid, ev_t[(ev_t >= grid[0]) & (ev_t <= grid[-1])])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PkpdWarning)  # already reported once above
@@ -1178,7 +1192,7 @@ def _simulate_cohort(
     model, regimen, patients, population, seed, until, every, out, trajectories, windows,
     thresholds, at_items, no_iiv, no_bands, chunk_size, threads, dask, out_png, method_options,
     patients_table=None, nonmem=(None, None, False), plot_opts=None,
-    outcomes=(None, (), {}),
+    outcomes=(None, (), {}), tci_perf=False,
 ):  # fmt: skip
     if population is None:
         raise click.BadParameter(
@@ -1211,6 +1225,7 @@ def _simulate_cohort(
     traj = None
     if trajectories:
         traj = True if trajectories == "all" else [t.strip() for t in trajectories.split(",")]
+    traj = _tci_trajectories(regimen, spec, traj) if tci_perf else traj
     target, risks, limit = outcomes
     # PTA and risk need their thresholds or trajectories; a .nc is written once they are in.
     need = {"thresholds": thr, "ranges": method_options.pop("ranges", None), "trajectories": traj}
@@ -1245,6 +1260,12 @@ def _simulate_cohort(
     for line in tables.cohort_outcome_lines(ds):
         _echo(line)
     _echo_cohort_pd(ds)
+    if tci_perf:
+        perf = tci_performances.cohort_performance(
+            ds, regimen, pop, patients, seed, threads=threads, chunk_size=chunk_size
+        )
+        for line in tci_performances.summary_lines(perf, regimen):
+            _echo(line)
     n_failed = int(ds.attrs["n_failed"])
     if n_failed:
         _echo(f"pkpd: warning: {n_failed} patients failed (see `status`)", err=True)
@@ -1275,6 +1296,24 @@ def _simulate_cohort(
         f"({ds.attrs['patients_per_second']:,.0f} patients/s)"
     )
     _echo(DISCLAIMER)
+
+
+def _tci_trajectories(regimen, spec, traj):
+    """The stored trajectories with the pump's targeted output added (--tci-performance)."""
+    reg = regimen_files.load_regimen(regimen)
+    if reg.tci is None:
+        raise click.BadParameter("needs a regimen with a TCI pump ([tci] or 'TCI ...')",
+                                 param_hint="--tci-performance")  # fmt: skip
+    out = tci_performances.target_output(reg)
+    if out not in spec.output_names:
+        raise click.BadParameter(
+            f"the pump targets {out!r}, which model {spec.name!r} does not have "
+            f"(outputs: {', '.join(spec.output_names)})",
+            param_hint="--tci-performance",
+        )
+    if traj is True:
+        return traj
+    return [*(traj or []), *([out] if out not in (traj or []) else [])]
 
 
 def _limit_options(risks, max_risk, risk_rule, allow_extrapolation) -> dict:

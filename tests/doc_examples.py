@@ -223,7 +223,8 @@ def run_shell_block(source: str, cwd: Path, first_line: int = 1) -> list[str]:
 
 
 def check_toml_block(source: str) -> dict:
-    """A TOML block parses; a complete regimen file also loads and resolves for 70 kg."""
+    """A TOML block parses; a complete regimen file also loads and resolves for 70 kg (with
+    its TCI pump's rates when it has one)."""
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
@@ -235,7 +236,12 @@ def check_toml_block(source: str) -> dict:
             path = Path(folder) / "example_regimen.toml"
             path.write_text(source, encoding="utf-8")
             regimen = load_regimen(path)
-            regimen.event_table(weight=70.0)
+            if regimen.tci is None:
+                regimen.event_table(weight=70.0)
+            else:
+                from pkpd.running.tci import event_arrays
+
+                event_arrays(regimen, [70.0], None, {"weight": [70.0]})
     return data
 
 

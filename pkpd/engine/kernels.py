@@ -284,8 +284,11 @@ def cohort_kernel(
     for o in range(outputs_i.shape[0]):
         auc_index[o] = comps_i.shape[0] + o
     for p in numba.prange(theta.shape[0]):
+        # np.uint64: numba types the prange index int64 here and uint64 in the parallel
+        # body it lowers, which compiled the whole patient twice (half of a cold compile).
+        # The uint64 copy is the one that ran: the code that runs is unchanged.
         _patient(
-            p,
+            np.uint64(p),
             theta,
             model,
             keep,
@@ -948,7 +951,8 @@ def kernel_for(n_states: int):
     written once to :func:`cache_dir` under a name that includes a hash of the source, so
     numba's ``cache=True`` keeps the compiled code across runs; any change of this file gives
     a new name. Falls back to the generic kernel if the folder cannot be written or numba's
-    JIT is disabled.
+    JIT is disabled. The copy is returned wrapped by :func:`pkpd.cache.compile_once`, so
+    that processes needing it at the same time compile it once.
     """
     import hashlib
     import importlib.util
@@ -993,5 +997,7 @@ def kernel_for(n_states: int):
         cache.check_numba_cache(module, name)
     except OSError:
         return cohort_kernel
-    _SPECIALISED[n_states] = module.cohort_kernel
-    return module.cohort_kernel
+    # One compile across processes that need this copy at once (see pkpd.cache).
+    kernel = cache.compile_once(module.cohort_kernel, folder / f"{name}.lock")
+    _SPECIALISED[n_states] = kernel
+    return kernel

@@ -413,8 +413,9 @@ def linear_dopri5_cohort(
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Dopri5 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
+        # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_dopri5_one(
-            p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),
@@ -443,8 +444,9 @@ def linear_rodas_cohort(
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Rodas4 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
+        # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_rodas_one(
-            p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),

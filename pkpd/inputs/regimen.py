@@ -55,7 +55,10 @@ import numpy as np
 
 from pkpd.errors import RegimenError, UnitError, where
 from pkpd.inputs.reader import Reader
+from pkpd.inputs.tci import TCI, Target, parse_tci, read_tci
 from pkpd.inputs.units import Parsed, parse_quantity
+from pkpd.inputs.units import exact_time_text as _exact_time
+from pkpd.inputs.units import time_ref as _time_ref
 
 __all__ = [
     "AnchorSpec",
@@ -94,16 +97,6 @@ class Bolus:
         # An injection time reads in minutes (it is parsed back to the same hours).
         over = f"{self.duration * 60:g} min" if self.duration < 1 else _fmt_time(self.duration)
         return f"{s} over {over}"
-
-
-def _exact_time(h: float, anchor: str | None = None) -> str:
-    """A time that parses back to exactly `h` hours (``%g`` may round: 1/3 h)."""
-    for body in (f"{abs(h):g} h", f"{abs(h) * 60:g} min", f"{abs(h)!r} h"):
-        if parse_quantity(body, "time").value == abs(h):
-            break
-    if anchor is None:
-        return f"-{body}" if h < 0 else body
-    return anchor if h == 0 else f"{anchor} {'+' if h > 0 else '-'} {body}"
 
 
 #: Two bolus times closer than this fraction of the interval count as the same time (the
@@ -344,6 +337,11 @@ def anchor_from_dict(name: str, d: dict, file: str | None = None) -> AnchorSpec:
     return _read_anchor(name, d, file)
 
 
+#: Words one of which a regimen file's `[regimen] drug` must contain: the ketamines, then
+#: the other drugs of the model library (the opioids given with S-ketamine after surgery).
+REGIMEN_DRUGS = ("racemic", "s-ketamine", "esketamine", "sufentanil", "oxycodone")
+
+
 @dataclass(frozen=True)
 class Regimen:
     """A dosing regimen; build it with :meth:`parse`, :func:`load_regimen` or directly."""
@@ -354,12 +352,14 @@ class Regimen:
     source: str = ""
     file: str | None = None
     anchors: tuple[AnchorSpec, ...] = ()
+    #: A target-controlled infusion (its rates come from :mod:`pkpd.running.tci`).
+    tci: TCI | None = None
     _text: str | None = field(default=None, compare=False)
     #: The doses as written (a repeated bolus as one :class:`BolusSeries`), for :attr:`text`.
     _pieces: tuple | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if not self.doses:
+        if not self.doses and self.tci is None:
             raise RegimenError(f"{self._loc()}a regimen needs at least one dose")
         for d in self.doses:
             _check_dose(d, self._loc())
@@ -384,17 +384,24 @@ class Regimen:
                 "empty regimen: expected e.g. '0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h'"
             )
         pieces = []
+        tci = None
         for piece in re.split(r"[;\n]", text):
             piece = " ".join(piece.split())
-            if piece:
+            if not piece:
+                continue
+            if piece.lower().startswith("tci "):
+                if tci is not None:
+                    raise RegimenError(f"in {text.strip()!r}: one TCI pump per regimen")
+                tci = parse_tci(piece)
+            else:
                 pieces.append(_parse_piece(piece))
-        return cls(_expand(pieces), name=name, _text=text.strip(), _pieces=tuple(pieces))
+        return cls(_expand(pieces), name=name, tci=tci, _text=text.strip(), _pieces=tuple(pieces))
 
     @classmethod
     def from_dict(cls, data: dict, file: str | None = None) -> Regimen:
         """Build from a parsed TOML document (see ``models/README.md``)."""
         r = Reader(file, RegimenError)
-        r.keys(data, "", {"regimen", "bolus", "infusion", "anchors"})
+        r.keys(data, "", {"regimen", "bolus", "infusion", "anchors", "tci"})
         anchors_tab = data.get("anchors", {})
         if not isinstance(anchors_tab, dict):
             raise r.err("anchors", "expected a table of [anchors.<name>] tables")
@@ -403,13 +410,13 @@ class Regimen:
         r.keys(meta, "regimen", {"name", "description", "drug", "source", "notes"})
         drug = meta.get("drug")
         if drug is not None and (
-            not isinstance(drug, str)
-            or not any(k in drug.lower() for k in ("racemic", "s-ketamine", "esketamine"))
+            not isinstance(drug, str) or not any(k in drug.lower() for k in REGIMEN_DRUGS)
         ):
             # Shown by `pkpd regimens`; the doses are amounts of this drug.
             raise r.err(
                 "regimen.drug",
-                f"{drug!r}; expected a text naming 'S-ketamine' or 'racemic ketamine'",
+                f"{drug!r}; expected a text naming 'S-ketamine', 'racemic ketamine' or a drug "
+                f"of the model library ({', '.join(REGIMEN_DRUGS[3:])})",
             )
         boluses = data.get("bolus", [])
         infusions = data.get("infusion", [])
@@ -422,8 +429,9 @@ class Regimen:
             _read_infusion(r, d, f"infusion[{i}]", anchors_tab) for i, d in enumerate(infusions)
         ]
         doses = _expand(pieces)
-        if not doses:
-            raise RegimenError(f"{where(file, None)}no [[bolus]] or [[infusion]] tables")
+        tci = read_tci(r, data["tci"], anchors_tab) if "tci" in data else None
+        if not doses and tci is None:
+            raise RegimenError(f"{where(file, None)}no [[bolus]], [[infusion]] or [tci] tables")
         return cls(
             tuple(doses),
             name=str(meta.get("name", "")),
@@ -431,6 +439,7 @@ class Regimen:
             source=str(meta.get("source", "")),
             file=file,
             anchors=anchor_specs,
+            tci=tci,
             _pieces=tuple(pieces),
         )
 
@@ -442,8 +451,10 @@ class Regimen:
         if self._text:
             return self._text
         if self._pieces is not None and _expand(self._pieces) == self.doses:
-            return "; ".join(d.text() for d in self._pieces)
-        return "; ".join(d.text() for d in self.doses)
+            pieces = [d.text() for d in self._pieces]
+        else:
+            pieces = [d.text() for d in self.doses]
+        return "; ".join(pieces + ([self.tci.text()] if self.tci else []))
 
     @property
     def anchor_names(self) -> set[str]:
@@ -454,6 +465,8 @@ class Regimen:
                 names.add(d.at_anchor)
             else:
                 names |= {d.start_anchor, d.stop_anchor}
+        if self.tci is not None:
+            names |= self.tci.anchor_names
         return names - {None}
 
     def anchor_spec(self, name: str) -> AnchorSpec | None:
@@ -531,6 +544,14 @@ class Regimen:
                     _check_dose(doses[-1], self._loc())
                 except RegimenError as exc:
                     raise RegimenError(f"{exc} (with {vals})") from None
+        tci = self.tci
+        if tci is not None:
+            targets = tuple(Target(t.concentration, at(t.at_anchor, t.at)) for t in tci.targets)
+            try:
+                tci = replace(tci, targets=targets, stop=at(tci.stop_anchor, tci.stop),
+                              stop_anchor=None)  # fmt: skip
+            except RegimenError as exc:
+                raise RegimenError(f"{self._loc()}{exc} (with {vals})") from None
         when = ", ".join(f"{k} = {v:g} h" for k, v in vals.items())
         return Regimen(
             tuple(doses),
@@ -539,6 +560,7 @@ class Regimen:
             self.source,
             self.file,
             (),
+            tci=tci,
             _text=f"{self.text} [{when}]",
         )
 
@@ -547,19 +569,21 @@ class Regimen:
         """True if any dose is per kg of body weight."""
         return any(
             (d.amount.per_kg if isinstance(d, Bolus) else d.rate_value().per_kg) for d in self.doses
-        )
+        ) or (self.tci is not None and self.tci.uses_weight)
 
     @property
     def start_time(self) -> float:
         """Time of the first dose (named events at their default times)."""
         r = self.resolve()
-        return min(d.at if isinstance(d, Bolus) else d.start for d in r.doses)
+        tci = [r.tci.targets[0].at] if r.tci else []
+        return min([d.at if isinstance(d, Bolus) else d.start for d in r.doses] + tci)
 
     @property
     def end_time(self) -> float:
         """Time of the last dose event (end of the last infusion or bolus)."""
         r = self.resolve()
-        return max((d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in r.doses)
+        tci = [r.tci.stop] if r.tci else []
+        return max([(d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in r.doses] + tci)
 
     def infusion_ends(self) -> list[float]:
         """Sorted times at which an infusion ends (named events at their default times)."""
@@ -571,14 +595,20 @@ class Regimen:
         return ends
 
     def event_table(
-        self, weight: float | None = None, anchors: dict[str, float] | None = None
+        self,
+        weight: float | None = None,
+        anchors: dict[str, float] | None = None,
+        doses_only: bool = False,
     ) -> EventTable:
         """Compile to sorted event arrays in mg and mg/h for a patient of `weight` kg.
 
-        Named events take their times from `anchors` (or their declared defaults).
+        Named events take their times from `anchors` (or their declared defaults). A
+        regimen with a [tci] pump is refused unless `doses_only` (the pump's rates come
+        from :func:`pkpd.running.tci.event_arrays`, which adds them to these).
         """
+        self._no_pump(doses_only)
         if self.anchor_names or anchors:
-            return self.resolve(anchors).event_table(weight)
+            return self.resolve(anchors).event_table(weight, doses_only=True)
         if self.uses_weight and (weight is None or not np.isfinite(weight) or weight <= 0):
             raise RegimenError(
                 f"{self._loc()}the regimen has per-kg doses: a positive body "
@@ -606,8 +636,23 @@ class Regimen:
             bolus[np.searchsorted(t, tb)] += a
         return EventTable(t, rate, bolus)
 
-    def event_arrays(self, weight: np.ndarray, anchors: dict[str, np.ndarray] | None = None):
+    def _no_pump(self, doses_only: bool) -> None:
+        if self.tci is not None and not doses_only:
+            raise RegimenError(
+                f"{self._loc()}the regimen has a [tci] pump, whose rates depend on the pump's "
+                "model and each patient's covariates: its event table comes from "
+                "pkpd.running.tci.event_arrays (simulate and simulate_cohort use it)"
+            )
+
+    def event_arrays(
+        self,
+        weight: np.ndarray,
+        anchors: dict[str, np.ndarray] | None = None,
+        doses_only: bool = False,
+    ):
         """Per-patient event tables as rectangular arrays, vectorised over patients.
+
+        A regimen with a [tci] pump is refused unless `doses_only` (see :meth:`event_table`).
 
         Parameters
         ----------
@@ -623,6 +668,7 @@ class Regimen:
             rate (mg/h) from each breakpoint to the next, and the bolus (mg) given there
             (on the first of coinciding breakpoints only). K is the same for all patients.
         """
+        self._no_pump(doses_only)
         w = np.asarray(weight, dtype=float)
         n = w.shape[0]
         if self.uses_weight and (not np.all(np.isfinite(w)) or np.any(w <= 0)):
@@ -827,21 +873,6 @@ def _q(text: str, kind: str, piece: str) -> Parsed:
         return parse_quantity(text, kind, allow_per_kg=kind != "time")
     except UnitError as exc:
         raise RegimenError(f"in {piece!r}: {exc}") from None
-
-
-_ANCHOR = re.compile(r"^([A-Za-z_]\w*)\s*(?:([+-])\s*(.+))?$")
-
-
-def _time_ref(text: object, file=None, key=None) -> tuple[str | None, float]:
-    """A time: ``"4 h"`` -> (None, 4.0); ``"end_of_surgery + 30 min"`` -> (name, 0.5)."""
-    m = _ANCHOR.match(text.strip()) if isinstance(text, str) else None
-    if m:
-        off = 0.0
-        if m[2]:
-            off = parse_quantity(m[3], "time", file=file, key=key).value
-            off = -off if m[2] == "-" else off
-        return m[1], off
-    return None, parse_quantity(text, "time", file=file, key=key).value
 
 
 def _tr(text: str, piece: str) -> tuple[str | None, float]:

@@ -257,3 +257,28 @@ def range_bounds(text: object, key: str) -> tuple[str, str]:
 def format_quantity(value: float, unit: str, digits: int = 4) -> str:
     """Format a number with `digits` significant digits and a unit, for summaries."""
     return f"{value:.{digits}g} {unit}".strip()
+
+
+_ANCHOR = re.compile(r"^([A-Za-z_]\w*)\s*(?:([+-])\s*(.+))?$")
+
+
+def time_ref(text: object, file=None, key=None) -> tuple[str | None, float]:
+    """A time: ``"4 h"`` -> (None, 4.0); ``"end_of_surgery + 30 min"`` -> (name, 0.5)."""
+    m = _ANCHOR.match(text.strip()) if isinstance(text, str) else None
+    if m:
+        off = 0.0
+        if m[2]:
+            off = parse_quantity(m[3], "time", file=file, key=key).value
+            off = -off if m[2] == "-" else off
+        return m[1], off
+    return None, parse_quantity(text, "time", file=file, key=key).value
+
+
+def exact_time_text(h: float, anchor: str | None = None) -> str:
+    """A time that parses back to exactly `h` hours (``%g`` may round: 1/3 h)."""
+    for body in (f"{abs(h):g} h", f"{abs(h) * 60:g} min", f"{abs(h) * 3600:g} s", f"{abs(h)!r} h"):
+        if parse_quantity(body, "time").value == abs(h):
+            break
+    if anchor is None:
+        return f"-{body}" if h < 0 else body
+    return anchor if h == 0 else f"{anchor} {'+' if h > 0 else '-'} {body}"

@@ -51,7 +51,8 @@ def cmax_at_bolus(spec: ModelSpec, regimen: Regimen, tmax, weight, anchors) -> n
         return np.zeros(tmax.shape, bool)
     w = np.broadcast_to(np.asarray(weight, float), (n,))
     w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
-    t, _rate, bolus = regimen.event_arrays(w, anchors)
+    # A TCI pump gives no bolus: the regimen's own doses carry every one.
+    t, _rate, bolus = regimen.event_arrays(w, anchors, doses_only=True)
     bt = np.where(bolus > 0, t, np.nan)  # (n, K): instantaneous bolus times
     hit = np.abs(tmax[:, :, None] - bt[:, None, :]) <= 1e-9 * np.maximum(
         1.0, np.abs(bt[:, None, :])

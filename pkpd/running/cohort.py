@@ -104,6 +104,7 @@ from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to
 from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.output import io as output_io
 from pkpd.running import resources
+from pkpd.running import tci as pump
 from pkpd.running.bolus_peak import cmax_at_bolus
 from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_attrs, time_grid
 from pkpd.running.request import (
@@ -225,7 +226,8 @@ def run_chunk(
     if theta.ndim == 1:
         theta = np.broadcast_to(theta, (n, theta.size)).copy()
     weight = np.asarray(cov.get("weight", np.full(n, np.nan)), dtype=float)
-    ev = tuple(np.ascontiguousarray(a) for a in setup.regimen.event_arrays(weight, anchors))
+    ev = pump.event_arrays(setup.regimen, weight, anchors, cov)
+    ev = tuple(np.ascontiguousarray(a) for a in ev)
     specials = _special_times(setup, anchors, n)
     grid = setup.grid
     ev_t = ev[0]
@@ -916,6 +918,7 @@ def _plan(req: CohortRequest) -> _Plan:
     spec, regimen, pd_outs, extra_attrs = _pd_and_stereo(req)
     method, auto_stiff, rtol, atol = _resolve_method(spec, req.method, req.rtol, req.atol)
     reg = load_regimen(regimen)
+    pump.check(reg, spec)
     pop, n = _population(req.population, req.n)
     defaults = _check_covariates(spec, reg, pop, req.extra_columns)
     seed = req.seed
@@ -1047,6 +1050,7 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     # copy and the packed parameters: about two N x N float64 matrices at the peak).
     N = spec.n_states
     systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
+    systems += pump.event_bytes(setup.regimen)
     band_outputs = setup.band_outputs
     n_pd = len(setup.pd_outputs)
     n_metrics += n_pd * (2 + n_win + n_at)

@@ -19,6 +19,7 @@ from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.running import resources
+from pkpd.running import tci as pump
 from pkpd.running.cohort import _ranges, _thresholds, run_assumptions, time_within_from_bounds
 from pkpd.running.grid import (
     MAX_GRID_POINTS,
@@ -48,6 +49,7 @@ __all__ = [
 def _prepare(model, regimen, covariates, eta, anchors=None):
     spec = load_model(model)
     reg = load_regimen(regimen).resolve(anchors)
+    pump.check(reg, spec)
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
@@ -65,7 +67,12 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
             "(use the cohort API for many patients)"
         )
     weight = full.get("weight")
-    ev = reg.event_table(weight if reg.uses_weight else None)
+    if reg.tci is None:
+        ev = reg.event_table(weight if reg.uses_weight else None)
+    else:  # the pump's rates, at this patient's covariates (the pump model's own)
+        w = np.array([np.nan if weight is None else float(weight)])
+        t, rate, bolus = pump.event_arrays(reg, w, None, {**(covariates or {}), **full})
+        ev = EventTable(t[0], rate[0], bolus[0])
     return spec, reg, full, theta, ev
 
 
@@ -206,12 +213,29 @@ def simulate(
         t = _output_times(reg, times, until, every)
         run = _Run(spec, theta, full, ev, eta, method, rtol, atol, memory_limit)
         ds = _dataset(run, t, reg, regimen, anchors, racemic)
+        if reg.tci is not None:
+            _add_pump(ds, reg, {**(covariates or {}), **full})
         if bundle is not None:
             add_pd_variables(ds, bundle)
         asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
         _add_metrics(ds, run, regimen, anchors, bundle, asked)
         ds.attrs[WARNINGS_ATTR] = log.attr()
     return ds
+
+
+def _add_pump(ds: xr.Dataset, reg: Regimen, covariates: dict) -> None:
+    """The TCI pump's rate at each output time: ``pump_rate`` (mg/h) and, when the regimen
+    gives the syringe's concentration, ``pump_rate_ml`` (mL/h)."""
+    w = np.array([float(covariates.get("weight", np.nan))])
+    t_ev, r_ev, _pred = pump.pump_schedule(reg.tci, covariates, w, {})
+    times = ds["time"].values
+    k = np.searchsorted(t_ev[0], times, side="right") - 1
+    rate = np.where(k >= 0, r_ev[0][np.maximum(k, 0)], 0.0)
+    ds["pump_rate"] = ("time", rate, {"units": "mg/h", "long_name": "TCI pump rate"})
+    if reg.tci.syringe is not None:  # mg/L in the syringe: mL/h = mg/h / (mg/L) * 1000
+        ml = rate / reg.tci.syringe.value * 1000.0
+        ds["pump_rate_ml"] = ("time", ml, {"units": "mL/h", "long_name": "TCI pump rate",
+                                           "syringe": reg.tci.syringe.text})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ def generate(ode) -> str:
     return "\n".join(lines + body)
 
 
+# The prange index is passed as np.uint64(p): numba types it int64 in the kernel and uint64
+# in the parallel body it lowers (the copy that runs), which compiled each patient function
+# twice.
 # The cohort kernels of a generated model (:mod:`pkpd.engine.kernels_adaptive`): the
 # per-patient solvers bound to this module's right-hand side, the shared metric reduction
 # inlined outside the parallel loop, and the prange loop. The solver logic (workspaces,
@@ -177,7 +180,7 @@ def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind
                   spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                   store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _dopri5_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _dopri5_one(np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
                     (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                     auc_index,
                     thr_out, thr_val, store_out, store_stride,
@@ -189,7 +192,7 @@ def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
                  spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                  store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _rodas_one(p, P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _rodas_one(np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
                    (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                    auc_index,
                    thr_out, thr_val, store_out, store_stride,
