@@ -45,6 +45,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine.kernels import _propagate
+
 __all__ = ["free_rows", "horizon", "tci_rates", "unit_response"]
 
 _jit = numba.njit(cache=True, nogil=True)
@@ -159,13 +161,8 @@ def tci_rates(Phi, Gam, W, u, effect, targets, max_rate, rates, predicted):
         if r > max_rate:
             r = max_rate
         rates[k] = r
+        _propagate(Phi, Gam, r, x, y, n)
         v = 0.0
         for i in range(n):
-            s = Gam[i] * r
-            for j in range(n):
-                s += Phi[i, j] * x[j]
-            y[i] = s
-        for i in range(n):
-            x[i] = y[i]
             v += c[i] * x[i]
         predicted[k + 1] = v

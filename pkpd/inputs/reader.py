@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pkpd.errors import ModelError, UnitError, where
-from pkpd.inputs.units import Parsed, parse_quantity
+from pkpd.inputs.units import Parsed, parse_quantity, time_ref
 
 __all__ = [
     "LITERATURE_TAGS",
@@ -242,6 +242,21 @@ class Reader:
             return parse_quantity(v, kind, file=self.file, key=key, **kw)
         except UnitError as exc:
             raise self.error(str(exc)) from None
+
+    def anchored_time(self, v: Any, key: str, anchors) -> tuple[str | None, float]:
+        """A time at `key`: ``(None, h)``, or ``(event, offset h)`` for an event declared
+        under [anchors] (`anchors`: the declared names)."""
+        try:
+            anchor, off = time_ref(v, file=self.file, key=key)
+        except UnitError as exc:
+            raise self.error(str(exc)) from None
+        if anchor is not None and anchor not in anchors:
+            raise self.err(
+                key,
+                f"{v!r} is neither a time such as '4 h' nor an event declared under "
+                f"[anchors] ({', '.join(anchors) or 'none declared'})",
+            )
+        return anchor, off
 
     def quantity(self, v: Any, kind: str, key: str, positive: bool = False, **kw) -> float:
         """The internal value of a quantity; `positive` refuses values <= 0."""

@@ -958,17 +958,7 @@ def _dose_quantity(r: Reader, d: dict, key: str, k: str, kind: str) -> Parsed:
 
 def _time_of(r: Reader, d: dict, key: str, k: str, anchors: dict) -> tuple[str | None, float]:
     """A dose time: ``(None, h)`` or ``(anchor, offset h)`` for an event under [anchors]."""
-    try:
-        anchor, off = _time_ref(d[k], file=r.file, key=f"{key}.{k}")
-    except UnitError as exc:
-        raise RegimenError(str(exc)) from None
-    if anchor is not None and anchor not in anchors:
-        raise r.err(
-            f"{key}.{k}",
-            f"{d[k]!r} is neither a time such as '4 h' nor an event declared under "
-            f"[anchors] ({', '.join(anchors) or 'none declared'})",
-        )
-    return anchor, off
+    return r.anchored_time(d[k], f"{key}.{k}", anchors)
 
 
 def _read_bolus(r: Reader, d, key: str, anchors: dict) -> Bolus | BolusSeries:

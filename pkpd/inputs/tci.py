@@ -164,20 +164,6 @@ def check(tci: TCI, loc: str) -> None:
         raise RegimenError(f"{loc}TCI syringe concentration {tci.syringe.text!r} must be > 0")
 
 
-def _time(r: Reader, d: dict, key: str, anchors: dict) -> tuple[str | None, float]:
-    try:
-        anchor, off = time_ref(d, file=r.file, key=key)
-    except UnitError as exc:
-        raise RegimenError(str(exc)) from None
-    if anchor is not None and anchor not in anchors:
-        raise r.err(
-            key,
-            f"{d!r} is neither a time such as '4 h' nor an event declared under "
-            f"[anchors] ({', '.join(anchors) or 'none declared'})",
-        )
-    return anchor, off
-
-
 def read_tci(r: Reader, d, anchors: dict) -> TCI:
     """The ``[tci]`` table of a regimen file (errors name the file and the key)."""
     key = "tci"
@@ -192,7 +178,7 @@ def read_tci(r: Reader, d, anchors: dict) -> TCI:
         else DEFAULT_UPDATE
     )
     syringe = r.parsed(d["syringe"], "concentration", f"{key}.syringe") if "syringe" in d else None
-    stop_anchor, stop = _time(r, d["stop"], f"{key}.stop", anchors)
+    stop_anchor, stop = r.anchored_time(d["stop"], f"{key}.stop", anchors)
     rows = d["target"]
     if not isinstance(rows, list) or not rows:
         raise r.err(f"{key}.target", "expected one or more [[tci.target]] tables")
@@ -200,7 +186,7 @@ def read_tci(r: Reader, d, anchors: dict) -> TCI:
     for i, t in enumerate(rows):
         tk = f"{key}.target[{i}]"
         r.keys(t, tk, {"at", "concentration", "note"}, ("at", "concentration"))
-        anchor, at = _time(r, t["at"], f"{tk}.at", anchors)
+        anchor, at = r.anchored_time(t["at"], f"{tk}.at", anchors)
         conc = r.parsed(t["concentration"], "concentration", f"{tk}.concentration")
         targets.append(Target(conc, at, anchor))
     try:
