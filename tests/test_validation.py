@@ -718,7 +718,7 @@ DICT_ERRORS = [
      ["`infusion[0].rate`", "'5 mg' is an amount, not a rate", "`total`"]),
     ({"bolus": [{**BOLUS, "at": "noon"}]}, ["`bolus[0].at`", "'noon'"]),
     ({"bolus": [{**BOLUS, "at": 0}]}, ["`bolus[0].at`", "has no unit"]),
-    ({"regimen": {"name": "x"}}, ["no [[bolus]], [[infusion]] or [tci] tables"]),
+    ({"regimen": {"name": "x"}}, ["no [[bolus]], [[infusion]], [tci] or [pca] tables"]),
     ({"bolus": BOLUS}, ["`bolus`", "[[bolus]]"]),
     ({"bolus": ["5 mg"]}, ["`bolus[0]`", "expected a table"]),
 ]  # fmt: skip

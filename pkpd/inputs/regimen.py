@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from pkpd.errors import RegimenError, UnitError, where
+from pkpd.inputs.pca import PCA, parse_pca, read_pca
 from pkpd.inputs.reader import Reader
 from pkpd.inputs.tci import TCI, Target, parse_tci, read_tci
 from pkpd.inputs.units import Parsed, parse_quantity
@@ -354,12 +355,14 @@ class Regimen:
     anchors: tuple[AnchorSpec, ...] = ()
     #: A target-controlled infusion (its rates come from :mod:`pkpd.running.tci`).
     tci: TCI | None = None
+    #: A patient-controlled analgesia pump (its deliveries come from :mod:`pkpd.running.pca`).
+    pca: PCA | None = None
     _text: str | None = field(default=None, compare=False)
     #: The doses as written (a repeated bolus as one :class:`BolusSeries`), for :attr:`text`.
     _pieces: tuple | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        if not self.doses and self.tci is None:
+        if not self.doses and self.tci is None and self.pca is None:
             raise RegimenError(f"{self._loc()}a regimen needs at least one dose")
         for d in self.doses:
             _check_dose(d, self._loc())
@@ -384,7 +387,7 @@ class Regimen:
                 "empty regimen: expected e.g. '0.3 mg/kg bolus at 0 h; 0.2 mg/kg/h from 0 h to 4 h'"
             )
         pieces = []
-        tci = None
+        tci = pca = None
         for piece in re.split(r"[;\n]", text):
             piece = " ".join(piece.split())
             if not piece:
@@ -393,15 +396,20 @@ class Regimen:
                 if tci is not None:
                     raise RegimenError(f"in {text.strip()!r}: one TCI pump per regimen")
                 tci = parse_tci(piece)
+            elif piece.lower().startswith("pca "):
+                if pca is not None:
+                    raise RegimenError(f"in {text.strip()!r}: one PCA pump per regimen")
+                pca = parse_pca(piece)
             else:
                 pieces.append(_parse_piece(piece))
-        return cls(_expand(pieces), name=name, tci=tci, _text=text.strip(), _pieces=tuple(pieces))
+        return cls(_expand(pieces), name=name, tci=tci, pca=pca, _text=text.strip(),
+                   _pieces=tuple(pieces))  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict, file: str | None = None) -> Regimen:
         """Build from a parsed TOML document (see ``models/README.md``)."""
         r = Reader(file, RegimenError)
-        r.keys(data, "", {"regimen", "bolus", "infusion", "anchors", "tci"})
+        r.keys(data, "", {"regimen", "bolus", "infusion", "anchors", "tci", "pca"})
         anchors_tab = data.get("anchors", {})
         if not isinstance(anchors_tab, dict):
             raise r.err("anchors", "expected a table of [anchors.<name>] tables")
@@ -430,8 +438,11 @@ class Regimen:
         ]
         doses = _expand(pieces)
         tci = read_tci(r, data["tci"], anchors_tab) if "tci" in data else None
-        if not doses and tci is None:
-            raise RegimenError(f"{where(file, None)}no [[bolus]], [[infusion]] or [tci] tables")
+        pca = read_pca(r, data["pca"], anchors_tab) if "pca" in data else None
+        if not doses and tci is None and pca is None:
+            raise RegimenError(
+                f"{where(file, None)}no [[bolus]], [[infusion]], [tci] or [pca] tables"
+            )
         return cls(
             tuple(doses),
             name=str(meta.get("name", "")),
@@ -440,6 +451,7 @@ class Regimen:
             file=file,
             anchors=anchor_specs,
             tci=tci,
+            pca=pca,
             _pieces=tuple(pieces),
         )
 
@@ -454,7 +466,8 @@ class Regimen:
             pieces = [d.text() for d in self._pieces]
         else:
             pieces = [d.text() for d in self.doses]
-        return "; ".join(pieces + ([self.tci.text()] if self.tci else []))
+        pumps = [x.text() for x in (self.tci, self.pca) if x is not None]
+        return "; ".join(pieces + pumps)
 
     @property
     def anchor_names(self) -> set[str]:
@@ -465,8 +478,9 @@ class Regimen:
                 names.add(d.at_anchor)
             else:
                 names |= {d.start_anchor, d.stop_anchor}
-        if self.tci is not None:
-            names |= self.tci.anchor_names
+        for pump in (self.tci, self.pca):
+            if pump is not None:
+                names |= pump.anchor_names
         return names - {None}
 
     def anchor_spec(self, name: str) -> AnchorSpec | None:
@@ -552,6 +566,13 @@ class Regimen:
                               stop_anchor=None)  # fmt: skip
             except RegimenError as exc:
                 raise RegimenError(f"{self._loc()}{exc} (with {vals})") from None
+        pca = self.pca
+        if pca is not None:
+            try:
+                pca = replace(pca, start=at(pca.start_anchor, pca.start), start_anchor=None,
+                              stop=at(pca.stop_anchor, pca.stop), stop_anchor=None)  # fmt: skip
+            except RegimenError as exc:
+                raise RegimenError(f"{self._loc()}{exc} (with {vals})") from None
         when = ", ".join(f"{k} = {v:g} h" for k, v in vals.items())
         return Regimen(
             tuple(doses),
@@ -561,6 +582,7 @@ class Regimen:
             self.file,
             (),
             tci=tci,
+            pca=pca,
             _text=f"{self.text} [{when}]",
         )
 
@@ -569,21 +591,24 @@ class Regimen:
         """True if any dose is per kg of body weight."""
         return any(
             (d.amount.per_kg if isinstance(d, Bolus) else d.rate_value().per_kg) for d in self.doses
-        ) or (self.tci is not None and self.tci.uses_weight)
+        ) or any(x is not None and x.uses_weight for x in (self.tci, self.pca))
 
     @property
     def start_time(self) -> float:
         """Time of the first dose (named events at their default times)."""
         r = self.resolve()
         tci = [r.tci.targets[0].at] if r.tci else []
-        return min([d.at if isinstance(d, Bolus) else d.start for d in r.doses] + tci)
+        pca = [r.pca.start] if r.pca else []
+        return min([d.at if isinstance(d, Bolus) else d.start for d in r.doses] + tci + pca)
 
     @property
     def end_time(self) -> float:
         """Time of the last dose event (end of the last infusion or bolus)."""
         r = self.resolve()
-        tci = [r.tci.stop] if r.tci else []
-        return max([(d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in r.doses] + tci)
+        pumps = [x.stop for x in (r.tci, r.pca) if x is not None]
+        return max(
+            [(d.at + d.duration) if isinstance(d, Bolus) else d.stop for d in r.doses] + pumps
+        )
 
     def infusion_ends(self) -> list[float]:
         """Sorted times at which an infusion ends (named events at their default times)."""
@@ -642,6 +667,12 @@ class Regimen:
                 f"{self._loc()}the regimen has a [tci] pump, whose rates depend on the pump's "
                 "model and each patient's covariates: its event table comes from "
                 "pkpd.running.tci.event_arrays (simulate and simulate_cohort use it)"
+            )
+        if self.pca is not None and not doses_only:
+            raise RegimenError(
+                f"{self._loc()}the regimen has a [pca] pump, whose deliveries depend on each "
+                "patient's demands and concentrations: its event rows come from "
+                "pkpd.running.pca.run (simulate and simulate_cohort use it)"
             )
 
     def event_arrays(

@@ -11,6 +11,7 @@ volume                    L
 concentration             mg/L  (reported to users as ng/mL)
 rate (infusion)           mg/h
 clearance                 L/h
+pump volume rate          L/h
 rate constant             1/h
 body weight               kg
 ========================  ==========
@@ -54,6 +55,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "volume": ("L", "a volume such as '133 L' or '0.063 L/kg'"),
     "concentration": ("mg/L", "a concentration such as '100 ng/mL' or '0.4 nmol/mL'"),
     "clearance": ("L/h", "a clearance such as '95.2 L/h' or '1.48 L/min'"),
+    "volume_rate": ("L/h", "a pump's volume rate such as '1 mL/h'"),
     "rate_constant": ("1/h", "a rate constant such as '0.438 1/min' or '2.77 1/h'"),
     "molar_mass": ("g/mol", "a molar mass such as '237.73 g/mol'"),
     "weight": ("kg", "a body weight such as '70 kg'"),

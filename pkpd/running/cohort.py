@@ -103,6 +103,7 @@ from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
 from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.output import io as output_io
+from pkpd.running import pca as pca_pump
 from pkpd.running import resources
 from pkpd.running import tci as pump
 from pkpd.running.bolus_peak import cmax_at_bolus
@@ -128,7 +129,7 @@ __all__ = [
     "simulate_cohort",
 ]
 
-_PURPOSE = {"covariates": 0, "eta": 1, "anchors": 2, "residual": 3}
+_PURPOSE = {"covariates": 0, "eta": 1, "anchors": 2, "residual": 3, "demand": 4, "demand_stream": 5}
 
 BAND_MIN_NG_ML = 1e-4
 BAND_MAX_NG_ML = 1e5
@@ -228,6 +229,9 @@ def run_chunk(
     weight = np.asarray(cov.get("weight", np.full(n, np.nan)), dtype=float)
     ev = pump.event_arrays(setup.regimen, weight, anchors, cov)
     ev = tuple(np.ascontiguousarray(a) for a in ev)
+    pca = None
+    if setup.regimen.pca is not None:  # the pump's deliveries join the event table
+        ev, pca = _run_pca(setup, theta, weight, anchors, ev, start, stop)
     specials = _special_times(setup, anchors, n)
     grid = setup.grid
     ev_t = ev[0]
@@ -268,6 +272,8 @@ def run_chunk(
     finally:
         numba.set_num_threads(old)
     _chunk_extras(setup, res, ev, traj, lay, parts, sl)
+    if pca is not None:
+        res.pca = _pca_summary(setup, pca, anchors, n)
     if setup.pd_store:
         pd_rows = _pd_values(setup, setup.pd_store, lay.store, traj, axis=1)
         if in_place:
@@ -279,6 +285,44 @@ def run_chunk(
     if setup.amounts and not in_place:
         res.amount = traj_rows[:, lay.store_idx.size : lay.rows.size]
     return res
+
+
+def _run_pca(setup: CohortSetup, theta, weight, anchors, ev, start: int, stop: int):
+    """The PCA pump of patients ``start..stop-1``: their draws come from their whole
+    blocks (two streams per block, :mod:`pkpd.running.pca`), so chunks, threads and workers
+    do not change them."""
+    reg = setup.regimen
+    demand = pca_pump.check(reg, setup.spec)
+    n = stop - start
+    on, off = pca_pump.pump_times(reg.pca, anchors, n)
+    kc = pca_pump.stream_length(demand, float(np.max(off - on)))
+    b0, b1 = start // BLOCK, (stop - 1) // BLOCK + 1
+    parts = [
+        pca_pump.draw(
+            demand,
+            block_rng(setup.seed, b, "demand"),
+            block_rng(setup.seed, b, "demand_stream"),
+            BLOCK,
+            kc,
+        )
+        for b in range(b0, b1)
+    ]
+    draws = pca_pump.PCADraws.concat(parts)[slice(start - b0 * BLOCK, stop - b0 * BLOCK)]
+    return pca_pump.run(reg, setup.spec, demand, theta, weight, anchors, ev, draws)
+
+
+def _pca_summary(setup: CohortSetup, pca, anchors, n: int) -> dict:
+    """Per-patient PCA results of a chunk (plain arrays): counts, amounts, times."""
+    out = {name: pca.counts[:, i] for i, name in enumerate(pca_pump.COUNT_NAMES)}
+    out["dose"] = pca.delivered(pca.t_off[:, None])[:, 0]
+    if setup.at:
+        t_at = np.stack([_times(v, anchors, n, "at") for v in setup.at.values()], axis=1)
+        out["dose_at"] = pca.delivered(t_at)
+    out["lockout_hours"] = pca.lockout_hours()
+    out["reservoir_empty"] = np.where(np.isfinite(pca.t_empty), pca.t_empty, np.nan)
+    out["pain_initial"] = pca.p0
+    out["c50"] = pca.c50
+    return out
 
 
 def _pd_by_name(setup: CohortSetup) -> dict[str, PDOutput]:
@@ -919,6 +963,7 @@ def _plan(req: CohortRequest) -> _Plan:
     method, auto_stiff, rtol, atol = _resolve_method(spec, req.method, req.rtol, req.atol)
     reg = load_regimen(regimen)
     pump.check(reg, spec)
+    pca_pump.check(reg, spec)
     pop, n = _population(req.population, req.n)
     defaults = _check_covariates(spec, reg, pop, req.extra_columns)
     seed = req.seed
@@ -1050,7 +1095,7 @@ def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> d
     # copy and the packed parameters: about two N x N float64 matrices at the peak).
     N = spec.n_states
     systems = 8 * (2 * N * N + 2 * N) if setup.adaptive and spec.is_linear else 0
-    systems += pump.event_bytes(setup.regimen)
+    systems += pump.event_bytes(setup.regimen) + pca_pump.event_bytes(setup.regimen)
     band_outputs = setup.band_outputs
     n_pd = len(setup.pd_outputs)
     n_metrics += n_pd * (2 + n_win + n_at)
@@ -1540,6 +1585,8 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
         _add_thresholds(setup, coords, data, res.t_above[:, : len(setup.thresholds)])
     if setup.ranges:
         _add_ranges(setup, coords, data, res.t_above[:, len(setup.thresholds) :])
+    if res.pca is not None:
+        _add_pca(data, res.pca)
     kinds = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
     for i, p in enumerate(spec.param_names):
         unit = kinds.get(spec.parameters[p].kind, "1")
@@ -1690,6 +1737,16 @@ def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
         slab = traj[:, idx][:, :, c] if len(idx) < traj.shape[1] else traj[:, :, c]
         out[:, :, j0 : j0 + c.size] = np.quantile(slab.astype(np.float64), QUANTILES, axis=0)
     return out
+
+
+def _add_pca(data: dict, pca: dict) -> None:
+    """The PCA pump's per-patient variables (:func:`_pca_summary`)."""
+    for name in pca_pump.COUNT_NAMES:
+        data[f"pca_{name}"] = variable(f"pca_{name}", pca[name].astype(np.int32))
+    for name in ("dose", "dose_at", "lockout_hours", "reservoir_empty", "pain_initial"):
+        if name in pca:
+            data[f"pca_{name}"] = variable(f"pca_{name}", pca[name])
+    data["pca_c50"] = variable("pca_c50", pca["c50"] * MG_L_TO_NG_ML)
 
 
 def _assemble(setup, results, counts, traj_all, amount_all=None):

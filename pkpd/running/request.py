@@ -228,3 +228,5 @@ class ChunkResult:
     amount: np.ndarray | None = None
     #: Kept trajectories of PD variables (n, n_pd_store, n_time), unless written in place.
     pd_trajectory: np.ndarray | None = None
+    #: A PCA regimen: per-patient results of the pump (:func:`pkpd.running.cohort._pca_summary`).
+    pca: dict | None = None

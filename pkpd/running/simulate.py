@@ -18,6 +18,7 @@ from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_mod
 from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
+from pkpd.running import pca as pca_pump
 from pkpd.running import resources
 from pkpd.running import tci as pump
 from pkpd.running.cohort import _ranges, _thresholds, run_assumptions, time_within_from_bounds
@@ -46,10 +47,11 @@ __all__ = [
 ]
 
 
-def _prepare(model, regimen, covariates, eta, anchors=None):
+def _prepare(model, regimen, covariates, eta, anchors=None, seed=0):
     spec = load_model(model)
     reg = load_regimen(regimen).resolve(anchors)
     pump.check(reg, spec)
+    demand = pca_pump.check(reg, spec)
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
@@ -68,12 +70,17 @@ def _prepare(model, regimen, covariates, eta, anchors=None):
         )
     weight = full.get("weight")
     if reg.tci is None:
-        ev = reg.event_table(weight if reg.uses_weight else None)
+        ev = reg.event_table(weight if reg.uses_weight else None, doses_only=reg.pca is not None)
     else:  # the pump's rates, at this patient's covariates (the pump model's own)
         w = np.array([np.nan if weight is None else float(weight)])
         t, rate, bolus = pump.event_arrays(reg, w, None, {**(covariates or {}), **full})
         ev = EventTable(t[0], rate[0], bolus[0])
-    return spec, reg, full, theta, ev
+    pca = None
+    if demand is not None:  # the pump's deliveries, from this patient's demands
+        w = np.array([np.nan if weight is None else float(weight)])
+        ev_p, pca = pca_pump.single(reg, spec, demand, theta, w, ev, seed)
+        ev = EventTable(*ev_p)
+    return spec, reg, full, theta, ev, (demand, pca)
 
 
 METHODS = registry.METHODS
@@ -123,6 +130,7 @@ def simulate(
     at: dict[str, str] | None = None,
     thresholds: dict[str, list] | None = None,
     ranges: dict[str, list] | None = None,
+    seed: int = 0,
 ):
     """Simulate one patient with the piecewise-exact solver.
 
@@ -188,6 +196,9 @@ def simulate(
         :func:`pkpd.simulate_cohort` defines it: ``time_within`` (range), the time above
         the low bound minus the time above the high bound on the same points (exact for
         the linear interpolant: the sets are nested).
+    seed : int
+        A regimen with a PCA pump: the seed of the patient's demand stream (the patient is
+        the demand model's typical one: its mean pain at the pump's start and median c50).
 
     Returns
     -------
@@ -209,12 +220,14 @@ def simulate(
     # The run's warnings, counted, in attrs['warnings'] (the block adds no frame).
     with record_warnings() as log:
         model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
-        spec, reg, full, theta, ev = _prepare(model, regimen, covariates, eta, anchors)
+        spec, reg, full, theta, ev, pca = _prepare(model, regimen, covariates, eta, anchors, seed)
         t = _output_times(reg, times, until, every)
         run = _Run(spec, theta, full, ev, eta, method, rtol, atol, memory_limit)
         ds = _dataset(run, t, reg, regimen, anchors, racemic)
         if reg.tci is not None:
             _add_pump(ds, reg, {**(covariates or {}), **full})
+        if pca[1] is not None:
+            _add_pca(ds, *pca)
         if bundle is not None:
             add_pd_variables(ds, bundle)
         asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
@@ -236,6 +249,22 @@ def _add_pump(ds: xr.Dataset, reg: Regimen, covariates: dict) -> None:
         ml = rate / reg.tci.syringe.value * 1000.0
         ds["pump_rate_ml"] = ("time", ml, {"units": "mL/h", "long_name": "TCI pump rate",
                                            "syringe": reg.tci.syringe.text})  # fmt: skip
+
+
+def _add_pca(ds: xr.Dataset, demand, pca) -> None:
+    """The PCA pump over time: ``pca_delivered`` (mg, cumulative) and the patient's
+    ``pain`` (NRS) under the concentration of the demand model's output; the pump's counts
+    in the attributes."""
+    times = ds["time"].values
+    ds["pca_delivered"] = variable("pca_delivered", pca.delivered(times)[0])
+    conc = ds[demand.output].values / MG_L_TO_NG_ML
+    pain = demand.pain(times - pca.t_on[0], conc, pca.p0[0], pca.c50[0])
+    ds["pain"] = variable("pain", np.where(times >= pca.t_on[0], pain, np.nan))
+    ds["pain"].attrs["demand_model"] = demand.name
+    for i, name in enumerate(pca_pump.COUNT_NAMES):
+        ds.attrs[f"pca_{name}"] = int(pca.counts[0, i])
+    ds.attrs["pca_demand_model"] = demand.name
+    ds.attrs["pca_demand_assumed"] = ", ".join(demand.assumed) or "none"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,15 @@ from pkpd.inputs.model import ModelSpec, load_model
 from pkpd.inputs.regimen import Regimen
 from pkpd.inputs.tci import TCI
 
-__all__ = ["N_SUB", "check", "event_arrays", "event_bytes", "pump_output", "pump_schedule"]
+__all__ = [
+    "N_SUB",
+    "check",
+    "event_arrays",
+    "event_bytes",
+    "merge",
+    "pump_output",
+    "pump_schedule",
+]
 
 #: Sub-steps of an update interval on which the effect-site rule looks ahead.
 N_SUB = 4
@@ -182,7 +190,7 @@ def pump_schedule(tci: TCI, covariates: dict, weight: np.ndarray, anchors: dict 
 
 
 @numba.njit(cache=True, parallel=True)
-def _merge(t1, r1, b1, t2, r2, b2, t, r, b):
+def merge(t1, r1, b1, t2, r2, b2, t, r, b):
     """Per row, the union of two event tables (rates add, boluses kept)."""
     for p in numba.prange(t1.shape[0]):
         i = j = k = 0
@@ -231,5 +239,5 @@ def event_arrays(regimen: Regimen, weight, anchors=None, covariates=None):
     t1, r1, b1 = (np.ascontiguousarray(a, dtype=float) for a in doses)
     n, K = t2.shape[0], t1.shape[1] + t2.shape[1]
     t, r, b = np.empty((n, K)), np.empty((n, K)), np.empty((n, K))
-    _merge(t1, r1, b1, t2, r2, np.zeros((n, t2.shape[1])), t, r, b)
+    merge(t1, r1, b1, t2, r2, np.zeros((n, t2.shape[1])), t, r, b)
     return t, r, b

@@ -86,6 +86,28 @@ VARIABLES: dict[str, Variable] = {
     ),
     "range_units": Variable(("range",), None, "unit of each range's bounds"),
     "param_{parameter}": Variable(("patient",), "{units}", "individual {parameter}"),
+    # ---- a PCA pump (pkpd.running.pca): cohorts per patient, one patient over time
+    "pca_demands": Variable(("patient",), "1", "PCA demands (button presses while the pump ran)"),
+    "pca_deliveries": Variable(("patient",), "1", "PCA demand boluses delivered"),
+    "pca_refused_lockout": Variable(("patient",), "1", "PCA demands refused: lockout interval"),
+    "pca_refused_limit": Variable(("patient",), "1", "PCA demands refused: dose limit"),
+    "pca_refused_empty": Variable(("patient",), "1", "PCA demands refused: reservoir empty"),
+    "pca_dose": Variable(
+        ("patient",), "mg", "amount the PCA pump delivered (boluses and background)"
+    ),
+    "pca_dose_at": Variable(
+        ("patient", "at"), "mg", "amount the PCA pump delivered by each named time"
+    ),
+    "pca_lockout_hours": Variable(("patient",), "h", "time the PCA pump spent in lockout"),
+    "pca_reservoir_empty": Variable(
+        ("patient",), "h", "time the PCA reservoir first could not supply the pump (NaN: never)"
+    ),
+    "pca_pain_initial": Variable(
+        ("patient",), "NRS 0-10", "pain without drug at the PCA pump's start (demand model)"
+    ),
+    "pca_c50": Variable(("patient",), "ng/mL", "concentration relieving half of the pain"),
+    "pca_delivered": Variable(_TIME, "mg", "cumulative amount delivered by the PCA pump"),
+    "pain": Variable(_TIME, "NRS 0-10", "pain under the drug on board (PCA demand model)"),
     "trajectory": Variable(("patient", "traj_output", "time"), "{units}", "concentration{note}"),
     "trajectory_bolus_time": Variable(
         ("patient", "bolus"), "h", "time of a bolus on the trajectory grid (NaN: none)"
