@@ -87,18 +87,22 @@ VARIABLES: dict[str, Variable] = {
     "range_units": Variable(("range",), None, "unit of each range's bounds"),
     "param_{parameter}": Variable(("patient",), "{units}", "individual {parameter}"),
     # ---- a PCA pump (pkpd.running.pca): cohorts per patient, one patient over time
-    "pca_demands": Variable(("patient",), "1", "PCA demands (button presses while the pump ran)"),
-    "pca_deliveries": Variable(("patient",), "1", "PCA demand boluses delivered"),
+    "pca_demands": Variable(
+        ("patient",), "1", "PCA demands over the pump's whole run (start to stop)"
+    ),
+    "pca_deliveries": Variable(("patient",), "1", "PCA demand boluses delivered (whole run)"),
     "pca_refused_lockout": Variable(("patient",), "1", "PCA demands refused: lockout interval"),
     "pca_refused_limit": Variable(("patient",), "1", "PCA demands refused: dose limit"),
     "pca_refused_empty": Variable(("patient",), "1", "PCA demands refused: reservoir empty"),
     "pca_dose": Variable(
-        ("patient",), "mg", "amount the PCA pump delivered (boluses and background)"
+        ("patient",), "mg", "amount the PCA pump delivered over its whole run (boluses, background)"
     ),
     "pca_dose_at": Variable(
         ("patient", "at"), "mg", "amount the PCA pump delivered by each named time"
     ),
-    "pca_lockout_hours": Variable(("patient",), "h", "time the PCA pump spent in lockout"),
+    "pca_lockout_hours": Variable(
+        ("patient",), "h", "time the PCA pump spent in lockout (whole run)"
+    ),
     "pca_reservoir_empty": Variable(
         ("patient",), "h", "time the PCA reservoir first could not supply the pump (NaN: never)"
     ),
