@@ -677,7 +677,13 @@ REGIMEN  a regimen .toml file or the one-line form, e.g.
     help="Cohort from a covariate .csv: columns that are not covariates of the model (nor "
     "id, sex, age, weight, height, bmi) are an error, or ignored.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Cohort random seed.")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Random seed: of a cohort, or of one patient's PCA demands.",
+)
 @click.option(
     "--trajectories",
     help="Cohort: keep the time courses of these outputs (comma-separated, or 'all').",
@@ -890,6 +896,7 @@ def simulate(
         "ranges": _ranges_option(ranges),
     }
     # The regimen with its events unresolved, so that windows and times may refer to them.
+    extra_run["seed"] = seed  # a PCA pump's demand stream
     ds = single.simulate(
         spec, regimen_files.load_regimen(regimen), covariates=cov, until=until, every=every,
         anchors=anchors, **extra_run, **metrics,
@@ -976,6 +983,8 @@ def _echo_single(spec, reg, ds, fine, extra_run) -> None:
     for line in summ.lines():
         _echo(line)
     _echo_pd_summary(fine, extra_run)
+    for line in single.pca_lines(ds):
+        _echo(line)
     for line in single.metric_lines(ds):
         _echo(line)
 
@@ -1088,7 +1097,10 @@ def _simulate_at_doses(ds, spec, reg, cov, extra_run):
     weight = cov.get(
         "weight", spec.covariates.get("weight").default if "weight" in spec.covariates else None
     )
-    if reg.tci is None:
+    if reg.pca is not None:  # the pump's boluses, as this patient's run delivered them
+        ev_t = reg.event_table(weight if reg.uses_weight else None, doses_only=True).t
+        ev_t = np.union1d(ev_t, ds["pca_delivery_time"].values)
+    elif reg.tci is None:
         ev_t = reg.event_table(weight if reg.uses_weight else None).t
     else:  # the pump's update times too (its loading ends on one of them)
         w = np.array([np.nan if weight is None else float(weight)])

@@ -332,3 +332,34 @@ def test_a_demand_model_without_a_parameter_is_refused():
     with pytest.raises(PkpdError, match="hill"):
         demand_from_dict(data, file=f"{DEMAND}.toml")
     assert load_demand(DEMAND).assumed  # every assumed value is listed
+
+
+def test_the_command_reports_the_pump_for_one_patient_and_compares_pumps(tmp_path):
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    png = tmp_path / "one.png"
+    args = ["--weight", "70", "--until", "54h", "--seed", "2", "--plot", str(png)]
+    r = CliRunner().invoke(main, ["simulate", SUF, "spine_fusion_sufentanil_pca", *args])
+    assert r.exit_code == 0, r.output
+    ds = pkpd.simulate(SUF, "spine_fusion_sufentanil_pca", {"weight": 70}, until="54 h", seed=2)
+    a = ds.attrs
+    assert (f"PCA pump 4-52 h: {a['pca_demands']} demands, {a['pca_deliveries']} delivered"
+            in r.output)  # fmt: skip
+    assert "not calibrated" in r.output and png.stat().st_size > 0
+    longer = tmp_path / "longer.toml"
+    text = Path(load_regimen("spine_fusion_sufentanil_pca").file).read_text()
+    longer.write_text(text.replace('lockout = "8 min"', 'lockout = "20 min"').replace(
+        'name = "spine_fusion_sufentanil_pca"', 'name = "lockout_20_min"'))  # fmt: skip
+    r = CliRunner().invoke(main, ["compare", SUF, "spine_fusion_sufentanil_pca", str(longer),
+                                  "0.5 ug/kg bolus at end_of_surgery", "--anchors-from",
+                                  "spine_fusion_sufentanil_pca", "--population",
+                                  "spine_fusion_china", "--patients", "300", "--until", "60h",
+                                  "--at", "day1=end_of_surgery+24h"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = {line.split("  ")[0]: line for line in r.output.splitlines()}
+    for label in ("PCA demands", "PCA demands refused in lockout",
+                  "PCA amount delivered by day1 (mg)"):  # fmt: skip
+        assert label in rows, r.output
+        assert rows[label].rstrip().endswith("-")  # the regimen without a pump

@@ -57,6 +57,8 @@ from pkpd.inputs.regimen import AnchorSpec, Regimen, load_regimen
 from pkpd.inputs.units import parse_quantity, range_bounds
 from pkpd.running import cohort as cohorts
 from pkpd.running import resources
+from pkpd.running import tci as tci_pump
+from pkpd.running.variables import PCA_SUMMARY
 from pkpd.running.warning_log import ATTR as WARNINGS_ATTR
 from pkpd.running.warning_log import record_warnings
 
@@ -320,14 +322,25 @@ def _dose(reg: Regimen, ds) -> tuple[np.ndarray, np.ndarray]:
     """Total dose per patient (mg, mg/kg) of `reg` with the cohort's weights and events."""
     n = ds.sizes["patient"]
     w = ds["weight"].values.astype(float) if "weight" in ds.coords else np.full(n, np.nan)
-    anchors = {a: ds[a].values.astype(float) for a in reg.anchor_names}
-    t, rate, bolus = reg.event_arrays(np.where(np.isfinite(w), w, 1.0), anchors)
+    t, rate, bolus = tci_pump.cohort_event_arrays(reg, ds, np.where(np.isfinite(w), w, 1.0))
     mg = bolus.sum(axis=1) + np.sum(rate[:, :-1] * np.diff(t, axis=1), axis=1)
+    if "pca_dose" in ds:  # the PCA pump's deliveries, over its whole run
+        mg = mg + ds["pca_dose"].values
     if not reg.uses_weight and "weight" not in ds.coords:
         return mg, np.full(n, np.nan)
     if reg.uses_weight and "weight" not in ds.coords:
         raise DesignError("a per-kg regimen needs a population with `weight`")
     return mg, mg / w
+
+
+def _add_pca_summary(ds, add) -> None:
+    """The PCA pump's variables of a regimen's summary (none without a pump)."""
+    if "pca_demands" not in ds:
+        return
+    for name, units, long_name in PCA_SUMMARY:
+        add(name, name, (), units, long_name)
+    if "pca_dose_at" in ds:
+        add("pca_dose_at", "pca_dose_at", ("at",), "mg", "amount the PCA pump delivered by")
 
 
 def _pct(values: np.ndarray, axis=0) -> np.ndarray:
@@ -807,6 +820,7 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
     if "c_at" in ds:
         coords["at"] = ("at", list(ds["at"].values))
         add("c_at", "c_at", ("output", "at"), "ng/mL", "concentration at named times")
+    _add_pca_summary(ds, add)
     mg, mgkg = _dose(reg, ds)
     for name, v, u in (("dose", mg, "mg"), ("dose_per_kg", mgkg, "mg/kg")):
         data[name] = (("percentile",), _pct(v), {"units": u, "long_name": "total dose given"})

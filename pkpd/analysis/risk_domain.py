@@ -31,6 +31,7 @@ from pkpd.analysis import metrics
 from pkpd.errors import MetricsError, RegimenError, RiskError
 from pkpd.inputs.regimen import Regimen, load_regimen
 from pkpd.inputs.risk_model import RiskModel
+from pkpd.running import tci as tci_pump
 
 __all__ = [
     "OUTSIDE_TOLERANCE",
@@ -130,7 +131,7 @@ def awake_dosing(ds, regimen: Regimen, awake_from: str) -> float:
     w = ds["weight"].values.astype(float) if "weight" in ds.coords else np.ones(n)
     w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
     anchors = {a: ds[a].values.astype(float) for a in regimen.anchor_names if a in ds.coords}
-    t, rate, bolus = regimen.event_arrays(w, anchors)
+    t, rate, bolus = tci_pump.cohort_event_arrays(regimen, ds, w)
     if awake_from in regimen.anchor_names:
         awake = anchors.get(awake_from)
         if awake is None:
@@ -142,6 +143,8 @@ def awake_dosing(ds, regimen: Regimen, awake_from: str) -> float:
     given = np.sum(np.where(t >= a, bolus, 0.0), axis=1)
     seg = np.clip(t[:, 1:], a, None) - np.clip(t[:, :-1], a, None)
     given += np.sum(rate[:, :-1] * seg, axis=1)
+    if "pca_dose" in ds:  # a PCA pump that delivered anything counts as dosing while awake
+        given += ds["pca_dose"].values  # (conservative when the pump starts before waking)
     return float(np.mean(given > 0))
 
 

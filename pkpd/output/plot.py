@@ -74,10 +74,11 @@ def plot_concentrations(
         for v in series
         if ds[v].attrs.get("units") not in ("ng/mL", "mg", "ng*h/mL") and _is_trajectory(v)
     ]
-    nrow = 2 if pd_vars else 1
+    pump = "pca_delivered" in ds.data_vars
+    nrow = 1 + bool(pd_vars) + pump
     fig, axes = plt.subplots(
-        nrow, 1, figsize=(8, 4.5 if nrow == 1 else 7.5), squeeze=False, sharex=True,
-        layout="constrained", height_ratios=[2, 1] if nrow == 2 else None,
+        nrow, 1, figsize=(8, 4.5 + 3.0 * (nrow - 1)), squeeze=False, sharex=True,
+        layout="constrained", height_ratios=[2] + [1] * (nrow - 1),
     )  # fmt: skip
     ax = axes[0, 0]
     eq_drug = ds.attrs.get("model_drug", "parent-drug")
@@ -105,6 +106,8 @@ def plot_concentrations(
         )
         _time_axes(ax2, t, [ds[v].values for v in pd_vars], lo, hi, False,
                    extra=[x for _, x in pd_thr])  # fmt: skip
+    if pump:
+        _pca_axes(axes[-1, 0], ds, t, lo, hi)
     for i, a in enumerate(axes[:, 0]):
         _mark_named_times(a, ev, lo, hi, labelled=i == 0)
         a.grid(alpha=0.3)
@@ -116,6 +119,18 @@ def plot_concentrations(
         _one_line(f"{ds.attrs.get('model', '')}: {_regimen_title(ds)}"), fontsize=8
     )
     return _save(fig, path, fmt, dpi=120)
+
+
+def _pca_axes(ax, ds, t, lo, hi) -> None:
+    """The PCA pump's cumulative delivered amount, with a tick at each demand bolus."""
+    y = ds["pca_delivered"].values
+    ax.plot(t, y, color="C2", label="PCA: cumulative amount delivered (boluses, background)")
+    if "pca_delivery_time" in ds:
+        td = ds["pca_delivery_time"].values
+        ax.plot(td, np.interp(td, t, y), "|", color="C3", markersize=9,
+                label=f"PCA demand bolus ({td.size} in all)")  # fmt: skip
+    ax.set_ylabel("PCA delivered (mg)")
+    _time_axes(ax, t, [y], lo, hi, False)
 
 
 def regimen_events(regimen, anchors: dict | None = None) -> dict[str, float]:

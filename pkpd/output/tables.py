@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkpd.running.variables import PCA_SUMMARY
+
 __all__ = [
     "cohort_outcome_lines",
     "cohort_summary_lines",
@@ -53,6 +55,12 @@ def compare_rows(cds) -> Rows:
             rows.append((f"time {r} (h)", cells(cds.time_within.sel(range=r))))
     rows.append(("total dose (mg/kg)", cells(cds.dose_per_kg)))
     rows.append(("total dose (mg)", cells(cds.dose)))
+    if "pca_demands" in cds:
+        for name, units, long_name in PCA_SUMMARY:
+            rows.append((f"{long_name} ({units})".replace(" (1)", ""), cells(cds[name])))
+        if "pca_dose_at" in cds:
+            for a in cds["at"].values:
+                rows.append((f"PCA amount delivered by {a} (mg)", cells(cds.pca_dose_at.sel(at=a))))
 
     def interval(name):
         return [_interval_cell(lambda k, r=r: cds[k].sel(regimen=r), name, cds) for r in regs]
@@ -224,6 +232,37 @@ def cohort_summary_lines(ds) -> list[str]:
                 f"time {lab}: median {np.median(v):.3g} h "
                 f"(5-95%: {np.percentile(v, 5):.3g}-{np.percentile(v, 95):.3g})"
             )
+    return lines + _pca_lines(ds, ok)
+
+
+def _range(v, fmt: str = ".4g") -> str:
+    return (f"median {np.median(v):{fmt}} (5-95%: {np.percentile(v, 5):{fmt}}-"
+            f"{np.percentile(v, 95):{fmt}})")  # fmt: skip
+
+
+def _pca_lines(ds, ok) -> list[str]:
+    """What the PCA pump did over the cohort (its whole run, per patient)."""
+    if "pca_demands" not in ds:
+        return []
+    v = {k: ds[k].values[ok] for k in ("pca_demands", "pca_deliveries", "pca_refused_lockout",
+                                       "pca_refused_limit", "pca_dose")}  # fmt: skip
+    n_dem = max(int(v["pca_demands"].sum()), 1)
+    lines = [
+        f"PCA demands per patient: {_range(v['pca_demands'], '.3g')}; delivered: "
+        f"{_range(v['pca_deliveries'], '.3g')}",
+        f"PCA demands refused: {100 * v['pca_refused_lockout'].sum() / n_dem:.1f}% in lockout, "
+        f"{100 * v['pca_refused_limit'].sum() / n_dem:.1f}% at a limit; reservoir failed "
+        f"{int(np.isfinite(ds['pca_reservoir_empty'].values[ok]).sum())} of {int(ok.sum())} "
+        "patients",
+        f"PCA amount delivered (whole run): {_range(v['pca_dose'])} mg",
+    ]
+    if "pca_dose_at" in ds:
+        for a_name in ds["at"].values:
+            x = ds.pca_dose_at.sel(at=a_name).values[ok]
+            lines.append(f"PCA amount delivered by {a_name}: {_range(x)} mg")
+    model = ds.attrs.get("pca_demand_model")
+    if model:
+        lines.append(f"PCA demand model {model}: not calibrated against observed PCA use")
     return lines
 
 

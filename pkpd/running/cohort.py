@@ -96,6 +96,7 @@ from pkpd.errors import (
     SimulationError,
     UnitError,
 )
+from pkpd.inputs.demand import load_demand
 from pkpd.inputs.model import ModelSpec, cohort_inputs, load_model, output_scales
 from pkpd.inputs.pd import PDOutput, augment_model, pd_attrs, pd_outputs
 from pkpd.inputs.population import CovariateTable, load_population
@@ -1832,6 +1833,8 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "assumptions": run_assumptions(ds.attrs, setup.regimen, pop),
         }
     )
+    if setup.regimen.pca is not None:
+        ds.attrs["pca_demand_model"] = load_demand(setup.regimen.pca.demand).name
     unrecorded = sum(r.boluses_without_limits for r in results)
     if unrecorded:
         ds.attrs["trajectory_bolus_limits"] = (
@@ -1850,6 +1853,12 @@ def run_assumptions(attrs, regimen: Regimen, population=None, given_events=()) -
     if assumed and assumed.lower() != "none":
         parts.append(f"model values assumed (not literature): {assumed}")
     parts += regimen.assumed_events(given_events)
+    if regimen.pca is not None:
+        demand = load_demand(regimen.pca.demand)
+        parts.append(
+            f"PCA demand model {demand.name} (not calibrated) values assumed: "
+            f"{', '.join(demand.assumed) or 'none'}"
+        )
     if hasattr(population, "assumed_values"):
         parts += population.assumed_values()
     return "; ".join(dict.fromkeys(parts)) or "none"

@@ -41,6 +41,7 @@ __all__ = [
     "Summary",
     "estimate_single_memory",
     "metric_lines",
+    "pca_lines",
     "simulate",
     "summarize",
     "time_grid",
@@ -261,8 +262,16 @@ def _add_pca(ds: xr.Dataset, demand, pca) -> None:
     pain = demand.pain(times - pca.t_on[0], conc, pca.p0[0], pca.c50[0])
     ds["pain"] = variable("pain", np.where(times >= pca.t_on[0], pain, np.nan))
     ds["pain"].attrs["demand_model"] = demand.name
+    given = np.isfinite(pca.delivery_t[0])
+    ds["pca_delivery_time"] = variable("pca_delivery_time", pca.delivery_t[0][given])
+    ds["pca_delivery_conc"] = variable(
+        "pca_delivery_conc", pca.delivery_c[0][given] * MG_L_TO_NG_ML, output=demand.output
+    )
     for i, name in enumerate(pca_pump.COUNT_NAMES):
         ds.attrs[f"pca_{name}"] = int(pca.counts[0, i])
+    ds.attrs["pca_start_h"] = float(pca.t_on[0])
+    ds.attrs["pca_stop_h"] = float(pca.t_off[0])
+    ds.attrs["pca_dose_mg"] = float(pca.delivered(pca.t_off)[0, 0])
     ds.attrs["pca_demand_model"] = demand.name
     ds.attrs["pca_demand_assumed"] = ", ".join(demand.assumed) or "none"
 
@@ -515,6 +524,28 @@ def _range_metric(rng: list, t_within) -> tuple[dict, dict]:
         )  # fmt: skip
     coords["range_units"] = single_variable("range_units", ru)
     return coords, {"time_within": single_variable("time_within", t_within)}
+
+
+def pca_lines(ds) -> list[str]:
+    """What the PCA pump of :func:`simulate` did, as text lines (none without a pump)."""
+    if "pca_demands" not in ds.attrs:
+        return []
+    a = ds.attrs
+    t = ds.time.values
+    pain = ds["pain"].values
+    on = np.isfinite(pain)
+    course = (f"; pain (NRS) {pain[on][0]:.3g} at {t[on][0]:g} h, {pain[on][-1]:.3g} at "
+              f"{t[on][-1]:g} h" if on.any() else "")  # fmt: skip
+    n_assumed = len([x for x in a["pca_demand_assumed"].split(", ") if x and x != "none"])
+    return [
+        f"PCA pump {a['pca_start_h']:g}-{a['pca_stop_h']:g} h: {a['pca_demands']} demands, "
+        f"{a['pca_deliveries']} delivered; refused {a['pca_refused_lockout']} in lockout, "
+        f"{a['pca_refused_limit']} at a limit, {a['pca_refused_empty']} with the reservoir "
+        "empty",
+        f"PCA delivered {a['pca_dose_mg']:.4g} mg over its run (boluses and background){course}",
+        f"demand model {a['pca_demand_model']}: {n_assumed} assumed values (not calibrated "
+        "against observed PCA use)",
+    ]
 
 
 def metric_lines(ds) -> list[str]:

@@ -223,6 +223,16 @@ def event_bytes(regimen: Regimen) -> int:
     return int(1.5 * 3 * 3 * 8 * max(rows, 2))
 
 
+def cohort_event_arrays(regimen: Regimen, ds, weight):
+    """The event tables of a simulated cohort's patients, rebuilt from its dataset `ds`
+    (their event times and covariates are its coordinates): the doses and a TCI pump's
+    rates as :func:`event_arrays` gives them. A PCA pump's deliveries are not in them:
+    its per-patient amounts are the dataset's ``pca_dose`` and ``pca_dose_at``."""
+    anchors = {a: ds[a].values.astype(float) for a in regimen.anchor_names if a in ds.coords}
+    cov = {k: ds[k].values for k in ds.coords if ds[k].dims == ("patient",)}
+    return event_arrays(regimen, weight, anchors, cov)
+
+
 def event_arrays(regimen: Regimen, weight, anchors=None, covariates=None):
     """The regimen's per-patient event tables ``(t, rate, bolus)``, each ``(n, K)``: its
     doses (:meth:`~pkpd.inputs.regimen.Regimen.event_arrays`) and the rates of its TCI

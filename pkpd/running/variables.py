@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["VARIABLES", "Variable", "single_variable", "variable", "variable_attrs"]
+__all__ = ["PCA_SUMMARY", "VARIABLES", "Variable", "single_variable", "variable", "variable_attrs"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ VARIABLES: dict[str, Variable] = {
     ),
     "pca_c50": Variable(("patient",), "ng/mL", "concentration relieving half of the pain"),
     "pca_delivered": Variable(_TIME, "mg", "cumulative amount delivered by the PCA pump"),
+    "pca_delivery_time": Variable(("pca_delivery",), "h", "time of each PCA demand bolus"),
+    "pca_delivery_conc": Variable(
+        ("pca_delivery",), "ng/mL", "concentration relieving pain just before each PCA bolus"
+    ),
     "pain": Variable(_TIME, "NRS 0-10", "pain under the drug on board (PCA demand model)"),
     "trajectory": Variable(("patient", "traj_output", "time"), "{units}", "concentration{note}"),
     "trajectory_bolus_time": Variable(
@@ -146,3 +150,13 @@ def single_variable(key: str, values, extra: dict | None = None, **fields) -> tu
     dimension (``auc``, ``c_at``, ``time_above`` of :func:`pkpd.simulate`)."""
     dims = tuple(d for d in VARIABLES[key].dims if d != "patient")
     return (dims, values, variable_attrs(key, extra, **fields))
+
+
+#: The PCA pump's per-patient variables a comparison summarises: name, units, long name.
+PCA_SUMMARY = (
+    ("pca_demands", "1", "PCA demands"),
+    ("pca_deliveries", "1", "PCA demand boluses delivered"),
+    ("pca_refused_lockout", "1", "PCA demands refused in lockout"),
+    ("pca_refused_limit", "1", "PCA demands refused at a limit"),
+    ("pca_dose", "mg", "PCA amount delivered (whole run)"),
+)
