@@ -20,6 +20,11 @@ Measured next to each other (patients per second in ``extra_info["patients_per_s
   ``simulate_cohort(amounts=True, trajectory_dtype="float64")``;
 * ``kernel_tci_summary``: summary mode under a plasma TCI pump for the 4 h of surgery (the
   pump's schedules included);
+* ``kernel_pca_summary`` next to ``kernel_pca_plain_summary`` (issue 17): sufentanil
+  (gepts1995_sufentanil) in the spine-fusion population, 0-56 h every minute, under the
+  shipped PCA pump (spine_fusion_sufentanil_pca: the closed loop of demands, then the
+  kernel with the deliveries as event rows) and under a plain regimen of the same drug,
+  events and grid (its background as an infusion, no pump);
 * ``kernel_dopri5_summary`` / ``kernel_rodas_summary``: summary mode through the adaptive
   cohort kernels (rtol 1e-6, atol 1e-9; failed patients, e.g. Dopri5's stiffness test,
   counted in ``extra_info["failed_patients"]``).
@@ -122,6 +127,41 @@ def test_kernel_tci_summary(benchmark, model):
     run(2048)
     benchmark.pedantic(run, args=(N,), rounds=3, iterations=1)
     _rate(benchmark, N)
+
+
+def _pca_regimens():
+    """The shipped PCA regimen and the same file with its pump replaced by a plain
+    infusion of the pump's background (1 mL/h of 4 ug/kg, at most 250 ug, in 200 mL:
+    at most 1.25 ug/h; 1.25 ug/h here) over the same 48 h from the same drawn event."""
+    from pkpd.inputs.regimen import Regimen, load_regimen
+
+    reg = load_regimen("spine_fusion_sufentanil_pca")
+    with open(reg.file, "rb") as fh:
+        data = tomllib.load(fh)
+    del data["pca"]
+    data["infusion"] = [{"rate": "1.25 ug/h", "start": "end_of_surgery", "duration": "48 h"}]
+    return reg, Regimen.from_dict(data, file="<benchmark: PCA background as an infusion>")
+
+
+@pytest.mark.benchmark(group="cohort")
+@pytest.mark.parametrize("pump", ["pca", "plain"])
+def test_kernel_pca_summary(benchmark, pump):
+    """Summary mode under the shipped PCA pump, next to the same drug, events and grid
+    without the pump (issue 17)."""
+    regimen = dict(zip(("pca", "plain"), _pca_regimens(), strict=True))[pump]
+
+    def run(n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return simulate_cohort("gepts1995_sufentanil", regimen, "spine_fusion_china", n,
+                                   seed=1, progress=False, bands=False, until="56 h",
+                                   every="1 min")  # fmt: skip
+
+    run(2048)
+    ds = benchmark.pedantic(run, args=(N,), rounds=3, iterations=1)
+    _rate(benchmark, N)
+    if pump == "pca":
+        benchmark.extra_info["median_deliveries"] = float(np.median(ds.pca_deliveries.values))
 
 
 @pytest.mark.benchmark(group="cohort")

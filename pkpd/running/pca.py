@@ -264,6 +264,10 @@ def run(regimen: Regimen, spec: ModelSpec, demand: DemandModel, theta, weight, a
         bad = int(np.nonzero(status != PCA_OK)[0][0])
         raise RegimenError(f"the PCA loop failed for patient index {bad} (non-finite state)")
     n_del = counts[:, 1]
+    # Room was made for a delivery every lockout; keep the columns some patient used (the
+    # event rows of the metrics kernel follow from them).
+    used = max(int(n_del.max(initial=0)), 1)
+    out_t, out_c = out_t[:, :used], out_c[:, :used]
     with np.errstate(divide="ignore", invalid="ignore"):
         dry = np.where(bg > 0, on + (res_mg - n_del * bol) / bg, np.inf)
     bg_end = np.minimum(off, dry)
