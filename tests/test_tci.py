@@ -254,3 +254,22 @@ def test_the_memory_estimate_counts_the_pumps_event_tables():
     bolus = simulate_cohort(SUF, "1 ug/kg bolus at 0 h", "healthy_volunteers", 100_000,
                             until="28 h", **kw)  # fmt: skip
     assert pump["chunk"] - bolus["chunk"] >= 8192 * event_bytes(reg)
+
+
+def test_compare_counts_the_pumps_delivered_amount_as_the_dose():
+    """`compare` rebuilds each patient's doses from the cohort: under a TCI pump they are
+    the pump's rates at the patient's covariates (before, compare refused a pump)."""
+    from pkpd.analysis.design import compare
+
+    reg = "TCI plasma 150 ng/mL at 0 h until 2 h using fanta2015_otto2021 max 1 mg/kg/min"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cds = compare("fanta2015_otto2021", [reg, "1 mg/kg bolus at 0 h"], "spine_fusion_china",
+                      30, seed=2, until="3 h")  # fmt: skip
+    w = cds["weight"].values if "weight" in cds else None
+    assert w is not None
+    t, r, _ = pump_schedule(load_regimen(reg).tci, {"weight": w}, w)
+    expected = np.sum(r[:, :-1] * np.diff(t, axis=1), axis=1)
+    got = cds.dose_patient.isel(regimen=0).values
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_allclose(cds.dose_patient.isel(regimen=1).values, w, rtol=1e-12)

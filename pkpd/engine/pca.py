@@ -115,6 +115,19 @@ def _within_limits(out_t, p, nb, t, lim_w, lim_a, bol, bg, t_on, t_bg_end):
     return True
 
 
+@_jit
+def _refusal(out_t, p, nb, t, lockout, dry, left, bol, lim_w, lim_a, bg, t_on, t_bg_end):
+    """Why the pump refuses a demand at `t`, as a column of the counts: 2 in lockout (since
+    the last delivery), 4 reservoir empty (`left` mg in it), 3 a limit; 0: it delivers."""
+    if nb > 0 and t - out_t[p, nb - 1] < lockout:
+        return 2
+    if dry or left < bol * (1.0 - 1e-12):
+        return 4
+    if not _within_limits(out_t, p, nb, t, lim_w, lim_a, bol, bg, t_on, t_bg_end):
+        return 3
+    return 0
+
+
 @numba.njit(cache=True, parallel=True)
 def pca_kernel(
     theta,
@@ -312,15 +325,12 @@ def _patient(p, M, b, crow, ev_t, ev_rate, ev_bolus, t_on, t_off, bol, bg, reser
             nd += 1
             counts[p, 0] += 1
             left = reservoir[p] - given - bg[p] * (min(tau, t_bg_end) - on)
-            if nb > 0 and tau - out_t[p, nb - 1] < lockout:
-                counts[p, 2] += 1
-            elif dry or left < bol[p] * (1.0 - 1e-12):
-                counts[p, 4] += 1
-                if t_empty[p] == np.inf:
+            why = _refusal(out_t, p, nb, tau, lockout, dry, left, bol[p], lim_w, lim_a[p],
+                           bg[p], on, t_bg_end)  # fmt: skip
+            if why > 0:
+                counts[p, why] += 1
+                if why == 4 and t_empty[p] == np.inf:
                     t_empty[p] = tau
-            elif not _within_limits(out_t, p, nb, tau, lim_w, lim_a[p], bol[p], bg[p], on,
-                                    t_bg_end):  # fmt: skip
-                counts[p, 3] += 1
             else:
                 out_t[p, nb] = tau
                 out_c[p, nb] = conc

@@ -198,8 +198,7 @@ def simulate(
         the low bound minus the time above the high bound on the same points (exact for
         the linear interpolant: the sets are nested).
     seed : int
-        A regimen with a PCA pump: the seed of the patient's demand stream (the patient is
-        the demand model's typical one: its mean pain at the pump's start and median c50).
+        Seed of a PCA pump's demands (of the demand model's typical patient).
 
     Returns
     -------
@@ -222,19 +221,23 @@ def simulate(
     with record_warnings() as log:
         model, regimen, bundle = _pd_and_stereo(model, regimen, pd, pd_parameters, racemic)
         spec, reg, full, theta, ev, pca = _prepare(model, regimen, covariates, eta, anchors, seed)
-        t = _output_times(reg, times, until, every)
         run = _Run(spec, theta, full, ev, eta, method, rtol, atol, memory_limit)
-        ds = _dataset(run, t, reg, regimen, anchors, racemic)
-        if reg.tci is not None:
-            _add_pump(ds, reg, {**(covariates or {}), **full})
-        if pca[1] is not None:
-            _add_pca(ds, *pca)
+        ds = _dataset(run, _output_times(reg, times, until, every), reg, regimen, anchors, racemic)
+        _add_pumps(ds, reg, {**(covariates or {}), **full}, pca)
         if bundle is not None:
             add_pd_variables(ds, bundle)
-        asked = {"windows": windows, "at": at, "thresholds": thresholds, "ranges": ranges}
+        asked = dict(windows=windows, at=at, thresholds=thresholds, ranges=ranges)
         _add_metrics(ds, run, regimen, anchors, bundle, asked)
         ds.attrs[WARNINGS_ATTR] = log.attr()
     return ds
+
+
+def _add_pumps(ds: xr.Dataset, reg: Regimen, covariates: dict, pca) -> None:
+    """The TCI pump's rates and the PCA pump's deliveries and pain, if the regimen has them."""
+    if reg.tci is not None:
+        _add_pump(ds, reg, covariates)
+    if pca[1] is not None:
+        _add_pca(ds, *pca)
 
 
 def _add_pump(ds: xr.Dataset, reg: Regimen, covariates: dict) -> None:
