@@ -363,3 +363,25 @@ def test_the_command_reports_the_pump_for_one_patient_and_compares_pumps(tmp_pat
                   "PCA amount delivered by day1 (mg)"):  # fmt: skip
         assert label in rows, r.output
         assert rows[label].rstrip().endswith("-")  # the regimen without a pump
+
+
+def test_a_cohort_keeping_the_relief_output_has_each_patients_pain_and_its_bands():
+    ds = _cohort("spine_fusion_sufentanil_pca", n=200, trajectories=["ce"])
+    t, on = ds.time.values, ds.pca_start.values
+    pain = ds.pain.values
+    assert np.all(np.isnan(pain[t[None, :] < on[:, None]]))
+    # At a grid time just after the start: the initial pain, relieved by the ce there.
+    demand = load_demand(DEMAND)
+    v = demand.values
+    for p in range(0, 200, 37):
+        j = int(np.searchsorted(t, on[p]))
+        ce = float(ds.trajectory.sel(traj_output="ce").values[p, j]) * MG_L_PER_NG_ML
+        p0, floor, g = ds.pca_pain_initial.values[p], v["pain_floor"], v["gamma"]
+        base = floor + (p0 - floor) * 2 ** (-(t[j] - on[p]) / v["pain_half_life"])
+        c50 = ds.pca_c50.values[p] * MG_L_PER_NG_ML
+        relief = v["emax"] * ce**g / (c50**g + ce**g)
+        assert pain[p, j] == pytest.approx(base * (1 - relief), rel=1e-5)
+    med = ds.pain_band.sel(quantile=0.5).values
+    late = t > on.max()
+    np.testing.assert_allclose(med[late], np.median(pain[:, late], axis=0), rtol=1e-6)
+    assert ds.pain.attrs["units"] == "NRS 0-10"

@@ -558,12 +558,16 @@ def plot_bands(
     ev = all_ev if events else {}
     t = ds.band_time.values
     lo, hi = TimeWindow.coerce(window).limits(_event_medians(all_ev), t)
+    pain = "pain_band" in ds
     fig, axes = plt.subplots(
-        len(outs), 1, figsize=(8, 3.2 * len(outs)), squeeze=False, layout="constrained"
-    )
+        len(outs) + pain, 1, figsize=(8, 3.2 * (len(outs) + pain)), squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    if pain:
+        _pain_band_axes(axes[-1, 0], ds, ev, lo, hi)
     eq = _mass_equivalents(ds)
     drug = ds.attrs.get("model_drug", "parent-drug")
-    for ax, o in zip(axes[:, 0], outs, strict=True):
+    for ax, o in zip(axes[: len(outs), 0], outs, strict=True):
         b = ds.band.sel(band_output=o)
         q = {float(v): b.sel(quantile=v).values for v in ds["quantile"].values}
         ax.fill_between(t, q[0.05], q[0.95], alpha=0.2, label="5-95 %")
@@ -589,6 +593,22 @@ def plot_bands(
         fontsize=8,
     )
     return _save(fig, path, fmt)
+
+
+def _pain_band_axes(ax, ds, ev, lo, hi) -> None:
+    """Percentiles of the PCA patients' pain (over those whose pump runs)."""
+    t = ds.time.values
+    q = {float(v): ds.pain_band.sel(quantile=v).values for v in ds["quantile"].values}
+    ax.fill_between(t, q[0.05], q[0.95], alpha=0.2, color="C3", label="5-95 %")
+    ax.fill_between(t, q[0.25], q[0.75], alpha=0.35, color="C3", label="25-75 %")
+    ax.plot(t, q[0.5], lw=1.5, color="C3", label="median")
+    _mark_events(ax, ev, window=(lo, hi))
+    ax.set_ylabel("pain (NRS 0-10)")
+    ax.set_title(f"pain under the drug on board ({ds.attrs.get('pca_demand_model', '')}, "
+                 "not calibrated)", fontsize=8, loc="left")  # fmt: skip
+    _time_axes(ax, t, [q[0.05], q[0.95]], lo, hi, False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -322,6 +322,7 @@ def _pca_summary(setup: CohortSetup, pca, anchors, n: int) -> dict:
     out["lockout_hours"] = pca.lockout_hours()
     out["reservoir_empty"] = np.where(np.isfinite(pca.t_empty), pca.t_empty, np.nan)
     out["pain_initial"] = pca.p0
+    out["start"] = pca.t_on
     out["c50"] = pca.c50
     return out
 
@@ -1740,11 +1741,33 @@ def _exact_bands(traj: np.ndarray, idx: list[int], step: int) -> np.ndarray:
     return out
 
 
+def _add_pain(ds, demand) -> None:
+    """Each patient's pain (NRS) on the trajectory grid and its percentiles over the
+    patients whose pump runs, when the demand model's output is among the trajectories
+    kept in memory (exact at those times: the pain is a function of the concentration)."""
+    if "trajectory" not in ds or demand.output not in ds.traj_output.values:
+        return
+    t = ds.time.values
+    on = ds.pca_start.values[:, None]
+    conc = ds.trajectory.sel(traj_output=demand.output).values / MG_L_TO_NG_ML
+    c50 = ds.pca_c50.values[:, None] / MG_L_TO_NG_ML
+    pain = demand.pain(t[None, :] - on, conc, ds.pca_pain_initial.values[:, None], c50)
+    pain = np.where(t[None, :] >= on, pain, np.nan)
+    ds["pain"] = variable("pain_trajectory", pain.astype(np.float32), output=demand.output)
+    # Percentiles where at least 5 % of the patients' pumps run (and one at least).
+    running = np.isfinite(pain).sum(axis=0) >= max(1, 0.05 * pain.shape[0])
+    band = np.full((len(QUANTILES), t.size), np.nan)
+    band[:, running] = np.nanquantile(pain[:, running], QUANTILES, axis=0)
+    if "quantile" not in ds.coords:
+        ds.coords["quantile"] = ("quantile", list(QUANTILES))
+    ds["pain_band"] = variable("pain_band", band)
+
+
 def _add_pca(data: dict, pca: dict) -> None:
     """The PCA pump's per-patient variables (:func:`_pca_summary`)."""
     for name in pca_pump.COUNT_NAMES:
         data[f"pca_{name}"] = variable(f"pca_{name}", pca[name].astype(np.int32))
-    for name in ("dose", "dose_at", "lockout_hours", "reservoir_empty", "pain_initial"):
+    for name in ("dose", "dose_at", "lockout_hours", "reservoir_empty", "pain_initial", "start"):
         if name in pca:
             data[f"pca_{name}"] = variable(f"pca_{name}", pca[name])
     data["pca_c50"] = variable("pca_c50", pca["c50"] * MG_L_TO_NG_ML)
@@ -1834,7 +1857,9 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
         }
     )
     if setup.regimen.pca is not None:
-        ds.attrs["pca_demand_model"] = load_demand(setup.regimen.pca.demand).name
+        demand = load_demand(setup.regimen.pca.demand)
+        ds.attrs["pca_demand_model"] = demand.name
+        _add_pain(ds, demand)
     unrecorded = sum(r.boluses_without_limits for r in results)
     if unrecorded:
         ds.attrs["trajectory_bolus_limits"] = (

@@ -111,6 +111,15 @@ VARIABLES: dict[str, Variable] = {
     ),
     "pca_c50": Variable(("patient",), "ng/mL", "concentration relieving half of the pain"),
     "pca_delivered": Variable(_TIME, "mg", "cumulative amount delivered by the PCA pump"),
+    "pca_start": Variable(("patient",), "h", "when the PCA pump started"),
+    "pain_trajectory": Variable(
+        ("patient", "time"), "NRS 0-10", "pain under the drug on board (demand model, by {output})"
+    ),
+    "pain_band": Variable(
+        ("quantile", "time"),
+        "NRS 0-10",
+        "percentiles of pain over patients whose PCA runs (5 % of them at least)",
+    ),
     "pca_delivery_time": Variable(("pca_delivery",), "h", "time of each PCA demand bolus"),
     "pca_delivery_conc": Variable(
         ("pca_delivery",), "ng/mL", "concentration relieving pain just before each PCA bolus"
