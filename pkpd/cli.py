@@ -1639,6 +1639,14 @@ def _is_number(x: str) -> bool:
 @click.option("--rate", help="Infusion rates, mg/kg/h, e.g. 0.05,0.1,0.2.")
 @click.option("--duration", help="Infusion ends: hours or events, e.g. 4,end_of_surgery.")
 @click.option("--template", help="One-line regimen with {bolus}, {rate}, {duration}.")
+@click.option(
+    "--var",
+    "var_items",
+    multiple=True,
+    metavar="NAME=V1,V2,...",
+    help="A further design variable filling {NAME} of --template as written, e.g. "
+    "'lockout=5 min,8 min,15 min' (repeatable).",
+)
 @click.option("--anchors-from", "anchors", help="Regimen declaring the events (end_of_surgery).")
 @click.option(
     "--anchor",
@@ -1676,12 +1684,13 @@ def _is_number(x: str) -> bool:
 def design(
     model, population, patients, seed, bolus, rate, duration, template, anchors, anchor_items,
     target, risk, max_risk, risk_rule, allow_extrapolation, windows, until, every, out, out_png,
+    var_items=(),
 ) -> None:  # fmt: skip
     targets = _grid_targets(out, out_png)
     gds = designs.design(
         model, population, patients, seed, bolus=_list_option(bolus, "--bolus"),
         rate=_list_option(rate, "--rate"), duration=_list_option(duration, "--duration", False),
-        template=template, anchors=anchors,
+        template=template, variables=_var_option(var_items), anchors=anchors,
         anchor_times=_pairs(anchor_items, "--anchor") or None, target=_one(target, "--target"),
         risk=risk,
         max_risk=max_risk,
@@ -1705,10 +1714,28 @@ def design(
         _echo("PTA over the grid:")
         for line in tables.text_table(*tables.design_pta_rows(gds)):
             _echo("  " + line)
+    head, rows = tables.design_pca_rows(gds)
+    if rows:
+        _echo("PCA over the grid (medians over patients, whole run):")
+        for line in tables.text_table(head, rows):
+            _echo("  " + line)
     _echo_design_domain(gds)
     _echo(gds.attrs["best_message"])
     _write_grid(targets, gds, plots.plot_design)
     _echo(DISCLAIMER)
+
+
+def _var_option(items) -> dict[str, list[str]] | None:
+    """``{name: [texts]}`` of --var NAME=V1,V2 (each value as written, stripped)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not name.strip() or not values.strip():
+            raise click.BadParameter(f"{item!r}: expected NAME=V1,V2,...", param_hint="--var")
+        if name.strip() in out:
+            raise click.BadParameter(f"{name.strip()!r} given twice", param_hint="--var")
+        out[name.strip()] = [v.strip() for v in values.split(",")]
+    return out or None
 
 
 def _echo_design_domain(gds) -> None:

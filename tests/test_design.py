@@ -4,6 +4,7 @@ Pareto front and the best-under-limit rule (pkpd/analysis/design.py)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -218,3 +219,31 @@ def test_pta_over_grid_matches_risk_pta():
         g.attrs["best_regimen"] == str(g.regimen.values[1, 1, 0])
         or g.pta.values.max() == g.attrs["best_pta"]
     )
+
+
+@pytest.mark.parametrize(
+    ("variables", "template", "message"),
+    [
+        ({"rate": ["1"]}, "{rate} mg/h from 0 h to 4 h", "other than bolus"),
+        ({"lockout": ["5 min"]}, "{bolus} mg/kg bolus at 0 h", "the template has no {lockout}"),
+        ({"x": ["1 h", "1 h"]}, "1 mg bolus at {x}", "repeated values"),
+        ({"x": []}, "1 mg bolus at {x}", "at least one value"),
+        ({"9x": ["1 h"]}, "1 mg bolus at {9x}", "expected a name"),
+    ],
+)
+def test_further_design_variables_are_checked(variables, template, message):
+    from pkpd.analysis.design import DesignError, _design_variables
+
+    with pytest.raises(DesignError, match=re.escape(message)):
+        _design_variables(template, None, None, None, None, variables)
+
+
+def test_a_further_design_variable_fills_its_placeholder_as_written():
+    from pkpd.analysis.design import _design_variables
+
+    dims, vals, texts = _design_variables(
+        "{bolus} mg/kg bolus at 0 h; 1 mg/h from 0 h to {stop}", [0.1, 0.2], None, None, None,
+        {"stop": ["2 h", "4 h", "6 h"]},
+    )  # fmt: skip
+    assert dims == ["bolus", "stop"]
+    assert texts["stop"] == vals["stop"] == ["2 h", "4 h", "6 h"]

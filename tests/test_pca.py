@@ -385,3 +385,56 @@ def test_a_cohort_keeping_the_relief_output_has_each_patients_pain_and_its_bands
     late = t > on.max()
     np.testing.assert_allclose(med[late], np.median(pain[:, late], axis=0), rtol=1e-6)
     assert ds.pain.attrs["units"] == "NRS 0-10"
+
+
+PCA_TEMPLATE = (
+    "PCA sufentanil 4 ug/kg max 250 ug in 200 mL bolus {pca_bolus} lockout {lockout} "
+    "background 1 mL/h from end_of_surgery until end_of_surgery + 48 h "
+    "demand spine_fusion_sufentanil_demand"
+)
+
+
+def test_design_sweeps_pca_settings_on_the_same_patients(tmp_path):
+    from pkpd.analysis.design import design
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = design(SUF, "spine_fusion_china", 200, 3, template=PCA_TEMPLATE,
+                   variables={"pca_bolus": ["1 mL", "2 mL"], "lockout": ["5 min", "20 min"]},
+                   anchors="spine_fusion_sufentanil_pca", until="56 h")  # fmt: skip
+    assert g.regimen.dims == ("pca_bolus", "lockout")
+    assert list(g.lockout.values) == ["5 min", "20 min"]
+    assert "lockout 20 min" in str(g.regimen.sel(pca_bolus="2 mL", lockout="20 min").item())
+    # A point is the cohort its regimen gives on the same patients: the shipped file (2 mL,
+    # 8 min, the same events) with its lockout set to 20 min.
+    text = Path(load_regimen("spine_fusion_sufentanil_pca").file).read_text()
+    path = tmp_path / "lockout_20.toml"
+    path.write_text(text.replace('lockout = "8 min"', 'lockout = "20 min"'))
+    ds = _cohort(str(path), n=200, seed=3)
+    point = g.sel(pca_bolus="2 mL", lockout="20 min")
+    assert float(point.pca_dose_median) == float(np.median(ds.pca_dose.values))
+    assert float(point.pca_demands_median) == float(np.median(ds.pca_demands.values))
+    refused = g.pca_refused_lockout_median
+    assert float(refused.sel(pca_bolus="1 mL", lockout="20 min")) >= float(
+        refused.sel(pca_bolus="1 mL", lockout="5 min")
+    )
+    assert g.pca_dose_median.attrs["units"] == "mg"
+    assert np.all(g.pca_dose_median.values > 0)
+
+
+def test_the_design_command_takes_further_variables_and_prints_the_pumps_medians():
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    args = ["design", SUF, "--population", "spine_fusion_china", "--patients", "100",
+            "--template", PCA_TEMPLATE, "--var", "pca_bolus=2 mL", "--var",
+            "lockout=5 min,20 min", "--anchors-from", "spine_fusion_sufentanil_pca",
+            "--until", "56h"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "grid: pca_bolus (1) x lockout (2) = 2 regimens" in r.output
+    assert "PCA over the grid" in r.output
+    assert "pca_bolus=2 mL, lockout=20 min" in r.output
+    r = CliRunner().invoke(main, [*args[:-6], "--var", "lockout"])
+    assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output

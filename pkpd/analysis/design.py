@@ -991,6 +991,7 @@ def design(
     rate: Sequence[float] | None = None,
     duration: Sequence | None = None,
     template: str | None = None,
+    variables: Mapping[str, Sequence[str]] | None = None,
     anchors=None,
     anchor_times: Mapping[str, Any] | None = None,
     target=None,
@@ -1022,6 +1023,11 @@ def design(
         Default ``["end_of_surgery"]`` when `anchors` declares it.
     template : str, optional
         One-line regimen with placeholders (default :data:`DEFAULT_TEMPLATE`).
+    variables : dict of str to list of str, optional
+        Further design variables, filled into the template as written: ``{"lockout":
+        ["5 min", "8 min", "15 min"]}`` for a ``{lockout}`` placeholder (PCA settings, TCI
+        targets, any part of a one-line regimen); each is a dimension of the result with
+        its texts as coordinates.
     anchors : str or Regimen, optional
         Regimen whose ``[anchors]`` declare the events the template refers to.
     anchor_times : dict, optional
@@ -1055,7 +1061,7 @@ def design(
         ...).
     """
     tpl = template or DEFAULT_TEMPLATE
-    dims, grid_vals, texts = _design_variables(tpl, bolus, rate, duration, anchors)
+    dims, grid_vals, texts = _design_variables(tpl, bolus, rate, duration, anchors, variables)
     spec = load_model(model)
     shape = tuple(len(grid_vals[k]) for k in dims)
     points = list(itertools.product(*(range(s) for s in shape)))
@@ -1167,7 +1173,7 @@ def _design_attrs(tpl, dims, anchors, kw, seed, tgt, rname, max_risk) -> dict:
     """What a design grid was asked for, as attributes."""
     return {
         "template": tpl,
-        "design_variables": ", ".join(f"{k} [{_UNITS[k]}]" for k in dims),
+        "design_variables": ", ".join(f"{k} [{_UNITS.get(k, 'as written')}]" for k in dims),
         "anchors": str(getattr(load_regimen(anchors), "name", "") or anchors)
         if anchors is not None
         else "",
@@ -1188,12 +1194,33 @@ def _check_max_risk(max_risk, rname) -> None:
             raise DesignError(f"`max_risk` must be a fraction in [0, 1], got {max_risk!r}")
 
 
-def _design_variables(tpl, bolus, rate, duration, anchors):
+def _text_variables(tpl, variables) -> dict[str, list[str]]:
+    """The template's further variables (`variables`: name -> texts), checked."""
+    out = {}
+    for name, values in (variables or {}).items():
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(name)) or name in _VARIABLES:
+            raise DesignError(
+                f"design variable {name!r}: expected a name (letters, digits, _) other than "
+                f"{', '.join(_VARIABLES)}"
+            )
+        vals = [values] if isinstance(values, str) else [str(v).strip() for v in values]
+        if not vals or not all(vals):
+            raise DesignError(f"`{name}`: give at least one value, none empty")
+        if len(set(vals)) != len(vals):
+            raise DesignError(f"`{name}`: repeated values in {vals}")
+        if "{" + name + "}" not in tpl:
+            raise DesignError(f"`{name}` values given but the template has no {{{name}}}: {tpl!r}")
+        out[name] = vals
+    return out
+
+
+def _design_variables(tpl, bolus, rate, duration, anchors, variables=None):
     """The design variables the template uses (the grid's dimensions), their values and
     the texts that fill the template's placeholders."""
     grid_vals = {
         k: _values(k, v) for k, v in (("bolus", bolus), ("rate", rate), ("duration", duration))
     }
+    extra = _text_variables(tpl, variables)
     used = [k for k in _VARIABLES if "{" + k + "}" in tpl]
     for k in _VARIABLES:
         if grid_vals[k] and k not in used:
@@ -1210,12 +1237,17 @@ def _design_variables(tpl, bolus, rate, duration, anchors):
     for k in used:
         if not grid_vals[k]:
             raise DesignError(f"the template uses {{{k}}}: give `{k}` values")
-    dims = [k for k in used]
+    dims = [*used, *extra]
     if not dims:
-        raise DesignError(f"the template {tpl!r} has none of {{bolus}}, {{rate}}, {{duration}}")
+        raise DesignError(
+            f"the template {tpl!r} has none of {{bolus}}, {{rate}}, {{duration}} and no "
+            "further variables were given"
+        )
     texts = {
-        k: [_duration_text(v) if k == "duration" else f"{v:g}" for v in grid_vals[k]] for k in dims
+        k: [_duration_text(v) if k == "duration" else f"{v:g}" for v in grid_vals[k]] for k in used
     }
+    for k, vals in extra.items():
+        grid_vals[k] = texts[k] = vals
     if "duration" in dims and len(set(texts["duration"])) != len(texts["duration"]):
         raise DesignError(f"`duration`: repeated values in {texts['duration']}")
     return dims, grid_vals, texts
@@ -1247,6 +1279,9 @@ def _grid_arrays(ds, shape, rname) -> dict[str, np.ndarray]:
     for suf in ("", "_lo", "_hi"):
         if rname:
             arr[f"incidence_{rname}{suf}"] = np.full(shape, np.nan)
+    if "pca_demands" in ds:
+        for name, *_ in PCA_SUMMARY:
+            arr[f"{name}_median"] = np.full(shape, np.nan)
     arr["feasible"] = np.zeros(shape, dtype=bool)
     arr["meets_value"] = np.zeros(shape, dtype=bool)
     arr["rule_value"] = np.full(shape, np.nan)
@@ -1268,6 +1303,9 @@ def _record_point(res_arr, idx, ds, reg, res, rname) -> None:
         )
         res_arr["total_dose"][idx] = float(np.nanmean(_dose(reg, ds)[1]))
     res_arr["n_failed"][idx] = int((~ok).sum())
+    for name, *_ in PCA_SUMMARY if "pca_demands" in ds else ():
+        if f"{name}_median" in res_arr:  # a grid that mixes PCA and other regimens: NaN
+            res_arr[f"{name}_median"][idx] = float(np.median(ds[name].values[ok]))
     if "pta" in res:
         for k in ("pta", "pta_lo", "pta_hi"):
             res_arr[k][idx] = _scalar(res["pta"], k)
@@ -1297,7 +1335,7 @@ def _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr):
                 {"units": "h" if numeric else ""},
             )
         else:
-            coords[k] = (k, grid_vals[k], {"units": _UNITS[k]})
+            coords[k] = (k, grid_vals[k], {"units": _UNITS.get(k, "")})
     coords["output"] = ("output", list(first.output.values))
     coords["window"] = ("window", list(first.window.values))
     gds = xr.Dataset(coords=coords)
@@ -1325,6 +1363,10 @@ def _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr):
         res_arr["auc_median"],
         {"units": "ng*h/mL", "long_name": "median AUC"},
     )
+    for name, units, long_name in PCA_SUMMARY:
+        if f"{name}_median" in res_arr:
+            attrs = {"units": units, "long_name": f"median {long_name}"}
+            gds[f"{name}_median"] = (tuple(dims), res_arr[f"{name}_median"], attrs)
     return gds
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -1143,9 +1144,11 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
     fig.suptitle(
         f"{gds.attrs.get('model', '')}, {gds.attrs.get('population', '')}, "
         f"{gds.attrs.get('n_patients', '')} patients per point, seed {gds.attrs.get('seed', '')}"
-        f"\n{gds.attrs.get('template', '')}",
+        # A long template (a PCA pump's) wraps to the figure's width rather than leave it.
+        "\n" + textwrap.fill(str(gds.attrs.get("template", "")),
+                             width=max(60, int(13 * fig.get_figwidth()))),
         fontsize=8,
-    )
+    )  # fmt: skip
     _save(fig, path, fmt)
 
 

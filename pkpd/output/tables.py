@@ -180,12 +180,33 @@ def _domain_cell(pt, rname: str) -> str:
 
 def design_pta_rows(gds) -> tuple[list[str], Rows]:
     """Header and rows of the PTA at every point of a design grid (grid order)."""
+    # A grid over further template variables (PCA settings, targets): points by their values.
+    named = any(d not in ("bolus", "rate", "duration") for d in gds.regimen.dims)
     rows = [
-        (str(gds.regimen.values[i]), [f"{100 * float(gds.pta.values[i]):.3g}%",
-         f"{float(gds.total_dose.values[i]):.3g}"])
+        (_point_name(gds, i) if named else str(gds.regimen.values[i]),
+         [f"{100 * float(gds.pta.values[i]):.3g}%", f"{float(gds.total_dose.values[i]):.3g}"])
         for i in np.ndindex(gds.pta.shape)
     ]  # fmt: skip
-    return ["regimen", "PTA", "mg/kg"], rows
+    return ["point" if named else "regimen", "PTA", "mg/kg"], rows
+
+
+def _point_name(gds, i) -> str:
+    """A design point by its values: ``lockout=8 min, pca_bolus=2 mL``."""
+    return ", ".join(f"{d}={gds[d].values[j]}" for d, j in zip(gds.regimen.dims, i, strict=True))
+
+
+def design_pca_rows(gds) -> tuple[list[str], Rows]:
+    """Header and rows of the PCA pump's medians at every point of a design grid: each
+    point named by its design values (grid order); none without a pump."""
+    if "pca_demands_median" not in gds:
+        return [], []
+    names = [name for name, *_ in PCA_SUMMARY]
+    rows = [
+        (_point_name(gds, i), [f"{float(gds[f'{k}_median'].values[i]):.4g}" for k in names])
+        for i in np.ndindex(gds.regimen.shape)
+    ]  # fmt: skip
+    head = ["point", "demands", "delivered", "in lockout", "at a limit", "amount (mg)"]
+    return head, rows
 
 
 def cohort_summary_lines(ds) -> list[str]:
