@@ -273,3 +273,19 @@ def test_compare_counts_the_pumps_delivered_amount_as_the_dose():
     got = cds.dose_patient.isel(regimen=0).values
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     np.testing.assert_allclose(cds.dose_patient.isel(regimen=1).values, w, rtol=1e-12)
+
+
+def test_design_sweeps_tci_targets_and_the_dose_scales_with_the_target():
+    """A plasma pump's rates are linear in its target while under its maximum rate (high
+    here: 1 mg/kg/min caps the loading of the Fanta model at these targets): the
+    mean dose at 150 ng/mL is 1.5 times that at 100 ng/mL (on the same patients)."""
+    from pkpd.analysis.design import design
+
+    tpl = "TCI plasma {target} at 0 h until 3 h using fanta2015_otto2021 max 20 mg/kg/min"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = design("fanta2015_otto2021", "spine_fusion_china", 40, 1, template=tpl,
+                   variables={"target": ["100 ng/mL", "150 ng/mL"]}, until="4 h")  # fmt: skip
+    dose = g.total_dose.values
+    assert g.regimen.dims == ("target",)
+    assert dose[1] / dose[0] == pytest.approx(1.5, rel=1e-9)
