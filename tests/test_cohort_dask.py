@@ -96,3 +96,17 @@ def test_dask_bands_equal_single_process_bands(dask_with_trajectories, single_wi
     np.testing.assert_array_equal(
         dask_with_trajectories.band.values, single_with_trajectories.band.values
     )
+
+
+def test_a_pca_cohort_on_a_local_cluster_equals_the_single_process_one():
+    """The PCA pump's demand streams are drawn per block from the seed: Dask workers
+    change nothing either (issue 17)."""
+    kw = dict(n=2500, seed=5, chunk_size=1024, until="30 h", every="15 min",
+              at={"day1": "end_of_surgery + 24 h"}, bands=False)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = ("gepts1995_sufentanil", "spine_fusion_sufentanil_pca", "spine_fusion_china")
+        single = simulate_cohort(*args, **kw)
+        distributed = simulate_cohort(*args, dask="local", **kw)
+    assert "pca_deliveries" in single and single.pca_deliveries.sum() > 0
+    assert_same(single, distributed)
