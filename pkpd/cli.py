@@ -38,6 +38,7 @@ solvers = lazy_module("pkpd.engine.solvers.registry")
 catalogue = lazy_module("pkpd.inputs.catalogue")
 model_files = lazy_module("pkpd.inputs.model")
 pd_files = lazy_module("pkpd.inputs.pd")
+demand_files = lazy_module("pkpd.inputs.demand")
 population_files = lazy_module("pkpd.inputs.population")
 regimen_files = lazy_module("pkpd.inputs.regimen")
 quantities = lazy_module("pkpd.inputs.units")
@@ -301,7 +302,24 @@ def _echo_models() -> None:
         _echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
         _echo(f"    population: {pops[r[0]]}")
     _echo_pd_table()
+    _echo_demand_table()
     _echo("\nPopulations and caveats: pkpd models show NAME")
+
+
+def _echo_demand_table() -> None:
+    """PCA demand models (models/demand) under the PD table of `pkpd models`."""
+    rows = []
+    for name in demand_files.available_demands():
+        d = demand_files.load_demand(name)
+        rows.append((name, d.drug, f"{d.output} of {d.pk_model}", f"{len(d.assumed)} assumed",
+                     d.title))  # fmt: skip
+    if not rows:
+        return
+    head = ("PCA demand model", "drug", "relief by", "verification")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
+    _echo("\n" + "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + "  title")
+    for r in rows:
+        _echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + f"  {r[4]}")
 
 
 def _echo_pd_table() -> None:
@@ -321,6 +339,12 @@ def _echo_pd_table() -> None:
 def models_show(name: str) -> None:
     if name in pd_files.available_pd() or (name.endswith(".toml") and "[endpoint]" in _head(name)):
         for line in pd_files.describe(name):
+            _echo(line)
+        return
+    if name in demand_files.available_demands() or (
+        name.endswith(".toml") and "[demand]" in _head(name)
+    ):
+        for line in demand_files.load_demand(name).describe():
             _echo(line)
         return
     m = model_files.load_model(name)

@@ -438,3 +438,16 @@ def test_the_design_command_takes_further_variables_and_prints_the_pumps_medians
     assert "pca_bolus=2 mL, lockout=20 min" in r.output
     r = CliRunner().invoke(main, [*args[:-6], "--var", "lockout"])
     assert r.exit_code == 2 and "expected NAME=V1,V2" in r.output
+
+
+def test_the_command_lists_and_shows_the_demand_models():
+    from click.testing import CliRunner
+
+    from pkpd.cli import main
+
+    r = CliRunner().invoke(main, ["models"])
+    assert r.exit_code == 0 and "PCA demand model" in r.output
+    assert f"{DEMAND}  sufentanil  ce of gepts1995_sufentanil" in r.output
+    r = CliRunner().invoke(main, ["models", "show", DEMAND])
+    assert r.exit_code == 0, r.output
+    assert "c50 = 0.024 ng/mL [assumed]" in r.output and "Lehmann" in r.output

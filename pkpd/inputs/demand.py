@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -82,9 +82,26 @@ class DemandModel:
     pk_model: str = ""
     notes: tuple[str, ...] = ()
     file: str | None = None
+    #: Each value as the file writes it (with its unit), for display.
+    texts: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> float:
         return self.values[key]
+
+    def describe(self) -> list[str]:
+        """Lines of ``pkpd models show``: what the model is, and each value's source."""
+        out = [f"{self.name}: {self.title}",
+               f"  relief by: {self.output} of {self.pk_model or 'a model of ' + self.drug} "
+               f"({self.drug})", f"  surgery: {self.surgery}", f"  citation: {self.citation}",
+               f"  assumed (not literature) values: {', '.join(self.assumed) or 'none'}",
+               f"  file: {self.file}", "  parameters:"]  # fmt: skip
+        for k, (_kind, what) in PARAMETERS.items():
+            prov = self.provenance[k]
+            out.append(f"    {k} = {self.texts.get(k, self.values[k])} [{prov.tag}]: {what}")
+            out.append(f"      source: {prov.source}")
+            if prov.note:
+                out.append(f"      note: {prov.note}")
+        return out + [f"  note: {n}" for n in self.notes]
 
     @property
     def assumed(self) -> list[str]:
@@ -150,7 +167,7 @@ def demand_from_dict(data: dict, file=None) -> DemandModel:
     if missing:
         raise r.err(f"parameters.{missing[0]}", "missing: every demand model states "
                     f"{', '.join(PARAMETERS)}")  # fmt: skip
-    values, prov = {}, {}
+    values, prov, texts = {}, {}, {}
     for k, tab in params.items():
         key = f"parameters.{k}"
         if k not in PARAMETERS:
@@ -158,6 +175,7 @@ def demand_from_dict(data: dict, file=None) -> DemandModel:
         r.keys(tab, key, {"value", "source", "tag", "note"}, ("value", "source", "tag"))
         kind = PARAMETERS[k][0]
         values[k] = r.quantity(tab["value"], kind, f"{key}.value")
+        texts[k] = str(tab["value"])
         prov[k] = r.provenance(tab, key)
     _check(r, values)
     notes = meta.get("notes", [])
@@ -173,6 +191,7 @@ def demand_from_dict(data: dict, file=None) -> DemandModel:
         pk_model=str(relief.get("pk_model", "")),
         notes=tuple(notes) if isinstance(notes, list) else (str(notes),),
         file=file,
+        texts=texts,
     )
 
 
