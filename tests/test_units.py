@@ -354,3 +354,12 @@ def test_format_quantity():
     assert format_quantity(88.8, "L/h") == "88.8 L/h"
     assert format_quantity(0.23773, "mg/L", digits=3) == "0.238 mg/L"
     assert format_quantity(3.0, "") == "3"
+
+
+def test_amounts_below_one_mg_are_written_in_ug():
+    from pkpd.inputs.units import amount_text
+
+    assert amount_text(0.0975) == "97.5 ug"
+    assert amount_text(35.0) == "35 mg"
+    assert amount_text(0.0) == "0 mg"
+    assert amount_text(1.5, unit_of=0.2) == "1500 ug"

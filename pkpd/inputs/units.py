@@ -39,6 +39,7 @@ __all__ = [
     "KINDS",
     "MG_L_TO_NG_ML",
     "Parsed",
+    "amount_text",
     "format_quantity",
     "parse_quantity",
     "range_bounds",
@@ -284,3 +285,12 @@ def exact_time_text(h: float, anchor: str | None = None) -> str:
     if anchor is None:
         return f"-{body}" if h < 0 else body
     return anchor if h == 0 else f"{anchor} {'+' if h > 0 else '-'} {body}"
+
+
+def amount_text(mg: float, digits: int = 4, unit_of: float | None = None) -> str:
+    """An amount (mg) as it is written: in ug when `unit_of` (default: the amount itself)
+    is below 1 mg, as for sufentanil (``0.0975`` -> ``'97.5 ug'``), else in mg."""
+    ref = abs(mg if unit_of is None else unit_of)
+    if 0 < ref < 1:
+        return f"{mg * 1000.0:.{digits}g} ug"
+    return f"{mg:.{digits}g} mg"

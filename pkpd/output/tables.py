@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkpd.inputs.units import amount_text
 from pkpd.running.variables import PCA_SUMMARY
 
 __all__ = [
@@ -261,6 +262,14 @@ def _range(v, fmt: str = ".4g") -> str:
             f"{np.percentile(v, 95):{fmt}})")  # fmt: skip
 
 
+def _amount_range(mg) -> str:
+    """Median and 5-95 % of amounts (mg), in ug when the median is below 1 mg."""
+    med, lo, hi = np.median(mg), np.percentile(mg, 5), np.percentile(mg, 95)
+    txt = [amount_text(x, unit_of=med) for x in (med, lo, hi)]
+    unit = txt[0].split()[-1]
+    return f"median {txt[0]} (5-95%: {txt[1].split()[0]}-{txt[2].split()[0]} {unit})"
+
+
 def _pca_lines(ds, ok) -> list[str]:
     """What the PCA pump did over the cohort (its whole run, per patient)."""
     if "pca_demands" not in ds:
@@ -275,12 +284,12 @@ def _pca_lines(ds, ok) -> list[str]:
         f"{100 * v['pca_refused_limit'].sum() / n_dem:.1f}% at a limit; reservoir failed "
         f"{int(np.isfinite(ds['pca_reservoir_empty'].values[ok]).sum())} of {int(ok.sum())} "
         "patients",
-        f"PCA amount delivered (whole run): {_range(v['pca_dose'])} mg",
+        f"PCA amount delivered (whole run): {_amount_range(v['pca_dose'])}",
     ]
     if "pca_dose_at" in ds:
         for a_name in ds["at"].values:
             x = ds.pca_dose_at.sel(at=a_name).values[ok]
-            lines.append(f"PCA amount delivered by {a_name}: {_range(x)} mg")
+            lines.append(f"PCA amount delivered by {a_name}: {_amount_range(x)}")
     model = ds.attrs.get("pca_demand_model")
     if model:
         lines.append(f"PCA demand model {model}: not calibrated against observed PCA use")

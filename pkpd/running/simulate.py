@@ -18,6 +18,7 @@ from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_mod
 from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
+from pkpd.inputs.units import amount_text
 from pkpd.running import pca as pca_pump
 from pkpd.running import resources
 from pkpd.running import tci as pump
@@ -545,7 +546,8 @@ def pca_lines(ds) -> list[str]:
         f"{a['pca_deliveries']} delivered; refused {a['pca_refused_lockout']} in lockout, "
         f"{a['pca_refused_limit']} at a limit, {a['pca_refused_empty']} with the reservoir "
         "empty",
-        f"PCA delivered {a['pca_dose_mg']:.4g} mg over its run (boluses and background){course}",
+        f"PCA delivered {amount_text(a['pca_dose_mg'])} over its run (boluses and "
+        f"background){course}",
         f"demand model {a['pca_demand_model']}: {n_assumed} assumed values (not calibrated "
         "against observed PCA use)",
     ]
@@ -724,7 +726,7 @@ class Summary:
     rate_changes: tuple[float, ...] = ()
 
     def lines(self) -> list[str]:
-        out = [f"total dose given: {self.dose_given:.4g} mg over 0-{self.until:g} h"]
+        out = [f"total dose given: {amount_text(self.dose_given)} over 0-{self.until:g} h"]
         for k in self.cmax:
             out.append(
                 f"{k:>16}: Cmax {self.cmax[k]:.4g} ng/mL at {self.tmax[k]:.4g} h; "
