@@ -1747,6 +1747,12 @@ def _add_pain(ds, demand) -> None:
     kept in memory (exact at those times: the pain is a function of the concentration)."""
     if "trajectory" not in ds or demand.output not in ds.traj_output.values:
         return
+    if "residual error" in ds.trajectory.attrs.get("long_name", ""):
+        ds.attrs["pca_pain"] = (
+            "not computed: the kept trajectories carry residual error, and the pain follows "
+            "the true concentration (run without residual=True)"
+        )
+        return
     t = ds.time.values
     on = ds.pca_start.values[:, None]
     conc = ds.trajectory.sel(traj_output=demand.output).values / MG_L_TO_NG_ML
