@@ -178,6 +178,11 @@ class _Group(click.Group):
         # Signal handlers can only be set from the main thread (not when embedded).
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+        if main_thread and hasattr(signal, "pthread_sigmask"):
+            # A parent may start us with SIGINT or SIGTERM blocked (the mask is inherited:
+            # a Python parent whose libraries blocked them, as in the test suite): they
+            # would stay pending and the run could not be interrupted or cleaned up.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             # The command's warnings are collected and each distinct one printed once, with
             # its count (a design grid repeats one covariate warning per point), before any

@@ -160,13 +160,19 @@ def test_sigterm_cleans_up_like_sigint_and_stale_temporaries_go(tmp_path, sig):
     (stale / "cmax").mkdir(parents=True)
     (stale / "cmax" / "0").write_bytes(b"\0" * 4096)
     args = [a if a != "3000" else "400000" for a in ARGS]
-    proc = subprocess.Popen(
-        [str(BIN), *args, "--chunk-size", "8192", "--out", "big.zarr"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Started with the signal blocked, as a parent whose libraries blocked it starts it
+    # (the mask is inherited; seen in the full suite): the command must unblock it.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    try:
+        proc = subprocess.Popen(
+            [str(BIN), *args, "--chunk-size", "8192", "--out", "big.zarr"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
