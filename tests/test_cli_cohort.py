@@ -160,8 +160,11 @@ def test_sigterm_cleans_up_like_sigint_and_stale_temporaries_go(tmp_path, sig):
     (stale / "cmax").mkdir(parents=True)
     (stale / "cmax" / "0").write_bytes(b"\0" * 4096)
     args = [a if a != "3000" else "400000" for a in ARGS]
-    # Started with the signal blocked, as a parent whose libraries blocked it starts it
-    # (the mask is inherited; seen in the full suite): the command must unblock it.
+    # Started as a shell starts a command in the foreground, SIGINT not ignored: under
+    # pytest-xdist the worker may ignore it, and an ignored SIGINT is inherited (Python then
+    # installs no KeyboardInterrupt handler: the run went on to the end). But started with
+    # the signal blocked, as a parent whose libraries blocked it would start it (the mask is
+    # inherited too): the command must unblock it.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
     try:
         proc = subprocess.Popen(
@@ -170,6 +173,7 @@ def test_sigterm_cleans_up_like_sigint_and_stale_temporaries_go(tmp_path, sig):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
