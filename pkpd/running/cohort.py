@@ -292,8 +292,7 @@ def _run_pca(setup: CohortSetup, theta, weight, anchors, ev, start: int, stop: i
     """The PCA pump of patients ``start..stop-1``: their draws come from their whole
     blocks (two streams per block, :mod:`pkpd.running.pca`), so chunks, threads and workers
     do not change them."""
-    reg = setup.regimen
-    demand = pca_pump.check(reg, setup.spec)
+    reg, demand = setup.regimen, setup.demand
     n = stop - start
     on, off = pca_pump.pump_times(reg.pca, anchors, n)
     kc = pca_pump.stream_length(demand, float(np.max(off - on)))
@@ -965,7 +964,7 @@ def _plan(req: CohortRequest) -> _Plan:
     method, auto_stiff, rtol, atol = _resolve_method(spec, req.method, req.rtol, req.atol)
     reg = load_regimen(regimen)
     pump.check(reg, spec)
-    pca_pump.check(reg, spec)
+    demand = pca_pump.check(reg, spec)
     pop, n = _population(req.population, req.n)
     defaults = _check_covariates(spec, reg, pop, req.extra_columns)
     seed = req.seed
@@ -1007,6 +1006,7 @@ def _plan(req: CohortRequest) -> _Plan:
         method=method, rtol=rtol, atol=atol, auto_stiff=auto_stiff,
         amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype, pd_outputs=tuple(pd_outs),
         pd_store=pd_store, pd_bands=pd_bands, extra_attrs=extra_attrs, ranges=tuple(rng),
+        demand=demand,
     )  # fmt: skip
     show = req.progress if req.progress is not None else sys.stderr.isatty()
     return _Plan(
@@ -1863,9 +1863,8 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
         }
     )
     if setup.regimen.pca is not None:
-        demand = load_demand(setup.regimen.pca.demand)
-        ds.attrs["pca_demand_model"] = demand.name
-        _add_pain(ds, demand)
+        ds.attrs["pca_demand_model"] = setup.demand.name
+        _add_pain(ds, setup.demand)
     unrecorded = sum(r.boluses_without_limits for r in results)
     if unrecorded:
         ds.attrs["trajectory_bolus_limits"] = (

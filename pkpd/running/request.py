@@ -175,6 +175,9 @@ class CohortSetup:
     extra_attrs: dict = field(default_factory=dict)
     #: Time-within-range metrics; their bounds are integrated after `thresholds`.
     ranges: tuple = ()
+    #: The PCA pump's demand model (:class:`pkpd.inputs.demand.DemandModel`), checked
+    #: against `spec` once when the cohort is planned; ``None`` without a pump.
+    demand: Any = None
 
     @property
     def kernel_thresholds(self) -> list[Threshold]:
