@@ -321,7 +321,7 @@ def test_a_regimen_file_names_the_key_of_a_bad_setting(tmp_path):
 
 
 def test_the_patients_model_must_be_the_reservoirs_drug_and_linear():
-    with pytest.raises(PkpdError, match="several drugs in one patient are not supported yet"):
+    with pytest.raises(PkpdError, match="the reservoir must hold the model's drug"):
         pkpd.simulate("fanta2015_otto2021", "spine_fusion_sufentanil_pca", {"weight": 70})
 
 

@@ -19,6 +19,11 @@ background = "0 mL/h"             # optional continuous infusion (default none)
 drug = "oxycodone"
 concentration = "1 mg/mL"         # or amount = "100 mg" (per kg allowed, with max = ...)
 
+[[pca.drug]]                      # a further drug of the same reservoir
+drug = "S-ketamine"
+concentration = "0.5 mg/mL"
+model = "fanta2015_otto2021"      # its PK model (needed for every drug but the patients')
+
 [[pca.limit]]                     # optional: at most `volume` delivered in any `per` window
 volume = "10 mL"
 per = "1 h"
@@ -55,11 +60,15 @@ class ReservoirDrug:
     amount: Parsed | None = None
     concentration: Parsed | None = None
     max_amount: Parsed | None = None
+    #: The drug's PK model (a shipped name or a file), for a drug other than the one the
+    #: patients are simulated with (:mod:`pkpd.running.pca`: companion drugs).
+    model: str | None = None
 
     def text(self) -> str:
         q = self.concentration if self.concentration is not None else self.amount
         cap = f" max {self.max_amount.text}" if self.max_amount is not None else ""
-        return f"{self.drug} {q.text}{cap}"
+        model = f" model {self.model}" if self.model is not None else ""
+        return f"{self.drug} {q.text}{cap}{model}"
 
     def concentration_for(self, weight: float, volume: float | None) -> float:
         """mg/L in the reservoir for a patient of `weight` kg."""
@@ -199,27 +208,33 @@ _ONE_LINE = re.compile(
     re.IGNORECASE,
 )
 _DRUG = re.compile(r"^(?P<drug>.+?)\s+(?P<q>[-+.\d][^\s]*\s*\S+)(?:\s+max\s+(?P<max>.+))?$")
+_MODEL = re.compile(r"\s+model\s+(?P<model>\S+)$", re.IGNORECASE)
 _LIMIT = re.compile(r"limit\s+(?P<v>\S+\s*mL)\s+per\s+(?P<per>.+?)(?=\s+limit\s+|$)", re.I)
 #: The one-line form, for messages.
 FORM = (
-    "'PCA <drug> <concentration or amount> [max <amount>][, <drug> ...] [in <volume>] bolus "
+    "'PCA <drug> <concentration or amount> [max <amount>] [model <model>][, <drug> ...] "
+    "[in <volume>] bolus "
     "<volume> lockout <time> [background <volume>/h] [limit <volume> per <time> ...] from "
     "<time> until <time> demand <demand model>'"
 )
 
 
 def _drug(piece: str, text: str) -> ReservoirDrug:
-    m = _DRUG.match(piece.strip())
+    piece = piece.strip()
+    mm = _MODEL.search(piece)
+    model = mm["model"] if mm else None
+    piece = piece[: mm.start()] if mm else piece
+    m = _DRUG.match(piece)
     if m is None:
         raise RegimenError(f"in {text!r}: drug {piece.strip()!r}: expected '<drug> <quantity>'")
     q = m["q"]
     cap = parse_quantity(m["max"], "amount") if m["max"] else None
     try:
         conc = parse_quantity(q, "concentration")
-        return ReservoirDrug(m["drug"], concentration=conc, max_amount=cap)
+        return ReservoirDrug(m["drug"], concentration=conc, max_amount=cap, model=model)
     except UnitError:
         return ReservoirDrug(m["drug"], amount=parse_quantity(q, "amount", allow_per_kg=True),
-                             max_amount=cap)  # fmt: skip
+                             max_amount=cap, model=model)  # fmt: skip
 
 
 def parse_pca(piece: str) -> PCA:
@@ -271,14 +286,15 @@ def read_pca(r: Reader, d, anchors: dict) -> PCA:
     drugs = []
     for i, t in enumerate(rows):
         tk = f"{key}.drug[{i}]"
-        r.keys(t, tk, {"drug", "amount", "concentration", "max", "note"}, ("drug",))
+        r.keys(t, tk, {"drug", "amount", "concentration", "max", "model", "note"}, ("drug",))
         r.exactly_one(t, tk, ("amount", "concentration"))
         amount = r.parsed(t["amount"], "amount", f"{tk}.amount", allow_per_kg=True) \
             if "amount" in t else None  # fmt: skip
         conc = r.parsed(t["concentration"], "concentration", f"{tk}.concentration") \
             if "concentration" in t else None  # fmt: skip
         cap = r.parsed(t["max"], "amount", f"{tk}.max") if "max" in t else None
-        drugs.append(ReservoirDrug(r.string(t, tk, "drug"), amount, conc, cap))
+        model = r.string(t, tk, "model") if "model" in t else None
+        drugs.append(ReservoirDrug(r.string(t, tk, "drug"), amount, conc, cap, model))
     limits = []
     for i, t in enumerate(d.get("limit", [])):
         tk = f"{key}.limit[{i}]"

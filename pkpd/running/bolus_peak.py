@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from pkpd.inputs.model import ModelSpec
-from pkpd.inputs.regimen import Bolus, Regimen
 
 __all__ = ["ADVICE", "cmax_at_bolus", "jumping_outputs"]
 
@@ -37,25 +36,21 @@ def jumping_outputs(spec: ModelSpec) -> list[bool]:
     return [o.compartment == spec.dose_compartment for o in spec.outputs]
 
 
-def cmax_at_bolus(spec: ModelSpec, regimen: Regimen, tmax, weight, anchors) -> np.ndarray:
+def cmax_at_bolus(spec: ModelSpec, tmax, ev_t, ev_bolus) -> np.ndarray:
     """``(n_patients, n_outputs)`` bool: Cmax is the jump of an instantaneous bolus.
 
-    `tmax` is ``(n, n_out)`` (h); `weight` ``(n,)`` kg and `anchors` a dict of ``(n,)`` event
-    times, as the run drew them. True where the output jumps at boluses and its Tmax is the
-    time of an instantaneous bolus (to 1e-9 h).
+    `tmax` is ``(n, n_out)`` (h); ``ev_t``, ``ev_bolus`` the patients' event table ``(n, K)``
+    as the kernels ran it (the regimen's doses, a PCA pump's deliveries; a bolus given over
+    a duration is an infusion there). True where the output jumps at boluses and its Tmax
+    is the time of an instantaneous bolus (to 1e-9 h).
     """
     tmax = np.atleast_2d(np.asarray(tmax, float))
-    n = tmax.shape[0]
     jump = np.array(jumping_outputs(spec), bool)
-    if not jump.any() or not any(isinstance(d, Bolus) and d.duration == 0 for d in regimen.doses):
+    ev_bolus = np.asarray(ev_bolus, float)
+    if not jump.any() or not np.any(ev_bolus > 0):
         return np.zeros(tmax.shape, bool)
-    w = np.broadcast_to(np.asarray(weight, float), (n,))
-    w = np.where(np.isfinite(w) & (w > 0), w, 1.0)
-    # A TCI pump gives no bolus: the regimen's own doses carry every one.
-    t, _rate, bolus = regimen.event_arrays(w, anchors, doses_only=True)
-    bt = np.where(bolus > 0, t, np.nan)  # (n, K): instantaneous bolus times
+    bt = np.where(ev_bolus > 0, ev_t, np.nan)  # (n, K): instantaneous bolus times
     hit = np.abs(tmax[:, :, None] - bt[:, None, :]) <= 1e-9 * np.maximum(
         1.0, np.abs(bt[:, None, :])
     )
-    out = np.any(hit, axis=2) & jump[None, :]
-    return out
+    return np.any(hit, axis=2) & jump[None, :]

@@ -65,7 +65,9 @@ PD variables are predictions: not with ``residual=True``.
 from __future__ import annotations
 
 import functools
+import dataclasses
 import math
+import re
 import sys
 import time
 import warnings
@@ -112,6 +114,7 @@ from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_at
 from pkpd.running.request import (
     BLOCK,
     ChunkResult,
+    Companion,
     CohortRequest,
     CohortSetup,
     Range,
@@ -131,6 +134,11 @@ __all__ = [
 ]
 
 _PURPOSE = {"covariates": 0, "eta": 1, "anchors": 2, "residual": 3, "demand": 4, "demand_stream": 5}
+#: The random effects and residual errors of the k-th companion drug of a PCA reservoir.
+MAX_COMPANIONS = 8
+for _k in range(1, MAX_COMPANIONS + 1):
+    _PURPOSE[f"eta_drug{_k}"] = 4 + 2 * _k
+    _PURPOSE[f"residual_drug{_k}"] = 5 + 2 * _k
 
 BAND_MIN_NG_ML = 1e-4
 BAND_MAX_NG_ML = 1e5
@@ -182,7 +190,7 @@ def _draw_block(setup: CohortSetup, block: int) -> tuple[dict, np.ndarray, dict,
     n_par = len(setup.spec.param_names)
     eta = np.zeros((BLOCK, n_par))
     if setup.iiv:
-        rng = block_rng(setup.seed, block, "eta")
+        rng = block_rng(setup.seed, block, setup.eta_purpose)
         for idx, L in setup.omega_blocks:
             z = rng.standard_normal((BLOCK, idx.size))
             eta[:, idx] = z @ L.T
@@ -196,7 +204,7 @@ def _draw_block(setup: CohortSetup, block: int) -> tuple[dict, np.ndarray, dict,
                 f"[anchors.{name}] to draw it from"
             )
         anchors[name] = spec_a.sample(rng_a, BLOCK)
-    return cov, eta, anchors, block_rng(setup.seed, block, "residual")
+    return cov, eta, anchors, block_rng(setup.seed, block, setup.residual_purpose)
 
 
 def _times(text: str, anchors: dict[str, np.ndarray], n: int, what: str) -> np.ndarray:
@@ -221,18 +229,52 @@ def run_chunk(
     kernel then writes its stored points there directly, with no chunk copy.
     """
     parts, sl, cov, eta, anchors = _chunk_draws(setup, start, stop)
-    n = stop - start
-    spec = setup.spec
-    model_cov = {k: v for k, v in cov.items() if k in spec.covariates}
-    theta = np.ascontiguousarray(spec.individual_parameters(model_cov, eta, warn=False))
-    if theta.ndim == 1:
-        theta = np.broadcast_to(theta, (n, theta.size)).copy()
-    weight = np.asarray(cov.get("weight", np.full(n, np.nan)), dtype=float)
+    theta = _theta(setup.spec, cov, eta)
+    weight = np.asarray(cov.get("weight", np.full(stop - start, np.nan)), dtype=float)
     ev = pump.event_arrays(setup.regimen, weight, anchors, cov)
     ev = tuple(np.ascontiguousarray(a) for a in ev)
     pca = None
     if setup.regimen.pca is not None:  # the pump's deliveries join the event table
         ev, pca = _run_pca(setup, theta, weight, anchors, ev, start, stop)
+    res = _solve_chunk(setup, start, stop, (parts, sl, cov, anchors), theta, ev, threads, dest)
+    if pca is not None:
+        res.pca = _pca_summary(setup, pca, anchors, stop - start)
+    if setup.companions:
+        res.companions = []
+        for c in setup.companions:
+            ev_c, pca_c = pca_pump.replay(pca, c.drug, setup.regimen.pca, weight)
+            res.companions.append(_companion_chunk(c, start, stop, ev_c, threads))
+            res.pca["drug_dose"].append(pca_c.delivered(pca_c.t_off[:, None])[:, 0])
+            if setup.at:
+                res.pca["drug_dose_at"].append(pca_c.delivered(_at_times(setup, anchors, stop - start)))
+    return res
+
+
+def _theta(spec: ModelSpec, cov: dict, eta: np.ndarray) -> np.ndarray:
+    """The patients' individual parameters ``(n, n_par)`` from their covariates and etas."""
+    model_cov = {k: v for k, v in cov.items() if k in spec.covariates}
+    theta = np.ascontiguousarray(spec.individual_parameters(model_cov, eta, warn=False))
+    if theta.ndim == 1:
+        theta = np.broadcast_to(theta, (eta.shape[0], theta.size)).copy()
+    return theta
+
+
+def _companion_chunk(c, start: int, stop: int, ev, threads) -> ChunkResult:
+    """A companion drug of the PCA reservoir for patients ``start..stop-1``: the same
+    patients (covariates and event times; its own random effects and residual errors) on
+    its own model, dosed by the pump rows `ev` (:func:`pkpd.running.pca.replay`)."""
+    parts, sl, cov, eta, anchors = _chunk_draws(c.setup, start, stop)
+    theta = _theta(c.setup.spec, cov, eta)
+    ev = tuple(np.ascontiguousarray(a) for a in ev)
+    return _solve_chunk(c.setup, start, stop, (parts, sl, cov, anchors), theta, ev, threads)
+
+
+def _solve_chunk(setup, start, stop, draws, theta, ev, threads, dest=None) -> ChunkResult:
+    """The metrics and kept rows of patients ``start..stop-1`` under the event table `ev`
+    (`draws`: the blocks' draws, the chunk's slice of them, covariates and event times)."""
+    parts, sl, cov, anchors = draws
+    n = stop - start
+    spec = setup.spec
     specials = _special_times(setup, anchors, n)
     grid = setup.grid
     ev_t = ev[0]
@@ -273,8 +315,7 @@ def run_chunk(
     finally:
         numba.set_num_threads(old)
     _chunk_extras(setup, res, ev, traj, lay, parts, sl)
-    if pca is not None:
-        res.pca = _pca_summary(setup, pca, anchors, n)
+    res.at_bolus = cmax_at_bolus(spec, res.tmax, ev[0], ev[2])
     if setup.pd_store:
         pd_rows = _pd_values(setup, setup.pd_store, lay.store, traj, axis=1)
         if in_place:
@@ -315,15 +356,21 @@ def _pca_summary(setup: CohortSetup, pca, anchors, n: int) -> dict:
     """Per-patient PCA results of a chunk (plain arrays): counts, amounts, times."""
     out = {name: pca.counts[:, i] for i, name in enumerate(pca_pump.COUNT_NAMES)}
     out["dose"] = pca.delivered(pca.t_off[:, None])[:, 0]
+    out["drug_dose"] = [out["dose"]]  # the reservoir's drugs: this one, then its companions
     if setup.at:
-        t_at = np.stack([_times(v, anchors, n, "at") for v in setup.at.values()], axis=1)
-        out["dose_at"] = pca.delivered(t_at)
+        out["dose_at"] = pca.delivered(_at_times(setup, anchors, n))
+        out["drug_dose_at"] = [out["dose_at"]]
     out["lockout_hours"] = pca.lockout_hours()
     out["reservoir_empty"] = np.where(np.isfinite(pca.t_empty), pca.t_empty, np.nan)
     out["pain_initial"] = pca.p0
     out["start"] = pca.t_on
     out["c50"] = pca.c50
     return out
+
+
+def _at_times(setup: CohortSetup, anchors: dict, n: int) -> np.ndarray:
+    """The times of `setup.at` of `n` patients ``(n, n_at)``, h."""
+    return np.stack([_times(v, anchors, n, "at") for v in setup.at.values()], axis=1)
 
 
 def _pd_by_name(setup: CohortSetup) -> dict[str, PDOutput]:
@@ -921,11 +968,15 @@ def _run_cohort(req: CohortRequest):
                 "amounts are kept by the exact solver only (linear models); "
                 f"method={setup.method!r}"
             )
-        _warn_missing_omega(setup.spec, setup.iiv)
+        for spec in (setup.spec, *(c.setup.spec for c in setup.companions)):
+            _warn_missing_omega(spec, setup.iiv)
         writer = output_io.ZarrWriter(req.out) if plan.zarr_out else None
         try:
-            results, counts, traj_all, amount_all = _collect(req, plan, writer, t_start)
+            results, counts, traj_all, amount_all, comp = _collect(req, plan, writer, t_start)
             ds = _assemble(setup, results, counts, traj_all, amount_all)
+            for k, c in enumerate(setup.companions):
+                rc = [r.companions[k] for r in results]
+                ds = _merge_companion(ds, _assemble(c.setup, rc, *comp[k]), c)
             _finish_attrs(ds, plan, t_start)
             ds.attrs[WARNINGS_ATTR] = log.attr()  # the warnings so far, for the files
             if plan.show:
@@ -979,16 +1030,22 @@ def _plan(req: CohortRequest) -> _Plan:
             f"`trajectory_dtype` must be 'float32' or 'float64', got {req.trajectory_dtype!r}"
         )
     trajectories = True if req.amounts and not req.trajectories else req.trajectories
+    drugs = pca_pump.companions(reg.pca, spec) if reg.pca is not None else []
+    prefixes = [_prefix(d.drug) for d in drugs]
+    trajectories, comp_traj = _split_names(trajectories, prefixes)
+    thresholds, comp_thr = _split_names(req.thresholds, prefixes)
+    ranges, comp_rng = _split_names(req.ranges, prefixes)
     store_out, pd_store = _store_outputs(trajectories, spec.output_names, pd_outs)
-    store_stride = _stride(req.trajectory_every, step, "trajectory_every") if store_out else 1
+    keep_any = bool(store_out) or any(bool(t) for t in comp_traj)
+    store_stride = _stride(req.trajectory_every, step, "trajectory_every") if keep_any else 1
     win = (
         dict(req.windows)
         if req.windows
         else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
     )
     at_ = dict(req.at) if req.at is not None else {a: a for a in sorted(reg.anchor_names)}
-    thr = _thresholds(req.thresholds, spec, pd_outs)
-    rng = _ranges(req.ranges, spec, pd_outs)
+    thr = _thresholds(thresholds, spec, pd_outs)
+    rng = _ranges(ranges, spec, pd_outs)
     chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
     zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
     if req.out is not None and not zarr_out:
@@ -996,18 +1053,25 @@ def _plan(req: CohortRequest) -> _Plan:
     # Trajectories come back to this process (and into the returned Dataset) unless they
     # stream to a Zarr store, with or without Dask.
     keep = bool(store_out) and not zarr_out
-    band_outputs, band_stride = _bands(req, spec, store_out, store_stride, grid, step)
-    pd_bands = _pd_bands(pd_outs, pd_store, band_outputs, keep)
+    bands = _bands(req, spec, store_out, store_stride, grid, step, keep_any)
+    pd_bands = _pd_bands(pd_outs, pd_store, bands[0], keep)
     setup = CohortSetup(
         spec=spec, regimen=reg, population=pop, seed=int(seed), n=n, grid=grid, windows=win,
         at=at_, thresholds=thr, store_out=store_out, store_stride=store_stride,
-        iiv=req.iiv, residual=req.residual, keep_in_memory=keep, band_outputs=band_outputs,
-        band_stride=band_stride, omega_blocks=_omega_blocks(spec) if req.iiv else [],
+        iiv=req.iiv, residual=req.residual, keep_in_memory=keep, band_outputs=bands[0],
+        band_stride=bands[1], omega_blocks=_omega_blocks(spec) if req.iiv else [],
         method=method, rtol=rtol, atol=atol, auto_stiff=auto_stiff,
         amounts=bool(req.amounts), traj_dtype=req.trajectory_dtype, pd_outputs=tuple(pd_outs),
         pd_store=pd_store, pd_bands=pd_bands, extra_attrs=extra_attrs, ranges=tuple(rng),
         demand=demand,
     )  # fmt: skip
+    if drugs:
+        comps = tuple(
+            _companion(req, setup, k, d, prefixes[k - 1], (comp_traj[k - 1],
+                       comp_thr[k - 1], comp_rng[k - 1]), (step, keep_any, zarr_out), defaults)
+            for k, d in enumerate(drugs, 1)
+        )  # fmt: skip
+        setup = dataclasses.replace(setup, companions=comps)
     show = req.progress if req.progress is not None else sys.stderr.isatty()
     return _Plan(
         setup=setup,
@@ -1015,7 +1079,7 @@ def _plan(req: CohortRequest) -> _Plan:
         zarr_out=zarr_out,
         show=show,
         defaults=defaults,
-        estimate=functools.partial(_estimate, setup, chunk, _covariate_bytes(pop)),
+        estimate=functools.partial(_estimate_all, setup, chunk, _covariate_bytes(pop)),
     )
 
 
@@ -1046,6 +1110,72 @@ def _pd_and_stereo(req: CohortRequest):
     return bundle.model, regimen, pd_outputs(bundle), extra
 
 
+def _prefix(drug: str) -> str:
+    """The prefix of a companion drug's outputs and parameters: ``"S-ketamine"`` ->
+    ``"s_ketamine_"``."""
+    return re.sub(r"[^0-9a-z]+", "_", drug.strip().lower()).strip("_") + "_"
+
+
+def _split_names(value, prefixes: list[str]):
+    """Split outputs named in `value` (a dict ``output -> ...``, a list of outputs, True or
+    None) between the main model and the companion drugs (names starting with a prefix of
+    `prefixes`, which is removed). Returns ``(main, [companion 1, ...])``."""
+    if not prefixes or value is None or value is True or value is False:
+        return value, [value] * len(prefixes)
+    if isinstance(value, str):
+        value = [value]
+
+    def owner(name: str) -> int:
+        return next((i for i, p in enumerate(prefixes) if str(name).startswith(p)), -1)
+
+    if isinstance(value, dict):
+        main = {k: v for k, v in value.items() if owner(k) < 0}
+        comp = [{k[len(p) :]: v for k, v in value.items() if owner(k) == i}
+                for i, p in enumerate(prefixes)]  # fmt: skip
+    else:
+        main = [k for k in value if owner(k) < 0]
+        comp = [[k[len(p) :] for k in value if owner(k) == i] for i, p in enumerate(prefixes)]
+    return main, comp
+
+
+def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, defaults):
+    """The :class:`Companion` run of the `k`-th further drug of the PCA reservoir: its own
+    model and random effects, the main run's patients, grid, windows and named times.
+    `asked`: its trajectories, thresholds and ranges; `how`: the grid step, whether any
+    drug keeps trajectories, whether they stream to Zarr. `defaults` gains the model
+    defaults its patients take (``"<model>:<covariate>"``)."""
+    if k > MAX_COMPANIONS:
+        raise CohortError(f"a PCA reservoir holds at most {MAX_COMPANIONS + 1} drugs here")
+    traj, thr, rng = asked
+    step, keep_any, zarr_out = how
+    spec = load_model(drug.model)
+    if spec.drug.strip().lower() != drug.drug.strip().lower():
+        raise RegimenError(
+            f"PCA drug {drug.drug!r}: model {spec.name!r} is a model of {spec.drug}"
+        )
+    if not spec.is_linear:
+        raise RegimenError(
+            f"PCA drug {drug.drug!r}: model {spec.name!r} is an [ode] model; the drugs of a "
+            "PCA reservoir are solved exactly (linear models)"
+        )
+    used = _check_covariates(spec, setup.regimen, setup.population, "ignore")
+    defaults.update({f"{spec.name}:{name}": v for name, v in used.items()})
+    store_out, _ = _store_outputs(traj, spec.output_names)
+    band_outputs, _ = _bands(req, spec, store_out, setup.store_stride, setup.grid, step, keep_any)
+    return Companion(
+        drug=drug,
+        prefix=prefix,
+        setup=dataclasses.replace(
+            setup, spec=spec, thresholds=_thresholds(thr, spec), ranges=tuple(_ranges(rng, spec)),
+            store_out=store_out, keep_in_memory=bool(store_out) and not zarr_out,
+            band_outputs=band_outputs, omega_blocks=_omega_blocks(spec) if req.iiv else [],
+            method="exact", auto_stiff=False, amounts=False, pd_outputs=(), pd_store=[],
+            pd_bands=[], extra_attrs={}, demand=None, eta_purpose=f"eta_drug{k}",
+            residual_purpose=f"residual_drug{k}",
+        ),  # fmt: skip
+    )
+
+
 def _pd_bands(pd_outs, pd_store, band_outputs, exact: bool) -> list[str]:
     """PD variables with percentile bands: with trajectories kept in memory those kept
     (exact bands from their trajectories); streaming (no trajectories, or trajectories
@@ -1058,8 +1188,10 @@ def _pd_bands(pd_outs, pd_store, band_outputs, exact: bool) -> list[str]:
     return [po.name for po in pd_outs if po.single and po.terms[0][0] in band_outputs]
 
 
-def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step):
-    """The outputs of the percentile bands and the stride of their times on the grid."""
+def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step, keep_any=None):
+    """The outputs of the percentile bands and the stride of their times on the grid
+    (`keep_any`: some drug of the run keeps trajectories, default `store_out`: then every
+    drug's bands are at the stride of exact bands, so that they share their times)."""
     outs = spec.output_names
     # Streaming bands use logarithmic bins of concentrations (ng/mL): outputs of [ode]
     # models that are not concentrations get exact bands only (keep their trajectories).
@@ -1067,14 +1199,27 @@ def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step):
     bands = req.bands
     band_outputs = [o for o, is_c in zip(outs, conc, strict=True) if is_c] if bands else []
     if bands and store_out:
-        n_store_t = (grid.size - 1) // store_stride + 1
         band_outputs = list(store_out)
+    if bands and (bool(store_out) if keep_any is None else keep_any):
+        n_store_t = (grid.size - 1) // store_stride + 1
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
         band_stride = _stride(req.band_every, step, "band_every") if bands else 1
         if bands and req.band_every is None:
             band_stride = max(1, math.ceil(_BAND_EVERY_H / step - 1e-9))
     return band_outputs, band_stride
+
+
+def _estimate_all(setup: CohortSetup, chunk: int, cov, k: int) -> dict[str, int]:
+    """:func:`_estimate` of the run and of its companion drugs, summed (their patients'
+    covariates counted again: an overestimate of a few bytes per patient)."""
+    out = _estimate(setup, chunk, cov, k)
+    for c in setup.companions:
+        for key, v in _estimate(c.setup, chunk, cov, k).items():
+            out[key] = out.get(key, 0) + v
+    if any(c.setup.keep_in_memory for c in setup.companions):
+        out["total"] += out["trajectories"]  # joining the drugs' trajectories copies them
+    return out
 
 
 def _estimate(setup: CohortSetup, chunk: int, cov: tuple[int, int], k: int) -> dict[str, int]:
@@ -1133,8 +1278,17 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
     amount_all = kept[:, n_store : n_store + n_amounts] if keep and setup.amounts else None
     results: list[ChunkResult] = []
     counts = None
+    # Companion drugs: their summed band counts and kept trajectories (not written in place).
+    comp = [[None, _kept(c.setup, n)] for c in setup.companions]
     done = 0
     for res in _run(setup, plan.bounds, req.threads, req.dask, kept):
+        for acc, cres in zip(comp, res.companions or (), strict=True):
+            if cres.band_counts is not None:
+                acc[0] = cres.band_counts if acc[0] is None else acc[0] + cres.band_counts
+                cres.band_counts = None
+            if acc[1] is not None and writer is None:
+                acc[1][res.start : res.stop] = cres.trajectory
+                cres.trajectory = None
         if res.band_counts is not None:
             if counts is None:
                 counts = res.band_counts
@@ -1142,8 +1296,10 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
                 counts += res.band_counts  # in place: one array of counts is held
             res.band_counts = None
         if writer is not None:
-            writer.append(_chunk_dataset(setup, res))
+            writer.append(_chunk_dataset_all(setup, res))
             res.trajectory = res.pd_trajectory = None
+            for cres in res.companions or ():
+                cres.trajectory = None
         elif traj_all is not None and res.trajectory is not None:
             traj_all[res.start : res.stop] = res.trajectory
             res.trajectory = None
@@ -1164,7 +1320,15 @@ def _collect(req: CohortRequest, plan: _Plan, writer, t_start: float):
             if not n_amounts
             else np.concatenate([kept[:, :n_store], kept[:, n_store + n_amounts :]], axis=1)
         )
-    return results, counts, traj_all, amount_all
+    return results, counts, traj_all, amount_all, comp
+
+
+def _kept(setup: CohortSetup, n: int):
+    """The array of a companion drug's kept trajectories, or None."""
+    if not setup.keep_in_memory:
+        return None
+    n_t = (setup.grid.size - 1) // setup.store_stride + 1
+    return np.zeros((n, len(setup.store_out), n_t), setup.traj_dtype)
 
 
 def _finish_attrs(ds, plan: _Plan, t_start: float) -> None:
@@ -1172,7 +1336,8 @@ def _finish_attrs(ds, plan: _Plan, t_start: float) -> None:
     ds.attrs["covariate_defaults"] = (
         "; ".join(f"{k}={v}" for k, v in plan.defaults.items()) or "none"
     )
-    for msg in check_ranges(plan.setup.spec, ds):
+    specs = (plan.setup.spec, *(c.setup.spec for c in plan.setup.companions))
+    for msg in (m for spec in specs for m in check_ranges(spec, ds)):
         warnings.warn(
             msg + "; predictions for them are extrapolations",
             CovariateRangeWarning,
@@ -1588,7 +1753,7 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     if setup.ranges:
         _add_ranges(setup, coords, data, res.t_above[:, len(setup.thresholds) :])
     if res.pca is not None:
-        _add_pca(data, res.pca)
+        _add_pca(setup, coords, data, res.pca)
     kinds = {"volume": "L", "clearance": "L/h", "rate_constant": "1/h", "time": "h"}
     for i, p in enumerate(spec.param_names):
         unit = kinds.get(spec.parameters[p].kind, "1")
@@ -1611,14 +1776,89 @@ def _chunk_dataset(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
     return xr.Dataset(data, coords=coords)
 
 
+def _chunk_dataset_all(setup: CohortSetup, res: ChunkResult) -> xr.Dataset:
+    """:func:`_chunk_dataset` with the companion drugs' outputs (Zarr appends)."""
+    ds = _chunk_dataset(setup, res)
+    for c, cres in zip(setup.companions, res.companions or (), strict=True):
+        ds = _merge_companion(ds, _chunk_dataset(c.setup, cres), c)
+    return ds
+
+
+#: Dimensions along which a companion drug's variables follow the main model's.
+_MERGE_DIMS = ("output", "threshold", "range", "traj_output", "band_output")
+#: Coordinates along those dimensions that hold output names.
+_NAME_COORDS = ("threshold_output", "range_output")
+
+
+def _merge_companion(ds: xr.Dataset, dc: xr.Dataset, c: Companion) -> xr.Dataset:
+    """`ds` with the companion drug's results `dc` (same patients): its outputs, thresholds,
+    ranges, trajectories and bands follow the main model's along their dimensions, named
+    with its prefix (``s_ketamine_cp``); its parameters become ``param_<prefix><name>``; a
+    patient failed if either drug failed. Its model's provenance joins the attributes."""
+    p = c.prefix
+    units = _units_of(ds) + [u for u in _units_of(dc)]
+    ren = {}
+    for dim in _MERGE_DIMS:
+        if dim in dc.coords:
+            ren[dim] = [p + str(v) for v in dc[dim].values]
+    for name in _NAME_COORDS:
+        if name in dc.coords:
+            ren[name] = dc[name].copy(data=[p + str(v) for v in dc[name].values])
+    dc = dc.drop_vars([v for v in ("output_units",) if v in dc.coords]).assign_coords(ren)
+    ds = ds.drop_vars([v for v in ("output_units",) if v in ds.coords])
+    out = {}
+    for v in dc.data_vars:
+        da = dc[v]
+        if v.startswith("param_"):
+            da = da.copy()
+            da.attrs["long_name"] = f"{c.drug.drug} ({c.setup.spec.name}): {da.attrs.get('long_name', v)}"
+            out[f"param_{p}{v[len('param_'):]}"] = da
+        elif v == "status":
+            out[v] = ds[v].where(ds[v] != 0, da)
+        elif v.startswith("trajectory_") and v != "trajectory":
+            continue  # limits at boluses: the main model's only (see simulate_cohort)
+        else:
+            dim = next((d for d in _MERGE_DIMS if d in da.dims), None)
+            if dim is None:
+                continue
+            out[v] = xr.concat([ds[v], da], dim=dim, coords="minimal", compat="override",
+                               join="override") if v in ds else da  # fmt: skip
+    # The dimensions that grow: replace their coordinates, and give the main model's
+    # variables along them that the companion lacks (limits at boluses) NaN there.
+    grown = {d for v in out.values() for d in v.dims if d in _MERGE_DIMS and d in ds.dims}
+    new_coords = {d: np.concatenate([ds[d].values, dc[d].values]) for d in grown}
+    keep = ds.drop_vars([v for v in out if v in ds.data_vars])
+    for v in list(keep.data_vars):
+        for d in grown & set(keep[v].dims):
+            out[v] = keep[v].reindex({d: new_coords[d]})
+    keep = keep.drop_vars(
+        [v for v in out if v in keep.data_vars]
+        + [c for c in keep.coords if set(keep[c].dims) & grown]
+    )
+    merged = keep.assign(out)
+    u = _units_attr(units)
+    if u != "ng/mL":
+        merged = merged.assign_coords(output_units=variable("output_units", units))
+    for v in ("cmax", "c_at"):
+        if v in merged:
+            merged[v].attrs["units"] = u
+    spec = c.setup.spec
+    merged.attrs.update({f"companion_{p}{k}": v for k, v in spec.provenance_attrs().items()})
+    return merged
+
+
+def _units_of(ds: xr.Dataset) -> list[str]:
+    """The unit of each entry of the ``output`` dimension of a cohort dataset."""
+    if "output_units" in ds.coords:
+        return [str(u) for u in ds.output_units.values]
+    return ["ng/mL"] * ds.sizes["output"]
+
+
 def _cmax_at_bolus(setup: CohortSetup, res: ChunkResult) -> np.ndarray:
     """(patients, outputs) bool: Cmax is the jump of an instantaneous bolus (PD: False)."""
     n_model = len(setup.spec.output_names)
     flags = np.zeros((res.stop - res.start, n_model + len(setup.pd_outputs)), bool)
-    w = res.covariates.get("weight", np.ones(res.stop - res.start))
-    flags[:, :n_model] = cmax_at_bolus(
-        setup.spec, setup.regimen, res.tmax[:, :n_model], w, dict(res.anchors)
-    )
+    flags[:, :n_model] = res.at_bolus
     return flags
 
 
@@ -1769,14 +2009,23 @@ def _add_pain(ds, demand) -> None:
     ds["pain_band"] = variable("pain_band", band)
 
 
-def _add_pca(data: dict, pca: dict) -> None:
-    """The PCA pump's per-patient variables (:func:`_pca_summary`)."""
+def _add_pca(setup: CohortSetup, coords: dict, data: dict, pca: dict) -> None:
+    """The PCA pump's per-patient variables (:func:`_pca_summary`); with several drugs in
+    the reservoir, the amount of each (``pca_drug_dose``, ``pca_drug_dose_at``)."""
     for name in pca_pump.COUNT_NAMES:
         data[f"pca_{name}"] = variable(f"pca_{name}", pca[name].astype(np.int32))
     for name in ("dose", "dose_at", "lockout_hours", "reservoir_empty", "pain_initial", "start"):
         if name in pca:
             data[f"pca_{name}"] = variable(f"pca_{name}", pca[name])
     data["pca_c50"] = variable("pca_c50", pca["c50"] * MG_L_TO_NG_ML)
+    if setup.companions:
+        names = [setup.spec.drug, *(c.drug.drug for c in setup.companions)]
+        coords["pca_drug"] = variable("pca_drug", names)
+        data["pca_drug_dose"] = variable("pca_drug_dose", np.stack(pca["drug_dose"], axis=1))
+        if "drug_dose_at" in pca:
+            data["pca_drug_dose_at"] = variable(
+                "pca_drug_dose_at", np.stack(pca["drug_dose_at"], axis=1)
+            )
 
 
 def _assemble(setup, results, counts, traj_all, amount_all=None):
@@ -1862,7 +2111,7 @@ def _assemble(setup, results, counts, traj_all, amount_all=None):
             "assumptions": run_assumptions(ds.attrs, setup.regimen, pop),
         }
     )
-    if setup.regimen.pca is not None:
+    if setup.demand is not None:
         ds.attrs["pca_demand_model"] = setup.demand.name
         _add_pain(ds, setup.demand)
     unrecorded = sum(r.boluses_without_limits for r in results)

@@ -16,6 +16,7 @@ seed give every patient the same pain, c50 and candidate stream (common random n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from pkpd.engine.pca import COUNT_NAMES, PCA_OK, PCA_STREAM_SHORT, pca_kernel
 from pkpd.errors import RegimenError
 from pkpd.inputs.demand import DemandModel, load_demand
 from pkpd.inputs.model import ModelSpec
-from pkpd.inputs.pca import PCA
+from pkpd.inputs.pca import PCA, ReservoirDrug
 from pkpd.inputs.regimen import Regimen
 from pkpd.running.tci import merge
 
@@ -34,9 +35,11 @@ __all__ = [
     "PCADraws",
     "PCAResult",
     "check",
+    "companions",
     "draw",
     "event_bytes",
     "pump_times",
+    "replay",
     "run",
     "single",
     "stream_length",
@@ -96,15 +99,61 @@ class PCAResult:
 
 
 def _reservoir(pca: PCA, spec: ModelSpec):
-    """The reservoir's entry for the patients' drug (the one drug it may hold today)."""
-    for d in pca.drugs:
-        if d.drug.strip().lower() != spec.drug.strip().lower():
+    """The reservoir's entry for the patients' drug (the drug the demand model relieves
+    with and the loop runs on); the other drugs are companions (:func:`companions`)."""
+    drug = pca.drug_for(spec.drug)
+    if drug is None:
+        raise RegimenError(
+            f"the PCA reservoir holds {', '.join(repr(d.drug) for d in pca.drugs)} but the "
+            f"patients are simulated with {spec.name!r} ({spec.drug}): the reservoir must hold "
+            "the model's drug"
+        )
+    return drug
+
+
+def companions(pca: PCA, spec: ModelSpec) -> list[ReservoirDrug]:
+    """The reservoir's drugs other than the patients' model's, in the file's order; each
+    must name its PK model (``model = ...``)."""
+    main = _reservoir(pca, spec)
+    out = [d for d in pca.drugs if d is not main]
+    for d in out:
+        if d.model is None:
             raise RegimenError(
-                f"the PCA reservoir holds {d.drug!r} but the patients are simulated with "
-                f"{spec.name!r} ({spec.drug}): several drugs in one patient are not supported "
-                "yet; give the reservoir the model's drug only"
+                f"the PCA reservoir also holds {d.drug!r}: name its PK model (`model = ...` "
+                f"in its [[pca.drug]] table, or 'model <name>' after it on one line), or "
+                f"leave it out; the patients are simulated with {spec.name!r} ({spec.drug})"
             )
-    return pca.drugs[0]
+    return out
+
+
+def replay(result: PCAResult, drug: ReservoirDrug, pca: PCA, weight) -> tuple[tuple, PCAResult]:
+    """A companion drug's pump for the same patients: the deliveries and background of
+    `result` (the loop of the patients' drug), each carrying `drug`'s amount in the same
+    volume of the reservoir. Returns the event table ``(t, rate, bolus)`` (the pump's rows
+    only) and the companion's :class:`PCAResult` (its amounts, the same times and counts).
+
+    Without an interaction model the patient's system is block-diagonal (each drug's
+    compartments are driven by the pump alone), so each drug solved with these rows is the
+    exact solution of the union."""
+    weight = np.broadcast_to(np.asarray(weight, dtype=float), result.t_on.shape)
+    _check_weight(pca, drug, weight)
+    conc = np.array([drug.concentration_for(w, pca.volume) for w in weight])  # mg/L
+    r = dataclasses.replace(result, bolus=conc * pca.bolus, background=conc * pca.background,
+                            delivery_c=np.full_like(result.delivery_c, np.nan))  # fmt: skip
+    n = weight.size
+    empty = np.zeros((n, 0))
+    return _with_pump(empty, empty, empty, r), r
+
+
+def _check_weight(pca: PCA, drug: ReservoirDrug, weight: np.ndarray) -> None:
+    if (
+        drug.amount is not None
+        and drug.amount.per_kg
+        and not (np.all(np.isfinite(weight)) and np.all(weight > 0))
+    ):
+        raise RegimenError(
+            f"the PCA reservoir's amount of {drug.drug} is per kg: every patient needs a weight"
+        )
 
 
 def check(regimen: Regimen, spec: ModelSpec) -> DemandModel | None:
@@ -118,7 +167,7 @@ def check(regimen: Regimen, spec: ModelSpec) -> DemandModel | None:
             f"model {spec.name!r} is an [ode] model: a PCA pump runs on the exact solution "
             "of linear models"
         )
-    _reservoir(pca, spec)
+    companions(pca, spec)  # the reservoir holds the model's drug; the others name a model
     if demand.drug.strip().lower() != spec.drug.strip().lower():
         raise RegimenError(
             f"demand model {demand.name!r} relieves pain with {demand.drug} but the patients "
@@ -219,12 +268,7 @@ def run(regimen: Regimen, spec: ModelSpec, demand: DemandModel, theta, weight, a
     n = theta.shape[0]
     weight = np.asarray(weight, dtype=float)
     drug = _reservoir(pca, spec)
-    if (
-        drug.amount is not None
-        and drug.amount.per_kg
-        and not (np.all(np.isfinite(weight)) and np.all(weight > 0))
-    ):
-        raise RegimenError("the PCA reservoir's amount is per kg: every patient needs a weight")
+    _check_weight(pca, drug, weight)
     conc = np.array([drug.concentration_for(w, pca.volume) for w in weight])  # mg/L
     bol, bg = conc * pca.bolus, conc * pca.background
     res_mg = conc * pca.volume if pca.volume is not None else np.full(n, np.inf)

@@ -17,7 +17,7 @@ from pkpd.engine.solvers import registry
 from pkpd.inputs.model import ModelSpec
 from pkpd.inputs.regimen import Regimen
 
-__all__ = ["BLOCK", "ChunkResult", "CohortRequest", "CohortSetup", "Range", "Threshold"]
+__all__ = ["BLOCK", "ChunkResult", "Companion", "CohortRequest", "CohortSetup", "Range", "Threshold"]
 
 #: Patients per random-number block (the unit of reproducibility).
 BLOCK = 1024
@@ -178,6 +178,13 @@ class CohortSetup:
     #: The PCA pump's demand model (:class:`pkpd.inputs.demand.DemandModel`), checked
     #: against `spec` once when the cohort is planned; ``None`` without a pump.
     demand: Any = None
+    #: The further drugs of a PCA reservoir (:class:`Companion`), each solved with its own
+    #: model on the deliveries of the patients' drug's pump.
+    companions: tuple = ()
+    #: Random-number purposes of the random effects and residual errors (a companion drug
+    #: has its own, so its patients' random effects are independent of the main model's).
+    eta_purpose: str = "eta"
+    residual_purpose: str = "residual"
 
     @property
     def kernel_thresholds(self) -> list[Threshold]:
@@ -215,6 +222,8 @@ class ChunkResult:
     t_above: np.ndarray  # (n, n_thresholds)
     c_at: np.ndarray  # (n, n_out, n_at)
     status: np.ndarray  # (n,)
+    #: (n, n_out) bool: Cmax is the jump of an instantaneous bolus of the event table.
+    at_bolus: np.ndarray | None = None
     #: Adaptive solvers: per-patient counters (:data:`pkpd.engine.solvers.STAT_NAMES`).
     solver_stats: np.ndarray | None = None
     #: Linear models with boluses: the trajectory grid time of each bolus event and the
@@ -233,3 +242,16 @@ class ChunkResult:
     pd_trajectory: np.ndarray | None = None
     #: A PCA regimen: per-patient results of the pump (:func:`pkpd.running.cohort._pca_summary`).
     pca: dict | None = None
+    #: The companion drugs' results for the same patients (one per :attr:`CohortSetup.companions`).
+    companions: list | None = None
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A further drug of a PCA reservoir: its entry (:class:`pkpd.inputs.pca.ReservoirDrug`),
+    the prefix of its outputs and parameters in the result (``"s_ketamine_"``), and the set-up
+    of its own run (its model; the main run's patients, grid, windows and times)."""
+
+    drug: Any
+    prefix: str
+    setup: CohortSetup

@@ -54,6 +54,12 @@ def _prepare(model, regimen, covariates, eta, anchors=None, seed=0):
     reg = load_regimen(regimen).resolve(anchors)
     pump.check(reg, spec)
     demand = pca_pump.check(reg, spec)
+    if demand is not None and pca_pump.companions(reg.pca, spec):
+        raise RegimenError(
+            "a PCA reservoir with several drugs is simulated over a cohort only (pkpd simulate "
+            "--patients N, pkpd.simulate_cohort); for one typical-sized patient use a cohort "
+            "of one with iiv=False"
+        )
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")

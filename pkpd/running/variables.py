@@ -100,6 +100,17 @@ VARIABLES: dict[str, Variable] = {
     "pca_dose_at": Variable(
         ("patient", "at"), "mg", "amount the PCA pump delivered by each named time"
     ),
+    "pca_drug": Variable(("pca_drug",), None, "drugs of the PCA reservoir"),
+    "pca_drug_dose": Variable(
+        ("patient", "pca_drug"),
+        "mg",
+        "amount of each reservoir drug the PCA pump delivered over its whole run",
+    ),
+    "pca_drug_dose_at": Variable(
+        ("patient", "pca_drug", "at"),
+        "mg",
+        "amount of each reservoir drug the PCA pump delivered by each named time",
+    ),
     "pca_lockout_hours": Variable(
         ("patient",), "h", "time the PCA pump spent in lockout (whole run)"
     ),
