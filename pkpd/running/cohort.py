@@ -64,8 +64,8 @@ PD variables are predictions: not with ``residual=True``.
 
 from __future__ import annotations
 
-import functools
 import dataclasses
+import functools
 import math
 import re
 import sys
@@ -114,9 +114,9 @@ from pkpd.running.grid import MG_L_TO_NG_ML, bolus_jumps, bolus_on_grid, grid_at
 from pkpd.running.request import (
     BLOCK,
     ChunkResult,
-    Companion,
     CohortRequest,
     CohortSetup,
+    Companion,
     Range,
     Threshold,
 )
@@ -246,7 +246,8 @@ def run_chunk(
             res.companions.append(_companion_chunk(c, start, stop, ev_c, threads))
             res.pca["drug_dose"].append(pca_c.delivered(pca_c.t_off[:, None])[:, 0])
             if setup.at:
-                res.pca["drug_dose_at"].append(pca_c.delivered(_at_times(setup, anchors, stop - start)))
+                t_at = _at_times(setup, anchors, stop - start)
+                res.pca["drug_dose_at"].append(pca_c.delivered(t_at))
     return res
 
 
@@ -1150,9 +1151,7 @@ def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, d
     step, keep_any, zarr_out = how
     spec = load_model(drug.model)
     if spec.drug.strip().lower() != drug.drug.strip().lower():
-        raise RegimenError(
-            f"PCA drug {drug.drug!r}: model {spec.name!r} is a model of {spec.drug}"
-        )
+        raise RegimenError(f"PCA drug {drug.drug!r}: model {spec.name!r} is a model of {spec.drug}")
     if not spec.is_linear:
         raise RegimenError(
             f"PCA drug {drug.drug!r}: model {spec.name!r} is an [ode] model; the drugs of a "
@@ -1162,6 +1161,7 @@ def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, d
     defaults.update({f"{spec.name}:{name}": v for name, v in used.items()})
     store_out, _ = _store_outputs(traj, spec.output_names)
     band_outputs, _ = _bands(req, spec, store_out, setup.store_stride, setup.grid, step, keep_any)
+    # fmt: off
     return Companion(
         drug=drug,
         prefix=prefix,
@@ -1172,8 +1172,9 @@ def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, d
             method="exact", auto_stiff=False, amounts=False, pd_outputs=(), pd_store=[],
             pd_bands=[], extra_attrs={}, demand=None, eta_purpose=f"eta_drug{k}",
             residual_purpose=f"residual_drug{k}",
-        ),  # fmt: skip
+        ),
     )
+    # fmt: on
 
 
 def _pd_bands(pd_outs, pd_store, band_outputs, exact: bool) -> list[str]:
@@ -1811,8 +1812,9 @@ def _merge_companion(ds: xr.Dataset, dc: xr.Dataset, c: Companion) -> xr.Dataset
         da = dc[v]
         if v.startswith("param_"):
             da = da.copy()
-            da.attrs["long_name"] = f"{c.drug.drug} ({c.setup.spec.name}): {da.attrs.get('long_name', v)}"
-            out[f"param_{p}{v[len('param_'):]}"] = da
+            name = da.attrs.get("long_name", v)
+            da.attrs["long_name"] = f"{c.drug.drug} ({c.setup.spec.name}): {name}"
+            out[f"param_{p}{v[len('param_') :]}"] = da
         elif v == "status":
             out[v] = ds[v].where(ds[v] != 0, da)
         elif v.startswith("trajectory_") and v != "trajectory":

@@ -17,7 +17,15 @@ from pkpd.engine.solvers import registry
 from pkpd.inputs.model import ModelSpec
 from pkpd.inputs.regimen import Regimen
 
-__all__ = ["BLOCK", "ChunkResult", "Companion", "CohortRequest", "CohortSetup", "Range", "Threshold"]
+__all__ = [
+    "BLOCK",
+    "ChunkResult",
+    "CohortRequest",
+    "CohortSetup",
+    "Companion",
+    "Range",
+    "Threshold",
+]
 
 #: Patients per random-number block (the unit of reproducibility).
 BLOCK = 1024
