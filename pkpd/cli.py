@@ -1287,6 +1287,8 @@ def _simulate_cohort(
         ds = _cohort_outcomes(ds, regimen, target, risks, out, limit)
     n = int(ds.sizes["patient"])
     _echo(_model_line(spec))
+    for line in tables.companion_lines(ds):
+        _echo(line)
     name = ds.attrs.get("regimen_name")
     _echo(f"regimen: {name + ': ' if name else ''}{ds.attrs['regimen']}")
     _echo(f"population: {ds.attrs['population']}, {n:,} patients, seed {ds.attrs['seed']}")

@@ -333,14 +333,18 @@ def _dose(reg: Regimen, ds) -> tuple[np.ndarray, np.ndarray]:
     return mg, mg / w
 
 
-def _add_pca_summary(ds, add) -> None:
-    """The PCA pump's variables of a regimen's summary (none without a pump)."""
+def _add_pca_summary(ds, add, coords) -> None:
+    """The PCA pump's variables of a regimen's summary (none without a pump), with each
+    drug's amount when the reservoir holds several."""
     if "pca_demands" not in ds:
         return
     for name, units, long_name in PCA_SUMMARY:
         add(name, name, (), units, long_name)
     if "pca_dose_at" in ds:
         add("pca_dose_at", "pca_dose_at", ("at",), "mg", "amount the PCA pump delivered by")
+    if "pca_drug" in ds.coords:
+        coords["pca_drug"] = ("pca_drug", list(ds.pca_drug.values))
+        add("pca_drug_dose", "pca_drug_dose", ("pca_drug",), "mg", "amount of each PCA drug")
 
 
 def _pct(values: np.ndarray, axis=0) -> np.ndarray:
@@ -820,7 +824,7 @@ def _summary(ds, reg: Regimen, res: dict, risk_models) -> Any:
     if "c_at" in ds:
         coords["at"] = ("at", list(ds["at"].values))
         add("c_at", "c_at", ("output", "at"), "ng/mL", "concentration at named times")
-    _add_pca_summary(ds, add)
+    _add_pca_summary(ds, add, coords)
     mg, mgkg = _dose(reg, ds)
     for name, v, u in (("dose", mg, "mg"), ("dose_per_kg", mgkg, "mg/kg")):
         data[name] = (("percentile",), _pct(v), {"units": u, "long_name": "total dose given"})
@@ -1282,6 +1286,8 @@ def _grid_arrays(ds, shape, rname) -> dict[str, np.ndarray]:
     if "pca_demands" in ds:
         for name, *_ in PCA_SUMMARY:
             arr[f"{name}_median"] = np.full(shape, np.nan)
+    if "pca_drug" in ds.coords:
+        arr["pca_drug_dose_median"] = np.full((*shape, ds.sizes["pca_drug"]), np.nan)
     arr["feasible"] = np.zeros(shape, dtype=bool)
     arr["meets_value"] = np.zeros(shape, dtype=bool)
     arr["rule_value"] = np.full(shape, np.nan)
@@ -1306,6 +1312,8 @@ def _record_point(res_arr, idx, ds, reg, res, rname) -> None:
     for name, *_ in PCA_SUMMARY if "pca_demands" in ds else ():
         if f"{name}_median" in res_arr:  # a grid that mixes PCA and other regimens: NaN
             res_arr[f"{name}_median"][idx] = float(np.median(ds[name].values[ok]))
+    if "pca_drug_dose_median" in res_arr and "pca_drug" in ds.coords:
+        res_arr["pca_drug_dose_median"][idx] = np.median(ds.pca_drug_dose.values[ok], axis=0)
     if "pta" in res:
         for k in ("pta", "pta_lo", "pta_hi"):
             res_arr[k][idx] = _scalar(res["pta"], k)
@@ -1367,6 +1375,10 @@ def _grid_dataset(dims, grid_vals, texts, first, regs, points, res_arr):
         if f"{name}_median" in res_arr:
             attrs = {"units": units, "long_name": f"median {long_name}"}
             gds[f"{name}_median"] = (tuple(dims), res_arr[f"{name}_median"], attrs)
+    if "pca_drug_dose_median" in res_arr:
+        gds.coords["pca_drug"] = ("pca_drug", list(first.pca_drug.values))
+        attrs = {"units": "mg", "long_name": "median amount of each PCA drug (whole run)"}
+        gds["pca_drug_dose_median"] = ((*dims, "pca_drug"), res_arr["pca_drug_dose_median"], attrs)
     return gds
 
 

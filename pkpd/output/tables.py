@@ -62,6 +62,9 @@ def compare_rows(cds) -> Rows:
         if "pca_dose_at" in cds:
             for a in cds["at"].values:
                 rows.append((f"PCA amount delivered by {a} (mg)", cells(cds.pca_dose_at.sel(at=a))))
+        for drug in cds.pca_drug.values[1:] if "pca_drug" in cds.coords else ():
+            x = cds.pca_drug_dose.sel(pca_drug=drug)
+            rows.append((f"PCA amount of {drug} delivered (whole run) (mg)", cells(x)))
 
     def interval(name):
         return [_interval_cell(lambda k, r=r: cds[k].sel(regimen=r), name, cds) for r in regs]
@@ -202,42 +205,63 @@ def design_pca_rows(gds) -> tuple[list[str], Rows]:
     if "pca_demands_median" not in gds:
         return [], []
     names = [name for name, *_ in PCA_SUMMARY]
+    drugs = list(gds.pca_drug.values[1:]) if "pca_drug" in gds.coords else []
     rows = [
-        (_point_name(gds, i), [f"{float(gds[f'{k}_median'].values[i]):.4g}" for k in names])
+        (_point_name(gds, i), [f"{float(gds[f'{k}_median'].values[i]):.4g}" for k in names]
+         + [f"{float(gds.pca_drug_dose_median.values[i][j + 1]):.4g}" for j in range(len(drugs))])
         for i in np.ndindex(gds.regimen.shape)
     ]  # fmt: skip
-    head = ["point", "demands", "delivered", "in lockout", "at a limit", "amount (mg)"]
-    return head, rows
+    amount = f"{gds.pca_drug.values[0]} (mg)" if drugs else "amount (mg)"
+    head = ["point", "demands", "delivered", "in lockout", "at a limit", amount]
+    return head + [f"{d} (mg)" for d in drugs], rows
+
+
+def companion_lines(ds) -> list[str]:
+    """One line per further drug of a PCA reservoir: its model and its outputs' prefix."""
+    if "pca_drug" not in ds.coords:
+        return []
+    out = []
+    for drug in ds.pca_drug.values[1:]:
+        p = "".join(c if c.isalnum() else "_" for c in str(drug).lower()).strip("_") + "_"
+        model = ds.attrs.get(f"companion_{p}model", "?")
+        checked = ds.attrs.get(f"companion_{p}model_verification", "?")
+        out.append(
+            f"  and {drug} from the PCA reservoir: model {model} (parameters: {checked}); "
+            f"outputs {p}*"
+        )
+    return out
 
 
 def cohort_summary_lines(ds) -> list[str]:
     """Median and 5-95 % range over the successful patients of a cohort, one metric a line."""
     lines = []
     ok = ds.status.values == 0
+    wd = max(16, *(len(str(o)) for o in ds.output.values))  # names of further drugs: longer
+    pad = " " * wd
     for o in ds.output.values:
         cm = ds.cmax.sel(output=o).values[ok]
         unit = str(ds.output_units.sel(output=o).item()) if "output_units" in ds.coords else "ng/mL"
         shown = "" if unit == "1" else f" {unit}"  # "1": a ratio (C/C50) or a fraction
         if cm.size and np.isnan(cm).all():
             # A PD variable that decreases with its output or sums several (no maximum).
-            lines.append(f"{o:>16}: maximum not recorded (values at named times below)")
+            lines.append(f"{o:>{wd}}: maximum not recorded (values at named times below)")
         else:
             lines.append(
-                f"{o:>16}: Cmax median {np.median(cm):.4g}{shown} "
+                f"{o:>{wd}}: Cmax median {np.median(cm):.4g}{shown} "
                 f"(5-95%: {np.percentile(cm, 5):.4g}-{np.percentile(cm, 95):.4g})"
             )
-            lines += _bolus_peak_note(ds, o, ok)
+            lines += _bolus_peak_note(ds, o, ok, pad)
         for w in ds.window.values if unit == "ng/mL" else ():
             a = ds.auc.sel(output=o, window=w).values[ok]
             lines.append(
-                f"{'':>16}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
+                f"{pad}  AUC {w}: median {np.median(a):.5g} ng*h/mL "
                 f"(5-95%: {np.percentile(a, 5):.5g}-{np.percentile(a, 95):.5g})"
             )
         if "c_at" in ds:
             for a_name in ds["at"].values:
                 v = ds.c_at.sel(output=o, at=a_name).values[ok]
                 lines.append(
-                    f"{'':>16}  at {a_name}: median {np.median(v):.4g}{shown} "
+                    f"{pad}  at {a_name}: median {np.median(v):.4g}{shown} "
                     f"(5-95%: {np.percentile(v, 5):.4g}-{np.percentile(v, 95):.4g})"
                 )
     if "time_above" in ds:
@@ -284,30 +308,48 @@ def _pca_lines(ds, ok) -> list[str]:
         f"{100 * v['pca_refused_limit'].sum() / n_dem:.1f}% at a limit; reservoir failed "
         f"{int(np.isfinite(ds['pca_reservoir_empty'].values[ok]).sum())} of {int(ok.sum())} "
         "patients",
-        f"PCA amount delivered (whole run): {_amount_range(v['pca_dose'])}",
     ]
-    if "pca_dose_at" in ds:
-        for a_name in ds["at"].values:
-            x = ds.pca_dose_at.sel(at=a_name).values[ok]
-            lines.append(f"PCA amount delivered by {a_name}: {_amount_range(x)}")
+    drugs = ds.pca_drug.values if "pca_drug" in ds.coords else [None]
+    for drug in drugs:
+        of = "" if drug is None else f" of {drug}"
+        x = ds.pca_dose if drug is None else ds.pca_drug_dose.sel(pca_drug=drug)
+        lines.append(f"PCA amount{of} delivered (whole run): {_amount_range(x.values[ok])}")
+        for a_name in ds["at"].values if "pca_dose_at" in ds else ():
+            x = ds.pca_dose_at if drug is None else ds.pca_drug_dose_at.sel(pca_drug=drug)
+            x = x.sel(at=a_name).values[ok]
+            lines.append(f"PCA amount{of} delivered by {a_name}: {_amount_range(x)}")
     model = ds.attrs.get("pca_demand_model")
     if model:
         lines.append(f"PCA demand model {model}: not calibrated against observed PCA use")
+    if "pca_drug" in ds.coords:
+        lines.append(
+            f"PCA demand follows {ds.pca_drug.values[0]} alone: the reservoir's other drugs "
+            f"({', '.join(map(str, ds.pca_drug.values[1:]))}) do not relieve pain in the demand "
+            "model (no cited interaction)"
+        )
     return lines
 
 
-def _bolus_peak_note(ds, output, ok) -> list[str]:
+def _bolus_peak_note(ds, output, ok, pad=" " * 16) -> list[str]:
     """A line saying when Cmax is the instantaneous-bolus mixing peak (``cmax_at_bolus``)."""
     if "cmax_at_bolus" not in ds:
         return []
     share = float(np.mean(ds.cmax_at_bolus.sel(output=output).values[ok])) if ok.any() else 0.0
     if share == 0.0:
         return []
+    how = (
+        "give boluses over their injection time (--bolus-over 1min, or '... bolus at 0 h over "
+        "1 min') for a measurable peak"
+    )
+    if "pca_demands" in ds:  # the pump's demand boluses are instantaneous
+        how = (
+            "PCA demand boluses are instantaneous here (regimen boluses can be given over "
+            "their injection time, --bolus-over 1min): read the effect site, AUC or values at "
+            "named times"
+        )
     return [
-        f"{'':>16}  note: for {100 * share:.3g}% of patients this Cmax is the instantaneous-"
-        "bolus mixing peak (dose / V1), which no sample measures; give boluses over their "
-        "injection time (--bolus-over 1min, or '... bolus at 0 h over 1 min') for a "
-        "measurable peak"
+        f"{pad}  note: for {100 * share:.3g}% of patients this Cmax is the instantaneous-"
+        f"bolus mixing peak (dose / V1), which no sample measures; {how}"
     ]
 
 
