@@ -1008,6 +1008,11 @@ def _rule_name(rule) -> str:
     return f"{m.group(1)} % quantile" if m else rule
 
 
+def _field(gds, var):
+    """A design heatmap's values: a variable, or ``(variable, output)``."""
+    return gds[var[0]].sel(output=var[1]) if isinstance(var, tuple) else gds[var]
+
+
 def _risk_field(gds, rname) -> tuple[str, str]:
     """The risk variable a design figure shows and its label: with a limit, the quantity
     the limit rule reads (``rule_incidence_<risk>``; for the rule ``mean`` that is the
@@ -1058,8 +1063,14 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
         var, title = _risk_field(gds, rname)
         fields.append((var, title, "magma_r", "risk"))
     if not fields:
-        o0 = str(gds.output.values[0])
-        fields.append(("cmax_median", f"median Cmax {o0} (ng/mL)", "viridis", "other"))
+        # The first output of the model, and of each further drug of a PCA reservoir.
+        outs = [str(o) for o in gds.output.values]
+        firsts = [outs[0]]
+        for drug in gds.pca_drug.values[1:] if "pca_drug" in gds.coords else ():
+            p = "".join(c if c.isalnum() else "_" for c in str(drug).lower()).strip("_") + "_"
+            firsts += [o for o in outs if o.startswith(p)][:1]
+        for o in firsts:
+            fields.append((("cmax_median", o), f"median Cmax {o} (ng/mL)", "viridis", "other"))
     xd = dims[0]
     yd = dims[1] if len(dims) >= 2 else None
     others = [d for d in dims if d not in (xd, yd)]
@@ -1088,7 +1099,7 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
         front_axes = [axes[r, -1] if front else None for r in range(len(combos))]
     best = best_cell(gds)
     limits = {
-        var: colour_limits(kind, gds[var].values, mr if kind == "risk" else None)
+        var: colour_limits(kind, _field(gds, var).values, mr if kind == "risk" else None)
         for var, _, _, kind in fields
     }
     xs = gds[xd].values
@@ -1098,9 +1109,7 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
         where = ", ".join(f"{d}={_tick(gds[d].values[i])}" for d, i in sel.items())
         for col, (var, title, cmap, kind) in enumerate(fields):
             ax = heat_axes[row][col]
-            da = sub[var]
-            if var == "cmax_median":
-                da = da.isel(output=0)
+            da = _field(sub, var)
             z = da.transpose(*([yd] if yd else []), xd).values.astype(float)
             z = z if yd else z[None, :]
             vmin, vmax = limits[var]
