@@ -414,7 +414,7 @@ def models_show(name: str) -> None:
                 f"(CV {cvs}) [{model_files.TAGS[v.source.tag]}]"
             )
     else:
-        _echo("\ninter-individual variability: none published")
+        _echo("\ninter-individual variability: none in the model file (typical patients only)")
     if m.residual:
         _echo("\nresidual error:")
         for r in m.residual.values():

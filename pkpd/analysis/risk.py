@@ -641,6 +641,15 @@ def required_cohort_kwargs(risk_or_target) -> dict:
 
 def _check_model(ds, risk: RiskModel, strict: bool):
     model = ds.attrs.get("model")
+    further = {str(v) for k, v in ds.attrs.items() if k.startswith("companion_")
+               and k.endswith("_model")}  # fmt: skip
+    if model != risk.pk_model and risk.pk_model in further:
+        # Its output in `ds` is the further drug's (s_ketamine_cp): never the main model's.
+        raise RiskError(
+            f"risk {risk.name!r} applies to {risk.pk_model!r}, a further drug of this cohort's "
+            f"PCA reservoir (the main model is {model!r}): risks of a reservoir's further drugs "
+            "are not computed yet; simulate that drug as the main model"
+        )
     if model != risk.pk_model:
         msg = (
             f"`ds` was simulated with PK model {model!r} but risk {risk.name!r} was calibrated "
