@@ -1199,9 +1199,10 @@ def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step, keep_a
     conc = _output_scales(spec)[0] == MG_L_TO_NG_ML
     bands = req.bands
     band_outputs = [o for o, is_c in zip(outs, conc, strict=True) if is_c] if bands else []
-    if bands and store_out:
+    keep_any = bool(store_out) if keep_any is None else keep_any
+    if bands and keep_any:  # bands of the kept outputs (of every drug), at their times
         band_outputs = list(store_out)
-    if bands and (bool(store_out) if keep_any is None else keep_any):
+    if bands and keep_any:
         n_store_t = (grid.size - 1) // store_stride + 1
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
