@@ -20,7 +20,8 @@ Measured next to each other (patients per second in ``extra_info["patients_per_s
   ``simulate_cohort(amounts=True, trajectory_dtype="float64")``;
 * ``kernel_tci_summary``: summary mode under a plasma TCI pump for the 4 h of surgery (the
   pump's schedules included);
-* ``kernel_pca_summary`` next to ``kernel_pca_plain_summary`` (issue 17): sufentanil
+* ``kernel_pca_summary`` next to ``kernel_pca_plain_summary`` (issue 17), and
+  ``[multimodal]`` (three drugs in the reservoir): sufentanil
   (gepts1995_sufentanil) in the spine-fusion population, 0-56 h every minute, under the
   shipped PCA pump (spine_fusion_sufentanil_pca: the closed loop of demands, then the
   kernel with the deliveries as event rows) and under a plain regimen of the same drug,
@@ -144,11 +145,14 @@ def _pca_regimens():
 
 
 @pytest.mark.benchmark(group="cohort")
-@pytest.mark.parametrize("pump", ["pca", "plain"])
+@pytest.mark.parametrize("pump", ["pca", "plain", "multimodal"])
 def test_kernel_pca_summary(benchmark, pump):
     """Summary mode under the shipped PCA pump, next to the same drug, events and grid
-    without the pump (issue 17)."""
-    regimen = dict(zip(("pca", "plain"), _pca_regimens(), strict=True))[pump]
+    without the pump, and under the same pump with S-ketamine and dexmedetomidine in the
+    reservoir (``spine_fusion_multimodal_pca``: two further models solved per patient)."""
+    regimen = dict(zip(("pca", "plain"), _pca_regimens(), strict=True)).get(
+        pump, "spine_fusion_multimodal_pca"
+    )
 
     def run(n):
         with warnings.catch_warnings():
@@ -160,7 +164,7 @@ def test_kernel_pca_summary(benchmark, pump):
     run(2048)
     ds = benchmark.pedantic(run, args=(N,), rounds=3, iterations=1)
     _rate(benchmark, N)
-    if pump == "pca":
+    if pump != "plain":
         benchmark.extra_info["median_deliveries"] = float(np.median(ds.pca_deliveries.values))
 
 

@@ -1004,6 +1004,8 @@ def _echo_single(spec, reg, ds, fine, extra_run) -> None:
     `fine` (the run merged with the dose events), the PD summary and the metrics of `ds`."""
     summ = single.summarize(fine, reg)
     _echo(_model_line(spec))
+    for line in tables.companion_lines(ds):
+        _echo(line)
     _echo(f"regimen: {reg.name + ': ' if reg.name else ''}{reg.text}")
     _echo(f"covariates: {ds.attrs['covariates']}")
     _echo(_solver_line(ds))

@@ -197,8 +197,8 @@ def test_a_further_drug_needs_its_model_and_the_model_of_that_drug(tmp_path):
     wrong = PUMP.replace("model " + KET, "model lamminsalo2019_oxycodone")
     with pytest.raises(PkpdError, match="is a model of oxycodone"):
         pkpd.simulate_cohort(SUF, wrong, n=10, **KW)
-    with pytest.raises(PkpdError, match="over a cohort only"):
-        pkpd.simulate(SUF, PUMP, {"weight": 70})
+    with pytest.raises(PkpdError, match="is a model of oxycodone"):
+        pkpd.simulate(SUF, wrong, {"weight": 70})
 
 
 def test_the_shipped_multimodal_reservoir_reads_back_and_runs_to_zarr(tmp_path):
@@ -261,3 +261,39 @@ def test_the_command_reports_each_drug_and_compare_and_design_sweep_them(tmp_pat
     r = run(main, ["compare", SUF, PUMP, PUMP.replace("50 mg", "100 mg"), *base])
     assert r.exit_code == 0, r.output
     assert "PCA amount of S-ketamine delivered (whole run) (mg)" in r.output
+
+
+def test_one_patient_gets_each_drug_of_the_reservoir_exactly():
+    pump = PUMP.replace("in 40 mL", "in 200 mL").replace(" limit 6 mL per 4 h", "")
+    cov = {"weight": 70.0, "age": 50.0}
+    ds = pkpd.simulate(SUF, pump, cov, until="34 h", seed=2, at=AT,
+                       thresholds={"s_ketamine_cp": ["5 ng/mL"]})  # fmt: skip
+    d = ds.pca_delivery_time.values
+    assert d.size > 5 and ds.attrs["pca_refused_empty"] == 0
+    specs = [load_model(SUF), load_model(KET)]
+    blocks, inputs, outs = [], [], []
+    for spec, conc in zip(specs, (0.25 / 0.2 if 4e-3 * 70 > 0.25 else 4e-3 * 70 / 0.2,
+                                  50.0 / 0.2), strict=True):  # fmt: skip
+        theta = spec.individual_parameters(spec.covariate_values(cov), None, warn=False)
+        M, b, C = spec.system(theta)
+        nc = spec.n_comp
+        blocks.append(M[:nc, :nc])
+        inputs.append(conc * b[:nc])
+        outs.append(C)
+    A, u = scipy.linalg.block_diag(*blocks), np.concatenate(inputs)
+    C = scipy.linalg.block_diag(*outs)
+    times = [3.0, 12.0, 30.0, 34.0]
+    sol = _solve_union(A, u, C, d, 0.002, 0.001, 1.0, 31.0, times)
+    exact = np.stack([s[0] for s in sol], axis=1) * 1e3
+    names = ["cp", "ce", "s_ketamine_cp", "s_ketamine_cp_norketamine"]
+    assert list(ds.output.values) == names
+    np.testing.assert_allclose(ds.c_at.values, exact, rtol=1e-9, atol=1e-12)
+    # The time series on the output grid, too.
+    grid = [float(t) for t in ds.time.values if t in (12.0, 30.0)]
+    for t, s in zip(grid, _solve_union(A, u, C, d, 0.002, 0.001, 1.0, 31.0, grid), strict=True):
+        for name, c in zip(names, s[0] * 1e3, strict=True):
+            assert float(ds[name].sel(time=t)) == pytest.approx(c, rel=1e-9)
+    assert float(ds.dose_given_s_ketamine[-1]) == pytest.approx(
+        50.0 / 0.2 * (0.002 * d.size + 0.001 * 30.0), rel=1e-12
+    )
+    assert list(ds.threshold_output.values) == ["s_ketamine_cp"]

@@ -41,7 +41,7 @@ from pkpd.errors import RegimenError, UnitError, where
 from pkpd.inputs.reader import Reader
 from pkpd.inputs.units import Parsed, exact_time_text, parse_quantity, time_ref
 
-__all__ = ["PCA", "Limit", "ReservoirDrug", "parse_pca", "read_pca"]
+__all__ = ["PCA", "Limit", "ReservoirDrug", "parse_pca", "prefix", "read_pca", "split_names"]
 
 #: Shortest lockout accepted (h): a pump with no lockout has no safety interval.
 MIN_LOCKOUT = 1.0 / 60.0
@@ -198,6 +198,34 @@ def check(pca: PCA, loc: str) -> None:
             f"{loc}the PCA stops at {exact_time_text(pca.stop, pca.stop_anchor)}, not after "
             f"it starts ({exact_time_text(pca.start, pca.start_anchor)})"
         )
+
+
+def prefix(drug: str) -> str:
+    """The prefix of a further drug's outputs and parameters in results:
+    ``"S-ketamine"`` -> ``"s_ketamine_"``."""
+    return re.sub(r"[^0-9a-z]+", "_", drug.strip().lower()).strip("_") + "_"
+
+
+def split_names(value, prefixes: list[str]):
+    """Split the outputs named in `value` (a dict ``output -> ...``, a list of outputs, a
+    name, True or None) between the main model and the further drugs (names starting with
+    one of `prefixes`, which is removed). Returns ``(main, [drug 1, ...])``."""
+    if not prefixes or value is None or isinstance(value, bool):
+        return value, [value] * len(prefixes)
+    if isinstance(value, str):
+        value = [value]
+
+    def owner(name) -> int:
+        return next((i for i, p in enumerate(prefixes) if str(name).startswith(p)), -1)
+
+    if isinstance(value, dict):
+        main = {k: v for k, v in value.items() if owner(k) < 0}
+        drugs = [{k[len(p) :]: v for k, v in value.items() if owner(k) == i}
+                 for i, p in enumerate(prefixes)]  # fmt: skip
+    else:
+        main = [k for k in value if owner(k) < 0]
+        drugs = [[k[len(p) :] for k in value if owner(k) == i] for i, p in enumerate(prefixes)]
+    return main, drugs
 
 
 _ONE_LINE = re.compile(

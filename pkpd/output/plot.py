@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pkpd.errors import PkpdError, PlotError
+from pkpd.inputs.pca import prefix as drug_prefix
 
 __all__ = [
     "TimeWindow",
@@ -76,25 +77,20 @@ def plot_concentrations(
         if ds[v].attrs.get("units") not in ("ng/mL", "mg", "ng*h/mL") and _is_trajectory(v)
     ]
     pump = "pca_delivered" in ds.data_vars
-    nrow = 1 + bool(pd_vars) + pump
+    groups = _drug_groups(ds, conc)  # a panel per drug of a PCA reservoir
+    ng = len(groups)
+    nrow = ng + bool(pd_vars) + pump
     fig, axes = plt.subplots(
         nrow, 1, figsize=(8, 4.5 + 3.0 * (nrow - 1)), squeeze=False, sharex=True,
-        layout="constrained", height_ratios=[2] + [1] * (nrow - 1),
+        layout="constrained", height_ratios=[2] * ng + [1] * (nrow - ng),
     )  # fmt: skip
-    ax = axes[0, 0]
     eq_drug = ds.attrs.get("model_drug", "parent-drug")
-    for v, same in _distinct_series(ds, conc):
-        # Identical curves (an effect site and the PD driver that is the same concentration)
-        # are drawn once, under both names, rather than one hiding the other.
-        names = " = ".join([str(v), *same])
-        ax.plot(t, ds[v].values, label=_series_label(ds, v, eq_drug, shown=names))
     thr = _thresholds(ds)
-    levels = [x for o in conc for x in thr.get(str(o), [])]
-    _mark_thresholds(ax, [(o, x) for o in conc for x in thr.get(str(o), [])], "ng/mL")
-    ax.set_ylabel("concentration (ng/mL)")
-    _time_axes(ax, t, [ds[v].values for v in conc], lo, hi, log, extra=levels)
+    for g, (drug, names) in enumerate(groups):
+        shown = drug or (eq_drug if ng > 1 else None)  # name the drug when there are several
+        _conc_axes(axes[g, 0], ds, t, names, (eq_drug, shown), thr, (lo, hi, log))
     if pd_vars:
-        ax2 = axes[1, 0]
+        ax2 = axes[ng, 0]
         units = {str(ds[v].attrs.get("units", "")) for v in pd_vars}
         for v in pd_vars:
             u = str(ds[v].attrs.get("units", ""))
@@ -122,10 +118,43 @@ def plot_concentrations(
     return _save(fig, path, fmt, dpi=120)
 
 
+def _drug_groups(ds, conc) -> list[tuple[str | None, list]]:
+    """The concentration series by drug: the model's, then each further drug of a PCA
+    reservoir (``companion_<prefix>model`` attributes, series named ``<prefix>...``)."""
+    prefixes = {
+        k[len("companion_") : -len("model")]: str(ds.attrs.get(f"{k}_drug", ""))
+        for k in ds.attrs
+        if k.startswith("companion_") and k.endswith("_model")
+    }
+    groups: list[tuple[str | None, list]] = [(None, [])]
+    groups += [(drug, []) for drug in prefixes.values()]
+    for v in conc:
+        i = next((j for j, p in enumerate(prefixes, 1) if str(v).startswith(p)), 0)
+        groups[i][1].append(v)
+    return [g for g in groups if g[1] or g[0] is None]
+
+
+def _conc_axes(ax, ds, t, names, drugs, thr, view) -> None:
+    """One panel of concentrations (ng/mL) with their thresholds; `drugs`: the model's
+    drug and the panel's further drug (None: the model's own panel)."""
+    lo, hi, log = view
+    eq_drug, drug = drugs
+    for v, same in _distinct_series(ds, names):
+        # Identical curves (an effect site and the PD driver that is the same concentration)
+        # are drawn once, under both names, rather than one hiding the other.
+        shown = " = ".join([str(v), *same])
+        ax.plot(t, ds[v].values, label=_series_label(ds, v, drug or eq_drug, shown=shown))
+    levels = [(o, x) for o in names for x in thr.get(str(o), [])]
+    _mark_thresholds(ax, levels, "ng/mL")
+    ax.set_ylabel(f"{drug} (ng/mL)" if drug else "concentration (ng/mL)")
+    _time_axes(ax, t, [ds[v].values for v in names], lo, hi, log, extra=[x for _, x in levels])
+
+
 def _pca_axes(ax, ds, t, lo, hi) -> None:
     """The PCA pump's cumulative delivered amount, with a tick at each demand bolus."""
     y = ds["pca_delivered"].values
-    ax.plot(t, y, color="C2", label="PCA: cumulative amount delivered (boluses, background)")
+    drug = ds.attrs.get("model_drug", "")
+    ax.plot(t, y, color="C2", label=f"PCA: cumulative {drug} delivered (boluses, background)")
     if "pca_delivery_time" in ds:
         td = ds["pca_delivery_time"].values
         ax.plot(td, np.interp(td, t, y), "|", color="C3", markersize=9,
@@ -1067,7 +1096,7 @@ def plot_design(gds, path: Path, fmt: str | None = None) -> None:
         outs = [str(o) for o in gds.output.values]
         firsts = [outs[0]]
         for drug in gds.pca_drug.values[1:] if "pca_drug" in gds.coords else ():
-            p = "".join(c if c.isalnum() else "_" for c in str(drug).lower()).strip("_") + "_"
+            p = drug_prefix(str(drug))
             firsts += [o for o in outs if o.startswith(p)][:1]
         for o in firsts:
             fields.append((("cmax_median", o), f"median Cmax {o} (ng/mL)", "viridis", "other"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkpd.inputs.pca import prefix as drug_prefix
 from pkpd.inputs.units import amount_text
 from pkpd.running.variables import PCA_SUMMARY
 
@@ -217,17 +218,15 @@ def design_pca_rows(gds) -> tuple[list[str], Rows]:
 
 
 def companion_lines(ds) -> list[str]:
-    """One line per further drug of a PCA reservoir: its model and its outputs' prefix."""
-    if "pca_drug" not in ds.coords:
-        return []
+    """One line per further drug of a PCA reservoir (a cohort's or one patient's result):
+    its model and the prefix of its outputs."""
     out = []
-    for drug in ds.pca_drug.values[1:]:
-        p = "".join(c if c.isalnum() else "_" for c in str(drug).lower()).strip("_") + "_"
-        model = ds.attrs.get(f"companion_{p}model", "?")
-        checked = ds.attrs.get(f"companion_{p}model_verification", "?")
+    for key in [k for k in ds.attrs if k.startswith("companion_") and k.endswith("_model")]:
+        drug = ds.attrs.get(f"{key}_drug", "?")
+        checked = ds.attrs.get(f"{key}_verification", "?")
         out.append(
-            f"  and {drug} from the PCA reservoir: model {model} (parameters: {checked}); "
-            f"outputs {p}*"
+            f"  and {drug} from the PCA reservoir: model {ds.attrs[key]} (parameters: "
+            f"{checked}); outputs {drug_prefix(str(drug))}*"
         )
     return out
 

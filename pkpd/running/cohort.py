@@ -67,7 +67,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 import sys
 import time
 import warnings
@@ -1032,10 +1031,10 @@ def _plan(req: CohortRequest) -> _Plan:
         )
     trajectories = True if req.amounts and not req.trajectories else req.trajectories
     drugs = pca_pump.companions(reg.pca, spec) if reg.pca is not None else []
-    prefixes = [_prefix(d.drug) for d in drugs]
-    trajectories, comp_traj = _split_names(trajectories, prefixes)
-    thresholds, comp_thr = _split_names(req.thresholds, prefixes)
-    ranges, comp_rng = _split_names(req.ranges, prefixes)
+    prefixes = [pca_pump.prefix(d.drug) for d in drugs]
+    trajectories, comp_traj = pca_pump.split_names(trajectories, prefixes)
+    thresholds, comp_thr = pca_pump.split_names(req.thresholds, prefixes)
+    ranges, comp_rng = pca_pump.split_names(req.ranges, prefixes)
     store_out, pd_store = _store_outputs(trajectories, spec.output_names, pd_outs)
     keep_any = bool(store_out) or any(bool(t) for t in comp_traj)
     store_stride = _stride(req.trajectory_every, step, "trajectory_every") if keep_any else 1
@@ -1111,34 +1110,6 @@ def _pd_and_stereo(req: CohortRequest):
     return bundle.model, regimen, pd_outputs(bundle), extra
 
 
-def _prefix(drug: str) -> str:
-    """The prefix of a companion drug's outputs and parameters: ``"S-ketamine"`` ->
-    ``"s_ketamine_"``."""
-    return re.sub(r"[^0-9a-z]+", "_", drug.strip().lower()).strip("_") + "_"
-
-
-def _split_names(value, prefixes: list[str]):
-    """Split outputs named in `value` (a dict ``output -> ...``, a list of outputs, True or
-    None) between the main model and the companion drugs (names starting with a prefix of
-    `prefixes`, which is removed). Returns ``(main, [companion 1, ...])``."""
-    if not prefixes or value is None or value is True or value is False:
-        return value, [value] * len(prefixes)
-    if isinstance(value, str):
-        value = [value]
-
-    def owner(name: str) -> int:
-        return next((i for i, p in enumerate(prefixes) if str(name).startswith(p)), -1)
-
-    if isinstance(value, dict):
-        main = {k: v for k, v in value.items() if owner(k) < 0}
-        comp = [{k[len(p) :]: v for k, v in value.items() if owner(k) == i}
-                for i, p in enumerate(prefixes)]  # fmt: skip
-    else:
-        main = [k for k in value if owner(k) < 0]
-        comp = [[k[len(p) :] for k in value if owner(k) == i] for i, p in enumerate(prefixes)]
-    return main, comp
-
-
 def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, defaults):
     """The :class:`Companion` run of the `k`-th further drug of the PCA reservoir: its own
     model and random effects, the main run's patients, grid, windows and named times.
@@ -1149,14 +1120,7 @@ def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, d
         raise CohortError(f"a PCA reservoir holds at most {MAX_COMPANIONS + 1} drugs here")
     traj, thr, rng = asked
     step, keep_any, zarr_out = how
-    spec = load_model(drug.model)
-    if spec.drug.strip().lower() != drug.drug.strip().lower():
-        raise RegimenError(f"PCA drug {drug.drug!r}: model {spec.name!r} is a model of {spec.drug}")
-    if not spec.is_linear:
-        raise RegimenError(
-            f"PCA drug {drug.drug!r}: model {spec.name!r} is an [ode] model; the drugs of a "
-            "PCA reservoir are solved exactly (linear models)"
-        )
+    spec = pca_pump.further_model(drug)
     used = _check_covariates(spec, setup.regimen, setup.population, "ignore")
     defaults.update({f"{spec.name}:{name}": v for name, v in used.items()})
     store_out, _ = _store_outputs(traj, spec.output_names)

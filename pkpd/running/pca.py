@@ -25,8 +25,8 @@ import numpy as np
 from pkpd.engine.pca import COUNT_NAMES, PCA_OK, PCA_STREAM_SHORT, pca_kernel
 from pkpd.errors import RegimenError
 from pkpd.inputs.demand import DemandModel, load_demand
-from pkpd.inputs.model import ModelSpec
-from pkpd.inputs.pca import PCA, ReservoirDrug
+from pkpd.inputs.model import ModelSpec, load_model
+from pkpd.inputs.pca import PCA, ReservoirDrug, prefix, split_names
 from pkpd.inputs.regimen import Regimen
 from pkpd.running.tci import merge
 
@@ -38,10 +38,13 @@ __all__ = [
     "companions",
     "draw",
     "event_bytes",
+    "further_model",
+    "prefix",
     "pump_times",
     "replay",
     "run",
     "single",
+    "split_names",
     "stream_length",
 ]
 
@@ -124,6 +127,20 @@ def companions(pca: PCA, spec: ModelSpec) -> list[ReservoirDrug]:
                 f"leave it out; the patients are simulated with {spec.name!r} ({spec.drug})"
             )
     return out
+
+
+def further_model(drug: ReservoirDrug) -> ModelSpec:
+    """The PK model a further drug of the reservoir names, refused unless it is a linear
+    model of that drug."""
+    spec = load_model(drug.model)
+    if spec.drug.strip().lower() != drug.drug.strip().lower():
+        raise RegimenError(f"PCA drug {drug.drug!r}: model {spec.name!r} is a model of {spec.drug}")
+    if not spec.is_linear:
+        raise RegimenError(
+            f"PCA drug {drug.drug!r}: model {spec.name!r} is an [ode] model; the drugs of a "
+            "PCA reservoir are solved exactly (linear models)"
+        )
+    return spec
 
 
 def replay(result: PCAResult, drug: ReservoirDrug, pca: PCA, weight) -> tuple[tuple, PCAResult]:

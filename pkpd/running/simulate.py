@@ -54,12 +54,6 @@ def _prepare(model, regimen, covariates, eta, anchors=None, seed=0):
     reg = load_regimen(regimen).resolve(anchors)
     pump.check(reg, spec)
     demand = pca_pump.check(reg, spec)
-    if demand is not None and pca_pump.companions(reg.pca, spec):
-        raise RegimenError(
-            "a PCA reservoir with several drugs is simulated over a cohort only (pkpd simulate "
-            "--patients N, pkpd.simulate_cohort); for one typical-sized patient use a cohort "
-            "of one with iiv=False"
-        )
     cov = dict(covariates or {})
     if reg.uses_weight and cov.get("weight") is None:
         wcov = spec.covariates.get("weight")
@@ -234,9 +228,84 @@ def simulate(
         if bundle is not None:
             add_pd_variables(ds, bundle)
         asked = dict(windows=windows, at=at, thresholds=thresholds, ranges=ranges)
-        _add_metrics(ds, run, regimen, anchors, bundle, asked)
+        ds = _with_further_drugs(ds, run, (reg, regimen, anchors), bundle, asked, covariates, pca)
         ds.attrs[WARNINGS_ATTR] = log.attr()
     return ds
+
+
+def _with_further_drugs(ds, run: _Run, regs, bundle, asked, covariates, pca) -> xr.Dataset:
+    """The metrics of `asked` (:func:`_add_metrics`) and, for a PCA reservoir with further
+    drugs, each drug solved with its own model (typical patient at these covariates) on
+    the pump's deliveries (:func:`pkpd.running.pca.replay`): its outputs, cumulative AUCs,
+    amounts and metrics join `ds` under its prefix (``s_ketamine_cp``), as in a cohort.
+    `regs`: the regimen resolved, as given, and the event times given."""
+    reg, regimen, anchors = regs
+    drugs = pca_pump.companions(reg.pca, run.spec) if pca[1] is not None else []
+    prefixes = [pca_pump.prefix(d.drug) for d in drugs]
+    split = {k: pca_pump.split_names(v, prefixes) for k, v in asked.items()}
+    own = {k: v[0] if k in ("thresholds", "ranges") else asked[k] for k, v in split.items()}
+    _add_metrics(ds, run, regimen, anchors, bundle, own)
+    weight = np.array([run.covariates.get("weight", np.nan)], dtype=float)
+    for k, (drug, p) in enumerate(zip(drugs, prefixes, strict=True)):
+        cspec = pca_pump.further_model(drug)
+        full = cspec.covariate_values(dict(covariates or {}), stacklevel=5)
+        theta = cspec.individual_parameters(full, None, warn=False)
+        (t, rate, bolus), _ = pca_pump.replay(pca[1], drug, reg.pca, weight)
+        crun = _Run(cspec, theta, full, EventTable(t[0], rate[0], bolus[0]), None,
+                    run.method, run.rtol, run.atol, run.memory_limit)  # fmt: skip
+        dc = _dataset(crun, ds.time.values, reg, regimen, anchors, False)
+        theirs = {n: v[1][k] if n in ("thresholds", "ranges") else asked[n]
+                  for n, v in split.items()}  # fmt: skip
+        _add_metrics(dc, crun, regimen, anchors, None, theirs)
+        ds = _merge_further_drug(ds, dc, p)
+    return ds
+
+
+#: One patient's metric variables by dimension, and the coordinates holding output names.
+_METRIC_DIMS = (
+    ("output", ("auc", "c_at"), ()),
+    ("threshold", ("time_above",), ("threshold_output",)),
+    ("range", ("time_within",), ("range_output",)),
+)
+
+
+def _merge_further_drug(ds: xr.Dataset, dc: xr.Dataset, p: str) -> xr.Dataset:
+    """`ds` with a further drug's one-patient results `dc`: time series renamed with the
+    prefix `p` (``cp`` -> ``s_ketamine_cp``, ``auc_cp`` -> ``auc_s_ketamine_cp``,
+    ``amount_central`` -> ``amount_s_ketamine_central``), metrics along ``output`` and
+    ``threshold``/``range`` after the main model's, its model's provenance in attrs."""
+    data = {}
+    for v in dc.data_vars:
+        da = dc[v]
+        if da.dims == ("time",):
+            head, _, tail = str(v).partition("_")
+            if head in ("auc", "amount", "eliminated") and tail:
+                name = f"{head}_{p}{tail}"
+            elif v == "dose_given":
+                name = f"dose_given_{p.rstrip('_')}"
+            else:
+                name = f"{p}{v}"
+            data[name] = da
+    merged = ds.assign(data)
+    for dim, v, names in _METRIC_DIMS:
+        if dim not in dc.coords:
+            continue
+        dcx = dc[[x for x in v if x in dc]].assign_coords(
+            {dim: [p + str(x) for x in dc[dim].values],
+             **{c: dc[c].copy(data=[p + str(x) for x in dc[c].values]) for c in names}}
+        )  # fmt: skip
+        if dim in merged.coords:
+            both = xr.concat([merged[[x for x in v if x in merged]], dcx], dim=dim,
+                             coords="minimal", compat="override", join="override")  # fmt: skip
+            merged = merged.drop_vars(
+                [x for x in v if x in merged] + [c for c in merged.coords if dim in merged[c].dims]
+            )
+            merged = merged.assign(both)
+        else:
+            merged = merged.assign(dcx)
+    merged.attrs.update({f"companion_{p}{k}": val for k, val in dc.attrs.items()
+                         if k.startswith("model")})  # fmt: skip
+    return merged
 
 
 def _add_pumps(ds: xr.Dataset, reg: Regimen, covariates: dict, pca) -> None:
@@ -554,8 +623,25 @@ def pca_lines(ds) -> list[str]:
         "empty",
         f"PCA delivered {amount_text(a['pca_dose_mg'])} over its run (boluses and "
         f"background){course}",
+        *_further_amounts(ds),
         f"demand model {a['pca_demand_model']}: {n_assumed} assumed values (not calibrated "
         "against observed PCA use)",
+    ]
+
+
+def _further_amounts(ds) -> list[str]:
+    """The amounts of a PCA reservoir's further drugs over the run (one line, or none)."""
+    parts = []
+    for key in [k for k in ds.attrs if k.startswith("companion_") and k.endswith("_model")]:
+        p = key[len("companion_") : -len("model")]
+        given = ds.get(f"dose_given_{p.rstrip('_')}")
+        if given is not None:
+            parts.append(f"{ds.attrs.get(f'{key}_drug', p)} {amount_text(float(given[-1]))}")
+    if not parts:
+        return []
+    return [
+        f"PCA also delivered {', '.join(parts)} by {float(ds.time[-1]):g} h; the demand "
+        "follows the main drug alone (no cited interaction)"
     ]
 
 
