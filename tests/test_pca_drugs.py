@@ -297,3 +297,17 @@ def test_one_patient_gets_each_drug_of_the_reservoir_exactly():
         50.0 / 0.2 * (0.002 * d.size + 0.001 * 30.0), rel=1e-12
     )
     assert list(ds.threshold_output.values) == ["s_ketamine_cp"]
+
+
+def test_the_report_shows_each_drug_and_counts_as_counts(tmp_path):
+    import html
+    import re
+
+    from pkpd.output.report import render_report
+
+    ds = pkpd.simulate_cohort(SUF, PUMP, n=60, **KW)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", render_report(ds)))
+    text = re.sub(r"\s+", " ", text)
+    demands = float(np.median(ds.pca_demands.values))
+    assert re.search(rf"pca_demands PCA demands [^%]*? count {demands:g} \(", text)
+    assert "pca_drug_dose [S-ketamine]" in text and "cmax [s_ketamine_cp]" in text

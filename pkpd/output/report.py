@@ -165,9 +165,12 @@ def _what(ds, name) -> str:
 
 
 def _is_fraction(ds, name) -> bool:
-    """A probability or share (unit "1", no output dimension): shown in percent."""
+    """A probability or share (unit "1", real-valued, no output dimension): shown in
+    percent. A count (unit "1", integer: PCA demands) is not a share."""
     da = ds[name]
-    return str(da.attrs.get("units", "")) == "1" and "output" not in da.dims
+    return (
+        str(da.attrs.get("units", "")) == "1" and "output" not in da.dims and da.dtype.kind == "f"
+    )
 
 
 def _unit(ds, name, sel) -> str:
@@ -176,6 +179,8 @@ def _unit(ds, name, sel) -> str:
         return str(ds.output_units.values[sel["output"]])
     if _is_fraction(ds, name):
         return "%"
+    if da.dtype.kind in "iu" and str(da.attrs.get("units", "")) == "1":
+        return "count"
     return str(da.attrs.get("units", "") or "")
 
 

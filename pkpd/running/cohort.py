@@ -1811,6 +1811,8 @@ def _merge_companion(ds: xr.Dataset, dc: xr.Dataset, c: Companion) -> xr.Dataset
             merged[v].attrs["units"] = u
     spec = c.setup.spec
     merged.attrs.update({f"companion_{p}{k}": v for k, v in spec.provenance_attrs().items()})
+    if "n_failed" in merged.attrs:  # a patient failed if either drug failed
+        merged.attrs["n_failed"] = int((merged.status.values != 0).sum())
     return merged
 
 
