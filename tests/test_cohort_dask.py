@@ -100,13 +100,16 @@ def test_dask_bands_equal_single_process_bands(dask_with_trajectories, single_wi
 
 def test_a_pca_cohort_on_a_local_cluster_equals_the_single_process_one():
     """The PCA pump's demand streams are drawn per block from the seed: Dask workers
-    change nothing either (issue 17)."""
+    change nothing either (issue 17), the further drugs of its reservoir included (the
+    shipped three-drug reservoir: the sufentanil pump's loop, then S-ketamine and
+    dexmedetomidine on its deliveries, each with its own random-effect stream)."""
     kw = dict(n=2500, seed=5, chunk_size=1024, until="30 h", every="15 min",
               at={"day1": "end_of_surgery + 24 h"}, bands=False)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        args = ("gepts1995_sufentanil", "spine_fusion_sufentanil_pca", "spine_fusion_china")
+        args = ("gepts1995_sufentanil", "spine_fusion_multimodal_pca", "spine_fusion_china")
         single = simulate_cohort(*args, **kw)
         distributed = simulate_cohort(*args, dask="local", **kw)
     assert "pca_deliveries" in single and single.pca_deliveries.sum() > 0
+    assert "s_ketamine_cp" in single.output.values and "param_s_ketamine_CL" in single
     assert_same(single, distributed)

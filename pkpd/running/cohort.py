@@ -5,10 +5,11 @@ Reproducibility
 Patients are grouped in fixed blocks of :data:`BLOCK` consecutive indices. Block ``b`` draws
 its random numbers from generators seeded with ``SeedSequence(seed, spawn_key=(b, purpose))``
 (one independent stream per purpose: covariates, random effects, event times, residual
-error), always for the whole block. A patient's draws therefore depend only on the seed and
-its index: the same seed gives the same cohort, bit for bit, whatever the chunk size, the
-number of threads or of Dask workers, and the first M patients of a cohort of N are the
-cohort of M. Random numbers are drawn in numpy, outside numba.
+error, a PCA pump's demands, and the random effects and residual errors of each further
+drug of its reservoir), always for the whole block. A patient's draws therefore depend
+only on the seed and its index: the same seed gives the same cohort, bit for bit,
+whatever the chunk size, the number of threads or of Dask workers, and the first M
+patients of a cohort of N are the cohort of M. Random numbers are drawn in numpy, outside numba.
 
 Memory
 ------
@@ -1166,7 +1167,6 @@ def _bands(req: CohortRequest, spec, store_out, store_stride, grid, step, keep_a
     keep_any = bool(store_out) if keep_any is None else keep_any
     if bands and keep_any:  # bands of the kept outputs (of every drug), at their times
         band_outputs = list(store_out)
-    if bands and keep_any:
         n_store_t = (grid.size - 1) // store_stride + 1
         band_stride = store_stride * max(1, math.ceil(n_store_t / _MAX_BAND_POINTS))
     else:
