@@ -311,3 +311,9 @@ def test_the_report_shows_each_drug_and_counts_as_counts(tmp_path):
     demands = float(np.median(ds.pca_demands.values))
     assert re.search(rf"pca_demands PCA demands [^%]*? count {demands:g} \(", text)
     assert "pca_drug_dose [S-ketamine]" in text and "cmax [s_ketamine_cp]" in text
+
+
+def test_an_unknown_output_is_named_with_the_further_drugs_outputs():
+    for kw in ({"trajectories": ["ketamine_cp"]}, {"thresholds": {"ketamine_cp": ["1 ng/mL"]}}):
+        with pytest.raises(PkpdError, match=r"'ketamine_cp'.*further drugs: s_ketamine_cp, "):
+            pkpd.simulate_cohort(SUF, PUMP, n=10, **{**KW, **kw})

@@ -1036,7 +1036,9 @@ def _plan(req: CohortRequest) -> _Plan:
     trajectories, comp_traj = pca_pump.split_names(trajectories, prefixes)
     thresholds, comp_thr = pca_pump.split_names(req.thresholds, prefixes)
     ranges, comp_rng = pca_pump.split_names(req.ranges, prefixes)
-    store_out, pd_store = _store_outputs(trajectories, spec.output_names, pd_outs)
+    store_out, pd_store, thr, rng = _main_outputs(
+        (trajectories, thresholds, ranges), spec, pd_outs, drugs, prefixes
+    )
     keep_any = bool(store_out) or any(bool(t) for t in comp_traj)
     store_stride = _stride(req.trajectory_every, step, "trajectory_every") if keep_any else 1
     win = (
@@ -1045,8 +1047,6 @@ def _plan(req: CohortRequest) -> _Plan:
         else {"total": (f"{float(grid[0])!r} h", f"{float(grid[-1])!r} h")}
     )
     at_ = dict(req.at) if req.at is not None else {a: a for a in sorted(reg.anchor_names)}
-    thr = _thresholds(thresholds, spec, pd_outs)
-    rng = _ranges(ranges, spec, pd_outs)
     chunk = max(BLOCK, math.ceil(req.chunk_size / BLOCK) * BLOCK)
     zarr_out = req.out is not None and str(req.out).lower().endswith(".zarr")
     if req.out is not None and not zarr_out:
@@ -1109,6 +1109,28 @@ def _pd_and_stereo(req: CohortRequest):
     bundle = augment_model(spec, names, req.pd_parameters, stacklevel=2 + _CALLER_FRAMES)
     extra.update(pd_attrs(bundle))
     return bundle.model, regimen, pd_outputs(bundle), extra
+
+
+def _main_outputs(asked, spec, pd_outs, drugs, prefixes):
+    """The main model's kept outputs, PD trajectories, thresholds and ranges from `asked`
+    (trajectories, thresholds, ranges: those without a further drug's prefix); an unknown
+    output's error also lists the further drugs' outputs."""
+    traj, thresholds, ranges = asked
+    try:
+        store_out, pd_store = _store_outputs(traj, spec.output_names, pd_outs)
+        return (
+            store_out,
+            pd_store,
+            _thresholds(thresholds, spec, pd_outs),
+            _ranges(ranges, spec, pd_outs),
+        )
+    except CohortError as exc:
+        if not drugs:
+            raise
+        further = [p + o for d, p in zip(drugs, prefixes, strict=True)
+                   for o in pca_pump.further_model(d).output_names]  # fmt: skip
+        raise CohortError(f"{exc}, or of the PCA reservoir's further drugs: "
+                          f"{', '.join(further)}") from None  # fmt: skip
 
 
 def _companion(req, setup: CohortSetup, k: int, drug, prefix: str, asked, how, defaults):
