@@ -44,6 +44,17 @@ def test_logistic_and_likelihood_against_hand_values():
     # no drug, no event; extreme arguments stay finite
     assert R.logistic_probability(-np.inf, 3.0, 0.5) == 0.0
     assert R.logistic_probability(np.array([-800.0, 800.0]), 0.0, 1.0).tolist() == [0.0, 1.0]
+    # Each branch as written (1 / (1 + exp(-z)) for z >= 0, exp(z) / (1 + exp(z)) below),
+    # bit for bit, over a broadcast grid with infinities, NaN, zero and negative slopes.
+    rng = np.random.default_rng(3)
+    u = np.concatenate([rng.normal(0, 3, 200), [-np.inf, np.inf, np.nan, 0.0, 1e308]])[:, None]
+    a = np.concatenate([rng.normal(0, 5, 50), [0.0, -700.0, 700.0]])[None, :]
+    g = np.concatenate([np.abs(rng.normal(3, 2, 50)), [0.0, -1.0, 2.0]])[None, :]
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = np.where(np.isneginf(u) & (g > 0), -np.inf, a + g * u)
+        ref = np.where(z >= 0, 1.0 / (1.0 + np.exp(-z)), np.exp(z) / (1.0 + np.exp(z)))
+    np.testing.assert_array_equal(R.logistic_probability(u, a, g), ref)
+    assert np.ndim(R.logistic_probability(0.5, 1.0, 2.0)) == 0
     # binomial log-likelihood without the constant, 0 ln 0 = 0
     ll = R.log_likelihood([0.1, 0.3], [10, 20], [1, 5])
     assert ll == pytest.approx(

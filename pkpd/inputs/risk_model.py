@@ -388,9 +388,13 @@ def logistic_probability(u, alpha, gamma) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         z = np.asarray(alpha, float) + np.asarray(gamma, float) * u
     z = np.where(np.isneginf(u) & (np.asarray(gamma) > 0), -np.inf, z)
-    out = np.empty(np.shape(z))
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
+    # 1 / (1 + exp(-z)) for z >= 0 and exp(z) / (1 + exp(z)) below (NaN stays NaN), with
+    # e = exp(-|z|) computed once in place: the same operations on the same values as
+    # evaluating each branch on its own subset, without the masked copies.
+    e = np.array(np.abs(z), dtype=float)  # an array also for a scalar z (0-d)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    out = np.where(z >= 0, 1.0, e)
+    e += 1.0
+    np.divide(out, e, out=out)
     return out
