@@ -199,6 +199,12 @@ def test_a_further_drug_needs_its_model_and_the_model_of_that_drug(tmp_path):
         pkpd.simulate_cohort(SUF, wrong, n=10, **KW)
     with pytest.raises(PkpdError, match="is a model of oxycodone"):
         pkpd.simulate(SUF, wrong, {"weight": 70})
+    # The patients' drug may name its model only if it is the one they are simulated with.
+    named = PUMP.replace("max 250 ug,", "max 250 ug model " + SUF + ",")
+    assert pkpd.simulate_cohort(SUF, named, n=5, **KW).sizes["patient"] == 5
+    other = PUMP.replace("max 250 ug,", "max 250 ug model " + KET + ",")
+    with pytest.raises(PkpdError, match="names model 'fanta2015_otto2021' for sufentanil"):
+        pkpd.simulate_cohort(SUF, other, n=5, **KW)
 
 
 def test_the_shipped_multimodal_reservoir_reads_back_and_runs_to_zarr(tmp_path):

@@ -118,6 +118,12 @@ def companions(pca: PCA, spec: ModelSpec) -> list[ReservoirDrug]:
     """The reservoir's drugs other than the patients' model's, in the file's order; each
     must name its PK model (``model = ...``)."""
     main = _reservoir(pca, spec)
+    if main.model is not None and load_model(main.model).name != spec.name:
+        raise RegimenError(
+            f"the PCA reservoir names model {main.model!r} for {main.drug} but the patients are "
+            f"simulated with {spec.name!r}: leave the patients' drug without a model, or "
+            "simulate with that model"
+        )
     out = [d for d in pca.drugs if d is not main]
     for d in out:
         if d.model is None:
