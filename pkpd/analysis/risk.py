@@ -55,6 +55,7 @@ from pkpd.analysis import risk_domain as domain
 from pkpd.analysis.exposure import Target, binomial_interval, pta, target_cohort_kwargs
 from pkpd.errors import ProvenanceWarning, RiskError
 from pkpd.inputs.files import read_library_file
+from pkpd.inputs.pca import further_drugs
 from pkpd.inputs.risk_model import (
     ARM_USES,
     EXPOSURE_METRICS,
@@ -641,8 +642,7 @@ def required_cohort_kwargs(risk_or_target) -> dict:
 
 def _check_model(ds, risk: RiskModel, strict: bool):
     model = ds.attrs.get("model")
-    further = {str(v) for k, v in ds.attrs.items() if k.startswith("companion_")
-               and k.endswith("_model")}  # fmt: skip
+    further = {m for _, _, m in further_drugs(ds.attrs)}
     if model != risk.pk_model and risk.pk_model in further:
         # Its output in `ds` is the further drug's (s_ketamine_cp): never the main model's.
         raise RiskError(

@@ -41,7 +41,18 @@ from pkpd.errors import RegimenError, UnitError, where
 from pkpd.inputs.reader import Reader
 from pkpd.inputs.units import Parsed, exact_time_text, parse_quantity, time_ref
 
-__all__ = ["PCA", "Limit", "ReservoirDrug", "parse_pca", "prefix", "read_pca", "split_names"]
+__all__ = [
+    "FURTHER_ATTR",
+    "PCA",
+    "Limit",
+    "ReservoirDrug",
+    "further_attrs",
+    "further_drugs",
+    "parse_pca",
+    "prefix",
+    "read_pca",
+    "split_names",
+]
 
 #: Shortest lockout accepted (h): a pump with no lockout has no safety interval.
 MIN_LOCKOUT = 1.0 / 60.0
@@ -204,6 +215,28 @@ def prefix(drug: str) -> str:
     """The prefix of a further drug's outputs and parameters in results:
     ``"S-ketamine"`` -> ``"s_ketamine_"``."""
     return re.sub(r"[^0-9a-z]+", "_", drug.strip().lower()).strip("_") + "_"
+
+
+#: Result attributes of a further drug's model: ``companion_<prefix><provenance key>``
+#: (``companion_s_ketamine_model``, ``companion_s_ketamine_model_citation``, ...).
+FURTHER_ATTR = "companion_"
+
+
+def further_attrs(drug_prefix: str, provenance: dict) -> dict:
+    """A further drug's model provenance (``model``, ``model_title``, ...) as result
+    attributes under its prefix."""
+    return {f"{FURTHER_ATTR}{drug_prefix}{k}": v for k, v in provenance.items()}
+
+
+def further_drugs(attrs) -> list[tuple[str, str, str]]:
+    """``(prefix, drug, model)`` of each further drug a result's attributes record
+    (:func:`further_attrs`), in their order."""
+    out = []
+    for k, v in attrs.items():
+        if k.startswith(FURTHER_ATTR) and k.endswith("_model"):
+            p = k[len(FURTHER_ATTR) : -len("model")]
+            out.append((p, str(attrs.get(f"{k}_drug", p)), str(v)))
+    return out
 
 
 def split_names(value, prefixes: list[str]):

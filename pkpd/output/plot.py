@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pkpd.errors import PkpdError, PlotError
+from pkpd.inputs.pca import further_drugs
 from pkpd.inputs.pca import prefix as drug_prefix
 
 __all__ = [
@@ -120,12 +121,8 @@ def plot_concentrations(
 
 def _drug_groups(ds, conc) -> list[tuple[str | None, list]]:
     """The concentration series by drug: the model's, then each further drug of a PCA
-    reservoir (``companion_<prefix>model`` attributes, series named ``<prefix>...``)."""
-    prefixes = {
-        k[len("companion_") : -len("model")]: str(ds.attrs.get(f"{k}_drug", ""))
-        for k in ds.attrs
-        if k.startswith("companion_") and k.endswith("_model")
-    }
+    reservoir (:func:`pkpd.inputs.pca.further_drugs`, series named ``<prefix>...``)."""
+    prefixes = {p: drug for p, drug, _ in further_drugs(ds.attrs)}
     groups: list[tuple[str | None, list]] = [(None, [])]
     groups += [(drug, []) for drug in prefixes.values()]
     for v in conc:

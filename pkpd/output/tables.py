@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pkpd.inputs.pca import prefix as drug_prefix
+from pkpd.inputs.pca import FURTHER_ATTR, further_drugs
 from pkpd.inputs.units import amount_text
 from pkpd.running.variables import PCA_SUMMARY
 
@@ -221,12 +221,11 @@ def companion_lines(ds) -> list[str]:
     """One line per further drug of a PCA reservoir (a cohort's or one patient's result):
     its model and the prefix of its outputs."""
     out = []
-    for key in [k for k in ds.attrs if k.startswith("companion_") and k.endswith("_model")]:
-        drug = ds.attrs.get(f"{key}_drug", "?")
-        checked = ds.attrs.get(f"{key}_verification", "?")
+    for p, drug, model in further_drugs(ds.attrs):
+        checked = ds.attrs.get(f"{FURTHER_ATTR}{p}model_verification", "?")
         out.append(
-            f"  and {drug} from the PCA reservoir: model {ds.attrs[key]} (parameters: "
-            f"{checked}); outputs {drug_prefix(str(drug))}*"
+            f"  and {drug} from the PCA reservoir: model {model} (parameters: {checked}); "
+            f"outputs {p}*"
         )
     return out
 

@@ -100,6 +100,7 @@ from pkpd.errors import (
 )
 from pkpd.inputs.demand import load_demand
 from pkpd.inputs.model import ModelSpec, cohort_inputs, load_model, output_scales
+from pkpd.inputs.pca import further_attrs
 from pkpd.inputs.pd import PDOutput, augment_model, pd_attrs, pd_outputs
 from pkpd.inputs.population import CovariateTable, load_population
 from pkpd.inputs.regimen import Bolus, Regimen, _time_ref, load_regimen
@@ -1832,7 +1833,7 @@ def _merge_companion(ds: xr.Dataset, dc: xr.Dataset, c: Companion) -> xr.Dataset
         if v in merged:
             merged[v].attrs["units"] = u
     spec = c.setup.spec
-    merged.attrs.update({f"companion_{p}{k}": v for k, v in spec.provenance_attrs().items()})
+    merged.attrs.update(further_attrs(p, spec.provenance_attrs()))
     if "n_failed" in merged.attrs:  # a patient failed if either drug failed
         merged.attrs["n_failed"] = int((merged.status.values != 0).sum())
     return merged

@@ -159,8 +159,7 @@ def replay(result: PCAResult, drug: ReservoirDrug, pca: PCA, weight) -> tuple[tu
     compartments are driven by the pump alone), so each drug solved with these rows is the
     exact solution of the union."""
     weight = np.broadcast_to(np.asarray(weight, dtype=float), result.t_on.shape)
-    _check_weight(pca, drug, weight)
-    conc = np.array([drug.concentration_for(w, pca.volume) for w in weight])  # mg/L
+    conc = _concentrations(pca, drug, weight)  # mg/L
     r = dataclasses.replace(result, bolus=conc * pca.bolus, background=conc * pca.background,
                             delivery_c=np.full_like(result.delivery_c, np.nan))  # fmt: skip
     n = weight.size
@@ -168,7 +167,9 @@ def replay(result: PCAResult, drug: ReservoirDrug, pca: PCA, weight) -> tuple[tu
     return _with_pump(empty, empty, empty, r), r
 
 
-def _check_weight(pca: PCA, drug: ReservoirDrug, weight: np.ndarray) -> None:
+def _concentrations(pca: PCA, drug: ReservoirDrug, weight: np.ndarray) -> np.ndarray:
+    """`drug`'s concentration in the reservoir for each patient (mg/L), refused for a per-kg
+    amount without every patient's weight."""
     if (
         drug.amount is not None
         and drug.amount.per_kg
@@ -177,6 +178,7 @@ def _check_weight(pca: PCA, drug: ReservoirDrug, weight: np.ndarray) -> None:
         raise RegimenError(
             f"the PCA reservoir's amount of {drug.drug} is per kg: every patient needs a weight"
         )
+    return np.array([drug.concentration_for(w, pca.volume) for w in weight])
 
 
 def check(regimen: Regimen, spec: ModelSpec) -> DemandModel | None:
@@ -291,8 +293,7 @@ def run(regimen: Regimen, spec: ModelSpec, demand: DemandModel, theta, weight, a
     n = theta.shape[0]
     weight = np.asarray(weight, dtype=float)
     drug = _reservoir(pca, spec)
-    _check_weight(pca, drug, weight)
-    conc = np.array([drug.concentration_for(w, pca.volume) for w in weight])  # mg/L
+    conc = _concentrations(pca, drug, weight)  # mg/L
     bol, bg = conc * pca.bolus, conc * pca.background
     res_mg = conc * pca.volume if pca.volume is not None else np.full(n, np.inf)
     lim_w = np.array([lim.per for lim in pca.limits], dtype=float)

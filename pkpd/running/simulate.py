@@ -15,6 +15,7 @@ from pkpd.engine.solvers.exact import propagate
 from pkpd.engine.solvers.expm import expm_work
 from pkpd.errors import ModelError, RegimenError, SimulationError
 from pkpd.inputs.model import PEAK_ATTRS, ModelSpec, dataset_variables, load_model, output_scales
+from pkpd.inputs.pca import further_attrs, further_drugs
 from pkpd.inputs.pd import add_pd_variables, augment_model, pd_outputs
 from pkpd.inputs.regimen import Bolus, EventTable, Infusion, Regimen, _time_ref, load_regimen
 from pkpd.inputs.stereo import check_s_ketamine_model, racemic_attrs, racemic_to_s_ketamine
@@ -257,7 +258,7 @@ def _with_further_drugs(ds, run: _Run, regs, bundle, asked, covariates, pca) -> 
         theirs = {n: v[1][k] if n in ("thresholds", "ranges") else asked[n]
                   for n, v in split.items()}  # fmt: skip
         _add_metrics(dc, crun, regimen, anchors, None, theirs)
-        ds = _merge_further_drug(ds, dc, p)
+        ds = _merge_further_drug(ds, dc, p, cspec.provenance_attrs())
     return ds
 
 
@@ -269,11 +270,11 @@ _METRIC_DIMS = (
 )
 
 
-def _merge_further_drug(ds: xr.Dataset, dc: xr.Dataset, p: str) -> xr.Dataset:
+def _merge_further_drug(ds: xr.Dataset, dc: xr.Dataset, p: str, provenance) -> xr.Dataset:
     """`ds` with a further drug's one-patient results `dc`: time series renamed with the
     prefix `p` (``cp`` -> ``s_ketamine_cp``, ``auc_cp`` -> ``auc_s_ketamine_cp``,
     ``amount_central`` -> ``amount_s_ketamine_central``), metrics along ``output`` and
-    ``threshold``/``range`` after the main model's, its model's provenance in attrs."""
+    ``threshold``/``range`` after the main model's, its model's `provenance` in attrs."""
     data = {}
     for v in dc.data_vars:
         da = dc[v]
@@ -303,8 +304,7 @@ def _merge_further_drug(ds: xr.Dataset, dc: xr.Dataset, p: str) -> xr.Dataset:
             merged = merged.assign(both)
         else:
             merged = merged.assign(dcx)
-    merged.attrs.update({f"companion_{p}{k}": val for k, val in dc.attrs.items()
-                         if k.startswith("model")})  # fmt: skip
+    merged.attrs.update(further_attrs(p, provenance))
     return merged
 
 
@@ -632,11 +632,10 @@ def pca_lines(ds) -> list[str]:
 def _further_amounts(ds) -> list[str]:
     """The amounts of a PCA reservoir's further drugs over the run (one line, or none)."""
     parts = []
-    for key in [k for k in ds.attrs if k.startswith("companion_") and k.endswith("_model")]:
-        p = key[len("companion_") : -len("model")]
+    for p, drug, _ in further_drugs(ds.attrs):
         given = ds.get(f"dose_given_{p.rstrip('_')}")
         if given is not None:
-            parts.append(f"{ds.attrs.get(f'{key}_drug', p)} {amount_text(float(given[-1]))}")
+            parts.append(f"{drug} {amount_text(float(given[-1]))}")
     if not parts:
         return []
     return [
