@@ -102,3 +102,51 @@ def test_design_reference_cohort(benchmark):
     run()
     benchmark.pedantic(run, rounds=2, iterations=1)
     benchmark.extra_info["patient_simulations"] = 250_000
+
+
+# ----------------------------------------------------------------------------- README cohort
+# The first row: the README's cohort command (100,000 patients, two anchored AUC
+# windows, a threshold, an anchored time, streaming bands, a `.zarr` store and the band
+# figure), next to the same cohort in summary mode (`--no-bands`, no metrics, `.zarr`),
+# from the command in the same run (group ``readme-cohort``). Goal: the first at 0.7x the
+# second's rate or better.
+README_COHORT = [
+    "--quiet",
+    "simulate",
+    "fanta2015_otto2021",
+    "lumbar_fusion_esketamine",
+    "--patients",
+    "100000",
+    "--population",
+    "spine_fusion_china",
+    "--seed",
+    "1",
+]
+README_METRICS = ["--window", "intraop=0h..end_of_surgery",
+                  "--window", "postop24=end_of_surgery..end_of_surgery+24h",
+                  "--threshold", "cp=50ng/mL", "--at", "eos=end_of_surgery"]  # fmt: skip
+
+
+def _readme_run(benchmark, tmp_path, extra):
+    out = tmp_path / "cohort.zarr"
+
+    def run():
+        if out.is_dir():
+            shutil.rmtree(out)
+        r = CliRunner().invoke(main, [*README_COHORT, *extra, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+
+    run()
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["patients"] = 100_000
+    benchmark.extra_info["patients_per_s"] = 100_000 / benchmark.stats.stats.median
+
+
+@pytest.mark.benchmark(group="readme-cohort")
+def test_readme_cohort(benchmark, tmp_path):
+    _readme_run(benchmark, tmp_path, [*README_METRICS, "--plot", str(tmp_path / "bands.png")])
+
+
+@pytest.mark.benchmark(group="readme-cohort")
+def test_readme_cohort_summary(benchmark, tmp_path):
+    _readme_run(benchmark, tmp_path, ["--no-bands"])

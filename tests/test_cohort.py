@@ -31,6 +31,7 @@ import os
 import re
 import warnings
 
+import numba
 import numpy as np
 import pytest
 import xarray as xr
@@ -936,6 +937,79 @@ def test_summary_mode_skips_no_point_that_matters():
     # ... and Cmax is the maximum of the stored trajectory (grid points and dose events).
     traj_max = full.trajectory.max("time").values
     assert np.all(full.cmax.values >= traj_max * (1 - 1e-6))
+
+
+# A bolus whose peak stays the running maximum, then an infusion that rises through the
+# levels below it: blocks that cross a level upwards while Cmax allows skipping them.
+_BOLUS_THEN_RISE = "1 mg/kg bolus at 0 h; 0.4 mg/kg/h from 6 h to 12 h"
+
+
+@pytest.mark.parametrize(
+    ("regimen", "every", "at"),
+    [(REGIMEN, "1 min", EOS), (REGIMEN, "7 min", EOS), (_BOLUS_THEN_RISE, "1 min", "6h")],
+)
+def test_summary_mode_with_thresholds_equals_the_full_evaluation(regimen, every, at):
+    """With thresholds the exact kernel still skips a block when every threshold lies
+    wholly on one side of its points (nothing, or the block's whole length, is added to
+    the time above; `record.threshold_side`). Levels that are crossed downwards and
+    upwards, held above for hours (and exactly 0, where the first point sits on the
+    level), never reached, and a range: every metric must be that of a run that evaluates
+    every grid point, bit for bit."""
+    kw = dict(
+        n=300, seed=11, until="48 h", every=every, bands=False, at={"at": at},
+        windows={"after": (at, f"{at} + 24 h" if at == EOS else "30 h")},
+        thresholds={"cp": ["0 ng/mL", "5 ng/mL", "50 ng/mL", "1e6 ng/mL"],
+                    "cp_norketamine": ["20 ng/mL"]},
+        ranges={"cp": ["30..120 ng/mL"]},
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CovariateRangeWarning)
+        summary = simulate_cohort(MODEL, regimen, POP, **kw)
+        keep = dict(trajectories=True, trajectory_dtype="float64")
+        full = simulate_cohort(MODEL, regimen, POP, **kw, **keep)
+        # Every 10th point stored: skipped blocks evaluate just those points.
+        step = 10 * int(every.split()[0])
+        thin = simulate_cohort(MODEL, regimen, POP, **kw, **keep, trajectory_every=f"{step} min")
+    for v in ("cmax", "tmax", "auc", "c_at", "status", "time_above", "time_within"):
+        np.testing.assert_array_equal(summary[v].values, full[v].values, err_msg=v)
+        np.testing.assert_array_equal(thin[v].values, full[v].values, err_msg=v)
+    np.testing.assert_array_equal(thin.trajectory.values, full.trajectory.values[..., ::10])
+    t_above = summary.time_above.values
+    np.testing.assert_allclose(t_above[:, 0], 48.0, rtol=1e-12)  # cp >= 0 throughout
+    assert np.all(t_above[:, 3] == 0.0)
+    assert 0 < np.mean(t_above[:, 2]) < np.mean(t_above[:, 1]) <= 48.0
+
+
+@pytest.mark.skipif(
+    not numba.config.DISABLE_JIT, reason="patches a kernel function: runs in make test-nojit"
+)
+@pytest.mark.parametrize("regimen", [REGIMEN, _BOLUS_THEN_RISE])
+@pytest.mark.parametrize("keep", [False, True])
+def test_blocks_settled_against_thresholds_equal_the_point_by_point_fold(
+    monkeypatch, regimen, keep
+):
+    """The exact kernel's block path folds the time above a threshold point by point only
+    where the threshold may be crossed (`kernels._thresholds_settled`); elsewhere it adds
+    nothing or the block's whole length (`record.above_run`). Against the same kernel
+    folding every block point by point (the decision patched to "may be crossed", which
+    the JIT cannot do), with and without stored trajectories: bit for bit."""
+    from pkpd.engine import kernels
+
+    kw = dict(
+        n=6, seed=3, until="48 h", every="1 min", bands=False, trajectories=keep,
+        thresholds={"cp": ["0 ng/mL", "5 ng/mL", "50 ng/mL", "1e6 ng/mL"],
+                    "cp_norketamine": ["20 ng/mL"]},
+        ranges={"cp": ["30..120 ng/mL"]},
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CovariateRangeWarning)
+        blocks = simulate_cohort(MODEL, regimen, POP, **kw)
+        monkeypatch.setattr(kernels, "_thresholds_settled", lambda *args: False)
+        points = simulate_cohort(MODEL, regimen, POP, **kw)
+    names = ["cmax", "tmax", "auc", "status", "time_above", "time_within"]
+    for v in names + (["trajectory"] if keep else []):
+        np.testing.assert_array_equal(blocks[v].values, points[v].values, err_msg=v)
+    assert 0 < np.mean(blocks.time_above.values[:, 2]) < 48.0
 
 
 def test_cohort_request_fields_are_the_parameters_of_simulate_cohort(monkeypatch):

@@ -542,15 +542,91 @@ def _excess_bounds(phi, gg, system, D, h, cb):
 
 
 @_jit_inline
+def _thresholds_settled(o, x, rate, hi, hi_abs, blk, c_prev, thr_out, thr_val):
+    """Whether every threshold of output `o` lies wholly on one side of the block's
+    points (`record.threshold_side`), so that the time above it needs none of them: the
+    block's previous point `c_prev`, and its inner points and end bounded by ``lo <= c <=
+    hi`` (`hi` with absolute sum `hi_abs` is `_blocks`' bound; `lo` is the same sum with
+    the other table of each pair, `_block_tables`)."""
+    _RT, _Sf, Ub, Lb, Smx, Smn, _phi_c, _gg_c, _cblk = blk
+    lo = 0.0
+    lo_abs = 0.0
+    for j in range(_nr(x)):
+        xj = x[j]
+        term = (Lb[o, j] if xj >= 0.0 else Ub[o, j]) * xj
+        lo += term
+        lo_abs += abs(term)
+    term = (Smn[o] if rate >= 0.0 else Smx[o]) * rate
+    lo += term
+    lo_abs += abs(term)
+    for j in range(thr_out.shape[0]):
+        if thr_out[j] == o:
+            side = record.threshold_side(c_prev[o], lo, hi, max(lo_abs, hi_abs), thr_val[j])
+            if side == record.SIDE_UNKNOWN:
+                return False
+    return True
+
+
+@_jit_inline
+def _block_skip(x, rate, blk, cb, rows, cm, c_prev, thr_out, thr_val):
+    """Summary mode: whether a whole block's inner points may go unevaluated (`skip`),
+    whether every threshold lies wholly on one side of its points (`settled`), and how
+    many outputs `need` (written) a search for maxima between the points.
+
+    A block whose bound stays below every running maximum cannot change Cmax or Tmax.
+    The bound covers the whole block, between its points too: the larger of the start
+    and the grid points' bound, plus the most an output rises above the line between
+    two points (`_excess_bounds`). So a skipped block holds no maximum between points
+    above the running maxima either: its maxima need not be searched (`_block_peaks`).
+    With thresholds, the block must also be settled (`_thresholds_settled`)."""
+    _RT, _Sf, Ub, Lb, Smx, Smn, _phi_c, _gg_c, _cblk = blk
+    Pmax, Qmax, need = cb
+    out_state, out_scale = rows
+    skip = True
+    settled = True
+    n_need = 0
+    for o in range(cm.shape[0]):
+        bnd = 0.0
+        babs = 0.0
+        exc = Qmax[o] * abs(rate)
+        for j in range(_nr(x)):
+            xj = x[j]
+            term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
+            bnd += term
+            babs += abs(term)
+            exc += Pmax[o, j] * abs(xj)
+        term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
+        bnd += term
+        babs += abs(term)
+        if (
+            thr_out.shape[0] > 0
+            and settled
+            and not _thresholds_settled(o, x, rate, bnd, babs, blk, c_prev, thr_out, thr_val)
+        ):
+            settled = False  # a threshold may be crossed: fold every point
+            skip = False
+        c0 = out_scale[o] * x[out_state[o]]
+        if c0 > bnd:
+            bnd = c0
+        # An output whose bound stays below its running maximum has no maximum in
+        # the block that matters: its maxima between points are not searched.
+        need[o] = not record.below_max(bnd + exc, babs + abs(c0) + exc, cm[o])
+        if need[o]:
+            skip = False
+            n_need += 1
+    return skip, settled, n_need
+
+
+@_jit_inline
 def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtmp, rec, mets,
             prop, system, pk):  # fmt: skip
     """Whole blocks of BLK grid steps before `lim` (see `_block_tables`; the maxima
     between the points: `_block_peaks`); returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
-    RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk = blk
+    RT, Sf, _Ub, _Lb, _Smx, _Smn, phi_c, gg_c, cblk = blk
     _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch, cb = pk
-    Pmax, Qmax, need = cb
+    _Pmax, _Qmax, need = cb
     thr_out, thr_val, store_out, store_stride, store_scale = rec
     cmax, tmax, _auc, t_above, _c_at, traj, _status = mets
     Nr = _nr(x)
@@ -561,39 +637,10 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
     n_store = store_out.shape[0]
     Q = (BLK - 1) * n_rows
     while g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
-        # Summary mode: a block whose bound stays below every running maximum cannot
-        # change Cmax or Tmax, so its inner points need not be evaluated.
-        # The bound covers the whole block, between its points too: the larger of the
-        # start and the grid points' bound, plus the most an output rises above the line
-        # between two points (`_excess_bounds`). So a skipped block holds no maximum
-        # between points above the running maxima either: its maxima need not be
-        # searched (`_block_peaks`).
-        skip = True
-        n_need = 0
-        for o in range(n_out):
-            bnd = 0.0
-            babs = 0.0
-            exc = Qmax[o] * abs(rate)
-            for j in range(Nr):
-                xj = x[j]
-                term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
-                bnd += term
-                babs += abs(term)
-                exc += Pmax[o, j] * abs(xj)
-            term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
-            bnd += term
-            babs += abs(term)
-            c0 = out_scale[o] * x[out_state[o]]
-            if c0 > bnd:
-                bnd = c0
-            # An output whose bound stays below its running maximum has no maximum in
-            # the block that matters: its maxima between points are not searched.
-            need[o] = not record.below_max(bnd + exc, babs + abs(c0) + exc, cm[o])
-            if need[o]:
-                skip = False
-                n_need += 1
-        if record.rows_needed(n_thr, n_store, next_store, g + BLK - 2):
-            skip = False
+        skip, settled, n_need = _block_skip(x, rate, blk, cb, rows, cm, c_prev, thr_out, thr_val)
+        stored = record.rows_stored(n_store, next_store, g + BLK - 2)
+        if stored and store_stride == 1:
+            skip = False  # every point is stored, so every point is folded too
         # The BLK-1 inner points of the block at once: a mat-vec whose inner loop
         # runs over (point, output) pairs, contiguous in RT, so it vectorises.
         if not skip:
@@ -602,6 +649,15 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 for j in range(Nr):  # Nr is a literal in `kernel_for` copies: unrolled
                     acc += RT[j, q] * x[j]
                 cblk[q] = acc
+        elif stored:
+            # A skipped block's stored inner points (the points of streaming bands, a
+            # few per block), by the same sums as above.
+            for gs in range(next_store, g + BLK - 1, store_stride):
+                for q in range((gs - g) * n_rows, (gs - g + 1) * n_rows):
+                    acc = Sf[q] * rate
+                    for j in range(Nr):
+                        acc += RT[j, q] * x[j]
+                    cblk[q] = acc
         if n_need > 0:
             for j in range(Nr):
                 xs[j] = x[j]
@@ -611,15 +667,22 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                 dprev[o] = peaks.deriv(x, rate, D, E, o)
         else:
             _block_peaks(x, rate, g, t, grid, blk, prop, system, pk, cm, tm, xtmp, need)
-        if n_thr == 0:
-            # No threshold to integrate: a tight Cmax/Tmax loop over the block, then
-            # the stored points of the block, if any.
+        if settled:
+            # No threshold crossed (or none to integrate): a tight Cmax/Tmax loop over
+            # the block, then the stored points of the block, if any, and the time above
+            # of the thresholds the block lies above.
             for o in range(n_out if not skip else 0):
                 cm[o], tm[o] = record.fold_run(cblk, o, n_rows, BLK - 1, grid, g, cm[o], tm[o])
             g_last = g + BLK - 1
             t = grid[g_last]
             _eval_outputs(x, out_state, out_scale, c)
             record.fold_max(t, c, cm, tm)
+            for j in range(n_thr):  # each wholly on one side: the end point says which
+                if c[thr_out[j]] > thr_val[j]:
+                    record.above_run(p, j, grid, g, BLK, t_prev, t_above)
+            if n_thr > 0:
+                for o in range(n_out):
+                    c_prev[o] = c[o]
             while n_store > 0 and next_store <= g_last:
                 gi = next_store // store_stride
                 kk = next_store - g

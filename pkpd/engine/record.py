@@ -26,10 +26,13 @@ bolus, then the point after it; special times and the grid point at that same ti
 recorded after the event (right-continuous values).
 
 Summary mode. Rows that cannot change a metric need not be evaluated at all: when no
-threshold is integrated and no trajectory row is stored among them (:func:`rows_needed`),
-and the stepper can bound every output over those rows below its running maximum
-(:func:`below_max`), the rows are skipped. The exact kernel skips whole blocks of grid
-points this way; the Dopri5 driver applies the same rule to the rows of one step.
+trajectory row is stored among them (:func:`rows_stored`), the stepper can bound every
+output over those rows below its running maximum (:func:`below_max`) and, for every
+threshold, the rows lie wholly on one side of it (:func:`threshold_side`: then the time
+above is nothing, or the run's whole length, :func:`above_run`), the rows are skipped. The
+exact kernel skips whole blocks of grid points this way; the adaptive solvers apply the
+rule to the rows of one step, but evaluate every row when a threshold is integrated
+(:func:`rows_needed`).
 
 Everything here takes plain arrays and scalars and allocates nothing, so that it can be
 compiled for a GPU (numba CUDA device functions) as well as for the CPU.
@@ -44,6 +47,11 @@ import numpy as np
 SPECIAL_WINDOW_START = 0
 SPECIAL_WINDOW_END = 1
 SPECIAL_ANCHOR = 2
+
+#: Sides of a threshold (:func:`threshold_side`).
+SIDE_UNKNOWN = 0
+SIDE_BELOW = 1
+SIDE_ABOVE = 2
 
 #: Relative rounding margin of an output bound in :func:`below_max` (far above that of
 #: the evaluated sums).
@@ -107,10 +115,52 @@ def fold_run(vals, first, stride, count, times, t_first, m, tm):
 
 
 @_jit_inline
+def rows_stored(n_store, next_store, last):
+    """Whether the next stored grid point `next_store` is among the rows up to grid index
+    `last` (they must then be evaluated whatever their values)."""
+    return n_store > 0 and next_store <= last
+
+
+@_jit_inline
 def rows_needed(n_thr, n_store, next_store, last):
-    """Whether rows up to grid index `last` must be evaluated whatever their values: a
-    threshold is integrated, or the next stored grid point `next_store` is among them."""
-    return n_thr > 0 or (n_store > 0 and next_store <= last)
+    """Whether rows up to grid index `last` must be evaluated whatever their values, for a
+    stepper that does not bound them against the thresholds (the adaptive solvers): a
+    threshold is integrated, or a stored row is among them."""
+    return n_thr > 0 or rows_stored(n_store, next_store, last)
+
+
+@_jit_inline
+def threshold_side(c_first, lo, hi, bound_abs, level):
+    """Which side of `level` a run of points lies on, for the time above it
+    (:func:`fold_point`): the run's first point `c_first` (already folded), then points
+    bounded by ``lo <= c <= hi`` (sums of terms of absolute sum `bound_abs`, rounding
+    included as in :func:`below_max`).
+
+    :data:`SIDE_BELOW`: `c_first` at or below the level and the others strictly below, so
+    that no segment of the run adds time above; :data:`SIDE_ABOVE`: `c_first` at or above
+    and the others strictly above, so that every segment adds its whole length
+    (:func:`above_run`); else :data:`SIDE_UNKNOWN` (the points must be folded one by one).
+    A NaN anywhere gives :data:`SIDE_UNKNOWN`."""
+    margin = BOUND_MARGIN * bound_abs
+    if c_first <= level and hi + margin < level:
+        return SIDE_BELOW
+    if c_first >= level and lo - margin > level:
+        return SIDE_ABOVE
+    return SIDE_UNKNOWN
+
+
+@_jit_inline
+def above_run(p, j, times, first, count, t_prev, t_above):
+    """The time above threshold `j` of patient `p` over a run of `count` points at
+    ``times[first:first + count]``, after a point at `t_prev`, that lies wholly above it
+    (:data:`SIDE_ABOVE`): each segment adds its length, one after the other, exactly as
+    :func:`fold_point` adds them (so the sum is rounded the same way)."""
+    for i in range(count):
+        t = times[first + i]
+        dt = t - t_prev
+        if dt > 0.0:
+            t_above[p, j] += dt
+        t_prev = t
 
 
 @_jit_inline
