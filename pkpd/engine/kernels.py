@@ -568,53 +568,16 @@ def _thresholds_settled(o, x, rate, hi, hi_abs, blk, c_prev, thr_out, thr_val):
 
 
 @_jit_inline
-def _block_skip(x, rate, blk, cb, rows, cm, c_prev, thr_out, thr_val):
-    """Summary mode: whether a whole block's inner points may go unevaluated (`skip`),
-    whether every threshold lies wholly on one side of its points (`settled`), and how
-    many outputs `need` (written) a search for maxima between the points.
-
-    A block whose bound stays below every running maximum cannot change Cmax or Tmax.
-    The bound covers the whole block, between its points too: the larger of the start
-    and the grid points' bound, plus the most an output rises above the line between
-    two points (`_excess_bounds`). So a skipped block holds no maximum between points
-    above the running maxima either: its maxima need not be searched (`_block_peaks`).
-    With thresholds, the block must also be settled (`_thresholds_settled`)."""
-    _RT, _Sf, Ub, Lb, Smx, Smn, _phi_c, _gg_c, _cblk = blk
-    Pmax, Qmax, need = cb
-    out_state, out_scale = rows
-    skip = True
-    settled = True
-    n_need = 0
-    for o in range(cm.shape[0]):
-        bnd = 0.0
-        babs = 0.0
-        exc = Qmax[o] * abs(rate)
-        for j in range(_nr(x)):
-            xj = x[j]
-            term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
-            bnd += term
-            babs += abs(term)
-            exc += Pmax[o, j] * abs(xj)
-        term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
-        bnd += term
-        babs += abs(term)
-        if (
-            thr_out.shape[0] > 0
-            and settled
-            and not _thresholds_settled(o, x, rate, bnd, babs, blk, c_prev, thr_out, thr_val)
-        ):
-            settled = False  # a threshold may be crossed: fold every point
-            skip = False
-        c0 = out_scale[o] * x[out_state[o]]
-        if c0 > bnd:
-            bnd = c0
-        # An output whose bound stays below its running maximum has no maximum in
-        # the block that matters: its maxima between points are not searched.
-        need[o] = not record.below_max(bnd + exc, babs + abs(c0) + exc, cm[o])
-        if need[o]:
-            skip = False
-            n_need += 1
-    return skip, settled, n_need
+def _stored_points(x, rate, g, next_store, store_stride, n_rows, blk):
+    """A skipped block's stored inner points (the points of streaming bands, a few per
+    block) into its buffer ``cblk``, by the sums `_blocks` evaluates every point with."""
+    RT, Sf, _Ub, _Lb, _Smx, _Smn, _phi_c, _gg_c, cblk = blk
+    for gs in range(next_store, g + BLK - 1, store_stride):
+        for q in range((gs - g) * n_rows, (gs - g + 1) * n_rows):
+            acc = Sf[q] * rate
+            for j in range(_nr(x)):
+                acc += RT[j, q] * x[j]
+            cblk[q] = acc
 
 
 @_jit_inline
@@ -624,9 +587,9 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
     between the points: `_block_peaks`); returns ``(g, t, t_prev, next_store)``."""
     c, c_prev, cm, tm = cur
     out_state, out_scale = rows
-    RT, Sf, _Ub, _Lb, _Smx, _Smn, phi_c, gg_c, cblk = blk
+    RT, Sf, Ub, Lb, Smx, Smn, phi_c, gg_c, cblk = blk
     _W, D, E, dprev, xs, _ys, _xw, _mnorm, _scratch, cb = pk
-    _Pmax, _Qmax, need = cb
+    Pmax, Qmax, need = cb
     thr_out, thr_val, store_out, store_stride, store_scale = rec
     cmax, tmax, _auc, t_above, _c_at, traj, _status = mets
     Nr = _nr(x)
@@ -637,7 +600,43 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
     n_store = store_out.shape[0]
     Q = (BLK - 1) * n_rows
     while g + BLK - 1 < n_t and grid[g + BLK - 1] < lim:
-        skip, settled, n_need = _block_skip(x, rate, blk, cb, rows, cm, c_prev, thr_out, thr_val)
+        # Summary mode: a block whose bound stays below every running maximum cannot
+        # change Cmax or Tmax, so its inner points need not be evaluated.
+        # The bound covers the whole block, between its points too: the larger of the
+        # start and the grid points' bound, plus the most an output rises above the line
+        # between two points (`_excess_bounds`). So a skipped block holds no maximum
+        # between points above the running maxima either: its maxima need not be
+        # searched (`_block_peaks`). Written out: a helper taking the tables costs
+        # reference counts per block (30 % of the summary row).
+        skip = True
+        settled = True  # every threshold wholly on one side of the block's points
+        n_need = 0
+        for o in range(n_out):
+            bnd = 0.0
+            babs = 0.0
+            exc = Qmax[o] * abs(rate)
+            for j in range(Nr):
+                xj = x[j]
+                term = (Ub[o, j] if xj >= 0.0 else Lb[o, j]) * xj
+                bnd += term
+                babs += abs(term)
+                exc += Pmax[o, j] * abs(xj)
+            term = (Smx[o] if rate >= 0.0 else Smn[o]) * rate
+            bnd += term
+            babs += abs(term)
+            if n_thr > 0 and settled:
+                if not _thresholds_settled(o, x, rate, bnd, babs, blk, c_prev, thr_out, thr_val):
+                    settled = False  # a threshold may be crossed: fold every point
+                    skip = False
+            c0 = out_scale[o] * x[out_state[o]]
+            if c0 > bnd:
+                bnd = c0
+            # An output whose bound stays below its running maximum has no maximum in
+            # the block that matters: its maxima between points are not searched.
+            need[o] = not record.below_max(bnd + exc, babs + abs(c0) + exc, cm[o])
+            if need[o]:
+                skip = False
+                n_need += 1
         stored = record.rows_stored(n_store, next_store, g + BLK - 2)
         if stored and store_stride == 1:
             skip = False  # every point is stored, so every point is folded too
@@ -650,14 +649,7 @@ def _blocks(p, x, rate, g, t, t_prev, next_store, lim, grid, cur, rows, blk, xtm
                     acc += RT[j, q] * x[j]
                 cblk[q] = acc
         elif stored:
-            # A skipped block's stored inner points (the points of streaming bands, a
-            # few per block), by the same sums as above.
-            for gs in range(next_store, g + BLK - 1, store_stride):
-                for q in range((gs - g) * n_rows, (gs - g + 1) * n_rows):
-                    acc = Sf[q] * rate
-                    for j in range(Nr):
-                        acc += RT[j, q] * x[j]
-                    cblk[q] = acc
+            _stored_points(x, rate, g, next_store, store_stride, n_rows, blk)
         if n_need > 0:
             for j in range(Nr):
                 xs[j] = x[j]
