@@ -286,6 +286,24 @@ def test_no_drug_gives_the_background_and_zero_exposures_count_with_it(shipped):
     np.testing.assert_allclose(I_d, (d[:, 2] + at60) / 2, atol=1e-9)
 
 
+@pytest.mark.parametrize("n_nodes", [1, 5, R._NODE_BLOCK, R.COHORT_NODES])
+def test_node_probabilities_in_blocks_equal_the_whole_array_expressions(shipped, n_nodes):
+    """`_node_probabilities` computes the draws' probabilities at the nodes in row blocks on
+    threads: bit for bit the whole-array expressions it replaces (a partial last block, a
+    background probability, negative and zero slopes among the draws)."""
+    d = shipped.draws.copy()
+    d[:7, 1] = [-1.0, 0.0, 0.0, -3.0, 2.0, 1e-300, -1e-300]
+    a, g, p0 = d[:, 0], d[:, 1], d[:, 2]
+    nodes = np.linspace(-4.0, 3.0, n_nodes)
+    S, S_mean, S2 = R._node_probabilities(nodes, a, g, p0)
+    whole = p0[None, :] + (1.0 - p0[None, :]) * R.logistic_probability(
+        nodes[:, None], a[None, :], g[None, :]
+    )
+    assert S.tobytes() == whole.tobytes()
+    assert S_mean.tobytes() == whole.mean(axis=1).tobytes()
+    assert S2.tobytes() == (whole * whole).tobytes()
+
+
 def test_a_bolus_under_anaesthesia_scores_the_same_given_at_once_or_over_5_min(shipped):
     # The exposure starts at emergence: how the induction bolus was pushed does not matter
     # (with the old whole-run peak the two differed by 8 %).

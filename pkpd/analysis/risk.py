@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import re
 import tomllib
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -778,12 +780,48 @@ def _cohort_probabilities(x, x_ref, a, g, p0=None):
     if hi - lo < 1e-12:
         hi = lo + 1e-12
     nodes = np.linspace(lo, hi, COHORT_NODES)
-    S = p0[None, :] + (1.0 - p0[None, :]) * logistic_probability(
-        nodes[:, None], a[None, :], g[None, :]
-    )  # (G, D)
-    pk[pos] = np.interp(up, nodes, S.mean(axis=1))
+    S, S_mean, S2 = _node_probabilities(nodes, a, g, p0)
+    pk[pos] = np.interp(up, nodes, S_mean)
     w = _hat_weights(up, nodes) * frac_pos
-    return pk, w @ S + zero_I, w @ (S * S) + zero_m2
+    return pk, w @ S + zero_I, w @ S2 + zero_m2
+
+
+#: Nodes per block of :func:`_node_probabilities` (a block's temporaries, 128 x 2,000
+#: draws x 8 bytes = 2 MB, stay in cache).
+_NODE_BLOCK = 128
+
+
+def _node_probabilities(nodes, a, g, p0):
+    """``S[k, d] = p0_d + (1 - p0_d) logistic(a_d + g_d nodes_k)`` (G, D), its row means and
+    ``S * S``.
+
+    Computed in blocks of :data:`_NODE_BLOCK` rows on a thread pool: every operation is
+    elementwise or reduces one row, so the values are bit for bit those of the whole-array
+    expressions (tested), without their temporaries of the whole size (4,097 nodes x 2,000
+    draws: 66 MB each), which made them memory-bound and 5-6 times slower.
+    """
+    G, D = nodes.size, a.size
+    S = np.empty((G, D))
+    S2 = np.empty((G, D))
+    S_mean = np.empty(G)
+
+    def block(start):
+        rows = slice(start, min(start + _NODE_BLOCK, G))
+        S[rows] = p0[None, :] + (1.0 - p0[None, :]) * logistic_probability(
+            nodes[rows, None], a[None, :], g[None, :]
+        )
+        S_mean[rows] = S[rows].mean(axis=1)
+        np.multiply(S[rows], S[rows], out=S2[rows])
+
+    starts = range(0, G, _NODE_BLOCK)
+    workers = min(len(starts), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        for start in starts:
+            block(start)
+    else:  # numpy releases the GIL inside these loops
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(block, starts))
+    return S, S_mean, S2
 
 
 def _with_risk(ds, risk: RiskModel, p, inc, n_patients, valid, n_draws, seed):
