@@ -651,3 +651,38 @@ def test_time_above_rows_equal_the_numpy_expression_bit_for_bit():
         ref = _time_above_rows_numpy(t, cr, cl, a, b, level)
         np.testing.assert_array_equal(got, ref)
         assert got.tobytes() == ref.tobytes()
+
+
+def test_peak_rows_equal_the_argmax_expression_bit_for_bit():
+    """`metrics._peak_rows` (the windowed Cmax/Tmax pass) against the whole-array argmax
+    it replaced: ties, -inf, NaN values inside and outside the window, NaN window values
+    and bounds, windows outside the grid and of zero length; the same bits."""
+    from pkpd.analysis.metrics import _peak_rows
+
+    rng = np.random.default_rng(8)
+    t = np.concatenate([[0.0], np.cumsum(rng.uniform(0.01, 0.5, size=200))])
+    n = 300
+    cr = np.round(rng.lognormal(0.0, 1.0, size=(n, t.size)) * 5.0)  # many ties
+    cr[3, 40] = np.nan
+    cr[4, :] = -np.inf
+    a = rng.uniform(-1.0, t[-1], size=n)
+    b = a + rng.uniform(0.0, t[-1], size=n)
+    a[:20], b[:20] = t[5], t[40]  # bounds on grid times
+    b[20:25] = a[20:25]  # zero length
+    a[25:28], b[25:28] = -5.0, -1.0  # outside
+    a[28], b[29], a[30], b[30] = np.nan, np.nan, np.nan, np.nan
+    ca = rng.lognormal(0.0, 1.0, size=n) * 5.0
+    cb = rng.lognormal(0.0, 1.0, size=n) * 5.0
+    ca[31], cb[32], ca[33], cb[33] = np.nan, np.nan, -np.inf, np.inf
+    inside = (t[None, :] >= a[:, None]) & (t[None, :] <= b[:, None])
+    top = np.where(inside, cr, -np.inf).max(axis=1)
+    ca[:20], cb[:20] = top[:20], top[:20]  # ties with the inside maximum: the first wins
+    cb[40:60] = top[40:60]
+    cm, tm = np.empty(n), np.empty(n)
+    _peak_rows(t, cr, ca, cb, a, b, cm, tm)
+    vals = np.concatenate([ca[:, None], np.where(inside, cr, -np.inf), cb[:, None]], 1)
+    times = np.concatenate([a[:, None], np.broadcast_to(t, (n, t.size)), b[:, None]], 1)
+    k = np.argmax(vals, axis=1)
+    r = np.arange(n)
+    assert cm.tobytes() == vals[r, k].tobytes()
+    assert tm.tobytes() == times[r, k].tobytes()

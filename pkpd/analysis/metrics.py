@@ -623,15 +623,8 @@ def _peak(data, window, outputs, events):
     for s in rows.chunks():
         cr, cl = rows.limits(s)
         ca, cb = _interp(t, cr, cl, a[s]), _interp(t, cr, cl, b[s])
-        inside = (t[None, :] >= a[s, None]) & (t[None, :] <= b[s, None])
         # At a bolus on the grid the value at t is the one after it (the right limit).
-        vals = np.concatenate([ca[:, None], np.where(inside, cr, -np.inf), cb[:, None]], 1)
-        times = np.concatenate(
-            [a[s, None], np.broadcast_to(t, (vals.shape[0], t.size)), b[s, None]], 1
-        )
-        k = np.argmax(vals, axis=1)  # first occurrence = earliest time (times are sorted)
-        r = np.arange(vals.shape[0])
-        cm[s], tm[s] = vals[r, k], times[r, k]
+        _peak_rows(t, cr, ca, cb, a[s], b[s], cm[s], tm[s])
         nan = np.isnan(cr).any(axis=1)
         cm[s][nan] = np.nan
         tm[s][nan] = np.nan
@@ -640,6 +633,33 @@ def _peak(data, window, outputs, events):
         rows.back(cm, "cmax", {"units": "ng/mL", "long_name": "maximum concentration", **note}),
         rows.back(tm, "tmax", {"units": "h", "long_name": "time of maximum concentration", **note}),
     )
+
+
+@_jit
+def _peak_rows(t, cr, ca, cb, a, b, cm, tm):
+    """Per row: the first maximum of the window's start value ``ca`` at ``a``, the values
+    ``cr`` at the grid times inside ``[a, b]``, and the end value ``cb`` at ``b``, in that
+    order (strict ``>``: a tie keeps the earlier time), or the first NaN among them. The
+    same value and time as ``np.argmax`` over the row ``[ca, cr where inside else -inf,
+    cb]`` (which made four temporaries of the trajectories' size), NaN included."""
+    for r in range(cr.shape[0]):
+        m = ca[r]
+        tt = a[r]
+        nan = m != m
+        for k in range(t.shape[0]):
+            if nan:
+                break
+            if t[k] >= a[r] and t[k] <= b[r]:
+                v = cr[r, k]
+                if v > m or v != v:
+                    m = v
+                    tt = t[k]
+                    nan = v != v
+        if not nan and (cb[r] > m or cb[r] != cb[r]):
+            m = cb[r]
+            tt = b[r]
+        cm[r] = m
+        tm[r] = tt
 
 
 def _window_text(window, t) -> str:
