@@ -148,7 +148,7 @@ def test_cohort_effect_site_grid_independent(every):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"thresholds": {"cp_met": ["100 ng/mL"]}},  # blocks evaluated point by point
+        {"thresholds": {"cp_met": ["100 ng/mL"]}},  # point by point where it may be crossed
         {"trajectories": True},  # blocks with stored points
         {"until": "1 h"},  # too short for blocks: single steps
         {"at": {"x": "0.7 h"}, "windows": {"w": ("0.2 h", "1.1 h")}},  # event-loop points
