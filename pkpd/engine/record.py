@@ -25,14 +25,19 @@ The event-then-output convention: at a dose event the recorder sees the point be
 bolus, then the point after it; special times and the grid point at that same time are
 recorded after the event (right-continuous values).
 
-Summary mode. Rows that cannot change a metric need not be evaluated at all: when no
-trajectory row is stored among them (:func:`rows_stored`), the stepper can bound every
-output over those rows below its running maximum (:func:`below_max`) and, for every
-threshold, the rows lie wholly on one side of it (:func:`threshold_side`: then the time
-above is nothing, or the run's whole length, :func:`above_run`), the rows are skipped. The
-exact kernel skips whole blocks of grid points this way; the adaptive solvers apply the
-rule to the rows of one step, but evaluate every row when a threshold is integrated
-(:func:`rows_needed`).
+Summary mode. Rows that cannot change a metric need not be evaluated at all. The rows
+are skipped when two conditions hold:
+
+- the stepper can bound every output over those rows below its running maximum
+  (:func:`below_max`);
+- for every threshold, the rows lie wholly on one side of it (:func:`threshold_side`).
+  The time above is then nothing, or the run's whole length (:func:`above_run`).
+
+The exact kernel skips whole blocks of grid points this way. In a skipped block it still
+evaluates the rows to be stored (:func:`rows_stored`), unless every row is stored: then
+it evaluates and folds them all. The adaptive solvers apply the rule to the rows of one
+step, but evaluate every row when a threshold is integrated or a stored row is among
+them (:func:`rows_needed`).
 
 Everything here takes plain arrays and scalars and allocates nothing, so that it can be
 compiled for a GPU (numba CUDA device functions) as well as for the CPU.
