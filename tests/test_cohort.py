@@ -967,13 +967,20 @@ def test_summary_mode_with_thresholds_equals_the_full_evaluation(regimen, every,
         summary = simulate_cohort(MODEL, regimen, POP, **kw)
         keep = dict(trajectories=True, trajectory_dtype="float64")
         full = simulate_cohort(MODEL, regimen, POP, **kw, **keep)
-        # Every 10th point stored: skipped blocks evaluate just those points.
-        step = 10 * int(every.split()[0])
-        thin = simulate_cohort(MODEL, regimen, POP, **kw, **keep, trajectory_every=f"{step} min")
+        # Every 3rd and every 31st point stored: skipped blocks evaluate just those points
+        # (every 31st: in some blocks the only one is the block's last inner point).
+        minutes = int(every.split()[0])
+        thin = {
+            k: simulate_cohort(MODEL, regimen, POP, **kw, **keep,
+                               trajectory_every=f"{k * minutes} min")
+            for k in (3, 31)
+        }  # fmt: skip
     for v in ("cmax", "tmax", "auc", "c_at", "status", "time_above", "time_within"):
         np.testing.assert_array_equal(summary[v].values, full[v].values, err_msg=v)
-        np.testing.assert_array_equal(thin[v].values, full[v].values, err_msg=v)
-    np.testing.assert_array_equal(thin.trajectory.values, full.trajectory.values[..., ::10])
+        for k, ds in thin.items():
+            np.testing.assert_array_equal(ds[v].values, full[v].values, err_msg=f"{v} {k}")
+    for k, ds in thin.items():
+        np.testing.assert_array_equal(ds.trajectory.values, full.trajectory.values[..., ::k])
     t_above = summary.time_above.values
     np.testing.assert_allclose(t_above[:, 0], 48.0, rtol=1e-12)  # cp >= 0 throughout
     assert np.all(t_above[:, 3] == 0.0)
