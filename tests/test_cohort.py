@@ -942,6 +942,14 @@ def test_summary_mode_skips_no_point_that_matters():
 # A bolus whose peak stays the running maximum, then an infusion that rises through the
 # levels below it: blocks that cross a level upwards while Cmax allows skipping them.
 _BOLUS_THEN_RISE = "1 mg/kg bolus at 0 h; 0.4 mg/kg/h from 6 h to 12 h"
+# Levels on every side of the shipped regimen's concentrations: 0 (held above throughout,
+# the first point on the level), crossed both ways, never reached, a norketamine level and
+# a range (two more levels).
+_SIDES_THRESHOLDS = {
+    "cp": ["0 ng/mL", "5 ng/mL", "50 ng/mL", "1e6 ng/mL"],
+    "cp_norketamine": ["20 ng/mL"],
+}
+_SIDES_RANGES = {"cp": ["30..120 ng/mL"]}
 
 
 @pytest.mark.parametrize(
@@ -958,9 +966,7 @@ def test_summary_mode_with_thresholds_equals_the_full_evaluation(regimen, every,
     kw = dict(
         n=300, seed=11, until="48 h", every=every, bands=False, at={"at": at},
         windows={"after": (at, f"{at} + 24 h" if at == EOS else "30 h")},
-        thresholds={"cp": ["0 ng/mL", "5 ng/mL", "50 ng/mL", "1e6 ng/mL"],
-                    "cp_norketamine": ["20 ng/mL"]},
-        ranges={"cp": ["30..120 ng/mL"]},
+        thresholds=_SIDES_THRESHOLDS, ranges=_SIDES_RANGES,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CovariateRangeWarning)
@@ -1004,9 +1010,7 @@ def test_blocks_settled_against_thresholds_equal_the_point_by_point_fold(
 
     kw = dict(
         n=6, seed=3, until="48 h", every="1 min", bands=False, trajectories=keep,
-        thresholds={"cp": ["0 ng/mL", "5 ng/mL", "50 ng/mL", "1e6 ng/mL"],
-                    "cp_norketamine": ["20 ng/mL"]},
-        ranges={"cp": ["30..120 ng/mL"]},
+        thresholds=_SIDES_THRESHOLDS, ranges=_SIDES_RANGES,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CovariateRangeWarning)
