@@ -2,13 +2,14 @@
 #   make demo   create .venv if missing, install, run the demo simulation
 #   make test   same bootstrap, then the full test suite
 #   make bench  benchmarks (pytest-benchmark; compile time reported separately)
+#   make kernels  compile every shipped model's kernels ahead of their first use (pkpd compile)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo-output
 
-.PHONY: demo test test-nojit bench lint venv clean
+.PHONY: demo test test-nojit bench kernels lint venv clean
 
 venv: $(STAMP)
 
@@ -43,6 +44,12 @@ test-nojit: $(STAMP)
 		tests/test_pca.py::test_the_loop_matches_an_independent_replay_with_closed_form_concentrations \
 		tests/test_pca.py::test_a_stream_drawn_too_short_is_caught_not_truncated \
 		tests/test_cohort.py::test_blocks_settled_against_thresholds_equal_the_point_by_point_fold
+
+# Once per machine and package version: numba compiles a cohort kernel per state size of a
+# linear model and per [ode] model (about a minute each, one process per CPU); afterwards the
+# first cohort of every shipped model loads its code from the cache.
+kernels: $(STAMP)
+	$(BIN)/pkpd compile
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,median,stddev,rounds -o testpaths=benchmarks

@@ -408,3 +408,49 @@ def test_first_cohort_cold_kernel(benchmark, tmp_path):
 
     benchmark.extra_info["first_cohort_s"] = benchmark.pedantic(measure, rounds=1, iterations=1)
     benchmark.extra_info["cached_s"] = measure()
+
+
+@pytest.mark.benchmark(group="compile-cohort")
+def test_first_cohort_after_compile_ahead(benchmark, tmp_path):
+    """Issue 15's first-run row with the kernels compiled ahead: on a fresh install (empty
+    ``PKPD_CACHE_DIR`` and ``NUMBA_CACHE_DIR``), ``pkpd compile`` (timed, the benchmark's
+    value), then the first 1,000-patient cohort of every shipped model, each in a new
+    process, timed inside it from before ``import pkpd`` (``extra_info``: each model and the
+    slowest). Several minutes on a 2-core machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    env = {**os.environ, "PKPD_CACHE_DIR": str(tmp_path / "pkpd"),
+           "NUMBA_CACHE_DIR": str(tmp_path / "numba")}  # fmt: skip
+    pkpd_cmd = [sys.executable, "-c", "from pkpd.cli import main; main()"]
+
+    def compile_all():
+        t0 = time.perf_counter()
+        subprocess.run([*pkpd_cmd, "compile"], env=env, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    benchmark.pedantic(compile_all, rounds=1, iterations=1)
+    code = textwrap.dedent("""
+        import json, sys, time, warnings
+        t0 = time.perf_counter()
+        warnings.simplefilter("ignore")
+        import pkpd
+        pkpd.simulate_cohort(sys.argv[1], "1 mg bolus at 0 h", "healthy_volunteers", 1000,
+                             seed=1, progress=False)
+        print(json.dumps(time.perf_counter() - t0))
+    """)
+    names = subprocess.run(
+        [sys.executable, "-c", "import pkpd; print(*pkpd.available_models())"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    first = {}
+    for name in names:
+        r = subprocess.run([sys.executable, "-c", code, name], env=env, check=True,
+                           capture_output=True, text=True)  # fmt: skip
+        first[name] = round(json.loads(r.stdout.strip().splitlines()[-1]), 2)
+    benchmark.extra_info["first_cohort_s"] = first
+    benchmark.extra_info["slowest_first_cohort_s"] = max(first.values())

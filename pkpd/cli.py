@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 import warnings
 from typing import NoReturn
@@ -49,6 +50,8 @@ plots = lazy_module("pkpd.output.plot")
 reports = lazy_module("pkpd.output.report")
 tables = lazy_module("pkpd.output.tables")
 cohorts = lazy_module("pkpd.running.cohort")
+ahead = lazy_module("pkpd.running.compile_ahead")
+code_cache = lazy_module("pkpd.cache")
 resources = lazy_module("pkpd.running.resources")
 single = lazy_module("pkpd.running.simulate")
 tci_performances = lazy_module("pkpd.analysis.tci_performance")
@@ -1786,6 +1789,39 @@ def _echo_design_domain(gds) -> None:
         _echo(f"  - {w}")
     if len(why) > 5:
         _echo(f"  - ... {len(why) - 5} more distinct reasons")
+
+
+@main.command(
+    "compile",
+    help="Compile the kernels of the shipped models, or of the given models (names or .toml "
+    "files), ahead of their first use. A cold compile takes about a minute per kernel (one per "
+    "state size of a linear model, one per [ode] model) and otherwise happens at the first "
+    "cohort of each; afterwards that cohort loads the code from the cache. Run once per "
+    "machine and package version (make kernels).",
+    short_help="Compile the models' kernels ahead of their first use.",
+)
+@click.argument("model_names", metavar="[MODEL]...", nargs=-1)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    help="Worker processes (default: the number of CPUs).",
+)
+def compile_command(model_names, jobs) -> None:
+    start = time.perf_counter()
+    names = list(model_names) or None
+
+    def done(r) -> None:
+        how = f"compiled {r.compiled} functions" if r.compiled else "already compiled"
+        _echo(f"  {r.model:<32} {r.kernel:<28} {r.seconds:6.1f} s  {how}")
+
+    _echo("compiling each model's cohort and one-patient kernels (one process per kernel)")
+    results = ahead.compile_kernels(names, jobs=jobs, on_done=done)
+    kernels = len({r.key for r in results})
+    _echo(
+        f"{len(results)} model(s), {kernels} kernel(s) in {time.perf_counter() - start:.0f} s; "
+        f"compiled code cached in {code_cache.cache_root()} and numba's cache"
+    )
 
 
 @main.command(help="Write a self-contained HTML report of a result (.nc or .zarr).")

@@ -459,13 +459,25 @@ class _StoreLayout:
         self.scale[: self.store_idx.size] = _output_scales(spec)[0][self.store_idx]
 
 
+def _exact_kept_states(spec) -> np.ndarray:
+    """The augmented states the exact kernel keeps: the compartments, then each output's
+    cumulative AUC (the dose and elimination accumulators are dropped)."""
+    n_out = len(spec.output_names)
+    return np.concatenate(
+        [np.arange(spec.n_comp), spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)]
+    )
+
+
+def exact_state_size(spec) -> int:
+    """The state size a linear model's exact cohort kernel is compiled for
+    (:func:`pkpd.engine.kernels.kernel_for`): models of the same size share one kernel."""
+    return int(_exact_kept_states(spec).size)
+
+
 def _run_exact(setup, theta, t0, ev, specials, lay: _StoreLayout, res: ChunkResult, traj_rows):
     """Fill the chunk's metrics and stored rows with the exact (matrix exponential) kernel."""
     spec = setup.spec
-    n_out = len(spec.output_names)
-    keep = np.concatenate(
-        [np.arange(spec.n_comp), spec.n_comp + 1 + len(spec.analyte_names) + np.arange(n_out)]
-    )
+    keep = _exact_kept_states(spec)
     kernel_for(keep.size)(
         theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
         spec.dose_index, len(spec.analyte_names), keep, *ev, t0, setup.grid, *specials,
