@@ -686,3 +686,25 @@ def test_peak_rows_equal_the_argmax_expression_bit_for_bit():
     r = np.arange(n)
     assert cm.tobytes() == vals[r, k].tobytes()
     assert tm.tobytes() == times[r, k].tobytes()
+
+
+@pytest.mark.parametrize("window", [None, ("0.5 h", "6 h")])
+def test_time_above_and_below_in_one_pass_equal_the_two_calls(cohorts, window):
+    """`time_above_and_below` (what `pta` and `nca` use) is the pair of `time_above` and
+    `time_below` calls with the same arguments: values bit for bit, names, coordinates and
+    attributes; with a bolus on the grid (left and right limits) and without."""
+    with pytest.warns(CovariateRangeWarning):
+        bolus = pkpd.simulate_cohort(
+            "fanta2015_otto2021", "0.3 mg/kg bolus at 1 h; 0.5 mg/kg/h from 0 h to 2 h",
+            "spine_fusion_china", n=50, seed=3, until="8 h", every="10 min",
+            trajectories=True, bands=False, progress=False,
+        )  # fmt: skip
+    for ds in (cohorts[10], bolus):
+        up, down = M.time_above_and_below(ds, THRESH, window)
+        xr.testing.assert_identical(up, M.time_above(ds, THRESH, window))
+        xr.testing.assert_identical(down, M.time_below(ds, THRESH, window))
+        # ... and the time below is the window's length minus the time above, as documented.
+        t = ds.time.values
+        a, b = (t[0], t[-1]) if window is None else (0.5, 6.0)
+        np.testing.assert_array_equal(down.values, (b - a) - up.values)
+        assert 0 < float(up.mean()) and 0 < float(down.mean())

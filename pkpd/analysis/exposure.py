@@ -190,8 +190,8 @@ def pta(ds, target, *, level: float = 0.95, method: str = "wilson"):
             rng = {t.output: [(t.level, t.level_high)]}
             a = metrics.time_within(ds, rng, window=t.window, outputs=[t.output])
             lvl = {t.output: [t.level]}
-            full = metrics.time_above(ds, lvl, window=t.window, outputs=[t.output])
-            full = full + metrics.time_below(ds, lvl, window=t.window, outputs=[t.output])
+            up, down = metrics.time_above_and_below(ds, lvl, window=t.window, outputs=[t.output])
+            full = up + down
         except MetricsError as exc:
             raise RiskError(f"`target.window`: {exc}") from exc
         above = np.asarray(a.isel(range=0).values, float)
@@ -203,8 +203,9 @@ def pta(ds, target, *, level: float = 0.95, method: str = "wilson"):
         source = "cohort kernel time_above over the whole grid"
     elif "trajectory" in ds and t.output in [str(v) for v in ds["traj_output"].values]:
         try:
-            a = metrics.time_above(ds, {t.output: [t.level]}, window=t.window, outputs=[t.output])
-            b = metrics.time_below(ds, {t.output: [t.level]}, window=t.window, outputs=[t.output])
+            a, b = metrics.time_above_and_below(
+                ds, {t.output: [t.level]}, window=t.window, outputs=[t.output]
+            )
         except MetricsError as exc:
             raise RiskError(f"`target.window`: {exc}") from exc
         above = np.asarray(a.isel(threshold=0).values, float)
