@@ -17,19 +17,45 @@ same way.) The checks use POSIX ownership and mode bits; on Windows they are ski
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
 
 from pkpd.errors import CacheError
 
-__all__ = ["cache_root", "check_numba_cache", "check_private_file", "private_folder"]
+__all__ = [
+    "cache_root",
+    "check_numba_cache",
+    "check_private_file",
+    "engine_digest",
+    "private_folder",
+]
 
 
 def cache_root() -> Path:
     """``$PKPD_CACHE_DIR``, or ``~/.cache/ketamine-pkpd``."""
     base = os.environ.get("PKPD_CACHE_DIR")
     return Path(base) if base else Path.home() / ".cache" / "ketamine-pkpd"
+
+
+def engine_digest(folder: Path | None = None) -> str:
+    """SHA-256 of every Python source of the simulation engine (`folder`, default
+    ``pkpd/engine``, recursively: paths and contents).
+
+    The generated modules (a kernel copy, an ``[ode]`` model's module) call into the engine
+    and numba's cache of them holds the machine code of what they call; but numba
+    invalidates that cache by the generated file's own time stamp only. Their file names
+    therefore include this digest, so that any change of the engine (an edit, a package
+    upgrade) gives new modules, compiled anew, rather than old machine code.
+    ``tests/test_kernel_compile.py`` checks that everything they import lies in the engine.
+    """
+    root = Path(__file__).parent / "engine" if folder is None else Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _refuse(path, why: str) -> CacheError:

@@ -13,11 +13,16 @@ numba 0.6x); if that moves, the test fails loudly rather than passing.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import shutil
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
+import pkpd
 from pkpd.engine import kernels_adaptive
 from pkpd.inputs.model import load_model
 from pkpd.running.cohort import simulate_cohort
@@ -109,3 +114,80 @@ def test_processes_that_need_the_same_kernel_at_once_compile_it_once(tmp_path):
         assert p.returncode == 0
         counts.append(tuple(int(v) for v in out.split()))
     assert sorted(counts) == [(0, 1), (1, 0)], counts
+
+
+# ----------------------------------------------------------------------------- engine digest
+# numba invalidates a generated module's cache (a kernel copy, an [ode] model) by that
+# file's own time stamp only, while the cached machine code includes what it calls in the
+# engine; their names hash the whole engine (pkpd.cache.engine_digest). Two things make
+# that complete: every engine file counts, and nothing they import holds compiled code
+# outside the engine.
+
+_ENGINE = Path(pkpd.__file__).parent / "engine"
+
+
+def test_the_engine_digest_changes_with_every_engine_file(tmp_path):
+    from pkpd.cache import engine_digest
+
+    copy = tmp_path / "engine"
+    shutil.copytree(_ENGINE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    base = engine_digest(copy)
+    assert base == engine_digest()  # relative paths and contents only
+    files = sorted(copy.rglob("*.py"))
+    assert {f.relative_to(copy).as_posix() for f in files} >= {
+        "kernels.py", "record.py", "solvers/exact.py", "solvers/segments.py", "solvers/expm.py",
+    }  # fmt: skip
+    for f in files:
+        text = f.read_bytes()
+        f.write_bytes(text + b"\n# edited\n")
+        assert engine_digest(copy) != base, f
+        f.write_bytes(text)
+    assert engine_digest(copy) == base
+
+
+def _pkpd_imports(path: str, module: str) -> set[str]:
+    """The pkpd modules `path` (the module `module`) imports, at any level of its code."""
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("pkpd")}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            name = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+            if not name.startswith("pkpd"):
+                continue
+            found.add(name)
+            # `from pkpd.engine import record`: the submodule too.
+            if importlib.util.find_spec(name).submodule_search_locations:
+                found |= {f"{name}.{a.name}" for a in node.names
+                          if importlib.util.find_spec(f"{name}.{a.name}") is not None}  # fmt: skip
+    return found
+
+
+def _reachable(path: str, module: str) -> set[str]:
+    seen, todo = set(), [(path, module)]
+    while todo:
+        for dep in _pkpd_imports(*todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append((importlib.util.find_spec(dep).origin, dep))
+    return seen
+
+
+def test_generated_modules_reach_compiled_code_only_in_the_engine():
+    """Every pkpd module a kernel copy or a generated [ode] module imports, directly or
+    not, lies in ``pkpd/engine`` or compiles nothing (does not import numba)."""
+    ode = load_model("fanta2015_mm_s_ketamine").ode.module()
+    reached = _reachable(str(_ENGINE / "kernels.py"), "pkpd.engine.kernels")
+    reached |= _reachable(ode.__file__, ode.__name__)
+    assert {"pkpd.engine.solvers.exact", "pkpd.engine.solvers.segments"} <= reached
+    outside = sorted(m for m in reached if not m.startswith("pkpd.engine"))
+    for m in outside:
+        tree = ast.parse(Path(importlib.util.find_spec(m).origin).read_text(encoding="utf-8"))
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not any(x.split(".")[0] == "numba" for x in names), (
+            f"{m} imports numba: it may hold compiled code outside pkpd/engine"
+        )
+    assert "pkpd.cache" in outside  # the walk does reach beyond the engine

@@ -1024,14 +1024,14 @@ def kernel_for(n_states: int):
     if src.count(_MARKER) != 1 or "pkpd_kernels_nr" in __name__:
         return cohort_kernel
     src = src.replace(_MARKER, f"_NR = {int(n_states)}\n")
+    from pkpd import cache
+
     # numba's cache of the copy is invalidated by the copy's own file only: the name also
-    # hashes the engine modules it calls into (the recorder, the dosing source).
+    # hashes every engine module it may call into (pkpd.cache.engine_digest).
     h = hashlib.sha256(src.encode())
-    for dep in ("record.py", "dosing.py", "peaks.py"):
-        h.update((Path(__file__).parent / dep).read_bytes())
+    h.update(cache.engine_digest().encode())
     digest = h.hexdigest()[:16]
     name = f"pkpd_kernels_nr{int(n_states)}_{digest}"
-    from pkpd import cache
 
     try:
         # Trusted code: private folders and files, checked before use (see pkpd.cache).

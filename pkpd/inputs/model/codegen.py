@@ -16,7 +16,6 @@ files must be private to the user, or nothing is loaded from it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import sys
@@ -205,21 +204,15 @@ _MODULES: dict[str, Any] = {}
 
 
 def _solver_hash() -> str:
-    """Hash of the solver sources the generated code is compiled with.
+    """Hash of the engine sources the generated code is compiled with and calls into.
 
     numba's cache of a generated module is invalidated by that module's own time stamp
     only, not by changes in the functions it calls; putting this hash into the generated
-    text (and so into its file name) makes a solver change produce a new module.
+    text (and so into its file name) makes any engine change produce a new module
+    (:func:`pkpd.cache.engine_digest`: every file of ``pkpd/engine``, so a module the
+    solvers come to use is never left out).
     """
-    h = hashlib.sha256()
-    engine = Path(__file__).parents[2] / "engine"
-    for name in ("__init__.py", "dopri5.py", "rosenbrock.py", "linear_rhs.py"):
-        h.update((engine / "solvers" / name).read_bytes())
-    # The cohort wrappers' reduction (the recorder, the peak search and the dosing source).
-    reduction = ("kernels_adaptive.py", "peaks_adaptive.py", "kernels.py", "record.py", "dosing.py")
-    for name in reduction:
-        h.update((engine / name).read_bytes())
-    return h.hexdigest()[:16]
+    return cache.engine_digest()[:16]
 
 
 def import_generated(source: str, digest: str):
