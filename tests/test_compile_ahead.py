@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from pkpd.cli import main
-from pkpd.errors import ModelError
+from pkpd.errors import CacheError, ModelError
 from pkpd.running import compile_ahead
 
 MODEL = "fanta2015_otto2021"
@@ -93,6 +93,9 @@ def test_bad_arguments_fail_before_any_process_starts(monkeypatch):
             compile_ahead.compile_kernels([MODEL], jobs=jobs)
     with pytest.raises(ValueError, match="no model given"):
         compile_ahead.compile_kernels([])
+    monkeypatch.setattr(compile_ahead.numba.config, "DISABLE_JIT", True)
+    with pytest.raises(CacheError, match="NUMBA_DISABLE_JIT is set"):
+        compile_ahead.compile_kernels([MODEL])
 
 
 def test_the_command_lists_each_model_and_its_kernel():

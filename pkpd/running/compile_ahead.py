@@ -26,8 +26,10 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+import numba
 from numba.core.registry import CPUDispatcher
 
+from pkpd.errors import CacheError
 from pkpd.inputs.model import available_models, load_model
 from pkpd.running.cohort import exact_state_size, simulate_cohort
 from pkpd.running.simulate import simulate
@@ -116,12 +118,15 @@ def compile_kernels(models=None, jobs: int | None = None, on_done=None) -> list[
     """Compile, ahead of their first use, the kernels of `models` (default: every shipped
     model) in `jobs` worker processes (default: the number of CPUs).
 
-    Models are checked (loaded) here first, so a wrong name fails before any process starts.
+    Models are checked (loaded) here first, so a wrong name fails before any process starts
+    (and :class:`~pkpd.errors.CacheError` with numba's JIT disabled: nothing to compile).
     One model per distinct kernel (:func:`kernel_key`) runs in a first round, the others
     (which then load the shared kernel from the cache) in a second, so no worker waits on a
     lock while another compiles. `on_done(result)` is called as each model finishes.
     Returns one :class:`Compiled` per model, in the order given.
     """
+    if numba.config.DISABLE_JIT:
+        raise CacheError("NUMBA_DISABLE_JIT is set: numba would compile nothing to cache")
     names = list(available_models()) if models is None else [str(m) for m in models]
     if not names:
         raise ValueError("compile_kernels: no model given")
