@@ -28,6 +28,7 @@ import click
 # and the exception classes the one-line error handling catches.
 from pkpd._lazy import lazy_module
 from pkpd._version import __version__
+from pkpd.cache import cache_root
 from pkpd.disclaimer import DISCLAIMER
 from pkpd.engine.solvers import SOLVER_NAMES
 from pkpd.errors import PkpdError, PkpdWarning
@@ -51,7 +52,6 @@ reports = lazy_module("pkpd.output.report")
 tables = lazy_module("pkpd.output.tables")
 cohorts = lazy_module("pkpd.running.cohort")
 ahead = lazy_module("pkpd.running.compile_ahead")
-code_cache = lazy_module("pkpd.cache")
 resources = lazy_module("pkpd.running.resources")
 single = lazy_module("pkpd.running.simulate")
 tci_performances = lazy_module("pkpd.analysis.tci_performance")
@@ -1820,7 +1820,7 @@ def compile_command(model_names, jobs) -> None:
     kernels = len({r.key for r in results})
     _echo(
         f"{len(results)} model(s), {kernels} kernel(s) in {time.perf_counter() - start:.0f} s; "
-        f"compiled code cached in {code_cache.cache_root()} and numba's cache"
+        f"compiled code cached in {cache_root()} and numba's cache"
     )
 
 
