@@ -171,6 +171,7 @@ def test_skipped_rows_leave_the_running_maxima_exact():
     run that writes every row, bit for bit; the rows of steps that cannot raise a maximum
     are left unwritten except those asked for. One compartment with an AUC state, a
     bolus, then an infusion that makes a second, lower rise."""
+    from pkpd.engine.dosing import EventTable
     from pkpd.engine.kernels_adaptive import linear_dopri5_patient
     from pkpd.engine.solvers import N_STATS
 
@@ -189,12 +190,16 @@ def test_skipped_rows_leave_the_running_maxima_exact():
     for skip in (False, True):
         out = np.full((t_out.size, 2), np.nan)
         pre = np.zeros((3, 2))
+        given = np.full((2, 3), np.nan)
         cm, tm = np.zeros(1), np.zeros(1)
+        source = EventTable(ev_t[None, :], ev_rate[None, :], ev_bolus[None, :])  # one row
         st = linear_dopri5_patient(
-            pp, b, np.zeros(2), 0.0, ev_t, ev_rate, ev_bolus, t_out, tol, tol * 1e-3, np.inf,
-            100000, 1000, out, pre, (cm, tm, 0.0, 24.0, skip, need), np.zeros(N_STATS, np.int64),
+            pp, b, np.zeros(2), 0.0, source, 0, t_out, tol, tol * 1e-3, np.inf, 100000, 1000,
+            out, (pre, given), (cm, tm, 0.0, 24.0, skip, need), np.zeros(N_STATS, np.int64),
         )  # fmt: skip
         assert st == STATUS_OK
+        # The solver logs what each decision of the dosing source gave: the table itself.
+        np.testing.assert_array_equal(given, np.stack([ev_bolus, ev_rate]))
         runs.append((out, cm, tm))
     (full, cm_full, tm_full), (lean, cm_lean, tm_lean) = runs
     assert np.all(np.isfinite(full))

@@ -27,38 +27,135 @@ bolus (``x += b * bolus[u]`` through the input map), record the point after it, 
 to the new rate, then record the special times and the grid point at that time
 (right-continuous values); see :mod:`pkpd.engine.record`.
 
-A controller is the same two functions over its own arrays (its decision times, e.g. a
-lockout grid, and its parameters and per-patient memory as rows indexed by `p`); the core
-needs no change. The event table below is today's only source.
+**Adding a dosing source: one place.** A source is a :func:`~collections.namedtuple` class
+(its fields: the arrays and scalars the kernels read, rows indexed by patient) and its two
+functions, written as plain Python over those fields, registered with :func:`register`.
+The cores call the two dispatchers :func:`next_decision_time` and :func:`apply`: in
+compiled code numba picks the registered pair by the source's type (an ``overload``,
+inlined at the call site, so the compiled loop is what it was with the pair written in
+place); with ``NUMBA_DISABLE_JIT`` the dispatchers call the pair as Python. No core, no
+solver and no kernel changes. :class:`EventTable` below is the source every regimen is
+today; ``tests/test_dosing.py`` registers a controller that reads the state and runs it
+through both adaptive solvers against a closed-form solution. To run a cohort with a new
+source, the running layer builds it in place of the event table (the cohort kernels take
+the three event arrays today: see ``pkpd/engine/README.md``).
 
-The adaptive solvers still read one patient's event table directly, in their one shared
-event boundary (:func:`pkpd.engine.solvers.segments.event_boundary`); a controller there
-needs that function to call these two, and the solver protocol to carry the source and
-`p` (see ``pkpd/engine/README.md``).
+Both cores call the dispatchers: the exact kernel (:func:`pkpd.engine.kernels._event_loop`)
+and the adaptive solvers, through their one event boundary
+(:func:`pkpd.engine.solvers.segments.event_boundary`), which takes the source and the
+patient's row `sp` and logs what each decision gave (bolus, rate) for the metrics that
+read the doses afterwards. The adaptive core also needs the decision times *before* the
+solve (its output rows include each decision time, for the left limit before a bolus):
+:func:`decisions_until` walks them with :func:`next_decision_time`. So, for the adaptive
+solvers, a source's decision times may depend on the patient's draws but not on the
+state: a controller decides *what* to give from the state, at times known in advance
+(candidate demand times, an update grid); a source whose times depend on the state
+runs on the exact core only.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
+from collections.abc import Callable
+
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
+
+__all__ = [
+    "EventTable",
+    "apply",
+    "decisions_until",
+    "next_decision_time",
+    "one_patient",
+    "register",
+]
 
 _jit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
+#: The registered sources: namedtuple class -> (next_decision_time, apply), as Python.
+_SOURCES: dict[type, tuple[Callable, Callable]] = {}
 
-@_jit_inline
+
 def next_decision_time(source, p, cursor):
-    """Event table ``source = (ev_t, ev_rate, ev_bolus)`` (n, K): the time of event
-    `cursor` of patient `p`, ``inf`` past the last one."""
-    ev_t = source[0]
-    if cursor < ev_t.shape[1]:
-        return ev_t[p, cursor]
+    """The time (h) of decision `cursor` of patient `p` of `source`, ``inf`` when there is
+    none: the registered function of the source's class (see the module docstring)."""
+    return _SOURCES[type(source)][0](source, p, cursor)
+
+
+def apply(source, p, cursor, t, x, bolus, rate):
+    """Decision `cursor` of patient `p` at time `t`, state `x` (before the bolus): writes
+    ``bolus[0]``, ``rate[0]`` and returns the next cursor, through the registered function
+    of the source's class (see the module docstring)."""
+    return _SOURCES[type(source)][1](source, p, cursor, t, x, bolus, rate)
+
+
+def register(cls: type, next_time: Callable, apply_fn: Callable) -> None:
+    """Make instances of the namedtuple class `cls` dosing sources: `next_time` and
+    `apply_fn` (plain Python functions of the signatures of :func:`next_decision_time`
+    and :func:`apply`, within what numba compiles) become what the cores call for them.
+
+    Raises TypeError for a class that is not a namedtuple or is registered already.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
+        raise TypeError(f"a dosing source must be a namedtuple class, got {cls!r}")
+    if cls in _SOURCES:
+        raise TypeError(f"the dosing source {cls.__name__} is registered already")
+    _SOURCES[cls] = (next_time, apply_fn)
+
+    def is_cls(source):
+        return isinstance(source, types.BaseNamedTuple) and source.instance_class is cls
+
+    @overload(next_decision_time, inline="always")
+    def _next(source, p, cursor):
+        return next_time if is_cls(source) else None
+
+    @overload(apply, inline="always")
+    def _apply(source, p, cursor, t, x, bolus, rate):
+        return apply_fn if is_cls(source) else None
+
+
+# ------------------------------------------------------------------ the event table
+
+#: A regimen's doses (:meth:`pkpd.inputs.regimen.Regimen.event_arrays`): ``t`` (n, K)
+#: sorted event times (h), ``rate`` (n, K) the total rate (mg/h) from each event on,
+#: ``bolus`` (n, K) the bolus (mg) at each event; one row per patient.
+EventTable = namedtuple("EventTable", ["t", "rate", "bolus"])
+
+
+def _table_next(source, p, cursor):
+    """Event table: the time of event `cursor` of patient `p`, ``inf`` past the last one."""
+    if cursor < source.t.shape[1]:
+        return source.t[p, cursor]
     return np.inf
 
 
-@_jit_inline
-def apply(source, p, cursor, t, x, bolus, rate):
+def _table_apply(source, p, cursor, t, x, bolus, rate):
     """Event table: event `cursor`'s bolus and the rate that holds until the next event
     (one input); the state is not read. Returns the next cursor."""
-    bolus[0] = source[2][p, cursor]
-    rate[0] = source[1][p, cursor]
+    bolus[0] = source.bolus[p, cursor]
+    rate[0] = source.rate[p, cursor]
     return cursor + 1
+
+
+register(EventTable, _table_next, _table_apply)
+
+
+@_jit_inline
+def decisions_until(source, p, t_last):
+    """How many of patient `p`'s decisions fall at or before `t_last` (the cursor values
+    ``0 .. count - 1``); their times come from :func:`next_decision_time` alone."""
+    k = 0
+    while next_decision_time(source, p, k) <= t_last:
+        k += 1
+    return k
+
+
+@_jit_inline
+def one_patient(ev_t, ev_rate, ev_bolus):
+    """The event-table source of one patient's 1-D table ``(ev_t, ev_rate, ev_bolus)``,
+    as row 0 of a one-row table (views, no copy): what the single-patient solver entry
+    points pass to the solver protocol."""
+    return EventTable(ev_t.reshape((1, ev_t.shape[0])), ev_rate.reshape((1, ev_rate.shape[0])),
+                      ev_bolus.reshape((1, ev_bolus.shape[0])))  # fmt: skip

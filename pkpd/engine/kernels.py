@@ -292,7 +292,7 @@ def cohort_kernel(
             theta,
             model,
             keep,
-            (ev_t, ev_rate, ev_bolus),
+            dosing.EventTable(ev_t, ev_rate, ev_bolus),
             t0,
             grid,
             (spec_t, spec_kind, spec_slot),

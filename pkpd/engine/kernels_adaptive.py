@@ -16,14 +16,16 @@ to them as globals, so each wrapper is cached on disk: the linear wrappers below
 per ``[ode]`` model in its generated module (:mod:`pkpd.ode`). The per-patient solver
 protocol is::
 
-    solve_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                  max_steps, nstiff, out, pre, fold, stats) -> status
+    solve_patient(pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax,
+                  max_steps, nstiff, out, log, fold, stats) -> status
     outputs_into(t_out, Y, pp, O)       # O[r, o]: output o at t_out[r], mg/L
 
 where ``out`` (and ``Y``) hold what the solver records at each output time: the whole
 state for ``[ode]`` models, and for linear models only the linear functionals the metrics
 need (the concentrations, then the AUC states), through the solvers' recording map;
-``pre`` what is recorded just before each event (the left limit at a bolus) and ``fold``
+``source, sp`` the dosing source and the patient's row in it (:mod:`pkpd.engine.dosing`),
+``log = (pre, given)`` what is recorded just before each decision (the left limit at a
+bolus) and what each decision gave (bolus, rate), and ``fold``
 the running Cmax/Tmax the solver keeps itself (see
 :mod:`pkpd.engine.solvers.segments`). For linear models the solver folds
 Cmax/Tmax as it goes and, in summary mode, skips the evaluation of every grid row
@@ -38,11 +40,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import dosing, record
 from pkpd.engine import peaks_adaptive as _peaks
-from pkpd.engine import record
 from pkpd.engine.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
 from pkpd.engine.solvers import dopri5 as _dopri5
 from pkpd.engine.solvers import rosenbrock as _rodas
+from pkpd.engine.solvers.finite import all_finite
 from pkpd.engine.solvers.linear_rhs import linear_jac, linear_rhs
 from pkpd.engine.solvers.linear_system import fill_system
 
@@ -57,22 +60,30 @@ _ROW_GRID = 2
 
 
 @_jit
-def merge_rows(grid, ev_t, spec_t):
-    """Merged output rows of one patient: ``(times, kinds, index, ev_row, sp_row)``.
+def merge_rows(grid, source, sp, spec_t):
+    """Merged output rows of one patient: ``(times, kinds, index, ev_row, sp_row, dec_t)``.
 
-    Grid points, the dose events inside the grid's span, and every special time, in time
-    order; at equal times events come first, then special times, then the grid point
-    (the exact kernel's order). ``ev_row[k]`` is the row of event `k` (-1 outside the
-    span), ``sp_row[s]`` that of special time `s`.
+    Grid points, the decision times of the dosing source `source` (patient row `sp`)
+    inside the grid's span, and every special time, in time order; at equal times
+    decisions come first, then special times, then the grid point (the exact kernel's
+    order). ``dec_t`` holds the decision times up to the last output time (those the
+    solver applies), ``ev_row[k]`` the row of decision `k` (-1 outside the span),
+    ``sp_row[s]`` that of special time `s`.
     """
     n_t = grid.shape[0]
     lo = grid[0]
     hi = grid[n_t - 1]
-    K = ev_t.shape[0]
     S = spec_t.shape[0]
+    t_last = hi
+    if S > 0 and spec_t[S - 1] > t_last:
+        t_last = spec_t[S - 1]
+    K = dosing.decisions_until(source, sp, t_last)
+    dec_t = np.empty(K)
+    for k in range(K):
+        dec_t[k] = dosing.next_decision_time(source, sp, k)
     m = n_t + S
     for k in range(K):
-        if lo <= ev_t[k] <= hi:
+        if lo <= dec_t[k] <= hi:
             m += 1
     times = np.empty(m)
     kinds = np.empty(m, dtype=np.int64)
@@ -84,9 +95,9 @@ def merge_rows(grid, ev_t, spec_t):
     s = 0
     r = 0
     while r < m:
-        while k < K and not (lo <= ev_t[k] <= hi):
+        while k < K and not (lo <= dec_t[k] <= hi):
             k += 1
-        te = ev_t[k] if k < K else np.inf
+        te = dec_t[k] if k < K else np.inf
         ts = spec_t[s] if s < S else np.inf
         is_ev = k < K and te <= ts
         tx = te if is_ev else ts
@@ -111,16 +122,7 @@ def merge_rows(grid, ev_t, spec_t):
             sp_row[s] = r
             s += 1
         r += 1
-    return times, kinds, index, ev_row, sp_row
-
-
-@_jit_inline
-def _all_finite(a):
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            if not np.isfinite(a[i, j]):
-                return False
-    return True
+    return times, kinds, index, ev_row, sp_row, dec_t
 
 
 @_jit
@@ -246,7 +248,8 @@ def adaptive_patient(
 
     Arguments as :func:`pkpd.engine.kernels.cohort_kernel`, grouped (CPython turns a call with
     more than 30 arguments into a star-call, which numba cannot inline):
-    ``ev = (ev_t, ev_rate, ev_bolus)``, ``specials = (spec_t, spec_kind, spec_slot)``,
+    ``ev`` the dosing source (:mod:`pkpd.engine.dosing`; the event table ``(ev_t,
+    ev_rate, ev_bolus)``, (n, K) each), ``specials = (spec_t, spec_kind, spec_slot)``,
     ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``,
     ``limits = (hmax, max_steps, nstiff)``; ``P`` per-patient solver parameters, ``b``
     the bolus map of the state, ``Y0`` initial states, ``auc_index[o]`` the recorded
@@ -257,16 +260,17 @@ def adaptive_patient(
     trajectory) it writes only the rows the other metrics read.
     """
     hmax, max_steps, nstiff = limits
-    ev_t, ev_rate, ev_bolus = ev
     spec_t, spec_kind, spec_slot = specials
     cmax, tmax, auc, t_above, c_at, traj, status, stats = metrics
     n_out = cmax.shape[1]
-    times, kinds, index, ev_row, sp_row = merge_rows(grid, ev_t[p], spec_t[p])
+    times, kinds, index, ev_row, sp_row, dec_t = merge_rows(grid, ev, p, spec_t[p])
     m = times.shape[0]
     fold_outputs = n_rec > 0
     N = n_rec if fold_outputs else Y0.shape[1]  # recorded columns
     Y = np.empty((m, N))
-    pre = np.empty((ev_row.shape[0], N))
+    pre = np.empty((dec_t.shape[0], N))
+    # What each decision gave (bolus, rate): what the metrics below read as the doses.
+    given = np.zeros((2, dec_t.shape[0]))
     t_end = grid[grid.shape[0] - 1]
     n_fold = n_out if fold_outputs else 0
     # Running maxima start below every value (an output may be negative throughout).
@@ -276,8 +280,8 @@ def adaptive_patient(
     # Rows the metrics read in summary mode: the special rows, sorted.
     need = np.sort(sp_row) if lean else np.zeros(0, dtype=np.int64)
     st = solve_patient(
-        P[p], b, Y0[p], t0, ev_t[p], ev_rate[p], ev_bolus[p], times, rtol, atol, hmax,
-        max_steps, nstiff, Y, pre, (cm, tm, grid[0], t_end, lean, need), stats[p],
+        P[p], b, Y0[p], t0, ev, p, times, rtol, atol, hmax, max_steps, nstiff, Y, (pre, given),
+        (cm, tm, grid[0], t_end, lean, need), stats[p],
     )  # fmt: skip
     status[p] = st
     record.start(p, grid[0], cmax, tmax, t_above)
@@ -292,14 +296,14 @@ def adaptive_patient(
     O = np.empty((m, n_out))
     if not lean:  # in summary mode only the special rows are read (below)
         outputs_into(times, Y, P[p], O)
-    t_pre, Y_pre, pre_row = _left_limits(ev_row, ev_bolus[p], times, pre)
+    t_pre, Y_pre, pre_row = _left_limits(ev_row, given[0], times, pre)
     O_pre = np.zeros((t_pre.shape[0], n_out))
     if not lean:
         outputs_into(t_pre, Y_pre, P[p], O_pre)
         # A finite state can still give a non-finite output (log or sqrt of a negative
         # number, 0/0 in an [ode] output): the patient fails rather than report metrics
         # that skip those values. (Lean rows are linear maps of the checked state.)
-        if not (_all_finite(O) and _all_finite(O_pre)):
+        if not (all_finite(O) and all_finite(O_pre)):
             status[p] = STATUS_OUTPUT_NONFINITE
             record.fail(p, cmax, tmax, auc, c_at, t_above)
             return
@@ -312,12 +316,12 @@ def adaptive_patient(
         _cmax_rows(p, times, O, t_pre, O_pre, pre_row, r_end, cmax, tmax)
         # The maxima between the points, on the solution itself (the state is recorded).
         _peaks.refine_patient(
-            solve_patient, outputs_into, P[p], b, (ev_t[p], ev_rate[p], ev_bolus[p]),
+            solve_patient, outputs_into, P[p], b, (dec_t, given[1], given[0]),
             _peaks.point_sequence(times, t_pre, pre_row, r_end), (Y, O, Y_pre, O_pre),
             (rtol, atol, hmax, max_steps, nstiff), cmax[p], tmax[p],
         )  # fmt: skip
     if thr_out.shape[0] > 0:
-        _above_rows(p, times, kinds, index, ev_bolus[p], O, O_pre, t0, t_end,
+        _above_rows(p, times, kinds, index, given[0], O, O_pre, t0, t_end,
                     (thr_out, thr_val), cmax, tmax, t_above)  # fmt: skip
     # Linear models record the outputs first (in summary mode O is not filled).
     conc = Y if fold_outputs else O
@@ -361,23 +365,23 @@ def linear_outputs(t_out, Y, pp, O):
 
 @_jit
 def linear_dopri5_patient(
-    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
-    pre, fold, stats,
+    pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff, out, log, fold,
+    stats,
 ):  # fmt: skip
     """Dopri5 on ``dy/dt = M y + b u``, recording ``R @ y``; workspace here."""
     N = y0.shape[0]
     R = _recording_map(pp, N, out.shape[1])
     work = np.zeros((_dopri5.N_WORK, N))
     return _dopri5.dopri5_solve_mapped(
-        linear_rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
-        max_steps, nstiff, R, out, pre, fold, work, stats,
+        linear_rhs, pp, b, y0, t0, source, sp, t_out, rtol, atol, 0.0, hmax, max_steps, nstiff,
+        R, out, log, fold, work, stats,
     )  # fmt: skip
 
 
 @_jit
 def linear_rodas_patient(
-    pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff, out,
-    pre, fold, stats,
+    pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff, out, log, fold,
+    stats,
 ):  # fmt: skip
     """Rodas4 on ``dy/dt = M y + b u`` (exact Jacobian), recording ``R @ y``."""
     N = y0.shape[0]
@@ -386,8 +390,8 @@ def linear_rodas_patient(
     mats = np.zeros((2, N, N))
     ipiv = np.zeros(N, dtype=np.int64)
     return _rodas.rodas_solve_mapped(
-        linear_rhs, linear_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0,
-        hmax, max_steps, 0, 1, R, out, pre, fold, work, mats, ipiv, stats,
+        linear_rhs, linear_jac, pp, b, y0, t0, source, sp, t_out, rtol, atol, 0.0, hmax,
+        max_steps, 0, 1, R, out, log, fold, work, mats, ipiv, stats,
     )  # fmt: skip
 
 
@@ -415,7 +419,7 @@ def linear_dopri5_cohort(
     for p in numba.prange(P.shape[0]):
         # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_dopri5_one(
-            np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            np.uint64(p), P, B, Y0, t0, grid, dosing.EventTable(ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),
@@ -446,7 +450,7 @@ def linear_rodas_cohort(
     for p in numba.prange(P.shape[0]):
         # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_rodas_one(
-            np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+            np.uint64(p), P, B, Y0, t0, grid, dosing.EventTable(ev_t, ev_rate, ev_bolus),
             (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
             thr_out, thr_val, store_out, store_stride,
             (cmax, tmax, auc, t_above, c_at, traj, status, stats),

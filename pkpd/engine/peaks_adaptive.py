@@ -41,6 +41,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine.dosing import EventTable
 from pkpd.engine.solvers import N_STATS, STATUS_OK
 
 #: Candidate maxima refined per output and patient (highest estimates first).
@@ -158,11 +159,13 @@ def candidates(ts, vs, cm, est, order):
 @_jit_inline
 def zoom(solve_patient, outputs_into, pp, b, ev, a, c, ya, o, lim, work):
     """Maximum of output `o` over ``[a, c]`` from the state `ya` at `a`: ``(c*, t*)``, or
-    ``(-inf, a)`` when a re-integration fails. ``lim = (rtol, atol, hmax, max_steps,
-    nstiff)``; ``work = (bt, br, bb, tz, Yz, Oz, y0, pre, stats)``."""
+    ``(-inf, a)`` when a re-integration fails. ``ev = (t, rate, bolus)``: the doses the
+    patient's solve gave (its decision times and log, :mod:`pkpd.engine.solvers.segments`),
+    replayed as a one-row event table over the bracket; ``lim = (rtol, atol, hmax,
+    max_steps, nstiff)``; ``work = (bt, br, bb, tz, Yz, Oz, y0, log, stats)``."""
     ev_t, ev_rate, ev_bolus = ev
     rtol, atol, hmax, max_steps, nstiff = lim
-    bt, br, bb, tz, Yz, Oz, y0, pre, stats = work
+    bt, br, bb, tz, Yz, Oz, y0, log, stats = work
     fold = (np.zeros(0), np.zeros(0), 0.0, 0.0, False, np.zeros(0, dtype=np.int64))
     N = ya.shape[0]
     for i in range(N):
@@ -172,13 +175,13 @@ def zoom(solve_patient, outputs_into, pp, b, ev, a, c, ya, o, lim, work):
     for _round in range(ZOOM_ROUNDS):
         if not c > a:
             break
-        _bracket_events(ev_t, ev_rate, ev_bolus, a, c, bt, br, bb)
+        _bracket_events(ev_t, ev_rate, ev_bolus, a, c, bt[0], br[0], bb[0])
         for i in range(ZOOM_POINTS):
             tz[i] = a + (c - a) * (i + 1) / ZOOM_POINTS
         tz[ZOOM_POINTS - 1] = c
         st = solve_patient(
-            pp, b, y0, a, bt, br, bb, tz, rtol, atol, hmax, max_steps, nstiff, Yz, pre, fold,
-            stats,
+            pp, b, y0, a, EventTable(bt, br, bb), 0, tz, rtol, atol, hmax, max_steps, nstiff,
+            Yz, log, fold, stats,
         )  # fmt: skip
         if st != STATUS_OK:
             return -np.inf, a
@@ -207,9 +210,10 @@ def refine_work(n_events, n_states, n_out):
     """Work arrays of :func:`zoom` (see its docstring)."""
     K = n_events + 1
     return (
-        np.empty(K), np.empty(K), np.empty(K), np.empty(ZOOM_POINTS),
+        np.empty((1, K)), np.empty((1, K)), np.empty((1, K)), np.empty(ZOOM_POINTS),
         np.empty((ZOOM_POINTS, n_states)), np.empty((ZOOM_POINTS, n_out)),
-        np.empty(n_states), np.zeros((0, n_states)), np.zeros(N_STATS, dtype=np.int64),
+        np.empty(n_states), (np.zeros((0, n_states)), np.zeros((2, 0))),
+        np.zeros(N_STATS, dtype=np.int64),
     )  # fmt: skip
 
 
@@ -244,7 +248,7 @@ def refine_patient(solve_patient, outputs_into, pp, b, ev, seq, rows, lim, cm, t
     """Fold the maxima between evaluated points of every output into ``cm``/``tm``
     (strict ``>``). ``seq = (ts, src)`` from :func:`point_sequence`; ``rows = (Y, O,
     Y_pre, O_pre)`` the recorded states and outputs of the rows and of the left limits;
-    ``lim`` as in :func:`zoom`."""
+    ``ev`` and ``lim`` as in :func:`zoom`."""
     ts, src = seq
     Y, O, Y_pre, O_pre = rows
     n = ts.shape[0]

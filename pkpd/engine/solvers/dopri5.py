@@ -11,11 +11,12 @@ Problem form
 ------------
 ``dy/dt = rhs(t, y, u, p)`` written in place as ``rhs(t, y, u, p, dy)``, where ``u`` is
 the total infusion rate (mg/h), piecewise constant between events, and ``p`` a float
-parameter vector. At each event time ``ev_t[k]`` the integration stops exactly (the input
-is discontinuous there), the bolus ``ev_bolus[k] * b`` is added to the state, the rate
-becomes ``ev_rate[k]``, and the integrator restarts (a new initial step). These are the
-conventions of :mod:`pkpd.engine.solvers.exact`: the rate before the first event is zero and an
-event at an output time is applied before that output is recorded.
+parameter vector. At each decision time of the dosing source (:mod:`pkpd.engine.dosing`;
+an event table: each event time ``ev_t[k]``) the integration stops exactly (the input is
+discontinuous there), the bolus (``ev_bolus[k] * b``) is added to the state, the rate
+becomes the new one (``ev_rate[k]``), and the integrator restarts (a new initial step).
+These are the conventions of :mod:`pkpd.engine.solvers.exact`: the rate before the first
+event is zero and an event at an output time is applied before that output is recorded.
 
 Kernels take only arrays, scalars and a numba-compiled ``rhs``; they allocate nothing in
 the step loop (the workspace comes from :func:`workspace`) and never raise: they return a
@@ -36,6 +37,8 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine.dosing import one_patient
+
 from . import (
     STAT_NFEV,
     STAT_NREJECTED,
@@ -47,11 +50,11 @@ from . import (
     STATUS_STEP_UNDERFLOW,
     STATUS_STIFF,
 )
+from .finite import all_finite, vector_finite
 from .linear_rhs import linear_rhs
 from .segments import (
     N_COEF,
     after_step,
-    all_finite,
     check_times,
     event_boundary,
     first_output_in,
@@ -59,9 +62,9 @@ from .segments import (
     initial_step,
     map_rows,
     no_fold,
+    no_log,
     record_step,
     step_to_try,
-    vector_finite,
 )
 
 # error_model="numpy": a division by zero gives inf/NaN (caught by the status checks)
@@ -299,15 +302,16 @@ def dopri5_solve(
     :func:`dopri5_solve_mapped` directly, since each level of inlining adds to the
     compile time."""
     return dopri5_solve_mapped(
-        rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
-        max_steps, nstiff, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(), work, stats,
+        rhs, p, b, y0, t0, one_patient(ev_t, ev_rate, ev_bolus), 0, t_out, rtol, atol,
+        h_fixed, hmax, max_steps, nstiff, np.zeros((0, 0)), out, no_log(), no_fold(), work,
+        stats,
     )  # fmt: skip
 
 
 @_jit_inline
 def dopri5_solve_mapped(
-    rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax, max_steps,
-    nstiff, R, out, pre, fold, work, stats,
+    rhs, p, b, y0, t0, source, sp, t_out, rtol, atol, h_fixed, hmax, max_steps, nstiff, R,
+    out, log, fold, work, stats,
 ):  # fmt: skip
     """Integrate ``dy/dt = rhs(t, y, u, p)`` through an event table onto a time grid.
 
@@ -337,6 +341,8 @@ def dopri5_solve_mapped(
         y[j] = y0[j]
     # The step's continuous extension through the recording map (copied when R is empty).
     mapped = np.zeros((N_COEF, out.shape[1]))
+    dose = np.zeros((2, 1))  # the dosing source's bolus and rate (one input)
+    bolus, rate = dose[0], dose[1]
     t, u, k, i = t0, 0.0, 0, 0
     nx = 0  # the next row of `need` (fold) not yet passed
     nsteps = 0  # steps attempted, accepted or rejected (for max_steps)
@@ -345,7 +351,7 @@ def dopri5_solve_mapped(
     while i < t_out.shape[0]:
         # Events due now (bolus jump, new rate), then the outputs at the current time.
         k, i, u, t_end, st = event_boundary(
-            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
+            t, y, b, source, sp, t_out, R, out, log, fold, k, i, u, (bolus, rate)
         )
         if st != STATUS_OK:
             return st
@@ -440,15 +446,16 @@ def solve_linear_dopri5_into(
     # dopri5_solve_mapped directly, not through dopri5_solve: every level of numba's IR
     # inlining re-processes the whole solver, and one level less compiles 25-35 % faster.
     return dopri5_solve_mapped(
-        linear_rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
-        max_steps, nstiff, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(), work, stats,
+        linear_rhs, p, b, y0, t0, one_patient(ev_t, ev_rate, ev_bolus), 0, t_out, rtol, atol,
+        h_fixed, hmax, max_steps, nstiff, np.zeros((0, 0)), out, no_log(), no_fold(), work,
+        stats,
     )  # fmt: skip
 
 
 @_jit_inline
 def dopri5_state_patient(
-    rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax, max_steps, nstiff,
-    out, pre, fold, stats,
+    rhs, pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff, out, log,
+    fold, stats,
 ):  # fmt: skip
     """Adaptive Dopri5 recording the whole state, with its workspace: the per-patient
     solver protocol of :func:`pkpd.engine.kernels_adaptive.adaptive_patient` once `rhs` is
@@ -456,6 +463,6 @@ def dopri5_state_patient(
     its right-hand side as a global to be cached on disk)."""
     work = np.zeros((N_WORK, y0.shape[0]))
     return dopri5_solve_mapped(
-        rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax, max_steps,
-        nstiff, np.zeros((0, 0)), out, pre, fold, work, stats,
+        rhs, pp, b, y0, t0, source, sp, t_out, rtol, atol, 0.0, hmax, max_steps, nstiff,
+        np.zeros((0, 0)), out, log, fold, work, stats,
     )  # fmt: skip

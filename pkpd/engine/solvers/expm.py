@@ -32,6 +32,8 @@ import math
 import numba
 import numpy as np
 
+from .finite import all_finite
+
 __all__ = [
     "EXPM_BAD_SHAPE",
     "EXPM_NONFINITE_INPUT",
@@ -319,15 +321,6 @@ def _shapes_ok(A, out, work, piv):
 
 
 @_jit_inline
-def _all_finite(A):
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if not math.isfinite(A[i, j]):
-                return False
-    return True
-
-
-@_jit_inline
 def _degree_and_scaling(A):
     """Padé degree ``m`` and number of squarings ``s`` for a finite ``A`` (Higham 2005),
     from its 1-norm. A finite matrix can still have a column sum that overflows; then
@@ -514,7 +507,7 @@ def expm_into(A, out, work, piv):
     if not _shapes_ok(A, out, work, piv):
         _fill_nan(out)
         return EXPM_BAD_SHAPE
-    if not _all_finite(A):
+    if not all_finite(A):
         _fill_nan(out)
         return EXPM_NONFINITE_INPUT
     m, s = _degree_and_scaling(A)
@@ -536,7 +529,7 @@ def expm_into(A, out, work, piv):
         return EXPM_SINGULAR
     # Undo the scaling: exp(A) = r_13(2^-s A)^(2^s).
     _square(out, work[0], s)
-    if not _all_finite(out):
+    if not all_finite(out):
         return EXPM_NONFINITE_OUTPUT
     return EXPM_OK
 

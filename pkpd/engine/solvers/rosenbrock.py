@@ -33,6 +33,8 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine.dosing import one_patient
+
 from . import (
     STAT_NFEV,
     STAT_NJEV,
@@ -45,11 +47,11 @@ from . import (
     STATUS_OK,
     STATUS_STEP_UNDERFLOW,
 )
+from .finite import all_finite, vector_finite
 from .linear_rhs import linear_jac, linear_rhs
 from .segments import (
     N_COEF,
     after_step,
-    all_finite,
     check_times,
     event_boundary,
     first_output_in,
@@ -57,9 +59,9 @@ from .segments import (
     initial_step,
     map_rows,
     no_fold,
+    no_log,
     record_step,
     step_to_try,
-    vector_finite,
 )
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -409,9 +411,9 @@ def rodas_solve(
     cached wrappers call :func:`rodas_solve_mapped` directly: see
     :func:`pkpd.engine.solvers.dopri5.dopri5_solve`)."""
     return rodas_solve_mapped(
-        rhs, jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, h_fixed, hmax,
-        max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),
-        work, mats, ipiv, stats,
+        rhs, jac, p, b, y0, t0, one_patient(ev_t, ev_rate, ev_bolus), 0, t_out, rtol, atol,
+        h_fixed, hmax, max_steps, jac_mode, autonomous, np.zeros((0, 0)), out, no_log(),
+        no_fold(), work, mats, ipiv, stats,
     )  # fmt: skip
 
 
@@ -423,9 +425,8 @@ def rodas_solve_mapped(
     b,
     y0,
     t0,
-    ev_t,
-    ev_rate,
-    ev_bolus,
+    source,
+    sp,
     t_out,
     rtol,
     atol,
@@ -436,14 +437,14 @@ def rodas_solve_mapped(
     autonomous,
     R,
     out,
-    pre,
+    log,
     fold,
     work,
     mats,
     ipiv,
     stats,
 ):
-    """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through an event table.
+    """Integrate ``dy/dt = rhs(t, y, u, p)`` with Rodas4 through a dosing source.
 
     The arguments are the adaptive solvers' protocol, documented once in
     :mod:`pkpd.engine.solvers.segments` (the summary-mode skip included: Rodas4's
@@ -471,6 +472,8 @@ def rodas_solve_mapped(
         y[j] = y0[j]
     # The step's continuous extension through the recording map (copied when R is empty).
     mapped = np.zeros((N_COEF, out.shape[1]))
+    dose = np.zeros((2, 1))  # the dosing source's bolus and rate (one input)
+    bolus, rate = dose[0], dose[1]
     t = t0
     u = 0.0
     k = 0
@@ -480,7 +483,7 @@ def rodas_solve_mapped(
     n_out = t_out.shape[0]
     while i < n_out:
         k, i, u, t_end, st = event_boundary(
-            t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u
+            t, y, b, source, sp, t_out, R, out, log, fold, k, i, u, (bolus, rate)
         )
         if st != STATUS_OK:
             return st
@@ -637,9 +640,9 @@ def solve_linear_rodas_into(
     """
     # rodas_solve_mapped directly (one level of inlining less: see dopri5.py).
     return rodas_solve_mapped(
-        linear_rhs, linear_jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol,
-        h_fixed, hmax, max_steps, 0, 1, np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),
-        work, mats, ipiv, stats,
+        linear_rhs, linear_jac, p, b, y0, t0, one_patient(ev_t, ev_rate, ev_bolus), 0, t_out,
+        rtol, atol, h_fixed, hmax, max_steps, 0, 1, np.zeros((0, 0)), out, no_log(),
+        no_fold(), work, mats, ipiv, stats,
     )  # fmt: skip
 
 
@@ -651,8 +654,8 @@ def no_jac(t, y, u, p, J):
 
 @_jit_inline
 def rodas_state_patient(
-    rhs, autonomous, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-    max_steps, nstiff, out, pre, fold, stats,
+    rhs, autonomous, pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff,
+    out, log, fold, stats,
 ):  # fmt: skip
     """Adaptive Rodas4 with a finite-difference Jacobian, recording the whole state, with
     its workspace: :func:`pkpd.engine.solvers.dopri5.dopri5_state_patient` for Rodas4
@@ -662,6 +665,6 @@ def rodas_state_patient(
     mats = np.zeros((2, n, n))
     ipiv = np.zeros(n, dtype=np.int64)
     return rodas_solve_mapped(
-        rhs, no_jac, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, 0.0, hmax,
-        max_steps, 1, autonomous, np.zeros((0, 0)), out, pre, fold, work, mats, ipiv, stats,
+        rhs, no_jac, pp, b, y0, t0, source, sp, t_out, rtol, atol, 0.0, hmax, max_steps, 1,
+        autonomous, np.zeros((0, 0)), out, log, fold, work, mats, ipiv, stats,
     )  # fmt: skip

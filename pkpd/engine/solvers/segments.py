@@ -39,9 +39,12 @@ y0 : (N,) float64
     State at `t0`.
 t0 : float
     Start time (h); the infusion rate is zero until the first event.
-ev_t, ev_rate, ev_bolus : (n_ev,) float64
-    Event table (:class:`pkpd.inputs.regimen.EventTable`): sorted times (h), total rate
-    (mg/h) from each event on, bolus (mg) at each event.
+source, sp
+    Dosing source (:mod:`pkpd.engine.dosing`) and the patient's row in it: today the
+    event table ``(ev_t, ev_rate, ev_bolus)``, (n, n_ev) float64
+    (:class:`pkpd.inputs.regimen.EventTable`: sorted times (h), total rate (mg/h) from
+    each event on, bolus (mg) at each event). :func:`pkpd.engine.dosing.one_patient`
+    makes one patient's 1-D table a source (row 0).
 t_out : (n_out,) float64
     Non-decreasing output times (h), all ``>= t0``.
 rtol, atol : (N,) float64
@@ -60,9 +63,15 @@ R : (n_rec, N) float64
     step and each output time costs ``5 n_rec`` operations instead of ``5 N``.
 out : (n_out, N) or (n_out, n_rec) float64
     Output: the state (or ``R @ y``) at each output time (dense output between steps).
-pre : (n_ev, n_rec) float64 or (0, 0)
-    What is recorded just before each event is applied (the left limit at a bolus);
-    ``(0, 0)``: not recorded.
+log : tuple ``(pre, given)``
+    What the solver logs at each decision `k` of the source, up to the last output time
+    (`n_dec` decisions: :func:`pkpd.engine.dosing.decisions_until`); :func:`no_log` logs
+    nothing. ``pre`` (n_dec, n_rec) float64 or (0, 0): what is recorded just before the
+    decision is applied (the left limit at a bolus). ``given`` (2, n_dec) float64 or
+    (2, 0): what it gave, ``given[0]`` the bolus (mg) and ``given[1]`` the rate (mg/h)
+    that holds from it on. The metrics that read the doses after the solve (the left
+    limits before boluses, the brackets of :mod:`pkpd.engine.peaks_adaptive`) read this
+    log, not the source, so a controller's decisions are seen as they were made.
 fold : tuple ``(cm, tm, lo, hi, skip, need)``
     Running maxima of the first ``n_fold = cm.shape[0]`` recorded columns (``cm``, ``tm``:
     (n_fold,) float64, updated in place; strict ``>``, so a tie keeps the earlier time) over
@@ -93,6 +102,8 @@ import math
 
 import numba
 import numpy as np
+
+from pkpd.engine import dosing
 
 from . import STAT_NFEV, STATUS_NONFINITE, STATUS_OK
 
@@ -136,17 +147,6 @@ def map_rows(R, work, first, n_rows, mapped, dest):
             for j in range(n):
                 acc += R[r, j] * work[first + k, j]
             mapped[dest + k, r] = acc
-
-
-@_jit
-def all_finite(mapped):
-    """Whether every coefficient is finite: finite coefficients give finite values for
-    ``theta`` in [0, 1] (one check per step instead of one per recorded value)."""
-    for q in range(mapped.shape[0]):
-        for j in range(mapped.shape[1]):
-            if not math.isfinite(mapped[q, j]):
-                return False
-    return True
 
 
 @_jit
@@ -211,35 +211,53 @@ def no_fold():
     return np.zeros(0), np.zeros(0), 0.0, 0.0, False, np.zeros(0, dtype=np.int64)
 
 
-@_jit_inline
-def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k, i, u):
-    """At time `t`, between smooth segments: apply every event due (bolus jump ``b *
-    bolus``, new rate), then record every output due (events first: the convention of
-    :mod:`pkpd.engine.solvers.exact`).
+@_jit
+def no_log():
+    """The ``log = (pre, given)`` argument that records nothing before the decisions and
+    logs none (what the single-patient entry points pass)."""
+    return np.zeros((0, 0)), np.zeros((2, 0))
 
-    Returns ``(k, i, u, t_end, status)``: the next event and output indices, the rate, the
-    end of the next smooth segment (the next event or the last output time) and
-    ``STATUS_NONFINITE`` if a recorded state is not finite, else ``STATUS_OK``. What is
-    recorded is the state, or ``R @ y`` for a non-empty recording map `R` (see
-    :func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped`); with a non-empty `pre`,
-    ``pre[k]`` receives what is recorded just before event `k` is applied (the left limit
-    at a bolus), and the running maxima of `fold` take the pre-bolus values of boluses in
-    ``[lo, hi]`` and the recorded rows up to ``hi``.
+
+@_jit_inline
+def event_boundary(t, y, b, source, sp, t_out, R, out, log, fold, k, i, u, dose):
+    """At time `t`, between smooth segments: apply every decision of the dosing source
+    due (bolus jump ``b * bolus``, new rate), then record every output due (decisions
+    first: the convention of :mod:`pkpd.engine.solvers.exact`).
+
+    The decisions are those of the dosing source `source` for its patient row `sp`
+    (:mod:`pkpd.engine.dosing`: ``next_decision_time`` and ``apply``, cursor `k`); `dose`
+    ``= (bolus, rate)`` are the source's one-slot output buffers. Returns ``(k, i, u,
+    t_end, status)``: the cursor, the next output index, the rate, the end of the next
+    smooth segment (the next decision or the last output time) and ``STATUS_NONFINITE``
+    if a recorded state is not finite, else ``STATUS_OK``. What is recorded is the state,
+    or ``R @ y`` for a non-empty recording map `R` (see
+    :func:`pkpd.engine.solvers.dopri5.dopri5_solve_mapped`). ``log = (pre, given)``: with
+    a non-empty `pre`, ``pre[k]`` receives what is recorded just before decision `k` is
+    applied (the left limit at a bolus), and the running maxima of `fold` take the
+    pre-bolus values of boluses in ``[lo, hi]`` and the recorded rows up to ``hi``; with
+    a non-empty `given`, ``given[:, k] = (bolus, rate)`` of decision `k`.
     """
     cm, tm, lo, hi, _skip, _need = fold
+    pre, given = log
+    bolus, rate = dose
     n = y.shape[0]
-    n_ev = ev_t.shape[0]
     n_out = t_out.shape[0]
-    while k < n_ev and ev_t[k] <= t:
+    t_dec = dosing.next_decision_time(source, sp, k)
+    while t_dec <= t:
         if pre.shape[0] > 0:
             record(R, y, pre[k])
-            if ev_bolus[k] != 0.0 and lo <= ev_t[k] <= hi:
-                fold_max(ev_t[k], pre, k, cm, tm)
-        if ev_bolus[k] != 0.0:
+        k_next = dosing.apply(source, sp, k, t_dec, y, bolus, rate)
+        if pre.shape[0] > 0 and bolus[0] != 0.0 and lo <= t_dec <= hi:
+            fold_max(t_dec, pre, k, cm, tm)
+        if given.shape[1] > 0:
+            given[0, k] = bolus[0]
+            given[1, k] = rate[0]
+        if bolus[0] != 0.0:
             for j in range(n):
-                y[j] += b[j] * ev_bolus[k]
-        u = ev_rate[k]
-        k += 1
+                y[j] += b[j] * bolus[0]
+        u = rate[0]
+        k = k_next
+        t_dec = dosing.next_decision_time(source, sp, k)
     while i < n_out and t_out[i] <= t:
         for j in range(n):
             if not math.isfinite(y[j]):
@@ -249,8 +267,8 @@ def event_boundary(t, y, b, ev_t, ev_rate, ev_bolus, t_out, R, out, pre, fold, k
             fold_max(t_out[i], out, i, cm, tm)
         i += 1
     t_end = t_out[n_out - 1]
-    if k < n_ev and ev_t[k] < t_end:
-        t_end = ev_t[k]
+    if t_dec < t_end:
+        t_end = t_dec
     return k, i, u, t_end, STATUS_OK
 
 
@@ -351,15 +369,6 @@ def record_step(t, h, t_new, t_end, t_out, i, mapped, out, fold, nx):
 
 # ------------------------------------------------------------------ the step loop's control
 # Scalar functions shared by the steppers' loops (no array: nothing to reference-count).
-
-
-@_jit
-def vector_finite(v):
-    """Whether every entry of the vector `v` is finite."""
-    for j in range(v.shape[0]):
-        if not math.isfinite(v[j]):
-            return False
-    return True
 
 
 @_jit

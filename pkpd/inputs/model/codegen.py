@@ -48,7 +48,8 @@ def generate(ode) -> str:
         "import numba",
         "",
         "import numpy as np",
-        "from pkpd.engine.solvers.dopri5 import dopri5_solve_mapped, no_fold",
+        "from pkpd.engine.dosing import EventTable, one_patient",
+        "from pkpd.engine.solvers.dopri5 import dopri5_solve_mapped, no_fold, no_log",
         "from pkpd.engine.solvers.rosenbrock import no_jac, rodas_solve_mapped",
         "",
         '_jit = numba.njit(cache=True, nogil=True, error_model="numpy")',
@@ -103,19 +104,20 @@ def generate(ode) -> str:
         "@_jit",
         "def solve_dopri5_into(p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol,",
         "                      h_fixed, hmax, max_steps, nstiff, out, work, stats):",
-        "    return dopri5_solve_mapped(rhs, p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out,",
-        "                               rtol, atol, h_fixed, hmax, max_steps, nstiff,",
-        "                               np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),",
-        "                               work, stats)",
+        "    return dopri5_solve_mapped(rhs, p, b, y0, t0, one_patient(ev_t, ev_rate, ev_bolus),",
+        "                               0, t_out, rtol, atol, h_fixed, hmax, max_steps, nstiff,",
+        "                               np.zeros((0, 0)), out, no_log(), no_fold(), work,",
+        "                               stats)",
         "",
         "",
         "@_jit",
         "def solve_rodas_into(p, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol,",
         "                     h_fixed, hmax, max_steps, out, work, mats, ipiv, stats):",
-        "    return rodas_solve_mapped(rhs, no_jac, p, b, y0, t0, ev_t, ev_rate, ev_bolus,",
-        f"                              t_out, rtol, atol, h_fixed, hmax, max_steps, 1, {auto},",
-        "                              np.zeros((0, 0)), out, np.zeros((0, 0)), no_fold(),",
-        "                              work, mats, ipiv, stats)",
+        "    return rodas_solve_mapped(rhs, no_jac, p, b, y0, t0,",
+        "                              one_patient(ev_t, ev_rate, ev_bolus), 0, t_out, rtol,",
+        f"                              atol, h_fixed, hmax, max_steps, 1, {auto},",
+        "                              np.zeros((0, 0)), out, no_log(), no_fold(), work, mats,",
+        "                              ipiv, stats)",
         "",
         "",
         f"_AUTONOMOUS = {auto}  # the right-hand side does not read t",
@@ -144,18 +146,17 @@ from pkpd.engine.solvers.rosenbrock import rodas_state_patient as _rodas_state_p
 
 
 @_jit
-def _dopri5_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                    max_steps, nstiff, out, pre, fold, stats):
-    return _dopri5_state_patient(rhs, pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol,
-                                 atol, hmax, max_steps, nstiff, out, pre, fold, stats)
+def _dopri5_patient(pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff,
+                    out, log, fold, stats):
+    return _dopri5_state_patient(rhs, pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax,
+                                 max_steps, nstiff, out, log, fold, stats)
 
 
 @_jit
-def _rodas_patient(pp, b, y0, t0, ev_t, ev_rate, ev_bolus, t_out, rtol, atol, hmax,
-                   max_steps, nstiff, out, pre, fold, stats):
-    return _rodas_state_patient(rhs, _AUTONOMOUS, pp, b, y0, t0, ev_t, ev_rate, ev_bolus,
-                                t_out, rtol, atol, hmax, max_steps, nstiff, out, pre, fold,
-                                stats)
+def _rodas_patient(pp, b, y0, t0, source, sp, t_out, rtol, atol, hmax, max_steps, nstiff,
+                   out, log, fold, stats):
+    return _rodas_state_patient(rhs, _AUTONOMOUS, pp, b, y0, t0, source, sp, t_out, rtol,
+                                atol, hmax, max_steps, nstiff, out, log, fold, stats)
 
 
 @_jit
@@ -179,7 +180,7 @@ def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind
                   spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                   store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _dopri5_one(np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _dopri5_one(np.uint64(p), P, B, Y0, t0, grid, EventTable(ev_t, ev_rate, ev_bolus),
                     (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                     auc_index,
                     thr_out, thr_val, store_out, store_stride,
@@ -191,7 +192,7 @@ def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
                  spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
                  store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _rodas_one(np.uint64(p), P, B, Y0, t0, grid, (ev_t, ev_rate, ev_bolus),
+        _rodas_one(np.uint64(p), P, B, Y0, t0, grid, EventTable(ev_t, ev_rate, ev_bolus),
                    (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                    auc_index,
                    thr_out, thr_val, store_out, store_stride,
