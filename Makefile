@@ -40,7 +40,7 @@ test: $(STAMP)
 # the kernels' Python source (STYLE.md).
 test-nojit: $(STAMP)
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -m "not slow" tests/test_exact.py tests/test_expm.py \
-		tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py \
+		tests/test_adaptive_solvers.py tests/test_dopri5.py tests/test_rosenbrock.py tests/test_dosing.py \
 		tests/test_pca.py::test_the_loop_matches_an_independent_replay_with_closed_form_concentrations \
 		tests/test_pca.py::test_a_stream_drawn_too_short_is_caught_not_truncated \
 		tests/test_cohort.py::test_blocks_settled_against_thresholds_equal_the_point_by_point_fold

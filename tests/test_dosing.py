@@ -84,25 +84,29 @@ def _solve_rodas(source, sp, t_out, tol, out, pre, given):
     )  # fmt: skip
 
 
-def _closed_loop(times, t_out):
-    """The controller's decisions and the amounts, in closed form: ``(pre, bolus, out)``."""
+def _closed_loop(times, t_eval, rate=RATE):
+    """The controller's decisions and the amounts in closed form: ``(pre, bolus, x)`` with
+    ``pre``/``bolus`` at each decision time and ``x`` the amount at each of `t_eval`
+    (right-continuous: after a decision at that time)."""
 
-    def advance(x, d):
+    def advance(x, u, d):
         e = np.exp(-K_EL * d)
-        return x * e + RATE / K_EL * (1.0 - e)
+        return x * e + u / K_EL * (1.0 - e)
 
-    pre, bolus = [], []
+    pre, bolus, after = [], [], []
     x, t, u = 0.0, 0.0, 0.0
     for td in times:
-        x = x * np.exp(-K_EL * (td - t)) + u / K_EL * (1.0 - np.exp(-K_EL * (td - t)))
-        t, u = td, RATE
+        x = advance(x, u, td - t)
+        t, u = td, rate
         pre.append(x)
         bolus.append((TARGET - x / V) * V if x / V < TRIGGER else 0.0)
         x += bolus[-1]
-    out = []
-    for to in t_out:  # outputs after the last decision time only
-        out.append(advance(x, to - t))
-    return np.array(pre), np.array(bolus), np.array(out)
+        after.append(x)
+    xs = []
+    for te in t_eval:
+        j = np.searchsorted(times, te, side="right") - 1  # the last decision at or before
+        xs.append(0.0 if j < 0 else advance(after[j], rate, te - times[j]))
+    return np.array(pre), np.array(bolus), np.array(xs)
 
 
 @pytest.mark.parametrize("solve", [_solve_dopri5, _solve_rodas], ids=["dopri5", "rodas"])
@@ -154,3 +158,78 @@ def test_register_refuses_what_is_not_a_new_namedtuple():
         dosing.register(tuple, _topup_next, _topup_apply)
     with pytest.raises(TypeError, match="TopUp is registered already"):
         dosing.register(TopUp, _topup_next, _topup_apply)
+    Other = namedtuple("Other", ["times"])
+    with pytest.raises(
+        TypeError,
+        match=r"_topup_next takes \(source, p, cursor\); expected "
+        r"\(source, p, cursor, t, x, bolus, rate\), as apply",
+    ):
+        dosing.register(Other, _topup_next, _topup_next)
+    assert Other not in dosing._SOURCES
+
+
+def _two_patients():
+    """Decision grids (patient 0: three decisions and no maintenance; patient 1: every
+    1.5 h with it) and the source."""
+    t1 = np.arange(8) * 1.5
+    times = np.full((2, t1.size), np.inf)
+    times[0, :3] = [0.0, 1.0, 2.0]
+    times[1] = t1
+    source = TopUp(
+        times, np.full(2, TRIGGER), np.full(2, TARGET), np.full(2, V), np.array([0.0, RATE])
+    )
+    return source, (times[0, :3], 0.0), (t1, RATE)
+
+
+@pytest.mark.skipif(
+    not numba.config.DISABLE_JIT,
+    reason="runs the cohort kernels as Python (make test-nojit): compiled, each kernel would "
+    "compile anew for the test's source type (about a minute)",
+)
+@pytest.mark.parametrize("kernel", ["exact", "dopri5"])
+def test_a_controller_runs_through_the_cohort_kernels(kernel):
+    """The exact and the adaptive cohort kernels take any registered source: each patient's
+    stored concentrations and Cmax are those of its closed loop."""
+    from helpers import mammillary
+
+    from pkpd.engine import kernels, kernels_adaptive
+    from pkpd.engine.solvers import registry
+    from pkpd.running.cohort import _exact_kept_states
+
+    spec = mammillary(V1=V, k10=K_EL)
+    theta = np.tile(spec.individual_parameters({"weight": 70.0}), (2, 1))
+    source, *patients = _two_patients()
+    grid = np.linspace(0.0, 12.0, 49)
+    n, n_t = 2, grid.size
+    none_f, none_i = np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64)
+    cmax, tmax = np.zeros((n, 1)), np.zeros((n, 1))
+    auc, c_at, t_above = np.zeros((n, 1, 0)), np.zeros((n, 1, 0)), np.zeros((n, 0))
+    traj, status = np.zeros((n, 1, n_t)), np.full(n, -1, dtype=np.int64)
+    thr = (np.zeros(0, dtype=np.int64), np.zeros(0))
+    store = np.zeros(1, dtype=np.int64)
+    if kernel == "exact":
+        keep = _exact_kept_states(spec)  # the compartment and the output's AUC state
+        kernels.cohort_kernel(
+            theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
+            spec.dose_index, len(spec.analyte_names), keep, source, 0.0, grid, none_f, none_i,
+            none_i, *thr, store, 1, np.zeros(0, dtype=np.int64), np.ones(1), True, cmax, tmax,
+            auc, t_above, c_at, traj, status,
+        )  # fmt: skip
+        rtol = 1e-12
+    else:
+        P, B, auc_index = kernels_adaptive.linear_parameters(spec, theta)
+        tol = registry.tolerance(1e-11, B.size, "rtol")
+        kernels_adaptive.linear_dopri5_cohort(
+            P, B, np.zeros((n, B.size)), 0.0, grid, source, none_f, none_i, none_i, tol,
+            tol * 1e-3, np.inf, 100_000, 1000, auc_index, *thr, store, 1, cmax, tmax, auc,
+            t_above, c_at, traj, status, np.zeros((n, N_STATS), dtype=np.int64),
+        )  # fmt: skip
+        rtol = 1e-8
+    assert list(status) == [STATUS_OK, STATUS_OK]
+    for p, (times, rate) in enumerate(patients):
+        _pre, bolus, x = _closed_loop(times, grid, rate)
+        assert bolus[0] == TARGET * V
+        np.testing.assert_allclose(traj[p, 0], x / V, rtol=rtol, atol=1e-14)
+        # Every top-up brings the level back to the target: that is the maximum.
+        assert cmax[p, 0] == pytest.approx(TARGET, rel=rtol)
+        assert tmax[p, 0] in times[bolus > 0]

@@ -191,3 +191,66 @@ def test_generated_modules_reach_compiled_code_only_in_the_engine():
             f"{m} imports numba: it may hold compiled code outside pkpd/engine"
         )
     assert "pkpd.cache" in outside  # the walk does reach beyond the engine
+
+
+# --------------------------------------------------------------- the engine's own cached code
+# The engine's modules are cached by numba in place (an editable install): their stamp is
+# the engine's digest, not their own file's (pkpd/engine/_stamp.py).
+
+_STAMP_PROBE = """
+import sys
+import numpy as np
+import pkpd
+assert pkpd.__file__.startswith(sys.argv[1]), pkpd.__file__  # the copy, not the install
+from pkpd.engine.solvers.expm import expm
+expm(np.eye(2))
+print(sum(expm.stats.cache_misses.values()), sum(expm.stats.cache_hits.values()))
+"""
+
+
+def _expm_compiles(root: Path) -> tuple[int, ...]:
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = str(root)
+    r = subprocess.run([sys.executable, "-c", _STAMP_PROBE, str(root)], capture_output=True,
+                       text=True, env=env, cwd=root, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return tuple(int(v) for v in r.stdout.split())
+
+
+def test_an_edit_of_a_callee_file_recompiles_the_cached_engine_code(tmp_path):
+    """``expm.expm`` (cached) holds ``finite.all_finite``'s machine code: after an edit of
+    ``finite.py`` alone it is compiled again, not loaded (numba's own stamp is expm.py's
+    time and size only); without an edit it is loaded."""
+    import numba
+
+    if numba.config.DISABLE_JIT:
+        pytest.skip("nothing is compiled without the JIT")
+    shutil.copytree(Path(pkpd.__file__).parent, tmp_path / "pkpd",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    assert _expm_compiles(tmp_path) == (1, 0)  # compiled into the copy's __pycache__
+    assert _expm_compiles(tmp_path) == (0, 1)  # loaded
+    finite = tmp_path / "pkpd" / "engine" / "solvers" / "finite.py"
+    finite.write_text(finite.read_text() + "\n# edited\n")
+    assert _expm_compiles(tmp_path) == (1, 0)  # compiled again
+
+
+def test_every_engine_module_that_compiles_stamps_its_cache_with_the_engine():
+    """Each engine module that imports numba imports ``pkpd.engine._stamp`` first (before
+    any decorator runs), so its cache is stamped with the whole engine's digest."""
+    modules = [f for f in sorted(_ENGINE.rglob("*.py")) if f.name != "_stamp.py"]
+    compiling = [f for f in modules if "\nimport numba\n" in f.read_text(encoding="utf-8")]
+    assert len(compiling) >= 15
+    for f in compiling:
+        text = f.read_text(encoding="utf-8")
+        lines = [
+            node.lineno
+            for node in ast.parse(text).body
+            if isinstance(node, ast.ImportFrom)
+            and node.module == "pkpd.engine"
+            and "_stamp" in {a.name for a in node.names}
+        ]
+        first_jit = text[: text.index("numba.njit(")].count("\n") + 1
+        assert lines and lines[0] < first_jit, f

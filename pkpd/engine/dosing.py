@@ -34,11 +34,11 @@ The cores call the two dispatchers :func:`next_decision_time` and :func:`apply`:
 compiled code numba picks the registered pair by the source's type (an ``overload``,
 inlined at the call site, so the compiled loop is what it was with the pair written in
 place); with ``NUMBA_DISABLE_JIT`` the dispatchers call the pair as Python. No core, no
-solver and no kernel changes. :class:`EventTable` below is the source every regimen is
-today; ``tests/test_dosing.py`` registers a controller that reads the state and runs it
-through both adaptive solvers against a closed-form solution. To run a cohort with a new
-source, the running layer builds it in place of the event table (the cohort kernels take
-the three event arrays today: see ``pkpd/engine/README.md``).
+solver and no kernel changes: the cohort kernels take the source as one argument and are
+compiled per source type. :class:`EventTable` below is the source every regimen is today
+(``pkpd/running/cohort.py`` builds it per chunk); ``tests/test_dosing.py`` registers a
+controller that reads the state and runs it through both adaptive solvers and the exact
+and adaptive cohort kernels against a closed-form solution.
 
 Both cores call the dispatchers: the exact kernel (:func:`pkpd.engine.kernels._event_loop`)
 and the adaptive solvers, through their one event boundary
@@ -55,6 +55,7 @@ runs on the exact core only.
 
 from __future__ import annotations
 
+import inspect
 from collections import namedtuple
 from collections.abc import Callable
 
@@ -62,6 +63,8 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import overload
+
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 
 __all__ = [
     "EventTable",
@@ -96,12 +99,22 @@ def register(cls: type, next_time: Callable, apply_fn: Callable) -> None:
     `apply_fn` (plain Python functions of the signatures of :func:`next_decision_time`
     and :func:`apply`, within what numba compiles) become what the cores call for them.
 
-    Raises TypeError for a class that is not a namedtuple or is registered already.
+    Raises TypeError for a class that is not a namedtuple or is registered already, and
+    for functions whose parameters are not those of the dispatchers (numba's overloads
+    need the same names).
     """
     if not (isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")):
         raise TypeError(f"a dosing source must be a namedtuple class, got {cls!r}")
     if cls in _SOURCES:
         raise TypeError(f"the dosing source {cls.__name__} is registered already")
+    for fn, dispatcher in ((next_time, next_decision_time), (apply_fn, apply)):
+        want = list(inspect.signature(dispatcher).parameters)
+        got = list(inspect.signature(fn).parameters)
+        if got != want:
+            raise TypeError(
+                f"dosing source {cls.__name__}: {fn.__name__} takes ({', '.join(got)}); "
+                f"expected ({', '.join(want)}), as {dispatcher.__name__}"
+            )
     _SOURCES[cls] = (next_time, apply_fn)
 
     def is_cls(source):

@@ -39,7 +39,12 @@ import numpy as np
 
 # Absolute imports: this file is also compiled as a copy specialised to one state size
 # (see `kernel_for`).
-from pkpd.engine import dosing, peaks, record
+from pkpd.engine import (
+    _stamp,  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+    dosing,
+    peaks,
+    record,
+)
 from pkpd.engine.record import SPECIAL_ANCHOR, SPECIAL_WINDOW_END, SPECIAL_WINDOW_START
 from pkpd.engine.solvers.exact import STATUS_OK, _step
 from pkpd.engine.solvers.expm import N_WORK, propagator_into
@@ -203,9 +208,7 @@ def cohort_kernel(
     dose_comp,
     n_analytes,
     keep,
-    ev_t,
-    ev_rate,
-    ev_bolus,
+    source,
     t0,
     grid,
     spec_t,
@@ -238,9 +241,9 @@ def cohort_kernel(
         Indices of the augmented state kept in the reduced system: the compartments, then
         the cumulative AUC state of each output (dose and elimination accumulators are not
         needed for metrics and are dropped for speed).
-    ev_t, ev_rate, ev_bolus : (n, K) float64
-        Per-patient event tables (see ``Regimen.event_arrays``): the dosing source
-        (:mod:`pkpd.engine.dosing`).
+    source : registered dosing source (:mod:`pkpd.engine.dosing`), one row per patient
+        Today :class:`pkpd.engine.dosing.EventTable` of (n, K) float64 arrays (see
+        ``Regimen.event_arrays``); the kernel is compiled per source type.
     t0 : float
         Start time (h), common to all patients; no event precedes it.
     grid : (n_t,) float64
@@ -292,7 +295,7 @@ def cohort_kernel(
             theta,
             model,
             keep,
-            dosing.EventTable(ev_t, ev_rate, ev_bolus),
+            source,
             t0,
             grid,
             (spec_t, spec_kind, spec_slot),

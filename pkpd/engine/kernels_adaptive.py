@@ -40,7 +40,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from pkpd.engine import dosing, record
+from pkpd.engine import (
+    _stamp,  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+    dosing,
+    record,
+)
 from pkpd.engine import peaks_adaptive as _peaks
 from pkpd.engine.solvers import N_STATS, STATUS_OK, STATUS_OUTPUT_NONFINITE
 from pkpd.engine.solvers import dopri5 as _dopri5
@@ -411,18 +415,17 @@ def _linear_dopri5_one(
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_dopri5_cohort(
-    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
-    atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
-    tmax, auc, t_above, c_at, traj, status, stats,
+    P, B, Y0, t0, grid, source, spec_t, spec_kind, spec_slot, rtol, atol, hmax, max_steps,
+    nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc, t_above,
+    c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Dopri5 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_dopri5_one(
-            np.uint64(p), P, B, Y0, t0, grid, dosing.EventTable(ev_t, ev_rate, ev_bolus),
-            (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
-            thr_out, thr_val, store_out, store_stride,
-            (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+            np.uint64(p), P, B, Y0, t0, grid, source, (spec_t, spec_kind, spec_slot), rtol,
+            atol, (hmax, max_steps, nstiff), auc_index, thr_out, thr_val, store_out,
+            store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
         )  # fmt: skip
 
 
@@ -442,18 +445,17 @@ def _linear_rodas_one(
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def linear_rodas_cohort(
-    P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind, spec_slot, rtol,
-    atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax,
-    tmax, auc, t_above, c_at, traj, status, stats,
+    P, B, Y0, t0, grid, source, spec_t, spec_kind, spec_slot, rtol, atol, hmax, max_steps,
+    nstiff, auc_index, thr_out, thr_val, store_out, store_stride, cmax, tmax, auc, t_above,
+    c_at, traj, status, stats,
 ):  # fmt: skip
     """Every patient of a chunk of a linear model through Rodas4 (see module docstring)."""
     for p in numba.prange(P.shape[0]):
         # np.uint64(p): one compile of the patient, not two (see kernels.cohort_kernel).
         _linear_rodas_one(
-            np.uint64(p), P, B, Y0, t0, grid, dosing.EventTable(ev_t, ev_rate, ev_bolus),
-            (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff), auc_index,
-            thr_out, thr_val, store_out, store_stride,
-            (cmax, tmax, auc, t_above, c_at, traj, status, stats),
+            np.uint64(p), P, B, Y0, t0, grid, source, (spec_t, spec_kind, spec_slot), rtol,
+            atol, (hmax, max_steps, nstiff), auc_index, thr_out, thr_val, store_out,
+            store_stride, (cmax, tmax, auc, t_above, c_at, traj, status, stats),
         )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 from pkpd.engine.solvers.expm import N_WORK, propagator_into
 from pkpd.engine.solvers.linear_system import fill_system
 

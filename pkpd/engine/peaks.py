@@ -39,6 +39,7 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 from pkpd.engine.solvers.expm import propagator_into
 
 #: Largest ``||M||_inf * h`` summed as one Taylor series (longer steps are cut).

@@ -41,6 +41,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 from pkpd.engine.dosing import EventTable
 from pkpd.engine.solvers import N_STATS, STATUS_OK
 

@@ -48,6 +48,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 # Kinds of special times (spec_kind[:, s]).
 SPECIAL_WINDOW_START = 0
 SPECIAL_WINDOW_END = 1

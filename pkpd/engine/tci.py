@@ -45,6 +45,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 from pkpd.engine.kernels import _propagate
 
 __all__ = ["free_rows", "horizon", "tci_rates", "unit_response"]

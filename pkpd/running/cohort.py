@@ -81,6 +81,7 @@ import xarray as xr
 
 from pkpd._version import __version__
 from pkpd.disclaimer import DISCLAIMER
+from pkpd.engine.dosing import EventTable
 from pkpd.engine.kernels import (
     SPECIAL_ANCHOR,
     SPECIAL_WINDOW_END,
@@ -480,7 +481,8 @@ def _run_exact(setup, theta, t0, ev, specials, lay: _StoreLayout, res: ChunkResu
     keep = _exact_kept_states(spec)
     kernel_for(keep.size)(
         theta, spec.comps_i, spec.flows_i, spec.flows_f, spec.effects_i, spec.outputs_i,
-        spec.dose_index, len(spec.analyte_names), keep, *ev, t0, setup.grid, *specials,
+        spec.dose_index, len(spec.analyte_names), keep, EventTable(*ev), t0, setup.grid,
+        *specials,
         lay.thr_out, lay.thr_val, lay.rows, lay.stride, lay.extra, lay.scale,
         _uniform(setup.grid), res.cmax, res.tmax, res.auc, res.t_above, res.c_at, traj_rows,
         res.status,
@@ -580,7 +582,7 @@ def _run_adaptive(setup, theta, cov, t0, ev, specials, lay: _StoreLayout, res, t
 
         out = [pick(a) for a in (cmax, tmax, auc, t_above, c_at, traj, status, stats)]
         kernels[method](
-            pick(P), B, pick(Y0), t0, grid, *[pick(a) for a in ev],
+            pick(P), B, pick(Y0), t0, grid, EventTable(*[pick(a) for a in ev]),
             *[pick(a) for a in specials], rtol, atol, np.inf, registry.DEFAULT_MAX_STEPS,
             registry.DEFAULT_NSTIFF,
             np.ascontiguousarray(auc_index, dtype=np.int64), thr_out, thr_val, store_idx,

@@ -31,6 +31,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 from . import STATUS_BAD_TIMES, STATUS_NONFINITE, STATUS_OK
 from .expm import expm_work, propagator_into
 

@@ -32,6 +32,8 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 from .finite import all_finite
 
 __all__ = [

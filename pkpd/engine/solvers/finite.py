@@ -11,6 +11,8 @@ import math
 
 import numba
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 

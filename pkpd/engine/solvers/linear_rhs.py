@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 # error_model="numpy": a division by zero gives inf/NaN (caught by the status checks)
 # instead of raising; raising paths would also keep the kernels out of the disk cache.
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import numba
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+
 FLOW_RATE_CONSTANT = 0
 FLOW_CLEARANCE = 1
 FLOW_TRANSIT = 2

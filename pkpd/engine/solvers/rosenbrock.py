@@ -33,6 +33,7 @@ import math
 import numba
 import numpy as np
 
+from pkpd.engine import _stamp  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
 from pkpd.engine.dosing import one_patient
 
 from . import (

@@ -103,7 +103,10 @@ import math
 import numba
 import numpy as np
 
-from pkpd.engine import dosing
+from pkpd.engine import (
+    _stamp,  # noqa: F401  (numba's cache: pkpd/engine/_stamp.py)
+    dosing,
+)
 
 from . import STAT_NFEV, STATUS_NONFINITE, STATUS_OK
 

@@ -48,7 +48,7 @@ def generate(ode) -> str:
         "import numba",
         "",
         "import numpy as np",
-        "from pkpd.engine.dosing import EventTable, one_patient",
+        "from pkpd.engine.dosing import one_patient",
         "from pkpd.engine.solvers.dopri5 import dopri5_solve_mapped, no_fold, no_log",
         "from pkpd.engine.solvers.rosenbrock import no_jac, rodas_solve_mapped",
         "",
@@ -176,11 +176,11 @@ def _rodas_one(p, P, B, Y0, t0, grid, ev, specials, rtol, atol, limits, auc_inde
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
-                  spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
-                  store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+def dopri5_cohort(P, B, Y0, t0, grid, source, spec_t, spec_kind, spec_slot, rtol, atol,
+                  hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride,
+                  cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _dopri5_one(np.uint64(p), P, B, Y0, t0, grid, EventTable(ev_t, ev_rate, ev_bolus),
+        _dopri5_one(np.uint64(p), P, B, Y0, t0, grid, source,
                     (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                     auc_index,
                     thr_out, thr_val, store_out, store_stride,
@@ -188,11 +188,11 @@ def dopri5_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def rodas_cohort(P, B, Y0, t0, grid, ev_t, ev_rate, ev_bolus, spec_t, spec_kind,
-                 spec_slot, rtol, atol, hmax, max_steps, nstiff, auc_index, thr_out, thr_val,
-                 store_out, store_stride, cmax, tmax, auc, t_above, c_at, traj, status, stats):
+def rodas_cohort(P, B, Y0, t0, grid, source, spec_t, spec_kind, spec_slot, rtol, atol,
+                 hmax, max_steps, nstiff, auc_index, thr_out, thr_val, store_out, store_stride,
+                 cmax, tmax, auc, t_above, c_at, traj, status, stats):
     for p in numba.prange(P.shape[0]):
-        _rodas_one(np.uint64(p), P, B, Y0, t0, grid, EventTable(ev_t, ev_rate, ev_bolus),
+        _rodas_one(np.uint64(p), P, B, Y0, t0, grid, source,
                    (spec_t, spec_kind, spec_slot), rtol, atol, (hmax, max_steps, nstiff),
                    auc_index,
                    thr_out, thr_val, store_out, store_stride,
