@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkpd.engine import dosing
 from pkpd.engine.solvers import N_STATS, Status
 from pkpd.engine.solvers import registry as reg
 from pkpd.errors import ModelError, SimulationError
@@ -89,7 +90,7 @@ def ode_peaks(spec, theta, covariates, ev, t, method, rtol, atol):
     empty_i = np.zeros((1, 0), dtype=np.int64)
     traj = np.zeros((1, 0, 0), dtype=np.float32)[:, :0]
     kernels[method](
-        P, B, Y0, t0, t, *evs, np.zeros((1, 0)), empty_i, empty_i.copy(),
+        P, B, Y0, t0, t, dosing.EventTable(*evs), np.zeros((1, 0)), empty_i, empty_i.copy(),
         reg.tolerance(rtol, N, "rtol"), reg.tolerance(atol, N, "atol"), np.inf,
         reg.DEFAULT_MAX_STEPS, reg.DEFAULT_NSTIFF, auc_index, np.zeros(0, dtype=np.int64),
         np.zeros(0), np.zeros(0, dtype=np.int64), 1, cmax, tmax, np.zeros((1, n_out, 0)),
