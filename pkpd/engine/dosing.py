@@ -2,15 +2,15 @@
 
 The per-patient core (:mod:`pkpd.engine.kernels`) advances a patient from one *decision
 time* to the next. At each decision time it asks the dosing source what to give; between
-two decision times the input is a constant infusion rate. A dosing source is a pair of
-numba functions over plain arrays and scalars (no allocation, no exceptions: they can be
-compiled as CUDA device functions too) and a per-patient integer *cursor* that the core
-keeps for it (0 at the start):
+two decision times the input is a constant infusion rate. A dosing source is a
+namedtuple of plain arrays and scalars with a pair of functions over it, compiled by
+numba (no allocation, no exceptions: they can be compiled as CUDA device functions too),
+and a per-patient integer *cursor* that the core keeps for it (0 at the start):
 
 ``next_decision_time(source, p, cursor) -> t``
-    The time (h) of patient `p`'s next decision, ``inf`` when there is none. Must not be
-    earlier than the previous decision time; called any number of times (it has no
-    side effect).
+    The time (h) of patient `p`'s decision `cursor`, ``inf`` when there is none. Must
+    not be earlier than the previous decision time; called any number of times (it has
+    no side effect).
 
 ``apply(source, p, cursor, t, x, bolus, rate) -> cursor``
     The decision at time `t` (= the last ``next_decision_time``): writes the bolus given
@@ -131,7 +131,8 @@ def register(cls: type, next_time: Callable, apply_fn: Callable) -> None:
 
 # ------------------------------------------------------------------ the event table
 
-#: A regimen's doses (:meth:`pkpd.inputs.regimen.Regimen.event_arrays`): ``t`` (n, K)
+#: A regimen's doses for a chunk of patients (:meth:`pkpd.inputs.regimen.Regimen.event_arrays`;
+#: one row per patient of what :class:`pkpd.inputs.regimen.EventTable` holds for one): ``t`` (n, K)
 #: sorted event times (h), ``rate`` (n, K) the total rate (mg/h) from each event on,
 #: ``bolus`` (n, K) the bolus (mg) at each event; one row per patient.
 EventTable = namedtuple("EventTable", ["t", "rate", "bolus"])
