@@ -252,8 +252,9 @@ def adaptive_patient(
 
     Arguments as :func:`pkpd.engine.kernels.cohort_kernel`, grouped (CPython turns a call with
     more than 30 arguments into a star-call, which numba cannot inline):
-    ``ev`` the dosing source (:mod:`pkpd.engine.dosing`; the event table ``(ev_t,
-    ev_rate, ev_bolus)``, (n, K) each), ``specials = (spec_t, spec_kind, spec_slot)``,
+    ``ev`` the dosing source (:mod:`pkpd.engine.dosing`, any registered one: today
+    ``EventTable(t, rate, bolus)``, (n, K) each), ``specials = (spec_t, spec_kind,
+    spec_slot)``,
     ``metrics = (cmax, tmax, auc, t_above, c_at, traj, status, stats)``,
     ``limits = (hmax, max_steps, nstiff)``; ``P`` per-patient solver parameters, ``b``
     the bolus map of the state, ``Y0`` initial states, ``auc_index[o]`` the recorded
