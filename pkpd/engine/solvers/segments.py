@@ -40,11 +40,11 @@ y0 : (N,) float64
 t0 : float
     Start time (h); the infusion rate is zero until the first event.
 source, sp
-    Dosing source (:mod:`pkpd.engine.dosing`) and the patient's row in it: today the
-    event table ``(ev_t, ev_rate, ev_bolus)``, (n, n_ev) float64
-    (:class:`pkpd.inputs.regimen.EventTable`: sorted times (h), total rate (mg/h) from
-    each event on, bolus (mg) at each event). :func:`pkpd.engine.dosing.one_patient`
-    makes one patient's 1-D table a source (row 0).
+    Dosing source (:mod:`pkpd.engine.dosing`, any registered one) and the patient's row
+    in it: today ``dosing.EventTable(t, rate, bolus)``, (n, n_ev) float64 each (one row
+    per patient of :class:`pkpd.inputs.regimen.EventTable`: sorted times (h), total rate
+    (mg/h) from each event on, bolus (mg) at each event).
+    :func:`pkpd.engine.dosing.one_patient` makes one patient's 1-D table a source (row 0).
 t_out : (n_out,) float64
     Non-decreasing output times (h), all ``>= t0``.
 rtol, atol : (N,) float64
