@@ -109,20 +109,26 @@ def _closed_loop(times, t_eval, rate=RATE):
     return np.array(pre), np.array(bolus), np.array(xs)
 
 
+def _two_patients():
+    """Decision grids (patient 0: three decisions and no maintenance; patient 1: every
+    1.5 h with it) and the source."""
+    t1 = np.arange(8) * 1.5
+    times = np.full((2, t1.size), np.inf)
+    times[0, :3] = [0.0, 1.0, 2.0]
+    times[1] = t1
+    source = TopUp(
+        times, np.full(2, TRIGGER), np.full(2, TARGET), np.full(2, V), np.array([0.0, RATE])
+    )
+    return source, (times[0, :3], 0.0), (t1, RATE)
+
+
 @pytest.mark.parametrize("solve", [_solve_dopri5, _solve_rodas], ids=["dopri5", "rodas"])
 def test_a_controller_reading_the_state_runs_through_the_adaptive_solvers(solve):
     """Patient 1 of a two-patient source (the row `sp`): every decision the solver logs is
     the closed-form controller's, and so is the solution after the last one."""
-    t1 = np.arange(8) * 1.5
-    pad = np.full((2, t1.size), np.inf)  # patient 0: three decisions, then none
-    pad[0, :3] = [0.0, 1.0, 2.0]
-    pad[1] = t1
-    source = TopUp(
-        pad, np.array([9.0, TRIGGER]), np.array([9.0, TARGET]), np.array([1.0, V]),
-        np.array([0.0, RATE]),
-    )  # fmt: skip
+    source, _patient0, (t1, rate) = _two_patients()
     t_out = np.linspace(10.5, 16.0, 12)
-    pre_ref, bolus_ref, out_ref = _closed_loop(t1, t_out)
+    pre_ref, bolus_ref, out_ref = _closed_loop(t1, t_out, rate)
     # The loop is closed: some decisions top up, others find the level above the target.
     assert (bolus_ref > 0).sum() >= 2 and (bolus_ref == 0).sum() >= 2
     out = np.zeros((t_out.size, 1))
@@ -166,19 +172,6 @@ def test_register_refuses_what_is_not_a_new_namedtuple():
     ):
         dosing.register(Other, _topup_next, _topup_next)
     assert Other not in dosing._SOURCES
-
-
-def _two_patients():
-    """Decision grids (patient 0: three decisions and no maintenance; patient 1: every
-    1.5 h with it) and the source."""
-    t1 = np.arange(8) * 1.5
-    times = np.full((2, t1.size), np.inf)
-    times[0, :3] = [0.0, 1.0, 2.0]
-    times[1] = t1
-    source = TopUp(
-        times, np.full(2, TRIGGER), np.full(2, TARGET), np.full(2, V), np.array([0.0, RATE])
-    )
-    return source, (times[0, :3], 0.0), (t1, RATE)
 
 
 @pytest.mark.skipif(
